@@ -1,0 +1,433 @@
+//! Conntrack: the connection table shared by every worker.
+//!
+//! A connection ([`Conn`]) is reachable under the flow key of each direction
+//! the director sees: the client → VIP key always, and for `nat` also the
+//! real server → client key of its replies (which may arrive on any queue,
+//! hence one table for all workers). The [`Conn`] itself is small and plain:
+//! addresses, ports, method, state and last-seen time, so it can be mirrored
+//! into a BPF map later; the `Arc`s only feed counters.
+//!
+//! Time is passed in (`now`, seconds since the daemon started, read once per
+//! batch); nothing here reads a clock.
+
+use crate::parse::{FlowKey, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::services::Server;
+use crate::stats::{Drop, TrafficStats};
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use lvc_proto::Method;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering::Relaxed};
+
+/// Connection states, after IPVS (a subset now; the rest come with full
+/// TCP tracking).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum State {
+    SynRecv = 0,
+    Established = 1,
+    FinWait = 2,
+    Close = 3,
+    /// UDP "connections".
+    Udp = 4,
+}
+
+impl State {
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::SynRecv,
+            1 => State::Established,
+            2 => State::FinWait,
+            3 => State::Close,
+            _ => State::Udp,
+        }
+    }
+
+    /// Counted as ActiveConn (else InActConn), as IPVS does.
+    pub fn is_active(self) -> bool {
+        self == State::Established
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            State::SynRecv => "SYN_RECV",
+            State::Established => "ESTABLISHED",
+            State::FinWait => "FIN_WAIT",
+            State::Close => "CLOSE",
+            State::Udp => "UDP",
+        }
+    }
+}
+
+/// Idle timeouts in seconds (IPVS defaults).
+#[derive(Debug)]
+pub struct Timeouts {
+    pub tcp: AtomicU32,
+    pub tcpfin: AtomicU32,
+    pub udp: AtomicU32,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self {
+            tcp: AtomicU32::new(900),
+            tcpfin: AtomicU32::new(120),
+            udp: AtomicU32::new(300),
+        }
+    }
+}
+
+impl Timeouts {
+    fn of(&self, s: State) -> u32 {
+        match s {
+            State::SynRecv => 60,
+            State::Established => self.tcp.load(Relaxed),
+            State::FinWait => self.tcpfin.load(Relaxed),
+            State::Close => 10,
+            State::Udp => self.udp.load(Relaxed),
+        }
+    }
+}
+
+/// Which way a packet travels within its connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    /// Client → VIP.
+    Original,
+    /// Real server → client.
+    Reply,
+}
+
+/// One tracked connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub proto: u8,
+    pub method: Method,
+    pub client: (u32, u16),
+    pub vip: (u32, u16),
+    pub real: (u32, u16),
+    state: AtomicU8,
+    last_seen: AtomicU32,
+    pub server: Arc<Server>,
+    pub service: Arc<TrafficStats>,
+}
+
+impl Conn {
+    pub fn new(proto: u8, client: (u32, u16), vip: (u32, u16), server: Arc<Server>, service: Arc<TrafficStats>, now: u32) -> Self {
+        let state = if proto == PROTO_TCP {
+            State::SynRecv
+        } else {
+            State::Udp
+        };
+        Self {
+            proto,
+            method: server.method,
+            client,
+            vip,
+            real: (u32::from(server.addr), server.port),
+            state: AtomicU8::new(state as u8),
+            last_seen: AtomicU32::new(now),
+            server,
+            service,
+        }
+    }
+
+    /// Key of client → VIP packets.
+    pub fn original_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.client.0,
+            dst: self.vip.0,
+            sport: self.client.1,
+            dport: self.vip.1,
+            proto: self.proto,
+        }
+    }
+
+    /// Key of real server → client packets.
+    pub fn reply_key(&self) -> FlowKey {
+        FlowKey {
+            src: self.real.0,
+            dst: self.client.0,
+            sport: self.real.1,
+            dport: self.client.1,
+            proto: self.proto,
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Relaxed))
+    }
+
+    pub fn last_seen(&self) -> u32 {
+        self.last_seen.load(Relaxed)
+    }
+
+    /// Records a packet: refreshes the idle timer and advances TCP state.
+    #[inline]
+    pub fn touch(&self, now: u32, dir: Dir, tcp_flags: u8) {
+        if self.last_seen.load(Relaxed) != now {
+            self.last_seen.store(now, Relaxed);
+        }
+        if self.proto != PROTO_TCP {
+            return;
+        }
+        let mut cur = self.state.load(Relaxed);
+        loop {
+            let next = next_state(State::from_u8(cur), tcp_flags, dir);
+            if next as u8 == cur {
+                return;
+            }
+            // Only the thread whose CAS wins moves the gauges: each
+            // transition is counted exactly once.
+            match self.state.compare_exchange_weak(cur, next as u8, Relaxed, Relaxed) {
+                Ok(_) => {
+                    let old = State::from_u8(cur);
+                    if old.is_active() != next.is_active() {
+                        let st = &self.server.stats;
+                        if next.is_active() {
+                            st.active.fetch_add(1, Relaxed);
+                            st.inactive.fetch_sub(1, Relaxed);
+                        } else {
+                            st.active.fetch_sub(1, Relaxed);
+                            st.inactive.fetch_add(1, Relaxed);
+                        }
+                    }
+                    return;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    fn expired(&self, now: u32, t: &Timeouts) -> bool {
+        now.saturating_sub(self.last_seen()) >= t.of(self.state())
+    }
+}
+
+/// The TCP state machine (one-direction capable: `dnat` only ever sees
+/// client → server packets, like IPVS with DR).
+fn next_state(cur: State, flags: u8, dir: Dir) -> State {
+    if flags & TCP_RST != 0 {
+        return State::Close;
+    }
+    if flags & TCP_FIN != 0 {
+        return if cur == State::Close { cur } else { State::FinWait };
+    }
+    match dir {
+        Dir::Original if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => State::SynRecv,
+        Dir::Original if flags & TCP_ACK != 0 && cur == State::SynRecv => State::Established,
+        _ => cur,
+    }
+}
+
+/// True if a packet with these flags may open a new connection.
+#[inline]
+pub fn opens_connection(proto: u8, tcp_flags: u8) -> bool {
+    proto != PROTO_TCP || tcp_flags & (TCP_SYN | TCP_ACK | TCP_RST) == TCP_SYN
+}
+
+type Hasher = ahash::RandomState;
+
+/// The connection table.
+pub struct Conntrack {
+    map: DashMap<FlowKey, Arc<Conn>, Hasher>,
+    conns: AtomicUsize,
+    capacity: usize,
+    pub timeouts: Timeouts,
+}
+
+impl Conntrack {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            map: DashMap::with_hasher(Hasher::new()),
+            conns: AtomicUsize::new(0),
+            capacity,
+            timeouts: Timeouts::default(),
+        }
+    }
+
+    /// The connection a packet with `key` belongs to, and its direction.
+    #[inline]
+    pub fn lookup(&self, key: &FlowKey) -> Option<(Arc<Conn>, Dir)> {
+        let c = self.map.get(key)?.value().clone();
+        let dir = if key.src == c.client.0 && key.sport == c.client.1 {
+            Dir::Original
+        } else {
+            Dir::Reply
+        };
+        Some((c, dir))
+    }
+
+    /// Inserts a new connection under its key(s). If another worker inserted
+    /// the same flow first, that connection is returned instead.
+    pub fn insert(&self, conn: Conn) -> Result<Arc<Conn>, Drop> {
+        if self.conns.load(Relaxed) >= self.capacity {
+            return Err(Drop::TableFull);
+        }
+        let conn = Arc::new(conn);
+        let conn = match self.map.entry(conn.original_key()) {
+            Entry::Occupied(o) => return Ok(o.get().clone()),
+            Entry::Vacant(v) => v.insert(conn).value().clone(),
+        };
+        if conn.method == Method::Nat {
+            self.map.insert(conn.reply_key(), conn.clone());
+        }
+        self.conns.fetch_add(1, Relaxed);
+        conn.server.stats.inactive.fetch_add(1, Relaxed);
+        conn.server.stats.conns.fetch_add(1, Relaxed);
+        conn.service.conns.fetch_add(1, Relaxed);
+        Ok(conn)
+    }
+
+    /// Number of connections.
+    pub fn len(&self) -> usize {
+        self.conns.load(Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Removes connections idle past their state's timeout; returns how many.
+    /// Each connection's keys and gauge are released exactly once.
+    pub fn sweep(&self, now: u32) -> usize {
+        let dead: Vec<Arc<Conn>> = self
+            .map
+            .iter()
+            .filter(|r| *r.key() == r.value().original_key() && r.value().expired(now, &self.timeouts))
+            .map(|r| r.value().clone())
+            .collect();
+        let mut removed = 0;
+        for c in dead {
+            let gone = self
+                .map
+                .remove_if(&c.original_key(), |_, v| Arc::ptr_eq(v, &c) && v.expired(now, &self.timeouts));
+            if gone.is_none() {
+                continue;
+            }
+            if c.method == Method::Nat {
+                self.map.remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, &c));
+            }
+            let st = &c.server.stats;
+            if c.state().is_active() {
+                st.active.fetch_sub(1, Relaxed);
+            } else {
+                st.inactive.fetch_sub(1, Relaxed);
+            }
+            self.conns.fetch_sub(1, Relaxed);
+            removed += 1;
+        }
+        removed
+    }
+
+    /// Every connection once (for listings).
+    pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
+        for r in self.map.iter() {
+            if *r.key() == r.value().original_key() {
+                f(r.value());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(method: Method) -> Arc<Server> {
+        Arc::new(Server {
+            addr: [10, 0, 1, 1].into(),
+            port: 8080,
+            weight: 1,
+            method,
+            stats: Arc::new(TrafficStats::default()),
+        })
+    }
+
+    fn conn(proto: u8, s: &Arc<Server>, now: u32) -> Conn {
+        Conn::new(proto, (0x0a00_0002, 40000), (0x0a00_000a, 80), s.clone(), Arc::new(TrafficStats::default()), now)
+    }
+
+    #[test]
+    fn nat_conn_is_found_from_both_directions() {
+        let ct = Conntrack::new(10);
+        let s = server(Method::Nat);
+        let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        let (_, d) = ct.lookup(&c.original_key()).unwrap();
+        assert_eq!(d, Dir::Original);
+        let (_, d) = ct.lookup(&c.reply_key()).unwrap();
+        assert_eq!(d, Dir::Reply);
+        assert_eq!(c.reply_key().src, 0x0a00_0101);
+        assert_eq!(c.reply_key().sport, 8080);
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn dnat_conn_has_one_key() {
+        let ct = Conntrack::new(10);
+        let s = server(Method::Dnat);
+        let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        assert!(ct.lookup(&c.reply_key()).is_none());
+    }
+
+    #[test]
+    fn one_direction_handshake_and_gauges() {
+        let ct = Conntrack::new(10);
+        let s = server(Method::Dnat);
+        let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        assert_eq!((s.stats.active(), s.stats.inactive()), (0, 1));
+        c.touch(1, Dir::Original, TCP_ACK);
+        assert_eq!(c.state(), State::Established);
+        assert_eq!((s.stats.active(), s.stats.inactive()), (1, 0));
+        c.touch(2, Dir::Original, TCP_ACK);
+        assert_eq!((s.stats.active(), s.stats.inactive()), (1, 0));
+        c.touch(3, Dir::Original, TCP_FIN | TCP_ACK);
+        assert_eq!(c.state(), State::FinWait);
+        assert_eq!((s.stats.active(), s.stats.inactive()), (0, 1));
+        c.touch(3, Dir::Original, TCP_RST);
+        assert_eq!(c.state(), State::Close);
+        // Close expires after 10 s, releasing the gauge exactly once.
+        assert_eq!(ct.sweep(12), 0);
+        assert_eq!(ct.sweep(13), 1);
+        assert_eq!(ct.sweep(100), 0);
+        assert_eq!((s.stats.active(), s.stats.inactive(), ct.len()), (0, 0, 0));
+        assert_eq!(s.stats.conns.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn established_survives_until_timeout_and_refreshes() {
+        let ct = Conntrack::new(10);
+        let s = server(Method::Nat);
+        let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        c.touch(0, Dir::Original, TCP_ACK);
+        c.touch(800, Dir::Reply, TCP_ACK);
+        assert_eq!(ct.sweep(1699), 0);
+        assert_eq!(ct.sweep(1700), 1);
+        assert!(ct.lookup(&c.reply_key()).is_none());
+        assert!(ct.is_empty());
+    }
+
+    #[test]
+    fn capacity_bounds_the_table() {
+        let ct = Conntrack::new(1);
+        let s = server(Method::Nat);
+        ct.insert(conn(PROTO_UDP_FOR_TEST, &s, 0)).unwrap();
+        let mut other = conn(PROTO_UDP_FOR_TEST, &s, 0);
+        other.client.1 = 1;
+        assert_eq!(ct.insert(other).unwrap_err(), Drop::TableFull);
+    }
+
+    const PROTO_UDP_FOR_TEST: u8 = crate::parse::PROTO_UDP;
+
+    #[test]
+    fn only_a_bare_syn_opens_tcp() {
+        assert!(opens_connection(PROTO_TCP, TCP_SYN));
+        assert!(!opens_connection(PROTO_TCP, TCP_SYN | TCP_ACK));
+        assert!(!opens_connection(PROTO_TCP, TCP_ACK));
+        assert!(opens_connection(PROTO_UDP_FOR_TEST, 0));
+    }
+}

@@ -1,0 +1,246 @@
+//! Parse: a received frame → a small `Copy` [`Packet`] summary.
+//!
+//! Everything after this stage works on the summary (flow key, offsets,
+//! TCP flags), never re-parses. Frames come from reused UMEM buffers, so every
+//! length is checked against the frame actually received, not trusted from a
+//! header (etherparse's slices do the header-level checks).
+
+use crate::stats::Drop;
+use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice};
+
+pub const ETH_HLEN: usize = 14;
+
+/// The flow 5-tuple of one direction, IPv4, addresses and ports in host order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub src: u32,
+    pub dst: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+}
+
+impl FlowKey {
+    /// The same flow seen from the other side.
+    pub fn reversed(&self) -> Self {
+        Self {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            proto: self.proto,
+        }
+    }
+}
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// What later stages need to know about a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub key: FlowKey,
+    /// Offset of the L4 header in the frame.
+    pub l4_off: usize,
+    /// Length of the IP datagram (header + payload), from the IP header.
+    pub ip_len: usize,
+    /// TCP flags, 0 for UDP.
+    pub tcp_flags: u8,
+}
+
+/// Parses an Ethernet/IPv4/TCP-or-UDP frame.
+pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
+    let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| Drop::Malformed)?;
+    if eth.ether_type() != EtherType::IPV4 {
+        return Err(Drop::NotIpv4);
+    }
+    let l3 = &frame[ETH_HLEN..];
+    let ip = Ipv4HeaderSlice::from_slice(l3).map_err(|_| Drop::Malformed)?;
+    let ip_len = usize::from(ip.total_len());
+    let ihl = ip.slice().len();
+    if ip_len > l3.len() {
+        return Err(Drop::Malformed);
+    }
+    if ip.is_fragmenting_payload() {
+        return Err(Drop::Fragment);
+    }
+    let l4 = &l3[ihl..ip_len];
+    let proto = ip.protocol();
+    let (sport, dport, tcp_flags) = match proto {
+        IpNumber::TCP => {
+            if l4.len() < 20 {
+                return Err(Drop::Malformed);
+            }
+            let data_off = usize::from(l4[12] >> 4) * 4;
+            if data_off < 20 || data_off > l4.len() {
+                return Err(Drop::Malformed);
+            }
+            (be16(l4, 0), be16(l4, 2), l4[13])
+        }
+        IpNumber::UDP => {
+            if l4.len() < 8 || usize::from(be16(l4, 4)) > l4.len() || be16(l4, 4) < 8 {
+                return Err(Drop::Malformed);
+            }
+            (be16(l4, 0), be16(l4, 2), 0)
+        }
+        _ => return Err(Drop::Protocol),
+    };
+    Ok(Packet {
+        key: FlowKey {
+            src: u32::from_be_bytes(ip.source()),
+            dst: u32::from_be_bytes(ip.destination()),
+            sport,
+            dport,
+            proto: proto.0,
+        },
+        l4_off: ETH_HLEN + ihl,
+        ip_len,
+        tcp_flags,
+    })
+}
+
+#[inline]
+pub fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+#[cfg(test)]
+pub(crate) mod fixtures {
+    //! Frame builders shared by the pipeline's unit tests.
+    use crate::checksum::checksum;
+
+    /// Builds an Ethernet/IPv4/TCP or UDP frame with valid checksums.
+    pub fn frame(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+        let l4_len = if proto == 6 { 20 } else { 8 };
+        let ip_len = 20 + l4_len + payload.len();
+        let mut f = vec![0u8; 14 + ip_len];
+        f[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 1]);
+        f[6..12].copy_from_slice(&[2, 0, 0, 0, 0, 2]);
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        ip[6] = 0x40;
+        ip[8] = 64;
+        ip[9] = proto;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let c = checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        let l4 = &mut f[34..];
+        l4[0..2].copy_from_slice(&sport.to_be_bytes());
+        l4[2..4].copy_from_slice(&dport.to_be_bytes());
+        if proto == 6 {
+            l4[12] = 5 << 4;
+            l4[13] = flags;
+            l4[14..16].copy_from_slice(&1024u16.to_be_bytes());
+        } else {
+            l4[4..6].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        }
+        l4[l4_len..].copy_from_slice(payload);
+        let c = l4_checksum(&f);
+        let at = 34 + if proto == 6 { 16 } else { 6 };
+        f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    /// The L4 checksum a receiver computes over pseudo-header + segment
+    /// (with the checksum field zeroed).
+    pub fn l4_checksum(f: &[u8]) -> u16 {
+        let ip = &f[14..34];
+        let ip_len = usize::from(u16::from_be_bytes([ip[2], ip[3]]));
+        let proto = ip[9];
+        let mut seg = f[34..14 + ip_len].to_vec();
+        let at = if proto == 6 { 16 } else { 6 };
+        seg[at] = 0;
+        seg[at + 1] = 0;
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&ip[12..20]);
+        pseudo.extend_from_slice(&[0, proto]);
+        pseudo.extend_from_slice(&((ip_len - 20) as u16).to_be_bytes());
+        pseudo.extend_from_slice(&seg);
+        let c = checksum(&pseudo);
+        if proto == 17 && c == 0 { 0xffff } else { c }
+    }
+
+    /// True if IP and L4 checksums of `f` are valid.
+    pub fn checksums_ok(f: &[u8]) -> bool {
+        let ip_ok = checksum(&f[14..34]) == 0;
+        let at = 34 + if f[23] == 6 { 16 } else { 6 };
+        let stored = u16::from_be_bytes([f[at], f[at + 1]]);
+        ip_ok && stored == l4_checksum(f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::frame;
+    use super::*;
+
+    #[test]
+    fn parses_tcp_and_udp() {
+        let f = frame(6, [10, 0, 0, 1], [10, 0, 0, 10], 40000, 80, TCP_SYN, b"");
+        let p = parse(&f).unwrap();
+        assert_eq!(p.key.sport, 40000);
+        assert_eq!(p.key.dport, 80);
+        assert_eq!(p.key.dst, 0x0a00_000a);
+        assert_eq!(p.tcp_flags, TCP_SYN);
+        assert_eq!(p.l4_off, 34);
+        let f = frame(17, [10, 0, 0, 1], [10, 0, 0, 10], 5353, 53, 0, b"hello");
+        let p = parse(&f).unwrap();
+        assert_eq!((p.key.proto, p.ip_len), (17, 33));
+    }
+
+    #[test]
+    fn every_truncation_is_rejected_without_panic() {
+        for proto in [6, 17] {
+            let f = frame(proto, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
+            for n in 0..f.len() {
+                assert!(parse(&f[..n]).is_err(), "proto {proto} len {n}");
+            }
+            assert!(parse(&f).is_ok());
+        }
+    }
+
+    #[test]
+    fn rejects_lies_and_others() {
+        let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
+        f[14 + 2..14 + 4].copy_from_slice(&500u16.to_be_bytes());
+        assert_eq!(parse(&f), Err(Drop::Malformed));
+        let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
+        f[12] = 0x86;
+        f[13] = 0xdd;
+        assert_eq!(parse(&f), Err(Drop::NotIpv4));
+        let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
+        f[14 + 6] = 0x20; // MF
+        assert_eq!(parse(&f), Err(Drop::Fragment));
+        let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
+        f[14 + 9] = 1;
+        assert_eq!(parse(&f), Err(Drop::Protocol));
+    }
+
+    #[test]
+    fn random_bytes_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..300 {
+            let mut buf = vec![0u8; len];
+            for b in buf.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            if len > 14 {
+                buf[12] = 8;
+                buf[13] = 0;
+                buf[14] = 0x45;
+            }
+            let _ = parse(&buf);
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! Rewrite: address/port translation, TTL and MACs, in place in the frame.
+//!
+//! Checksums are updated incrementally (RFC 1624): the receivers verify
+//! them, so every change to an address or port updates both the IP header
+//! checksum and the TCP/UDP checksum (whose pseudo-header covers addresses).
+
+use crate::checksum::{update16, update32};
+use crate::parse::{ETH_HLEN, PROTO_UDP, Packet, be16};
+use crate::stats::Drop;
+
+const IP_TTL: usize = ETH_HLEN + 8;
+const IP_CSUM: usize = ETH_HLEN + 10;
+const IP_SRC: usize = ETH_HLEN + 12;
+const IP_DST: usize = ETH_HLEN + 16;
+
+#[inline]
+fn put16(f: &mut [u8], at: usize, v: u16) {
+    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+#[inline]
+fn get32(f: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
+}
+
+/// Offset of the L4 checksum field.
+#[inline]
+fn l4_csum_at(pkt: &Packet) -> usize {
+    pkt.l4_off + if pkt.key.proto == PROTO_UDP { 6 } else { 16 }
+}
+
+/// Replaces a 32-bit address at `addr_at` and a 16-bit port at `port_at`,
+/// fixing the IP and L4 checksums.
+#[inline]
+fn translate(f: &mut [u8], pkt: &Packet, addr_at: usize, new_addr: u32, port_at: usize, new_port: u16) {
+    let old_addr = get32(f, addr_at);
+    let old_port = be16(f, port_at);
+    f[addr_at..addr_at + 4].copy_from_slice(&new_addr.to_be_bytes());
+    put16(f, port_at, new_port);
+    put16(f, IP_CSUM, update32(be16(f, IP_CSUM), old_addr, new_addr));
+    let at = l4_csum_at(pkt);
+    let old = be16(f, at);
+    // A zero UDP checksum means "none": leave it so.
+    if pkt.key.proto == PROTO_UDP && old == 0 {
+        return;
+    }
+    let mut c = update16(update32(old, old_addr, new_addr), old_port, new_port);
+    if pkt.key.proto == PROTO_UDP && c == 0 {
+        c = 0xffff;
+    }
+    put16(f, at, c);
+}
+
+/// Client → real server: destination becomes `addr:port` (DNAT).
+#[inline]
+pub fn to_real(f: &mut [u8], pkt: &Packet, addr: u32, port: u16) {
+    translate(f, pkt, IP_DST, addr, pkt.l4_off + 2, port);
+}
+
+/// Real server → client: source becomes the VIP `addr:port` (un-NAT).
+#[inline]
+pub fn to_client(f: &mut [u8], pkt: &Packet, addr: u32, port: u16) {
+    translate(f, pkt, IP_SRC, addr, pkt.l4_off, port);
+}
+
+/// Decrements the TTL as a router must; a packet whose TTL runs out is
+/// dropped.
+#[inline]
+pub fn decrement_ttl(f: &mut [u8]) -> Result<(), Drop> {
+    let ttl = f[IP_TTL];
+    if ttl <= 1 {
+        return Err(Drop::TtlExceeded);
+    }
+    let old = be16(f, IP_TTL);
+    f[IP_TTL] = ttl - 1;
+    let new = be16(f, IP_TTL);
+    put16(f, IP_CSUM, update16(be16(f, IP_CSUM), old, new));
+    Ok(())
+}
+
+/// Sets the Ethernet addresses for the next hop.
+#[inline]
+pub fn set_macs(f: &mut [u8], src: [u8; 6], dst: [u8; 6]) {
+    f[0..6].copy_from_slice(&dst);
+    f[6..12].copy_from_slice(&src);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::fixtures::{checksums_ok, frame};
+    use crate::parse::{TCP_SYN, parse};
+
+    #[test]
+    fn dnat_and_snat_keep_checksums_valid() {
+        for proto in [6u8, 17] {
+            for payload in [&b""[..], b"a", b"hello world, odd length!"] {
+                let mut f = frame(proto, [192, 168, 7, 2], [10, 0, 0, 10], 40000, 80, TCP_SYN, payload);
+                let p = parse(&f).unwrap();
+                to_real(&mut f, &p, 0x0a00_0102, 8080);
+                assert!(checksums_ok(&f), "dnat proto {proto}");
+                let p = parse(&f).unwrap();
+                assert_eq!((p.key.dst, p.key.dport), (0x0a00_0102, 8080));
+                decrement_ttl(&mut f).unwrap();
+                assert!(checksums_ok(&f));
+                assert_eq!(f[IP_TTL], 63);
+                // And the reply path.
+                let mut r = frame(proto, [10, 0, 1, 2], [192, 168, 7, 2], 8080, 40000, 0, payload);
+                let p = parse(&r).unwrap();
+                to_client(&mut r, &p, 0x0a00_000a, 80);
+                assert!(checksums_ok(&r), "snat proto {proto}");
+                let p = parse(&r).unwrap();
+                assert_eq!((p.key.src, p.key.sport), (0x0a00_000a, 80));
+            }
+        }
+    }
+
+    #[test]
+    fn zero_udp_checksum_stays_zero() {
+        let mut f = frame(17, [1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 0, b"x");
+        f[34 + 6] = 0;
+        f[34 + 7] = 0;
+        let p = parse(&f).unwrap();
+        to_real(&mut f, &p, 0x0303_0303, 3);
+        assert_eq!(&f[40..42], &[0, 0]);
+        assert_eq!(crate::checksum::checksum(&f[14..34]), 0);
+    }
+
+    #[test]
+    fn ttl_runs_out() {
+        let mut f = frame(17, [1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 0, b"x");
+        f[IP_TTL] = 1;
+        assert_eq!(decrement_ttl(&mut f), Err(Drop::TtlExceeded));
+    }
+}

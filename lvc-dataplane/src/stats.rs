@@ -1,0 +1,160 @@
+//! Counters: per-worker packet counters and drop reasons, per-service and
+//! per-server traffic counters.
+//!
+//! Every counter has exactly one writer per worker (or is a relaxed atomic
+//! shared by the workers) and is read by the control thread: no locks, no
+//! formatted strings on the packet path.
+
+use lvc_proto::Counters;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+
+/// Why a frame was not forwarded. Unit variants only: each is a counter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Drop {
+    /// Truncated or inconsistent headers.
+    Malformed,
+    /// Not IPv4 (the XDP program passes those; counted if one slips in).
+    NotIpv4,
+    /// An IPv4 fragment (the XDP program passes non-first fragments).
+    Fragment,
+    /// Neither TCP nor UDP.
+    Protocol,
+    /// To a VIP:port with no service (a service was just removed).
+    NoService,
+    /// The service has no real server that accepts new connections.
+    NoServer,
+    /// From a real server, but no tracked flow matches.
+    NoFlow,
+    /// The connection table is full.
+    TableFull,
+    /// No route to the destination.
+    NoRoute,
+    /// The next hop's MAC is not resolved yet (resolution was requested).
+    NeighPending,
+    /// The egress interface is not one lvc serves.
+    EgressNotServed,
+    /// The IP TTL ran out.
+    TtlExceeded,
+    /// The frame would not fit the egress frame buffer.
+    TooBig,
+    /// No free frame or TX ring slot to send it.
+    TxFull,
+}
+
+impl Drop {
+    pub const COUNT: usize = 14;
+    pub const ALL: [Drop; Drop::COUNT] = [
+        Drop::Malformed,
+        Drop::NotIpv4,
+        Drop::Fragment,
+        Drop::Protocol,
+        Drop::NoService,
+        Drop::NoServer,
+        Drop::NoFlow,
+        Drop::TableFull,
+        Drop::NoRoute,
+        Drop::NeighPending,
+        Drop::EgressNotServed,
+        Drop::TtlExceeded,
+        Drop::TooBig,
+        Drop::TxFull,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Drop::Malformed => "malformed",
+            Drop::NotIpv4 => "not_ipv4",
+            Drop::Fragment => "fragment",
+            Drop::Protocol => "protocol",
+            Drop::NoService => "no_service",
+            Drop::NoServer => "no_server",
+            Drop::NoFlow => "no_flow",
+            Drop::TableFull => "table_full",
+            Drop::NoRoute => "no_route",
+            Drop::NeighPending => "neigh_pending",
+            Drop::EgressNotServed => "egress_not_served",
+            Drop::TtlExceeded => "ttl_exceeded",
+            Drop::TooBig => "too_big",
+            Drop::TxFull => "tx_full",
+        }
+    }
+}
+
+/// One worker's counters. Written only by that worker.
+#[derive(Default)]
+pub struct WorkerStats {
+    pub rx_packets: AtomicU64,
+    pub rx_bytes: AtomicU64,
+    pub tx_packets: AtomicU64,
+    pub tx_bytes: AtomicU64,
+    /// `sendto` calls made to kick copy-mode TX.
+    pub tx_kicks: AtomicU64,
+    /// Frames given back by the fill path because the fill ring was full.
+    pub fill_short: AtomicU64,
+    pub drops: [AtomicU64; Drop::COUNT],
+}
+
+impl WorkerStats {
+    #[inline]
+    pub fn drop(&self, why: Drop) {
+        bump(&self.drops[why as usize], 1);
+    }
+
+    pub fn drops(&self, why: Drop) -> u64 {
+        self.drops[why as usize].load(Relaxed)
+    }
+}
+
+/// Adds to a counter that has a single writer: a plain load+store is enough
+/// and avoids a locked instruction per packet.
+#[inline]
+pub fn bump(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Traffic counters of one service or one real server, shared by workers.
+#[derive(Default)]
+pub struct TrafficStats {
+    pub conns: AtomicU64,
+    pub packets_in: AtomicU64,
+    pub packets_out: AtomicU64,
+    pub bytes_in: AtomicU64,
+    pub bytes_out: AtomicU64,
+    /// Established TCP connections (servers only).
+    pub active: AtomicI64,
+    /// Other tracked connections (servers only).
+    pub inactive: AtomicI64,
+}
+
+impl TrafficStats {
+    #[inline]
+    pub fn count_in(&self, bytes: usize) {
+        self.packets_in.fetch_add(1, Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+    }
+
+    #[inline]
+    pub fn count_out(&self, bytes: usize) {
+        self.packets_out.fetch_add(1, Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Counters {
+        Counters {
+            conns: self.conns.load(Relaxed),
+            packets_in: self.packets_in.load(Relaxed),
+            packets_out: self.packets_out.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+        }
+    }
+
+    pub fn active(&self) -> u64 {
+        self.active.load(Relaxed).max(0) as u64
+    }
+
+    pub fn inactive(&self) -> u64 {
+        self.inactive.load(Relaxed).max(0) as u64
+    }
+}

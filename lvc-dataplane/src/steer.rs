@@ -1,0 +1,227 @@
+//! Steer: load the XDP program, attach it, and keep its maps in step with
+//! the configuration.
+//!
+//! The program is attached through a bpf_link (aya does that when the
+//! kernel supports it). A bpf_link lives exactly as long as its file
+//! descriptor, so the program is detached on every way out of the daemon:
+//! a clean exit, an error, a panic, SIGKILL. A stopped dataplane never leaves
+//! a program behind that would black-hole VIP traffic.
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::{ProgramError, Xdp, XdpMode};
+use aya::{Ebpf, TestRun, TestRunOptions};
+use lvc_ebpf::{AddrKey, EndpointKey, ServiceValue, Stat};
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+/// How the program ended up attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachMode {
+    Driver,
+    Skb,
+}
+
+impl AttachMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttachMode::Driver => "driver",
+            AttachMode::Skb => "skb",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SteerError {
+    #[error("cannot load the XDP program: {0} (lvc-dataplane must run as root, with CAP_BPF and CAP_NET_ADMIN)")]
+    Load(String),
+    #[error("interface `{0}` does not exist")]
+    NoInterface(String),
+    #[error("cannot attach XDP to `{iface}`: {reason}")]
+    Attach { iface: String, reason: String },
+    #[error("XDP map `{map}`: {reason}")]
+    Map { map: &'static str, reason: String },
+}
+
+fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> SteerError {
+    move |e| SteerError::Map {
+        map,
+        reason: e.to_string(),
+    }
+}
+
+/// The loaded program and its maps. Dropping it detaches the program.
+pub struct Steering {
+    ebpf: Ebpf,
+    vips: BpfHashMap<MapData, EndpointKey, ServiceValue>,
+    reals: BpfHashMap<MapData, EndpointKey, ServiceValue>,
+    locals: BpfHashMap<MapData, AddrKey, u32>,
+    xsks: XskMap<MapData>,
+    stats: PerCpuArray<MapData, u64>,
+    current_vips: HashSet<EndpointKey>,
+    current_reals: HashSet<EndpointKey>,
+    current_locals: HashSet<AddrKey>,
+}
+
+impl Steering {
+    /// Loads (but does not attach) the program.
+    pub fn load() -> Result<Self, SteerError> {
+        let mut ebpf = Ebpf::load(lvc_ebpf::XDP_OBJECT).map_err(|e| SteerError::Load(e.to_string()))?;
+        let prog: &mut Xdp = ebpf
+            .program_mut(lvc_ebpf::PROGRAM_NAME)
+            .ok_or_else(|| SteerError::Load("program missing from object".into()))?
+            .try_into()
+            .map_err(|e: ProgramError| SteerError::Load(e.to_string()))?;
+        prog.load().map_err(|e| SteerError::Load(program_error(&e)))?;
+        use lvc_ebpf::maps;
+        let mut take = |name: &'static str| {
+            ebpf.take_map(name).ok_or(SteerError::Map {
+                map: name,
+                reason: "missing from object".into(),
+            })
+        };
+        let vips = BpfHashMap::try_from(take(maps::VIPS)?).map_err(map_err(maps::VIPS))?;
+        let reals = BpfHashMap::try_from(take(maps::REALS)?).map_err(map_err(maps::REALS))?;
+        let locals = BpfHashMap::try_from(take(maps::LOCALS)?).map_err(map_err(maps::LOCALS))?;
+        let xsks = XskMap::try_from(take(maps::XSKS)?).map_err(map_err(maps::XSKS))?;
+        let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
+        Ok(Self {
+            ebpf,
+            vips,
+            reals,
+            locals,
+            xsks,
+            stats,
+            current_vips: HashSet::new(),
+            current_reals: HashSet::new(),
+            current_locals: HashSet::new(),
+        })
+    }
+
+    fn prog(&mut self) -> &mut Xdp {
+        self.ebpf
+            .program_mut(lvc_ebpf::PROGRAM_NAME)
+            .expect("loaded in Steering::load")
+            .try_into()
+            .expect("an XDP program")
+    }
+
+    /// Attaches to `iface` in driver mode, falling back to skb (generic)
+    /// mode with a warning.
+    pub fn attach(&mut self, iface: &str) -> Result<AttachMode, SteerError> {
+        let prog = self.prog();
+        match prog.attach(iface, XdpMode::Driver) {
+            Ok(_) => return Ok(AttachMode::Driver),
+            Err(ProgramError::UnknownInterface { .. }) => {
+                return Err(SteerError::NoInterface(iface.to_owned()));
+            }
+            Err(e) => tracing::warn!(
+                iface,
+                error = %program_error(&e),
+                "driver-mode XDP unavailable, falling back to skb (generic) mode: slower, and 64 KiB GSO frames reach XDP"
+            ),
+        }
+        prog.attach(iface, XdpMode::Skb)
+            .map(|_| AttachMode::Skb)
+            .map_err(|e| SteerError::Attach {
+                iface: iface.to_owned(),
+                reason: program_error(&e),
+            })
+    }
+
+    /// Puts an AF_XDP socket into the XSKMAP at `queue`.
+    pub fn set_socket(&mut self, queue: u32, fd: i32) -> Result<(), SteerError> {
+        self.xsks.set(queue, fd, 0).map_err(map_err(lvc_ebpf::maps::XSKS))
+    }
+
+    /// Makes the `vips` map hold exactly `want`.
+    pub fn sync_vips(&mut self, want: &HashSet<EndpointKey>) -> Result<(), SteerError> {
+        sync(&mut self.vips, &mut self.current_vips, want, lvc_ebpf::maps::VIPS)
+    }
+
+    /// Makes the `reals` map hold exactly `want`.
+    pub fn sync_reals(&mut self, want: &HashSet<EndpointKey>) -> Result<(), SteerError> {
+        sync(&mut self.reals, &mut self.current_reals, want, lvc_ebpf::maps::REALS)
+    }
+
+    /// Makes the `locals` map hold exactly the director's addresses.
+    pub fn sync_locals(&mut self, addrs: &[IpAddr]) -> Result<(), SteerError> {
+        let want: HashSet<AddrKey> = addrs.iter().map(|&a| AddrKey::new(a)).collect();
+        for k in self.current_locals.difference(&want).copied().collect::<Vec<_>>() {
+            self.locals.remove(&k).map_err(map_err(lvc_ebpf::maps::LOCALS))?;
+            self.current_locals.remove(&k);
+        }
+        for k in want.difference(&self.current_locals).copied().collect::<Vec<_>>() {
+            self.locals.insert(k, 1u32, 0).map_err(map_err(lvc_ebpf::maps::LOCALS))?;
+            self.current_locals.insert(k);
+        }
+        Ok(())
+    }
+
+    /// The program's counters, summed over CPUs.
+    pub fn counters(&self) -> Vec<(Stat, u64)> {
+        Stat::ALL
+            .iter()
+            .map(|&s| {
+                let v = self
+                    .stats
+                    .get(&(s as u32), 0)
+                    .map(|v| v.iter().sum())
+                    .unwrap_or(0);
+                (s, v)
+            })
+            .collect()
+    }
+
+    /// Runs the program on one frame with BPF_PROG_TEST_RUN, as if received
+    /// on `ifindex` rx queue `queue`; returns the XDP action.
+    pub fn test_run(&mut self, frame: &[u8], ifindex: u32, queue: u32) -> Result<u32, SteerError> {
+        // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
+        let mut ctx = [0u8; 24];
+        ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
+        ctx[12..16].copy_from_slice(&ifindex.to_ne_bytes());
+        ctx[16..20].copy_from_slice(&queue.to_ne_bytes());
+        let ctx_in = if ifindex == 0 { None } else { Some(&ctx[..]) };
+        let r = self
+            .prog()
+            .test_run(TestRunOptions {
+                data_in: Some(frame),
+                ctx_in,
+                ..Default::default()
+            })
+            .map_err(|e| SteerError::Load(program_error(&e)))?;
+        Ok(r.return_value)
+    }
+}
+
+fn sync(
+    map: &mut BpfHashMap<MapData, EndpointKey, ServiceValue>,
+    current: &mut HashSet<EndpointKey>,
+    want: &HashSet<EndpointKey>,
+    name: &'static str,
+) -> Result<(), SteerError> {
+    // Add before remove so a moving entry never leaves a gap.
+    for k in want.difference(current).copied().collect::<Vec<_>>() {
+        map.insert(k, ServiceValue::default(), 0).map_err(map_err(name))?;
+        current.insert(k);
+    }
+    for k in current.difference(want).copied().collect::<Vec<_>>() {
+        map.remove(&k).map_err(map_err(name))?;
+        current.remove(&k);
+    }
+    Ok(())
+}
+
+/// A ProgramError with its OS error and verifier log, if any.
+fn program_error(e: &ProgramError) -> String {
+    let mut s = e.to_string();
+    let mut cur = std::error::Error::source(e);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    if let ProgramError::LoadError { verifier_log, .. } = e {
+        s.push_str(&format!("\nverifier log:\n{verifier_log}"));
+    }
+    s
+}

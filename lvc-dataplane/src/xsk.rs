@@ -1,0 +1,387 @@
+//! AF_XDP sockets and UMEM frame ownership — the only module with `unsafe`.
+//!
+//! One [`WorkerIo`] belongs to one worker thread. It owns one UMEM shared by
+//! that worker's sockets (one per served interface, all on the same rx queue
+//! index), so a frame received on one interface can be transmitted on another
+//! without a copy.
+//!
+//! The ownership rule of AF_XDP — a frame handed to the fill or TX ring must
+//! not be touched until it comes back through the RX or completion ring — is
+//! enforced by the type system here: the only way to obtain a [`Frame`] is to
+//! receive one (or take a free one), `Frame` is neither `Copy` nor `Clone`,
+//! and giving a frame to the kernel consumes it. Frame bytes are reachable
+//! only through a `&mut Frame`, so the pipeline never sees `unsafe`.
+
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
+
+/// Sizes of one worker's rings and UMEM.
+#[derive(Clone, Copy, Debug)]
+pub struct IoConfig {
+    /// Frames per ring (fill, completion, rx, tx); a power of two.
+    pub ring_size: u32,
+    /// Bytes per frame (2048 or 4096).
+    pub frame_size: u32,
+    /// Use driver-mode XDP flags for the bind (informational for copy mode).
+    pub skb_mode: bool,
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        Self {
+            ring_size: 2048,
+            frame_size: 4096,
+            skb_mode: false,
+        }
+    }
+}
+
+/// A UMEM frame owned by userspace. Not `Clone`: exactly one owner.
+#[derive(Debug)]
+pub struct Frame {
+    desc: FrameDesc,
+}
+
+impl Frame {
+    /// Length of the packet in the frame.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.desc.lengths().data()
+    }
+
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One AF_XDP socket: an (interface, queue) with its four rings.
+struct Port {
+    rx: RxQueue,
+    tx: TxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    /// Frames in the TX ring or in flight, not yet completed.
+    tx_outstanding: u32,
+    /// Frames currently owned by the kernel through the fill ring.
+    fill_level: u32,
+}
+
+/// All AF_XDP state of one worker.
+pub struct WorkerIo {
+    umem: Umem,
+    ports: Vec<Port>,
+    /// Frames owned by userspace and unused.
+    free: Vec<FrameDesc>,
+    /// Scratch for ring operations (no allocation per batch).
+    scratch: Vec<FrameDesc>,
+    ring_size: u32,
+    mtu: usize,
+}
+
+/// Why a socket could not be set up, worded for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    #[error("cannot allocate the UMEM ({0}); AF_XDP needs CAP_NET_RAW and CAP_IPC_LOCK (run as root)")]
+    Umem(String),
+    #[error("cannot bind an AF_XDP socket to {iface} queue {queue}: {reason}")]
+    Bind {
+        iface: String,
+        queue: u32,
+        reason: String,
+    },
+}
+
+impl WorkerIo {
+    /// Opens one socket per interface in `ifaces`, all on rx queue `queue`,
+    /// sharing one UMEM. Retries EBUSY (a previous process's socket on the
+    /// same queue may still be being torn down) with backoff.
+    pub fn open(ifaces: &[String], queue: u32, cfg: IoConfig) -> Result<Self, XskError> {
+        let ring = QueueSize::new(cfg.ring_size).map_err(|e| XskError::Umem(e.to_string()))?;
+        let umem_cfg = UmemConfig::builder()
+            .frame_size(FrameSize::new(cfg.frame_size).map_err(|e| XskError::Umem(e.to_string()))?)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| XskError::Umem(e.to_string()))?;
+        // Per port: a full fill ring plus a full TX ring of frames.
+        let count = cfg.ring_size * 2 * ifaces.len().max(1) as u32;
+        let (umem, free) = Umem::new(umem_cfg, NonZeroU32::new(count).expect("non-zero"), false)
+            .map_err(|e| XskError::Umem(error_chain(&e)))?;
+        let xdp_flags = if cfg.skb_mode {
+            XdpFlags::XDP_FLAGS_SKB_MODE
+        } else {
+            XdpFlags::XDP_FLAGS_DRV_MODE
+        };
+        let sock_cfg = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            // lvc loads and attaches its own program (aya) and inserts each
+            // socket into its XSKMAP; libxdp must not load its dispatcher.
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .xdp_flags(xdp_flags)
+            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+            .build();
+        let mut ports = Vec::with_capacity(ifaces.len());
+        for name in ifaces {
+            let iface: Interface = name.parse().map_err(|_| XskError::Bind {
+                iface: name.clone(),
+                queue,
+                reason: "invalid interface name".into(),
+            })?;
+            let mut delay = Duration::from_millis(20);
+            let mut attempt = 0;
+            let (tx, rx, fq_cq) = loop {
+                // SAFETY: every socket of this UMEM is bound to a distinct
+                // (interface, queue) pair, each with its own fill/completion
+                // rings, and INHIBIT_PROG_LOAD is set, as xsk-rs requires for
+                // shared UMEMs.
+                match unsafe { Socket::new(sock_cfg, &umem, &iface, queue) } {
+                    Ok(s) => break s,
+                    Err(e) => {
+                        let busy = std::error::Error::source(&e)
+                            .and_then(|s| s.downcast_ref::<io::Error>())
+                            .and_then(io::Error::raw_os_error)
+                            == Some(libc::EBUSY);
+                        attempt += 1;
+                        if busy && attempt < 8 {
+                            std::thread::sleep(delay);
+                            delay *= 2;
+                            continue;
+                        }
+                        let mut reason = error_chain(&e);
+                        if busy {
+                            reason.push_str(" (queue busy: another AF_XDP program uses it)");
+                        }
+                        return Err(XskError::Bind {
+                            iface: name.clone(),
+                            queue,
+                            reason,
+                        });
+                    }
+                }
+            };
+            let (fill, comp) = fq_cq.ok_or_else(|| XskError::Bind {
+                iface: name.clone(),
+                queue,
+                reason: "interface listed twice".into(),
+            })?;
+            ports.push(Port {
+                rx,
+                tx,
+                fill,
+                comp,
+                tx_outstanding: 0,
+                fill_level: 0,
+            });
+        }
+        let mtu = umem_cfg.mtu() as usize;
+        let mut io = Self {
+            umem,
+            ports,
+            free,
+            scratch: Vec::with_capacity(cfg.ring_size as usize),
+            ring_size: cfg.ring_size,
+            mtu,
+        };
+        for p in 0..io.ports.len() {
+            io.refill(p);
+        }
+        Ok(io)
+    }
+
+    /// Number of sockets (ports), in the order of `open`'s `ifaces`.
+    pub fn ports(&self) -> usize {
+        self.ports.len()
+    }
+
+    /// Largest packet a frame can hold.
+    pub fn mtu(&self) -> usize {
+        self.mtu
+    }
+
+    /// The raw fd of a port's socket, for the XSKMAP.
+    pub fn socket_fd(&self, port: usize) -> i32 {
+        self.ports[port].rx.fd().as_raw_fd()
+    }
+
+    /// Receives up to `max` frames from `port` into `out`.
+    pub fn recv(&mut self, port: usize, max: usize, out: &mut Vec<Frame>) -> usize {
+        let p = &mut self.ports[port];
+        self.scratch.clear();
+        self.scratch.resize(max, FrameDesc::default());
+        // SAFETY: the descriptors come back from the RX ring of a socket of
+        // this UMEM; from now on userspace owns them (wrapped in `Frame`).
+        let n = unsafe { p.rx.consume(&mut self.scratch[..max]) };
+        p.fill_level -= n as u32;
+        out.extend(self.scratch[..n].iter().map(|&desc| Frame { desc }));
+        n
+    }
+
+    /// The packet bytes of a frame, for reading and in-place rewriting.
+    #[inline]
+    pub fn bytes_mut<'a>(&'a self, frame: &'a mut Frame) -> &'a mut [u8] {
+        // SAFETY: a `Frame` exists only while userspace owns the frame (it is
+        // created on receive/allocation and consumed when handed back to the
+        // kernel), and `&mut Frame` makes this the only access to it.
+        let mut data = unsafe { self.umem.data_mut(&mut frame.desc) };
+        let bytes = data.contents_mut();
+        let (ptr, len) = (bytes.as_mut_ptr(), bytes.len());
+        // SAFETY: the bytes live in the UMEM mapping, which `self.umem` keeps
+        // alive for 'a; the exclusive borrow of `frame` for 'a keeps every
+        // other access to this frame out, as above.
+        unsafe { std::slice::from_raw_parts_mut(ptr, len) }
+    }
+
+    /// Takes a free frame and fills it with `bytes` (for packets the
+    /// dataplane originates). `None` when no frame is free or `bytes` is
+    /// larger than a frame.
+    pub fn alloc(&mut self, bytes: &[u8]) -> Option<Frame> {
+        if bytes.len() > self.mtu {
+            return None;
+        }
+        let mut desc = self.free.pop()?;
+        // SAFETY: `desc` came from the free list, so no ring holds it and
+        // nothing else accesses it.
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
+        let mut cur = data.cursor();
+        cur.zero_out();
+        cur.set_pos(0);
+        use std::io::Write;
+        cur.write_all(bytes).ok()?;
+        Some(Frame { desc })
+    }
+
+    /// Gives a frame that will not be sent back to the free list.
+    #[inline]
+    pub fn release(&mut self, frame: Frame) {
+        self.free.push(frame.desc);
+    }
+
+    /// Queues `frames` for transmission on `port`. Frames that do not fit the
+    /// TX ring are released and their count returned.
+    pub fn send(&mut self, port: usize, frames: &mut Vec<Frame>) -> usize {
+        if frames.is_empty() {
+            return 0;
+        }
+        let p = &mut self.ports[port];
+        let room = p.tx.nb_free(frames.len() as u32) as usize;
+        let n = room.min(frames.len());
+        self.scratch.clear();
+        self.scratch.extend(frames.drain(..n).map(|f| f.desc));
+        // SAFETY: the frames were owned by userspace (as `Frame`s, now
+        // consumed) and belong to this UMEM; the ring had room for all `n`.
+        let produced = unsafe { p.tx.produce(&self.scratch) };
+        debug_assert_eq!(produced, n);
+        p.tx_outstanding += n as u32;
+        let dropped = frames.len();
+        self.free.extend(frames.drain(..).map(|f| f.desc));
+        dropped
+    }
+
+    /// Kicks copy-mode TX on every port with frames outstanding, reaps
+    /// completions into the free list, and tops the fill rings up.
+    /// Returns the number of `sendto` kicks made.
+    pub fn service(&mut self) -> u64 {
+        let mut kicks = 0;
+        for i in 0..self.ports.len() {
+            let p = &mut self.ports[i];
+            if p.tx_outstanding > 0 {
+                // Copy mode transmits at most 32 frames per kick, so kick
+                // while anything is outstanding, once per loop iteration.
+                if p.tx.needs_wakeup() {
+                    let _ = p.tx.wakeup();
+                    kicks += 1;
+                }
+                self.scratch.clear();
+                self.scratch.resize(self.ring_size as usize, FrameDesc::default());
+                // SAFETY: completion descriptors belong to this UMEM and are
+                // handed back to userspace by the kernel.
+                let done = unsafe { p.comp.consume(&mut self.scratch) };
+                p.tx_outstanding -= done as u32;
+                self.free.extend_from_slice(&self.scratch[..done]);
+            }
+            self.refill(i);
+        }
+        kicks
+    }
+
+    /// True if any port has transmissions not yet completed.
+    pub fn tx_pending(&self) -> bool {
+        self.ports.iter().any(|p| p.tx_outstanding > 0)
+    }
+
+    /// Puts free frames on `port`'s fill ring, keeping a share for TX.
+    fn refill(&mut self, port: usize) {
+        let p = &mut self.ports[port];
+        let want = self.ring_size - p.fill_level;
+        // Leave frames for the other ports' fill rings.
+        let share = (self.free.len() as u32).min(want);
+        if share == 0 {
+            return;
+        }
+        let n = p.fill.nb_free(share) as usize;
+        if n == 0 {
+            return;
+        }
+        let start = self.free.len() - n;
+        // SAFETY: these frames are on the free list, so userspace owns them
+        // and no ring holds them; they leave the free list right after.
+        let produced = unsafe { p.fill.produce(&self.free[start..]) };
+        if produced == n {
+            self.free.truncate(start);
+            p.fill_level += n as u32;
+        }
+    }
+
+    /// Waits until a port has received frames or `timeout` passes.
+    pub fn wait(&self, timeout: Duration) {
+        let mut fds: Vec<libc::pollfd> = self
+            .ports
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.rx.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfds
+        // that outlives the call.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                timeout.as_millis() as i32,
+            )
+        };
+    }
+
+    /// Kernel-side socket statistics per port: (rx_dropped, rx_ring_full,
+    /// fill_ring_empty, tx_invalid).
+    pub fn kernel_stats(&self, port: usize) -> Option<(u64, u64, u64, u64)> {
+        let s = self.ports[port].rx.fd().xdp_statistics().ok()?;
+        Some((
+            s.rx_dropped(),
+            s.rx_ring_full(),
+            s.rx_fill_ring_empty_descs(),
+            s.tx_invalid_descs(),
+        ))
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

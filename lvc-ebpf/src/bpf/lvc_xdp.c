@@ -1,0 +1,207 @@
+// SPDX-License-Identifier: (MIT OR GPL-2.0)
+//
+// lvc XDP steering program.
+//
+// Decides, for every frame received on an interface lvc serves, whether the
+// frame belongs to lvc (then it goes to the AF_XDP socket bound to the frame's
+// rx queue) or to the kernel (everything else, untouched).
+//
+// A frame belongs to lvc when it is IPv4 TCP/UDP and
+//   * its destination (address, port, protocol) is a virtual service
+//     (`vips`, exact port first, then port 0 = "every port of this VIP"), or
+//   * its source (address, port, protocol) is a real-server endpoint whose
+//     replies lvc must translate back (`reals`, the `nat` method), and its
+//     destination is not one of the director's own addresses (`locals`), so
+//     the director's own connections to a real server stay with the kernel.
+//
+// If no socket is bound on the rx queue the frame is passed, never dropped:
+// a dataplane that is starting or stopping must not black-hole VIP traffic.
+//
+// The key layouts are mirrored in ../lib.rs (`EndpointKey`, `AddrKey`,
+// `ServiceValue`) and leave room for IPv6 (16-byte addresses + family).
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <bpf/bpf_endian.h>
+#include <bpf/bpf_helpers.h>
+
+// Defined here instead of <linux/tcp.h>/<linux/udp.h>-style includes that
+// can pull in libc headers; only the port fields are read.
+struct l4_ports {
+	__be16 source;
+	__be16 dest;
+};
+
+#define LVC_AF_INET 4
+#define LVC_AF_INET6 6
+
+#define TCP_MIN_HLEN 20
+#define UDP_HLEN 8
+
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+
+// Keep in sync with `Stat` in lib.rs.
+enum lvc_stat {
+	STAT_RX = 0,            // every frame seen
+	STAT_PASS_NOT_IP,       // ARP, VLAN, IPv6, other ethertypes
+	STAT_PASS_MALFORMED,    // truncated or impossible headers
+	STAT_PASS_FRAGMENT,     // non-first IPv4 fragments (no L4 header)
+	STAT_PASS_OTHER_PROTO,  // IPv4 that is neither TCP nor UDP
+	STAT_PASS_NO_MATCH,     // TCP/UDP not for a VIP and not from a real
+	STAT_PASS_NO_SOCKET,    // matched, but no AF_XDP socket on this queue
+	STAT_REDIRECT_VIP,      // matched a VIP, redirected
+	STAT_REDIRECT_REAL,     // matched a real-server endpoint, redirected
+	STAT_MAX,
+};
+
+struct endpoint_key {
+	__u8 family; // LVC_AF_INET or LVC_AF_INET6
+	__u8 proto;  // IPPROTO_TCP / IPPROTO_UDP
+	__be16 port; // network order; 0 = every port (VIPs only)
+	__u32 addr[4]; // IPv4 in addr[0] (network order), rest zero
+};
+
+struct addr_key {
+	__u8 family;
+	__u8 pad[3];
+	__u32 addr[4];
+};
+
+struct service_value {
+	__u32 id;
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct endpoint_key);
+	__type(value, struct service_value);
+} vips SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct endpoint_key);
+	__type(value, struct service_value);
+} reals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct addr_key);
+	__type(value, __u32);
+} locals SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_XSKMAP);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, __u32);
+} xsks SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, STAT_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} stats SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *v = bpf_map_lookup_elem(&stats, &idx);
+	if (v)
+		*v += 1;
+}
+
+static __always_inline int pass(__u32 reason)
+{
+	count(reason);
+	return XDP_PASS;
+}
+
+static __always_inline int to_socket(struct xdp_md *ctx, __u32 reason)
+{
+	__u32 q = ctx->rx_queue_index;
+	if (!bpf_map_lookup_elem(&xsks, &q))
+		return pass(STAT_PASS_NO_SOCKET);
+	count(reason);
+	// XDP_PASS as the fallback action: should the socket go away between
+	// the lookup and the redirect, the kernel gets the frame.
+	return bpf_redirect_map(&xsks, q, XDP_PASS);
+}
+
+static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	count(STAT_RX);
+
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	// VLAN-tagged frames, ARP, IPv6 (for now) and the rest: the kernel's.
+	if (eth->h_proto != bpf_htons(ETH_P_IP))
+		return pass(STAT_PASS_NOT_IP);
+
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	if (ip->version != 4 || ip->ihl < 5)
+		return pass(STAT_PASS_MALFORMED);
+	__u32 ihl = ip->ihl * 4;
+	if ((void *)ip + ihl > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+		return pass(STAT_PASS_OTHER_PROTO);
+	if (ip->frag_off & bpf_htons(IP_OFFSET))
+		return pass(STAT_PASS_FRAGMENT);
+
+	__u32 l4_min = ip->protocol == IPPROTO_TCP ? TCP_MIN_HLEN : UDP_HLEN;
+	struct l4_ports *ports = (void *)ip + ihl;
+	if ((void *)ports + l4_min > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	// The IP header must not claim less than the headers we parsed.
+	if (bpf_ntohs(ip->tot_len) < ihl + l4_min)
+		return pass(STAT_PASS_MALFORMED);
+
+	struct endpoint_key key = {};
+	key.family = LVC_AF_INET;
+	key.proto = ip->protocol;
+	key.port = ports->dest;
+	key.addr[0] = ip->daddr;
+	if (bpf_map_lookup_elem(&vips, &key))
+		return to_socket(ctx, STAT_REDIRECT_VIP);
+	key.port = 0;
+	if (bpf_map_lookup_elem(&vips, &key))
+		return to_socket(ctx, STAT_REDIRECT_VIP);
+
+	key.port = ports->source;
+	key.addr[0] = ip->saddr;
+	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
+	if (!real) {
+		// Real servers of port-0 services answer from every port.
+		key.port = 0;
+		real = bpf_map_lookup_elem(&reals, &key) != NULL;
+	}
+	if (real) {
+		struct addr_key local = {};
+		local.family = LVC_AF_INET;
+		local.addr[0] = ip->daddr;
+		if (!bpf_map_lookup_elem(&locals, &local))
+			return to_socket(ctx, STAT_REDIRECT_REAL);
+	}
+	return pass(STAT_PASS_NO_MATCH);
+}
+
+SEC("xdp")
+int lvc_xdp(struct xdp_md *ctx)
+{
+	return try_lvc_xdp(ctx);
+}
+
+char LICENSE[] SEC("license") = "Dual MIT/GPL";

@@ -1,0 +1,182 @@
+//! lvc's XDP steering program and the Rust mirror of its map types.
+//!
+//! The program itself is C (`src/bpf/lvc_xdp.c`), compiled by `build.rs` with
+//! `clang -target bpf` and embedded here as [`XDP_OBJECT`]. Loading and
+//! attaching it is the dataplane's job (`lvc_dataplane::steer`); this crate
+//! only owns the object and the `#[repr(C)]` key/value layouts, so the two
+//! sides of every map are defined exactly once each.
+
+use std::net::IpAddr;
+
+/// The compiled BPF object (ELF), aligned for aya's loader.
+pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lvc_xdp.o"));
+
+/// Name of the XDP program inside [`XDP_OBJECT`].
+pub const PROGRAM_NAME: &str = "lvc_xdp";
+
+/// Map names inside [`XDP_OBJECT`].
+pub mod maps {
+    /// Virtual services: [`EndpointKey`](super::EndpointKey) → [`ServiceValue`](super::ServiceValue).
+    pub const VIPS: &str = "vips";
+    /// Real-server endpoints whose replies come back through the director.
+    pub const REALS: &str = "reals";
+    /// The director's own addresses: replies to these stay with the kernel.
+    pub const LOCALS: &str = "locals";
+    /// AF_XDP sockets, indexed by rx queue.
+    pub const XSKS: &str = "xsks";
+    /// Per-CPU counters, indexed by [`Stat`](super::Stat).
+    pub const STATS: &str = "stats";
+}
+
+/// Address family tags used in keys (not the libc `AF_*` numbers).
+pub const FAMILY_INET: u8 = 4;
+/// IPv6 family tag; the key layout already has room for it.
+pub const FAMILY_INET6: u8 = 6;
+
+/// Capacity of the `xsks` map: the highest usable rx queue index + 1.
+pub const MAX_QUEUES: u32 = 256;
+
+/// Key of the `vips` and `reals` maps: (family, protocol, port, address).
+///
+/// `port` and `addr` are in network byte order, as they appear on the wire.
+/// Port 0 means "every port of this address".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct EndpointKey {
+    pub family: u8,
+    pub proto: u8,
+    pub port_be: u16,
+    pub addr: [u32; 4],
+}
+
+impl EndpointKey {
+    /// Builds a key from host-order port and a Rust address.
+    pub fn new(addr: IpAddr, proto: u8, port: u16) -> Self {
+        let (family, addr) = addr_words(addr);
+        Self {
+            family,
+            proto,
+            port_be: port.to_be(),
+            addr,
+        }
+    }
+}
+
+/// Key of the `locals` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AddrKey {
+    pub family: u8,
+    pub pad: [u8; 3],
+    pub addr: [u32; 4],
+}
+
+impl AddrKey {
+    pub fn new(addr: IpAddr) -> Self {
+        let (family, addr) = addr_words(addr);
+        Self {
+            family,
+            pad: [0; 3],
+            addr,
+        }
+    }
+}
+
+/// Value of the `vips` and `reals` maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServiceValue {
+    pub id: u32,
+    pub flags: u32,
+}
+
+fn addr_words(addr: IpAddr) -> (u8, [u32; 4]) {
+    match addr {
+        // Network order in memory: the octets as they are on the wire.
+        IpAddr::V4(a) => (FAMILY_INET, [u32::from_ne_bytes(a.octets()), 0, 0, 0]),
+        IpAddr::V6(a) => {
+            let o = a.octets();
+            let w = |i: usize| u32::from_ne_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
+            (FAMILY_INET6, [w(0), w(4), w(8), w(12)])
+        }
+    }
+}
+
+// SAFETY: plain `#[repr(C)]` structs of integers with no padding bytes
+// (checked by the size assertions below), valid for every bit pattern.
+unsafe impl aya::Pod for EndpointKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for AddrKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for ServiceValue {}
+
+const _: () = assert!(size_of::<EndpointKey>() == 20);
+const _: () = assert!(size_of::<AddrKey>() == 20);
+const _: () = assert!(size_of::<ServiceValue>() == 8);
+
+/// Indexes of the program's per-CPU counters (`enum lvc_stat` in the C source).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stat {
+    Rx = 0,
+    PassNotIp,
+    PassMalformed,
+    PassFragment,
+    PassOtherProto,
+    PassNoMatch,
+    PassNoSocket,
+    RedirectVip,
+    RedirectReal,
+}
+
+impl Stat {
+    /// Every counter, in index order.
+    pub const ALL: [Stat; 9] = [
+        Stat::Rx,
+        Stat::PassNotIp,
+        Stat::PassMalformed,
+        Stat::PassFragment,
+        Stat::PassOtherProto,
+        Stat::PassNoMatch,
+        Stat::PassNoSocket,
+        Stat::RedirectVip,
+        Stat::RedirectReal,
+    ];
+
+    /// A stable snake_case name for listings and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stat::Rx => "rx",
+            Stat::PassNotIp => "pass_not_ip",
+            Stat::PassMalformed => "pass_malformed",
+            Stat::PassFragment => "pass_fragment",
+            Stat::PassOtherProto => "pass_other_proto",
+            Stat::PassNoMatch => "pass_no_match",
+            Stat::PassNoSocket => "pass_no_socket",
+            Stat::RedirectVip => "redirect_vip",
+            Stat::RedirectReal => "redirect_real",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn key_bytes_are_wire_order() {
+        let k = EndpointKey::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)), 6, 80);
+        assert_eq!((k.family, k.proto), (FAMILY_INET, 6));
+        assert_eq!(k.port_be.to_ne_bytes(), [0, 80]);
+        assert_eq!(k.addr[0].to_ne_bytes(), [10, 0, 0, 1]);
+        assert_eq!(&k.addr[1..], &[0, 0, 0]);
+    }
+
+    #[test]
+    fn object_is_a_bpf_elf() {
+        assert_eq!(&XDP_OBJECT[..4], b"\x7fELF");
+        // e_machine == EM_BPF (247)
+        assert_eq!(u16::from_le_bytes([XDP_OBJECT[18], XDP_OBJECT[19]]), 247);
+    }
+}

@@ -1,0 +1,202 @@
+//! The lvc control protocol.
+//!
+//! `lvc-ctl` and `lvc-dataplane` talk over a Unix stream socket, one JSON
+//! object per line each way. Every request carries the protocol
+//! [`VERSION`]; the daemon answers a mismatch with
+//! [`ErrorCode::VersionMismatch`] instead of guessing. This crate has no
+//! dependency on aya or libxdp, so the CLI stays small.
+//!
+//! The same types describe the configuration file ([`config`]).
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod types;
+
+pub use types::*;
+
+use serde::{Deserialize, Serialize};
+
+/// Protocol version; bump on any incompatible change.
+pub const VERSION: u32 = 1;
+
+/// Default control socket path.
+pub const DEFAULT_SOCKET: &str = "/run/lvc/lvc.sock";
+
+/// Largest request line the daemon accepts, in bytes.
+pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+
+/// A request as it travels on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestEnvelope {
+    pub version: u32,
+    pub request: Request,
+}
+
+impl RequestEnvelope {
+    pub fn new(request: Request) -> Self {
+        Self {
+            version: VERSION,
+            request,
+        }
+    }
+}
+
+/// A response as it travels on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseEnvelope {
+    pub version: u32,
+    #[serde(flatten)]
+    pub result: Response,
+}
+
+impl ResponseEnvelope {
+    pub fn new(result: Response) -> Self {
+        Self {
+            version: VERSION,
+            result,
+        }
+    }
+}
+
+/// Everything the daemon can be asked.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "verb", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Request {
+    AddService {
+        service: ServiceKey,
+        #[serde(default)]
+        scheduler: Scheduler,
+    },
+    DelService {
+        service: ServiceKey,
+    },
+    AddServer {
+        service: ServiceKey,
+        real: RealSpec,
+        #[serde(default = "default_weight")]
+        weight: u32,
+        #[serde(default)]
+        method: Method,
+    },
+    DelServer {
+        service: ServiceKey,
+        real: RealSpec,
+    },
+    List {},
+    Status {},
+}
+
+pub fn default_weight() -> u32 {
+    1
+}
+
+/// The daemon's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Response {
+    /// The change was applied.
+    Ok,
+    /// The services, their servers and counters.
+    Listing(Listing),
+    /// Daemon status.
+    Status(Status),
+    /// Nothing was changed; this says why.
+    Error(ErrorReply),
+}
+
+/// A typed error with a human-readable, actionable message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{message}")]
+pub struct ErrorReply {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ErrorReply {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Error categories; `lvc-ctl` maps each to its own exit code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorCode {
+    /// The request could not be parsed.
+    BadRequest,
+    /// Client and daemon speak different protocol versions.
+    VersionMismatch,
+    /// An argument is out of range or inconsistent.
+    InvalidArgument,
+    /// The service or server already exists.
+    Exists,
+    /// The service or server does not exist.
+    NotFound,
+    /// The daemon failed internally; the configuration is unchanged.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Process exit code `lvc-ctl` uses for this error.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            ErrorCode::BadRequest => 64,
+            ErrorCode::VersionMismatch => 65,
+            ErrorCode::InvalidArgument => 66,
+            ErrorCode::Exists => 67,
+            ErrorCode::NotFound => 68,
+            ErrorCode::Internal => 70,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_round_trips_as_one_line() {
+        let req = RequestEnvelope::new(Request::AddServer {
+            service: "tcp:10.0.0.10:80".parse().unwrap(),
+            real: "10.0.1.1:8080".parse().unwrap(),
+            weight: 3,
+            method: Method::Dnat,
+        });
+        let line = serde_json::to_string(&req).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<RequestEnvelope>(&line).unwrap(), req);
+        assert!(line.contains(r#""verb":"add-server""#), "{line}");
+    }
+
+    #[test]
+    fn unknown_verbs_and_fields_are_rejected() {
+        for bad in [
+            r#"{"version":1,"request":{"verb":"explode"}}"#,
+            r#"{"version":1,"request":{"verb":"list","extra":1}}"#,
+            r#"{"version":1,"request":{"verb":"del-service","service":"tcp:1.2.3.4"}}"#,
+            r#"{"version":1}"#,
+            r#"{"version":1,"request":{"verb":"add-service","service":"tcp:1.2.3.4:80""#,
+        ] {
+            assert!(serde_json::from_str::<RequestEnvelope>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn error_response_shape() {
+        let r = ResponseEnvelope::new(Response::Error(ErrorReply::new(
+            ErrorCode::NotFound,
+            "service tcp 10.0.0.10:80 does not exist",
+        )));
+        let s = serde_json::to_string(&r).unwrap();
+        assert_eq!(
+            s,
+            r#"{"version":1,"error":{"code":"not-found","message":"service tcp 10.0.0.10:80 does not exist"}}"#
+        );
+        assert_eq!(serde_json::from_str::<ResponseEnvelope>(&s).unwrap(), r);
+    }
+}

@@ -1,0 +1,338 @@
+//! Value types of the protocol: services, servers, listings.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+/// Transport protocol of a virtual service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    /// IANA protocol number.
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::Tcp => 6,
+            Protocol::Udp => 17,
+        }
+    }
+
+    pub fn from_number(n: u8) -> Option<Self> {
+        match n {
+            6 => Some(Protocol::Tcp),
+            17 => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A virtual service: protocol, VIP and port (0 = every port).
+///
+/// Text form: `tcp:10.0.0.10:80`, `udp:[2001:db8::1]:53`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceKey {
+    pub proto: Protocol,
+    pub addr: SocketAddr,
+}
+
+impl ServiceKey {
+    pub fn new(proto: Protocol, addr: SocketAddr) -> Self {
+        Self { proto, addr }
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    /// `tcp 10.0.0.10:80`, the form used in messages.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.proto, self.addr)
+    }
+}
+
+impl FromStr for ServiceKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (proto, addr) = s
+            .split_once(':')
+            .ok_or_else(|| format!("service `{s}`: expected tcp:VIP:PORT or udp:VIP:PORT"))?;
+        let proto = match proto {
+            "tcp" => Protocol::Tcp,
+            "udp" => Protocol::Udp,
+            other => return Err(format!("service `{s}`: unknown protocol `{other}`")),
+        };
+        Ok(Self {
+            proto,
+            addr: parse_vip(addr)?,
+        })
+    }
+}
+
+/// Parses `VIP:PORT` with a clear message.
+pub fn parse_vip(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("`{s}` is not VIP:PORT (e.g. 10.0.0.10:80 or [2001:db8::1]:80)"))
+}
+
+impl Serialize for ServiceKey {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_args!("{}:{}", self.proto, self.addr))
+    }
+}
+
+impl<'de> Deserialize<'de> for ServiceKey {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A real server: address and optional port (none = the service's port).
+///
+/// Text form: `10.0.1.1`, `10.0.1.1:8080`, `[2001:db8::2]:80`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RealSpec {
+    pub addr: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl RealSpec {
+    /// The server's socket address within `service`.
+    pub fn resolve(&self, service: &ServiceKey) -> SocketAddr {
+        SocketAddr::new(self.addr, self.port.unwrap_or(service.addr.port()))
+    }
+}
+
+impl fmt::Display for RealSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.port {
+            Some(p) => write!(f, "{}", SocketAddr::new(self.addr, p)),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+impl FromStr for RealSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(sa) = s.parse::<SocketAddr>() {
+            return Ok(Self {
+                addr: sa.ip(),
+                port: Some(sa.port()),
+            });
+        }
+        let bare = s.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<IpAddr>()
+            .map(|addr| Self { addr, port: None })
+            .map_err(|_| format!("`{s}` is not RIP[:PORT] (e.g. 10.0.1.1 or 10.0.1.1:8080)"))
+    }
+}
+
+impl Serialize for RealSpec {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for RealSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// How new connections are spread over a service's real servers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Round robin.
+    #[default]
+    Rr,
+}
+
+impl Scheduler {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Rr => "rr",
+        }
+    }
+}
+
+impl FromStr for Scheduler {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "rr" => Ok(Scheduler::Rr),
+            other => Err(format!("unknown scheduler `{other}` (known: rr)")),
+        }
+    }
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// How packets reach a real server.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// LVS-NAT: the director is the real servers' gateway; requests are
+    /// DNATed and replies get their source restored to VIP:PORT.
+    #[default]
+    Nat,
+    /// The paper's "SNAT at real servers": the director DNATs requests only;
+    /// real servers rewrite their replies' source to the VIP themselves.
+    Dnat,
+}
+
+impl Method {
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Nat => "nat",
+            Method::Dnat => "dnat",
+        }
+    }
+
+    /// ipvsadm's "Forward" column.
+    pub fn forward_label(self) -> &'static str {
+        match self {
+            Method::Nat => "Masq",
+            Method::Dnat => "Dnat",
+        }
+    }
+}
+
+impl FromStr for Method {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "nat" => Ok(Method::Nat),
+            "dnat" => Ok(Method::Dnat),
+            other => Err(format!("unknown method `{other}` (known: nat, dnat)")),
+        }
+    }
+}
+
+impl fmt::Display for Method {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Largest accepted weight (as ipvsadm).
+pub const MAX_WEIGHT: u32 = 65535;
+
+/// Traffic counters, as `ipvsadm --stats` shows them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Connections scheduled.
+    pub conns: u64,
+    /// Packets client → server.
+    pub packets_in: u64,
+    /// Packets server → client (seen by the director).
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+impl Counters {
+    pub fn add(&mut self, o: &Counters) {
+        self.conns += o.conns;
+        self.packets_in += o.packets_in;
+        self.packets_out += o.packets_out;
+        self.bytes_in += o.bytes_in;
+        self.bytes_out += o.bytes_out;
+    }
+}
+
+/// One real server in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub addr: SocketAddr,
+    pub method: Method,
+    pub weight: u32,
+    /// Established TCP connections.
+    pub active_conns: u64,
+    /// Other tracked connections (handshaking, closing, UDP).
+    pub inactive_conns: u64,
+    pub stats: Counters,
+}
+
+/// One virtual service in a listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceInfo {
+    pub service: ServiceKey,
+    pub scheduler: Scheduler,
+    pub servers: Vec<ServerInfo>,
+    pub stats: Counters,
+}
+
+/// Answer to `list`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    pub services: Vec<ServiceInfo>,
+}
+
+/// One interface the dataplane serves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterfaceStatus {
+    pub name: String,
+    pub ifindex: u32,
+    pub queues: u32,
+    /// `driver` or `skb`.
+    pub xdp_mode: String,
+}
+
+/// Answer to `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub uptime_secs: u64,
+    pub interfaces: Vec<InterfaceStatus>,
+    pub workers: u32,
+    pub flows: u64,
+    pub flow_capacity: u64,
+    /// Dataplane counters: XDP program and workers, by name.
+    pub counters: Vec<(String, u64)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_service_and_real() {
+        let s: ServiceKey = "tcp:10.0.0.10:80".parse().unwrap();
+        assert_eq!(s.to_string(), "tcp 10.0.0.10:80");
+        let r: RealSpec = "10.0.1.1".parse().unwrap();
+        assert_eq!(r.resolve(&s), "10.0.1.1:80".parse().unwrap());
+        let r: RealSpec = "10.0.1.1:8080".parse().unwrap();
+        assert_eq!(r.resolve(&s), "10.0.1.1:8080".parse().unwrap());
+        let r: RealSpec = "[2001:db8::2]".parse().unwrap();
+        assert_eq!(r.port, None);
+        assert!("tcp:10.0.0.10".parse::<ServiceKey>().is_err());
+        assert!("sctp:10.0.0.10:80".parse::<ServiceKey>().is_err());
+        assert!("10.0.1".parse::<RealSpec>().is_err());
+        assert!("10.0.0.1:99999".parse::<RealSpec>().is_err());
+    }
+}
