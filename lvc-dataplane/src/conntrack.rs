@@ -113,7 +113,15 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(proto: u8, client: (u32, u16), vip: (u32, u16), server: Arc<Server>, service: Arc<TrafficStats>, now: u32) -> Self {
+    pub fn new(
+        proto: u8,
+        client: (u32, u16),
+        vip: (u32, u16),
+        server: Arc<Server>,
+        real_port: u16,
+        service: Arc<TrafficStats>,
+        now: u32,
+    ) -> Self {
         let state = if proto == PROTO_TCP {
             State::SynRecv
         } else {
@@ -124,7 +132,7 @@ impl Conn {
             method: server.method,
             client,
             vip,
-            real: (u32::from(server.addr), server.port),
+            real: (u32::from(server.addr), real_port),
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
             server,
@@ -349,7 +357,7 @@ mod tests {
     }
 
     fn conn(proto: u8, s: &Arc<Server>, now: u32) -> Conn {
-        Conn::new(proto, (0x0a00_0002, 40000), (0x0a00_000a, 80), s.clone(), Arc::new(TrafficStats::default()), now)
+        Conn::new(proto, (0x0a00_0002, 40000), (0x0a00_000a, 80), s.clone(), s.port, Arc::new(TrafficStats::default()), now)
     }
 
     #[test]

@@ -13,12 +13,16 @@
 #![deny(unsafe_code)]
 
 pub mod checksum;
+pub mod control;
+pub mod daemon;
 pub mod conntrack;
 pub mod parse;
+pub mod route;
 pub mod rewrite;
 pub mod schedule;
 pub mod services;
 pub mod stats;
 pub mod steer;
+pub mod worker;
 #[allow(unsafe_code)]
 pub mod xsk;

@@ -1,1 +1,52 @@
-fn main() {}
+//! `lvc-dataplane`: the lvc daemon.
+
+use clap::Parser;
+use lvc_dataplane::daemon::{self, Options};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// lvc's dataplane: XDP steering + AF_XDP load balancing.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Interface to serve (repeat for a two-armed director: client side and
+    /// server side).
+    #[arg(long = "iface", required = true, value_name = "IF")]
+    ifaces: Vec<String>,
+    /// Rx queues (and worker threads) to use; default: all active queues.
+    #[arg(long, value_name = "N")]
+    queues: Option<u32>,
+    /// Control socket for lvc-ctl.
+    #[arg(long, value_name = "PATH", default_value = lvc_proto::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Configuration file (TOML) to apply at start.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Most connections tracked at once.
+    #[arg(long, value_name = "N", default_value_t = 1 << 20)]
+    conntrack_size: usize,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LVC_LOG").unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    let opts = Options {
+        ifaces: a.ifaces,
+        queues: a.queues,
+        socket: a.socket,
+        config: a.config,
+        conntrack_size: a.conntrack_size,
+    };
+    match daemon::run(opts) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lvc-dataplane: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

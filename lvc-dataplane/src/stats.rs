@@ -97,7 +97,7 @@ pub struct WorkerStats {
 
 impl WorkerStats {
     #[inline]
-    pub fn drop(&self, why: Drop) {
+    pub fn count_drop(&self, why: Drop) {
         bump(&self.drops[why as usize], 1);
     }
 

@@ -55,6 +55,7 @@ pub struct Steering {
     vips: BpfHashMap<MapData, EndpointKey, ServiceValue>,
     reals: BpfHashMap<MapData, EndpointKey, ServiceValue>,
     locals: BpfHashMap<MapData, AddrKey, u32>,
+    ifslots: BpfHashMap<MapData, u32, u32>,
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
     current_vips: HashSet<EndpointKey>,
@@ -82,6 +83,7 @@ impl Steering {
         let vips = BpfHashMap::try_from(take(maps::VIPS)?).map_err(map_err(maps::VIPS))?;
         let reals = BpfHashMap::try_from(take(maps::REALS)?).map_err(map_err(maps::REALS))?;
         let locals = BpfHashMap::try_from(take(maps::LOCALS)?).map_err(map_err(maps::LOCALS))?;
+        let ifslots = BpfHashMap::try_from(take(maps::IFSLOTS)?).map_err(map_err(maps::IFSLOTS))?;
         let xsks = XskMap::try_from(take(maps::XSKS)?).map_err(map_err(maps::XSKS))?;
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
         Ok(Self {
@@ -89,6 +91,7 @@ impl Steering {
             vips,
             reals,
             locals,
+            ifslots,
             xsks,
             stats,
             current_vips: HashSet::new(),
@@ -128,9 +131,19 @@ impl Steering {
             })
     }
 
-    /// Puts an AF_XDP socket into the XSKMAP at `queue`.
-    pub fn set_socket(&mut self, queue: u32, fd: i32) -> Result<(), SteerError> {
-        self.xsks.set(queue, fd, 0).map_err(map_err(lvc_ebpf::maps::XSKS))
+    /// Gives interface `ifindex` its slot in the socket map.
+    pub fn set_slot(&mut self, ifindex: u32, slot: u32) -> Result<(), SteerError> {
+        assert!(slot < lvc_ebpf::MAX_IFACES);
+        self.ifslots
+            .insert(ifindex, slot, 0)
+            .map_err(map_err(lvc_ebpf::maps::IFSLOTS))
+    }
+
+    /// Puts the AF_XDP socket of (interface slot, rx queue) into the XSKMAP.
+    pub fn set_socket(&mut self, slot: u32, queue: u32, fd: i32) -> Result<(), SteerError> {
+        self.xsks
+            .set(lvc_ebpf::xsk_index(slot, queue), fd, 0)
+            .map_err(map_err(lvc_ebpf::maps::XSKS))
     }
 
     /// Makes the `vips` map hold exactly `want`.

@@ -22,7 +22,9 @@ pub mod maps {
     pub const REALS: &str = "reals";
     /// The director's own addresses: replies to these stay with the kernel.
     pub const LOCALS: &str = "locals";
-    /// AF_XDP sockets, indexed by rx queue.
+    /// Interface slots: ifindex → slot in `xsks`.
+    pub const IFSLOTS: &str = "ifslots";
+    /// AF_XDP sockets, at `slot * MAX_QUEUES + rx queue`.
     pub const XSKS: &str = "xsks";
     /// Per-CPU counters, indexed by [`Stat`](super::Stat).
     pub const STATS: &str = "stats";
@@ -33,8 +35,15 @@ pub const FAMILY_INET: u8 = 4;
 /// IPv6 family tag; the key layout already has room for it.
 pub const FAMILY_INET6: u8 = 6;
 
-/// Capacity of the `xsks` map: the highest usable rx queue index + 1.
-pub const MAX_QUEUES: u32 = 256;
+/// Most interfaces one dataplane serves (`LVC_MAX_IFACES`).
+pub const MAX_IFACES: u32 = 16;
+/// Most rx queues per interface (`LVC_MAX_QUEUES`).
+pub const MAX_QUEUES: u32 = 64;
+
+/// Index in the `xsks` map of the socket for (interface slot, rx queue).
+pub fn xsk_index(slot: u32, queue: u32) -> u32 {
+    slot * MAX_QUEUES + queue
+}
 
 /// Key of the `vips` and `reals` maps: (family, protocol, port, address).
 ///

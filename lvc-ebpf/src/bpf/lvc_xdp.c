@@ -37,6 +37,9 @@ struct l4_ports {
 #define LVC_AF_INET 4
 #define LVC_AF_INET6 6
 
+#define LVC_MAX_IFACES 16
+#define LVC_MAX_QUEUES 64
+
 #define TCP_MIN_HLEN 20
 #define UDP_HLEN 8
 
@@ -96,9 +99,19 @@ struct {
 	__type(value, __u32);
 } locals SEC(".maps");
 
+// ifindex -> slot of that interface in `xsks` (0..LVC_MAX_IFACES).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, LVC_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, __u32);
+} ifslots SEC(".maps");
+
+// AF_XDP sockets at slot * LVC_MAX_QUEUES + rx queue: one XSKMAP serves
+// every interface the program is attached to.
 struct {
 	__uint(type, BPF_MAP_TYPE_XSKMAP);
-	__uint(max_entries, 256);
+	__uint(max_entries, LVC_MAX_IFACES * LVC_MAX_QUEUES);
 	__type(key, __u32);
 	__type(value, __u32);
 } xsks SEC(".maps");
@@ -125,7 +138,11 @@ static __always_inline int pass(__u32 reason)
 
 static __always_inline int to_socket(struct xdp_md *ctx, __u32 reason)
 {
-	__u32 q = ctx->rx_queue_index;
+	__u32 ifindex = ctx->ingress_ifindex;
+	__u32 *slot = bpf_map_lookup_elem(&ifslots, &ifindex);
+	if (!slot || ctx->rx_queue_index >= LVC_MAX_QUEUES)
+		return pass(STAT_PASS_NO_SOCKET);
+	__u32 q = *slot * LVC_MAX_QUEUES + ctx->rx_queue_index;
 	if (!bpf_map_lookup_elem(&xsks, &q))
 		return pass(STAT_PASS_NO_SOCKET);
 	count(reason);

@@ -1,0 +1,461 @@
+//! Control: the authoritative configuration and the `lvc-ctl` socket.
+//!
+//! Requests arrive on a Unix socket (one thread per client connection) and
+//! are applied under one mutex by [`Control::apply`], which validates the
+//! whole change first, then publishes a new [`ServiceTable`] snapshot and
+//! brings the XDP maps in line. If any step fails the previous
+//! configuration is restored: nothing is ever half-applied. Workers never
+//! wait for any of this.
+
+use crate::conntrack::Conntrack;
+use crate::services::{Server, Service, ServiceTable};
+use crate::stats::{Drop, TrafficStats, WorkerStats};
+use crate::steer::{AttachMode, Steering};
+use arc_swap::ArcSwap;
+use lvc_ebpf::EndpointKey;
+use lvc_proto::{
+    ErrorCode, ErrorReply, InterfaceStatus, Listing, MAX_REQUEST_BYTES, MAX_WEIGHT, Method, Request, RequestEnvelope,
+    Response, ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo, ServiceKey, Status, VERSION,
+};
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A real server in the configuration.
+#[derive(Clone, Debug)]
+struct ServerConf {
+    addr: SocketAddr,
+    weight: u32,
+    method: Method,
+    stats: Arc<TrafficStats>,
+}
+
+/// A virtual service in the configuration.
+#[derive(Clone, Debug)]
+struct ServiceConf {
+    scheduler: Scheduler,
+    servers: Vec<ServerConf>,
+    stats: Arc<TrafficStats>,
+    rr: Arc<AtomicUsize>,
+}
+
+type Config = BTreeMap<ServiceKey, ServiceConf>;
+
+/// One served interface, for `status`.
+#[derive(Clone, Debug)]
+pub struct ServedInterface {
+    pub name: String,
+    pub ifindex: u32,
+    pub queues: u32,
+    pub mode: AttachMode,
+}
+
+/// The control plane's state.
+pub struct Control {
+    config: Mutex<Config>,
+    steering: Arc<Mutex<Steering>>,
+    services: Arc<ArcSwap<ServiceTable>>,
+    conntrack: Arc<Conntrack>,
+    workers: Vec<Arc<WorkerStats>>,
+    interfaces: Vec<ServedInterface>,
+    started: Instant,
+}
+
+fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
+    ErrorReply::new(code, msg)
+}
+
+impl Control {
+    pub fn new(
+        steering: Arc<Mutex<Steering>>,
+        services: Arc<ArcSwap<ServiceTable>>,
+        conntrack: Arc<Conntrack>,
+        workers: Vec<Arc<WorkerStats>>,
+        interfaces: Vec<ServedInterface>,
+    ) -> Self {
+        Self {
+            config: Mutex::new(Config::new()),
+            steering,
+            services,
+            conntrack,
+            workers,
+            interfaces,
+            started: Instant::now(),
+        }
+    }
+
+    /// Applies one request.
+    pub fn handle(&self, req: Request) -> Response {
+        match req {
+            Request::List {} => Response::Listing(self.listing()),
+            Request::Status {} => Response::Status(self.status()),
+            change => match self.apply(std::slice::from_ref(&change)) {
+                Ok(()) => Response::Ok,
+                Err(e) => Response::Error(e),
+            },
+        }
+    }
+
+    /// Applies a list of changes atomically: all of them or none.
+    pub fn apply(&self, changes: &[Request]) -> Result<(), ErrorReply> {
+        let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = cfg.clone();
+        for c in changes {
+            edit(&mut next, c)?;
+        }
+        self.publish(&next).inspect_err(|_| {
+            // Put the previous configuration back in place everywhere.
+            let _ = self.publish(&cfg);
+        })?;
+        *cfg = next;
+        Ok(())
+    }
+
+    /// Makes `cfg` the running configuration: service table, then maps.
+    fn publish(&self, cfg: &Config) -> Result<(), ErrorReply> {
+        let table = ServiceTable::new(cfg.iter().map(|(key, s)| {
+            Arc::new(Service {
+                key: *key,
+                scheduler: s.scheduler,
+                servers: s
+                    .servers
+                    .iter()
+                    .filter_map(|r| match r.addr.ip() {
+                        IpAddr::V4(a) => Some(Arc::new(Server {
+                            addr: a,
+                            port: r.addr.port(),
+                            weight: r.weight,
+                            method: r.method,
+                            stats: r.stats.clone(),
+                        })),
+                        IpAddr::V6(_) => None,
+                    })
+                    .collect(),
+                rr: s.rr.clone(),
+                stats: s.stats.clone(),
+            })
+        }));
+        let mut vips = HashSet::new();
+        let mut reals = HashSet::new();
+        for (key, s) in cfg {
+            let proto = key.proto.number();
+            vips.insert(EndpointKey::new(key.addr.ip(), proto, key.addr.port()));
+            for r in s.servers.iter().filter(|r| r.method == Method::Nat) {
+                reals.insert(EndpointKey::new(r.addr.ip(), proto, r.addr.port()));
+            }
+        }
+        // Workers learn about new services before the XDP program sends
+        // them traffic, and forget removed ones only after it stops.
+        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+        self.services.store(Arc::new(table));
+        steering
+            .sync_vips(&vips)
+            .and_then(|_| steering.sync_reals(&reals))
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+    }
+
+    pub fn listing(&self) -> Listing {
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        Listing {
+            services: cfg
+                .iter()
+                .map(|(key, s)| ServiceInfo {
+                    service: *key,
+                    scheduler: s.scheduler,
+                    stats: s.stats.snapshot(),
+                    servers: s
+                        .servers
+                        .iter()
+                        .map(|r| ServerInfo {
+                            addr: r.addr,
+                            method: r.method,
+                            weight: r.weight,
+                            active_conns: r.stats.active(),
+                            inactive_conns: r.stats.inactive(),
+                            stats: r.stats.snapshot(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let mut counters: Vec<(String, u64)> = Vec::new();
+        {
+            let steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+            for (s, v) in steering.counters() {
+                counters.push((format!("xdp_{}", s.name()), v));
+            }
+        }
+        let sum = |f: &dyn Fn(&WorkerStats) -> u64| self.workers.iter().map(|w| f(w)).sum::<u64>();
+        counters.push(("rx_packets".into(), sum(&|w| w.rx_packets.load(Relaxed))));
+        counters.push(("rx_bytes".into(), sum(&|w| w.rx_bytes.load(Relaxed))));
+        counters.push(("tx_packets".into(), sum(&|w| w.tx_packets.load(Relaxed))));
+        counters.push(("tx_bytes".into(), sum(&|w| w.tx_bytes.load(Relaxed))));
+        counters.push(("tx_kicks".into(), sum(&|w| w.tx_kicks.load(Relaxed))));
+        for d in Drop::ALL {
+            counters.push((format!("drop_{}", d.name()), sum(&|w| w.drops(d))));
+        }
+        Status {
+            version: env!("CARGO_PKG_VERSION").into(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            interfaces: self
+                .interfaces
+                .iter()
+                .map(|i| InterfaceStatus {
+                    name: i.name.clone(),
+                    ifindex: i.ifindex,
+                    queues: i.queues,
+                    xdp_mode: i.mode.name().into(),
+                })
+                .collect(),
+            workers: self.workers.len() as u32,
+            flows: self.conntrack.len() as u64,
+            flow_capacity: self.conntrack.capacity() as u64,
+            counters,
+        }
+    }
+}
+
+/// Applies one change to a configuration, validating it.
+fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
+    match req {
+        Request::AddService { service, scheduler } => {
+            check_service(service)?;
+            if cfg.contains_key(service) {
+                return Err(err(ErrorCode::Exists, format!("service {service} already exists")));
+            }
+            cfg.insert(
+                *service,
+                ServiceConf {
+                    scheduler: *scheduler,
+                    servers: Vec::new(),
+                    stats: Arc::default(),
+                    rr: Arc::default(),
+                },
+            );
+        }
+        Request::DelService { service } => {
+            cfg.remove(service).ok_or_else(|| no_service(service))?;
+        }
+        Request::AddServer {
+            service,
+            real,
+            weight,
+            method,
+        } => {
+            let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
+            if *weight > MAX_WEIGHT {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!("weight must be 0..={MAX_WEIGHT}, got {weight}"),
+                ));
+            }
+            if real.addr.is_ipv4() != service.addr.is_ipv4() {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!("real server {real} and service {service} must be the same address family"),
+                ));
+            }
+            if service.addr.port() == 0 && real.port.is_some_and(|p| p != 0) {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!("service {service} covers every port: give the real server without a port"),
+                ));
+            }
+            let addr = real.resolve(service);
+            if svc.servers.iter().any(|r| r.addr == addr) {
+                return Err(err(
+                    ErrorCode::Exists,
+                    format!("real server {addr} already exists in service {service}"),
+                ));
+            }
+            svc.servers.push(ServerConf {
+                addr,
+                weight: *weight,
+                method: *method,
+                stats: Arc::default(),
+            });
+        }
+        Request::DelServer { service, real } => {
+            let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
+            let addr = real.resolve(service);
+            let before = svc.servers.len();
+            svc.servers.retain(|r| r.addr != addr);
+            if svc.servers.len() == before {
+                return Err(err(
+                    ErrorCode::NotFound,
+                    format!("real server {addr} does not exist in service {service}"),
+                ));
+            }
+        }
+        Request::List {} | Request::Status {} => {}
+    }
+    Ok(())
+}
+
+fn no_service(s: &ServiceKey) -> ErrorReply {
+    err(ErrorCode::NotFound, format!("service {s} does not exist"))
+}
+
+fn check_service(s: &ServiceKey) -> Result<(), ErrorReply> {
+    match s.addr.ip() {
+        IpAddr::V6(_) => Err(err(
+            ErrorCode::InvalidArgument,
+            format!("service {s}: IPv6 services are not supported by this dataplane yet"),
+        )),
+        IpAddr::V4(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => Err(err(
+            ErrorCode::InvalidArgument,
+            format!("service {s}: {a} cannot be a virtual IP"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Decodes one request line and answers it.
+pub fn answer(control: &Control, line: &[u8]) -> ResponseEnvelope {
+    let result = match serde_json::from_slice::<serde_json::Value>(line) {
+        Err(e) => Response::Error(err(ErrorCode::BadRequest, format!("request is not JSON: {e}"))),
+        Ok(v) => match v.get("version").and_then(|v| v.as_u64()) {
+            None => Response::Error(err(ErrorCode::BadRequest, "request has no protocol `version`")),
+            Some(ver) if ver != u64::from(VERSION) => Response::Error(err(
+                ErrorCode::VersionMismatch,
+                format!("protocol version {ver} is not supported: this lvc-dataplane speaks version {VERSION}; use the lvc-ctl of the same release"),
+            )),
+            Some(_) => match serde_json::from_value::<RequestEnvelope>(v) {
+                Ok(env) => control.handle(env.request),
+                Err(e) => Response::Error(err(ErrorCode::BadRequest, format!("invalid request: {e}"))),
+            },
+        },
+    };
+    ResponseEnvelope::new(result)
+}
+
+/// Per-connection idle timeout.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most client connections served at once.
+const MAX_CLIENTS: usize = 64;
+
+/// The listening control socket; removes its file when dropped.
+pub struct ControlSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlSocket {
+    /// Creates the socket (mode 0660, parent directory made if missing). A
+    /// stale socket file left by a dead daemon is replaced; a live one is
+    /// an error.
+    pub fn bind(path: &Path) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        if path.exists() {
+            if UnixStream::connect(path).is_ok() {
+                anyhow::bail!("{} is in use: is another lvc-dataplane running?", path.display());
+            }
+            std::fs::remove_file(path).with_context(|| format!("cannot remove stale {}", path.display()))?;
+        }
+        let listener = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        Ok(Self {
+            listener,
+            path: path.to_owned(),
+        })
+    }
+
+    /// Serves clients until `shutdown`.
+    pub fn serve(self, control: Arc<Control>, shutdown: Arc<AtomicBool>) {
+        self.listener.set_nonblocking(true).expect("nonblocking listener");
+        let clients = Arc::new(AtomicUsize::new(0));
+        while !shutdown.load(Relaxed) {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    if clients.load(Relaxed) >= MAX_CLIENTS {
+                        let _ = reply(&stream, &busy());
+                        continue;
+                    }
+                    clients.fetch_add(1, Relaxed);
+                    let (control, clients) = (control.clone(), clients.clone());
+                    std::thread::Builder::new()
+                        .name("lvc-ctl-client".into())
+                        .spawn(move || {
+                            serve_client(stream, &control);
+                            clients.fetch_sub(1, Relaxed);
+                        })
+                        .ok();
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "control socket accept failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+impl std::ops::Drop for ControlSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn busy() -> ResponseEnvelope {
+    ResponseEnvelope::new(Response::Error(err(ErrorCode::Internal, "too many control clients; try again")))
+}
+
+fn reply(mut stream: &UnixStream, resp: &ResponseEnvelope) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(resp).expect("responses serialize");
+    line.push(b'\n');
+    stream.write_all(&line)
+}
+
+/// Answers one client's requests, one line each, until it hangs up, goes
+/// quiet for too long, or sends a line over the size limit.
+fn serve_client(stream: UnixStream, control: &Control) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
+    let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
+    let Ok(read_half) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(read_half.take(0));
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Bound each line: one byte over the limit means "too long".
+        reader.get_mut().set_limit(MAX_REQUEST_BYTES as u64 + 1);
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        if line.len() > MAX_REQUEST_BYTES {
+            let _ = reply(
+                &stream,
+                &ResponseEnvelope::new(Response::Error(err(
+                    ErrorCode::BadRequest,
+                    format!("request longer than {MAX_REQUEST_BYTES} bytes"),
+                ))),
+            );
+            return;
+        }
+        if line.last() != Some(&b'\n') {
+            // EOF in the middle of a request: nothing to answer.
+            return;
+        }
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        if reply(&stream, &answer(control, &line)).is_err() {
+            return;
+        }
+    }
+}

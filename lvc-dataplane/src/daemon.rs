@@ -1,0 +1,211 @@
+//! Start-up and shutdown: checks, XDP program, sockets, threads.
+//!
+//! ```text
+//! main ──┬─ worker q0 … qN-1   (AF_XDP rx → pipeline → tx; one per queue)
+//!        ├─ route             (rtnetlink: routes, neighbours, addresses)
+//!        ├─ housekeeping      (conntrack ageing, once a second)
+//!        ├─ control           (lvc-ctl socket, one thread per client)
+//!        └─ waits for SIGINT/SIGTERM, then stops and joins everything
+//! ```
+
+use crate::control::{Control, ControlSocket, ServedInterface};
+use crate::conntrack::Conntrack;
+use crate::route::RouteMonitor;
+use crate::services::ServiceTable;
+use crate::stats::WorkerStats;
+use crate::steer::Steering;
+use crate::worker::{Shared, Worker};
+use crate::xsk::{IoConfig, WorkerIo};
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use lvc_proto::config::ConfigFile;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Daemon options (the command line).
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub ifaces: Vec<String>,
+    pub queues: Option<u32>,
+    pub socket: PathBuf,
+    pub config: Option<PathBuf>,
+    pub conntrack_size: usize,
+}
+
+/// Number of active rx queues of an interface (from sysfs).
+pub fn rx_queues(iface: &str) -> anyhow::Result<u32> {
+    let dir = format!("/sys/class/net/{iface}/queues");
+    let n = std::fs::read_dir(&dir)
+        .with_context(|| format!("interface `{iface}` does not exist"))?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("rx-"))
+        .count();
+    Ok(n.max(1) as u32)
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    if !nix_is_root() {
+        bail!("lvc-dataplane must run as root (it loads an XDP program and opens AF_XDP sockets)");
+    }
+    if opts.ifaces.is_empty() {
+        bail!("give at least one --iface");
+    }
+    if opts.ifaces.len() > lvc_ebpf::MAX_IFACES as usize {
+        bail!("at most {} interfaces", lvc_ebpf::MAX_IFACES);
+    }
+    let mut queues = u32::MAX;
+    for iface in &opts.ifaces {
+        queues = queues.min(rx_queues(iface)?);
+    }
+    if let Some(q) = opts.queues {
+        if q == 0 || q > queues {
+            bail!("--queues {q}: the interfaces have {queues} rx queue(s)");
+        }
+        queues = q;
+    }
+    let queues = queues.min(lvc_ebpf::MAX_QUEUES);
+    // Config errors are reported before anything is touched.
+    let initial = match &opts.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let cfg = ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            cfg.requests().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        }
+        None => Vec::new(),
+    };
+
+    let shutdown = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, shutdown.clone()).context("cannot install signal handlers")?;
+    }
+
+    let (routes, route_sync) = RouteMonitor::start().context("cannot read routes and neighbours over rtnetlink")?;
+    let mut steering = Steering::load()?;
+    let mut ifindexes = Vec::new();
+    for (slot, iface) in opts.ifaces.iter().enumerate() {
+        let link = routes
+            .table
+            .load()
+            .link_by_name(iface)
+            .cloned()
+            .with_context(|| format!("interface `{iface}` does not exist"))?;
+        steering.set_slot(link.ifindex, slot as u32)?;
+        ifindexes.push(link.ifindex);
+    }
+    steering.sync_locals(routes.table.load().locals())?;
+
+    let conntrack = Arc::new(Conntrack::new(opts.conntrack_size));
+    let services = Arc::new(ArcSwap::from_pointee(ServiceTable::default()));
+    let (neigh_tx, neigh_rx) = crossbeam_channel::bounded(4096);
+    let shared = Shared {
+        services: services.clone(),
+        routes: routes.table.clone(),
+        conntrack: conntrack.clone(),
+        neigh_requests: neigh_tx,
+        shutdown: shutdown.clone(),
+        epoch: Instant::now(),
+    };
+
+    // Sockets first, then the program: until the program is attached the
+    // kernel keeps all traffic; once attached every queue has its socket.
+    let mut workers = Vec::new();
+    let mut worker_stats = Vec::new();
+    for q in 0..queues {
+        let io = WorkerIo::open(&opts.ifaces, q, IoConfig::default())?;
+        for slot in 0..io.ports() {
+            steering.set_socket(slot as u32, q, io.socket_fd(slot))?;
+        }
+        let stats = Arc::new(WorkerStats::default());
+        worker_stats.push(stats.clone());
+        workers.push(Worker {
+            io,
+            port_ifindex: ifindexes.clone(),
+            shared: shared.clone(),
+            stats,
+        });
+    }
+    let mut served = Vec::new();
+    for (iface, &ifindex) in opts.ifaces.iter().zip(&ifindexes) {
+        let mode = steering.attach(iface)?;
+        tracing::info!(iface, ifindex, queues, mode = mode.name(), "XDP program attached");
+        served.push(ServedInterface {
+            name: iface.clone(),
+            ifindex,
+            queues,
+            mode,
+        });
+    }
+    let steering = Arc::new(Mutex::new(steering));
+
+    let mut threads = Vec::new();
+    for (q, w) in workers.into_iter().enumerate() {
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("lvc-worker-{q}"))
+                .spawn(move || w.run())?,
+        );
+    }
+    {
+        let (steering, shutdown) = (steering.clone(), shutdown.clone());
+        threads.push(std::thread::Builder::new().name("lvc-route".into()).spawn(move || {
+            route_sync.run(neigh_rx, shutdown, |t| {
+                let mut s = steering.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = s.sync_locals(t.locals()) {
+                    tracing::warn!(error = %e, "cannot update the director's addresses in XDP");
+                }
+            })
+        })?);
+    }
+    {
+        let (ct, shutdown, epoch) = (conntrack.clone(), shutdown.clone(), shared.epoch);
+        threads.push(std::thread::Builder::new().name("lvc-housekeeping".into()).spawn(move || {
+            while !shutdown.load(Relaxed) {
+                std::thread::sleep(Duration::from_millis(200));
+                let now = epoch.elapsed().as_secs() as u32;
+                ct.sweep(now);
+            }
+        })?);
+    }
+
+    let control = Arc::new(Control::new(steering.clone(), services, conntrack, worker_stats, served));
+    if !initial.is_empty() {
+        control
+            .apply(&initial)
+            .map_err(|e| anyhow::anyhow!("configuration rejected: {}", e.message))?;
+    }
+    let socket = ControlSocket::bind(&opts.socket)?;
+    tracing::info!(socket = %opts.socket.display(), "lvc-dataplane ready");
+    {
+        let shutdown = shutdown.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("lvc-control".into())
+                .spawn(move || socket.serve(control, shutdown))?,
+        );
+    }
+
+    while !shutdown.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    tracing::info!("shutting down");
+    for t in threads {
+        let _ = t.join();
+    }
+    // Dropping the steering handle closes the bpf_links: XDP detached.
+    drop(steering);
+    Ok(())
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}

@@ -1,0 +1,530 @@
+//! Route: where a packet goes next, from the kernel's own tables.
+//!
+//! A dedicated thread mirrors the kernel's links, addresses, IPv4 main-table
+//! routes and neighbours over rtnetlink into an immutable [`RouteTable`]
+//! that workers read through an `ArcSwap` (one load per batch). It re-reads
+//! the tables whenever the kernel announces a change (and every few seconds
+//! regardless), so MAC addresses never appear in lvc's configuration and
+//! stay current.
+//!
+//! When a worker finds no usable neighbour entry for a next hop it sends a
+//! [`NeighRequest`]; this thread asks the kernel to resolve it (RTM_NEWNEIGH
+//! with `NTF_USE`, which makes the kernel send ARP as if it had a packet to
+//! deliver). The resolved entry arrives as a change notification.
+
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use netlink_packet_core::{
+    NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_DUMP_INTR, NLM_F_REPLACE, NLM_F_REQUEST,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload,
+};
+use netlink_packet_route::address::{AddressAttribute, AddressMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType};
+use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
+use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Everything needed to put a frame on the wire towards a next hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L2 {
+    pub ifindex: u32,
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+}
+
+/// A request to resolve `ip`'s MAC on interface `ifindex`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NeighRequest {
+    pub ifindex: u32,
+    pub ip: u32,
+}
+
+/// Result of a next-hop lookup.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NextHop {
+    Ready(L2),
+    /// Routed, but the next hop's MAC is not known yet.
+    Unresolved(NeighRequest),
+    /// No route (or the destination is one of the director's addresses).
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub ifindex: u32,
+    pub name: String,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Route {
+    pub dst: u32,
+    pub prefix: u8,
+    pub gateway: Option<u32>,
+    pub oif: u32,
+    pub metric: u32,
+}
+
+impl Route {
+    fn covers(&self, ip: u32) -> bool {
+        let mask = if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - u32::from(self.prefix))
+        };
+        ip & mask == self.dst & mask
+    }
+}
+
+/// A snapshot of the kernel's tables, as the workers use it.
+#[derive(Clone, Debug, Default)]
+pub struct RouteTable {
+    /// Longest prefix first, then lowest metric.
+    routes: Vec<Route>,
+    neighbours: HashMap<(u32, u32), [u8; 6]>,
+    links: HashMap<u32, Link>,
+    locals: Vec<IpAddr>,
+}
+
+impl RouteTable {
+    pub fn new(mut routes: Vec<Route>, neighbours: HashMap<(u32, u32), [u8; 6]>, links: Vec<Link>, locals: Vec<IpAddr>) -> Self {
+        routes.sort_by(|a, b| b.prefix.cmp(&a.prefix).then(a.metric.cmp(&b.metric)));
+        Self {
+            routes,
+            neighbours,
+            links: links.into_iter().map(|l| (l.ifindex, l)).collect(),
+            locals,
+        }
+    }
+
+    /// Where a packet to `dst` (host order) goes next.
+    #[inline]
+    pub fn next_hop(&self, dst: u32) -> NextHop {
+        let Some(route) = self.routes.iter().find(|r| r.covers(dst)) else {
+            return NextHop::None;
+        };
+        let hop = route.gateway.unwrap_or(dst);
+        let Some(link) = self.links.get(&route.oif) else {
+            return NextHop::None;
+        };
+        match self.neighbours.get(&(route.oif, hop)) {
+            Some(&mac) => NextHop::Ready(L2 {
+                ifindex: route.oif,
+                src_mac: link.mac,
+                dst_mac: mac,
+            }),
+            None if self.is_local(IpAddr::V4(Ipv4Addr::from(dst))) => NextHop::None,
+            None => NextHop::Unresolved(NeighRequest {
+                ifindex: route.oif,
+                ip: hop,
+            }),
+        }
+    }
+
+    /// The director's own addresses.
+    pub fn locals(&self) -> &[IpAddr] {
+        &self.locals
+    }
+
+    pub fn is_local(&self, ip: IpAddr) -> bool {
+        self.locals.contains(&ip)
+    }
+
+    pub fn link(&self, ifindex: u32) -> Option<&Link> {
+        self.links.get(&ifindex)
+    }
+
+    pub fn link_by_name(&self, name: &str) -> Option<&Link> {
+        self.links.values().find(|l| l.name == name)
+    }
+}
+
+/// A synchronous rtnetlink socket.
+struct Netlink {
+    sock: Socket,
+    seq: u32,
+    buf: Vec<u8>,
+}
+
+impl Netlink {
+    fn new() -> io::Result<Self> {
+        let mut sock = Socket::new(NETLINK_ROUTE)?;
+        sock.bind_auto()?;
+        sock.connect(&SocketAddr::new(0, 0))?;
+        Ok(Self {
+            sock,
+            seq: 0,
+            buf: Vec::with_capacity(1 << 16),
+        })
+    }
+
+    fn send(&mut self, msg: Rt, flags: u16) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let mut hdr = NetlinkHeader::default();
+        hdr.flags = NLM_F_REQUEST | flags;
+        hdr.sequence_number = self.seq;
+        let mut nl = NetlinkMessage::new(hdr, NetlinkPayload::from(msg));
+        nl.finalize();
+        let mut out = vec![0u8; nl.buffer_len()];
+        nl.serialize(&mut out);
+        self.sock.send(&out, 0)?;
+        Ok(self.seq)
+    }
+
+    /// One datagram, split into messages (undecodable ones skipped).
+    fn recv_batch(&mut self, flags: i32) -> io::Result<Vec<NetlinkMessage<Rt>>> {
+        self.buf.clear();
+        let n = self.sock.recv(&mut self.buf, flags)?;
+        let mut out = Vec::new();
+        let mut off = 0;
+        while off + 16 <= n {
+            let len = u32::from_ne_bytes(self.buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+            if len < 16 || off + len > n {
+                break;
+            }
+            if let Ok(m) = NetlinkMessage::<Rt>::deserialize(&self.buf[off..off + len]) {
+                out.push(m);
+            }
+            off += (len + 3) & !3;
+        }
+        Ok(out)
+    }
+
+    /// Sends a request, collects replies until DONE or ACK.
+    fn request(&mut self, msg: Rt, flags: u16) -> io::Result<Vec<Rt>> {
+        let seq = self.send(msg, flags)?;
+        let mut res = Vec::new();
+        loop {
+            for m in self.recv_batch(0)? {
+                if m.header.sequence_number != seq {
+                    continue;
+                }
+                if m.header.flags & NLM_F_DUMP_INTR != 0 {
+                    return Err(io::Error::new(io::ErrorKind::Interrupted, "netlink dump interrupted"));
+                }
+                match m.payload {
+                    NetlinkPayload::InnerMessage(inner) => res.push(inner),
+                    NetlinkPayload::Done(d) if d.code < 0 => return Err(io::Error::from_raw_os_error(-d.code)),
+                    NetlinkPayload::Done(_) => return Ok(res),
+                    NetlinkPayload::Error(e) if e.code.is_none() => return Ok(res),
+                    NetlinkPayload::Error(e) => return Err(e.to_io()),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    fn dump(&mut self, msg: Rt) -> io::Result<Vec<Rt>> {
+        // A dump interrupted by a concurrent change is simply retried.
+        for _ in 0..5 {
+            match self.request(msg.clone(), NLM_F_DUMP) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                r => return r,
+            }
+        }
+        self.request(msg, NLM_F_DUMP)
+    }
+
+    /// Reads all four tables into a snapshot.
+    fn snapshot(&mut self) -> io::Result<RouteTable> {
+        let mut links = Vec::new();
+        for m in self.dump(Rt::GetLink(LinkMessage::default()))? {
+            if let Rt::NewLink(l) = m {
+                links.push(parse_link(&l));
+            }
+        }
+        let mut locals = Vec::new();
+        for m in self.dump(Rt::GetAddress(AddressMessage::default()))? {
+            if let Rt::NewAddress(a) = m
+                && let Some(ip) = parse_addr(&a)
+            {
+                locals.push(ip);
+            }
+        }
+        let mut rm = RouteMessage::default();
+        rm.header.address_family = AddressFamily::Inet;
+        let mut routes = Vec::new();
+        for m in self.dump(Rt::GetRoute(rm))? {
+            if let Rt::NewRoute(r) = m {
+                routes.extend(parse_route(&r));
+            }
+        }
+        let mut nm = NeighbourMessage::default();
+        nm.header.family = AddressFamily::Inet;
+        let mut neighbours = HashMap::new();
+        for m in self.dump(Rt::GetNeighbour(nm))? {
+            if let Rt::NewNeighbour(n) = m
+                && let Some((ifindex, ip, mac)) = parse_neigh(&n)
+            {
+                neighbours.insert((ifindex, ip), mac);
+            }
+        }
+        Ok(RouteTable::new(routes, neighbours, links, locals))
+    }
+
+    /// Asks the kernel to resolve `req` (it sends ARP as for its own packet).
+    fn resolve(&mut self, req: NeighRequest) -> io::Result<()> {
+        let mut m = NeighbourMessage::default();
+        m.header.family = AddressFamily::Inet;
+        m.header.ifindex = req.ifindex;
+        m.header.state = NeighbourState::None;
+        m.header.flags = NeighbourFlags::Use;
+        m.header.kind = RouteType::Unspec;
+        m.attributes
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::from(req.ip))));
+        self.request(Rt::NewNeighbour(m), NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK)
+            .map(|_| ())
+    }
+}
+
+fn parse_link(l: &LinkMessage) -> Link {
+    let mut link = Link {
+        ifindex: l.header.index,
+        name: String::new(),
+        mac: [0; 6],
+        mtu: 1500,
+    };
+    for a in &l.attributes {
+        match a {
+            LinkAttribute::IfName(s) => link.name = s.clone(),
+            LinkAttribute::Address(b) if b.len() == 6 => link.mac.copy_from_slice(b),
+            LinkAttribute::Mtu(m) => link.mtu = *m,
+            _ => {}
+        }
+    }
+    link
+}
+
+fn parse_addr(a: &AddressMessage) -> Option<IpAddr> {
+    let mut ip = None;
+    for at in &a.attributes {
+        match at {
+            AddressAttribute::Local(x) => ip = Some(*x),
+            AddressAttribute::Address(x) if ip.is_none() => ip = Some(*x),
+            _ => {}
+        }
+    }
+    ip
+}
+
+fn v4(a: &RouteAddress) -> Option<u32> {
+    match a {
+        RouteAddress::Inet(v) => Some(u32::from(*v)),
+        _ => None,
+    }
+}
+
+/// Unicast IPv4 routes of the main table. A multipath route contributes its
+/// first live next hop.
+fn parse_route(r: &RouteMessage) -> Option<Route> {
+    let h = &r.header;
+    let mut table = u32::from(h.table);
+    let mut route = Route {
+        dst: 0,
+        prefix: h.destination_prefix_length,
+        gateway: None,
+        oif: 0,
+        metric: 0,
+    };
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(d) => route.dst = v4(d)?,
+            RouteAttribute::Gateway(g) => route.gateway = v4(g),
+            RouteAttribute::Oif(i) => route.oif = *i,
+            RouteAttribute::Priority(p) => route.metric = *p,
+            RouteAttribute::MultiPath(hops) if route.oif == 0 => {
+                if let Some(nh) = hops.first() {
+                    route.oif = nh.interface_index;
+                    for na in &nh.attributes {
+                        if let RouteAttribute::Gateway(g) = na {
+                            route.gateway = v4(g);
+                        }
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN) && h.kind == RouteType::Unicast && route.oif != 0).then_some(route)
+}
+
+/// A usable IPv4 neighbour: (ifindex, ip, mac).
+fn parse_neigh(n: &NeighbourMessage) -> Option<(u32, u32, [u8; 6])> {
+    use NeighbourState as S;
+    if !matches!(n.header.state, S::Reachable | S::Stale | S::Delay | S::Probe | S::Permanent) {
+        return None;
+    }
+    let (mut ip, mut mac) = (None, None);
+    for a in &n.attributes {
+        match a {
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(u32::from(*v)),
+            NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
+                let mut m = [0; 6];
+                m.copy_from_slice(b);
+                mac = Some(m);
+            }
+            _ => {}
+        }
+    }
+    Some((n.header.ifindex, ip?, mac?))
+}
+
+/// The netlink side of [`RouteTable`]: reads the initial snapshot, then
+/// keeps it current on a thread of its own.
+pub struct RouteMonitor {
+    pub table: Arc<ArcSwap<RouteTable>>,
+}
+
+/// How often the tables are re-read even without notifications.
+const REFRESH: Duration = Duration::from_secs(5);
+/// How long a resolution request suppresses repeats for the same neighbour.
+const RESOLVE_HOLDOFF: Duration = Duration::from_millis(500);
+
+impl RouteMonitor {
+    /// Reads the kernel's tables once (errors here are fatal at start-up).
+    pub fn start() -> io::Result<(Self, RouteSync)> {
+        let mut nl = Netlink::new()?;
+        let table = Arc::new(ArcSwap::from_pointee(nl.snapshot()?));
+        let events = Netlink::new()?;
+        for g in [
+            libc::RTNLGRP_LINK,
+            libc::RTNLGRP_NEIGH,
+            libc::RTNLGRP_IPV4_IFADDR,
+            libc::RTNLGRP_IPV4_ROUTE,
+        ] {
+            events.sock.add_membership(g)?;
+        }
+        events.sock.set_non_blocking(true)?;
+        let _ = events.sock.set_rx_buf_sz(4 << 20);
+        Ok((
+            Self { table: table.clone() },
+            RouteSync {
+                nl,
+                events,
+                table,
+                recent: HashMap::new(),
+            },
+        ))
+    }
+}
+
+/// The thread body that keeps a [`RouteTable`] current.
+pub struct RouteSync {
+    nl: Netlink,
+    events: Netlink,
+    table: Arc<ArcSwap<RouteTable>>,
+    recent: HashMap<NeighRequest, Instant>,
+}
+
+impl RouteSync {
+    /// Runs until `shutdown`; `on_change` sees every new snapshot (the
+    /// daemon mirrors the director's addresses into the XDP program).
+    pub fn run(mut self, requests: Receiver<NeighRequest>, shutdown: Arc<AtomicBool>, mut on_change: impl FnMut(&RouteTable)) {
+        let mut last_refresh = Instant::now();
+        let mut dirty = false;
+        while !shutdown.load(Relaxed) {
+            match requests.recv_timeout(Duration::from_millis(50)) {
+                Ok(req) => self.resolve(req),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(50)),
+            }
+            for req in requests.try_iter().take(1024).collect::<Vec<_>>() {
+                self.resolve(req);
+            }
+            loop {
+                match self.events.recv_batch(libc::MSG_DONTWAIT) {
+                    Ok(batch) if batch.is_empty() => break,
+                    Ok(_) => dirty = true,
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // ENOBUFS: notifications were lost; a re-read covers them.
+                    Err(_) => {
+                        dirty = true;
+                        break;
+                    }
+                }
+            }
+            if dirty || last_refresh.elapsed() >= REFRESH {
+                match self.nl.snapshot() {
+                    Ok(t) => {
+                        on_change(&t);
+                        self.table.store(Arc::new(t));
+                        dirty = false;
+                        last_refresh = Instant::now();
+                    }
+                    Err(e) => tracing::warn!(error = %e, "re-reading routes and neighbours failed; retrying"),
+                }
+            }
+        }
+    }
+
+    fn resolve(&mut self, req: NeighRequest) {
+        let now = Instant::now();
+        if self.recent.get(&req).is_some_and(|t| now.duration_since(*t) < RESOLVE_HOLDOFF) {
+            return;
+        }
+        if self.recent.len() > 65536 {
+            self.recent.retain(|_, t| now.duration_since(*t) < RESOLVE_HOLDOFF);
+        }
+        self.recent.insert(req, now);
+        if let Err(e) = self.nl.resolve(req) {
+            tracing::debug!(ip = %Ipv4Addr::from(req.ip), ifindex = req.ifindex, error = %e, "neighbour resolution request failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> u32 {
+        u32::from(s.parse::<Ipv4Addr>().unwrap())
+    }
+
+    fn table() -> RouteTable {
+        let routes = vec![
+            Route { dst: 0, prefix: 0, gateway: Some(ip("10.0.0.1")), oif: 2, metric: 0 },
+            Route { dst: ip("10.0.0.0"), prefix: 24, gateway: None, oif: 2, metric: 0 },
+            Route { dst: ip("10.1.0.0"), prefix: 16, gateway: None, oif: 3, metric: 100 },
+            Route { dst: ip("10.1.0.0"), prefix: 16, gateway: None, oif: 2, metric: 10 },
+        ];
+        let mut neigh = HashMap::new();
+        neigh.insert((2, ip("10.0.0.1")), [1; 6]);
+        neigh.insert((2, ip("10.0.0.7")), [7; 6]);
+        let links = vec![
+            Link { ifindex: 2, name: "a".into(), mac: [0xa; 6], mtu: 1500 },
+            Link { ifindex: 3, name: "b".into(), mac: [0xb; 6], mtu: 1500 },
+        ];
+        RouteTable::new(routes, neigh, links, vec!["10.0.0.2".parse().unwrap()])
+    }
+
+    #[test]
+    fn longest_prefix_then_metric() {
+        let t = table();
+        assert_eq!(
+            t.next_hop(ip("10.0.0.7")),
+            NextHop::Ready(L2 { ifindex: 2, src_mac: [0xa; 6], dst_mac: [7; 6] })
+        );
+        // Default route: via the gateway's MAC.
+        assert_eq!(
+            t.next_hop(ip("192.0.2.1")),
+            NextHop::Ready(L2 { ifindex: 2, src_mac: [0xa; 6], dst_mac: [1; 6] })
+        );
+        // Lower metric wins among equal prefixes; unresolved → a request.
+        assert_eq!(
+            t.next_hop(ip("10.1.2.3")),
+            NextHop::Unresolved(NeighRequest { ifindex: 2, ip: ip("10.1.2.3") })
+        );
+        assert_eq!(t.next_hop(ip("10.0.0.2")), NextHop::None);
+    }
+}

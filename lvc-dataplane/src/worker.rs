@@ -1,0 +1,169 @@
+//! The worker loop: one thread per rx queue index, serving that queue on
+//! every interface (one AF_XDP socket per interface, one shared UMEM, so a
+//! frame received on the client side leaves on the server side without a
+//! copy).
+//!
+//! Per iteration: read the clock once, load the service and route snapshots
+//! once, then for each socket take a batch through
+//! parse → conntrack → schedule → rewrite and queue it on its egress socket;
+//! finally kick TX, reap completions and refill the fill rings.
+
+use crate::conntrack::{Conn, Conntrack, Dir, opens_connection};
+use crate::parse::{Packet, parse};
+use crate::rewrite;
+use crate::route::{NeighRequest, NextHop, RouteTable};
+use crate::schedule;
+use crate::services::ServiceTable;
+use crate::stats::{Drop, WorkerStats, bump};
+use crate::xsk::{Frame, WorkerIo};
+use arc_swap::ArcSwap;
+use crossbeam_channel::Sender;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Frames taken from one RX ring per iteration.
+pub const BATCH: usize = 64;
+
+/// Everything a worker shares with the rest of the daemon.
+#[derive(Clone)]
+pub struct Shared {
+    pub services: Arc<ArcSwap<ServiceTable>>,
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub conntrack: Arc<Conntrack>,
+    pub neigh_requests: Sender<NeighRequest>,
+    pub shutdown: Arc<AtomicBool>,
+    /// The daemon's start: `now` is whole seconds since then.
+    pub epoch: Instant,
+}
+
+pub struct Worker {
+    pub io: WorkerIo,
+    /// ifindex of each of `io`'s ports, in port order.
+    pub port_ifindex: Vec<u32>,
+    pub shared: Shared,
+    pub stats: Arc<WorkerStats>,
+}
+
+impl Worker {
+    pub fn run(mut self) {
+        let nports = self.io.ports();
+        let mut rx: Vec<Frame> = Vec::with_capacity(BATCH);
+        let mut out: Vec<Vec<Frame>> = (0..nports).map(|_| Vec::with_capacity(BATCH * nports)).collect();
+        while !self.shared.shutdown.load(Relaxed) {
+            let now = self.shared.epoch.elapsed().as_secs() as u32;
+            let services = self.shared.services.load();
+            let routes = self.shared.routes.load();
+            let mut received = 0;
+            for port in 0..nports {
+                let n = self.io.recv(port, BATCH, &mut rx);
+                received += n;
+                for mut frame in rx.drain(..) {
+                    bump(&self.stats.rx_packets, 1);
+                    bump(&self.stats.rx_bytes, frame.len() as u64);
+                    let bytes = self.io.bytes_mut(&mut frame);
+                    match forward(bytes, now, &services, &routes, &self.shared, &self.port_ifindex) {
+                        Ok(egress) => out[egress].push(frame),
+                        Err(why) => {
+                            self.stats.count_drop(why);
+                            self.io.release(frame);
+                        }
+                    }
+                }
+            }
+            for (port, frames) in out.iter_mut().enumerate() {
+                let n = frames.len();
+                if n == 0 {
+                    continue;
+                }
+                let bytes: usize = frames.iter().map(Frame::len).sum();
+                let dropped = self.io.send(port, frames);
+                bump(&self.stats.tx_packets, (n - dropped) as u64);
+                bump(&self.stats.tx_bytes, bytes as u64);
+                if dropped > 0 {
+                    bump(&self.stats.drops[Drop::TxFull as usize], dropped as u64);
+                }
+            }
+            let kicks = self.io.service();
+            bump(&self.stats.tx_kicks, kicks);
+            if received == 0 && !self.io.tx_pending() {
+                // Idle: sleep in poll() until a frame arrives. The timeout
+                // bounds how long a shutdown request waits.
+                self.io.wait(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// Takes one frame through the pipeline. Returns the egress port index.
+#[inline]
+fn forward(
+    f: &mut [u8],
+    now: u32,
+    services: &ServiceTable,
+    routes: &RouteTable,
+    shared: &Shared,
+    port_ifindex: &[u32],
+) -> Result<usize, Drop> {
+    let pkt = parse(f)?;
+    let (conn, dir) = match shared.conntrack.lookup(&pkt.key) {
+        Some(found) => found,
+        None => (new_conn(&pkt, now, services, &shared.conntrack)?, Dir::Original),
+    };
+    conn.touch(now, dir, pkt.tcp_flags);
+    let len = f.len();
+    let next = match dir {
+        Dir::Original => {
+            conn.service.count_in(len);
+            conn.server.stats.count_in(len);
+            rewrite::to_real(f, &pkt, conn.real.0, conn.real.1);
+            conn.real.0
+        }
+        Dir::Reply => {
+            conn.service.count_out(len);
+            conn.server.stats.count_out(len);
+            rewrite::to_client(f, &pkt, conn.vip.0, conn.vip.1);
+            conn.client.0
+        }
+    };
+    rewrite::decrement_ttl(f)?;
+    match routes.next_hop(next) {
+        NextHop::Ready(l2) => {
+            let port = port_ifindex
+                .iter()
+                .position(|&i| i == l2.ifindex)
+                .ok_or(Drop::EgressNotServed)?;
+            rewrite::set_macs(f, l2.src_mac, l2.dst_mac);
+            Ok(port)
+        }
+        NextHop::Unresolved(req) => {
+            // The netlink thread asks the kernel to resolve it; this packet
+            // is lost (TCP retransmits), the next ones go through.
+            let _ = shared.neigh_requests.try_send(req);
+            Err(Drop::NeighPending)
+        }
+        NextHop::None => Err(Drop::NoRoute),
+    }
+}
+
+/// Schedules a new connection for a packet with no tracked flow.
+#[inline]
+fn new_conn(pkt: &Packet, now: u32, services: &ServiceTable, ct: &Conntrack) -> Result<Arc<Conn>, Drop> {
+    let k = &pkt.key;
+    let svc = services.lookup(k.proto, k.dst, k.dport).ok_or(Drop::NoService)?;
+    if !opens_connection(k.proto, pkt.tcp_flags) {
+        return Err(Drop::NoFlow);
+    }
+    let server = schedule::pick(svc).ok_or(Drop::NoServer)?;
+    // A port-0 service keeps the client's destination port.
+    let real_port = if server.port == 0 { k.dport } else { server.port };
+    ct.insert(Conn::new(
+        k.proto,
+        (k.src, k.sport),
+        (k.dst, k.dport),
+        server.clone(),
+        real_port,
+        svc.stats.clone(),
+        now,
+    ))
+}
