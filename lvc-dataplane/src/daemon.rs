@@ -141,12 +141,18 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let steering = Arc::new(Mutex::new(steering));
 
     let mut threads = Vec::new();
+    // A worker that panics stops the whole daemon (and so detaches XDP):
+    // half a dataplane silently passing a queue's VIP traffic to the kernel
+    // is worse than a clean, visible exit that a supervisor restarts.
+    let failed = Arc::new(AtomicBool::new(false));
     for (q, w) in workers.into_iter().enumerate() {
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("lvc-worker-{q}"))
-                .spawn(move || w.run())?,
-        );
+        let (shutdown, failed) = (shutdown.clone(), failed.clone());
+        threads.push(std::thread::Builder::new().name(format!("lvc-worker-{q}")).spawn(move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_err() {
+                failed.store(true, Relaxed);
+                shutdown.store(true, Relaxed);
+            }
+        })?);
     }
     {
         let (steering, shutdown) = (steering.clone(), shutdown.clone());
@@ -196,6 +202,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     // Dropping the steering handle closes the bpf_links: XDP detached.
     drop(steering);
+    if failed.load(Relaxed) {
+        bail!("a worker thread panicked; the dataplane stopped and detached XDP");
+    }
     Ok(())
 }
 

@@ -271,7 +271,7 @@ impl WorkerIo {
             return 0;
         }
         let p = &mut self.ports[port];
-        let room = p.tx.nb_free(frames.len() as u32) as usize;
+        let room = p.tx.nb_free(frames.len() as u32) as usize; // may exceed the ask
         let n = room.min(frames.len());
         self.scratch.clear();
         self.scratch.extend(frames.drain(..n).map(|f| f.desc));
@@ -326,7 +326,8 @@ impl WorkerIo {
         if share == 0 {
             return;
         }
-        let n = p.fill.nb_free(share) as usize;
+        // nb_free may report more room than asked for: never more than `share`.
+        let n = (p.fill.nb_free(share)).min(share) as usize;
         if n == 0 {
             return;
         }
