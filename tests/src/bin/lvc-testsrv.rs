@@ -1,0 +1,96 @@
+//! A tiny real server for tests: HTTP that answers with its name, a TCP
+//! echo and a UDP echo. Runs until killed.
+//!
+//! `lvc-testsrv NAME [--http PORT] [--tcp-echo PORT] [--udp-echo PORT]`
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::thread;
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = args.first().cloned().unwrap_or_else(|| "server".into());
+    let mut handles = Vec::new();
+    let mut it = args.iter().skip(1);
+    while let Some(flag) = it.next() {
+        let port: u16 = it
+            .next()
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("{flag} needs a port"));
+        let name = name.clone();
+        handles.push(match flag.as_str() {
+            "--http" => thread::spawn(move || serve_tcp(port, move |s| http(s, &name))),
+            "--tcp-echo" => thread::spawn(move || serve_tcp(port, tcp_echo)),
+            "--udp-echo" => thread::spawn(move || udp_echo(port)),
+            other => panic!("unknown option {other}"),
+        });
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+fn serve_tcp(port: u16, handler: impl Fn(TcpStream) + Send + Sync + Clone + 'static) {
+    let l = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("bind tcp {port}: {e}"));
+    for s in l.incoming().flatten() {
+        let h = handler.clone();
+        thread::spawn(move || h(s));
+    }
+}
+
+/// Answers every request on the connection with `NAME\n`.
+fn http(s: TcpStream, name: &str) {
+    let mut r = BufReader::new(s.try_clone().expect("clone"));
+    let mut w = s;
+    loop {
+        let mut line = String::new();
+        if r.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            if r.read_line(&mut h).unwrap_or(0) == 0 {
+                return;
+            }
+            if h.to_ascii_lowercase().starts_with("connection: close") {
+                close = true;
+            }
+            if h == "\r\n" || h == "\n" {
+                break;
+            }
+        }
+        let body = format!("{name}\n");
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Type: text/plain\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if w.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn tcp_echo(mut s: TcpStream) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                if s.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+    let _ = s.shutdown(std::net::Shutdown::Write);
+}
+
+fn udp_echo(port: u16) {
+    let s = UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("bind udp {port}: {e}"));
+    let mut buf = vec![0u8; 65536];
+    while let Ok((n, from)) = s.recv_from(&mut buf) {
+        let _ = s.send_to(&buf[..n], from);
+    }
+}

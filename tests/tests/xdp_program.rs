@@ -1,0 +1,139 @@
+//! The XDP steering program, run through BPF_PROG_TEST_RUN on crafted
+//! frames (privileged: loads BPF, binds an AF_XDP socket in a namespace).
+
+use lvc_dataplane::steer::Steering;
+use lvc_dataplane::xsk::{IoConfig, WorkerIo};
+use lvc_ebpf::{EndpointKey, Stat};
+use lvc_tests::{Lab, netns, privileged};
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+const XDP_PASS: u32 = 2;
+const XDP_REDIRECT: u32 = 4;
+
+const VIP: [u8; 4] = [10, 20, 0, 10];
+const RIP: [u8; 4] = [10, 20, 1, 11];
+const CLIENT: [u8; 4] = [10, 20, 2, 2];
+const LOCAL: [u8; 4] = [10, 20, 1, 1];
+
+fn ip(a: [u8; 4]) -> IpAddr {
+    IpAddr::from(a)
+}
+
+/// Ethernet + IPv4 + TCP/UDP (checksums irrelevant to the program).
+fn frame(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u8> {
+    let l4 = if proto == 6 { 20 } else { 8 };
+    let mut f = vec![0u8; 14 + 20 + l4 + 4];
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (20 + l4 + 4) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = proto;
+    f[26..30].copy_from_slice(&src);
+    f[30..34].copy_from_slice(&dst);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        f[46] = 5 << 4;
+    }
+    f
+}
+
+#[test]
+fn xdp_program_steers_exactly_lvc_traffic() {
+    if !privileged("xdp_program_steers_exactly_lvc_traffic") {
+        return;
+    }
+    let mut lab = Lab::new("xdp");
+    lab.add_ns("a");
+    lab.add_ns("b");
+    lab.veth(("a", "v0"), ("b", "v1"), 2);
+    let ns = lab.ns("a");
+    // BPF objects, sockets and ifindexes are per namespace: do it all on a
+    // thread that lives in the lab's namespace.
+    std::thread::spawn(move || {
+        netns::enter(&ns).expect("enter namespace");
+        // (/sys still shows the original namespace: ask rtnetlink.)
+        let (routes, _) = lvc_dataplane::route::RouteMonitor::start().expect("rtnetlink");
+        let ifindex = routes.table.load().link_by_name("v0").expect("v0").ifindex;
+        let mut st = Steering::load().expect("program loads and passes the verifier");
+        let io = WorkerIo::open(&["v0".to_owned()], 0, IoConfig::default()).expect("AF_XDP socket on v0 queue 0");
+        st.set_slot(ifindex, 0).unwrap();
+        st.set_socket(0, 0, io.socket_fd(0)).unwrap();
+        st.sync_vips(&HashSet::from([
+            EndpointKey::new(ip(VIP), 6, 80),
+            EndpointKey::new(ip(VIP), 17, 53),
+            EndpointKey::new(ip([10, 20, 0, 99]), 6, 0),
+        ]))
+        .unwrap();
+        st.sync_reals(&HashSet::from([EndpointKey::new(ip(RIP), 6, 8080)])).unwrap();
+        st.sync_locals(&[ip(LOCAL)]).unwrap();
+
+        let run = |st: &mut Steering, f: &[u8], q: u32| st.test_run(f, ifindex, q).expect("test run");
+        let before = st.counters();
+
+        // To lvc.
+        assert_eq!(run(&mut st, &frame(6, CLIENT, VIP, 40000, 80), 0), XDP_REDIRECT, "VIP TCP");
+        assert_eq!(run(&mut st, &frame(17, CLIENT, VIP, 40000, 53), 0), XDP_REDIRECT, "VIP UDP");
+        assert_eq!(
+            run(&mut st, &frame(6, CLIENT, [10, 20, 0, 99], 1, 4444), 0),
+            XDP_REDIRECT,
+            "port-0 VIP"
+        );
+        assert_eq!(
+            run(&mut st, &frame(6, RIP, CLIENT, 8080, 40000), 0),
+            XDP_REDIRECT,
+            "nat reply from a real server"
+        );
+
+        // To the kernel.
+        let pass = |st: &mut Steering, f: &[u8], what: &str| assert_eq!(run(st, f, 0), XDP_PASS, "{what}");
+        pass(&mut st, &frame(6, CLIENT, VIP, 40000, 81), "VIP, other port");
+        pass(&mut st, &frame(17, CLIENT, VIP, 40000, 80), "VIP port, other protocol");
+        pass(&mut st, &frame(6, CLIENT, [10, 20, 0, 11], 40000, 80), "not a VIP");
+        pass(&mut st, &frame(6, RIP, LOCAL, 8080, 40000), "real server answering the director itself");
+        pass(&mut st, &frame(6, RIP, CLIENT, 8081, 40000), "real server, other port");
+        let mut arp = vec![0u8; 42];
+        arp[12..14].copy_from_slice(&[0x08, 0x06]);
+        pass(&mut st, &arp, "ARP");
+        let mut vlan = frame(6, CLIENT, VIP, 40000, 80);
+        vlan[12..14].copy_from_slice(&[0x81, 0x00]);
+        pass(&mut st, &vlan, "VLAN-tagged");
+        let mut v6 = frame(6, CLIENT, VIP, 40000, 80);
+        v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+        pass(&mut st, &v6, "IPv6");
+        let mut icmp = frame(6, CLIENT, VIP, 40000, 80);
+        icmp[23] = 1;
+        pass(&mut st, &icmp, "ICMP to a VIP");
+        let mut frag = frame(17, CLIENT, VIP, 40000, 53);
+        frag[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
+        pass(&mut st, &frag, "non-first fragment");
+        let mut lying = frame(6, CLIENT, VIP, 40000, 80);
+        lying[16..18].copy_from_slice(&30u16.to_be_bytes());
+        pass(&mut st, &lying, "IP total length shorter than its headers");
+        for proto in [6, 17] {
+            let f = frame(proto, CLIENT, VIP, 40000, if proto == 6 { 80 } else { 53 });
+            let l4_min = if proto == 6 { 20 } else { 8 };
+            // The kernel refuses test frames shorter than an Ethernet header.
+            for n in 14..(14 + 20 + l4_min) {
+                pass(&mut st, &f[..n], &format!("truncated to {n} bytes"));
+            }
+        }
+        // No socket bound on queue 1: pass, never drop.
+        assert_eq!(run(&mut st, &frame(6, CLIENT, VIP, 40000, 80), 1), XDP_PASS, "no socket on queue");
+
+        let after = st.counters();
+        let delta = |s: Stat| {
+            after.iter().find(|(k, _)| *k == s).unwrap().1 - before.iter().find(|(k, _)| *k == s).unwrap().1
+        };
+        assert_eq!(delta(Stat::RedirectVip), 3);
+        assert_eq!(delta(Stat::RedirectReal), 1);
+        assert_eq!(delta(Stat::PassNoSocket), 1);
+        assert_eq!(delta(Stat::PassFragment), 1);
+        assert!(delta(Stat::PassMalformed) >= 2 * 20);
+        drop(io);
+    })
+    .join()
+    .expect("test thread");
+}
