@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub mod netns;
+pub mod topo;
 
 /// Prefix of every namespace a lab creates (`xtask` removes leftovers).
 pub const NS_PREFIX: &str = "lvct";

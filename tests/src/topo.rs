@@ -1,0 +1,208 @@
+//! Ready-made director topologies on top of [`Lab`].
+//!
+//! ```text
+//! two-armed:  client c0 ── d0 director d1 ── br0 ── rs1, rs2, …
+//!             10.1.0.2      10.1.0.1  10.2.0.1       10.2.0.11, .12, …
+//!
+//! one-armed:  client c0 ── br0 ── d0 director (10.1.0.1 + 10.2.0.1)
+//!                           └──── rs1, rs2, … (10.2.0.11, .12, …)
+//! ```
+//! The VIP (10.9.0.10) is not an address of any host: clients route it via
+//! the director. Real servers' default gateway is the director.
+
+use crate::{Lab, bin};
+use std::path::PathBuf;
+use std::process::Output;
+use std::time::Duration;
+
+pub const VIP: &str = "10.9.0.10";
+pub const CLIENT: &str = "10.1.0.2";
+pub const DIRECTOR_CLIENT_SIDE: &str = "10.1.0.1";
+pub const DIRECTOR_SERVER_SIDE: &str = "10.2.0.1";
+pub const SERVER_NET: &str = "10.2.0.0/24";
+
+/// Address of real server `i` (0-based).
+pub fn server_ip(i: usize) -> String {
+    format!("10.2.0.{}", 11 + i)
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arms {
+    One,
+    Two,
+}
+
+/// A director lab: client, director, real servers.
+pub struct Topo {
+    pub lab: Lab,
+    pub arms: Arms,
+    pub servers: usize,
+    pub queues: u32,
+    pub socket: PathBuf,
+}
+
+impl Topo {
+    /// Builds the namespaces and links (nothing started yet).
+    pub fn build(tag: &str, arms: Arms, servers: usize, queues: u32) -> Self {
+        let mut lab = Lab::new(tag);
+        for ns in ["client", "dir", "sw"] {
+            lab.add_ns(ns);
+        }
+        lab.bridge("sw", "br0");
+        match arms {
+            Arms::Two => {
+                lab.veth(("client", "c0"), ("dir", "d0"), queues);
+                lab.veth(("dir", "d1"), ("sw", "p0"), queues);
+                lab.attach("sw", "p0", "br0");
+                lab.ip("dir", &["addr", "add", "10.1.0.1/24", "dev", "d0"]);
+                lab.ip("dir", &["addr", "add", "10.2.0.1/24", "dev", "d1"]);
+            }
+            Arms::One => {
+                lab.veth(("client", "c0"), ("sw", "pc"), queues);
+                lab.veth(("dir", "d0"), ("sw", "p0"), queues);
+                lab.attach("sw", "pc", "br0");
+                lab.attach("sw", "p0", "br0");
+                lab.ip("dir", &["addr", "add", "10.1.0.1/24", "dev", "d0"]);
+                lab.ip("dir", &["addr", "add", "10.2.0.1/24", "dev", "d0"]);
+            }
+        }
+        lab.ip("client", &["addr", "add", "10.1.0.2/24", "dev", "c0"]);
+        lab.ip("client", &["route", "add", "default", "via", DIRECTOR_CLIENT_SIDE]);
+        for i in 0..servers {
+            let ns = format!("rs{}", i + 1);
+            lab.add_ns(&ns);
+            let port = format!("p{}", i + 1);
+            lab.veth((&ns, "e0"), ("sw", &port), queues);
+            lab.attach("sw", &port, "br0");
+            lab.ip(&ns, &["addr", "add", &format!("{}/24", server_ip(i)), "dev", "e0"]);
+            lab.ip(&ns, &["route", "add", "default", "via", DIRECTOR_SERVER_SIDE]);
+        }
+        // The director's kernel forwards what lvc does not take (dnat
+        // replies, its own traffic); replies sourced from the VIP must not
+        // be dropped by reverse-path filtering or by its connection tracking.
+        lab.sysctl("dir", "net.ipv4.ip_forward=1");
+        lab.sysctl("dir", "net.ipv4.conf.all.rp_filter=0");
+        lab.sysctl("dir", "net.ipv4.conf.default.rp_filter=0");
+        let notrack = format!(
+            "table ip lvc_notrack {{ chain pre {{ type filter hook prerouting priority raw; ip saddr {VIP} notrack; }}; }}"
+        );
+        lab.exec_ok("dir", &["nft", &notrack]);
+        let socket = std::env::temp_dir().join(format!("{}.sock", lab.ns("ctl")));
+        Topo {
+            lab,
+            arms,
+            servers,
+            queues,
+            socket,
+        }
+    }
+
+    /// The director's interfaces lvc serves.
+    pub fn director_ifaces(&self) -> Vec<&'static str> {
+        match self.arms {
+            Arms::One => vec!["d0"],
+            Arms::Two => vec!["d0", "d1"],
+        }
+    }
+
+    /// Starts `lvc-testsrv` on every real server: HTTP on 80 answering its
+    /// name (`rs1`, …), TCP and UDP echo on 7.
+    pub fn start_servers(&mut self) {
+        let srv = bin_testsrv();
+        for i in 0..self.servers {
+            let ns = format!("rs{}", i + 1);
+            self.lab.spawn(
+                &ns,
+                &format!("srv-{ns}"),
+                &[&srv, &ns, "--http", "80", "--tcp-echo", "7", "--udp-echo", "7"],
+            );
+        }
+        // Wait until every server accepts connections.
+        for i in 0..self.servers {
+            let ns = format!("rs{}", i + 1);
+            let ok = self.lab.wait_until(Duration::from_secs(10), || {
+                self.lab
+                    .exec(&ns, &["curl", "-s", "-m", "1", "http://127.0.0.1/"])
+                    .status
+                    .success()
+            });
+            assert!(ok, "server {ns} did not start: {}", self.lab.log(&format!("srv-{ns}")));
+        }
+    }
+
+    /// Makes real servers rewrite the source of their replies to the VIP
+    /// (the paper's "SNAT at real servers", for the `dnat` method). A
+    /// stateless nftables rewrite: the nat table's SNAT would only see a
+    /// connection's first packet.
+    pub fn snat_at_servers(&self) {
+        for i in 0..self.servers {
+            let ns = format!("rs{}", i + 1);
+            let rule = format!(
+                "table ip lvc {{ chain post {{ type filter hook postrouting priority 0; ip saddr {} ip daddr != {SERVER_NET} ip saddr set {VIP}; }}; }}",
+                server_ip(i)
+            );
+            self.lab.exec_ok(&ns, &["nft", &rule]);
+        }
+    }
+
+    /// Starts lvc-dataplane on the director and waits until it answers.
+    pub fn start_lvc(&mut self) {
+        let dp = bin("lvc-dataplane").to_string_lossy().into_owned();
+        let sock = self.socket.to_string_lossy().into_owned();
+        let q = self.queues.to_string();
+        let mut cmd = vec![dp.as_str(), "--socket", &sock, "--queues", &q];
+        for i in self.director_ifaces() {
+            cmd.extend(["--iface", i]);
+        }
+        self.lab.spawn("dir", "lvc", &cmd);
+        let ok = self.lab.wait_until(Duration::from_secs(20), || self.ctl(&["list"]).status.success());
+        assert!(ok, "lvc-dataplane did not come up:\n{}", self.lab.log("lvc"));
+    }
+
+    /// Runs `lvc-ctl --socket … ARGS` (from the director namespace).
+    pub fn ctl(&self, args: &[&str]) -> Output {
+        let ctl = bin("lvc-ctl").to_string_lossy().into_owned();
+        let sock = self.socket.to_string_lossy().into_owned();
+        let mut cmd = vec![ctl.as_str(), "--socket", &sock];
+        cmd.extend_from_slice(args);
+        self.lab.exec("dir", &cmd)
+    }
+
+    /// `lvc-ctl …`, panicking if it fails; returns stdout.
+    pub fn ctl_ok(&self, args: &[&str]) -> String {
+        let out = self.ctl(args);
+        assert!(
+            out.status.success(),
+            "lvc-ctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Adds `proto` service VIP:port with every real server on `port`.
+    pub fn add_service(&self, proto: &str, port: u16, method: &str) {
+        let svc = format!("{VIP}:{port}");
+        self.ctl_ok(&["add-service", &format!("--{proto}"), &svc]);
+        for i in 0..self.servers {
+            self.ctl_ok(&[
+                "add-server",
+                &format!("--{proto}"),
+                &svc,
+                "--real",
+                &server_ip(i),
+                "--method",
+                method,
+            ]);
+        }
+    }
+
+    /// One HTTP request from the client to `url`; the body, or None.
+    pub fn curl(&self, url: &str) -> Option<String> {
+        let out = self.lab.exec("client", &["curl", "-s", "-m", "5", "--retry", "0", url]);
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn bin_testsrv() -> String {
+    bin("lvc-testsrv").to_string_lossy().into_owned()
+}

@@ -1,0 +1,245 @@
+//! End-to-end: real clients (curl, socat) through lvc's VIP to real servers
+//! in namespaces, for both forwarding methods, one- and two-armed.
+
+use lvc_tests::privileged;
+use lvc_tests::topo::{Arms, DIRECTOR_CLIENT_SIDE, Topo, VIP, server_ip};
+use std::time::Duration;
+
+/// Random-looking bytes (deterministic, no crate needed).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
+}
+
+fn lab(tag: &str, arms: Arms, method: &str) -> Topo {
+    let mut t = Topo::build(tag, arms, 2, 2);
+    t.start_servers();
+    if method == "dnat" {
+        t.snat_at_servers();
+    }
+    t.start_lvc();
+    t.add_service("tcp", 80, method);
+    t.add_service("tcp", 7, method);
+    t.add_service("udp", 7, method);
+    t
+}
+
+/// The paper's TC1: under round robin, consecutive requests alternate
+/// between the two real servers.
+fn tc1_round_robin(t: &Topo) {
+    let answers: Vec<String> = (0..8)
+        .map(|i| {
+            t.curl(&format!("http://{VIP}/"))
+                .unwrap_or_else(|| panic!("request {i} through the VIP failed:\n{}", t.lab.log("lvc")))
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    for pair in answers.windows(2) {
+        assert_ne!(pair[0], pair[1], "round robin must alternate: {answers:?}");
+    }
+    assert_eq!(answers.iter().filter(|a| *a == "rs1").count(), 4, "{answers:?}");
+    assert_eq!(answers.iter().filter(|a| *a == "rs2").count(), 4, "{answers:?}");
+}
+
+/// 1 MiB of random bytes through the VIP to a TCP echo and back, intact.
+fn tcp_bytes_intact(t: &Topo) {
+    let data = noise(1 << 20, 7);
+    let out = t
+        .lab
+        .exec_input("client", &["socat", "-t", "10", "-T", "20", "-", &format!("TCP:{VIP}:7")], &data);
+    assert!(out.status.success(), "socat failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.stdout.len(), data.len(), "echoed byte count");
+    assert!(out.stdout == data, "echoed bytes differ");
+}
+
+/// UDP datagrams round-trip through the VIP (each from a new port, so both
+/// servers answer).
+fn udp_round_trips(t: &Topo) {
+    for i in 0..4 {
+        let msg = format!("datagram {i} {}", "x".repeat(100 * i));
+        let out = t.lab.exec_input(
+            "client",
+            &["socat", "-T", "3", "-", &format!("UDP:{VIP}:7")],
+            msg.as_bytes(),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            msg,
+            "UDP echo {i} (stderr: {})\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            t.lab.log("lvc")
+        );
+    }
+}
+
+/// Per-server counters: both servers got connections and packets both ways
+/// (nat) or one way (dnat).
+fn counters_move(t: &Topo, method: &str) {
+    let json = t.ctl_ok(&["list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("list --json is JSON");
+    let svc = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == format!("tcp:{VIP}:80"))
+        .expect("service listed");
+    assert_eq!(svc["stats"]["conns"], 8, "{svc}");
+    for srv in svc["servers"].as_array().unwrap() {
+        assert_eq!(srv["stats"]["conns"], 4, "{srv}");
+        assert!(srv["stats"]["packets_in"].as_u64().unwrap() >= 4 * 3, "{srv}");
+        let out = srv["stats"]["packets_out"].as_u64().unwrap();
+        if method == "nat" {
+            assert!(out >= 4 * 2, "nat replies pass the director: {srv}");
+        } else {
+            assert_eq!(out, 0, "dnat replies bypass lvc: {srv}");
+        }
+    }
+    let text = t.ctl_ok(&["list", "--stats"]);
+    assert!(text.contains(&format!("TCP  {VIP}:80")), "{text}");
+}
+
+fn full_path(tag: &str, arms: Arms, method: &str) {
+    if !privileged(tag) {
+        return;
+    }
+    let t = lab(tag, arms, method);
+    tc1_round_robin(&t);
+    tcp_bytes_intact(&t);
+    udp_round_trips(&t);
+    counters_move(&t, method);
+}
+
+#[test]
+fn nat_two_armed() {
+    full_path("nat2", Arms::Two, "nat");
+}
+
+#[test]
+fn dnat_two_armed() {
+    full_path("dnat2", Arms::Two, "dnat");
+}
+
+#[test]
+fn nat_one_armed() {
+    full_path("nat1", Arms::One, "nat");
+}
+
+#[test]
+fn dnat_one_armed() {
+    full_path("dnat1", Arms::One, "dnat");
+}
+
+/// Traffic that is not for a VIP reaches the director's own kernel: a
+/// client talking to a server on the director, and the director talking
+/// to a real server directly (whose replies look like nat replies).
+#[test]
+fn director_own_traffic_reaches_its_kernel() {
+    if !privileged("director_own_traffic") {
+        return;
+    }
+    let mut t = lab("own", Arms::Two, "nat");
+    let srv = lvc_tests::bin("lvc-testsrv").to_string_lossy().into_owned();
+    t.lab.spawn("dir", "dirsrv", &[&srv, "director", "--http", "8000"]);
+    let url = format!("http://{DIRECTOR_CLIENT_SIDE}:8000/");
+    assert!(t.lab.wait_until(Duration::from_secs(10), || t.curl(&url).is_some()));
+    assert_eq!(t.curl(&url).unwrap().trim(), "director");
+    let direct = t
+        .lab
+        .exec_ok("dir", &["curl", "-s", "-m", "5", &format!("http://{}/", server_ip(0))]);
+    assert_eq!(direct.trim(), "rs1");
+    // And VIP traffic still flows.
+    assert!(t.curl(&format!("http://{VIP}/")).is_some());
+}
+
+/// Stopping the daemon, gracefully or not, leaves no XDP program attached.
+#[test]
+fn stopping_leaves_no_xdp_program() {
+    if !privileged("stopping_leaves_no_xdp_program") {
+        return;
+    }
+    let mut t = lab("stop", Arms::Two, "nat");
+    let attached = |t: &Topo| {
+        ["d0", "d1"].iter().any(|d| {
+            let out = t.lab.exec_ok("dir", &["ip", "link", "show", "dev", d]);
+            out.contains("xdp")
+        })
+    };
+    assert!(attached(&t), "running lvc attaches XDP");
+    let st = t.lab.stop("lvc", libc_sigterm()).expect("lvc was running");
+    assert!(st.success(), "SIGTERM exits cleanly: {st:?}\n{}", t.lab.log("lvc"));
+    assert!(!attached(&t), "XDP left attached after SIGTERM");
+    assert!(!t.socket.exists(), "control socket removed");
+    // With lvc gone, the kernel has the VIP's traffic (no black hole in XDP).
+    t.start_lvc();
+    assert!(attached(&t));
+    t.lab.stop("lvc", 9);
+    assert!(
+        t.lab.wait_until(Duration::from_secs(5), || !attached(&t)),
+        "XDP left attached after SIGKILL"
+    );
+}
+
+fn libc_sigterm() -> i32 {
+    15
+}
+
+/// Control errors are specific, have distinct exit codes, and change
+/// nothing; garbage on the socket gets an error and forwarding goes on.
+#[test]
+fn control_errors_change_nothing() {
+    if !privileged("control_errors_change_nothing") {
+        return;
+    }
+    let t = lab("ctl", Arms::Two, "nat");
+    let before = t.ctl_ok(&["list"]);
+    let fail = |args: &[&str], code: i32, msg: &str| {
+        let out = t.ctl(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        assert!(err.contains(msg), "{args:?}: {err}");
+    };
+    fail(
+        &["del-service", "--tcp", "10.9.0.99:80"],
+        68,
+        "service tcp 10.9.0.99:80 does not exist",
+    );
+    fail(&["add-service", "--tcp", &format!("{VIP}:80")], 67, "already exists");
+    fail(
+        &["add-server", "--tcp", &format!("{VIP}:80"), "--real", "10.2.0.99", "--weight", "70000"],
+        66,
+        "weight must be 0..=65535",
+    );
+    fail(&["del-server", "--tcp", &format!("{VIP}:80"), "--real", "10.2.0.99"], 68, "does not exist");
+    assert_eq!(t.ctl_ok(&["list"]), before, "failed requests changed the configuration");
+
+    // Raw garbage on the socket.
+    let sock = t.socket.to_string_lossy().into_owned();
+    for garbage in [
+        "hello\n",
+        "{\"version\":1,\"request\":{\"verb\":\"explode\"}}\n",
+        "{\"version\":99,\"request\":{\"verb\":\"list\"}}\n",
+        "{\"version\":1,\"request\":{\"verb\":\"add-service\"\n",
+    ] {
+        let out = t.lab.exec_input("dir", &["socat", "-t", "2", "-", &format!("UNIX-CONNECT:{sock}")], garbage.as_bytes());
+        let reply = String::from_utf8_lossy(&out.stdout);
+        assert!(reply.contains("\"error\""), "{garbage:?} → {reply}");
+    }
+    assert_eq!(t.ctl_ok(&["list"]), before);
+    assert!(t.curl(&format!("http://{VIP}/")).is_some(), "forwarding continues");
+
+    // No daemon: a clear hint.
+    let out = t.lab.exec(
+        "dir",
+        &[&lvc_tests::bin("lvc-ctl").to_string_lossy(), "--socket", "/nonexistent/lvc.sock", "list"],
+    );
+    assert_eq!(out.status.code(), Some(69));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is lvc-dataplane running?"));
+}
