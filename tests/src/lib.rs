@@ -53,15 +53,15 @@ pub fn privileged(test: &str) -> bool {
 /// Path of a workspace binary (built by `cargo build --workspace`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    // target/<profile>/deps/<test> → target/<profile>/<name>
-    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
-    let p = dir.join(name);
-    assert!(
-        p.exists(),
-        "{} not found: build the workspace first (`cargo build --workspace`, or `cargo xtask test`)",
-        p.display()
-    );
-    p
+    // Tests run from target/<profile>/deps/, xtask from target/<profile>/.
+    let dir = exe.parent().expect("exe dir");
+    let candidates = [dir.join(name), dir.parent().map(|d| d.join(name)).unwrap_or_default()];
+    candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
+        panic!(
+            "{name} not found next to {}: build the workspace first (`cargo build --workspace`, or `cargo xtask test`)",
+            exe.display()
+        )
+    })
 }
 
 static NEXT: AtomicU32 = AtomicU32::new(0);

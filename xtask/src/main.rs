@@ -1,0 +1,155 @@
+//! `cargo xtask …`: everything a developer or CI runs.
+//!
+//! - `deps`  installs the Debian packages lvc needs (apt-get), if missing
+//! - `test`  deps, `cargo fmt --check`, clippy `-D warnings`, build, unit and
+//!   privileged integration tests (under `CI=true` a privileged test that
+//!   cannot run fails)
+//! - `demo`  deps, build, a namespace lab with a client, the director and
+//!   real servers, real HTTP requests through lvc, `lvc-ctl list --stats`,
+//!   teardown
+
+use lvc_tests::topo::{Arms, Topo, VIP};
+use std::collections::BTreeMap;
+use std::process::{Command, ExitCode};
+
+/// Debian packages: the BPF compiler and xsk-rs's vendored libxdp/libbpf
+/// build, then the tools the lab and the tests drive.
+const PACKAGES: &[&str] = &[
+    "clang-19",
+    "llvm-19",
+    "libbpf-dev",
+    "libelf-dev",
+    "zlib1g-dev",
+    "pkg-config",
+    "m4",
+    "make",
+    "gcc",
+    "libc6-dev",
+    "iproute2",
+    "ethtool",
+    "nftables",
+    "procps",
+    "curl",
+    "socat",
+];
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("deps") => deps(),
+        Some("test") => test(&args[1..]),
+        Some("demo") => demo(),
+        _ => {
+            eprintln!("usage: cargo xtask deps | test [-- CARGO TEST ARGS] | demo");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+type Result = std::result::Result<(), String>;
+
+fn sh(cmd: &mut Command) -> Result {
+    eprintln!("+ {cmd:?}");
+    let st = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("{cmd:?} failed ({st})"))
+    }
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.env("CLANG", "clang-19").env("LLC", "llc-19");
+    c
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+/// Installs missing Debian packages.
+fn deps() -> Result {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        eprintln!("xtask: all Debian packages present");
+        return Ok(());
+    }
+    eprintln!("xtask: installing {}", missing.join(" "));
+    let apt = |args: &[&str]| {
+        let mut c = Command::new("apt-get");
+        c.args(args).env("DEBIAN_FRONTEND", "noninteractive");
+        sh(&mut c)
+    };
+    apt(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q", "--no-install-recommends"];
+    install.extend(&missing);
+    apt(&install).map_err(|e| format!("{e}: installing packages needs root"))
+}
+
+fn test(extra: &[String]) -> Result {
+    deps()?;
+    lvc_tests::remove_stale_namespaces();
+    sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    sh(cargo().args(["build", "--workspace", "--bins"]))?;
+    // Two test threads: the privileged tests each build a namespace lab and
+    // run a dataplane; more at once only contend for this machine's 2 cores.
+    let mut c = cargo();
+    c.args(["test", "--workspace", "--", "--test-threads", "2"]);
+    c.args(extra.iter().filter(|a| *a != "--"));
+    sh(&mut c)
+}
+
+fn demo() -> Result {
+    deps()?;
+    sh(cargo().args(["build", "--workspace", "--bins"]))?;
+    lvc_tests::remove_stale_namespaces();
+    if !lvc_tests::privileged("demo") {
+        return Err("the demo needs root (namespaces, XDP, AF_XDP)".into());
+    }
+    println!("\n== building a lab: client ── director (lvc, two-armed) ── 3 real servers");
+    let mut t = Topo::build("demo", Arms::Two, 3, 2);
+    t.start_servers();
+    t.start_lvc();
+    println!("== lvc-ctl add-service --tcp {VIP}:80; add-server --real 10.2.0.11/12/13 (nat, rr)");
+    t.add_service("tcp", 80, "nat");
+    print!("{}", t.ctl_ok(&["list"]));
+    let n = 30;
+    println!("\n== {n} HTTP requests from the client to http://{VIP}/");
+    let mut answered: BTreeMap<String, usize> = BTreeMap::new();
+    let mut failed = 0;
+    for _ in 0..n {
+        match t.curl(&format!("http://{VIP}/")) {
+            Some(body) => *answered.entry(body.trim().to_owned()).or_default() += 1,
+            None => failed += 1,
+        }
+    }
+    for (server, count) in &answered {
+        println!("  {server}: {count} answers");
+    }
+    if failed > 0 {
+        println!("  failed: {failed}");
+    }
+    println!("\n== lvc-ctl list --stats");
+    print!("{}", t.ctl_ok(&["list", "--stats"]));
+    println!("\n== lvc-ctl status");
+    print!("{}", t.ctl_ok(&["status"]));
+    println!("\n== tearing the lab down");
+    drop(t);
+    if failed > 0 || answered.len() < 2 {
+        return Err(format!("requests not balanced: {answered:?}, {failed} failed"));
+    }
+    Ok(())
+}
