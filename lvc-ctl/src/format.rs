@@ -7,14 +7,20 @@ use std::fmt::Write;
 pub fn listing(l: &Listing, stats: bool) -> String {
     let mut s = String::new();
     if stats {
-        s.push_str("Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n");
+        s.push_str(
+            "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n",
+        );
         s.push_str("  -> RemoteAddress:Port\n");
     } else {
         s.push_str("Prot LocalAddress:Port Scheduler Flags\n");
         s.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
     }
     for svc in &l.services {
-        let head = format!("{}  {}", svc.service.proto.name().to_uppercase(), svc.service.addr);
+        let head = format!(
+            "{}  {}",
+            svc.service.proto.name().to_uppercase(),
+            svc.service.addr
+        );
         if stats {
             let c = &svc.stats;
             let _ = writeln!(
@@ -77,7 +83,11 @@ pub fn status(st: &Status) -> String {
             i.name, i.ifindex, i.queues, i.xdp_mode
         );
     }
-    let _ = writeln!(s, "workers {}, connections {}/{}", st.workers, st.flows, st.flow_capacity);
+    let _ = writeln!(
+        s,
+        "workers {}, connections {}/{}",
+        st.workers, st.flows, st.flow_capacity
+    );
     for (name, v) in st.counters.iter().filter(|(_, v)| *v > 0) {
         let _ = writeln!(s, "  {name:<28} {v}");
     }

@@ -9,7 +9,8 @@ mod format;
 
 use clap::{Args, Parser, Subcommand};
 use lvc_proto::{
-    Method, Protocol, RealSpec, Request, RequestEnvelope, Response, ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
+    Method, Protocol, RealSpec, Request, RequestEnvelope, Response, ResponseEnvelope, Scheduler,
+    ServiceKey, parse_vip,
 };
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -117,7 +118,13 @@ fn main() -> ExitCode {
             false,
             false,
         ),
-        Cmd::DelService { service } => (Request::DelService { service: service.key() }, false, false),
+        Cmd::DelService { service } => (
+            Request::DelService {
+                service: service.key(),
+            },
+            false,
+            false,
+        ),
         Cmd::AddServer {
             service,
             real,
@@ -187,7 +194,10 @@ fn call(socket: &PathBuf, req: &Request) -> Result<ResponseEnvelope, (u8, String
             }
             _ => e.to_string(),
         };
-        (EXIT_CONNECT, format!("cannot connect to {}: {why}", socket.display()))
+        (
+            EXIT_CONNECT,
+            format!("cannot connect to {}: {why}", socket.display()),
+        )
     })?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
     let mut line = serde_json::to_vec(&RequestEnvelope::new(req.clone())).expect("serializable");

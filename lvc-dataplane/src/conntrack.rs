@@ -187,7 +187,10 @@ impl Conn {
             }
             // Only the thread whose CAS wins moves the gauges: each
             // transition is counted exactly once.
-            match self.state.compare_exchange_weak(cur, next as u8, Relaxed, Relaxed) {
+            match self
+                .state
+                .compare_exchange_weak(cur, next as u8, Relaxed, Relaxed)
+            {
                 Ok(_) => {
                     let old = State::from_u8(cur);
                     if old.is_active() != next.is_active() {
@@ -219,7 +222,11 @@ fn next_state(cur: State, flags: u8, dir: Dir) -> State {
         return State::Close;
     }
     if flags & TCP_FIN != 0 {
-        return if cur == State::Close { cur } else { State::FinWait };
+        return if cur == State::Close {
+            cur
+        } else {
+            State::FinWait
+        };
     }
     match dir {
         Dir::Original if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => State::SynRecv,
@@ -306,19 +313,22 @@ impl Conntrack {
         let dead: Vec<Arc<Conn>> = self
             .map
             .iter()
-            .filter(|r| *r.key() == r.value().original_key() && r.value().expired(now, &self.timeouts))
+            .filter(|r| {
+                *r.key() == r.value().original_key() && r.value().expired(now, &self.timeouts)
+            })
             .map(|r| r.value().clone())
             .collect();
         let mut removed = 0;
         for c in dead {
-            let gone = self
-                .map
-                .remove_if(&c.original_key(), |_, v| Arc::ptr_eq(v, &c) && v.expired(now, &self.timeouts));
+            let gone = self.map.remove_if(&c.original_key(), |_, v| {
+                Arc::ptr_eq(v, &c) && v.expired(now, &self.timeouts)
+            });
             if gone.is_none() {
                 continue;
             }
             if c.method == Method::Nat {
-                self.map.remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, &c));
+                self.map
+                    .remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, &c));
             }
             let st = &c.server.stats;
             if c.state().is_active() {
@@ -357,7 +367,15 @@ mod tests {
     }
 
     fn conn(proto: u8, s: &Arc<Server>, now: u32) -> Conn {
-        Conn::new(proto, (0x0a00_0002, 40000), (0x0a00_000a, 80), s.clone(), s.port, Arc::new(TrafficStats::default()), now)
+        Conn::new(
+            proto,
+            (0x0a00_0002, 40000),
+            (0x0a00_000a, 80),
+            s.clone(),
+            s.port,
+            Arc::new(TrafficStats::default()),
+            now,
+        )
     }
 
     #[test]

@@ -8,14 +8,16 @@
 //! wait for any of this.
 
 use crate::conntrack::Conntrack;
+use crate::route::{NeighRequest, NextHop, RouteTable};
 use crate::services::{Server, Service, ServiceTable};
 use crate::stats::{Drop, TrafficStats, WorkerStats};
 use crate::steer::{AttachMode, Steering};
 use arc_swap::ArcSwap;
 use lvc_ebpf::EndpointKey;
 use lvc_proto::{
-    ErrorCode, ErrorReply, InterfaceStatus, Listing, MAX_REQUEST_BYTES, MAX_WEIGHT, Method, Request, RequestEnvelope,
-    Response, ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo, ServiceKey, Status, VERSION,
+    ErrorCode, ErrorReply, InterfaceStatus, Listing, MAX_REQUEST_BYTES, MAX_WEIGHT, Method,
+    Request, RequestEnvelope, Response, ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo,
+    ServiceKey, Status, VERSION,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -64,6 +66,19 @@ pub struct Control {
     workers: Vec<Arc<WorkerStats>>,
     interfaces: Vec<ServedInterface>,
     started: Instant,
+    routes: Arc<ArcSwap<RouteTable>>,
+    neigh_requests: crossbeam_channel::Sender<NeighRequest>,
+}
+
+/// What the control plane needs from the rest of the daemon.
+pub struct ControlDeps {
+    pub steering: Arc<Mutex<Steering>>,
+    pub services: Arc<ArcSwap<ServiceTable>>,
+    pub conntrack: Arc<Conntrack>,
+    pub workers: Vec<Arc<WorkerStats>>,
+    pub interfaces: Vec<ServedInterface>,
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub neigh_requests: crossbeam_channel::Sender<NeighRequest>,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
@@ -71,21 +86,17 @@ fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
 }
 
 impl Control {
-    pub fn new(
-        steering: Arc<Mutex<Steering>>,
-        services: Arc<ArcSwap<ServiceTable>>,
-        conntrack: Arc<Conntrack>,
-        workers: Vec<Arc<WorkerStats>>,
-        interfaces: Vec<ServedInterface>,
-    ) -> Self {
+    pub fn new(d: ControlDeps) -> Self {
         Self {
             config: Mutex::new(Config::new()),
-            steering,
-            services,
-            conntrack,
-            workers,
-            interfaces,
+            steering: d.steering,
+            services: d.services,
+            conntrack: d.conntrack,
+            workers: d.workers,
+            interfaces: d.interfaces,
             started: Instant::now(),
+            routes: d.routes,
+            neigh_requests: d.neigh_requests,
         }
     }
 
@@ -113,7 +124,21 @@ impl Control {
             let _ = self.publish(&cfg);
         })?;
         *cfg = next;
+        self.resolve_servers(&cfg);
         Ok(())
+    }
+
+    /// Asks for the real servers' MACs now, so the first connection to a
+    /// new server does not wait for ARP.
+    fn resolve_servers(&self, cfg: &Config) {
+        let routes = self.routes.load();
+        for r in cfg.values().flat_map(|s| &s.servers) {
+            if let IpAddr::V4(a) = r.addr.ip()
+                && let NextHop::Unresolved(req) = routes.next_hop(u32::from(a))
+            {
+                let _ = self.neigh_requests.try_send(req);
+            }
+        }
     }
 
     /// Makes `cfg` the running configuration: service table, then maps.
@@ -229,7 +254,10 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
         Request::AddService { service, scheduler } => {
             check_service(service)?;
             if cfg.contains_key(service) {
-                return Err(err(ErrorCode::Exists, format!("service {service} already exists")));
+                return Err(err(
+                    ErrorCode::Exists,
+                    format!("service {service} already exists"),
+                ));
             }
             cfg.insert(
                 *service,
@@ -260,13 +288,17 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
             if real.addr.is_ipv4() != service.addr.is_ipv4() {
                 return Err(err(
                     ErrorCode::InvalidArgument,
-                    format!("real server {real} and service {service} must be the same address family"),
+                    format!(
+                        "real server {real} and service {service} must be the same address family"
+                    ),
                 ));
             }
             if service.addr.port() == 0 && real.port.is_some_and(|p| p != 0) {
                 return Err(err(
                     ErrorCode::InvalidArgument,
-                    format!("service {service} covers every port: give the real server without a port"),
+                    format!(
+                        "service {service} covers every port: give the real server without a port"
+                    ),
                 ));
             }
             let addr = real.resolve(service);
@@ -321,16 +353,26 @@ fn check_service(s: &ServiceKey) -> Result<(), ErrorReply> {
 /// Decodes one request line and answers it.
 pub fn answer(control: &Control, line: &[u8]) -> ResponseEnvelope {
     let result = match serde_json::from_slice::<serde_json::Value>(line) {
-        Err(e) => Response::Error(err(ErrorCode::BadRequest, format!("request is not JSON: {e}"))),
+        Err(e) => Response::Error(err(
+            ErrorCode::BadRequest,
+            format!("request is not JSON: {e}"),
+        )),
         Ok(v) => match v.get("version").and_then(|v| v.as_u64()) {
-            None => Response::Error(err(ErrorCode::BadRequest, "request has no protocol `version`")),
+            None => Response::Error(err(
+                ErrorCode::BadRequest,
+                "request has no protocol `version`",
+            )),
             Some(ver) if ver != u64::from(VERSION) => Response::Error(err(
                 ErrorCode::VersionMismatch,
-                format!("protocol version {ver} is not supported: this lvc-dataplane speaks version {VERSION}; use the lvc-ctl of the same release"),
+                format!(
+                    "protocol version {ver} is not supported: this lvc-dataplane speaks version {VERSION}; use the lvc-ctl of the same release"
+                ),
             )),
             Some(_) => match serde_json::from_value::<RequestEnvelope>(v) {
                 Ok(env) => control.handle(env.request),
-                Err(e) => Response::Error(err(ErrorCode::BadRequest, format!("invalid request: {e}"))),
+                Err(e) => {
+                    Response::Error(err(ErrorCode::BadRequest, format!("invalid request: {e}")))
+                }
             },
         },
     };
@@ -356,15 +398,21 @@ impl ControlSocket {
         use anyhow::Context;
         use std::os::unix::fs::PermissionsExt;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
         }
         if path.exists() {
             if UnixStream::connect(path).is_ok() {
-                anyhow::bail!("{} is in use: is another lvc-dataplane running?", path.display());
+                anyhow::bail!(
+                    "{} is in use: is another lvc-dataplane running?",
+                    path.display()
+                );
             }
-            std::fs::remove_file(path).with_context(|| format!("cannot remove stale {}", path.display()))?;
+            std::fs::remove_file(path)
+                .with_context(|| format!("cannot remove stale {}", path.display()))?;
         }
-        let listener = UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+        let listener =
+            UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
         Ok(Self {
             listener,
@@ -374,7 +422,9 @@ impl ControlSocket {
 
     /// Serves clients until `shutdown`.
     pub fn serve(self, control: Arc<Control>, shutdown: Arc<AtomicBool>) {
-        self.listener.set_nonblocking(true).expect("nonblocking listener");
+        self.listener
+            .set_nonblocking(true)
+            .expect("nonblocking listener");
         let clients = Arc::new(AtomicUsize::new(0));
         while !shutdown.load(Relaxed) {
             match self.listener.accept() {
@@ -393,7 +443,9 @@ impl ControlSocket {
                         })
                         .ok();
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(20)),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "control socket accept failed");
                     std::thread::sleep(Duration::from_millis(100));
@@ -410,7 +462,10 @@ impl std::ops::Drop for ControlSocket {
 }
 
 fn busy() -> ResponseEnvelope {
-    ResponseEnvelope::new(Response::Error(err(ErrorCode::Internal, "too many control clients; try again")))
+    ResponseEnvelope::new(Response::Error(err(
+        ErrorCode::Internal,
+        "too many control clients; try again",
+    )))
 }
 
 fn reply(mut stream: &UnixStream, resp: &ResponseEnvelope) -> std::io::Result<()> {
@@ -425,7 +480,9 @@ fn serve_client(stream: UnixStream, control: &Control) {
     let _ = stream.set_nonblocking(false);
     let _ = stream.set_read_timeout(Some(CLIENT_TIMEOUT));
     let _ = stream.set_write_timeout(Some(CLIENT_TIMEOUT));
-    let Ok(read_half) = stream.try_clone() else { return };
+    let Ok(read_half) = stream.try_clone() else {
+        return;
+    };
     let mut reader = BufReader::new(read_half.take(0));
     let mut line = Vec::new();
     loop {

@@ -8,8 +8,8 @@
 //!        └─ waits for SIGINT/SIGTERM, then stops and joins everything
 //! ```
 
-use crate::control::{Control, ControlSocket, ServedInterface};
 use crate::conntrack::Conntrack;
+use crate::control::{Control, ControlDeps, ControlSocket, ServedInterface};
 use crate::route::RouteMonitor;
 use crate::services::ServiceTable;
 use crate::stats::WorkerStats;
@@ -70,19 +70,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     // Config errors are reported before anything is touched.
     let initial = match &opts.config {
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-            let cfg = ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            cfg.requests().map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            let cfg =
+                ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            cfg.requests()
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
         }
         None => Vec::new(),
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, shutdown.clone()).context("cannot install signal handlers")?;
+        signal_hook::flag::register(sig, shutdown.clone())
+            .context("cannot install signal handlers")?;
     }
 
-    let (routes, route_sync) = RouteMonitor::start().context("cannot read routes and neighbours over rtnetlink")?;
+    let (routes, route_sync) =
+        RouteMonitor::start().context("cannot read routes and neighbours over rtnetlink")?;
     let mut steering = Steering::load()?;
     let mut ifindexes = Vec::new();
     for (slot, iface) in opts.ifaces.iter().enumerate() {
@@ -130,7 +135,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let mut served = Vec::new();
     for (iface, &ifindex) in opts.ifaces.iter().zip(&ifindexes) {
         let mode = steering.attach(iface)?;
-        tracing::info!(iface, ifindex, queues, mode = mode.name(), "XDP program attached");
+        tracing::info!(
+            iface,
+            ifindex,
+            queues,
+            mode = mode.name(),
+            "XDP program attached"
+        );
         served.push(ServedInterface {
             name: iface.clone(),
             ifindex,
@@ -147,36 +158,56 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicBool::new(false));
     for (q, w) in workers.into_iter().enumerate() {
         let (shutdown, failed) = (shutdown.clone(), failed.clone());
-        threads.push(std::thread::Builder::new().name(format!("lvc-worker-{q}")).spawn(move || {
-            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_err() {
-                failed.store(true, Relaxed);
-                shutdown.store(true, Relaxed);
-            }
-        })?);
+        threads.push(
+            std::thread::Builder::new()
+                .name(format!("lvc-worker-{q}"))
+                .spawn(move || {
+                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_err() {
+                        failed.store(true, Relaxed);
+                        shutdown.store(true, Relaxed);
+                    }
+                })?,
+        );
     }
     {
         let (steering, shutdown) = (steering.clone(), shutdown.clone());
-        threads.push(std::thread::Builder::new().name("lvc-route".into()).spawn(move || {
-            route_sync.run(neigh_rx, shutdown, |t| {
+        threads.push(
+            std::thread::Builder::new()
+                .name("lvc-route".into())
+                .spawn(move || {
+                    route_sync.run(neigh_rx, shutdown, |t| {
                 let mut s = steering.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(e) = s.sync_locals(t.locals()) {
                     tracing::warn!(error = %e, "cannot update the director's addresses in XDP");
                 }
             })
-        })?);
+                })?,
+        );
     }
     {
         let (ct, shutdown, epoch) = (conntrack.clone(), shutdown.clone(), shared.epoch);
-        threads.push(std::thread::Builder::new().name("lvc-housekeeping".into()).spawn(move || {
-            while !shutdown.load(Relaxed) {
-                std::thread::sleep(Duration::from_millis(200));
-                let now = epoch.elapsed().as_secs() as u32;
-                ct.sweep(now);
-            }
-        })?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("lvc-housekeeping".into())
+                .spawn(move || {
+                    while !shutdown.load(Relaxed) {
+                        std::thread::sleep(Duration::from_millis(200));
+                        let now = epoch.elapsed().as_secs() as u32;
+                        ct.sweep(now);
+                    }
+                })?,
+        );
     }
 
-    let control = Arc::new(Control::new(steering.clone(), services, conntrack, worker_stats, served));
+    let control = Arc::new(Control::new(ControlDeps {
+        steering: steering.clone(),
+        services,
+        conntrack,
+        workers: worker_stats,
+        interfaces: served,
+        routes: routes.table.clone(),
+        neigh_requests: shared.neigh_requests.clone(),
+    }));
     if !initial.is_empty() {
         control
             .apply(&initial)

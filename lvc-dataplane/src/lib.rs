@@ -13,12 +13,12 @@
 #![deny(unsafe_code)]
 
 pub mod checksum;
+pub mod conntrack;
 pub mod control;
 pub mod daemon;
-pub mod conntrack;
 pub mod parse;
-pub mod route;
 pub mod rewrite;
+pub mod route;
 pub mod schedule;
 pub mod services;
 pub mod stats;

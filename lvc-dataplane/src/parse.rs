@@ -115,7 +115,15 @@ pub(crate) mod fixtures {
     use crate::checksum::checksum;
 
     /// Builds an Ethernet/IPv4/TCP or UDP frame with valid checksums.
-    pub fn frame(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16, flags: u8, payload: &[u8]) -> Vec<u8> {
+    pub fn frame(
+        proto: u8,
+        src: [u8; 4],
+        dst: [u8; 4],
+        sport: u16,
+        dport: u16,
+        flags: u8,
+        payload: &[u8],
+    ) -> Vec<u8> {
         let l4_len = if proto == 6 { 20 } else { 8 };
         let ip_len = 20 + l4_len + payload.len();
         let mut f = vec![0u8; 14 + ip_len];

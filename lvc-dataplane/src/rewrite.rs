@@ -32,7 +32,14 @@ fn l4_csum_at(pkt: &Packet) -> usize {
 /// Replaces a 32-bit address at `addr_at` and a 16-bit port at `port_at`,
 /// fixing the IP and L4 checksums.
 #[inline]
-fn translate(f: &mut [u8], pkt: &Packet, addr_at: usize, new_addr: u32, port_at: usize, new_port: u16) {
+fn translate(
+    f: &mut [u8],
+    pkt: &Packet,
+    addr_at: usize,
+    new_addr: u32,
+    port_at: usize,
+    new_port: u16,
+) {
     let old_addr = get32(f, addr_at);
     let old_port = be16(f, port_at);
     f[addr_at..addr_at + 4].copy_from_slice(&new_addr.to_be_bytes());
@@ -95,7 +102,15 @@ mod tests {
     fn dnat_and_snat_keep_checksums_valid() {
         for proto in [6u8, 17] {
             for payload in [&b""[..], b"a", b"hello world, odd length!"] {
-                let mut f = frame(proto, [192, 168, 7, 2], [10, 0, 0, 10], 40000, 80, TCP_SYN, payload);
+                let mut f = frame(
+                    proto,
+                    [192, 168, 7, 2],
+                    [10, 0, 0, 10],
+                    40000,
+                    80,
+                    TCP_SYN,
+                    payload,
+                );
                 let p = parse(&f).unwrap();
                 to_real(&mut f, &p, 0x0a00_0102, 8080);
                 assert!(checksums_ok(&f), "dnat proto {proto}");
@@ -105,7 +120,15 @@ mod tests {
                 assert!(checksums_ok(&f));
                 assert_eq!(f[IP_TTL], 63);
                 // And the reply path.
-                let mut r = frame(proto, [10, 0, 1, 2], [192, 168, 7, 2], 8080, 40000, 0, payload);
+                let mut r = frame(
+                    proto,
+                    [10, 0, 1, 2],
+                    [192, 168, 7, 2],
+                    8080,
+                    40000,
+                    0,
+                    payload,
+                );
                 let p = parse(&r).unwrap();
                 to_client(&mut r, &p, 0x0a00_000a, 80);
                 assert!(checksums_ok(&r), "snat proto {proto}");

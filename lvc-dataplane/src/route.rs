@@ -23,7 +23,9 @@ use netlink_packet_route::link::{LinkAttribute, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType};
+use netlink_packet_route::route::{
+    RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteType,
+};
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::collections::HashMap;
@@ -97,7 +99,12 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    pub fn new(mut routes: Vec<Route>, neighbours: HashMap<(u32, u32), [u8; 6]>, links: Vec<Link>, locals: Vec<IpAddr>) -> Self {
+    pub fn new(
+        mut routes: Vec<Route>,
+        neighbours: HashMap<(u32, u32), [u8; 6]>,
+        links: Vec<Link>,
+        locals: Vec<IpAddr>,
+    ) -> Self {
         routes.sort_by(|a, b| b.prefix.cmp(&a.prefix).then(a.metric.cmp(&b.metric)));
         Self {
             routes,
@@ -188,7 +195,8 @@ impl Netlink {
         let mut out = Vec::new();
         let mut off = 0;
         while off + 16 <= n {
-            let len = u32::from_ne_bytes(self.buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+            let len =
+                u32::from_ne_bytes(self.buf[off..off + 4].try_into().expect("4 bytes")) as usize;
             if len < 16 || off + len > n {
                 break;
             }
@@ -210,11 +218,16 @@ impl Netlink {
                     continue;
                 }
                 if m.header.flags & NLM_F_DUMP_INTR != 0 {
-                    return Err(io::Error::new(io::ErrorKind::Interrupted, "netlink dump interrupted"));
+                    return Err(io::Error::new(
+                        io::ErrorKind::Interrupted,
+                        "netlink dump interrupted",
+                    ));
                 }
                 match m.payload {
                     NetlinkPayload::InnerMessage(inner) => res.push(inner),
-                    NetlinkPayload::Done(d) if d.code < 0 => return Err(io::Error::from_raw_os_error(-d.code)),
+                    NetlinkPayload::Done(d) if d.code < 0 => {
+                        return Err(io::Error::from_raw_os_error(-d.code));
+                    }
                     NetlinkPayload::Done(_) => return Ok(res),
                     NetlinkPayload::Error(e) if e.code.is_none() => return Ok(res),
                     NetlinkPayload::Error(e) => return Err(e.to_io()),
@@ -281,9 +294,14 @@ impl Netlink {
         m.header.flags = NeighbourFlags::Use;
         m.header.kind = RouteType::Unspec;
         m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(Ipv4Addr::from(req.ip))));
-        self.request(Rt::NewNeighbour(m), NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK)
-            .map(|_| ())
+            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
+                Ipv4Addr::from(req.ip),
+            )));
+        self.request(
+            Rt::NewNeighbour(m),
+            NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
+        )
+        .map(|_| ())
     }
 }
 
@@ -356,13 +374,19 @@ fn parse_route(r: &RouteMessage) -> Option<Route> {
             _ => {}
         }
     }
-    (table == u32::from(RouteHeader::RT_TABLE_MAIN) && h.kind == RouteType::Unicast && route.oif != 0).then_some(route)
+    (table == u32::from(RouteHeader::RT_TABLE_MAIN)
+        && h.kind == RouteType::Unicast
+        && route.oif != 0)
+        .then_some(route)
 }
 
 /// A usable IPv4 neighbour: (ifindex, ip, mac).
 fn parse_neigh(n: &NeighbourMessage) -> Option<(u32, u32, [u8; 6])> {
     use NeighbourState as S;
-    if !matches!(n.header.state, S::Reachable | S::Stale | S::Delay | S::Probe | S::Permanent) {
+    if !matches!(
+        n.header.state,
+        S::Reachable | S::Stale | S::Delay | S::Probe | S::Permanent
+    ) {
         return None;
     }
     let (mut ip, mut mac) = (None, None);
@@ -394,8 +418,7 @@ const RESOLVE_HOLDOFF: Duration = Duration::from_millis(500);
 impl RouteMonitor {
     /// Reads the kernel's tables once (errors here are fatal at start-up).
     pub fn start() -> io::Result<(Self, RouteSync)> {
-        let mut nl = Netlink::new()?;
-        let table = Arc::new(ArcSwap::from_pointee(nl.snapshot()?));
+        // Subscribe before the first read, so no change slips between.
         let events = Netlink::new()?;
         for g in [
             libc::RTNLGRP_LINK,
@@ -407,8 +430,12 @@ impl RouteMonitor {
         }
         events.sock.set_non_blocking(true)?;
         let _ = events.sock.set_rx_buf_sz(4 << 20);
+        let mut nl = Netlink::new()?;
+        let table = Arc::new(ArcSwap::from_pointee(nl.snapshot()?));
         Ok((
-            Self { table: table.clone() },
+            Self {
+                table: table.clone(),
+            },
             RouteSync {
                 nl,
                 events,
@@ -430,14 +457,21 @@ pub struct RouteSync {
 impl RouteSync {
     /// Runs until `shutdown`; `on_change` sees every new snapshot (the
     /// daemon mirrors the director's addresses into the XDP program).
-    pub fn run(mut self, requests: Receiver<NeighRequest>, shutdown: Arc<AtomicBool>, mut on_change: impl FnMut(&RouteTable)) {
+    pub fn run(
+        mut self,
+        requests: Receiver<NeighRequest>,
+        shutdown: Arc<AtomicBool>,
+        mut on_change: impl FnMut(&RouteTable),
+    ) {
         let mut last_refresh = Instant::now();
         let mut dirty = false;
         while !shutdown.load(Relaxed) {
             match requests.recv_timeout(Duration::from_millis(50)) {
                 Ok(req) => self.resolve(req),
                 Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => std::thread::sleep(Duration::from_millis(50)),
+                Err(RecvTimeoutError::Disconnected) => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
             }
             for req in requests.try_iter().take(1024).collect::<Vec<_>>() {
                 self.resolve(req);
@@ -462,7 +496,9 @@ impl RouteSync {
                         dirty = false;
                         last_refresh = Instant::now();
                     }
-                    Err(e) => tracing::warn!(error = %e, "re-reading routes and neighbours failed; retrying"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "re-reading routes and neighbours failed; retrying")
+                    }
                 }
             }
         }
@@ -470,11 +506,16 @@ impl RouteSync {
 
     fn resolve(&mut self, req: NeighRequest) {
         let now = Instant::now();
-        if self.recent.get(&req).is_some_and(|t| now.duration_since(*t) < RESOLVE_HOLDOFF) {
+        if self
+            .recent
+            .get(&req)
+            .is_some_and(|t| now.duration_since(*t) < RESOLVE_HOLDOFF)
+        {
             return;
         }
         if self.recent.len() > 65536 {
-            self.recent.retain(|_, t| now.duration_since(*t) < RESOLVE_HOLDOFF);
+            self.recent
+                .retain(|_, t| now.duration_since(*t) < RESOLVE_HOLDOFF);
         }
         self.recent.insert(req, now);
         if let Err(e) = self.nl.resolve(req) {
@@ -493,17 +534,51 @@ mod tests {
 
     fn table() -> RouteTable {
         let routes = vec![
-            Route { dst: 0, prefix: 0, gateway: Some(ip("10.0.0.1")), oif: 2, metric: 0 },
-            Route { dst: ip("10.0.0.0"), prefix: 24, gateway: None, oif: 2, metric: 0 },
-            Route { dst: ip("10.1.0.0"), prefix: 16, gateway: None, oif: 3, metric: 100 },
-            Route { dst: ip("10.1.0.0"), prefix: 16, gateway: None, oif: 2, metric: 10 },
+            Route {
+                dst: 0,
+                prefix: 0,
+                gateway: Some(ip("10.0.0.1")),
+                oif: 2,
+                metric: 0,
+            },
+            Route {
+                dst: ip("10.0.0.0"),
+                prefix: 24,
+                gateway: None,
+                oif: 2,
+                metric: 0,
+            },
+            Route {
+                dst: ip("10.1.0.0"),
+                prefix: 16,
+                gateway: None,
+                oif: 3,
+                metric: 100,
+            },
+            Route {
+                dst: ip("10.1.0.0"),
+                prefix: 16,
+                gateway: None,
+                oif: 2,
+                metric: 10,
+            },
         ];
         let mut neigh = HashMap::new();
         neigh.insert((2, ip("10.0.0.1")), [1; 6]);
         neigh.insert((2, ip("10.0.0.7")), [7; 6]);
         let links = vec![
-            Link { ifindex: 2, name: "a".into(), mac: [0xa; 6], mtu: 1500 },
-            Link { ifindex: 3, name: "b".into(), mac: [0xb; 6], mtu: 1500 },
+            Link {
+                ifindex: 2,
+                name: "a".into(),
+                mac: [0xa; 6],
+                mtu: 1500,
+            },
+            Link {
+                ifindex: 3,
+                name: "b".into(),
+                mac: [0xb; 6],
+                mtu: 1500,
+            },
         ];
         RouteTable::new(routes, neigh, links, vec!["10.0.0.2".parse().unwrap()])
     }
@@ -513,17 +588,28 @@ mod tests {
         let t = table();
         assert_eq!(
             t.next_hop(ip("10.0.0.7")),
-            NextHop::Ready(L2 { ifindex: 2, src_mac: [0xa; 6], dst_mac: [7; 6] })
+            NextHop::Ready(L2 {
+                ifindex: 2,
+                src_mac: [0xa; 6],
+                dst_mac: [7; 6]
+            })
         );
         // Default route: via the gateway's MAC.
         assert_eq!(
             t.next_hop(ip("192.0.2.1")),
-            NextHop::Ready(L2 { ifindex: 2, src_mac: [0xa; 6], dst_mac: [1; 6] })
+            NextHop::Ready(L2 {
+                ifindex: 2,
+                src_mac: [0xa; 6],
+                dst_mac: [1; 6]
+            })
         );
         // Lower metric wins among equal prefixes; unresolved → a request.
         assert_eq!(
             t.next_hop(ip("10.1.2.3")),
-            NextHop::Unresolved(NeighRequest { ifindex: 2, ip: ip("10.1.2.3") })
+            NextHop::Unresolved(NeighRequest {
+                ifindex: 2,
+                ip: ip("10.1.2.3")
+            })
         );
         assert_eq!(t.next_hop(ip("10.0.0.2")), NextHop::None);
     }

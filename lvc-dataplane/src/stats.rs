@@ -72,7 +72,7 @@ impl Drop {
             Drop::NoFlow => "no_flow",
             Drop::TableFull => "table_full",
             Drop::NoRoute => "no_route",
-            Drop::NeighPending => "neigh_pending",
+            Drop::NeighPending => "neigh_unresolved",
             Drop::EgressNotServed => "egress_not_served",
             Drop::TtlExceeded => "ttl_exceeded",
             Drop::TooBig => "too_big",

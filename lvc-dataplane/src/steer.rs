@@ -32,7 +32,9 @@ impl AttachMode {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SteerError {
-    #[error("cannot load the XDP program: {0} (lvc-dataplane must run as root, with CAP_BPF and CAP_NET_ADMIN)")]
+    #[error(
+        "cannot load the XDP program: {0} (lvc-dataplane must run as root, with CAP_BPF and CAP_NET_ADMIN)"
+    )]
     Load(String),
     #[error("interface `{0}` does not exist")]
     NoInterface(String),
@@ -66,13 +68,15 @@ pub struct Steering {
 impl Steering {
     /// Loads (but does not attach) the program.
     pub fn load() -> Result<Self, SteerError> {
-        let mut ebpf = Ebpf::load(lvc_ebpf::XDP_OBJECT).map_err(|e| SteerError::Load(e.to_string()))?;
+        let mut ebpf =
+            Ebpf::load(lvc_ebpf::XDP_OBJECT).map_err(|e| SteerError::Load(e.to_string()))?;
         let prog: &mut Xdp = ebpf
             .program_mut(lvc_ebpf::PROGRAM_NAME)
             .ok_or_else(|| SteerError::Load("program missing from object".into()))?
             .try_into()
             .map_err(|e: ProgramError| SteerError::Load(e.to_string()))?;
-        prog.load().map_err(|e| SteerError::Load(program_error(&e)))?;
+        prog.load()
+            .map_err(|e| SteerError::Load(program_error(&e)))?;
         use lvc_ebpf::maps;
         let mut take = |name: &'static str| {
             ebpf.take_map(name).ok_or(SteerError::Map {
@@ -148,23 +152,46 @@ impl Steering {
 
     /// Makes the `vips` map hold exactly `want`.
     pub fn sync_vips(&mut self, want: &HashSet<EndpointKey>) -> Result<(), SteerError> {
-        sync(&mut self.vips, &mut self.current_vips, want, lvc_ebpf::maps::VIPS)
+        sync(
+            &mut self.vips,
+            &mut self.current_vips,
+            want,
+            lvc_ebpf::maps::VIPS,
+        )
     }
 
     /// Makes the `reals` map hold exactly `want`.
     pub fn sync_reals(&mut self, want: &HashSet<EndpointKey>) -> Result<(), SteerError> {
-        sync(&mut self.reals, &mut self.current_reals, want, lvc_ebpf::maps::REALS)
+        sync(
+            &mut self.reals,
+            &mut self.current_reals,
+            want,
+            lvc_ebpf::maps::REALS,
+        )
     }
 
     /// Makes the `locals` map hold exactly the director's addresses.
     pub fn sync_locals(&mut self, addrs: &[IpAddr]) -> Result<(), SteerError> {
         let want: HashSet<AddrKey> = addrs.iter().map(|&a| AddrKey::new(a)).collect();
-        for k in self.current_locals.difference(&want).copied().collect::<Vec<_>>() {
-            self.locals.remove(&k).map_err(map_err(lvc_ebpf::maps::LOCALS))?;
+        for k in self
+            .current_locals
+            .difference(&want)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            self.locals
+                .remove(&k)
+                .map_err(map_err(lvc_ebpf::maps::LOCALS))?;
             self.current_locals.remove(&k);
         }
-        for k in want.difference(&self.current_locals).copied().collect::<Vec<_>>() {
-            self.locals.insert(k, 1u32, 0).map_err(map_err(lvc_ebpf::maps::LOCALS))?;
+        for k in want
+            .difference(&self.current_locals)
+            .copied()
+            .collect::<Vec<_>>()
+        {
+            self.locals
+                .insert(k, 1u32, 0)
+                .map_err(map_err(lvc_ebpf::maps::LOCALS))?;
             self.current_locals.insert(k);
         }
         Ok(())
@@ -214,7 +241,8 @@ fn sync(
 ) -> Result<(), SteerError> {
     // Add before remove so a moving entry never leaves a gap.
     for k in want.difference(current).copied().collect::<Vec<_>>() {
-        map.insert(k, ServiceValue::default(), 0).map_err(map_err(name))?;
+        map.insert(k, ServiceValue::default(), 0)
+            .map_err(map_err(name))?;
         current.insert(k);
     }
     for k in current.difference(want).copied().collect::<Vec<_>>() {

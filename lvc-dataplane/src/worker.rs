@@ -24,6 +24,25 @@ use std::time::{Duration, Instant};
 
 /// Frames taken from one RX ring per iteration.
 pub const BATCH: usize = 64;
+/// Frames a worker holds while their next hop's MAC is being resolved.
+const PARK_MAX: usize = 256;
+/// How long a parked frame waits for its neighbour.
+const PARK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A frame waiting for its next hop's MAC address.
+struct Parked {
+    frame: Frame,
+    next: u32,
+    since: Instant,
+}
+
+/// What the pipeline decided for a frame.
+enum Verdict {
+    /// Send on this port.
+    Send(usize),
+    /// Routed to `next`, whose MAC is being resolved: hold the frame.
+    Park(u32),
+}
 
 /// Everything a worker shares with the rest of the daemon.
 #[derive(Clone)]
@@ -49,11 +68,17 @@ impl Worker {
     pub fn run(mut self) {
         let nports = self.io.ports();
         let mut rx: Vec<Frame> = Vec::with_capacity(BATCH);
-        let mut out: Vec<Vec<Frame>> = (0..nports).map(|_| Vec::with_capacity(BATCH * nports)).collect();
+        let mut out: Vec<Vec<Frame>> = (0..nports)
+            .map(|_| Vec::with_capacity(BATCH * nports))
+            .collect();
+        let mut parked: Vec<Parked> = Vec::new();
         while !self.shared.shutdown.load(Relaxed) {
             let now = self.shared.epoch.elapsed().as_secs() as u32;
             let services = self.shared.services.load();
             let routes = self.shared.routes.load();
+            if !parked.is_empty() {
+                self.unpark(&mut parked, &routes, &mut out);
+            }
             let mut received = 0;
             for port in 0..nports {
                 let n = self.io.recv(port, BATCH, &mut rx);
@@ -62,8 +87,24 @@ impl Worker {
                     bump(&self.stats.rx_packets, 1);
                     bump(&self.stats.rx_bytes, frame.len() as u64);
                     let bytes = self.io.bytes_mut(&mut frame);
-                    match forward(bytes, now, &services, &routes, &self.shared, &self.port_ifindex) {
-                        Ok(egress) => out[egress].push(frame),
+                    match forward(
+                        bytes,
+                        now,
+                        &services,
+                        &routes,
+                        &self.shared,
+                        &self.port_ifindex,
+                    ) {
+                        Ok(Verdict::Send(egress)) => out[egress].push(frame),
+                        Ok(Verdict::Park(next)) if parked.len() < PARK_MAX => parked.push(Parked {
+                            frame,
+                            next,
+                            since: Instant::now(),
+                        }),
+                        Ok(Verdict::Park(_)) => {
+                            self.stats.count_drop(Drop::NeighPending);
+                            self.io.release(frame);
+                        }
                         Err(why) => {
                             self.stats.count_drop(why);
                             self.io.release(frame);
@@ -88,14 +129,52 @@ impl Worker {
             bump(&self.stats.tx_kicks, kicks);
             if received == 0 && !self.io.tx_pending() {
                 // Idle: sleep in poll() until a frame arrives. The timeout
-                // bounds how long a shutdown request waits.
-                self.io.wait(Duration::from_millis(100));
+                // bounds how long a shutdown request (or a parked frame)
+                // waits.
+                let nap = if parked.is_empty() { 100 } else { 5 };
+                self.io.wait(Duration::from_millis(nap));
+            }
+        }
+        for p in parked {
+            self.io.release(p.frame);
+        }
+    }
+
+    /// Sends parked frames whose neighbour got resolved; drops those that
+    /// waited too long or lost their route.
+    fn unpark(&mut self, parked: &mut Vec<Parked>, routes: &RouteTable, out: &mut [Vec<Frame>]) {
+        let mut i = 0;
+        while i < parked.len() {
+            let verdict = match routes.next_hop(parked[i].next) {
+                NextHop::Ready(l2) => match self.port_ifindex.iter().position(|&x| x == l2.ifindex)
+                {
+                    Some(port) => {
+                        let mut p = parked.swap_remove(i);
+                        rewrite::set_macs(self.io.bytes_mut(&mut p.frame), l2.src_mac, l2.dst_mac);
+                        out[port].push(p.frame);
+                        continue;
+                    }
+                    None => Some(Drop::EgressNotServed),
+                },
+                NextHop::None => Some(Drop::NoRoute),
+                NextHop::Unresolved(_) if parked[i].since.elapsed() > PARK_TIMEOUT => {
+                    Some(Drop::NeighPending)
+                }
+                NextHop::Unresolved(_) => None,
+            };
+            match verdict {
+                Some(why) => {
+                    let p = parked.swap_remove(i);
+                    self.stats.count_drop(why);
+                    self.io.release(p.frame);
+                }
+                None => i += 1,
             }
         }
     }
 }
 
-/// Takes one frame through the pipeline. Returns the egress port index.
+/// Takes one frame through the pipeline.
 #[inline]
 fn forward(
     f: &mut [u8],
@@ -104,11 +183,14 @@ fn forward(
     routes: &RouteTable,
     shared: &Shared,
     port_ifindex: &[u32],
-) -> Result<usize, Drop> {
+) -> Result<Verdict, Drop> {
     let pkt = parse(f)?;
     let (conn, dir) = match shared.conntrack.lookup(&pkt.key) {
         Some(found) => found,
-        None => (new_conn(&pkt, now, services, &shared.conntrack)?, Dir::Original),
+        None => (
+            new_conn(&pkt, now, services, &shared.conntrack)?,
+            Dir::Original,
+        ),
     };
     conn.touch(now, dir, pkt.tcp_flags);
     let len = f.len();
@@ -134,13 +216,13 @@ fn forward(
                 .position(|&i| i == l2.ifindex)
                 .ok_or(Drop::EgressNotServed)?;
             rewrite::set_macs(f, l2.src_mac, l2.dst_mac);
-            Ok(port)
+            Ok(Verdict::Send(port))
         }
         NextHop::Unresolved(req) => {
-            // The netlink thread asks the kernel to resolve it; this packet
-            // is lost (TCP retransmits), the next ones go through.
+            // The route thread asks the kernel to resolve it; the frame
+            // waits (bounded) instead of being lost.
             let _ = shared.neigh_requests.try_send(req);
-            Err(Drop::NeighPending)
+            Ok(Verdict::Park(next))
         }
         NextHop::None => Err(Drop::NoRoute),
     }
@@ -148,15 +230,26 @@ fn forward(
 
 /// Schedules a new connection for a packet with no tracked flow.
 #[inline]
-fn new_conn(pkt: &Packet, now: u32, services: &ServiceTable, ct: &Conntrack) -> Result<Arc<Conn>, Drop> {
+fn new_conn(
+    pkt: &Packet,
+    now: u32,
+    services: &ServiceTable,
+    ct: &Conntrack,
+) -> Result<Arc<Conn>, Drop> {
     let k = &pkt.key;
-    let svc = services.lookup(k.proto, k.dst, k.dport).ok_or(Drop::NoService)?;
+    let svc = services
+        .lookup(k.proto, k.dst, k.dport)
+        .ok_or(Drop::NoService)?;
     if !opens_connection(k.proto, pkt.tcp_flags) {
         return Err(Drop::NoFlow);
     }
     let server = schedule::pick(svc).ok_or(Drop::NoServer)?;
     // A port-0 service keeps the client's destination port.
-    let real_port = if server.port == 0 { k.dport } else { server.port };
+    let real_port = if server.port == 0 {
+        k.dport
+    } else {
+        server.port
+    };
     ct.insert(Conn::new(
         k.proto,
         (k.src, k.sport),

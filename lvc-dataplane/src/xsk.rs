@@ -88,7 +88,9 @@ pub struct WorkerIo {
 /// Why a socket could not be set up, worded for the operator.
 #[derive(Debug, thiserror::Error)]
 pub enum XskError {
-    #[error("cannot allocate the UMEM ({0}); AF_XDP needs CAP_NET_RAW and CAP_IPC_LOCK (run as root)")]
+    #[error(
+        "cannot allocate the UMEM ({0}); AF_XDP needs CAP_NET_RAW and CAP_IPC_LOCK (run as root)"
+    )]
     Umem(String),
     #[error("cannot bind an AF_XDP socket to {iface} queue {queue}: {reason}")]
     Bind {
@@ -300,7 +302,8 @@ impl WorkerIo {
                     kicks += 1;
                 }
                 self.scratch.clear();
-                self.scratch.resize(self.ring_size as usize, FrameDesc::default());
+                self.scratch
+                    .resize(self.ring_size as usize, FrameDesc::default());
                 // SAFETY: completion descriptors belong to this UMEM and are
                 // handed back to userspace by the kernel.
                 let done = unsafe { p.comp.consume(&mut self.scratch) };

@@ -83,7 +83,10 @@ impl ConfigFile {
                     ));
                 }
                 if !reals.insert(srv.real.resolve(&key)) {
-                    return Err(format!("service {key}: server {} is listed twice", srv.real));
+                    return Err(format!(
+                        "service {key}: server {} is listed twice",
+                        srv.real
+                    ));
                 }
                 out.push(Request::AddServer {
                     service: key,
@@ -134,7 +137,8 @@ method = "dnat"
 
     #[test]
     fn errors_name_the_line() {
-        let err = ConfigFile::parse("[[service]]\ntcp = \"10.0.0.10:80\"\nbogus = 1\n").unwrap_err();
+        let err =
+            ConfigFile::parse("[[service]]\ntcp = \"10.0.0.10:80\"\nbogus = 1\n").unwrap_err();
         assert!(err.starts_with("line 3"), "{err}");
         let err = ConfigFile::parse("[[service]]\ntcp = \"10.0.0.10\"\n").unwrap_err();
         assert!(err.contains("VIP:PORT"), "{err}");

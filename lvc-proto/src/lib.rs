@@ -182,7 +182,10 @@ mod tests {
             r#"{"version":1}"#,
             r#"{"version":1,"request":{"verb":"add-service","service":"tcp:1.2.3.4:80""#,
         ] {
-            assert!(serde_json::from_str::<RequestEnvelope>(bad).is_err(), "{bad}");
+            assert!(
+                serde_json::from_str::<RequestEnvelope>(bad).is_err(),
+                "{bad}"
+            );
         }
     }
 

@@ -33,7 +33,12 @@ pub fn privileged(test: &str) -> bool {
         .unwrap_or(false);
     let why = if !root {
         Some("needs root (network namespaces, XDP, AF_XDP)")
-    } else if Command::new("ip").args(["netns", "list"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+    } else if Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
         Some("needs iproute2 with `ip netns`")
     } else {
         None
@@ -55,7 +60,10 @@ pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     // Tests run from target/<profile>/deps/, xtask from target/<profile>/.
     let dir = exe.parent().expect("exe dir");
-    let candidates = [dir.join(name), dir.parent().map(|d| d.join(name)).unwrap_or_default()];
+    let candidates = [
+        dir.join(name),
+        dir.parent().map(|d| d.join(name)).unwrap_or_default(),
+    ];
     candidates.iter().find(|p| p.exists()).cloned().unwrap_or_else(|| {
         panic!(
             "{name} not found next to {}: build the workspace first (`cargo build --workspace`, or `cargo xtask test`)",
@@ -77,7 +85,11 @@ impl Lab {
     /// A new, empty lab. `tag` only makes names readable.
     pub fn new(tag: &str) -> Self {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let tag: String = tag.chars().filter(char::is_ascii_alphanumeric).take(8).collect();
+        let tag: String = tag
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .take(8)
+            .collect();
         Self {
             id: format!("{NS_PREFIX}{}x{n}{tag}", std::process::id()),
             namespaces: Vec::new(),
@@ -219,8 +231,27 @@ impl Lab {
         let q = queues.to_string();
         let (na, nb) = (self.ns(a.0), self.ns(b.0));
         run(&[
-            "ip", "link", "add", a.1, "netns", &na, "numrxqueues", &q, "numtxqueues", &q, "type", "veth", "peer",
-            "name", b.1, "netns", &nb, "numrxqueues", &q, "numtxqueues", &q,
+            "ip",
+            "link",
+            "add",
+            a.1,
+            "netns",
+            &na,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            b.1,
+            "netns",
+            &nb,
+            "numrxqueues",
+            &q,
+            "numtxqueues",
+            &q,
         ]);
         for (ns, dev) in [a, b] {
             self.exec_ok(ns, &["ethtool", "-K", dev, "tx", "off"]);
@@ -269,8 +300,14 @@ impl Drop for Lab {
                 .stderr(Stdio::null())
                 .status();
         }
-        for entry in std::fs::read_dir(std::env::temp_dir()).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with(&self.id) && !std::thread::panicking() {
+        for entry in std::fs::read_dir(std::env::temp_dir())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if entry.file_name().to_string_lossy().starts_with(&self.id)
+                && !std::thread::panicking()
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }

@@ -67,15 +67,24 @@ impl Topo {
             }
         }
         lab.ip("client", &["addr", "add", "10.1.0.2/24", "dev", "c0"]);
-        lab.ip("client", &["route", "add", "default", "via", DIRECTOR_CLIENT_SIDE]);
+        lab.ip(
+            "client",
+            &["route", "add", "default", "via", DIRECTOR_CLIENT_SIDE],
+        );
         for i in 0..servers {
             let ns = format!("rs{}", i + 1);
             lab.add_ns(&ns);
             let port = format!("p{}", i + 1);
             lab.veth((&ns, "e0"), ("sw", &port), queues);
             lab.attach("sw", &port, "br0");
-            lab.ip(&ns, &["addr", "add", &format!("{}/24", server_ip(i)), "dev", "e0"]);
-            lab.ip(&ns, &["route", "add", "default", "via", DIRECTOR_SERVER_SIDE]);
+            lab.ip(
+                &ns,
+                &["addr", "add", &format!("{}/24", server_ip(i)), "dev", "e0"],
+            );
+            lab.ip(
+                &ns,
+                &["route", "add", "default", "via", DIRECTOR_SERVER_SIDE],
+            );
         }
         // The director's kernel forwards what lvc does not take (dnat
         // replies, its own traffic); replies sourced from the VIP must not
@@ -114,7 +123,16 @@ impl Topo {
             self.lab.spawn(
                 &ns,
                 &format!("srv-{ns}"),
-                &[&srv, &ns, "--http", "80", "--tcp-echo", "7", "--udp-echo", "7"],
+                &[
+                    &srv,
+                    &ns,
+                    "--http",
+                    "80",
+                    "--tcp-echo",
+                    "7",
+                    "--udp-echo",
+                    "7",
+                ],
             );
         }
         // Wait until every server accepts connections.
@@ -126,7 +144,11 @@ impl Topo {
                     .status
                     .success()
             });
-            assert!(ok, "server {ns} did not start: {}", self.lab.log(&format!("srv-{ns}")));
+            assert!(
+                ok,
+                "server {ns} did not start: {}",
+                self.lab.log(&format!("srv-{ns}"))
+            );
         }
     }
 
@@ -155,8 +177,14 @@ impl Topo {
             cmd.extend(["--iface", i]);
         }
         self.lab.spawn("dir", "lvc", &cmd);
-        let ok = self.lab.wait_until(Duration::from_secs(20), || self.ctl(&["list"]).status.success());
-        assert!(ok, "lvc-dataplane did not come up:\n{}", self.lab.log("lvc"));
+        let ok = self.lab.wait_until(Duration::from_secs(20), || {
+            self.ctl(&["list"]).status.success()
+        });
+        assert!(
+            ok,
+            "lvc-dataplane did not come up:\n{}",
+            self.lab.log("lvc")
+        );
     }
 
     /// Runs `lvc-ctl --socket … ARGS` (from the director namespace).
@@ -198,8 +226,12 @@ impl Topo {
 
     /// One HTTP request from the client to `url`; the body, or None.
     pub fn curl(&self, url: &str) -> Option<String> {
-        let out = self.lab.exec("client", &["curl", "-s", "-m", "5", "--retry", "0", url]);
-        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+        let out = self
+            .lab
+            .exec("client", &["curl", "-s", "-m", "5", "--retry", "0", url]);
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 

@@ -37,7 +37,9 @@ fn tc1_round_robin(t: &Topo) {
     let answers: Vec<String> = (0..8)
         .map(|i| {
             t.curl(&format!("http://{VIP}/"))
-                .unwrap_or_else(|| panic!("request {i} through the VIP failed:\n{}", t.lab.log("lvc")))
+                .unwrap_or_else(|| {
+                    panic!("request {i} through the VIP failed:\n{}", t.lab.log("lvc"))
+                })
                 .trim()
                 .to_owned()
         })
@@ -45,17 +47,39 @@ fn tc1_round_robin(t: &Topo) {
     for pair in answers.windows(2) {
         assert_ne!(pair[0], pair[1], "round robin must alternate: {answers:?}");
     }
-    assert_eq!(answers.iter().filter(|a| *a == "rs1").count(), 4, "{answers:?}");
-    assert_eq!(answers.iter().filter(|a| *a == "rs2").count(), 4, "{answers:?}");
+    assert_eq!(
+        answers.iter().filter(|a| *a == "rs1").count(),
+        4,
+        "{answers:?}"
+    );
+    assert_eq!(
+        answers.iter().filter(|a| *a == "rs2").count(),
+        4,
+        "{answers:?}"
+    );
 }
 
 /// 1 MiB of random bytes through the VIP to a TCP echo and back, intact.
 fn tcp_bytes_intact(t: &Topo) {
     let data = noise(1 << 20, 7);
-    let out = t
-        .lab
-        .exec_input("client", &["socat", "-t", "10", "-T", "20", "-", &format!("TCP:{VIP}:7")], &data);
-    assert!(out.status.success(), "socat failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = t.lab.exec_input(
+        "client",
+        &[
+            "socat",
+            "-t",
+            "10",
+            "-T",
+            "20",
+            "-",
+            &format!("TCP:{VIP}:7"),
+        ],
+        &data,
+    );
+    assert!(
+        out.status.success(),
+        "socat failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(out.stdout.len(), data.len(), "echoed byte count");
     assert!(out.stdout == data, "echoed bytes differ");
 }
@@ -94,7 +118,10 @@ fn counters_move(t: &Topo, method: &str) {
     assert_eq!(svc["stats"]["conns"], 8, "{svc}");
     for srv in svc["servers"].as_array().unwrap() {
         assert_eq!(srv["stats"]["conns"], 4, "{srv}");
-        assert!(srv["stats"]["packets_in"].as_u64().unwrap() >= 4 * 3, "{srv}");
+        assert!(
+            srv["stats"]["packets_in"].as_u64().unwrap() >= 4 * 3,
+            "{srv}"
+        );
         let out = srv["stats"]["packets_out"].as_u64().unwrap();
         if method == "nat" {
             assert!(out >= 4 * 2, "nat replies pass the director: {srv}");
@@ -147,13 +174,24 @@ fn director_own_traffic_reaches_its_kernel() {
     }
     let mut t = lab("own", Arms::Two, "nat");
     let srv = lvc_tests::bin("lvc-testsrv").to_string_lossy().into_owned();
-    t.lab.spawn("dir", "dirsrv", &[&srv, "director", "--http", "8000"]);
+    t.lab
+        .spawn("dir", "dirsrv", &[&srv, "director", "--http", "8000"]);
     let url = format!("http://{DIRECTOR_CLIENT_SIDE}:8000/");
-    assert!(t.lab.wait_until(Duration::from_secs(10), || t.curl(&url).is_some()));
+    assert!(
+        t.lab
+            .wait_until(Duration::from_secs(10), || t.curl(&url).is_some())
+    );
     assert_eq!(t.curl(&url).unwrap().trim(), "director");
-    let direct = t
-        .lab
-        .exec_ok("dir", &["curl", "-s", "-m", "5", &format!("http://{}/", server_ip(0))]);
+    let direct = t.lab.exec_ok(
+        "dir",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            &format!("http://{}/", server_ip(0)),
+        ],
+    );
     assert_eq!(direct.trim(), "rs1");
     // And VIP traffic still flows.
     assert!(t.curl(&format!("http://{VIP}/")).is_some());
@@ -174,7 +212,11 @@ fn stopping_leaves_no_xdp_program() {
     };
     assert!(attached(&t), "running lvc attaches XDP");
     let st = t.lab.stop("lvc", libc_sigterm()).expect("lvc was running");
-    assert!(st.success(), "SIGTERM exits cleanly: {st:?}\n{}", t.lab.log("lvc"));
+    assert!(
+        st.success(),
+        "SIGTERM exits cleanly: {st:?}\n{}",
+        t.lab.log("lvc")
+    );
     assert!(!attached(&t), "XDP left attached after SIGTERM");
     assert!(!t.socket.exists(), "control socket removed");
     // With lvc gone, the kernel has the VIP's traffic (no black hole in XDP).
@@ -211,14 +253,40 @@ fn control_errors_change_nothing() {
         68,
         "service tcp 10.9.0.99:80 does not exist",
     );
-    fail(&["add-service", "--tcp", &format!("{VIP}:80")], 67, "already exists");
     fail(
-        &["add-server", "--tcp", &format!("{VIP}:80"), "--real", "10.2.0.99", "--weight", "70000"],
+        &["add-service", "--tcp", &format!("{VIP}:80")],
+        67,
+        "already exists",
+    );
+    fail(
+        &[
+            "add-server",
+            "--tcp",
+            &format!("{VIP}:80"),
+            "--real",
+            "10.2.0.99",
+            "--weight",
+            "70000",
+        ],
         66,
         "weight must be 0..=65535",
     );
-    fail(&["del-server", "--tcp", &format!("{VIP}:80"), "--real", "10.2.0.99"], 68, "does not exist");
-    assert_eq!(t.ctl_ok(&["list"]), before, "failed requests changed the configuration");
+    fail(
+        &[
+            "del-server",
+            "--tcp",
+            &format!("{VIP}:80"),
+            "--real",
+            "10.2.0.99",
+        ],
+        68,
+        "does not exist",
+    );
+    assert_eq!(
+        t.ctl_ok(&["list"]),
+        before,
+        "failed requests changed the configuration"
+    );
 
     // Raw garbage on the socket.
     let sock = t.socket.to_string_lossy().into_owned();
@@ -228,17 +296,29 @@ fn control_errors_change_nothing() {
         "{\"version\":99,\"request\":{\"verb\":\"list\"}}\n",
         "{\"version\":1,\"request\":{\"verb\":\"add-service\"\n",
     ] {
-        let out = t.lab.exec_input("dir", &["socat", "-t", "2", "-", &format!("UNIX-CONNECT:{sock}")], garbage.as_bytes());
+        let out = t.lab.exec_input(
+            "dir",
+            &["socat", "-t", "2", "-", &format!("UNIX-CONNECT:{sock}")],
+            garbage.as_bytes(),
+        );
         let reply = String::from_utf8_lossy(&out.stdout);
         assert!(reply.contains("\"error\""), "{garbage:?} → {reply}");
     }
     assert_eq!(t.ctl_ok(&["list"]), before);
-    assert!(t.curl(&format!("http://{VIP}/")).is_some(), "forwarding continues");
+    assert!(
+        t.curl(&format!("http://{VIP}/")).is_some(),
+        "forwarding continues"
+    );
 
     // No daemon: a clear hint.
     let out = t.lab.exec(
         "dir",
-        &[&lvc_tests::bin("lvc-ctl").to_string_lossy(), "--socket", "/nonexistent/lvc.sock", "list"],
+        &[
+            &lvc_tests::bin("lvc-ctl").to_string_lossy(),
+            "--socket",
+            "/nonexistent/lvc.sock",
+            "list",
+        ],
     );
     assert_eq!(out.status.code(), Some(69));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is lvc-dataplane running?"));

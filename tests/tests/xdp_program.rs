@@ -58,7 +58,8 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         let (routes, _) = lvc_dataplane::route::RouteMonitor::start().expect("rtnetlink");
         let ifindex = routes.table.load().link_by_name("v0").expect("v0").ifindex;
         let mut st = Steering::load().expect("program loads and passes the verifier");
-        let io = WorkerIo::open(&["v0".to_owned()], 0, IoConfig::default()).expect("AF_XDP socket on v0 queue 0");
+        let io = WorkerIo::open(&["v0".to_owned()], 0, IoConfig::default())
+            .expect("AF_XDP socket on v0 queue 0");
         st.set_slot(ifindex, 0).unwrap();
         st.set_socket(0, 0, io.socket_fd(0)).unwrap();
         st.sync_vips(&HashSet::from([
@@ -67,15 +68,25 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             EndpointKey::new(ip([10, 20, 0, 99]), 6, 0),
         ]))
         .unwrap();
-        st.sync_reals(&HashSet::from([EndpointKey::new(ip(RIP), 6, 8080)])).unwrap();
+        st.sync_reals(&HashSet::from([EndpointKey::new(ip(RIP), 6, 8080)]))
+            .unwrap();
         st.sync_locals(&[ip(LOCAL)]).unwrap();
 
-        let run = |st: &mut Steering, f: &[u8], q: u32| st.test_run(f, ifindex, q).expect("test run");
+        let run =
+            |st: &mut Steering, f: &[u8], q: u32| st.test_run(f, ifindex, q).expect("test run");
         let before = st.counters();
 
         // To lvc.
-        assert_eq!(run(&mut st, &frame(6, CLIENT, VIP, 40000, 80), 0), XDP_REDIRECT, "VIP TCP");
-        assert_eq!(run(&mut st, &frame(17, CLIENT, VIP, 40000, 53), 0), XDP_REDIRECT, "VIP UDP");
+        assert_eq!(
+            run(&mut st, &frame(6, CLIENT, VIP, 40000, 80), 0),
+            XDP_REDIRECT,
+            "VIP TCP"
+        );
+        assert_eq!(
+            run(&mut st, &frame(17, CLIENT, VIP, 40000, 53), 0),
+            XDP_REDIRECT,
+            "VIP UDP"
+        );
         assert_eq!(
             run(&mut st, &frame(6, CLIENT, [10, 20, 0, 99], 1, 4444), 0),
             XDP_REDIRECT,
@@ -88,12 +99,33 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         );
 
         // To the kernel.
-        let pass = |st: &mut Steering, f: &[u8], what: &str| assert_eq!(run(st, f, 0), XDP_PASS, "{what}");
-        pass(&mut st, &frame(6, CLIENT, VIP, 40000, 81), "VIP, other port");
-        pass(&mut st, &frame(17, CLIENT, VIP, 40000, 80), "VIP port, other protocol");
-        pass(&mut st, &frame(6, CLIENT, [10, 20, 0, 11], 40000, 80), "not a VIP");
-        pass(&mut st, &frame(6, RIP, LOCAL, 8080, 40000), "real server answering the director itself");
-        pass(&mut st, &frame(6, RIP, CLIENT, 8081, 40000), "real server, other port");
+        let pass =
+            |st: &mut Steering, f: &[u8], what: &str| assert_eq!(run(st, f, 0), XDP_PASS, "{what}");
+        pass(
+            &mut st,
+            &frame(6, CLIENT, VIP, 40000, 81),
+            "VIP, other port",
+        );
+        pass(
+            &mut st,
+            &frame(17, CLIENT, VIP, 40000, 80),
+            "VIP port, other protocol",
+        );
+        pass(
+            &mut st,
+            &frame(6, CLIENT, [10, 20, 0, 11], 40000, 80),
+            "not a VIP",
+        );
+        pass(
+            &mut st,
+            &frame(6, RIP, LOCAL, 8080, 40000),
+            "real server answering the director itself",
+        );
+        pass(
+            &mut st,
+            &frame(6, RIP, CLIENT, 8081, 40000),
+            "real server, other port",
+        );
         let mut arp = vec![0u8; 42];
         arp[12..14].copy_from_slice(&[0x08, 0x06]);
         pass(&mut st, &arp, "ARP");
@@ -121,11 +153,16 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             }
         }
         // No socket bound on queue 1: pass, never drop.
-        assert_eq!(run(&mut st, &frame(6, CLIENT, VIP, 40000, 80), 1), XDP_PASS, "no socket on queue");
+        assert_eq!(
+            run(&mut st, &frame(6, CLIENT, VIP, 40000, 80), 1),
+            XDP_PASS,
+            "no socket on queue"
+        );
 
         let after = st.counters();
         let delta = |s: Stat| {
-            after.iter().find(|(k, _)| *k == s).unwrap().1 - before.iter().find(|(k, _)| *k == s).unwrap().1
+            after.iter().find(|(k, _)| *k == s).unwrap().1
+                - before.iter().find(|(k, _)| *k == s).unwrap().1
         };
         assert_eq!(delta(Stat::RedirectVip), 3);
         assert_eq!(delta(Stat::RedirectReal), 1);

@@ -57,7 +57,9 @@ type Result = std::result::Result<(), String>;
 
 fn sh(cmd: &mut Command) -> Result {
     eprintln!("+ {cmd:?}");
-    let st = cmd.status().map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let st = cmd
+        .status()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if st.success() {
         Ok(())
     } else {
@@ -102,7 +104,14 @@ fn test(extra: &[String]) -> Result {
     deps()?;
     lvc_tests::remove_stale_namespaces();
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
-    sh(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    sh(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     sh(cargo().args(["build", "--workspace", "--bins"]))?;
     // Two test threads: the privileged tests each build a namespace lab and
     // run a dataplane; more at once only contend for this machine's 2 cores.
@@ -149,7 +158,9 @@ fn demo() -> Result {
     println!("\n== tearing the lab down");
     drop(t);
     if failed > 0 || answered.len() < 2 {
-        return Err(format!("requests not balanced: {answered:?}, {failed} failed"));
+        return Err(format!(
+            "requests not balanced: {answered:?}, {failed} failed"
+        ));
     }
     Ok(())
 }
