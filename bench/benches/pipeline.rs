@@ -1,0 +1,62 @@
+//! Per-packet pipeline stages, one at a time, on a 1M-connection table.
+//!
+//! `cargo bench -p lvc-bench --bench pipeline` (add
+//! `-- --warm-up-time 1 --measurement-time 2` for a short run).
+
+use criterion::{Criterion, black_box, criterion_group, criterion_main};
+use lvc_bench::{frame, server, table};
+use lvc_dataplane::checksum;
+use lvc_dataplane::parse::{FlowKey, parse};
+use lvc_dataplane::rewrite;
+use lvc_dataplane::schedule;
+use lvc_dataplane::services::Service;
+use lvc_dataplane::stats::TrafficStats;
+use lvc_proto::{Method, Scheduler};
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+const FLOWS: usize = 1 << 20;
+
+fn stages(c: &mut Criterion) {
+    let f = frame(6, 0x0a00_0001, 0x0a09_000a, 1024, 80, 64);
+    c.bench_function("parse/tcp64", |b| b.iter(|| parse(black_box(&f))));
+
+    let ct = table(FLOWS);
+    let hit = FlowKey {
+        src: 0x0a00_0000 | (12345 >> 8),
+        dst: 0x0a09_000a,
+        sport: 1024 + (12345 & 0xff),
+        dport: 80,
+        proto: 6,
+    };
+    assert!(ct.lookup(&hit).is_some());
+    let miss = FlowKey { dport: 81, ..hit };
+    c.bench_function("conntrack/hit_1M", |b| b.iter(|| ct.lookup(black_box(&hit))));
+    c.bench_function("conntrack/miss_1M", |b| b.iter(|| ct.lookup(black_box(&miss))));
+
+    let svc = Service {
+        key: "tcp:10.9.0.10:80".parse().unwrap(),
+        scheduler: Scheduler::Rr,
+        servers: (0..8).map(|_| server(Method::Nat)).collect(),
+        rr: Arc::new(AtomicUsize::new(0)),
+        stats: Arc::new(TrafficStats::default()),
+    };
+    c.bench_function("schedule/rr_8", |b| b.iter(|| schedule::pick(black_box(&svc)).is_some()));
+
+    let mut g = frame(6, 0x0a00_0001, 0x0a09_000a, 1024, 80, 64);
+    let pkt = parse(&g).unwrap();
+    c.bench_function("rewrite/dnat_ttl_macs", |b| {
+        b.iter(|| {
+            rewrite::to_real(black_box(&mut g), &pkt, 0x0a02_000b, 80);
+            g[22] = 64;
+            let _ = rewrite::decrement_ttl(&mut g);
+            rewrite::set_macs(&mut g, [2; 6], [4; 6]);
+        })
+    });
+    c.bench_function("checksum/update32", |b| {
+        b.iter(|| checksum::update32(black_box(0x1234), black_box(0x0a09_000a), black_box(0x0a02_000b)))
+    });
+}
+
+criterion_group!(benches, stages);
+criterion_main!(benches);

@@ -1,0 +1,56 @@
+//! Helpers for lvc's benchmarks: frames and tables shaped like real
+//! traffic.
+
+use lvc_dataplane::conntrack::{Conn, Conntrack};
+use lvc_dataplane::services::Server;
+use lvc_dataplane::stats::TrafficStats;
+use lvc_proto::Method;
+use std::sync::Arc;
+
+/// An Ethernet/IPv4/TCP (proto 6) or UDP (17) frame of `len` bytes
+/// (at least 54), headers valid, checksums not computed.
+pub fn frame(proto: u8, src: u32, dst: u32, sport: u16, dport: u16, len: usize) -> Vec<u8> {
+    let mut f = vec![0u8; len.max(54)];
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    let ip_len = (f.len() - 14) as u16;
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = proto;
+    f[26..30].copy_from_slice(&src.to_be_bytes());
+    f[30..34].copy_from_slice(&dst.to_be_bytes());
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    if proto == 6 {
+        f[46] = 5 << 4;
+        f[47] = 0x10;
+    } else {
+        f[38..40].copy_from_slice(&(ip_len - 20).to_be_bytes());
+    }
+    f
+}
+
+/// A real server for table entries.
+pub fn server(method: Method) -> Arc<Server> {
+    Arc::new(Server {
+        addr: [10, 2, 0, 11].into(),
+        port: 80,
+        weight: 1,
+        method,
+        stats: Arc::new(TrafficStats::default()),
+    })
+}
+
+/// A connection table holding `n` nat connections from distinct clients
+/// (10.x.y.z:port → 10.9.0.10:80).
+pub fn table(n: usize) -> Conntrack {
+    let ct = Conntrack::new(n + 1);
+    let s = server(Method::Nat);
+    let svc = Arc::new(TrafficStats::default());
+    for i in 0..n as u32 {
+        let client = (0x0a00_0000 | (i >> 8), 1024 + (i & 0xff) as u16);
+        ct.insert(Conn::new(6, client, (0x0a09_000a, 80), s.clone(), 80, svc.clone(), 0))
+            .expect("capacity");
+    }
+    ct
+}
