@@ -31,8 +31,12 @@ fn stages(c: &mut Criterion) {
     };
     assert!(ct.lookup(&hit).is_some());
     let miss = FlowKey { dport: 81, ..hit };
-    c.bench_function("conntrack/hit_1M", |b| b.iter(|| ct.lookup(black_box(&hit))));
-    c.bench_function("conntrack/miss_1M", |b| b.iter(|| ct.lookup(black_box(&miss))));
+    c.bench_function("conntrack/hit_1M", |b| {
+        b.iter(|| ct.lookup(black_box(&hit)))
+    });
+    c.bench_function("conntrack/miss_1M", |b| {
+        b.iter(|| ct.lookup(black_box(&miss)))
+    });
 
     let svc = Service {
         key: "tcp:10.9.0.10:80".parse().unwrap(),
@@ -41,7 +45,9 @@ fn stages(c: &mut Criterion) {
         rr: Arc::new(AtomicUsize::new(0)),
         stats: Arc::new(TrafficStats::default()),
     };
-    c.bench_function("schedule/rr_8", |b| b.iter(|| schedule::pick(black_box(&svc)).is_some()));
+    c.bench_function("schedule/rr_8", |b| {
+        b.iter(|| schedule::pick(black_box(&svc)).is_some())
+    });
 
     let mut g = frame(6, 0x0a00_0001, 0x0a09_000a, 1024, 80, 64);
     let pkt = parse(&g).unwrap();
@@ -54,7 +60,13 @@ fn stages(c: &mut Criterion) {
         })
     });
     c.bench_function("checksum/update32", |b| {
-        b.iter(|| checksum::update32(black_box(0x1234), black_box(0x0a09_000a), black_box(0x0a02_000b)))
+        b.iter(|| {
+            checksum::update32(
+                black_box(0x1234),
+                black_box(0x0a09_000a),
+                black_box(0x0a02_000b),
+            )
+        })
     });
 }
 

@@ -49,8 +49,16 @@ pub fn table(n: usize) -> Conntrack {
     let svc = Arc::new(TrafficStats::default());
     for i in 0..n as u32 {
         let client = (0x0a00_0000 | (i >> 8), 1024 + (i & 0xff) as u16);
-        ct.insert(Conn::new(6, client, (0x0a09_000a, 80), s.clone(), 80, svc.clone(), 0))
-            .expect("capacity");
+        ct.insert(Conn::new(
+            6,
+            client,
+            (0x0a09_000a, 80),
+            s.clone(),
+            80,
+            svc.clone(),
+            0,
+        ))
+        .expect("capacity");
     }
     ct
 }

@@ -190,10 +190,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             std::thread::Builder::new()
                 .name("lvc-housekeeping".into())
                 .spawn(move || {
+                    // Age the table once a second; look at the shutdown
+                    // flag more often than that.
+                    let mut last = 0;
                     while !shutdown.load(Relaxed) {
                         std::thread::sleep(Duration::from_millis(200));
                         let now = epoch.elapsed().as_secs() as u32;
-                        ct.sweep(now);
+                        if now != last {
+                            last = now;
+                            ct.sweep(now);
+                        }
                     }
                 })?,
         );

@@ -117,12 +117,11 @@ impl Worker {
                 if n == 0 {
                     continue;
                 }
-                let bytes: usize = frames.iter().map(Frame::len).sum();
-                let dropped = self.io.send(port, frames);
-                bump(&self.stats.tx_packets, (n - dropped) as u64);
+                let (sent, bytes) = self.io.send(port, frames);
+                bump(&self.stats.tx_packets, sent as u64);
                 bump(&self.stats.tx_bytes, bytes as u64);
-                if dropped > 0 {
-                    bump(&self.stats.drops[Drop::TxFull as usize], dropped as u64);
+                if sent < n {
+                    bump(&self.stats.drops[Drop::TxFull as usize], (n - sent) as u64);
                 }
             }
             let kicks = self.io.service();

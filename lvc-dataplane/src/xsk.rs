@@ -147,10 +147,19 @@ impl WorkerIo {
                 match unsafe { Socket::new(sock_cfg, &umem, &iface, queue) } {
                     Ok(s) => break s,
                     Err(e) => {
-                        let busy = std::error::Error::source(&e)
+                        let errno = std::error::Error::source(&e)
                             .and_then(|s| s.downcast_ref::<io::Error>())
-                            .and_then(io::Error::raw_os_error)
-                            == Some(libc::EBUSY);
+                            .and_then(io::Error::raw_os_error);
+                        if errno == Some(libc::EAFNOSUPPORT) {
+                            return Err(XskError::Bind {
+                                iface: name.clone(),
+                                queue,
+                                reason:
+                                    "AF_XDP is unavailable: this kernel lacks CONFIG_XDP_SOCKETS"
+                                        .into(),
+                            });
+                        }
+                        let busy = errno == Some(libc::EBUSY);
                         attempt += 1;
                         if busy && attempt < 8 {
                             std::thread::sleep(delay);
@@ -267,10 +276,10 @@ impl WorkerIo {
     }
 
     /// Queues `frames` for transmission on `port`. Frames that do not fit the
-    /// TX ring are released and their count returned.
-    pub fn send(&mut self, port: usize, frames: &mut Vec<Frame>) -> usize {
+    /// TX ring are released. Returns (frames queued, their bytes).
+    pub fn send(&mut self, port: usize, frames: &mut Vec<Frame>) -> (usize, usize) {
         if frames.is_empty() {
-            return 0;
+            return (0, 0);
         }
         let p = &mut self.ports[port];
         let room = p.tx.nb_free(frames.len() as u32) as usize; // may exceed the ask
@@ -282,9 +291,9 @@ impl WorkerIo {
         let produced = unsafe { p.tx.produce(&self.scratch) };
         debug_assert_eq!(produced, n);
         p.tx_outstanding += n as u32;
-        let dropped = frames.len();
+        let bytes = self.scratch.iter().map(|d| d.lengths().data()).sum();
         self.free.extend(frames.drain(..).map(|f| f.desc));
-        dropped
+        (n, bytes)
     }
 
     /// Kicks copy-mode TX on every port with frames outstanding, reaps
