@@ -118,7 +118,45 @@ fn test(extra: &[String]) -> Result {
     let mut c = cargo();
     c.args(["test", "--workspace", "--", "--test-threads", "2"]);
     c.args(extra.iter().filter(|a| *a != "--"));
-    sh(&mut c)
+    run_tests(&mut c)
+}
+
+/// Runs `cargo test`, echoing its output, and ends with one summary line
+/// over every test binary (`N passed, N failed`).
+fn run_tests(cmd: &mut Command) -> Result {
+    use std::io::{BufRead, BufReader};
+    eprintln!("+ {cmd:?}");
+    let mut child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line.map_err(|e| e.to_string())?;
+        println!("{line}");
+        if let Some(rest) = line.strip_prefix("test result: ") {
+            for part in rest.split(';') {
+                let mut words = part.split_whitespace().rev();
+                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                    continue;
+                };
+                let n: u64 = n.parse().unwrap_or(0);
+                match what {
+                    "passed" => passed += n,
+                    "failed" => failed += n,
+                    "ignored" => ignored += n,
+                    _ => {}
+                }
+            }
+        }
+    }
+    let st = child.wait().map_err(|e| e.to_string())?;
+    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
+    if st.success() {
+        Ok(())
+    } else {
+        Err(format!("cargo test failed ({st})"))
+    }
 }
 
 fn demo() -> Result {
