@@ -67,6 +67,18 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         queues = q;
     }
     let queues = queues.min(lvc_ebpf::MAX_QUEUES);
+    for iface in &opts.ifaces {
+        let have = rx_queues(iface)?;
+        if have > queues {
+            tracing::warn!(
+                iface,
+                active_queues = have,
+                served_queues = queues,
+                "VIP traffic that lands on an unserved rx queue goes to the kernel, not to lvc: \
+                 make every interface use {queues} queue(s) (ethtool -L {iface} combined {queues})"
+            );
+        }
+    }
     // Config errors are reported before anything is touched.
     let initial = match &opts.config {
         Some(path) => {
