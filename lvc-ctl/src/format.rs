@@ -1,20 +1,54 @@
 //! Human-readable output in ipvsadm's layout.
 
-use lvc_proto::{Listing, Status};
+use lvc_proto::{ConnListing, Counters, Listing, Rates, Status};
 use std::fmt::Write;
 
-/// `ipvsadm -L -n` (and `--stats`) layout.
-pub fn listing(l: &Listing, stats: bool) -> String {
+/// `ipvsadm -L -n` layout (and its `--stats` and `--rate` variants).
+pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
     let mut s = String::new();
     if stats {
         s.push_str(
             "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n",
         );
         s.push_str("  -> RemoteAddress:Port\n");
+    } else if rate {
+        s.push_str(
+            "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n",
+        );
+        s.push_str("  -> RemoteAddress:Port\n");
     } else {
         s.push_str("Prot LocalAddress:Port Scheduler Flags\n");
         s.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
     }
+    let row = |s: &mut String, head: &str, v: [u64; 5]| {
+        let _ = writeln!(
+            s,
+            "{head:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
+            v[0],
+            v[1],
+            v[2],
+            human(v[3]),
+            human(v[4])
+        );
+    };
+    let counters = |c: &Counters| {
+        [
+            c.conns,
+            c.packets_in,
+            c.packets_out,
+            c.bytes_in,
+            c.bytes_out,
+        ]
+    };
+    let rates = |r: &Rates| {
+        [
+            r.conns,
+            r.packets_in,
+            r.packets_out,
+            r.bytes_in,
+            r.bytes_out,
+        ]
+    };
     for svc in &l.services {
         let head = format!(
             "{}  {}",
@@ -22,36 +56,22 @@ pub fn listing(l: &Listing, stats: bool) -> String {
             svc.service.addr
         );
         if stats {
-            let c = &svc.stats;
-            let _ = writeln!(
-                s,
-                "{head:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                c.conns,
-                c.packets_in,
-                c.packets_out,
-                human(c.bytes_in),
-                human(c.bytes_out)
-            );
+            row(&mut s, &head, counters(&svc.stats));
+        } else if rate {
+            row(&mut s, &head, rates(&svc.rates));
         } else {
             let _ = writeln!(s, "{head} {}", svc.scheduler);
         }
         for r in &svc.servers {
-            let addr = r.addr.to_string();
+            let head = format!("  -> {}", r.addr);
             if stats {
-                let c = &r.stats;
-                let _ = writeln!(
-                    s,
-                    "  -> {addr:<28} {:>8} {:>8} {:>8} {:>8} {:>8}",
-                    c.conns,
-                    c.packets_in,
-                    c.packets_out,
-                    human(c.bytes_in),
-                    human(c.bytes_out)
-                );
+                row(&mut s, &head, counters(&r.stats));
+            } else if rate {
+                row(&mut s, &head, rates(&r.rates));
             } else {
                 let _ = writeln!(
                     s,
-                    "  -> {addr:<28} {:<7} {:<6} {:<10} {}",
+                    "{head:<33} {:<7} {:<6} {:<10} {}",
                     r.method.forward_label(),
                     r.weight,
                     r.active_conns,
@@ -59,6 +79,30 @@ pub fn listing(l: &Listing, stats: bool) -> String {
                 );
             }
         }
+    }
+    s
+}
+
+/// `ipvsadm -L -c -n` layout.
+pub fn conns(c: &ConnListing) -> String {
+    let mut s = String::from(
+        "pro expire state       source                 virtual                destination\n",
+    );
+    for e in &c.conns {
+        let _ = writeln!(
+            s,
+            "{:<3} {:02}:{:02}  {:<11} {:<22} {:<22} {}",
+            e.proto.name().to_uppercase(),
+            e.expires_in / 60,
+            e.expires_in % 60,
+            e.state,
+            e.client.to_string(),
+            e.vip.to_string(),
+            e.real
+        );
+    }
+    if c.truncated {
+        s.push_str("(list truncated: use --limit or filters)\n");
     }
     s
 }
@@ -97,7 +141,7 @@ pub fn status(st: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lvc_proto::{Counters, Method, Scheduler, ServerInfo, ServiceInfo};
+    use lvc_proto::{ConnInfo, Method, Protocol, Scheduler, ServerInfo, ServiceInfo};
 
     fn sample() -> Listing {
         Listing {
@@ -111,6 +155,13 @@ mod tests {
                     bytes_in: 2000,
                     bytes_out: 250_000,
                 },
+                rates: Rates {
+                    conns: 1,
+                    packets_in: 10,
+                    packets_out: 7,
+                    bytes_in: 700,
+                    bytes_out: 125_000,
+                },
                 servers: vec![
                     ServerInfo {
                         addr: "10.0.1.1:80".parse().unwrap(),
@@ -119,6 +170,7 @@ mod tests {
                         active_conns: 2,
                         inactive_conns: 1,
                         stats: Counters::default(),
+                        rates: Rates::default(),
                     },
                     ServerInfo {
                         addr: "10.0.1.2:8080".parse().unwrap(),
@@ -127,6 +179,7 @@ mod tests {
                         active_conns: 0,
                         inactive_conns: 0,
                         stats: Counters::default(),
+                        rates: Rates::default(),
                     },
                 ],
             }],
@@ -136,7 +189,7 @@ mod tests {
     #[test]
     fn golden_listing() {
         assert_eq!(
-            listing(&sample(), false),
+            listing(&sample(), false, false),
             "Prot LocalAddress:Port Scheduler Flags
   -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
 TCP  10.0.0.10:80 rr
@@ -149,12 +202,47 @@ TCP  10.0.0.10:80 rr
     #[test]
     fn golden_stats() {
         assert_eq!(
-            listing(&sample(), true),
+            listing(&sample(), true, false),
             "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
   -> RemoteAddress:Port
 TCP  10.0.0.10:80                        3       30       20     2000     250K
   -> 10.0.1.1:80                         0        0        0        0        0
   -> 10.0.1.2:8080                       0        0        0        0        0
+"
+        );
+    }
+
+    #[test]
+    fn golden_rate() {
+        assert_eq!(
+            listing(&sample(), false, true),
+            "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS
+  -> RemoteAddress:Port
+TCP  10.0.0.10:80                        1       10        7      700     125K
+  -> 10.0.1.1:80                         0        0        0        0        0
+  -> 10.0.1.2:8080                       0        0        0        0        0
+"
+        );
+    }
+
+    #[test]
+    fn golden_conns() {
+        let c = ConnListing {
+            conns: vec![ConnInfo {
+                proto: Protocol::Tcp,
+                client: "10.1.0.2:40000".parse().unwrap(),
+                vip: "10.0.0.10:80".parse().unwrap(),
+                real: "10.0.1.1:80".parse().unwrap(),
+                method: Method::Nat,
+                state: "ESTABLISHED".into(),
+                expires_in: 899,
+            }],
+            truncated: false,
+        };
+        assert_eq!(
+            conns(&c),
+            "pro expire state       source                 virtual                destination
+TCP 14:59  ESTABLISHED 10.1.0.2:40000         10.0.0.10:80           10.0.1.1:80
 "
         );
     }

@@ -78,7 +78,8 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
-    fn of(&self, s: State) -> u32 {
+    /// Idle timeout of a connection in state `s`.
+    pub fn of(&self, s: State) -> u32 {
         match s {
             State::SynRecv => 60,
             State::Established => self.tcp.load(Relaxed),
@@ -212,6 +213,11 @@ impl Conn {
 
     fn expired(&self, now: u32, t: &Timeouts) -> bool {
         now.saturating_sub(self.last_seen()) >= t.of(self.state())
+    }
+
+    /// Seconds until this connection expires if it stays idle.
+    pub fn expires_in(&self, now: u32, t: &Timeouts) -> u32 {
+        (self.last_seen() + t.of(self.state())).saturating_sub(now)
     }
 }
 

@@ -14,14 +14,15 @@ use crate::stats::{Drop, TrafficStats, WorkerStats};
 use crate::steer::{AttachMode, Steering};
 use arc_swap::ArcSwap;
 use lvc_ebpf::EndpointKey;
+use lvc_proto::config::{ConfigFile, ServerConfig, ServiceConfig, Timeouts};
 use lvc_proto::{
-    ErrorCode, ErrorReply, InterfaceStatus, Listing, MAX_REQUEST_BYTES, MAX_WEIGHT, Method,
-    Request, RequestEnvelope, Response, ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo,
-    ServiceKey, Status, VERSION,
+    ConnFilter, ConnInfo, ConnListing, ErrorCode, ErrorReply, InterfaceStatus, Listing,
+    MAX_REQUEST_BYTES, MAX_WEIGHT, Method, Protocol, RealSpec, Request, RequestEnvelope, Response,
+    ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo, ServiceKey, Status, VERSION,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -68,6 +69,7 @@ pub struct Control {
     started: Instant,
     routes: Arc<ArcSwap<RouteTable>>,
     neigh_requests: crossbeam_channel::Sender<NeighRequest>,
+    epoch: Instant,
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -79,6 +81,8 @@ pub struct ControlDeps {
     pub interfaces: Vec<ServedInterface>,
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub neigh_requests: crossbeam_channel::Sender<NeighRequest>,
+    /// The workers' clock origin (connection times are seconds since it).
+    pub epoch: Instant,
 }
 
 fn err(code: ErrorCode, msg: impl Into<String>) -> ErrorReply {
@@ -97,19 +101,203 @@ impl Control {
             started: Instant::now(),
             routes: d.routes,
             neigh_requests: d.neigh_requests,
+            epoch: d.epoch,
         }
     }
 
-    /// Applies one request.
+    /// Answers one request.
     pub fn handle(&self, req: Request) -> Response {
+        let done = |r: Result<(), ErrorReply>| match r {
+            Ok(()) => Response::Ok,
+            Err(e) => Response::Error(e),
+        };
         match req {
             Request::List {} => Response::Listing(self.listing()),
             Request::Status {} => Response::Status(self.status()),
-            change => match self.apply(std::slice::from_ref(&change)) {
-                Ok(()) => Response::Ok,
-                Err(e) => Response::Error(e),
+            Request::Save {} => Response::Config(self.save().render()),
+            Request::Conns { filter } => Response::Conns(self.conns(&filter)),
+            Request::Restore { config } => match ConfigFile::parse(&config) {
+                Ok(file) => done(self.replace(&file)),
+                Err(e) => Response::Error(err(
+                    ErrorCode::InvalidArgument,
+                    format!("configuration rejected: {e}"),
+                )),
             },
+            Request::SetTimeouts { tcp, tcpfin, udp } => done(self.set_timeouts(tcp, tcpfin, udp)),
+            Request::Zero { service } => done(self.zero(service.as_ref())),
+            change => done(self.apply(std::slice::from_ref(&change))),
         }
+    }
+
+    /// The running timeouts.
+    pub fn timeouts(&self) -> Timeouts {
+        let t = &self.conntrack.timeouts;
+        Timeouts {
+            tcp: t.tcp.load(Relaxed),
+            tcpfin: t.tcpfin.load(Relaxed),
+            udp: t.udp.load(Relaxed),
+        }
+    }
+
+    fn set_timeouts(
+        &self,
+        tcp: Option<u32>,
+        tcpfin: Option<u32>,
+        udp: Option<u32>,
+    ) -> Result<(), ErrorReply> {
+        let cur = self.timeouts();
+        let pick = |v: Option<u32>, old: u32| v.filter(|&v| v != 0).unwrap_or(old);
+        let next = Timeouts {
+            tcp: pick(tcp, cur.tcp),
+            tcpfin: pick(tcpfin, cur.tcpfin),
+            udp: pick(udp, cur.udp),
+        };
+        next.validate()
+            .map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+        self.store_timeouts(&next);
+        Ok(())
+    }
+
+    fn store_timeouts(&self, t: &Timeouts) {
+        let ct = &self.conntrack.timeouts;
+        ct.tcp.store(t.tcp, Relaxed);
+        ct.tcpfin.store(t.tcpfin, Relaxed);
+        ct.udp.store(t.udp, Relaxed);
+    }
+
+    fn zero(&self, service: Option<&ServiceKey>) -> Result<(), ErrorReply> {
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let selected: Vec<&ServiceConf> = match service {
+            Some(k) => vec![cfg.get(k).ok_or_else(|| no_service(k))?],
+            None => cfg.values().collect(),
+        };
+        for s in selected {
+            s.stats.zero();
+            for r in &s.servers {
+                r.stats.zero();
+            }
+        }
+        Ok(())
+    }
+
+    /// Refreshes every service's and server's rates (housekeeping calls
+    /// this every `secs` seconds).
+    pub fn sample_rates(&self, secs: f64) {
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        for s in cfg.values() {
+            s.stats.sample(secs);
+            for r in &s.servers {
+                r.stats.sample(secs);
+            }
+        }
+    }
+
+    /// The running configuration as a config file.
+    pub fn save(&self) -> ConfigFile {
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        ConfigFile {
+            timeouts: Some(self.timeouts()),
+            services: cfg
+                .iter()
+                .map(|(key, s)| {
+                    let addr = Some(key.addr.to_string());
+                    ServiceConfig {
+                        tcp: addr.clone().filter(|_| key.proto == Protocol::Tcp),
+                        udp: addr.filter(|_| key.proto == Protocol::Udp),
+                        scheduler: s.scheduler,
+                        servers: s
+                            .servers
+                            .iter()
+                            .map(|r| ServerConfig {
+                                real: RealSpec {
+                                    addr: r.addr.ip(),
+                                    port: Some(r.addr.port()),
+                                },
+                                weight: r.weight,
+                                method: r.method,
+                            })
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// Makes the running configuration exactly `file` (restore, SIGHUP,
+    /// `--config` at start), all or nothing. Services and servers present
+    /// before and after keep their counters; connections are never touched.
+    pub fn replace(&self, file: &ConfigFile) -> Result<(), ErrorReply> {
+        let changes = file
+            .requests()
+            .map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+        let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Config::new();
+        for c in &changes {
+            edit(&mut next, c)?;
+        }
+        // Carry counters (and the rr cursor) over for what is unchanged.
+        for (key, svc) in next.iter_mut() {
+            if let Some(old) = cfg.get(key) {
+                svc.stats = old.stats.clone();
+                svc.rr = old.rr.clone();
+                for r in svc.servers.iter_mut() {
+                    if let Some(o) = old.servers.iter().find(|o| o.addr == r.addr) {
+                        r.stats = o.stats.clone();
+                    }
+                }
+            }
+        }
+        self.commit(&mut cfg, next)?;
+        if let Some(t) = &file.timeouts {
+            self.store_timeouts(t);
+        }
+        Ok(())
+    }
+
+    /// Connections matching `f`.
+    pub fn conns(&self, f: &ConnFilter) -> ConnListing {
+        let limit = f.limit.unwrap_or(100_000);
+        let now = self.epoch.elapsed().as_secs() as u32;
+        let v4 = |a: u32, p: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), p);
+        let mut out = ConnListing::default();
+        self.conntrack.for_each(|c| {
+            let proto = if c.proto == 6 {
+                Protocol::Tcp
+            } else {
+                Protocol::Udp
+            };
+            let (client, vip, real) = (
+                v4(c.client.0, c.client.1),
+                v4(c.vip.0, c.vip.1),
+                v4(c.real.0, c.real.1),
+            );
+            if f.service.is_some_and(|s| {
+                s.proto != proto
+                    || s.addr.ip() != vip.ip()
+                    || (s.addr.port() != 0 && s.addr.port() != vip.port())
+            }) || f
+                .server
+                .is_some_and(|r| r.addr != real.ip() || r.port.is_some_and(|p| p != real.port()))
+                || f.client.is_some_and(|a| a != client.ip())
+            {
+                return;
+            }
+            if out.conns.len() >= limit {
+                out.truncated = true;
+                return;
+            }
+            out.conns.push(ConnInfo {
+                proto,
+                client,
+                vip,
+                real,
+                method: c.method,
+                state: c.state().name().to_owned(),
+                expires_in: c.expires_in(now, &self.conntrack.timeouts),
+            });
+        });
+        out.conns.sort_by_key(|c| (c.vip, c.client));
+        out
     }
 
     /// Applies a list of changes atomically: all of them or none.
@@ -119,12 +307,17 @@ impl Control {
         for c in changes {
             edit(&mut next, c)?;
         }
+        self.commit(&mut cfg, next)
+    }
+
+    /// Publishes `next` and makes it the configuration, or puts `cfg` back
+    /// in place everywhere if that fails.
+    fn commit(&self, cfg: &mut Config, next: Config) -> Result<(), ErrorReply> {
         self.publish(&next).inspect_err(|_| {
-            // Put the previous configuration back in place everywhere.
-            let _ = self.publish(&cfg);
+            let _ = self.publish(cfg);
         })?;
         *cfg = next;
-        self.resolve_servers(&cfg);
+        self.resolve_servers(cfg);
         Ok(())
     }
 
@@ -193,6 +386,7 @@ impl Control {
                     service: *key,
                     scheduler: s.scheduler,
                     stats: s.stats.snapshot(),
+                    rates: s.stats.rates(),
                     servers: s
                         .servers
                         .iter()
@@ -203,11 +397,25 @@ impl Control {
                             active_conns: r.stats.active(),
                             inactive_conns: r.stats.inactive(),
                             stats: r.stats.snapshot(),
+                            rates: r.stats.rates(),
                         })
                         .collect(),
                 })
                 .collect(),
         }
+    }
+
+    /// Each worker's counters, in queue order.
+    pub fn worker_stats(&self) -> &[Arc<WorkerStats>] {
+        &self.workers
+    }
+
+    /// The XDP program's counters.
+    pub fn xdp_counters(&self) -> Vec<(lvc_ebpf::Stat, u64)> {
+        self.steering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .counters()
     }
 
     pub fn status(&self) -> Status {
@@ -243,6 +451,7 @@ impl Control {
             workers: self.workers.len() as u32,
             flows: self.conntrack.len() as u64,
             flow_capacity: self.conntrack.capacity() as u64,
+            timeouts: self.timeouts(),
             counters,
         }
     }
@@ -279,12 +488,7 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
             method,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
-            if *weight > MAX_WEIGHT {
-                return Err(err(
-                    ErrorCode::InvalidArgument,
-                    format!("weight must be 0..={MAX_WEIGHT}, got {weight}"),
-                ));
-            }
+            check_weight(*weight)?;
             if real.addr.is_ipv4() != service.addr.is_ipv4() {
                 return Err(err(
                     ErrorCode::InvalidArgument,
@@ -327,7 +531,58 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
                 ));
             }
         }
-        Request::List {} | Request::Status {} => {}
+        Request::EditService { service, scheduler } => {
+            let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
+            if let Some(s) = scheduler {
+                svc.scheduler = *s;
+            }
+        }
+        Request::EditServer {
+            service,
+            real,
+            weight,
+            method,
+        } => {
+            let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
+            let addr = real.resolve(service);
+            let srv = svc
+                .servers
+                .iter_mut()
+                .find(|r| r.addr == addr)
+                .ok_or_else(|| {
+                    err(
+                        ErrorCode::NotFound,
+                        format!("real server {addr} does not exist in service {service}"),
+                    )
+                })?;
+            if let Some(w) = weight {
+                check_weight(*w)?;
+                srv.weight = *w;
+            }
+            if let Some(m) = method {
+                srv.method = *m;
+            }
+        }
+        Request::Clear {} => cfg.clear(),
+        Request::List {}
+        | Request::Status {}
+        | Request::Save {}
+        | Request::Restore { .. }
+        | Request::Conns { .. }
+        | Request::Zero { .. }
+        | Request::SetTimeouts { .. } => {
+            return Err(err(ErrorCode::BadRequest, "not a configuration change"));
+        }
+    }
+    Ok(())
+}
+
+fn check_weight(w: u32) -> Result<(), ErrorReply> {
+    if w > MAX_WEIGHT {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("weight must be 0..={MAX_WEIGHT}, got {w}"),
+        ));
     }
     Ok(())
 }
@@ -394,7 +649,7 @@ impl ControlSocket {
     /// Creates the socket (mode 0660, parent directory made if missing). A
     /// stale socket file left by a dead daemon is replaced; a live one is
     /// an error.
-    pub fn bind(path: &Path) -> anyhow::Result<Self> {
+    pub fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<Self> {
         use anyhow::Context;
         use std::os::unix::fs::PermissionsExt;
         if let Some(dir) = path.parent() {
@@ -413,7 +668,13 @@ impl ControlSocket {
         }
         let listener =
             UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
+        // Owner root, group root or `group`, mode 0660: everyone else gets
+        // EACCES from connect().
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+        if let Some(gid) = group {
+            std::os::unix::fs::chown(path, None, Some(gid))
+                .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+        }
         Ok(Self {
             listener,
             path: path.to_owned(),
@@ -495,6 +756,12 @@ fn serve_client(stream: UnixStream, control: &Control) {
             Err(_) => return,
         }
         if line.len() > MAX_REQUEST_BYTES {
+            // Discard the rest of the line (bounded), so the client is
+            // reading, not writing, when the answer comes.
+            if line.last() != Some(&b'\n') {
+                reader.get_mut().set_limit(64 << 20);
+                let _ = reader.read_until(b'\n', &mut Vec::new());
+            }
             let _ = reply(
                 &stream,
                 &ResponseEnvelope::new(Response::Error(err(

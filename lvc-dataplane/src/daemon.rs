@@ -32,6 +32,10 @@ pub struct Options {
     pub socket: PathBuf,
     pub config: Option<PathBuf>,
     pub conntrack_size: usize,
+    /// Group allowed to use the control socket (besides root).
+    pub socket_group: Option<String>,
+    /// Where to serve Prometheus metrics.
+    pub metrics: Option<std::net::SocketAddr>,
 }
 
 /// Number of active rx queues of an interface (from sysfs).
@@ -81,15 +85,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     // Config errors are reported before anything is touched.
     let initial = match &opts.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("cannot read {}", path.display()))?;
-            let cfg =
-                ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-            cfg.requests()
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
-        }
-        None => Vec::new(),
+        Some(path) => Some(read_config(path)?),
+        None => None,
+    };
+    let socket_gid = match &opts.socket_group {
+        Some(g) => Some(group_id(g)?),
+        None => None,
     };
 
     let shutdown = Arc::new(AtomicBool::new(false));
@@ -97,6 +98,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         signal_hook::flag::register(sig, shutdown.clone())
             .context("cannot install signal handlers")?;
     }
+    let reload = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
+        .context("cannot install signal handlers")?;
 
     let (routes, route_sync) =
         RouteMonitor::start().context("cannot read routes and neighbours over rtnetlink")?;
@@ -196,14 +200,30 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 })?,
         );
     }
+    let control = Arc::new(Control::new(ControlDeps {
+        steering: steering.clone(),
+        services,
+        conntrack: conntrack.clone(),
+        workers: worker_stats,
+        interfaces: served,
+        routes: routes.table.clone(),
+        neigh_requests: shared.neigh_requests.clone(),
+        epoch: shared.epoch,
+    }));
+    if let Some(file) = &initial {
+        control
+            .replace(file)
+            .map_err(|e| anyhow::anyhow!("configuration rejected: {}", e.message))?;
+    }
     {
-        let (ct, shutdown, epoch) = (conntrack.clone(), shutdown.clone(), shared.epoch);
+        let (ct, control, shutdown, epoch) =
+            (conntrack, control.clone(), shutdown.clone(), shared.epoch);
         threads.push(
             std::thread::Builder::new()
                 .name("lvc-housekeeping".into())
                 .spawn(move || {
-                    // Age the table once a second; look at the shutdown
-                    // flag more often than that.
+                    // Age the table once a second and refresh rates every
+                    // two; look at the shutdown flag more often than that.
                     let mut last = 0;
                     while !shutdown.load(Relaxed) {
                         std::thread::sleep(Duration::from_millis(200));
@@ -211,30 +231,29 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         if now != last {
                             last = now;
                             ct.sweep(now);
+                            if now.is_multiple_of(2) {
+                                control.sample_rates(2.0);
+                            }
                         }
                     }
                 })?,
         );
     }
-
-    let control = Arc::new(Control::new(ControlDeps {
-        steering: steering.clone(),
-        services,
-        conntrack,
-        workers: worker_stats,
-        interfaces: served,
-        routes: routes.table.clone(),
-        neigh_requests: shared.neigh_requests.clone(),
-    }));
-    if !initial.is_empty() {
-        control
-            .apply(&initial)
-            .map_err(|e| anyhow::anyhow!("configuration rejected: {}", e.message))?;
+    if let Some(addr) = opts.metrics {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+        let (control, shutdown) = (control.clone(), shutdown.clone());
+        threads.push(
+            std::thread::Builder::new()
+                .name("lvc-metrics".into())
+                .spawn(move || crate::metrics::serve(listener, control, shutdown))?,
+        );
+        tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
     }
-    let socket = ControlSocket::bind(&opts.socket)?;
+    let socket = ControlSocket::bind(&opts.socket, socket_gid)?;
     tracing::info!(socket = %opts.socket.display(), "lvc-dataplane ready");
     {
-        let shutdown = shutdown.clone();
+        let (control, shutdown) = (control.clone(), shutdown.clone());
         threads.push(
             std::thread::Builder::new()
                 .name("lvc-control".into())
@@ -244,6 +263,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     while !shutdown.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(100));
+        if reload.swap(false, Relaxed) {
+            match &opts.config {
+                Some(path) => match read_config(path).and_then(|f| {
+                    control
+                        .replace(&f)
+                        .map_err(|e| anyhow::anyhow!("{}", e.message))
+                }) {
+                    Ok(()) => {
+                        tracing::info!(file = %path.display(), "SIGHUP: configuration reloaded")
+                    }
+                    Err(e) => tracing::error!(
+                        file = %path.display(),
+                        "SIGHUP: configuration rejected, the running one stays: {e:#}"
+                    ),
+                },
+                None => tracing::warn!("SIGHUP: no --config file to reload"),
+            }
+        }
     }
     tracing::info!("shutting down");
     for t in threads {
@@ -255,6 +292,30 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         bail!("a worker thread panicked; the dataplane stopped and detached XDP");
     }
     Ok(())
+}
+
+/// Reads and validates a configuration file.
+fn read_config(path: &std::path::Path) -> anyhow::Result<ConfigFile> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// The id of group `name` (from /etc/group), or `name` itself if numeric.
+fn group_id(name: &str) -> anyhow::Result<u32> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    let groups = std::fs::read_to_string("/etc/group").context("cannot read /etc/group")?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?.parse::<u32>().ok()?))
+        })
+        .find(|(n, _)| *n == name)
+        .map(|(_, gid)| gid)
+        .with_context(|| format!("--socket-group {name}: no such group"))
 }
 
 fn nix_is_root() -> bool {

@@ -22,6 +22,12 @@ struct Args {
     /// Configuration file (TOML) to apply at start.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// Group (name or id) whose members may use the control socket.
+    #[arg(long, value_name = "GROUP")]
+    socket_group: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9108).
+    #[arg(long, value_name = "ADDR")]
+    metrics: Option<std::net::SocketAddr>,
     /// Most connections tracked at once.
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     conntrack_size: usize,
@@ -42,6 +48,8 @@ fn main() -> ExitCode {
         socket: a.socket,
         config: a.config,
         conntrack_size: a.conntrack_size,
+        socket_group: a.socket_group,
+        metrics: a.metrics,
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

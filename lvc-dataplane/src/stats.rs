@@ -5,7 +5,8 @@
 //! shared by the workers) and is read by the control thread: no locks, no
 //! formatted strings on the packet path.
 
-use lvc_proto::Counters;
+use lvc_proto::{Counters, Rates};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 
 /// Why a frame was not forwarded. Unit variants only: each is a counter.
@@ -125,6 +126,8 @@ pub struct TrafficStats {
     pub active: AtomicI64,
     /// Other tracked connections (servers only).
     pub inactive: AtomicI64,
+    /// Per-second rates, refreshed by [`TrafficStats::sample`].
+    rates: Mutex<(Counters, Rates)>,
 }
 
 impl TrafficStats {
@@ -148,6 +151,41 @@ impl TrafficStats {
             bytes_in: self.bytes_in.load(Relaxed),
             bytes_out: self.bytes_out.load(Relaxed),
         }
+    }
+
+    /// Zeroes the counters (not the connection gauges), as `ipvsadm -Z`.
+    pub fn zero(&self) {
+        for c in [
+            &self.conns,
+            &self.packets_in,
+            &self.packets_out,
+            &self.bytes_in,
+            &self.bytes_out,
+        ] {
+            c.store(0, Relaxed);
+        }
+        *self.rates.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
+    }
+
+    /// Updates the rates from the counters' growth over `secs` seconds
+    /// (called every couple of seconds by housekeeping).
+    pub fn sample(&self, secs: f64) {
+        let now = self.snapshot();
+        let mut g = self.rates.lock().unwrap_or_else(|p| p.into_inner());
+        let per = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs).round() as u64;
+        let prev = g.0;
+        g.1 = Rates {
+            conns: per(now.conns, prev.conns),
+            packets_in: per(now.packets_in, prev.packets_in),
+            packets_out: per(now.packets_out, prev.packets_out),
+            bytes_in: per(now.bytes_in, prev.bytes_in),
+            bytes_out: per(now.bytes_out, prev.bytes_out),
+        };
+        g.0 = now;
+    }
+
+    pub fn rates(&self) -> Rates {
+        self.rates.lock().unwrap_or_else(|p| p.into_inner()).1
     }
 
     pub fn active(&self) -> u64 {

@@ -1,6 +1,11 @@
 //! The configuration file (TOML), loaded by `lvc-dataplane --config FILE`.
 //!
 //! ```toml
+//! [timeouts]                 # optional; IPVS defaults
+//! tcp = 900
+//! tcpfin = 120
+//! udp = 300
+//!
 //! [[service]]
 //! tcp = "10.0.0.10:80"       # or udp = "…"
 //! scheduler = "rr"
@@ -18,8 +23,53 @@ use std::collections::HashSet;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
+    #[serde(default)]
+    pub timeouts: Option<Timeouts>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+}
+
+/// Connection idle timeouts, seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Established TCP connections.
+    pub tcp: u32,
+    /// TCP connections after a FIN.
+    pub tcpfin: u32,
+    /// UDP "connections".
+    pub udp: u32,
+}
+
+impl Default for Timeouts {
+    /// IPVS's defaults.
+    fn default() -> Self {
+        Self {
+            tcp: 900,
+            tcpfin: 120,
+            udp: 300,
+        }
+    }
+}
+
+/// Longest timeout accepted (one week), to catch unit mistakes.
+pub const MAX_TIMEOUT: u32 = 7 * 24 * 3600;
+
+impl Timeouts {
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("tcp", self.tcp),
+            ("tcpfin", self.tcpfin),
+            ("udp", self.udp),
+        ] {
+            if v == 0 || v > MAX_TIMEOUT {
+                return Err(format!(
+                    "timeout {name} must be 1..={MAX_TIMEOUT} seconds, got {v}"
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -61,8 +111,44 @@ impl ConfigFile {
         Ok(cfg)
     }
 
+    /// The canonical text of this configuration (what `lvc-ctl save`
+    /// prints): parsing it gives back the same configuration, and rendering
+    /// that gives back the same bytes.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut s = String::from("# lvc configuration\n");
+        if let Some(t) = &self.timeouts {
+            let _ = write!(
+                s,
+                "\n[timeouts]\ntcp = {}\ntcpfin = {}\nudp = {}\n",
+                t.tcp, t.tcpfin, t.udp
+            );
+        }
+        for svc in &self.services {
+            s.push_str("\n[[service]]\n");
+            if let Some(a) = &svc.tcp {
+                let _ = writeln!(s, "tcp = {}", quote(a));
+            }
+            if let Some(a) = &svc.udp {
+                let _ = writeln!(s, "udp = {}", quote(a));
+            }
+            let _ = writeln!(s, "scheduler = \"{}\"", svc.scheduler);
+            for srv in &svc.servers {
+                let _ = write!(
+                    s,
+                    "\n[[service.server]]\nreal = \"{}\"\nweight = {}\nmethod = \"{}\"\n",
+                    srv.real, srv.weight, srv.method
+                );
+            }
+        }
+        s
+    }
+
     /// The file as the control requests that build it, validated.
     pub fn requests(&self) -> Result<Vec<Request>, String> {
+        if let Some(t) = &self.timeouts {
+            t.validate()?;
+        }
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {
@@ -100,6 +186,11 @@ impl ConfigFile {
     }
 }
 
+/// A TOML basic string.
+fn quote(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
 impl ServiceConfig {
     pub fn key(&self) -> Result<ServiceKey, String> {
         match (&self.tcp, &self.udp) {
@@ -133,6 +224,38 @@ method = "dnat"
         .unwrap();
         let reqs = cfg.requests().unwrap();
         assert_eq!(reqs.len(), 3);
+    }
+
+    #[test]
+    fn render_round_trips_byte_for_byte() {
+        let text = r#"
+[timeouts]
+tcp = 60
+tcpfin = 10
+udp = 30
+
+[[service]]
+udp = "10.0.0.10:53"
+
+[[service.server]]
+real = "10.0.1.1"
+method = "dnat"
+
+[[service]]
+tcp = "10.0.0.10:80"
+scheduler = "rr"
+
+[[service.server]]
+real = "10.0.1.2:8080"
+weight = 0
+"#;
+        let cfg = ConfigFile::parse(text).unwrap();
+        let out = cfg.render();
+        let again = ConfigFile::parse(&out).unwrap();
+        assert_eq!(again, cfg);
+        assert_eq!(again.render(), out);
+        assert!(out.contains("weight = 1\nmethod = \"dnat\""), "{out}");
+        assert!(ConfigFile::parse("[timeouts]\ntcp = 0\ntcpfin = 1\nudp = 1\n").is_err());
     }
 
     #[test]

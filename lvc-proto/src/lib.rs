@@ -84,6 +84,50 @@ pub enum Request {
         service: ServiceKey,
         real: RealSpec,
     },
+    /// Changes a service's scheduler (ipvsadm -E).
+    EditService {
+        service: ServiceKey,
+        #[serde(default)]
+        scheduler: Option<Scheduler>,
+    },
+    /// Changes a real server's weight and/or method (ipvsadm -e).
+    EditServer {
+        service: ServiceKey,
+        real: RealSpec,
+        #[serde(default)]
+        weight: Option<u32>,
+        #[serde(default)]
+        method: Option<Method>,
+    },
+    /// Removes every service (ipvsadm -C).
+    Clear {},
+    /// Zeroes the counters of one service or of all (ipvsadm -Z).
+    Zero {
+        #[serde(default)]
+        service: Option<ServiceKey>,
+    },
+    /// Sets connection timeouts in seconds; absent or 0 = unchanged
+    /// (ipvsadm --set).
+    SetTimeouts {
+        #[serde(default)]
+        tcp: Option<u32>,
+        #[serde(default)]
+        tcpfin: Option<u32>,
+        #[serde(default)]
+        udp: Option<u32>,
+    },
+    /// The running configuration in the config-file format (ipvsadm -S).
+    Save {},
+    /// Replaces the running configuration with a config file's content,
+    /// all of it or none of it (ipvsadm -R, but replacing, not appending).
+    Restore {
+        config: String,
+    },
+    /// The connection table, optionally filtered (ipvsadm -Lc).
+    Conns {
+        #[serde(default)]
+        filter: ConnFilter,
+    },
     List {},
     Status {},
 }
@@ -102,6 +146,10 @@ pub enum Response {
     Listing(Listing),
     /// Daemon status.
     Status(Status),
+    /// A configuration file's text (answer to `save`).
+    Config(String),
+    /// Connections (answer to `conns`).
+    Conns(ConnListing),
     /// Nothing was changed; this says why.
     Error(ErrorReply),
 }

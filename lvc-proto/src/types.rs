@@ -265,6 +265,53 @@ impl Counters {
     }
 }
 
+/// Per-second rates, estimated over the last two seconds (ipvsadm --rate).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rates {
+    pub conns: u64,
+    pub packets_in: u64,
+    pub packets_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
+/// Which connections `conns` lists (all given filters must match).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnFilter {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<RealSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<IpAddr>,
+    /// Most connections returned (default 100000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// One tracked connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnInfo {
+    pub proto: Protocol,
+    pub client: SocketAddr,
+    pub vip: SocketAddr,
+    pub real: SocketAddr,
+    pub method: Method,
+    /// IPVS-style state name (ESTABLISHED, SYN_RECV, …).
+    pub state: String,
+    /// Seconds until the connection expires if idle.
+    pub expires_in: u32,
+}
+
+/// Answer to `conns`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnListing {
+    pub conns: Vec<ConnInfo>,
+    /// True if `limit` cut the list short.
+    pub truncated: bool,
+}
+
 /// One real server in a listing.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerInfo {
@@ -276,6 +323,7 @@ pub struct ServerInfo {
     /// Other tracked connections (handshaking, closing, UDP).
     pub inactive_conns: u64,
     pub stats: Counters,
+    pub rates: Rates,
 }
 
 /// One virtual service in a listing.
@@ -285,6 +333,7 @@ pub struct ServiceInfo {
     pub scheduler: Scheduler,
     pub servers: Vec<ServerInfo>,
     pub stats: Counters,
+    pub rates: Rates,
 }
 
 /// Answer to `list`.
@@ -312,6 +361,8 @@ pub struct Status {
     pub workers: u32,
     pub flows: u64,
     pub flow_capacity: u64,
+    /// Connection timeouts in force, seconds.
+    pub timeouts: crate::config::Timeouts,
     /// Dataplane counters: XDP program and workers, by name.
     pub counters: Vec<(String, u64)>,
 }

@@ -169,6 +169,11 @@ impl Topo {
 
     /// Starts lvc-dataplane on the director and waits until it answers.
     pub fn start_lvc(&mut self) {
+        self.start_lvc_with(&[]);
+    }
+
+    /// Same, with extra daemon options.
+    pub fn start_lvc_with(&mut self, extra: &[&str]) {
         let dp = bin("lvc-dataplane").to_string_lossy().into_owned();
         let sock = self.socket.to_string_lossy().into_owned();
         let q = self.queues.to_string();
@@ -176,6 +181,7 @@ impl Topo {
         for i in self.director_ifaces() {
             cmd.extend(["--iface", i]);
         }
+        cmd.extend_from_slice(extra);
         self.lab.spawn("dir", "lvc", &cmd);
         let ok = self.lab.wait_until(Duration::from_secs(20), || {
             self.ctl(&["list"]).status.success()
