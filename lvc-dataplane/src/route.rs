@@ -441,6 +441,8 @@ impl RouteMonitor {
                 events,
                 table,
                 recent: HashMap::new(),
+                last_log: None,
+                failures: 0,
             },
         ))
     }
@@ -452,6 +454,8 @@ pub struct RouteSync {
     events: Netlink,
     table: Arc<ArcSwap<RouteTable>>,
     recent: HashMap<NeighRequest, Instant>,
+    last_log: Option<Instant>,
+    failures: u64,
 }
 
 impl RouteSync {
@@ -519,7 +523,22 @@ impl RouteSync {
         }
         self.recent.insert(req, now);
         if let Err(e) = self.nl.resolve(req) {
-            tracing::debug!(ip = %Ipv4Addr::from(req.ip), ifindex = req.ifindex, error = %e, "neighbour resolution request failed");
+            // Packets trigger these requests: log at most once per 10 s.
+            self.failures += 1;
+            if self
+                .last_log
+                .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
+            {
+                tracing::warn!(
+                    ip = %Ipv4Addr::from(req.ip),
+                    ifindex = req.ifindex,
+                    error = %e,
+                    failures = self.failures,
+                    "neighbour resolution requests failing (at most one log per 10 s)"
+                );
+                self.last_log = Some(now);
+                self.failures = 0;
+            }
         }
     }
 }

@@ -227,6 +227,13 @@ method = "dnat"
     }
 
     #[test]
+    fn shipped_example_is_valid() {
+        let cfg = ConfigFile::parse(include_str!("../../dist/lvc.toml")).unwrap();
+        assert_eq!(cfg.services.len(), 2);
+        assert_eq!(cfg.requests().unwrap().len(), 6);
+    }
+
+    #[test]
     fn render_round_trips_byte_for_byte() {
         let text = r#"
 [timeouts]
