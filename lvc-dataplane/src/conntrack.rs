@@ -30,6 +30,8 @@ pub enum State {
     Close = 3,
     /// UDP "connections".
     Udp = 4,
+    /// Taken out of the table; its gauge was released.
+    Removed = 5,
 }
 
 impl State {
@@ -39,7 +41,8 @@ impl State {
             1 => State::Established,
             2 => State::FinWait,
             3 => State::Close,
-            _ => State::Udp,
+            4 => State::Udp,
+            _ => State::Removed,
         }
     }
 
@@ -55,6 +58,7 @@ impl State {
             State::FinWait => "FIN_WAIT",
             State::Close => "CLOSE",
             State::Udp => "UDP",
+            State::Removed => "REMOVED",
         }
     }
 }
@@ -84,7 +88,7 @@ impl Timeouts {
             State::SynRecv => 60,
             State::Established => self.tcp.load(Relaxed),
             State::FinWait => self.tcpfin.load(Relaxed),
-            State::Close => 10,
+            State::Close | State::Removed => 10,
             State::Udp => self.udp.load(Relaxed),
         }
     }
@@ -182,6 +186,10 @@ impl Conn {
         }
         let mut cur = self.state.load(Relaxed);
         loop {
+            if cur == State::Removed as u8 {
+                // Swept while this packet was in flight: its gauge is gone.
+                return;
+            }
             let next = next_state(State::from_u8(cur), tcp_flags, dir);
             if next as u8 == cur {
                 return;
@@ -336,8 +344,11 @@ impl Conntrack {
                 self.map
                     .remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, &c));
             }
+            // Take the final state atomically: a worker still holding the
+            // connection can no longer move the gauges after this.
+            let last = State::from_u8(c.state.swap(State::Removed as u8, Relaxed));
             let st = &c.server.stats;
-            if c.state().is_active() {
+            if last.is_active() {
                 st.active.fetch_sub(1, Relaxed);
             } else {
                 st.inactive.fetch_sub(1, Relaxed);
@@ -428,6 +439,18 @@ mod tests {
         assert_eq!(ct.sweep(100), 0);
         assert_eq!((s.stats.active(), s.stats.inactive(), ct.len()), (0, 0, 0));
         assert_eq!(s.stats.conns.load(Relaxed), 1);
+    }
+
+    #[test]
+    fn touch_after_sweep_leaves_gauges_alone() {
+        let ct = Conntrack::new(10);
+        let s = server(Method::Dnat);
+        let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        c.touch(0, Dir::Original, TCP_ACK);
+        assert_eq!(ct.sweep(10_000), 1);
+        c.touch(10_000, Dir::Original, TCP_FIN);
+        assert_eq!(s.stats.active.load(Relaxed), 0);
+        assert_eq!(s.stats.inactive.load(Relaxed), 0);
     }
 
     #[test]

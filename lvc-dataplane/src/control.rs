@@ -70,6 +70,8 @@ pub struct Control {
     routes: Arc<ArcSwap<RouteTable>>,
     neigh_requests: crossbeam_channel::Sender<NeighRequest>,
     epoch: Instant,
+    /// Removed `nat` endpoints that still have connections.
+    retired: Mutex<Vec<(EndpointKey, Arc<TrafficStats>)>>,
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -102,6 +104,7 @@ impl Control {
             routes: d.routes,
             neigh_requests: d.neigh_requests,
             epoch: d.epoch,
+            retired: Mutex::new(Vec::new()),
         }
     }
 
@@ -313,8 +316,24 @@ impl Control {
     /// Publishes `next` and makes it the configuration, or puts `cfg` back
     /// in place everywhere if that fails.
     fn commit(&self, cfg: &mut Config, next: Config) -> Result<(), ErrorReply> {
-        self.publish(&next).inspect_err(|_| {
-            let _ = self.publish(cfg);
+        // nat endpoints leaving the configuration keep steering their
+        // replies to lvc while they have connections.
+        let staying: HashSet<EndpointKey> = nat_endpoints(&next).map(|(k, _)| k).collect();
+        let leaving: Vec<(EndpointKey, Arc<TrafficStats>)> = nat_endpoints(cfg)
+            .filter(|(k, st)| !staying.contains(k) && has_conns(st))
+            .map(|(k, st)| (k, st.clone()))
+            .collect();
+        let mark = {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let mark = retired.len();
+            retired.extend(leaving);
+            mark
+        };
+        self.publish(&next).inspect_err(|e| {
+            self.retired.lock().unwrap_or_else(|p| p.into_inner()).truncate(mark);
+            if let Err(again) = self.publish(cfg) {
+                tracing::error!(error = %e.message, rollback = %again.message, "configuration rollback failed");
+            }
         })?;
         *cfg = next;
         self.resolve_servers(cfg);
@@ -358,15 +377,11 @@ impl Control {
                 stats: s.stats.clone(),
             })
         }));
-        let mut vips = HashSet::new();
-        let mut reals = HashSet::new();
-        for (key, s) in cfg {
-            let proto = key.proto.number();
-            vips.insert(EndpointKey::new(key.addr.ip(), proto, key.addr.port()));
-            for r in s.servers.iter().filter(|r| r.method == Method::Nat) {
-                reals.insert(EndpointKey::new(r.addr.ip(), proto, r.addr.port()));
-            }
-        }
+        let vips: HashSet<EndpointKey> = cfg
+            .keys()
+            .map(|k| EndpointKey::new(k.addr.ip(), k.proto.number(), k.addr.port()))
+            .collect();
+        let reals = self.reals(cfg);
         // Workers learn about new services before the XDP program sends
         // them traffic, and forget removed ones only after it stops.
         let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,6 +390,40 @@ impl Control {
             .sync_vips(&vips)
             .and_then(|_| steering.sync_reals(&reals))
             .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+    }
+
+    /// `nat` endpoints whose replies XDP must hand to lvc: those configured,
+    /// plus removed ones that still have connections (so deleting a server
+    /// does not cut its live connections off).
+    fn reals(&self, cfg: &Config) -> HashSet<EndpointKey> {
+        let mut reals: HashSet<EndpointKey> = nat_endpoints(cfg).map(|(k, _)| k).collect();
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        reals.extend(
+            retired
+                .iter()
+                .filter(|(_, st)| has_conns(st))
+                .map(|(k, _)| *k),
+        );
+        reals
+    }
+
+    /// Forgets removed `nat` endpoints whose last connection is gone
+    /// (housekeeping calls this every second).
+    pub fn drain_retired(&self) {
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let before = retired.len();
+            retired.retain(|(_, st)| has_conns(st));
+            if retired.len() == before {
+                return;
+            }
+        }
+        let reals = self.reals(&cfg);
+        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = steering.sync_reals(&reals) {
+            tracing::warn!(error = %e, "cannot update the XDP reals map");
+        }
     }
 
     pub fn listing(&self) -> Listing {
@@ -505,6 +554,7 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
                     ),
                 ));
             }
+            check_method(service, *method)?;
             let addr = real.resolve(service);
             if svc.servers.iter().any(|r| r.addr == addr) {
                 return Err(err(
@@ -560,6 +610,7 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
                 srv.weight = *w;
             }
             if let Some(m) = method {
+                check_method(service, *m)?;
                 srv.method = *m;
             }
         }
@@ -577,6 +628,23 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
     Ok(())
 }
 
+/// `nat` on an every-port service would make the XDP program take every
+/// packet the real server sends (its DNS, updates, …) and lvc would drop
+/// what belongs to no connection: refused until replies are steered per
+/// flow.
+fn check_method(service: &ServiceKey, method: Method) -> Result<(), ErrorReply> {
+    if method == Method::Nat && service.addr.port() == 0 {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "service {service} covers every port: the nat method cannot be used there yet \
+                 (it would capture all of the real server's own traffic); use --method dnat"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_weight(w: u32) -> Result<(), ErrorReply> {
     if w > MAX_WEIGHT {
         return Err(err(
@@ -585,6 +653,25 @@ fn check_weight(w: u32) -> Result<(), ErrorReply> {
         ));
     }
     Ok(())
+}
+
+/// Every `nat` server endpoint of a configuration, with its counters.
+fn nat_endpoints(cfg: &Config) -> impl Iterator<Item = (EndpointKey, &Arc<TrafficStats>)> {
+    cfg.iter().flat_map(|(key, s)| {
+        s.servers
+            .iter()
+            .filter(|r| r.method == Method::Nat)
+            .map(move |r| {
+                (
+                    EndpointKey::new(r.addr.ip(), key.proto.number(), r.addr.port()),
+                    &r.stats,
+                )
+            })
+    })
+}
+
+fn has_conns(st: &TrafficStats) -> bool {
+    st.active() + st.inactive() > 0
 }
 
 fn no_service(s: &ServiceKey) -> ErrorReply {
@@ -694,15 +781,17 @@ impl ControlSocket {
                         let _ = reply(&stream, &busy());
                         continue;
                     }
-                    clients.fetch_add(1, Relaxed);
-                    let (control, clients) = (control.clone(), clients.clone());
-                    std::thread::Builder::new()
+                    // The slot is given back when the guard drops: after the
+                    // client is served, if its thread panics, or if the
+                    // thread cannot be started at all.
+                    let slot = ClientSlot::take(&clients);
+                    let control = control.clone();
+                    let _ = std::thread::Builder::new()
                         .name("lvc-ctl-client".into())
                         .spawn(move || {
+                            let _slot = slot;
                             serve_client(stream, &control);
-                            clients.fetch_sub(1, Relaxed);
-                        })
-                        .ok();
+                        });
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     std::thread::sleep(Duration::from_millis(20))
@@ -719,6 +808,22 @@ impl ControlSocket {
 impl std::ops::Drop for ControlSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One of the `MAX_CLIENTS` client slots, released on drop.
+struct ClientSlot(Arc<AtomicUsize>);
+
+impl ClientSlot {
+    fn take(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl std::ops::Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
     }
 }
 

@@ -231,6 +231,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                         if now != last {
                             last = now;
                             ct.sweep(now);
+                            control.drain_retired();
                             if now.is_multiple_of(2) {
                                 control.sample_rates(2.0);
                             }

@@ -63,7 +63,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
     let ip = Ipv4HeaderSlice::from_slice(l3).map_err(|_| Drop::Malformed)?;
     let ip_len = usize::from(ip.total_len());
     let ihl = ip.slice().len();
-    if ip_len > l3.len() {
+    if ip_len > l3.len() || ip_len < ihl {
         return Err(Drop::Malformed);
     }
     if ip.is_fragmenting_payload() {
@@ -220,6 +220,11 @@ mod tests {
         let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
         f[14 + 2..14 + 4].copy_from_slice(&500u16.to_be_bytes());
         assert_eq!(parse(&f), Err(Drop::Malformed));
+        for short in [0u16, 8, 19, 20, 27] {
+            let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
+            f[14 + 2..14 + 4].copy_from_slice(&short.to_be_bytes());
+            assert_eq!(parse(&f), Err(Drop::Malformed), "total length {short}");
+        }
         let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
         f[12] = 0x86;
         f[13] = 0xdd;

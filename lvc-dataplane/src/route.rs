@@ -96,6 +96,9 @@ pub struct RouteTable {
     neighbours: HashMap<(u32, u32), [u8; 6]>,
     links: HashMap<u32, Link>,
     locals: Vec<IpAddr>,
+    /// Neighbours the kernel holds as STALE. lvc's own transmissions never
+    /// confirm them (the kernel does not see them), so they are re-probed.
+    stale: Vec<NeighRequest>,
 }
 
 impl RouteTable {
@@ -111,6 +114,7 @@ impl RouteTable {
             neighbours,
             links: links.into_iter().map(|l| (l.ifindex, l)).collect(),
             locals,
+            stale: Vec::new(),
         }
     }
 
@@ -275,14 +279,20 @@ impl Netlink {
         let mut nm = NeighbourMessage::default();
         nm.header.family = AddressFamily::Inet;
         let mut neighbours = HashMap::new();
+        let mut stale = Vec::new();
         for m in self.dump(Rt::GetNeighbour(nm))? {
             if let Rt::NewNeighbour(n) = m
                 && let Some((ifindex, ip, mac)) = parse_neigh(&n)
             {
                 neighbours.insert((ifindex, ip), mac);
+                if n.header.state == NeighbourState::Stale {
+                    stale.push(NeighRequest { ifindex, ip });
+                }
             }
         }
-        Ok(RouteTable::new(routes, neighbours, links, locals))
+        let mut t = RouteTable::new(routes, neighbours, links, locals);
+        t.stale = stale;
+        Ok(t)
     }
 
     /// Asks the kernel to resolve `req` (it sends ARP as for its own packet).
@@ -412,6 +422,8 @@ pub struct RouteMonitor {
 
 /// How often the tables are re-read even without notifications.
 const REFRESH: Duration = Duration::from_secs(5);
+/// How often STALE neighbours are re-probed.
+const REPROBE: Duration = Duration::from_secs(30);
 /// How long a resolution request suppresses repeats for the same neighbour.
 const RESOLVE_HOLDOFF: Duration = Duration::from_millis(500);
 
@@ -468,6 +480,7 @@ impl RouteSync {
         mut on_change: impl FnMut(&RouteTable),
     ) {
         let mut last_refresh = Instant::now();
+        let mut last_reprobe = Instant::now();
         let mut dirty = false;
         while !shutdown.load(Relaxed) {
             match requests.recv_timeout(Duration::from_millis(50)) {
@@ -490,6 +503,15 @@ impl RouteSync {
                         dirty = true;
                         break;
                     }
+                }
+            }
+            if last_reprobe.elapsed() >= REPROBE {
+                // A real server's MAC may change without a gratuitous ARP:
+                // have the kernel re-confirm what went stale.
+                last_reprobe = Instant::now();
+                let stale = self.table.load().stale.clone();
+                for req in stale {
+                    self.resolve(req);
                 }
             }
             if dirty || last_refresh.elapsed() >= REFRESH {

@@ -124,13 +124,19 @@ impl Worker {
                     bump(&self.stats.drops[Drop::TxFull as usize], (n - sent) as u64);
                 }
             }
-            let kicks = self.io.service();
+            let (kicks, completed) = self.io.service();
             bump(&self.stats.tx_kicks, kicks);
-            if received == 0 && !self.io.tx_pending() {
-                // Idle: sleep in poll() until a frame arrives. The timeout
-                // bounds how long a shutdown request (or a parked frame)
-                // waits.
-                let nap = if parked.is_empty() { 100 } else { 5 };
+            if received == 0 && completed == 0 {
+                // No progress: sleep in poll() until a frame arrives. The
+                // timeout bounds how long a shutdown request, a parked frame
+                // or a stuck TX ring (link down) waits — never a busy spin.
+                let nap = if self.io.tx_pending() {
+                    1
+                } else if parked.is_empty() {
+                    100
+                } else {
+                    5
+                };
                 self.io.wait(Duration::from_millis(nap));
             }
         }
@@ -148,7 +154,7 @@ impl Worker {
                 NextHop::Ready(l2) => match self.port_ifindex.iter().position(|&x| x == l2.ifindex)
                 {
                     Some(port) => {
-                        let mut p = parked.swap_remove(i);
+                        let mut p = parked.remove(i);
                         rewrite::set_macs(self.io.bytes_mut(&mut p.frame), l2.src_mac, l2.dst_mac);
                         out[port].push(p.frame);
                         continue;
@@ -163,7 +169,7 @@ impl Worker {
             };
             match verdict {
                 Some(why) => {
-                    let p = parked.swap_remove(i);
+                    let p = parked.remove(i);
                     self.stats.count_drop(why);
                     self.io.release(p.frame);
                 }

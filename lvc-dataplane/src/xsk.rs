@@ -21,6 +21,9 @@ use xsk_rs::config::{
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, Socket, TxQueue, Umem};
 
+/// Most kick-and-reap rounds per port per loop iteration.
+const MAX_TX_ROUNDS: u32 = 8;
+
 /// Sizes of one worker's rings and UMEM.
 #[derive(Clone, Copy, Debug)]
 pub struct IoConfig {
@@ -296,16 +299,19 @@ impl WorkerIo {
         (n, bytes)
     }
 
-    /// Kicks copy-mode TX on every port with frames outstanding, reaps
-    /// completions into the free list, and tops the fill rings up.
-    /// Returns the number of `sendto` kicks made.
-    pub fn service(&mut self) -> u64 {
-        let mut kicks = 0;
+    /// Kicks TX on every port with frames outstanding, reaps completions
+    /// into the free list, and tops the fill rings up.
+    /// Returns (`sendto` kicks made, frames completed).
+    pub fn service(&mut self) -> (u64, u64) {
+        let (mut kicks, mut completed) = (0, 0);
         for i in 0..self.ports.len() {
             let p = &mut self.ports[i];
-            if p.tx_outstanding > 0 {
-                // Copy mode transmits at most 32 frames per kick, so kick
-                // while anything is outstanding, once per loop iteration.
+            // Copy mode transmits at most 32 frames per kick: kick and reap
+            // until the ring drains, stops making progress, or the round
+            // budget is spent (so RX keeps its turn).
+            let mut rounds = 0;
+            while p.tx_outstanding > 0 && rounds < MAX_TX_ROUNDS {
+                rounds += 1;
                 if p.tx.needs_wakeup() {
                     let _ = p.tx.wakeup();
                     kicks += 1;
@@ -317,11 +323,21 @@ impl WorkerIo {
                 // handed back to userspace by the kernel.
                 let done = unsafe { p.comp.consume(&mut self.scratch) };
                 p.tx_outstanding -= done as u32;
+                completed += done as u64;
                 self.free.extend_from_slice(&self.scratch[..done]);
+                if done == 0 {
+                    break;
+                }
             }
             self.refill(i);
+            let p = &mut self.ports[i];
+            // Zero-copy drivers that ran dry wait for a wakeup once the fill
+            // ring has frames again.
+            if p.fill.needs_wakeup() {
+                let _ = p.fill.wakeup(p.rx.fd_mut(), 0);
+            }
         }
-        kicks
+        (kicks, completed)
     }
 
     /// True if any port has transmissions not yet completed.

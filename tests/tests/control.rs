@@ -107,6 +107,23 @@ fn save_clear_restore_save_is_byte_identical() {
         "timeout tcp must be",
     );
     fails(&t, &["zero", "--tcp", "10.9.0.99:80"], 68, "does not exist");
+    t.ctl_ok(&["add-service", "--tcp", "10.9.0.12:0"]);
+    fails(
+        &t,
+        &["add-server", "--tcp", "10.9.0.12:0", "-r", &server_ip(0)],
+        66,
+        "covers every port",
+    );
+    t.ctl_ok(&[
+        "add-server",
+        "--tcp",
+        "10.9.0.12:0",
+        "-r",
+        &server_ip(0),
+        "--method",
+        "dnat",
+    ]);
+    t.ctl_ok(&["del-service", "--tcp", "10.9.0.12:0"]);
     assert_eq!(
         t.ctl_ok(&["save"]),
         saved,

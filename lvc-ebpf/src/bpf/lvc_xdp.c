@@ -51,7 +51,7 @@ enum lvc_stat {
 	STAT_RX = 0,            // every frame seen
 	STAT_PASS_NOT_IP,       // ARP, VLAN, IPv6, other ethertypes
 	STAT_PASS_MALFORMED,    // truncated or impossible headers
-	STAT_PASS_FRAGMENT,     // non-first IPv4 fragments (no L4 header)
+	STAT_PASS_FRAGMENT,     // IPv4 fragments (reassembly is the kernel's)
 	STAT_PASS_OTHER_PROTO,  // IPv4 that is neither TCP nor UDP
 	STAT_PASS_NO_MATCH,     // TCP/UDP not for a VIP and not from a real
 	STAT_PASS_NO_SOCKET,    // matched, but no AF_XDP socket on this queue
@@ -175,7 +175,9 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 		return pass(STAT_PASS_MALFORMED);
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return pass(STAT_PASS_OTHER_PROTO);
-	if (ip->frag_off & bpf_htons(IP_OFFSET))
+	// Every fragment, first one included, goes to the kernel: splitting a
+	// datagram between lvc and the kernel's reassembly would lose it.
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
 		return pass(STAT_PASS_FRAGMENT);
 
 	__u32 l4_min = ip->protocol == IPPROTO_TCP ? TCP_MIN_HLEN : UDP_HLEN;
