@@ -487,3 +487,68 @@ fn call(socket: &Path, req: &Request) -> Result<ResponseEnvelope, (u8, String)> 
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completions_and_man_page_are_generated() {
+        let mut bash = Vec::new();
+        clap_complete::generate(
+            clap_complete::Shell::Bash,
+            &mut Cli::command(),
+            "lvc-ctl",
+            &mut bash,
+        );
+        let bash = String::from_utf8(bash).unwrap();
+        assert!(bash.contains("add-server") && bash.contains("--scheduler"));
+        let mut man = Vec::new();
+        clap_mangen::Man::new(Cli::command())
+            .render(&mut man)
+            .unwrap();
+        let man = String::from_utf8(man).unwrap();
+        assert!(
+            man.starts_with(".ie") || man.contains(".TH lvc-ctl"),
+            "{man}"
+        );
+    }
+
+    #[test]
+    fn ipvsadm_short_flags_are_verbs() {
+        let cli = Cli::try_parse_from([
+            "lvc-ctl",
+            "-a",
+            "-t",
+            "10.0.0.10:80",
+            "-r",
+            "10.0.1.1:8080",
+            "-w",
+            "3",
+        ])
+        .unwrap();
+        match cli.cmd {
+            Cmd::AddServer {
+                service,
+                real,
+                weight,
+                method,
+            } => {
+                assert_eq!(service.key().to_string(), "tcp 10.0.0.10:80");
+                assert_eq!(real.to_string(), "10.0.1.1:8080");
+                assert_eq!((weight, method), (3, Method::Nat));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(Cli::try_parse_from(["lvc-ctl", "--set", "--tcp", "60"]).is_ok());
+        assert!(
+            Cli::try_parse_from(["lvc-ctl", "-A", "-t", "10.0.0.10:80", "-u", "10.0.0.10:53"])
+                .is_err()
+        );
+    }
+}

@@ -107,7 +107,7 @@ impl ConfigFile {
                 None => e.message().to_owned(),
             }
         })?;
-        cfg.requests()?;
+        cfg.requests_at().map_err(|p| p.in_text(text))?;
         Ok(cfg)
     }
 
@@ -146,32 +146,49 @@ impl ConfigFile {
 
     /// The file as the control requests that build it, validated.
     pub fn requests(&self) -> Result<Vec<Request>, String> {
+        self.requests_at().map_err(|e| e.message)
+    }
+
+    /// Like [`requests`](Self::requests), saying where a problem is.
+    fn requests_at(&self) -> Result<Vec<Request>, Problem> {
         if let Some(t) = &self.timeouts {
-            t.validate()?;
+            t.validate().map_err(|message| Problem {
+                at: Place::Timeouts,
+                message,
+            })?;
         }
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {
-            let key = svc.key().map_err(|e| format!("service #{}: {e}", i + 1))?;
+            let at = |server: Option<usize>, message: String| Problem {
+                at: Place::Service { index: i, server },
+                message,
+            };
+            let key = svc
+                .key()
+                .map_err(|e| at(None, format!("service #{}: {e}", i + 1)))?;
             if !seen.insert(key) {
-                return Err(format!("service {key} is defined twice"));
+                return Err(at(None, format!("service {key} is defined twice")));
             }
             out.push(Request::AddService {
                 service: key,
                 scheduler: svc.scheduler,
             });
             let mut reals = HashSet::new();
-            for srv in &svc.servers {
+            for (j, srv) in svc.servers.iter().enumerate() {
                 if srv.weight > MAX_WEIGHT {
-                    return Err(format!(
-                        "service {key}, server {}: weight must be 0..={MAX_WEIGHT}",
-                        srv.real
+                    return Err(at(
+                        Some(j),
+                        format!(
+                            "service {key}, server {}: weight must be 0..={MAX_WEIGHT}",
+                            srv.real
+                        ),
                     ));
                 }
                 if !reals.insert(srv.real.resolve(&key)) {
-                    return Err(format!(
-                        "service {key}: server {} is listed twice",
-                        srv.real
+                    return Err(at(
+                        Some(j),
+                        format!("service {key}: server {} is listed twice", srv.real),
                     ));
                 }
                 out.push(Request::AddServer {
@@ -183,6 +200,57 @@ impl ConfigFile {
             }
         }
         Ok(out)
+    }
+}
+
+/// Where in a file a semantic problem is.
+enum Place {
+    Timeouts,
+    Service { index: usize, server: Option<usize> },
+}
+
+struct Problem {
+    at: Place,
+    message: String,
+}
+
+impl Problem {
+    /// `line N: message`, the line found by counting table headers (when
+    /// the file uses `[[service]]` / `[[service.server]]` headers).
+    fn in_text(&self, text: &str) -> String {
+        let header = |l: &str| l.split('#').next().unwrap_or("").trim().replace(' ', "");
+        let mut line = None;
+        let (mut svc, mut srv) = (None::<usize>, None::<usize>);
+        for (n, l) in text.lines().enumerate() {
+            let h = header(l);
+            let found = match (&self.at, h.as_str()) {
+                (Place::Timeouts, "[timeouts]") => true,
+                (Place::Service { .. }, "[[service]]") => {
+                    svc = Some(svc.map_or(0, |s| s + 1));
+                    srv = None;
+                    matches!(self.at, Place::Service { index, server: None } if Some(index) == svc)
+                }
+                (
+                    Place::Service {
+                        index,
+                        server: Some(j),
+                    },
+                    "[[service.server]]",
+                ) => {
+                    srv = Some(srv.map_or(0, |s| s + 1));
+                    svc == Some(*index) && srv == Some(*j)
+                }
+                _ => false,
+            };
+            if found {
+                line = Some(n + 1);
+                break;
+            }
+        }
+        match line {
+            Some(l) => format!("line {l}: {}", self.message),
+            None => self.message.clone(),
+        }
     }
 }
 
@@ -277,5 +345,16 @@ weight = 0
         )
         .unwrap_err();
         assert!(err.contains("weight must be"), "{err}");
+        assert!(err.starts_with("line 3:"), "{err}");
+        let err = ConfigFile::parse(
+            "[timeouts]\ntcp = 1\ntcpfin = 1\nudp = 1\n\n[[service]] # web\ntcp = \"10.0.0.10:80\"\n\n[[service]]\ntcp = \"10.0.0.10:80\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.starts_with("line 9: service tcp 10.0.0.10:80 is defined twice"),
+            "{err}"
+        );
+        let err = ConfigFile::parse("[timeouts]\ntcp = 0\ntcpfin = 1\nudp = 1\n").unwrap_err();
+        assert!(err.starts_with("line 1: timeout tcp"), "{err}");
     }
 }

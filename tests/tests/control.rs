@@ -63,7 +63,7 @@ fn save_clear_restore_save_is_byte_identical() {
         &t,
         &["restore", &bad.to_string_lossy()],
         66,
-        "weight must be 0..=65535",
+        "line 4: service tcp 10.9.0.11:80, server 10.2.0.11: weight must be 0..=65535",
     );
     std::fs::write(
         &bad,
