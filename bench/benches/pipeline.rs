@@ -8,12 +8,11 @@ use lvc_bench::{frame, server, table};
 use lvc_dataplane::checksum;
 use lvc_dataplane::parse::{FlowKey, parse};
 use lvc_dataplane::rewrite;
-use lvc_dataplane::schedule;
+use lvc_dataplane::schedule::{self, SchedState};
 use lvc_dataplane::services::Service;
 use lvc_dataplane::stats::TrafficStats;
 use lvc_proto::{Method, Scheduler};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
 
 const FLOWS: usize = 1 << 20;
 
@@ -38,16 +37,25 @@ fn stages(c: &mut Criterion) {
         b.iter(|| ct.lookup(black_box(&miss)))
     });
 
-    let svc = Service {
-        key: "tcp:10.9.0.10:80".parse().unwrap(),
-        scheduler: Scheduler::Rr,
-        servers: (0..8).map(|_| server(Method::Nat)).collect(),
-        rr: Arc::new(AtomicUsize::new(0)),
-        stats: Arc::new(TrafficStats::default()),
-    };
-    c.bench_function("schedule/rr_8", |b| {
-        b.iter(|| schedule::pick(black_box(&svc)).is_some())
-    });
+    // Every scheduler's pick over 8 servers (tables built up front, as the
+    // control thread does).
+    for kind in Scheduler::ALL {
+        let servers: Vec<_> = (0..8).map(|_| server(Method::Nat)).collect();
+        let svc = Service {
+            key: "tcp:10.9.0.10:80".parse().unwrap(),
+            sched: SchedState::build(kind, &servers, Arc::default()),
+            servers,
+            stats: Arc::new(TrafficStats::default()),
+            persistence: None,
+        };
+        let mut client = 0u32;
+        c.bench_function(&format!("schedule/{}_8", kind.name()), |b| {
+            b.iter(|| {
+                client = client.wrapping_add(0x9e37_79b9);
+                schedule::pick(black_box(&svc), client).is_some()
+            })
+        });
+    }
 
     let mut g = frame(6, 0x0a00_0001, 0x0a09_000a, 1024, 80, 64);
     let pkt = parse(&g).unwrap();

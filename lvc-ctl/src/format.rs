@@ -60,7 +60,14 @@ pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
         } else if rate {
             row(&mut s, &head, rates(&svc.rates));
         } else {
-            let _ = writeln!(s, "{head} {}", svc.scheduler);
+            let mut flags = String::new();
+            if let Some(p) = svc.persistent {
+                let _ = write!(flags, " persistent {p}");
+            }
+            if let Some(m) = svc.netmask {
+                let _ = write!(flags, " mask {m}");
+            }
+            let _ = writeln!(s, "{head} {}{flags}", svc.scheduler);
         }
         for r in &svc.servers {
             let head = format!("  -> {}", r.addr);
@@ -148,6 +155,8 @@ mod tests {
             services: vec![ServiceInfo {
                 service: "tcp:10.0.0.10:80".parse().unwrap(),
                 scheduler: Scheduler::Rr,
+                persistent: None,
+                netmask: None,
                 stats: Counters {
                     conns: 3,
                     packets_in: 30,

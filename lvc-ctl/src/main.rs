@@ -17,7 +17,7 @@ use lvc_proto::{
     Scheduler, ServiceKey, parse_vip,
 };
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -82,17 +82,31 @@ enum Cmd {
     AddService {
         #[command(flatten)]
         service: ServiceArg,
-        /// Scheduler.
+        /// Scheduler: rr, wrr, lc, wlc, sed, nq, sh, mh.
         #[arg(long, short = 's', default_value = "rr")]
         scheduler: Scheduler,
+        /// Client affinity: connections from one client (network) go to the
+        /// same server until SECS after its last connection (default 360).
+        #[arg(long, short = 'p', value_name = "SECS", num_args = 0..=1,
+              default_missing_value = "360")]
+        persistent: Option<u32>,
+        /// Persistence granularity, e.g. 255.255.255.0.
+        #[arg(long, short = 'M', value_name = "MASK")]
+        netmask: Option<Ipv4Addr>,
     },
-    /// Change a virtual service's scheduler.
+    /// Change a virtual service's scheduler or persistence.
     #[command(short_flag = 'E')]
     EditService {
         #[command(flatten)]
         service: ServiceArg,
         #[arg(long, short = 's')]
         scheduler: Option<Scheduler>,
+        /// New persistence timeout (0: not persistent).
+        #[arg(long, short = 'p', value_name = "SECS", num_args = 0..=1,
+              default_missing_value = "360")]
+        persistent: Option<u32>,
+        #[arg(long, short = 'M', value_name = "MASK")]
+        netmask: Option<Ipv4Addr>,
     },
     /// Delete a virtual service and its real servers.
     #[command(short_flag = 'D')]
@@ -248,17 +262,31 @@ fn main() -> ExitCode {
                 Err(e) => fail(EXIT_IO, format!("cannot write the man page: {e}")),
             };
         }
-        Cmd::AddService { service, scheduler } => (
+        Cmd::AddService {
+            service,
+            scheduler,
+            persistent,
+            netmask,
+        } => (
             Request::AddService {
                 service: service.key(),
                 scheduler,
+                persistent,
+                netmask,
             },
             Show::Nothing,
         ),
-        Cmd::EditService { service, scheduler } => (
+        Cmd::EditService {
+            service,
+            scheduler,
+            persistent,
+            netmask,
+        } => (
             Request::EditService {
                 service: service.key(),
                 scheduler,
+                persistent,
+                netmask,
             },
             Show::Nothing,
         ),

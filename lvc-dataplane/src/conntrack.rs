@@ -11,13 +11,14 @@
 //! batch); nothing here reads a clock.
 
 use crate::parse::{FlowKey, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
-use crate::services::Server;
+use crate::services::{Server, Template};
 use crate::stats::{Drop, TrafficStats};
+use crossbeam_queue::ArrayQueue;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use lvc_proto::Method;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
 
 /// Connection states, after IPVS (a subset now; the rest come with full
 /// TCP tracking).
@@ -115,6 +116,8 @@ pub struct Conn {
     last_seen: AtomicU32,
     pub server: Arc<Server>,
     pub service: Arc<TrafficStats>,
+    /// The persistence template that chose the server, if any.
+    pub template: Option<Arc<Template>>,
 }
 
 impl Conn {
@@ -142,7 +145,14 @@ impl Conn {
             last_seen: AtomicU32::new(now),
             server,
             service,
+            template: None,
         }
+    }
+
+    /// Marks the connection as controlled by a persistence template.
+    pub fn with_template(mut self, t: Arc<Template>) -> Self {
+        self.template = Some(t);
+        self
     }
 
     /// Key of client → VIP packets.
@@ -262,6 +272,9 @@ pub struct Conntrack {
     map: DashMap<FlowKey, Arc<Conn>, Hasher>,
     conns: AtomicUsize,
     capacity: usize,
+    /// New connections, oldest first: eviction candidates when full.
+    embryonic: ArrayQueue<Weak<Conn>>,
+    evicted: AtomicU64,
     pub timeouts: Timeouts,
 }
 
@@ -271,6 +284,8 @@ impl Conntrack {
             map: DashMap::with_hasher(Hasher::new()),
             conns: AtomicUsize::new(0),
             capacity,
+            embryonic: ArrayQueue::new(capacity.max(1)),
+            evicted: AtomicU64::new(0),
             timeouts: Timeouts::default(),
         }
     }
@@ -290,7 +305,7 @@ impl Conntrack {
     /// Inserts a new connection under its key(s). If another worker inserted
     /// the same flow first, that connection is returned instead.
     pub fn insert(&self, conn: Conn) -> Result<Arc<Conn>, Drop> {
-        if self.conns.load(Relaxed) >= self.capacity {
+        if self.conns.load(Relaxed) >= self.capacity && !self.evict_one(conn.last_seen()) {
             return Err(Drop::TableFull);
         }
         let conn = Arc::new(conn);
@@ -302,10 +317,45 @@ impl Conntrack {
             self.map.insert(conn.reply_key(), conn.clone());
         }
         self.conns.fetch_add(1, Relaxed);
+        if let Some(t) = &conn.template {
+            t.conns.fetch_add(1, Relaxed);
+        }
         conn.server.stats.inactive.fetch_add(1, Relaxed);
         conn.server.stats.conns.fetch_add(1, Relaxed);
         conn.service.conns.fetch_add(1, Relaxed);
+        // Remember it as an eviction candidate, oldest first; when the
+        // queue is full the oldest candidate is forgotten.
+        self.embryonic.force_push(Arc::downgrade(&conn));
         Ok(conn)
+    }
+
+    /// Makes room in a full table by removing the oldest connection that
+    /// never got established (a TCP handshake still in SYN_RECV, or UDP):
+    /// a SYN flood must not evict established connections.
+    fn evict_one(&self, now: u32) -> bool {
+        // Bounded work per new connection.
+        for _ in 0..64 {
+            let Some(weak) = self.embryonic.pop() else {
+                return false;
+            };
+            let Some(c) = weak.upgrade() else { continue };
+            if matches!(c.state(), State::SynRecv | State::Udp)
+                && self
+                    .map
+                    .remove_if(&c.original_key(), |_, v| Arc::ptr_eq(v, &c))
+                    .is_some()
+            {
+                self.release(&c, now);
+                self.evicted.fetch_add(1, Relaxed);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Connections evicted to make room.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Relaxed)
     }
 
     /// Number of connections.
@@ -340,23 +390,33 @@ impl Conntrack {
             if gone.is_none() {
                 continue;
             }
-            if c.method == Method::Nat {
-                self.map
-                    .remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, &c));
-            }
-            // Take the final state atomically: a worker still holding the
-            // connection can no longer move the gauges after this.
-            let last = State::from_u8(c.state.swap(State::Removed as u8, Relaxed));
-            let st = &c.server.stats;
-            if last.is_active() {
-                st.active.fetch_sub(1, Relaxed);
-            } else {
-                st.inactive.fetch_sub(1, Relaxed);
-            }
-            self.conns.fetch_sub(1, Relaxed);
+            self.release(&c, now);
             removed += 1;
         }
         removed
+    }
+
+    /// Everything but the original-direction key of a connection that was
+    /// just taken out of the map: its reply key, gauges, template, count.
+    /// Called exactly once per connection (by whoever removed its key).
+    fn release(&self, c: &Arc<Conn>, now: u32) {
+        if c.method == Method::Nat {
+            self.map.remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, c));
+        }
+        // Take the final state atomically: a worker still holding the
+        // connection can no longer move the gauges after this.
+        let last = State::from_u8(c.state.swap(State::Removed as u8, Relaxed));
+        let st = &c.server.stats;
+        if last.is_active() {
+            st.active.fetch_sub(1, Relaxed);
+        } else {
+            st.inactive.fetch_sub(1, Relaxed);
+        }
+        if let Some(t) = &c.template {
+            t.conns.fetch_sub(1, Relaxed);
+            t.last_used.store(now, Relaxed);
+        }
+        self.conns.fetch_sub(1, Relaxed);
     }
 
     /// Every connection once (for listings).
@@ -442,6 +502,42 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_evicts_handshakes_not_established_connections() {
+        let ct = Conntrack::new(4);
+        let s = server(Method::Nat);
+        let mk = |port: u16| {
+            let mut c = conn(PROTO_TCP, &s, 0);
+            c.client.1 = port;
+            c
+        };
+        // Two established connections, then a "SYN flood".
+        for p in [1, 2] {
+            ct.insert(mk(p)).unwrap().touch(0, Dir::Original, TCP_ACK);
+        }
+        for p in 100..1000 {
+            ct.insert(mk(p)).unwrap();
+            assert_eq!(ct.len(), (p as usize - 97).min(4));
+        }
+        let alive = |p: u16| {
+            let mut c = mk(p);
+            c.client.1 = p;
+            ct.lookup(&c.original_key()).is_some()
+        };
+        assert!(
+            alive(1) && alive(2),
+            "established connections survive the flood"
+        );
+        assert!(alive(999) && alive(998) && !alive(100));
+        assert_eq!(ct.evicted(), 900 - 2);
+        // Gauges: 2 active, 2 inactive, nothing leaked.
+        assert_eq!((s.stats.active(), s.stats.inactive()), (2, 2));
+        // Only established connections left and full: a new one is refused.
+        let ct = Conntrack::new(1);
+        ct.insert(mk(1)).unwrap().touch(0, Dir::Original, TCP_ACK);
+        assert_eq!(ct.insert(mk(2)).unwrap_err(), Drop::TableFull);
+    }
+
+    #[test]
     fn touch_after_sweep_leaves_gauges_alone() {
         let ct = Conntrack::new(10);
         let s = server(Method::Dnat);
@@ -468,12 +564,20 @@ mod tests {
 
     #[test]
     fn capacity_bounds_the_table() {
+        // UDP "connections" are never established: the oldest makes room.
         let ct = Conntrack::new(1);
         let s = server(Method::Nat);
-        ct.insert(conn(PROTO_UDP_FOR_TEST, &s, 0)).unwrap();
+        let first = ct.insert(conn(PROTO_UDP_FOR_TEST, &s, 0)).unwrap();
         let mut other = conn(PROTO_UDP_FOR_TEST, &s, 0);
         other.client.1 = 1;
-        assert_eq!(ct.insert(other).unwrap_err(), Drop::TableFull);
+        ct.insert(other).unwrap();
+        assert_eq!(ct.len(), 1);
+        assert!(ct.lookup(&first.original_key()).is_none());
+        assert!(
+            ct.lookup(&first.reply_key()).is_none(),
+            "evicted nat reply key too"
+        );
+        assert_eq!(s.stats.inactive(), 1);
     }
 
     const PROTO_UDP_FOR_TEST: u8 = crate::parse::PROTO_UDP;

@@ -9,7 +9,8 @@
 
 use crate::conntrack::Conntrack;
 use crate::route::{NeighRequest, NextHop, RouteTable};
-use crate::services::{Server, Service, ServiceTable};
+use crate::schedule::SchedState;
+use crate::services::{Persistence, Server, Service, ServiceTable};
 use crate::stats::{Drop, TrafficStats, WorkerStats};
 use crate::steer::{AttachMode, Steering};
 use arc_swap::ArcSwap;
@@ -19,6 +20,7 @@ use lvc_proto::{
     ConnFilter, ConnInfo, ConnListing, ErrorCode, ErrorReply, InterfaceStatus, Listing,
     MAX_REQUEST_BYTES, MAX_WEIGHT, Method, Protocol, RealSpec, Request, RequestEnvelope, Response,
     ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo, ServiceKey, Status, VERSION,
+    check_persistence,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -45,6 +47,33 @@ struct ServiceConf {
     servers: Vec<ServerConf>,
     stats: Arc<TrafficStats>,
     rr: Arc<AtomicUsize>,
+    /// Persistence (timeout, netmask) with its live templates.
+    persistence: Option<Persistence>,
+}
+
+impl ServiceConf {
+    fn new(scheduler: Scheduler, persistent: Option<u32>, netmask: Option<Ipv4Addr>) -> Self {
+        Self {
+            scheduler,
+            servers: Vec::new(),
+            stats: Arc::default(),
+            rr: Arc::default(),
+            persistence: persistent
+                .map(|t| Persistence::new(t, netmask.map_or(u32::MAX, u32::from))),
+        }
+    }
+
+    fn persistent(&self) -> Option<u32> {
+        self.persistence.as_ref().map(|p| p.timeout)
+    }
+
+    /// The netmask, when persistent and coarser than one address.
+    fn netmask(&self) -> Option<Ipv4Addr> {
+        self.persistence
+            .as_ref()
+            .filter(|p| p.netmask != u32::MAX)
+            .map(|p| Ipv4Addr::from(p.netmask))
+    }
 }
 
 type Config = BTreeMap<ServiceKey, ServiceConf>;
@@ -208,6 +237,8 @@ impl Control {
                         tcp: addr.clone().filter(|_| key.proto == Protocol::Tcp),
                         udp: addr.filter(|_| key.proto == Protocol::Udp),
                         scheduler: s.scheduler,
+                        persistent: s.persistent(),
+                        netmask: s.netmask(),
                         servers: s
                             .servers
                             .iter()
@@ -243,6 +274,11 @@ impl Control {
             if let Some(old) = cfg.get(key) {
                 svc.stats = old.stats.clone();
                 svc.rr = old.rr.clone();
+                if let (Some(new), Some(was)) = (&mut svc.persistence, &old.persistence)
+                    && (new.timeout, new.netmask) == (was.timeout, was.netmask)
+                {
+                    new.templates = was.templates.clone();
+                }
                 for r in svc.servers.iter_mut() {
                     if let Some(o) = old.servers.iter().find(|o| o.addr == r.addr) {
                         r.stats = o.stats.clone();
@@ -356,25 +392,26 @@ impl Control {
     /// Makes `cfg` the running configuration: service table, then maps.
     fn publish(&self, cfg: &Config) -> Result<(), ErrorReply> {
         let table = ServiceTable::new(cfg.iter().map(|(key, s)| {
+            let servers: Vec<Arc<Server>> = s
+                .servers
+                .iter()
+                .filter_map(|r| match r.addr.ip() {
+                    IpAddr::V4(a) => Some(Arc::new(Server {
+                        addr: a,
+                        port: r.addr.port(),
+                        weight: r.weight,
+                        method: r.method,
+                        stats: r.stats.clone(),
+                    })),
+                    IpAddr::V6(_) => None,
+                })
+                .collect();
             Arc::new(Service {
                 key: *key,
-                scheduler: s.scheduler,
-                servers: s
-                    .servers
-                    .iter()
-                    .filter_map(|r| match r.addr.ip() {
-                        IpAddr::V4(a) => Some(Arc::new(Server {
-                            addr: a,
-                            port: r.addr.port(),
-                            weight: r.weight,
-                            method: r.method,
-                            stats: r.stats.clone(),
-                        })),
-                        IpAddr::V6(_) => None,
-                    })
-                    .collect(),
-                rr: s.rr.clone(),
+                sched: SchedState::build(s.scheduler, &servers, s.rr.clone()),
+                servers,
                 stats: s.stats.clone(),
+                persistence: s.persistence.clone(),
             })
         }));
         let vips: HashSet<EndpointKey> = cfg
@@ -407,6 +444,14 @@ impl Control {
         reals
     }
 
+    /// Expires persistence templates (housekeeping, every second).
+    pub fn sweep_templates(&self, now: u32) {
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        for p in cfg.values().filter_map(|s| s.persistence.as_ref()) {
+            p.sweep(now);
+        }
+    }
+
     /// Forgets removed `nat` endpoints whose last connection is gone
     /// (housekeeping calls this every second).
     pub fn drain_retired(&self) {
@@ -434,6 +479,8 @@ impl Control {
                 .map(|(key, s)| ServiceInfo {
                     service: *key,
                     scheduler: s.scheduler,
+                    persistent: s.persistent(),
+                    netmask: s.netmask(),
                     stats: s.stats.snapshot(),
                     rates: s.stats.rates(),
                     servers: s
@@ -452,6 +499,11 @@ impl Control {
                 })
                 .collect(),
         }
+    }
+
+    /// Connections evicted from a full table.
+    pub fn conntrack_evicted(&self) -> u64 {
+        self.conntrack.evicted()
     }
 
     /// Each worker's counters, in queue order.
@@ -481,6 +533,7 @@ impl Control {
         counters.push(("tx_packets".into(), sum(&|w| w.tx_packets.load(Relaxed))));
         counters.push(("tx_bytes".into(), sum(&|w| w.tx_bytes.load(Relaxed))));
         counters.push(("tx_kicks".into(), sum(&|w| w.tx_kicks.load(Relaxed))));
+        counters.push(("conntrack_evicted".into(), self.conntrack.evicted()));
         for d in Drop::ALL {
             counters.push((format!("drop_{}", d.name()), sum(&|w| w.drops(d))));
         }
@@ -509,7 +562,12 @@ impl Control {
 /// Applies one change to a configuration, validating it.
 fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
     match req {
-        Request::AddService { service, scheduler } => {
+        Request::AddService {
+            service,
+            scheduler,
+            persistent,
+            netmask,
+        } => {
             check_service(service)?;
             if cfg.contains_key(service) {
                 return Err(err(
@@ -517,14 +575,15 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
                     format!("service {service} already exists"),
                 ));
             }
+            check_persistence(*persistent, *netmask).map_err(|e| {
+                err(
+                    ErrorCode::InvalidArgument,
+                    format!("service {service}: {e}"),
+                )
+            })?;
             cfg.insert(
                 *service,
-                ServiceConf {
-                    scheduler: *scheduler,
-                    servers: Vec::new(),
-                    stats: Arc::default(),
-                    rr: Arc::default(),
-                },
+                ServiceConf::new(*scheduler, *persistent, *netmask),
             );
         }
         Request::DelService { service } => {
@@ -581,10 +640,35 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
                 ));
             }
         }
-        Request::EditService { service, scheduler } => {
+        Request::EditService {
+            service,
+            scheduler,
+            persistent,
+            netmask,
+        } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             if let Some(s) = scheduler {
                 svc.scheduler = *s;
+            }
+            if persistent.is_some() || netmask.is_some() {
+                // 0 turns persistence off; otherwise keep what is not given.
+                let timeout = match persistent {
+                    Some(0) => None,
+                    Some(t) => Some(*t),
+                    None => svc.persistent(),
+                };
+                let mask = netmask.or(svc.netmask()).filter(|_| timeout.is_some());
+                check_persistence(timeout, mask).map_err(|e| {
+                    err(
+                        ErrorCode::InvalidArgument,
+                        format!("service {service}: {e}"),
+                    )
+                })?;
+                let unchanged = timeout == svc.persistent() && mask == svc.netmask();
+                if !unchanged {
+                    svc.persistence =
+                        timeout.map(|t| Persistence::new(t, mask.map_or(u32::MAX, u32::from)));
+                }
             }
         }
         Request::EditServer {

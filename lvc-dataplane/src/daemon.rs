@@ -232,6 +232,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                             last = now;
                             ct.sweep(now);
                             control.drain_retired();
+                            control.sweep_templates(now);
                             if now.is_multiple_of(2) {
                                 control.sample_rates(2.0);
                             }

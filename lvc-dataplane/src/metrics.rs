@@ -311,6 +311,14 @@ pub fn render(control: &Control) -> String {
         "Connections tracked.",
     );
     f.sample("lvc_conntrack_entries", &[], status.flows);
+    let n = "lvc_conntrack_evicted_total";
+    let mut f = Family::new(
+        &mut out,
+        n,
+        "counter",
+        "Unestablished connections evicted from a full table.",
+    );
+    f.sample(n, &[], control.conntrack_evicted());
     let mut f = Family::new(
         &mut out,
         "lvc_conntrack_capacity",

@@ -1,30 +1,241 @@
 //! Schedule: pick a real server for a new connection.
+//!
+//! Everything expensive (wrr sequences, source-hash and Maglev tables) is
+//! built by the control thread when a configuration is published
+//! ([`SchedState::build`]); a worker's [`pick`] is a lookup, an atomic
+//! increment, or one pass over the servers' connection gauges.
+//! Weight 0 means quiescent everywhere: no new connections.
 
 use crate::services::{Server, Service};
 use lvc_proto::Scheduler;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
-/// Chooses the real server for a new connection to `svc`, or `None` when no
-/// server accepts new connections (none configured, or all weight 0).
-#[inline]
-pub fn pick(svc: &Service) -> Option<&Arc<Server>> {
-    match svc.scheduler {
-        Scheduler::Rr => round_robin(svc),
+/// Maglev lookup table size (a prime, as in Katran).
+pub const MAGLEV_SIZE: usize = 65537;
+/// Source-hash table size.
+const SH_SIZE: usize = 4096;
+/// Longest wrr cycle kept; larger weight sums are scaled down to this.
+const WRR_MAX_CYCLE: u64 = 1 << 16;
+
+/// A service's scheduler with its precomputed tables.
+#[derive(Debug)]
+pub struct SchedState {
+    pub kind: Scheduler,
+    /// rr/wrr position, shared by all workers and kept across
+    /// configuration changes.
+    cursor: Arc<AtomicUsize>,
+    /// wrr: the smooth cycle; sh/mh: bucket → server. Server indexes.
+    table: Vec<u16>,
+}
+
+impl SchedState {
+    /// Builds the scheduler for `servers` (in configuration order).
+    pub fn build(kind: Scheduler, servers: &[Arc<Server>], cursor: Arc<AtomicUsize>) -> Self {
+        let weights: Vec<u32> = servers.iter().map(|s| s.weight).collect();
+        let table = match kind {
+            Scheduler::Wrr => smooth_wrr_cycle(&weights),
+            Scheduler::Sh => source_hash_table(&weights),
+            Scheduler::Mh => {
+                let ids: Vec<String> = servers
+                    .iter()
+                    .map(|s| format!("{}:{}", s.addr, s.port))
+                    .collect();
+                maglev_table(&ids, &weights, MAGLEV_SIZE)
+            }
+            _ => Vec::new(),
+        };
+        Self {
+            kind,
+            cursor,
+            table,
+        }
     }
 }
 
-/// Plain round robin over servers with weight > 0 (weight 0 = quiescent:
-/// existing connections continue, no new ones), as IPVS's `rr`.
-fn round_robin(svc: &Service) -> Option<&Arc<Server>> {
-    let n = svc.servers.len();
-    if n == 0 {
-        return None;
+/// Chooses the real server for a new connection from `client` (host-order
+/// IPv4 address) to `svc`, or `None` if no server takes new connections.
+#[inline]
+pub fn pick(svc: &Service, client: u32) -> Option<&Arc<Server>> {
+    let servers = &svc.servers;
+    let st = &svc.sched;
+    match st.kind {
+        Scheduler::Rr => {
+            let n = servers.len();
+            if n == 0 {
+                return None;
+            }
+            let start = st.cursor.fetch_add(1, Relaxed);
+            (0..n)
+                .map(|i| &servers[start.wrapping_add(i) % n])
+                .find(|s| s.weight > 0)
+        }
+        Scheduler::Wrr => {
+            if st.table.is_empty() {
+                return None;
+            }
+            let i = st.cursor.fetch_add(1, Relaxed) % st.table.len();
+            servers.get(usize::from(st.table[i]))
+        }
+        Scheduler::Sh | Scheduler::Mh => {
+            if st.table.is_empty() {
+                return None;
+            }
+            let b = (mix32(client) % st.table.len() as u64) as usize;
+            servers.get(usize::from(st.table[b]))
+        }
+        Scheduler::Lc => least(servers, |s| (overhead(s), 1)),
+        Scheduler::Wlc => least(servers, |s| (overhead(s), u64::from(s.weight))),
+        Scheduler::Sed => least(servers, |s| (s.stats.active() + 1, u64::from(s.weight))),
+        Scheduler::Nq => servers
+            .iter()
+            .find(|s| s.weight > 0 && s.stats.active() == 0)
+            .or_else(|| least(servers, |s| (s.stats.active() + 1, u64::from(s.weight)))),
     }
-    let start = svc.rr.fetch_add(1, Relaxed);
-    (0..n)
-        .map(|i| &svc.servers[(start.wrapping_add(i)) % n])
-        .find(|s| s.weight > 0)
+}
+
+/// IPVS's connection overhead: active connections weigh 256 times more.
+#[inline]
+fn overhead(s: &Server) -> u64 {
+    s.stats.active() * 256 + s.stats.inactive()
+}
+
+/// The server with weight > 0 minimising `cost = num / den` (compared by
+/// cross-multiplication, first in configuration order on ties).
+#[inline]
+fn least(servers: &[Arc<Server>], cost: impl Fn(&Server) -> (u64, u64)) -> Option<&Arc<Server>> {
+    let mut best: Option<(&Arc<Server>, u64, u64)> = None;
+    for s in servers.iter().filter(|s| s.weight > 0) {
+        let (n, d) = cost(s);
+        match best {
+            Some((_, bn, bd))
+                if u128::from(n) * u128::from(bd) >= u128::from(bn) * u128::from(d) => {}
+            _ => best = Some((s, n, d)),
+        }
+    }
+    best.map(|(s, _, _)| s)
+}
+
+fn gcd(a: u64, b: u64) -> u64 {
+    if b == 0 { a } else { gcd(b, a % b) }
+}
+
+/// Weights divided by their gcd and, if their sum exceeds `max_sum`,
+/// scaled down proportionally (each non-zero weight stays ≥ 1).
+fn reduce(weights: &[u32], max_sum: u64) -> Vec<u64> {
+    let g = weights.iter().fold(0u64, |g, &w| gcd(g, u64::from(w)));
+    if g == 0 {
+        return vec![0; weights.len()];
+    }
+    let w: Vec<u64> = weights.iter().map(|&w| u64::from(w) / g).collect();
+    let sum: u64 = w.iter().sum();
+    if sum <= max_sum {
+        return w;
+    }
+    w.iter()
+        .map(|&x| {
+            if x == 0 {
+                0
+            } else {
+                (x * max_sum / sum).max(1)
+            }
+        })
+        .collect()
+}
+
+/// One full cycle of smooth weighted round robin (nginx's algorithm): every
+/// step each server gains its weight, the richest is chosen and pays the
+/// total. Weights 3:1 give a, a, b, a — never a burst to the heaviest.
+pub fn smooth_wrr_cycle(weights: &[u32]) -> Vec<u16> {
+    let w = reduce(weights, WRR_MAX_CYCLE);
+    let total: i64 = w.iter().sum::<u64>() as i64;
+    let mut current = vec![0i64; w.len()];
+    let mut cycle = Vec::with_capacity(total as usize);
+    for _ in 0..total {
+        let mut best = 0;
+        for i in 0..w.len() {
+            current[i] += w[i] as i64;
+            if current[i] > current[best] || w[best] == 0 {
+                best = i;
+            }
+        }
+        current[best] -= total;
+        cycle.push(best as u16);
+    }
+    cycle
+}
+
+/// Source-hash buckets, each server holding a share proportional to its
+/// weight, interleaved.
+fn source_hash_table(weights: &[u32]) -> Vec<u16> {
+    let cycle = smooth_wrr_cycle(weights);
+    if cycle.is_empty() {
+        return cycle;
+    }
+    (0..SH_SIZE).map(|b| cycle[b % cycle.len()]).collect()
+}
+
+/// FNV-1a, 64 bit: stable across releases and machines, so every director
+/// with the same configuration builds the same Maglev table.
+fn fnv1a(data: &[u8], seed: u64) -> u64 {
+    let mut h = 0xcbf2_9ce4_8422_2325u64 ^ seed;
+    for &b in data {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// A stable 64-bit mix of a client address (splitmix64 finaliser).
+#[inline]
+fn mix32(x: u32) -> u64 {
+    let mut z = u64::from(x).wrapping_add(0x9e37_79b9_7f4a_7c15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// The Maglev lookup table (Eisenbud et al., NSDI 2016) with weights: each
+/// server walks its own permutation of the `m` slots (offset and skip from
+/// two hashes of its identity) and, per round, claims as many free slots
+/// as its (reduced) weight. Removing one of N servers moves about 1/N of
+/// the slots.
+pub fn maglev_table(ids: &[String], weights: &[u32], m: usize) -> Vec<u16> {
+    let w = reduce(weights, m as u64 / 4);
+    if w.iter().all(|&x| x == 0) {
+        return Vec::new();
+    }
+    let m64 = m as u64;
+    let perm: Vec<(u64, u64)> = ids
+        .iter()
+        .map(|id| {
+            let offset = fnv1a(id.as_bytes(), 0x5bd1_e995) % m64;
+            let skip = fnv1a(id.as_bytes(), 0x1b87_3593) % (m64 - 1) + 1;
+            (offset, skip)
+        })
+        .collect();
+    let mut next = vec![0u64; ids.len()];
+    let mut table = vec![u16::MAX; m];
+    let mut filled = 0;
+    'fill: loop {
+        for i in 0..ids.len() {
+            for _ in 0..w[i] {
+                let (offset, skip) = perm[i];
+                let mut slot = ((offset + next[i] * skip) % m64) as usize;
+                while table[slot] != u16::MAX {
+                    next[i] += 1;
+                    slot = ((offset + next[i] * skip) % m64) as usize;
+                }
+                table[slot] = i as u16;
+                next[i] += 1;
+                filled += 1;
+                if filled == m {
+                    break 'fill;
+                }
+            }
+        }
+    }
+    table
 }
 
 #[cfg(test)]
@@ -32,42 +243,156 @@ mod tests {
     use super::*;
     use crate::stats::TrafficStats;
     use lvc_proto::Method;
-    use std::sync::atomic::AtomicUsize;
 
-    fn svc(weights: &[u32]) -> Service {
+    fn server(i: usize, w: u32) -> Arc<Server> {
+        Arc::new(Server {
+            addr: [10, 0, 1, i as u8 + 1].into(),
+            port: 80,
+            weight: w,
+            method: Method::Nat,
+            stats: Arc::new(TrafficStats::default()),
+        })
+    }
+
+    fn svc(kind: Scheduler, weights: &[u32]) -> Service {
+        let servers: Vec<Arc<Server>> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| server(i, w))
+            .collect();
         Service {
             key: "tcp:10.0.0.10:80".parse().unwrap(),
-            scheduler: Scheduler::Rr,
-            servers: weights
-                .iter()
-                .enumerate()
-                .map(|(i, &w)| {
-                    Arc::new(Server {
-                        addr: [10, 0, 1, i as u8 + 1].into(),
-                        port: 80,
-                        weight: w,
-                        method: Method::Nat,
-                        stats: Arc::new(TrafficStats::default()),
-                    })
-                })
-                .collect(),
-            rr: Arc::new(AtomicUsize::new(0)),
+            sched: SchedState::build(kind, &servers, Arc::default()),
+            servers,
             stats: Arc::new(TrafficStats::default()),
+            persistence: None,
         }
+    }
+
+    fn picks(s: &Service, n: usize) -> Vec<u8> {
+        (0..n as u32)
+            .map(|c| pick(s, c).unwrap().addr.octets()[3])
+            .collect()
     }
 
     #[test]
     fn rr_alternates() {
-        let s = svc(&[1, 1, 1]);
-        let picks: Vec<u8> = (0..6).map(|_| pick(&s).unwrap().addr.octets()[3]).collect();
-        assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
+        assert_eq!(
+            picks(&svc(Scheduler::Rr, &[1, 1, 1]), 6),
+            [1, 2, 3, 1, 2, 3]
+        );
     }
 
     #[test]
-    fn weight_zero_is_quiescent() {
-        let s = svc(&[1, 0, 1]);
-        assert!((0..10).all(|_| pick(&s).unwrap().addr.octets()[3] != 2));
-        assert!(pick(&svc(&[0, 0])).is_none());
-        assert!(pick(&svc(&[])).is_none());
+    fn weight_zero_is_quiescent_everywhere() {
+        for kind in Scheduler::ALL {
+            let s = svc(kind, &[1, 0, 1]);
+            for c in 0..200u32 {
+                assert_ne!(
+                    pick(&s, c.wrapping_mul(2_654_435_761))
+                        .unwrap()
+                        .addr
+                        .octets()[3],
+                    2,
+                    "{kind:?}"
+                );
+            }
+            assert!(pick(&svc(kind, &[0, 0]), 1).is_none(), "{kind:?}");
+            assert!(pick(&svc(kind, &[]), 1).is_none(), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn wrr_is_smooth_and_exact() {
+        assert_eq!(smooth_wrr_cycle(&[3, 1]), [0, 0, 1, 0]);
+        assert_eq!(smooth_wrr_cycle(&[5, 1, 1]), [0, 0, 1, 0, 2, 0, 0]);
+        // 3:1 gives exactly 75/25 over a whole cycle, and over many cycles.
+        let s = svc(Scheduler::Wrr, &[30, 10]);
+        let p = picks(&s, 400);
+        assert_eq!(p.iter().filter(|&&x| x == 1).count(), 300);
+        // Never more than 3 in a row for the heavy one.
+        assert!(p.windows(4).all(|w| w.contains(&2)), "{p:?}");
+    }
+
+    #[test]
+    fn least_connection_family() {
+        let s = svc(Scheduler::Wlc, &[1, 3]);
+        // Equal overhead: first server; then by overhead / weight.
+        s.servers[0].stats.active.store(1, Relaxed);
+        s.servers[1].stats.active.store(2, Relaxed);
+        // 256/1 vs 512/3: the second wins.
+        assert_eq!(pick(&s, 0).unwrap().addr.octets()[3], 2);
+        s.servers[1].stats.active.store(4, Relaxed);
+        // 256/1 vs 1024/3 = 341: the first wins.
+        assert_eq!(pick(&s, 0).unwrap().addr.octets()[3], 1);
+
+        let s = svc(Scheduler::Lc, &[1, 100]);
+        s.servers[1].stats.inactive.store(3, Relaxed);
+        assert_eq!(
+            pick(&s, 0).unwrap().addr.octets()[3],
+            1,
+            "lc ignores weights"
+        );
+
+        let s = svc(Scheduler::Sed, &[1, 2]);
+        s.servers[0].stats.active.store(0, Relaxed);
+        s.servers[1].stats.active.store(1, Relaxed);
+        // (0+1)/1 vs (1+1)/2: tie → first.
+        assert_eq!(pick(&s, 0).unwrap().addr.octets()[3], 1);
+
+        let s = svc(Scheduler::Nq, &[1, 10]);
+        s.servers[1].stats.active.store(1, Relaxed);
+        assert_eq!(
+            pick(&s, 0).unwrap().addr.octets()[3],
+            1,
+            "nq takes the idle server"
+        );
+    }
+
+    #[test]
+    fn source_hash_is_sticky_and_weighted() {
+        let s = svc(Scheduler::Sh, &[1, 3]);
+        for c in 0..100u32 {
+            assert_eq!(pick(&s, c).map(|x| x.addr), pick(&s, c).map(|x| x.addr));
+        }
+        let heavy = (0..40_000u32)
+            .filter(|&c| pick(&s, c * 7919).unwrap().addr.octets()[3] == 2)
+            .count();
+        assert!((28_000..32_000).contains(&heavy), "{heavy}");
+    }
+
+    #[test]
+    fn maglev_weights_consistency_and_disruption() {
+        let ids: Vec<String> = (0..10).map(|i| format!("10.0.1.{i}:80")).collect();
+        let t = maglev_table(&ids, &[1; 10], MAGLEV_SIZE);
+        assert_eq!(t.len(), MAGLEV_SIZE);
+        // Same input, same table (every director, every restart).
+        assert_eq!(t, maglev_table(&ids, &[1; 10], MAGLEV_SIZE));
+        let share =
+            |t: &[u16], i: u16| t.iter().filter(|&&x| x == i).count() as f64 / t.len() as f64;
+        for i in 0..10 {
+            assert!(
+                (share(&t, i) - 0.1).abs() < 0.01,
+                "server {i}: {}",
+                share(&t, i)
+            );
+        }
+        // Remove server 3: only its slots move (plus a little).
+        let mut ids9 = ids.clone();
+        ids9.remove(3);
+        let t9 = maglev_table(&ids9, &[1; 9], MAGLEV_SIZE);
+        let moved = t
+            .iter()
+            .zip(&t9)
+            .filter(|&(&a, &b)| a != 3 && ids[usize::from(a)] != ids9[usize::from(b)])
+            .count() as f64
+            / MAGLEV_SIZE as f64;
+        assert!(
+            moved < 0.03,
+            "disruption beyond the removed server's 1/N: {moved}"
+        );
+        // Weights: 1:3.
+        let w = maglev_table(&ids[..2], &[1, 3], MAGLEV_SIZE);
+        assert!((share(&w, 1) - 0.75).abs() < 0.01, "{}", share(&w, 1));
     }
 }

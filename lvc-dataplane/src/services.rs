@@ -5,12 +5,14 @@
 //! snapshot once per batch. Changes therefore reach the workers without a
 //! lock and without pausing forwarding.
 
+use crate::schedule::SchedState;
 use crate::stats::TrafficStats;
-use lvc_proto::{Method, Scheduler, ServiceKey};
+use dashmap::DashMap;
+use lvc_proto::{Method, ServiceKey};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// A real server as the workers see it.
 #[derive(Debug)]
@@ -32,11 +34,57 @@ impl std::fmt::Debug for TrafficStats {
 #[derive(Debug)]
 pub struct Service {
     pub key: ServiceKey,
-    pub scheduler: Scheduler,
+    pub sched: SchedState,
     pub servers: Vec<Arc<Server>>,
-    /// Round-robin cursor, shared by all workers.
-    pub rr: Arc<AtomicUsize>,
     pub stats: Arc<TrafficStats>,
+    /// Client affinity (`--persistent`), if configured.
+    pub persistence: Option<Persistence>,
+}
+
+/// Persistence ("persistent port connections"): every connection from the
+/// same client network goes to the same real server while its template
+/// lives.
+#[derive(Debug, Clone)]
+pub struct Persistence {
+    /// Seconds a template outlives its last connection.
+    pub timeout: u32,
+    /// Host-order mask applied to client addresses.
+    pub netmask: u32,
+    /// Client network → template; shared by all workers and kept across
+    /// configuration changes.
+    pub templates: Arc<DashMap<u32, Arc<Template>, ahash::RandomState>>,
+}
+
+/// Which server a client network sticks to.
+#[derive(Debug)]
+pub struct Template {
+    /// The server's address and port (servers are re-created on every
+    /// configuration change; this survives them).
+    pub server: (Ipv4Addr, u16),
+    /// When a connection last used the template (seconds since start).
+    pub last_used: AtomicU32,
+    /// Connections it controls that are still tracked.
+    pub conns: AtomicU32,
+}
+
+impl Persistence {
+    pub fn new(timeout: u32, netmask: u32) -> Self {
+        Self {
+            timeout,
+            netmask,
+            templates: Arc::new(DashMap::with_hasher(ahash::RandomState::new())),
+        }
+    }
+
+    /// Drops templates without connections idle for `timeout`; returns how
+    /// many are left.
+    pub fn sweep(&self, now: u32) -> usize {
+        self.templates.retain(|_, t| {
+            t.conns.load(Relaxed) > 0
+                || now.saturating_sub(t.last_used.load(Relaxed)) < self.timeout
+        });
+        self.templates.len()
+    }
 }
 
 /// Lookup key: (protocol, VIP host order, port).

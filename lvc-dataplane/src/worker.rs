@@ -13,13 +13,13 @@ use crate::parse::{Packet, parse};
 use crate::rewrite;
 use crate::route::{NeighRequest, NextHop, RouteTable};
 use crate::schedule;
-use crate::services::ServiceTable;
+use crate::services::{Persistence, Server, Service, ServiceTable, Template};
 use crate::stats::{Drop, WorkerStats, bump};
 use crate::xsk::{Frame, WorkerIo};
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Frames taken from one RX ring per iteration.
@@ -248,14 +248,17 @@ fn new_conn(
     if !opens_connection(k.proto, pkt.tcp_flags) {
         return Err(Drop::NoFlow);
     }
-    let server = schedule::pick(svc).ok_or(Drop::NoServer)?;
+    let (server, template) = match &svc.persistence {
+        None => (schedule::pick(svc, k.src).ok_or(Drop::NoServer)?, None),
+        Some(p) => persistent_pick(svc, p, k.src, now)?,
+    };
     // A port-0 service keeps the client's destination port.
     let real_port = if server.port == 0 {
         k.dport
     } else {
         server.port
     };
-    ct.insert(Conn::new(
+    let conn = Conn::new(
         k.proto,
         (k.src, k.sport),
         (k.dst, k.dport),
@@ -263,5 +266,151 @@ fn new_conn(
         real_port,
         svc.stats.clone(),
         now,
-    ))
+    );
+    ct.insert(match template {
+        Some(t) => conn.with_template(t),
+        None => conn,
+    })
+}
+
+/// The server a client network's template names, if it is still in the
+/// service and takes new connections; else a fresh pick, recorded.
+#[inline]
+fn persistent_pick<'a>(
+    svc: &'a Service,
+    p: &Persistence,
+    client: u32,
+    now: u32,
+) -> Result<(&'a Arc<Server>, Option<Arc<Template>>), Drop> {
+    let net = client & p.netmask;
+    let find = |t: &Template| {
+        svc.servers
+            .iter()
+            .find(|s| (s.addr, s.port) == t.server && s.weight > 0)
+    };
+    if let Some(t) = p.templates.get(&net)
+        && let Some(s) = find(&t)
+    {
+        t.last_used.store(now, Relaxed);
+        return Ok((s, Some(t.clone())));
+    }
+    let server = schedule::pick(svc, client).ok_or(Drop::NoServer)?;
+    let t = Arc::new(Template {
+        server: (server.addr, server.port),
+        last_used: AtomicU32::new(now),
+        conns: AtomicU32::new(0),
+    });
+    // Two workers may race for the same client network: the first template
+    // in wins, and both connections follow it.
+    let t = p
+        .templates
+        .entry(net)
+        .and_modify(|old| {
+            if find(old).is_none() {
+                *old = t.clone();
+            }
+        })
+        .or_insert(t)
+        .clone();
+    let server = find(&t).unwrap_or(server);
+    Ok((server, Some(t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::SchedState;
+    use crate::stats::TrafficStats;
+    use lvc_proto::{Method, Scheduler};
+
+    fn service(weights: &[u32], persistence: Persistence) -> Service {
+        let servers: Vec<Arc<Server>> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                Arc::new(Server {
+                    addr: [10, 2, 0, 11 + i as u8].into(),
+                    port: 80,
+                    weight: w,
+                    method: Method::Nat,
+                    stats: Arc::new(TrafficStats::default()),
+                })
+            })
+            .collect();
+        Service {
+            key: "tcp:10.9.0.10:80".parse().unwrap(),
+            sched: SchedState::build(Scheduler::Rr, &servers, Arc::default()),
+            servers,
+            stats: Arc::new(TrafficStats::default()),
+            persistence: Some(persistence),
+        }
+    }
+
+    fn pick(svc: &Service, client: u32, now: u32) -> u8 {
+        persistent_pick(svc, svc.persistence.as_ref().unwrap(), client, now)
+            .unwrap()
+            .0
+            .addr
+            .octets()[3]
+    }
+
+    #[test]
+    fn persistence_sticks_per_client_network() {
+        let svc = service(&[1, 1], Persistence::new(360, 0xffff_ff00));
+        let a = pick(&svc, 0x0a01_0002, 0);
+        // Same /24: same server, many times; round robin would alternate.
+        for host in 3..20 {
+            assert_eq!(pick(&svc, 0x0a01_0000 | host, 1), a);
+        }
+        // Another network gets the other server (rr moved on once).
+        assert_ne!(pick(&svc, 0x0a01_0102, 1), a);
+    }
+
+    #[test]
+    fn template_expires_and_follows_removed_or_quiesced_servers() {
+        let p = Persistence::new(10, u32::MAX);
+        let svc = service(&[1, 1], p.clone());
+        let first = pick(&svc, 7, 0);
+        assert_eq!(pick(&svc, 7, 5), first);
+        // No connections hold it: gone 10 s after its last use.
+        assert_eq!(p.sweep(14), 1);
+        assert_eq!(p.sweep(15), 0);
+        // A template whose server went quiescent is replaced.
+        let first = pick(&svc, 8, 20);
+        let weights: Vec<u32> = [11u8, 12]
+            .iter()
+            .map(|&o| if o == first { 0 } else { 1 })
+            .collect();
+        let mut svc2 = service(&weights, p.clone());
+        svc2.persistence = Some(p.clone());
+        assert_ne!(pick(&svc2, 8, 21), first);
+        assert_eq!(pick(&svc2, 8, 22), pick(&svc2, 8, 23));
+    }
+
+    #[test]
+    fn templates_live_while_connections_do() {
+        let ct = Conntrack::new(16);
+        let svc = service(&[1, 1], Persistence::new(10, u32::MAX));
+        let p = svc.persistence.clone().unwrap();
+        let table = ServiceTable::new([Arc::new(svc)]);
+        let pkt = Packet {
+            key: crate::parse::FlowKey {
+                src: 7,
+                dst: 0x0a09_000a,
+                sport: 1000,
+                dport: 80,
+                proto: crate::parse::PROTO_TCP,
+            },
+            l4_off: 34,
+            ip_len: 40,
+            tcp_flags: crate::parse::TCP_SYN,
+        };
+        let c = new_conn(&pkt, 0, &table, &ct).unwrap();
+        assert_eq!(c.template.as_ref().unwrap().conns.load(Relaxed), 1);
+        // Past the persistence timeout, but the handshake lives (60 s).
+        assert_eq!(p.sweep(50), 1);
+        assert_eq!(ct.sweep(60), 1);
+        assert_eq!(p.sweep(65), 1, "kept for 10 s after its last connection");
+        assert_eq!(p.sweep(70), 0);
+    }
 }

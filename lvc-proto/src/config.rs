@@ -81,6 +81,12 @@ pub struct ServiceConfig {
     pub udp: Option<String>,
     #[serde(default)]
     pub scheduler: Scheduler,
+    /// Persistence timeout, seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<u32>,
+    /// Persistence granularity (a contiguous IPv4 mask).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netmask: Option<std::net::Ipv4Addr>,
     #[serde(default, rename = "server")]
     pub servers: Vec<ServerConfig>,
 }
@@ -133,6 +139,12 @@ impl ConfigFile {
                 let _ = writeln!(s, "udp = {}", quote(a));
             }
             let _ = writeln!(s, "scheduler = \"{}\"", svc.scheduler);
+            if let Some(p) = svc.persistent {
+                let _ = writeln!(s, "persistent = {p}");
+            }
+            if let Some(m) = svc.netmask {
+                let _ = writeln!(s, "netmask = \"{m}\"");
+            }
             for srv in &svc.servers {
                 let _ = write!(
                     s,
@@ -170,9 +182,13 @@ impl ConfigFile {
             if !seen.insert(key) {
                 return Err(at(None, format!("service {key} is defined twice")));
             }
+            crate::check_persistence(svc.persistent, svc.netmask)
+                .map_err(|e| at(None, format!("service {key}: {e}")))?;
             out.push(Request::AddService {
                 service: key,
                 scheduler: svc.scheduler,
+                persistent: svc.persistent,
+                netmask: svc.netmask,
             });
             let mut reals = HashSet::new();
             for (j, srv) in svc.servers.iter().enumerate() {
@@ -318,7 +334,9 @@ method = "dnat"
 
 [[service]]
 tcp = "10.0.0.10:80"
-scheduler = "rr"
+scheduler = "wrr"
+persistent = 600
+netmask = "255.255.255.0"
 
 [[service.server]]
 real = "10.0.1.2:8080"

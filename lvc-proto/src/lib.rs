@@ -16,6 +16,7 @@ mod types;
 pub use types::*;
 
 use serde::{Deserialize, Serialize};
+use std::net::Ipv4Addr;
 
 /// Protocol version; bump on any incompatible change.
 pub const VERSION: u32 = 1;
@@ -68,6 +69,12 @@ pub enum Request {
         service: ServiceKey,
         #[serde(default)]
         scheduler: Scheduler,
+        /// Persistence timeout in seconds (client affinity); none = off.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        persistent: Option<u32>,
+        /// Granularity of persistence: clients in one netmask share a server.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        netmask: Option<Ipv4Addr>,
     },
     DelService {
         service: ServiceKey,
@@ -89,6 +96,11 @@ pub enum Request {
         service: ServiceKey,
         #[serde(default)]
         scheduler: Option<Scheduler>,
+        /// New persistence timeout; 0 turns persistence off.
+        #[serde(default)]
+        persistent: Option<u32>,
+        #[serde(default)]
+        netmask: Option<Ipv4Addr>,
     },
     /// Changes a real server's weight and/or method (ipvsadm -e).
     EditServer {

@@ -159,19 +159,55 @@ impl<'de> Deserialize<'de> for RealSpec {
     }
 }
 
-/// How new connections are spread over a service's real servers.
+/// How new connections are spread over a service's real servers (IPVS's
+/// names and semantics).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     /// Round robin.
     #[default]
     Rr,
+    /// Weighted round robin, smoothly interleaved (no bursts to the
+    /// heaviest server).
+    Wrr,
+    /// Least connections (IPVS overhead: active × 256 + inactive).
+    Lc,
+    /// Weighted least connections: least overhead / weight.
+    Wlc,
+    /// Shortest expected delay: least (active + 1) / weight.
+    Sed,
+    /// Never queue: an idle server if there is one, else `sed`.
+    Nq,
+    /// Source hashing: the client address picks the server.
+    Sh,
+    /// Maglev consistent hashing of the client address: weights honoured,
+    /// minimal disruption when servers change, the same choice on every
+    /// director with the same configuration.
+    Mh,
 }
 
 impl Scheduler {
+    pub const ALL: [Scheduler; 8] = [
+        Scheduler::Rr,
+        Scheduler::Wrr,
+        Scheduler::Lc,
+        Scheduler::Wlc,
+        Scheduler::Sed,
+        Scheduler::Nq,
+        Scheduler::Sh,
+        Scheduler::Mh,
+    ];
+
     pub fn name(self) -> &'static str {
         match self {
             Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Sed => "sed",
+            Scheduler::Nq => "nq",
+            Scheduler::Sh => "sh",
+            Scheduler::Mh => "mh",
         }
     }
 }
@@ -179,10 +215,12 @@ impl Scheduler {
 impl FromStr for Scheduler {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "rr" => Ok(Scheduler::Rr),
-            other => Err(format!("unknown scheduler `{other}` (known: rr)")),
-        }
+        Scheduler::ALL
+            .into_iter()
+            .find(|x| x.name() == s)
+            .ok_or_else(|| {
+                format!("unknown scheduler `{s}` (known: rr, wrr, lc, wlc, sed, nq, sh, mh)")
+            })
     }
 }
 
@@ -241,6 +279,37 @@ impl fmt::Display for Method {
 
 /// Largest accepted weight (as ipvsadm).
 pub const MAX_WEIGHT: u32 = 65535;
+
+/// Persistence timeout when `--persistent` has no value (the paper's).
+pub const DEFAULT_PERSISTENCE: u32 = 360;
+/// Longest persistence timeout accepted (one week).
+pub const MAX_PERSISTENCE: u32 = 7 * 24 * 3600;
+
+/// Checks persistence settings: timeout range and a contiguous netmask.
+pub fn check_persistence(
+    persistent: Option<u32>,
+    netmask: Option<std::net::Ipv4Addr>,
+) -> Result<(), String> {
+    if let Some(t) = persistent
+        && !(1..=MAX_PERSISTENCE).contains(&t)
+    {
+        return Err(format!(
+            "persistence timeout must be 1..={MAX_PERSISTENCE} seconds, got {t}"
+        ));
+    }
+    if let Some(m) = netmask {
+        let bits = u32::from(m);
+        if bits.leading_ones() + bits.trailing_zeros() != 32 {
+            return Err(format!(
+                "netmask {m} is not a contiguous mask (like 255.255.255.0)"
+            ));
+        }
+        if persistent.is_none() {
+            return Err("a netmask only applies to a persistent service: give --persistent".into());
+        }
+    }
+    Ok(())
+}
 
 /// Traffic counters, as `ipvsadm --stats` shows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -331,6 +400,12 @@ pub struct ServerInfo {
 pub struct ServiceInfo {
     pub service: ServiceKey,
     pub scheduler: Scheduler,
+    /// Persistence timeout, seconds, if persistent.
+    #[serde(default)]
+    pub persistent: Option<u32>,
+    /// Persistence granularity.
+    #[serde(default)]
+    pub netmask: Option<std::net::Ipv4Addr>,
     pub servers: Vec<ServerInfo>,
     pub stats: Counters,
     pub rates: Rates,

@@ -1,0 +1,206 @@
+//! Schedulers, live edits, weight-0 draining and persistence, with real
+//! clients through the VIP.
+
+use lvc_tests::privileged;
+use lvc_tests::topo::{Arms, Topo, VIP, server_ip};
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::time::Duration;
+
+fn lab(tag: &str) -> Topo {
+    let mut t = Topo::build(tag, Arms::Two, 2, 2);
+    t.start_servers();
+    t.start_lvc();
+    t
+}
+
+/// `n` sequential HTTP requests; how many each server answered.
+fn split(t: &Topo, port: u16, n: usize) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for i in 0..n {
+        let body = t
+            .curl(&format!("http://{VIP}:{port}/"))
+            .unwrap_or_else(|| panic!("request {i} failed:\n{}", t.lab.log("lvc")));
+        *m.entry(body.trim().to_owned()).or_default() += 1;
+    }
+    m
+}
+
+fn count(m: &BTreeMap<String, usize>, server: &str) -> usize {
+    m.get(server).copied().unwrap_or(0)
+}
+
+#[test]
+fn scheduler_splits_and_live_changes() {
+    if !privileged("scheduler_splits_and_live_changes") {
+        return;
+    }
+    let t = lab("sched");
+    let svc = format!("{VIP}:80");
+    t.ctl_ok(&["add-service", "--tcp", &svc, "--scheduler", "wrr"]);
+    t.ctl_ok(&[
+        "add-server",
+        "--tcp",
+        &svc,
+        "--real",
+        &server_ip(0),
+        "--weight",
+        "3",
+    ]);
+    t.ctl_ok(&[
+        "add-server",
+        "--tcp",
+        &svc,
+        "--real",
+        &server_ip(1),
+        "--weight",
+        "1",
+    ]);
+    // wrr 3:1 over whole cycles: exactly 75/25.
+    let m = split(&t, 80, 40);
+    assert_eq!((count(&m, "rs1"), count(&m, "rs2")), (30, 10), "{m:?}");
+
+    // Live weight change: 1:1.
+    t.ctl_ok(&[
+        "edit-server",
+        "--tcp",
+        &svc,
+        "--real",
+        &server_ip(0),
+        "--weight",
+        "1",
+    ]);
+    let m = split(&t, 80, 20);
+    assert_eq!((count(&m, "rs1"), count(&m, "rs2")), (10, 10), "{m:?}");
+
+    // Live scheduler change to wlc with weights 1:3. Finished connections
+    // linger as inactive (FIN_WAIT), so wlc sees each server's load; start
+    // from an empty table (FIN_WAIT lasts 1 s here).
+    t.ctl_ok(&["set-timeouts", "--tcpfin", "1"]);
+    let empty = t.lab.wait_until(Duration::from_secs(15), || {
+        let v: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["status", "--json"])).unwrap();
+        v["flows"] == 0
+    });
+    assert!(empty, "connections did not expire");
+    t.ctl_ok(&[
+        "edit-server",
+        "--tcp",
+        &svc,
+        "--real",
+        &server_ip(1),
+        "--weight",
+        "3",
+    ]);
+    t.ctl_ok(&["edit-service", "--tcp", &svc, "--scheduler", "wlc"]);
+    let m = split(&t, 80, 40);
+    let rs2 = count(&m, "rs2");
+    assert!((27..=33).contains(&rs2), "wlc 1:3 over 40: {m:?}");
+    assert!(t.ctl_ok(&["list"]).contains("wlc"));
+
+    // Maglev: one client address always lands on one server.
+    t.ctl_ok(&["edit-service", "--tcp", &svc, "--scheduler", "mh"]);
+    let m = split(&t, 80, 10);
+    assert_eq!(m.len(), 1, "mh hashes the client: {m:?}");
+}
+
+#[test]
+fn weight_zero_drains_and_persistence_sticks() {
+    if !privileged("weight_zero_drains_and_persistence_sticks") {
+        return;
+    }
+    let t = lab("drain0");
+    t.add_service("tcp", 7, "nat");
+    // A long-lived connection to whichever server rr picks first (rs1).
+    let mut child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.lab.ns("client"),
+            "socat",
+            "-T",
+            "30",
+            "-",
+            &format!("TCP:{VIP}:7"),
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut output = BufReader::new(child.stdout.take().unwrap());
+    let mut echo = |msg: &str| {
+        input.write_all(msg.as_bytes()).unwrap();
+        let mut line = String::new();
+        output.read_line(&mut line).unwrap();
+        assert_eq!(line, msg);
+    };
+    echo("hello\n");
+    let conns: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["conns", "--json"])).unwrap();
+    let busy = conns["conns"][0]["real"]
+        .as_str()
+        .unwrap()
+        .split(':')
+        .next()
+        .unwrap()
+        .to_owned();
+    t.ctl_ok(&[
+        "edit-server",
+        "--tcp",
+        &format!("{VIP}:7"),
+        "--real",
+        &busy,
+        "--weight",
+        "0",
+    ]);
+    // The existing connection continues…
+    echo("still here\n");
+    // …and new ones all go elsewhere.
+    t.add_service("tcp", 80, "nat");
+    for srv in 0..2 {
+        if server_ip(srv) == busy {
+            t.ctl_ok(&[
+                "edit-server",
+                "--tcp",
+                &format!("{VIP}:80"),
+                "--real",
+                &busy,
+                "--weight",
+                "0",
+            ]);
+        }
+    }
+    let m = split(&t, 80, 6);
+    assert_eq!(m.len(), 1, "{m:?}");
+    assert!(t.ctl_ok(&["list"]).contains(" 0      "), "weight 0 listed");
+    drop(input);
+    let _ = child.wait();
+
+    // Persistence: one client sticks to one server; after the template
+    // expires (2 s after its last connection, which lingers 1 s in
+    // FIN_WAIT here) the next choice moves on.
+    t.ctl_ok(&["set-timeouts", "--tcpfin", "1"]);
+    let svc = format!("{VIP}:8080");
+    t.ctl_ok(&["add-service", "--tcp", &svc, "--persistent", "2"]);
+    for i in 0..2 {
+        t.ctl_ok(&[
+            "add-server",
+            "--tcp",
+            &svc,
+            "--real",
+            &format!("{}:80", server_ip(i)),
+        ]);
+    }
+    assert!(t.ctl_ok(&["list"]).contains("persistent 2"));
+    let first = split(&t, 8080, 8);
+    assert_eq!(first.len(), 1, "persistent: {first:?}");
+    std::thread::sleep(Duration::from_secs(5));
+    let second = split(&t, 8080, 8);
+    assert_eq!(second.len(), 1, "persistent again: {second:?}");
+    assert_ne!(
+        first.keys().next(),
+        second.keys().next(),
+        "after expiry the next server is chosen"
+    );
+    let saved = t.ctl_ok(&["save"]);
+    assert!(saved.contains("persistent = 2"), "{saved}");
+}
