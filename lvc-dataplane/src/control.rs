@@ -613,8 +613,8 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
                     ),
                 ));
             }
-            check_method(service, *method)?;
             let addr = real.resolve(service);
+            check_method(service, *method, addr.port())?;
             if svc.servers.iter().any(|r| r.addr == addr) {
                 return Err(err(
                     ErrorCode::Exists,
@@ -694,7 +694,7 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
                 srv.weight = *w;
             }
             if let Some(m) = method {
-                check_method(service, *m)?;
+                check_method(service, *m, addr.port())?;
                 srv.method = *m;
             }
         }
@@ -716,7 +716,16 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
 /// packet the real server sends (its DNS, updates, …) and lvc would drop
 /// what belongs to no connection: refused until replies are steered per
 /// flow.
-fn check_method(service: &ServiceKey, method: Method) -> Result<(), ErrorReply> {
+fn check_method(service: &ServiceKey, method: Method, real_port: u16) -> Result<(), ErrorReply> {
+    if method == Method::Dr && real_port != service.addr.port() {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "service {service}: the dr method cannot remap ports (the frame reaches the real \
+                 server unchanged): give the real server without a port, or use nat/dnat"
+            ),
+        ));
+    }
     if method == Method::Nat && service.addr.port() == 0 {
         return Err(err(
             ErrorCode::InvalidArgument,

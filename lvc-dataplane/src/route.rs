@@ -142,6 +142,17 @@ impl RouteTable {
         }
     }
 
+    /// Like [`next_hop`](Self::next_hop), for a destination that must be
+    /// on a directly connected network (direct routing: the frame keeps
+    /// the VIP as destination, so a gateway would route it straight back).
+    #[inline]
+    pub fn next_hop_onlink(&self, dst: u32) -> NextHop {
+        match self.routes.iter().find(|r| r.covers(dst)) {
+            Some(r) if r.gateway.is_none() => self.next_hop(dst),
+            _ => NextHop::None,
+        }
+    }
+
     /// The director's own addresses.
     pub fn locals(&self) -> &[IpAddr] {
         &self.locals

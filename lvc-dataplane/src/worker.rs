@@ -18,6 +18,7 @@ use crate::stats::{Drop, WorkerStats, bump};
 use crate::xsk::{Frame, WorkerIo};
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
+use lvc_proto::Method;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -200,6 +201,18 @@ fn forward(
     conn.touch(now, dir, pkt.tcp_flags);
     let len = f.len();
     let next = match dir {
+        Dir::Original if conn.method == Method::Dr => {
+            // Direct routing: the frame goes on unchanged but for its MACs.
+            conn.service.count_in(len);
+            conn.server.stats.count_in(len);
+            return send_to(
+                f,
+                routes.next_hop_onlink(conn.real.0),
+                conn.real.0,
+                shared,
+                port_ifindex,
+            );
+        }
         Dir::Original => {
             conn.service.count_in(len);
             conn.server.stats.count_in(len);
@@ -214,7 +227,20 @@ fn forward(
         }
     };
     rewrite::decrement_ttl(f)?;
-    match routes.next_hop(next) {
+    send_to(f, routes.next_hop(next), next, shared, port_ifindex)
+}
+
+/// Addresses the frame to `hop` and picks its egress port, or parks it
+/// while the neighbour resolves.
+#[inline]
+fn send_to(
+    f: &mut [u8],
+    hop: NextHop,
+    next: u32,
+    shared: &Shared,
+    port_ifindex: &[u32],
+) -> Result<Verdict, Drop> {
+    match hop {
         NextHop::Ready(l2) => {
             let port = port_ifindex
                 .iter()

@@ -241,6 +241,9 @@ pub enum Method {
     /// The paper's "SNAT at real servers": the director DNATs requests only;
     /// real servers rewrite their replies' source to the VIP themselves.
     Dnat,
+    /// LVS-DR, direct routing: only the destination MAC changes; real
+    /// servers hold the VIP on `lo` and answer clients directly.
+    Dr,
 }
 
 impl Method {
@@ -248,6 +251,7 @@ impl Method {
         match self {
             Method::Nat => "nat",
             Method::Dnat => "dnat",
+            Method::Dr => "dr",
         }
     }
 
@@ -256,6 +260,7 @@ impl Method {
         match self {
             Method::Nat => "Masq",
             Method::Dnat => "Dnat",
+            Method::Dr => "Route",
         }
     }
 }
@@ -266,7 +271,8 @@ impl FromStr for Method {
         match s {
             "nat" => Ok(Method::Nat),
             "dnat" => Ok(Method::Dnat),
-            other => Err(format!("unknown method `{other}` (known: nat, dnat)")),
+            "dr" => Ok(Method::Dr),
+            other => Err(format!("unknown method `{other}` (known: nat, dnat, dr)")),
         }
     }
 }

@@ -167,6 +167,32 @@ impl Topo {
         }
     }
 
+    /// Prepares real servers for direct routing (LVS-DR): the VIP on `lo`,
+    /// no ARP answers or announcements for it, and a UDP echo bound to the
+    /// VIP (a UDP server bound to 0.0.0.0 would answer from its own
+    /// address, which the client does not expect).
+    pub fn dr_at_servers(&mut self) {
+        let srv = bin_testsrv();
+        for i in 0..self.servers {
+            let ns = format!("rs{}", i + 1);
+            self.lab
+                .ip(&ns, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+            self.lab.spawn(
+                &ns,
+                &format!("udp-vip-{ns}"),
+                &[&srv, &ns, "--udp-echo-at", &format!("{VIP}:7")],
+            );
+            for kv in [
+                "net.ipv4.conf.all.arp_ignore=1",
+                "net.ipv4.conf.all.arp_announce=2",
+                "net.ipv4.conf.e0.arp_ignore=1",
+                "net.ipv4.conf.e0.arp_announce=2",
+            ] {
+                self.lab.sysctl(&ns, kv);
+            }
+        }
+    }
+
     /// Starts lvc-dataplane on the director and waits until it answers.
     pub fn start_lvc(&mut self) {
         self.start_lvc_with(&[]);

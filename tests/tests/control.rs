@@ -107,6 +107,20 @@ fn save_clear_restore_save_is_byte_identical() {
         "timeout tcp must be",
     );
     fails(&t, &["zero", "--tcp", "10.9.0.99:80"], 68, "does not exist");
+    fails(
+        &t,
+        &[
+            "add-server",
+            "--tcp",
+            &svc,
+            "-r",
+            &format!("{}:8080", server_ip(0)),
+            "--method",
+            "dr",
+        ],
+        66,
+        "cannot remap ports",
+    );
     t.ctl_ok(&["add-service", "--tcp", "10.9.0.12:0"]);
     fails(
         &t,

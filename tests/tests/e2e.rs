@@ -21,8 +21,10 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
 fn lab(tag: &str, arms: Arms, method: &str) -> Topo {
     let mut t = Topo::build(tag, arms, 2, 2);
     t.start_servers();
-    if method == "dnat" {
-        t.snat_at_servers();
+    match method {
+        "dnat" => t.snat_at_servers(),
+        "dr" => t.dr_at_servers(),
+        _ => {}
     }
     t.start_lvc();
     t.add_service("tcp", 80, method);
@@ -126,7 +128,7 @@ fn counters_move(t: &Topo, method: &str) {
         if method == "nat" {
             assert!(out >= 4 * 2, "nat replies pass the director: {srv}");
         } else {
-            assert_eq!(out, 0, "dnat replies bypass lvc: {srv}");
+            assert_eq!(out, 0, "{method} replies bypass lvc: {srv}");
         }
     }
     let text = t.ctl_ok(&["list", "--stats"]);
@@ -152,6 +154,16 @@ fn nat_two_armed() {
 #[test]
 fn dnat_two_armed() {
     full_path("dnat2", Arms::Two, "dnat");
+}
+
+#[test]
+fn dr_two_armed() {
+    full_path("dr2", Arms::Two, "dr");
+}
+
+#[test]
+fn dr_one_armed() {
+    full_path("dr1", Arms::One, "dr");
 }
 
 #[test]

@@ -1,7 +1,9 @@
 //! A tiny real server for tests: HTTP that answers with its name, a TCP
 //! echo and a UDP echo. Runs until killed.
 //!
-//! `lvc-testsrv NAME [--http PORT] [--tcp-echo PORT] [--udp-echo PORT]`
+//! `lvc-testsrv NAME [--http PORT] [--tcp-echo PORT] [--udp-echo PORT]
+//!  [--udp-echo-at ADDR:PORT]` (the last binds one address: a UDP server
+//! behind direct routing must answer from the VIP it was asked on).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -13,15 +15,30 @@ fn main() {
     let mut handles = Vec::new();
     let mut it = args.iter().skip(1);
     while let Some(flag) = it.next() {
-        let port: u16 = it
+        let value = it
             .next()
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("{flag} needs a port"));
+            .unwrap_or_else(|| panic!("{flag} needs a value"))
+            .clone();
+        let port = || -> u16 {
+            value
+                .parse()
+                .unwrap_or_else(|_| panic!("{flag}: bad port {value}"))
+        };
         let name = name.clone();
         handles.push(match flag.as_str() {
-            "--http" => thread::spawn(move || serve_tcp(port, move |s| http(s, &name))),
-            "--tcp-echo" => thread::spawn(move || serve_tcp(port, tcp_echo)),
-            "--udp-echo" => thread::spawn(move || udp_echo(port)),
+            "--http" => {
+                let port = port();
+                thread::spawn(move || serve_tcp(port, move |s| http(s, &name)))
+            }
+            "--tcp-echo" => {
+                let port = port();
+                thread::spawn(move || serve_tcp(port, tcp_echo))
+            }
+            "--udp-echo" => {
+                let addr = format!("0.0.0.0:{}", port());
+                thread::spawn(move || udp_echo(&addr))
+            }
+            "--udp-echo-at" => thread::spawn(move || udp_echo(&value)),
             other => panic!("unknown option {other}"),
         });
     }
@@ -87,8 +104,18 @@ fn tcp_echo(mut s: TcpStream) {
     let _ = s.shutdown(std::net::Shutdown::Write);
 }
 
-fn udp_echo(port: u16) {
-    let s = UdpSocket::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("bind udp {port}: {e}"));
+fn udp_echo(addr: &str) {
+    // SO_REUSEADDR on every echo socket, so one bound to a specific address
+    // (the VIP) can sit beside the wildcard one.
+    let sa: std::net::SocketAddr = addr
+        .parse()
+        .unwrap_or_else(|e| panic!("udp address {addr}: {e}"));
+    let sock = socket2::Socket::new(socket2::Domain::for_address(sa), socket2::Type::DGRAM, None)
+        .expect("udp socket");
+    sock.set_reuse_address(true).expect("SO_REUSEADDR");
+    sock.bind(&sa.into())
+        .unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
+    let s: UdpSocket = sock.into();
     let mut buf = vec![0u8; 65536];
     while let Ok((n, from)) = s.recv_from(&mut buf) {
         let _ = s.send_to(&buf[..n], from);
