@@ -61,7 +61,7 @@ fn stages(c: &mut Criterion) {
     let pkt = parse(&g).unwrap();
     c.bench_function("rewrite/dnat_ttl_macs", |b| {
         b.iter(|| {
-            rewrite::to_real(black_box(&mut g), &pkt, 0x0a02_000b, 80);
+            rewrite::set_dst(black_box(&mut g), &pkt, 0x0a02_000b, 80);
             g[22] = 64;
             let _ = rewrite::decrement_ttl(&mut g);
             rewrite::set_macs(&mut g, [2; 6], [4; 6]);

@@ -139,6 +139,21 @@ pub fn status(st: &Status) -> String {
         "workers {}, connections {}/{}",
         st.workers, st.flows, st.flow_capacity
     );
+    let t = &st.timeouts;
+    let _ = writeln!(
+        s,
+        "timeouts tcp {} tcpfin {} udp {}",
+        t.tcp, t.tcpfin, t.udp
+    );
+    if !st.local_pool.is_empty() {
+        let pool: Vec<String> = st.local_pool.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(
+            s,
+            "fullnat local pool {} ({} ports in use)",
+            pool.join(", "),
+            st.local_ports_in_use
+        );
+    }
     for (name, v) in st.counters.iter().filter(|(_, v)| *v > 0) {
         let _ = writeln!(s, "  {name:<28} {v}");
     }

@@ -125,8 +125,9 @@ enum Cmd {
         /// Weight, 0..=65535 (0: no new connections).
         #[arg(long, short = 'w', default_value_t = 1)]
         weight: u32,
-        /// Forwarding method: nat (director is the gateway) or dnat (real
-        /// servers SNAT their own replies to the VIP).
+        /// Forwarding method: nat (director is the gateway), dnat (real
+        /// servers SNAT their own replies to the VIP), dr (direct routing)
+        /// or fullnat (the director also SNATs to its local pool).
         #[arg(long, default_value = "nat")]
         method: Method,
     },
@@ -194,6 +195,12 @@ enum Cmd {
         tcpfin: Option<u32>,
         #[arg(long)]
         udp: Option<u32>,
+    },
+    /// Set the fullnat local address pool (none: empty it).
+    SetLocalPool {
+        /// Director addresses dedicated to fullnat (configure them on the
+        /// server-side interface too, so the kernel answers ARP for them).
+        addrs: Vec<Ipv4Addr>,
     },
     /// List tracked connections (like ipvsadm -L -c -n).
     Conns {
@@ -348,6 +355,7 @@ fn main() -> ExitCode {
             Err(e) => return fail(EXIT_IO, e),
         },
         Cmd::Clear => (Request::Clear {}, Show::Nothing),
+        Cmd::SetLocalPool { addrs } => (Request::SetLocalPool { addrs }, Show::Nothing),
         Cmd::Zero { service } => (
             Request::Zero {
                 service: key(service.tcp, service.udp),

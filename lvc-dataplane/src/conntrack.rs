@@ -12,6 +12,7 @@
 
 use crate::parse::{FlowKey, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::services::{Server, Template};
+use crate::snat::SnatPool;
 use crate::stats::{Drop, TrafficStats};
 use crossbeam_queue::ArrayQueue;
 use dashmap::DashMap;
@@ -112,12 +113,17 @@ pub struct Conn {
     pub client: (u32, u16),
     pub vip: (u32, u16),
     pub real: (u32, u16),
+    /// The source the real server sees: the client's, or for fullnat a
+    /// local pool address and port.
+    pub local: (u32, u16),
     state: AtomicU8,
     last_seen: AtomicU32,
     pub server: Arc<Server>,
     pub service: Arc<TrafficStats>,
     /// The persistence template that chose the server, if any.
     pub template: Option<Arc<Template>>,
+    /// The pool `local` came from (fullnat), to give it back.
+    pub snat: Option<Arc<SnatPool>>,
 }
 
 impl Conn {
@@ -141,12 +147,21 @@ impl Conn {
             client,
             vip,
             real: (u32::from(server.addr), real_port),
+            local: client,
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
             server,
             service,
             template: None,
+            snat: None,
         }
+    }
+
+    /// Source-NATs the connection to `local`, taken from `pool` (fullnat).
+    pub fn with_local(mut self, local: (u32, u16), pool: Arc<SnatPool>) -> Self {
+        self.local = local;
+        self.snat = Some(pool);
+        self
     }
 
     /// Marks the connection as controlled by a persistence template.
@@ -170,11 +185,16 @@ impl Conn {
     pub fn reply_key(&self) -> FlowKey {
         FlowKey {
             src: self.real.0,
-            dst: self.client.0,
+            dst: self.local.0,
             sport: self.real.1,
-            dport: self.client.1,
+            dport: self.local.1,
             proto: self.proto,
         }
+    }
+
+    /// True if replies come back through the director (nat, fullnat).
+    pub fn two_way(&self) -> bool {
+        matches!(self.method, Method::Nat | Method::Fullnat)
     }
 
     pub fn state(&self) -> State {
@@ -313,7 +333,7 @@ impl Conntrack {
             Entry::Occupied(o) => return Ok(o.get().clone()),
             Entry::Vacant(v) => v.insert(conn).value().clone(),
         };
-        if conn.method == Method::Nat {
+        if conn.two_way() {
             self.map.insert(conn.reply_key(), conn.clone());
         }
         self.conns.fetch_add(1, Relaxed);
@@ -400,8 +420,11 @@ impl Conntrack {
     /// just taken out of the map: its reply key, gauges, template, count.
     /// Called exactly once per connection (by whoever removed its key).
     fn release(&self, c: &Arc<Conn>, now: u32) {
-        if c.method == Method::Nat {
+        if c.two_way() {
             self.map.remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, c));
+        }
+        if let Some(pool) = &c.snat {
+            pool.free(c.proto, c.local.0, c.local.1);
         }
         // Take the final state atomically: a worker still holding the
         // connection can no longer move the gauges after this.
@@ -508,6 +531,7 @@ mod tests {
         let mk = |port: u16| {
             let mut c = conn(PROTO_TCP, &s, 0);
             c.client.1 = port;
+            c.local.1 = port;
             c
         };
         // Two established connections, then a "SYN flood".
@@ -570,6 +594,7 @@ mod tests {
         let first = ct.insert(conn(PROTO_UDP_FOR_TEST, &s, 0)).unwrap();
         let mut other = conn(PROTO_UDP_FOR_TEST, &s, 0);
         other.client.1 = 1;
+        other.local.1 = 1;
         ct.insert(other).unwrap();
         assert_eq!(ct.len(), 1);
         assert!(ct.lookup(&first.original_key()).is_none());

@@ -11,16 +11,17 @@ use crate::conntrack::Conntrack;
 use crate::route::{NeighRequest, NextHop, RouteTable};
 use crate::schedule::SchedState;
 use crate::services::{Persistence, Server, Service, ServiceTable};
+use crate::snat::SnatPool;
 use crate::stats::{Drop, TrafficStats, WorkerStats};
 use crate::steer::{AttachMode, Steering};
 use arc_swap::ArcSwap;
 use lvc_ebpf::EndpointKey;
-use lvc_proto::config::{ConfigFile, ServerConfig, ServiceConfig, Timeouts};
+use lvc_proto::config::{ConfigFile, Fullnat, ServerConfig, ServiceConfig, Timeouts};
 use lvc_proto::{
     ConnFilter, ConnInfo, ConnListing, ErrorCode, ErrorReply, InterfaceStatus, Listing,
     MAX_REQUEST_BYTES, MAX_WEIGHT, Method, Protocol, RealSpec, Request, RequestEnvelope, Response,
     ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo, ServiceKey, Status, VERSION,
-    check_persistence,
+    check_local_pool, check_persistence,
 };
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -101,6 +102,45 @@ pub struct Control {
     epoch: Instant,
     /// Removed `nat` endpoints that still have connections.
     retired: Mutex<Vec<(EndpointKey, Arc<TrafficStats>)>>,
+    /// The fullnat local pool, and replaced pools whose ports are still in
+    /// use (their addresses stay steered to lvc until drained).
+    pool: Mutex<Pools>,
+}
+
+#[derive(Default)]
+struct Pools {
+    current: Option<Arc<SnatPool>>,
+    retired: Vec<Arc<SnatPool>>,
+}
+
+impl Pools {
+    fn addrs(&self) -> Vec<Ipv4Addr> {
+        self.current
+            .as_ref()
+            .map(|p| p.addresses())
+            .unwrap_or_default()
+    }
+
+    /// Makes `addrs` the pool; the old one retires if ports are in use.
+    fn set(&mut self, addrs: &[Ipv4Addr]) {
+        if self.addrs() == addrs {
+            return;
+        }
+        if let Some(old) = self.current.take().filter(|p| p.in_use() > 0) {
+            self.retired.push(old);
+        }
+        self.current = (!addrs.is_empty()).then(|| Arc::new(SnatPool::new(addrs)));
+    }
+
+    /// Every address XDP must steer to lvc.
+    fn steered(&self) -> Vec<IpAddr> {
+        self.current
+            .iter()
+            .chain(self.retired.iter().filter(|p| p.in_use() > 0))
+            .flat_map(|p| p.addresses())
+            .map(IpAddr::V4)
+            .collect()
+    }
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -134,6 +174,7 @@ impl Control {
             neigh_requests: d.neigh_requests,
             epoch: d.epoch,
             retired: Mutex::new(Vec::new()),
+            pool: Mutex::new(Pools::default()),
         }
     }
 
@@ -157,6 +198,7 @@ impl Control {
             },
             Request::SetTimeouts { tcp, tcpfin, udp } => done(self.set_timeouts(tcp, tcpfin, udp)),
             Request::Zero { service } => done(self.zero(service.as_ref())),
+            Request::SetLocalPool { addrs } => done(self.set_pool(&addrs)),
             change => done(self.apply(std::slice::from_ref(&change))),
         }
     }
@@ -224,11 +266,45 @@ impl Control {
         }
     }
 
+    /// Sets the fullnat local pool (all or nothing).
+    fn set_pool(&self, addrs: &[Ipv4Addr]) -> Result<(), ErrorReply> {
+        check_local_pool(addrs).map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+        let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if addrs.is_empty()
+            && let Some((key, _)) = cfg
+                .iter()
+                .find(|(_, s)| s.servers.iter().any(|r| r.method == Method::Fullnat))
+        {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!("service {key} has fullnat servers: the local pool cannot be emptied"),
+            ));
+        }
+        let before = self.pool_addrs();
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(addrs);
+        let next = cfg.clone();
+        self.commit(&mut cfg, next).inspect_err(|_| {
+            self.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set(&before);
+        })
+    }
+
+    fn pool_addrs(&self) -> Vec<Ipv4Addr> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).addrs()
+    }
+
     /// The running configuration as a config file.
     pub fn save(&self) -> ConfigFile {
         let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let local = self.pool_addrs();
         ConfigFile {
             timeouts: Some(self.timeouts()),
+            fullnat: (!local.is_empty()).then_some(Fullnat { local }),
             services: cfg
                 .iter()
                 .map(|(key, s)| {
@@ -266,8 +342,9 @@ impl Control {
             .map_err(|e| err(ErrorCode::InvalidArgument, e))?;
         let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = Config::new();
+        let pool = file.local_pool();
         for c in &changes {
-            edit(&mut next, c)?;
+            edit(&mut next, c, pool)?;
         }
         // Carry counters (and the rr cursor) over for what is unchanged.
         for (key, svc) in next.iter_mut() {
@@ -286,7 +363,17 @@ impl Control {
                 }
             }
         }
-        self.commit(&mut cfg, next)?;
+        let before = self.pool_addrs();
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(pool);
+        self.commit(&mut cfg, next).inspect_err(|_| {
+            self.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set(&before);
+        })?;
         if let Some(t) = &file.timeouts {
             self.store_timeouts(t);
         }
@@ -343,8 +430,9 @@ impl Control {
     pub fn apply(&self, changes: &[Request]) -> Result<(), ErrorReply> {
         let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = cfg.clone();
+        let pool = self.pool_addrs();
         for c in changes {
-            edit(&mut next, c)?;
+            edit(&mut next, c, &pool)?;
         }
         self.commit(&mut cfg, next)
     }
@@ -419,6 +507,10 @@ impl Control {
             .map(|k| EndpointKey::new(k.addr.ip(), k.proto.number(), k.addr.port()))
             .collect();
         let reals = self.reals(cfg);
+        let (table, steered) = {
+            let pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            (table.with_snat(pools.current.clone()), pools.steered())
+        };
         // Workers learn about new services before the XDP program sends
         // them traffic, and forget removed ones only after it stops.
         let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
@@ -426,6 +518,7 @@ impl Control {
         steering
             .sync_vips(&vips)
             .and_then(|_| steering.sync_reals(&reals))
+            .and_then(|_| steering.sync_snat(&steered))
             .map_err(|e| err(ErrorCode::Internal, e.to_string()))
     }
 
@@ -456,6 +549,18 @@ impl Control {
     /// (housekeeping calls this every second).
     pub fn drain_retired(&self) {
         let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let drained_pool = {
+            let mut pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            let before = pools.retired.len();
+            pools.retired.retain(|p| p.in_use() > 0);
+            (pools.retired.len() != before).then(|| pools.steered())
+        };
+        if let Some(addrs) = drained_pool {
+            let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = steering.sync_snat(&addrs) {
+                tracing::warn!(error = %e, "cannot update the XDP snat map");
+            }
+        }
         {
             let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
             let before = retired.len();
@@ -554,13 +659,33 @@ impl Control {
             flows: self.conntrack.len() as u64,
             flow_capacity: self.conntrack.capacity() as u64,
             timeouts: self.timeouts(),
+            local_pool: self.pool_addrs(),
+            local_ports_in_use: self
+                .pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .current
+                .as_ref()
+                .map_or(0, |p| p.in_use() as u64),
             counters,
         }
     }
 }
 
 /// Applies one change to a configuration, validating it.
-fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
+fn edit(cfg: &mut Config, req: &Request, pool: &[Ipv4Addr]) -> Result<(), ErrorReply> {
+    let needs_pool = |service: &ServiceKey, method: Method| {
+        if method == Method::Fullnat && pool.is_empty() {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "service {service}: the fullnat method needs a local address pool \
+                     (lvc-ctl set-local-pool ADDR…, or [fullnat] local = [...] in the config)"
+                ),
+            ));
+        }
+        Ok(())
+    };
     match req {
         Request::AddService {
             service,
@@ -615,6 +740,7 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
             }
             let addr = real.resolve(service);
             check_method(service, *method, addr.port())?;
+            needs_pool(service, *method)?;
             if svc.servers.iter().any(|r| r.addr == addr) {
                 return Err(err(
                     ErrorCode::Exists,
@@ -695,6 +821,7 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
             }
             if let Some(m) = method {
                 check_method(service, *m, addr.port())?;
+                needs_pool(service, *m)?;
                 srv.method = *m;
             }
         }
@@ -705,6 +832,7 @@ fn edit(cfg: &mut Config, req: &Request) -> Result<(), ErrorReply> {
         | Request::Restore { .. }
         | Request::Conns { .. }
         | Request::Zero { .. }
+        | Request::SetLocalPool { .. }
         | Request::SetTimeouts { .. } => {
             return Err(err(ErrorCode::BadRequest, "not a configuration change"));
         }

@@ -22,6 +22,7 @@ pub mod rewrite;
 pub mod route;
 pub mod schedule;
 pub mod services;
+pub mod snat;
 pub mod stats;
 pub mod steer;
 pub mod worker;

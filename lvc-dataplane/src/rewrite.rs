@@ -58,15 +58,17 @@ fn translate(
     put16(f, at, c);
 }
 
-/// Client → real server: destination becomes `addr:port` (DNAT).
+/// Destination becomes `addr:port` (DNAT towards a real server; for
+/// fullnat replies, back to the client).
 #[inline]
-pub fn to_real(f: &mut [u8], pkt: &Packet, addr: u32, port: u16) {
+pub fn set_dst(f: &mut [u8], pkt: &Packet, addr: u32, port: u16) {
     translate(f, pkt, IP_DST, addr, pkt.l4_off + 2, port);
 }
 
-/// Real server → client: source becomes the VIP `addr:port` (un-NAT).
+/// Source becomes `addr:port` (the VIP on replies; for fullnat requests,
+/// a local pool address).
 #[inline]
-pub fn to_client(f: &mut [u8], pkt: &Packet, addr: u32, port: u16) {
+pub fn set_src(f: &mut [u8], pkt: &Packet, addr: u32, port: u16) {
     translate(f, pkt, IP_SRC, addr, pkt.l4_off, port);
 }
 
@@ -112,7 +114,7 @@ mod tests {
                     payload,
                 );
                 let p = parse(&f).unwrap();
-                to_real(&mut f, &p, 0x0a00_0102, 8080);
+                set_dst(&mut f, &p, 0x0a00_0102, 8080);
                 assert!(checksums_ok(&f), "dnat proto {proto}");
                 let p = parse(&f).unwrap();
                 assert_eq!((p.key.dst, p.key.dport), (0x0a00_0102, 8080));
@@ -130,11 +132,35 @@ mod tests {
                     payload,
                 );
                 let p = parse(&r).unwrap();
-                to_client(&mut r, &p, 0x0a00_000a, 80);
+                set_src(&mut r, &p, 0x0a00_000a, 80);
                 assert!(checksums_ok(&r), "snat proto {proto}");
                 let p = parse(&r).unwrap();
                 assert_eq!((p.key.src, p.key.sport), (0x0a00_000a, 80));
             }
+        }
+    }
+
+    #[test]
+    fn fullnat_both_addresses_keep_checksums_valid() {
+        for proto in [6u8, 17] {
+            let mut f = frame(
+                proto,
+                [192, 168, 7, 2],
+                [10, 0, 0, 10],
+                40000,
+                80,
+                TCP_SYN,
+                b"full nat",
+            );
+            let p = parse(&f).unwrap();
+            set_src(&mut f, &p, 0x0a02_0064, 1024);
+            set_dst(&mut f, &p, 0x0a02_000b, 8080);
+            assert!(checksums_ok(&f), "proto {proto}");
+            let p = parse(&f).unwrap();
+            assert_eq!(
+                (p.key.src, p.key.sport, p.key.dst, p.key.dport),
+                (0x0a02_0064, 1024, 0x0a02_000b, 8080)
+            );
         }
     }
 
@@ -144,7 +170,7 @@ mod tests {
         f[34 + 6] = 0;
         f[34 + 7] = 0;
         let p = parse(&f).unwrap();
-        to_real(&mut f, &p, 0x0303_0303, 3);
+        set_dst(&mut f, &p, 0x0303_0303, 3);
         assert_eq!(&f[40..42], &[0, 0]);
         assert_eq!(crate::checksum::checksum(&f[14..34]), 0);
     }

@@ -6,6 +6,7 @@
 //! lock and without pausing forwarding.
 
 use crate::schedule::SchedState;
+use crate::snat::SnatPool;
 use crate::stats::TrafficStats;
 use dashmap::DashMap;
 use lvc_proto::{Method, ServiceKey};
@@ -94,6 +95,8 @@ pub type VipKey = (u8, u32, u16);
 #[derive(Debug, Default)]
 pub struct ServiceTable {
     services: HashMap<VipKey, Arc<Service>>,
+    /// The fullnat local address pool, if one is configured.
+    snat: Option<Arc<SnatPool>>,
 }
 
 impl ServiceTable {
@@ -102,7 +105,21 @@ impl ServiceTable {
             .into_iter()
             .filter_map(|s| Some((vip_key(&s.key)?, s)))
             .collect();
-        Self { services }
+        Self {
+            services,
+            snat: None,
+        }
+    }
+
+    /// The same table with a fullnat pool.
+    pub fn with_snat(mut self, pool: Option<Arc<SnatPool>>) -> Self {
+        self.snat = pool;
+        self
+    }
+
+    #[inline]
+    pub fn snat(&self) -> Option<&Arc<SnatPool>> {
+        self.snat.as_ref()
     }
 
     /// The service for a packet to `vip:port`: exact port first, then the

@@ -41,10 +41,12 @@ pub enum Drop {
     TooBig,
     /// No free frame or TX ring slot to send it.
     TxFull,
+    /// fullnat: no local pool, or every pool port is in use.
+    SnatExhausted,
 }
 
 impl Drop {
-    pub const COUNT: usize = 14;
+    pub const COUNT: usize = 15;
     pub const ALL: [Drop; Drop::COUNT] = [
         Drop::Malformed,
         Drop::NotIpv4,
@@ -60,6 +62,7 @@ impl Drop {
         Drop::TtlExceeded,
         Drop::TooBig,
         Drop::TxFull,
+        Drop::SnatExhausted,
     ];
 
     pub fn name(self) -> &'static str {
@@ -78,6 +81,7 @@ impl Drop {
             Drop::TtlExceeded => "ttl_exceeded",
             Drop::TooBig => "too_big",
             Drop::TxFull => "tx_full",
+            Drop::SnatExhausted => "snat_exhausted",
         }
     }
 }

@@ -57,12 +57,14 @@ pub struct Steering {
     vips: BpfHashMap<MapData, EndpointKey, ServiceValue>,
     reals: BpfHashMap<MapData, EndpointKey, ServiceValue>,
     locals: BpfHashMap<MapData, AddrKey, u32>,
+    snat: BpfHashMap<MapData, AddrKey, u32>,
     ifslots: BpfHashMap<MapData, u32, u32>,
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
     current_vips: HashSet<EndpointKey>,
     current_reals: HashSet<EndpointKey>,
     current_locals: HashSet<AddrKey>,
+    current_snat: HashSet<AddrKey>,
 }
 
 impl Steering {
@@ -87,6 +89,7 @@ impl Steering {
         let vips = BpfHashMap::try_from(take(maps::VIPS)?).map_err(map_err(maps::VIPS))?;
         let reals = BpfHashMap::try_from(take(maps::REALS)?).map_err(map_err(maps::REALS))?;
         let locals = BpfHashMap::try_from(take(maps::LOCALS)?).map_err(map_err(maps::LOCALS))?;
+        let snat = BpfHashMap::try_from(take(maps::SNAT)?).map_err(map_err(maps::SNAT))?;
         let ifslots = BpfHashMap::try_from(take(maps::IFSLOTS)?).map_err(map_err(maps::IFSLOTS))?;
         let xsks = XskMap::try_from(take(maps::XSKS)?).map_err(map_err(maps::XSKS))?;
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
@@ -95,12 +98,14 @@ impl Steering {
             vips,
             reals,
             locals,
+            snat,
             ifslots,
             xsks,
             stats,
             current_vips: HashSet::new(),
             current_reals: HashSet::new(),
             current_locals: HashSet::new(),
+            current_snat: HashSet::new(),
         })
     }
 
@@ -172,29 +177,22 @@ impl Steering {
 
     /// Makes the `locals` map hold exactly the director's addresses.
     pub fn sync_locals(&mut self, addrs: &[IpAddr]) -> Result<(), SteerError> {
-        let want: HashSet<AddrKey> = addrs.iter().map(|&a| AddrKey::new(a)).collect();
-        for k in self
-            .current_locals
-            .difference(&want)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            self.locals
-                .remove(&k)
-                .map_err(map_err(lvc_ebpf::maps::LOCALS))?;
-            self.current_locals.remove(&k);
-        }
-        for k in want
-            .difference(&self.current_locals)
-            .copied()
-            .collect::<Vec<_>>()
-        {
-            self.locals
-                .insert(k, 1u32, 0)
-                .map_err(map_err(lvc_ebpf::maps::LOCALS))?;
-            self.current_locals.insert(k);
-        }
-        Ok(())
+        sync_addrs(
+            &mut self.locals,
+            &mut self.current_locals,
+            addrs,
+            lvc_ebpf::maps::LOCALS,
+        )
+    }
+
+    /// Makes the `snat` map hold exactly the fullnat pool's addresses.
+    pub fn sync_snat(&mut self, addrs: &[IpAddr]) -> Result<(), SteerError> {
+        sync_addrs(
+            &mut self.snat,
+            &mut self.current_snat,
+            addrs,
+            lvc_ebpf::maps::SNAT,
+        )
     }
 
     /// The program's counters, summed over CPUs.
@@ -246,6 +244,24 @@ fn sync(
         current.insert(k);
     }
     for k in current.difference(want).copied().collect::<Vec<_>>() {
+        map.remove(&k).map_err(map_err(name))?;
+        current.remove(&k);
+    }
+    Ok(())
+}
+
+fn sync_addrs(
+    map: &mut BpfHashMap<MapData, AddrKey, u32>,
+    current: &mut HashSet<AddrKey>,
+    addrs: &[IpAddr],
+    name: &'static str,
+) -> Result<(), SteerError> {
+    let want: HashSet<AddrKey> = addrs.iter().map(|&a| AddrKey::new(a)).collect();
+    for k in want.difference(current).copied().collect::<Vec<_>>() {
+        map.insert(k, 1u32, 0).map_err(map_err(name))?;
+        current.insert(k);
+    }
+    for k in current.difference(&want).copied().collect::<Vec<_>>() {
         map.remove(&k).map_err(map_err(name))?;
         current.remove(&k);
     }

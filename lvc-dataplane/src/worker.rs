@@ -216,13 +216,20 @@ fn forward(
         Dir::Original => {
             conn.service.count_in(len);
             conn.server.stats.count_in(len);
-            rewrite::to_real(f, &pkt, conn.real.0, conn.real.1);
+            rewrite::set_dst(f, &pkt, conn.real.0, conn.real.1);
+            if conn.local != conn.client {
+                // fullnat: the real server sees a director address.
+                rewrite::set_src(f, &pkt, conn.local.0, conn.local.1);
+            }
             conn.real.0
         }
         Dir::Reply => {
             conn.service.count_out(len);
             conn.server.stats.count_out(len);
-            rewrite::to_client(f, &pkt, conn.vip.0, conn.vip.1);
+            rewrite::set_src(f, &pkt, conn.vip.0, conn.vip.1);
+            if conn.local != conn.client {
+                rewrite::set_dst(f, &pkt, conn.client.0, conn.client.1);
+            }
             conn.client.0
         }
     };
@@ -293,9 +300,24 @@ fn new_conn(
         svc.stats.clone(),
         now,
     );
-    ct.insert(match template {
+    let conn = match template {
         Some(t) => conn.with_template(t),
         None => conn,
+    };
+    let conn = if server.method == Method::Fullnat {
+        let pool = services.snat().ok_or(Drop::SnatExhausted)?;
+        let local = pool.alloc(k.proto).ok_or(Drop::SnatExhausted)?;
+        conn.with_local(local, pool.clone())
+    } else {
+        conn
+    };
+    // If the insert fails (table full), dropping `conn` is not enough to
+    // give a fullnat port back: do it here.
+    let snat = conn.snat.clone().map(|p| (p, conn.local));
+    ct.insert(conn).inspect_err(|_| {
+        if let Some((pool, (addr, port))) = snat {
+            pool.free(k.proto, addr, port);
+        }
     })
 }
 

@@ -22,6 +22,8 @@ pub mod maps {
     pub const REALS: &str = "reals";
     /// The director's own addresses: replies to these stay with the kernel.
     pub const LOCALS: &str = "locals";
+    /// The fullnat local address pool: traffic to these is lvc's.
+    pub const SNAT: &str = "snat";
     /// Interface slots: ifindex → slot in `xsks`.
     pub const IFSLOTS: &str = "ifslots";
     /// AF_XDP sockets, at `slot * MAX_QUEUES + rx queue`.

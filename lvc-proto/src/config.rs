@@ -25,8 +25,25 @@ use std::collections::HashSet;
 pub struct ConfigFile {
     #[serde(default)]
     pub timeouts: Option<Timeouts>,
+    /// The fullnat local address pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fullnat: Option<Fullnat>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+}
+
+/// `[fullnat]`: the director's addresses fullnat connections come from.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fullnat {
+    pub local: Vec<std::net::Ipv4Addr>,
+}
+
+impl ConfigFile {
+    /// The fullnat pool this file asks for (empty if none).
+    pub fn local_pool(&self) -> &[std::net::Ipv4Addr] {
+        self.fullnat.as_ref().map_or(&[], |f| &f.local)
+    }
 }
 
 /// Connection idle timeouts, seconds.
@@ -130,6 +147,10 @@ impl ConfigFile {
                 t.tcp, t.tcpfin, t.udp
             );
         }
+        if let Some(f) = self.fullnat.as_ref().filter(|f| !f.local.is_empty()) {
+            let list: Vec<String> = f.local.iter().map(|a| format!("\"{a}\"")).collect();
+            let _ = write!(s, "\n[fullnat]\nlocal = [{}]\n", list.join(", "));
+        }
         for svc in &self.services {
             s.push_str("\n[[service]]\n");
             if let Some(a) = &svc.tcp {
@@ -169,6 +190,10 @@ impl ConfigFile {
                 message,
             })?;
         }
+        crate::check_local_pool(self.local_pool()).map_err(|message| Problem {
+            at: Place::Fullnat,
+            message,
+        })?;
         let mut out = Vec::new();
         let mut seen = HashSet::new();
         for (i, svc) in self.services.iter().enumerate() {
@@ -201,6 +226,15 @@ impl ConfigFile {
                         ),
                     ));
                 }
+                if srv.method == crate::Method::Fullnat && self.local_pool().is_empty() {
+                    return Err(at(
+                        Some(j),
+                        format!(
+                            "service {key}, server {}: the fullnat method needs a local address pool ([fullnat] local = [...])",
+                            srv.real
+                        ),
+                    ));
+                }
                 if !reals.insert(srv.real.resolve(&key)) {
                     return Err(at(
                         Some(j),
@@ -222,6 +256,7 @@ impl ConfigFile {
 /// Where in a file a semantic problem is.
 enum Place {
     Timeouts,
+    Fullnat,
     Service { index: usize, server: Option<usize> },
 }
 
@@ -240,7 +275,7 @@ impl Problem {
         for (n, l) in text.lines().enumerate() {
             let h = header(l);
             let found = match (&self.at, h.as_str()) {
-                (Place::Timeouts, "[timeouts]") => true,
+                (Place::Timeouts, "[timeouts]") | (Place::Fullnat, "[fullnat]") => true,
                 (Place::Service { .. }, "[[service]]") => {
                     svc = Some(svc.map_or(0, |s| s + 1));
                     srv = None;
@@ -325,8 +360,15 @@ tcp = 60
 tcpfin = 10
 udp = 30
 
+[fullnat]
+local = ["10.0.1.100", "10.0.1.101"]
+
 [[service]]
 udp = "10.0.0.10:53"
+
+[[service.server]]
+real = "10.0.1.9"
+method = "fullnat"
 
 [[service.server]]
 real = "10.0.1.1"

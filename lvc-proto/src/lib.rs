@@ -128,6 +128,11 @@ pub enum Request {
         #[serde(default)]
         udp: Option<u32>,
     },
+    /// Sets the fullnat local address pool (the director's addresses that
+    /// fullnat connections are source-NATed to).
+    SetLocalPool {
+        addrs: Vec<Ipv4Addr>,
+    },
     /// The running configuration in the config-file format (ipvsadm -S).
     Save {},
     /// Replaces the running configuration with a config file's content,

@@ -244,6 +244,10 @@ pub enum Method {
     /// LVS-DR, direct routing: only the destination MAC changes; real
     /// servers hold the VIP on `lo` and answer clients directly.
     Dr,
+    /// Full NAT: the director also rewrites the source to one of its own
+    /// addresses (the local pool), so real servers need no special route
+    /// and may sit on any subnet; replies come back by normal routing.
+    Fullnat,
 }
 
 impl Method {
@@ -252,6 +256,7 @@ impl Method {
             Method::Nat => "nat",
             Method::Dnat => "dnat",
             Method::Dr => "dr",
+            Method::Fullnat => "fullnat",
         }
     }
 
@@ -261,6 +266,7 @@ impl Method {
             Method::Nat => "Masq",
             Method::Dnat => "Dnat",
             Method::Dr => "Route",
+            Method::Fullnat => "FullNat",
         }
     }
 }
@@ -272,7 +278,10 @@ impl FromStr for Method {
             "nat" => Ok(Method::Nat),
             "dnat" => Ok(Method::Dnat),
             "dr" => Ok(Method::Dr),
-            other => Err(format!("unknown method `{other}` (known: nat, dnat, dr)")),
+            "fullnat" => Ok(Method::Fullnat),
+            other => Err(format!(
+                "unknown method `{other}` (known: nat, dnat, dr, fullnat)"
+            )),
         }
     }
 }
@@ -290,6 +299,20 @@ pub const MAX_WEIGHT: u32 = 65535;
 pub const DEFAULT_PERSISTENCE: u32 = 360;
 /// Longest persistence timeout accepted (one week).
 pub const MAX_PERSISTENCE: u32 = 7 * 24 * 3600;
+
+/// Checks a fullnat local pool: unicast addresses, no duplicates.
+pub fn check_local_pool(addrs: &[std::net::Ipv4Addr]) -> Result<(), String> {
+    let mut seen = std::collections::HashSet::new();
+    for a in addrs {
+        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+            return Err(format!("{a} cannot be a fullnat local address"));
+        }
+        if !seen.insert(a) {
+            return Err(format!("fullnat local address {a} is listed twice"));
+        }
+    }
+    Ok(())
+}
 
 /// Checks persistence settings: timeout range and a contiguous netmask.
 pub fn check_persistence(
@@ -444,6 +467,12 @@ pub struct Status {
     pub flow_capacity: u64,
     /// Connection timeouts in force, seconds.
     pub timeouts: crate::config::Timeouts,
+    /// The fullnat local address pool.
+    #[serde(default)]
+    pub local_pool: Vec<std::net::Ipv4Addr>,
+    /// fullnat (address, port) pairs in use.
+    #[serde(default)]
+    pub local_ports_in_use: u64,
     /// Dataplane counters: XDP program and workers, by name.
     pub counters: Vec<(String, u64)>,
 }

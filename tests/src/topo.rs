@@ -193,6 +193,32 @@ impl Topo {
         }
     }
 
+    /// The fullnat local pool address used by the labs.
+    pub const LOCAL_POOL: &'static str = "10.2.0.100";
+
+    /// Prepares a fullnat lab: the pool address on the director's
+    /// server-side interface (so the kernel answers ARP for it), lvc told
+    /// about it, and real servers left without any route to clients — only
+    /// fullnat can work.
+    pub fn fullnat_pool(&self) {
+        let dev = if self.arms == Arms::Two { "d1" } else { "d0" };
+        self.lab.ip(
+            "dir",
+            &[
+                "addr",
+                "add",
+                &format!("{}/32", Self::LOCAL_POOL),
+                "dev",
+                dev,
+            ],
+        );
+        self.ctl_ok(&["set-local-pool", Self::LOCAL_POOL]);
+        for i in 0..self.servers {
+            self.lab
+                .ip(&format!("rs{}", i + 1), &["route", "del", "default"]);
+        }
+    }
+
     /// Starts lvc-dataplane on the director and waits until it answers.
     pub fn start_lvc(&mut self) {
         self.start_lvc_with(&[]);

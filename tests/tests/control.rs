@@ -31,7 +31,36 @@ fn save_clear_restore_save_is_byte_identical() {
     let svc = format!("{VIP}:80");
     t.ctl_ok(&["-e", "-t", &svc, "-r", &server_ip(1), "-w", "3"]);
     t.ctl_ok(&["--set", "--tcp", "600", "--udp", "60"]);
+    fails(
+        &t,
+        &[
+            "add-server",
+            "--tcp",
+            &svc,
+            "-r",
+            "10.2.0.55",
+            "--method",
+            "fullnat",
+        ],
+        66,
+        "needs a local address pool",
+    );
+    t.ctl_ok(&["set-local-pool", "10.2.0.100", "10.2.0.101"]);
+    t.ctl_ok(&[
+        "add-server",
+        "-t",
+        &svc,
+        "-r",
+        "10.2.0.55",
+        "--method",
+        "fullnat",
+    ]);
+    fails(&t, &["set-local-pool"], 66, "cannot be emptied");
     let saved = t.ctl_ok(&["save"]);
+    assert!(
+        saved.contains("[fullnat]\nlocal = [\"10.2.0.100\", \"10.2.0.101\"]"),
+        "{saved}"
+    );
     assert!(saved.contains("weight = 3"), "{saved}");
     assert!(
         saved.contains("tcp = 600\ntcpfin = 120\nudp = 60"),
@@ -120,6 +149,12 @@ fn save_clear_restore_save_is_byte_identical() {
         ],
         66,
         "cannot remap ports",
+    );
+    fails(
+        &t,
+        &["set-local-pool", "224.0.0.1"],
+        66,
+        "cannot be a fullnat local address",
     );
     t.ctl_ok(&["add-service", "--tcp", "10.9.0.12:0"]);
     fails(

@@ -27,6 +27,9 @@ fn lab(tag: &str, arms: Arms, method: &str) -> Topo {
         _ => {}
     }
     t.start_lvc();
+    if method == "fullnat" {
+        t.fullnat_pool();
+    }
     t.add_service("tcp", 80, method);
     t.add_service("tcp", 7, method);
     t.add_service("udp", 7, method);
@@ -125,8 +128,8 @@ fn counters_move(t: &Topo, method: &str) {
             "{srv}"
         );
         let out = srv["stats"]["packets_out"].as_u64().unwrap();
-        if method == "nat" {
-            assert!(out >= 4 * 2, "nat replies pass the director: {srv}");
+        if method == "nat" || method == "fullnat" {
+            assert!(out >= 4 * 2, "{method} replies pass the director: {srv}");
         } else {
             assert_eq!(out, 0, "{method} replies bypass lvc: {srv}");
         }
@@ -164,6 +167,16 @@ fn dr_two_armed() {
 #[test]
 fn dr_one_armed() {
     full_path("dr1", Arms::One, "dr");
+}
+
+#[test]
+fn fullnat_two_armed() {
+    full_path("fnat2", Arms::Two, "fullnat");
+}
+
+#[test]
+fn fullnat_one_armed() {
+    full_path("fnat1", Arms::One, "fullnat");
 }
 
 #[test]

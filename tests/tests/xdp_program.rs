@@ -15,6 +15,7 @@ const VIP: [u8; 4] = [10, 20, 0, 10];
 const RIP: [u8; 4] = [10, 20, 1, 11];
 const CLIENT: [u8; 4] = [10, 20, 2, 2];
 const LOCAL: [u8; 4] = [10, 20, 1, 1];
+const POOL: [u8; 4] = [10, 20, 1, 100];
 
 fn ip(a: [u8; 4]) -> IpAddr {
     IpAddr::from(a)
@@ -70,7 +71,8 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         .unwrap();
         st.sync_reals(&HashSet::from([EndpointKey::new(ip(RIP), 6, 8080)]))
             .unwrap();
-        st.sync_locals(&[ip(LOCAL)]).unwrap();
+        st.sync_locals(&[ip(LOCAL), ip(POOL)]).unwrap();
+        st.sync_snat(&[ip(POOL)]).unwrap();
 
         let run =
             |st: &mut Steering, f: &[u8], q: u32| st.test_run(f, ifindex, q).expect("test run");
@@ -96,6 +98,12 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             run(&mut st, &frame(6, RIP, CLIENT, 8080, 40000), 0),
             XDP_REDIRECT,
             "nat reply from a real server"
+        );
+
+        assert_eq!(
+            run(&mut st, &frame(17, RIP, POOL, 53, 2000), 0),
+            XDP_REDIRECT,
+            "fullnat reply to a local pool address (though it is a local address)"
         );
 
         // To the kernel.
@@ -167,7 +175,7 @@ fn xdp_program_steers_exactly_lvc_traffic() {
                 - before.iter().find(|(k, _)| *k == s).unwrap().1
         };
         assert_eq!(delta(Stat::RedirectVip), 3);
-        assert_eq!(delta(Stat::RedirectReal), 1);
+        assert_eq!(delta(Stat::RedirectReal), 2);
         assert_eq!(delta(Stat::PassNoSocket), 1);
         assert_eq!(delta(Stat::PassFragment), 2);
         assert!(delta(Stat::PassMalformed) >= 2 * 20);

@@ -9,6 +9,7 @@
 // A frame belongs to lvc when it is IPv4 TCP/UDP and
 //   * its destination (address, port, protocol) is a virtual service
 //     (`vips`, exact port first, then port 0 = "every port of this VIP"), or
+//   * its destination is a fullnat local pool address (`snat`), or
 //   * its source (address, port, protocol) is a real-server endpoint whose
 //     replies lvc must translate back (`reals`, the `nat` method), and its
 //     destination is not one of the director's own addresses (`locals`), so
@@ -98,6 +99,15 @@ struct {
 	__type(key, struct addr_key);
 	__type(value, __u32);
 } locals SEC(".maps");
+
+// The fullnat local address pool: replies to these addresses are lvc's
+// (the addresses are dedicated to lvc; the kernel still answers ARP).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct addr_key);
+	__type(value, __u32);
+} snat SEC(".maps");
 
 // ifindex -> slot of that interface in `xsks` (0..LVC_MAX_IFACES).
 struct {
@@ -198,6 +208,12 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	key.port = 0;
 	if (bpf_map_lookup_elem(&vips, &key))
 		return to_socket(ctx, STAT_REDIRECT_VIP);
+
+	struct addr_key dst = {};
+	dst.family = LVC_AF_INET;
+	dst.addr[0] = ip->daddr;
+	if (bpf_map_lookup_elem(&snat, &dst))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
 
 	key.port = ports->source;
 	key.addr[0] = ip->saddr;

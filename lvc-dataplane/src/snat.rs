@@ -1,0 +1,181 @@
+//! The `fullnat` local address pool: the director's own addresses and
+//! ports that fullnat connections are source-NATed to.
+//!
+//! Every (address, protocol) has a 64 Ki-bit port bitmap of atomics:
+//! allocation scans from a rotating start and claims a bit with a CAS, so
+//! workers never lock and a port is never handed out twice; releasing a
+//! connection clears its bit. Ports below 1024 are never used.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+
+const WORDS: usize = 65536 / 64;
+/// First port handed out.
+pub const PORT_MIN: u16 = 1024;
+
+struct PortMap {
+    bits: Box<[AtomicU64]>,
+    used: AtomicUsize,
+}
+
+impl PortMap {
+    fn new() -> Self {
+        let bits: Box<[AtomicU64]> = (0..WORDS).map(|_| AtomicU64::new(0)).collect();
+        // Reserve the privileged ports.
+        for w in 0..usize::from(PORT_MIN) / 64 {
+            bits[w].store(u64::MAX, Relaxed);
+        }
+        Self {
+            bits,
+            used: AtomicUsize::new(0),
+        }
+    }
+
+    fn alloc(&self, start: usize) -> Option<u16> {
+        for i in 0..WORDS {
+            let w = (start + i) % WORDS;
+            let word = &self.bits[w];
+            let mut cur = word.load(Relaxed);
+            while cur != u64::MAX {
+                let bit = (!cur).trailing_zeros();
+                match word.compare_exchange_weak(cur, cur | (1 << bit), Relaxed, Relaxed) {
+                    Ok(_) => {
+                        self.used.fetch_add(1, Relaxed);
+                        return Some((w * 64) as u16 + bit as u16);
+                    }
+                    Err(actual) => cur = actual,
+                }
+            }
+        }
+        None
+    }
+
+    fn free(&self, port: u16) {
+        let (w, bit) = (usize::from(port) / 64, u32::from(port) % 64);
+        let prev = self.bits[w].fetch_and(!(1 << bit), Relaxed);
+        if prev & (1 << bit) != 0 {
+            self.used.fetch_sub(1, Relaxed);
+        }
+    }
+}
+
+/// The pool: addresses (host order) with a port map per protocol.
+pub struct SnatPool {
+    addrs: Vec<u32>,
+    /// Per address: [tcp, udp].
+    ports: Vec<[PortMap; 2]>,
+    cursor: AtomicUsize,
+}
+
+impl std::fmt::Debug for SnatPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnatPool")
+            .field("addrs", &self.addresses())
+            .finish()
+    }
+}
+
+fn proto_index(proto: u8) -> usize {
+    usize::from(proto != crate::parse::PROTO_TCP)
+}
+
+impl SnatPool {
+    pub fn new(addrs: &[Ipv4Addr]) -> Self {
+        Self {
+            addrs: addrs.iter().map(|&a| u32::from(a)).collect(),
+            ports: addrs
+                .iter()
+                .map(|_| [PortMap::new(), PortMap::new()])
+                .collect(),
+            cursor: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn addresses(&self) -> Vec<Ipv4Addr> {
+        self.addrs.iter().map(|&a| Ipv4Addr::from(a)).collect()
+    }
+
+    /// A free (address, port) for `proto`, or `None` if the pool is
+    /// exhausted (every port of every address in use).
+    pub fn alloc(&self, proto: u8) -> Option<(u32, u16)> {
+        let n = self.addrs.len();
+        if n == 0 {
+            return None;
+        }
+        let c = self.cursor.fetch_add(1, Relaxed);
+        (0..n).find_map(|i| {
+            let a = (c + i) % n;
+            // Spread starts over the bitmap so workers rarely contend.
+            let start = c.wrapping_mul(0x9e37_79b9) % WORDS;
+            self.ports[a][proto_index(proto)]
+                .alloc(start)
+                .map(|p| (self.addrs[a], p))
+        })
+    }
+
+    /// Gives (address, port) back.
+    pub fn free(&self, proto: u8, addr: u32, port: u16) {
+        if let Some(a) = self.addrs.iter().position(|&x| x == addr) {
+            self.ports[a][proto_index(proto)].free(port);
+        }
+    }
+
+    /// Ports in use, over all addresses and protocols.
+    pub fn in_use(&self) -> usize {
+        self.ports
+            .iter()
+            .flat_map(|p| p.iter())
+            .map(|m| m.used.load(Relaxed))
+            .sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn ports_are_unique_until_freed() {
+        let pool = SnatPool::new(&["10.2.0.100".parse().unwrap(), "10.2.0.101".parse().unwrap()]);
+        let mut seen = HashSet::new();
+        for _ in 0..2 * (65536 - 1024) {
+            let (a, p) = pool.alloc(6).expect("room");
+            assert!(p >= PORT_MIN);
+            assert!(seen.insert((a, p)), "({a}, {p}) twice");
+        }
+        assert_eq!(pool.alloc(6), None, "exhausted");
+        assert!(pool.alloc(17).is_some(), "udp ports are separate");
+        let (a, p) = *seen.iter().next().unwrap();
+        pool.free(6, a, p);
+        assert_eq!(pool.alloc(6), Some((a, p)));
+        assert_eq!(pool.in_use(), 2 * (65536 - 1024) + 1);
+    }
+
+    #[test]
+    fn concurrent_allocation_never_collides() {
+        let pool = std::sync::Arc::new(SnatPool::new(&["10.2.0.100".parse().unwrap()]));
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let pool = pool.clone();
+                std::thread::spawn(move || {
+                    (0..10_000)
+                        .map(|_| pool.alloc(6).unwrap().1)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut all = HashSet::new();
+        for h in handles {
+            for p in h.join().unwrap() {
+                assert!(all.insert(p));
+            }
+        }
+        assert_eq!(all.len(), 40_000);
+    }
+
+    #[test]
+    fn empty_pool() {
+        assert_eq!(SnatPool::new(&[]).alloc(6), None);
+    }
+}
