@@ -204,3 +204,40 @@ fn weight_zero_drains_and_persistence_sticks() {
     let saved = t.ctl_ok(&["save"]);
     assert!(saved.contains("persistent = 2"), "{saved}");
 }
+
+/// The paper's TC2: per-service direction — port 80 to one real server,
+/// ports 21 and 22 to the other.
+#[test]
+fn tc2_per_service_direction() {
+    if !privileged("tc2_per_service_direction") {
+        return;
+    }
+    let mut t = lab("tc2");
+    let srv = lvc_tests::bin("lvc-testsrv").to_string_lossy().into_owned();
+    t.lab.spawn(
+        "rs2",
+        "rs2-ftp-ssh",
+        &[&srv, "rs2", "--http", "21", "--http", "22"],
+    );
+    t.ctl_ok(&["add-service", "--tcp", &format!("{VIP}:80")]);
+    t.ctl_ok(&[
+        "add-server",
+        "--tcp",
+        &format!("{VIP}:80"),
+        "--real",
+        &server_ip(0),
+    ]);
+    for port in [21, 22] {
+        let svc = format!("{VIP}:{port}");
+        t.ctl_ok(&["add-service", "--tcp", &svc]);
+        t.ctl_ok(&["add-server", "--tcp", &svc, "--real", &server_ip(1)]);
+    }
+    assert!(t.lab.wait_until(Duration::from_secs(5), || {
+        t.curl(&format!("http://{VIP}:22/")).is_some()
+    }));
+    for _ in 0..3 {
+        assert_eq!(split(&t, 80, 2).keys().collect::<Vec<_>>(), ["rs1"]);
+        assert_eq!(split(&t, 21, 2).keys().collect::<Vec<_>>(), ["rs2"]);
+        assert_eq!(split(&t, 22, 2).keys().collect::<Vec<_>>(), ["rs2"]);
+    }
+}
