@@ -16,6 +16,7 @@ pub mod checksum;
 pub mod conntrack;
 pub mod control;
 pub mod daemon;
+pub mod icmp;
 pub mod metrics;
 pub mod parse;
 pub mod rewrite;

@@ -241,7 +241,12 @@ pub fn render(control: &Control) -> String {
 
     let workers = control.worker_stats();
     type Get = fn(&crate::stats::WorkerStats) -> u64;
-    let per_worker: [(&str, &str, Get); 5] = [
+    let per_worker: [(&str, &str, Get); 6] = [
+        (
+            "lvc_worker_icmp_sent_total",
+            "ICMP errors originated (time exceeded, fragmentation needed).",
+            |w| w.icmp_sent.load(Relaxed),
+        ),
         (
             "lvc_worker_rx_packets_total",
             "Frames received from AF_XDP.",

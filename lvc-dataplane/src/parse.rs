@@ -44,6 +44,8 @@ pub const TCP_ACK: u8 = 0x10;
 /// What later stages need to know about a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Packet {
+    /// The flow the frame belongs to. For an ICMP error, the flow of the
+    /// packet it quotes, reversed: the direction the error travels in.
     pub key: FlowKey,
     /// Offset of the L4 header in the frame.
     pub l4_off: usize,
@@ -51,7 +53,30 @@ pub struct Packet {
     pub ip_len: usize,
     /// TCP flags, 0 for UDP.
     pub tcp_flags: u8,
+    /// Set for ICMP errors about a TCP/UDP flow.
+    pub icmp: Option<IcmpError>,
 }
+
+/// An ICMP error (destination unreachable, time exceeded, parameter
+/// problem) and where its quoted packet is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IcmpError {
+    pub kind: u8,
+    pub code: u8,
+    /// Offset of the quoted IP header.
+    pub inner_ip: usize,
+    /// Offset of the quoted L4 header.
+    pub inner_l4: usize,
+    /// Quoted bytes of L4 header available (≥ 8).
+    pub inner_l4_len: usize,
+}
+
+pub const PROTO_ICMP: u8 = 1;
+pub const ICMP_DEST_UNREACH: u8 = 3;
+pub const ICMP_TIME_EXCEEDED: u8 = 11;
+pub const ICMP_PARAM_PROBLEM: u8 = 12;
+/// Destination unreachable, code "fragmentation needed and DF set".
+pub const ICMP_FRAG_NEEDED: u8 = 4;
 
 /// Parses an Ethernet/IPv4/TCP-or-UDP frame.
 pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
@@ -88,6 +113,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
             }
             (be16(l4, 0), be16(l4, 2), 0)
         }
+        IpNumber::ICMP => return parse_icmp_error(frame, ETH_HLEN + ihl, ip_len),
         _ => return Err(Drop::Protocol),
     };
     Ok(Packet {
@@ -101,6 +127,52 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
         l4_off: ETH_HLEN + ihl,
         ip_len,
         tcp_flags,
+        icmp: None,
+    })
+}
+
+/// An ICMP error quoting a TCP or UDP packet: header + at least 8 bytes.
+fn parse_icmp_error(frame: &[u8], l4_off: usize, ip_len: usize) -> Result<Packet, Drop> {
+    let end = ETH_HLEN + ip_len;
+    let icmp = &frame[l4_off..end];
+    if icmp.len() < 8 {
+        return Err(Drop::Malformed);
+    }
+    let (kind, code) = (icmp[0], icmp[1]);
+    if !matches!(
+        kind,
+        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
+    ) {
+        return Err(Drop::Protocol);
+    }
+    let inner_ip = l4_off + 8;
+    let inner = Ipv4HeaderSlice::from_slice(&frame[inner_ip..end]).map_err(|_| Drop::Malformed)?;
+    let inner_l4 = inner_ip + inner.slice().len();
+    let inner_l4_len = end.saturating_sub(inner_l4);
+    let proto = inner.protocol();
+    if inner_l4_len < 8 || !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
+        return Err(Drop::Malformed);
+    }
+    let q = &frame[inner_l4..];
+    // The quoted packet went the other way: reverse it.
+    Ok(Packet {
+        key: FlowKey {
+            src: u32::from_be_bytes(inner.destination()),
+            dst: u32::from_be_bytes(inner.source()),
+            sport: be16(q, 2),
+            dport: be16(q, 0),
+            proto: proto.0,
+        },
+        l4_off,
+        ip_len,
+        tcp_flags: 0,
+        icmp: Some(IcmpError {
+            kind,
+            code,
+            inner_ip,
+            inner_l4,
+            inner_l4_len,
+        }),
     })
 }
 
@@ -176,6 +248,28 @@ pub(crate) mod fixtures {
         if proto == 17 && c == 0 { 0xffff } else { c }
     }
 
+    /// An Ethernet/IPv4/ICMP error quoting `quoted` (an IP header + 8 bytes).
+    pub fn icmp_error(kind: u8, code: u8, src: [u8; 4], dst: [u8; 4], quoted: &[u8]) -> Vec<u8> {
+        let ip_len = 20 + 8 + quoted.len();
+        let mut f = vec![0u8; 14 + ip_len];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        let ip = &mut f[14..34];
+        ip[0] = 0x45;
+        ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        ip[8] = 64;
+        ip[9] = 1;
+        ip[12..16].copy_from_slice(&src);
+        ip[16..20].copy_from_slice(&dst);
+        let c = checksum(ip);
+        ip[10..12].copy_from_slice(&c.to_be_bytes());
+        f[34] = kind;
+        f[35] = code;
+        f[42..].copy_from_slice(quoted);
+        let c = checksum(&f[34..]);
+        f[36..38].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
     /// True if IP and L4 checksums of `f` are valid.
     pub fn checksums_ok(f: &[u8]) -> bool {
         let ip_ok = checksum(&f[14..34]) == 0;
@@ -233,8 +327,44 @@ mod tests {
         f[14 + 6] = 0x20; // MF
         assert_eq!(parse(&f), Err(Drop::Fragment));
         let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
-        f[14 + 9] = 1;
+        f[14 + 9] = 2;
         assert_eq!(parse(&f), Err(Drop::Protocol));
+    }
+
+    #[test]
+    fn icmp_errors_name_the_quoted_flow_reversed() {
+        let quoted = frame(6, [10, 2, 0, 11], [10, 1, 0, 2], 80, 40000, TCP_SYN, b"");
+        let err = fixtures::icmp_error(3, 3, [10, 2, 0, 11], [10, 1, 0, 2], &quoted[14..14 + 28]);
+        let p = parse(&err).unwrap();
+        let e = p.icmp.unwrap();
+        assert_eq!((e.kind, e.code, e.inner_ip, e.inner_l4), (3, 3, 42, 62));
+        assert_eq!(
+            p.key,
+            FlowKey {
+                src: 0x0a01_0002,
+                dst: 0x0a02_000b,
+                sport: 40000,
+                dport: 80,
+                proto: 6
+            }
+        );
+        // Echo requests and truncated quotes are not errors about a flow.
+        let mut echo = err.clone();
+        echo[34] = 8;
+        assert_eq!(parse(&echo), Err(Drop::Protocol));
+        for n in 14..err.len() {
+            let mut t = err[..n].to_vec();
+            let ip_len = (n - 14) as u16;
+            if n >= 18 {
+                t[16..18].copy_from_slice(&ip_len.to_be_bytes());
+            }
+            let _ = parse(&t);
+        }
+        let mut short = err.clone();
+        short.truncate(err.len() - 1);
+        let n = (short.len() - 14) as u16;
+        short[16..18].copy_from_slice(&n.to_be_bytes());
+        assert_eq!(parse(&short), Err(Drop::Malformed));
     }
 
     #[test]

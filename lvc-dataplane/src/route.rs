@@ -41,6 +41,11 @@ pub struct L2 {
     pub ifindex: u32,
     pub src_mac: [u8; 6],
     pub dst_mac: [u8; 6],
+    /// The egress link's MTU.
+    pub mtu: u32,
+    /// An IPv4 address of the director on the egress interface (host
+    /// order; 0 if none): the source of ICMP errors lvc sends that way.
+    pub src_ip: u32,
 }
 
 /// A request to resolve `ip`'s MAC on interface `ifindex`.
@@ -96,6 +101,8 @@ pub struct RouteTable {
     neighbours: HashMap<(u32, u32), [u8; 6]>,
     links: HashMap<u32, Link>,
     locals: Vec<IpAddr>,
+    /// First IPv4 address of each interface.
+    if_addrs: HashMap<u32, u32>,
     /// Neighbours the kernel holds as STALE. lvc's own transmissions never
     /// confirm them (the kernel does not see them), so they are re-probed.
     stale: Vec<NeighRequest>,
@@ -114,6 +121,7 @@ impl RouteTable {
             neighbours,
             links: links.into_iter().map(|l| (l.ifindex, l)).collect(),
             locals,
+            if_addrs: HashMap::new(),
             stale: Vec::new(),
         }
     }
@@ -133,6 +141,8 @@ impl RouteTable {
                 ifindex: route.oif,
                 src_mac: link.mac,
                 dst_mac: mac,
+                mtu: link.mtu,
+                src_ip: self.if_addrs.get(&route.oif).copied().unwrap_or(0),
             }),
             None if self.is_local(IpAddr::V4(Ipv4Addr::from(dst))) => NextHop::None,
             None => NextHop::Unresolved(NeighRequest {
@@ -151,6 +161,13 @@ impl RouteTable {
             Some(r) if r.gateway.is_none() => self.next_hop(dst),
             _ => NextHop::None,
         }
+    }
+
+    /// The director's address on the interface towards `dst` (for packets
+    /// lvc originates, such as ICMP errors).
+    pub fn source_for(&self, dst: u32) -> Option<u32> {
+        let route = self.routes.iter().find(|r| r.covers(dst))?;
+        self.if_addrs.get(&route.oif).copied()
     }
 
     /// The director's own addresses.
@@ -272,10 +289,14 @@ impl Netlink {
             }
         }
         let mut locals = Vec::new();
+        let mut if_addrs = HashMap::new();
         for m in self.dump(Rt::GetAddress(AddressMessage::default()))? {
             if let Rt::NewAddress(a) = m
                 && let Some(ip) = parse_addr(&a)
             {
+                if let IpAddr::V4(v4) = ip {
+                    if_addrs.entry(a.header.index).or_insert(u32::from(v4));
+                }
                 locals.push(ip);
             }
         }
@@ -303,6 +324,7 @@ impl Netlink {
         }
         let mut t = RouteTable::new(routes, neighbours, links, locals);
         t.stale = stale;
+        t.if_addrs = if_addrs;
         Ok(t)
     }
 
@@ -643,7 +665,9 @@ mod tests {
             NextHop::Ready(L2 {
                 ifindex: 2,
                 src_mac: [0xa; 6],
-                dst_mac: [7; 6]
+                dst_mac: [7; 6],
+                mtu: 1500,
+                src_ip: 0,
             })
         );
         // Default route: via the gateway's MAC.
@@ -652,7 +676,9 @@ mod tests {
             NextHop::Ready(L2 {
                 ifindex: 2,
                 src_mac: [0xa; 6],
-                dst_mac: [1; 6]
+                dst_mac: [1; 6],
+                mtu: 1500,
+                src_ip: 0,
             })
         );
         // Lower metric wins among equal prefixes; unresolved → a request.

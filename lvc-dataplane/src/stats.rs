@@ -35,9 +35,10 @@ pub enum Drop {
     NeighPending,
     /// The egress interface is not one lvc serves.
     EgressNotServed,
-    /// The IP TTL ran out.
+    /// The IP TTL ran out (an ICMP time exceeded could not be sent).
     TtlExceeded,
-    /// The frame would not fit the egress frame buffer.
+    /// Larger than the egress MTU without DF (lvc does not fragment), or
+    /// an ICMP error about it could not be sent.
     TooBig,
     /// No free frame or TX ring slot to send it.
     TxFull,
@@ -95,8 +96,8 @@ pub struct WorkerStats {
     pub tx_bytes: AtomicU64,
     /// `sendto` calls made to kick copy-mode TX.
     pub tx_kicks: AtomicU64,
-    /// Frames given back by the fill path because the fill ring was full.
-    pub fill_short: AtomicU64,
+    /// ICMP errors lvc originated (time exceeded, fragmentation needed).
+    pub icmp_sent: AtomicU64,
     pub drops: [AtomicU64; Drop::COUNT],
 }
 

@@ -9,7 +9,10 @@
 //! finally kick TX, reap completions and refill the fill rings.
 
 use crate::conntrack::{Conn, Conntrack, Dir, opens_connection};
-use crate::parse::{Packet, parse};
+use crate::icmp;
+use crate::parse::{
+    ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, Packet, parse,
+};
 use crate::rewrite;
 use crate::route::{NeighRequest, NextHop, RouteTable};
 use crate::schedule;
@@ -43,6 +46,8 @@ enum Verdict {
     Send(usize),
     /// Routed to `next`, whose MAC is being resolved: hold the frame.
     Park(u32),
+    /// Answer the frame's source with this ICMP error instead.
+    Icmp(icmp::Originate),
 }
 
 /// Everything a worker shares with the rest of the daemon.
@@ -88,7 +93,7 @@ impl Worker {
                     bump(&self.stats.rx_packets, 1);
                     bump(&self.stats.rx_bytes, frame.len() as u64);
                     let bytes = self.io.bytes_mut(&mut frame);
-                    match forward(
+                    let verdict = match forward(
                         bytes,
                         now,
                         &services,
@@ -96,6 +101,10 @@ impl Worker {
                         &self.shared,
                         &self.port_ifindex,
                     ) {
+                        Ok(Verdict::Icmp(what)) => self.originate(&mut frame, what, &routes),
+                        v => v,
+                    };
+                    match verdict {
                         Ok(Verdict::Send(egress)) => out[egress].push(frame),
                         Ok(Verdict::Park(next)) if parked.len() < PARK_MAX => parked.push(Parked {
                             frame,
@@ -106,6 +115,7 @@ impl Worker {
                             self.stats.count_drop(Drop::NeighPending);
                             self.io.release(frame);
                         }
+                        Ok(Verdict::Icmp(_)) => unreachable!("originate never asks for ICMP"),
                         Err(why) => {
                             self.stats.count_drop(why);
                             self.io.release(frame);
@@ -144,6 +154,31 @@ impl Worker {
         for p in parked {
             self.io.release(p.frame);
         }
+    }
+
+    /// Turns `frame` into the ICMP error `what` back to its source, from
+    /// the director's address on the way there, and routes it.
+    fn originate(
+        &self,
+        frame: &mut Frame,
+        what: icmp::Originate,
+        routes: &RouteTable,
+    ) -> Result<Verdict, Drop> {
+        let need = icmp::error_len(self.io.bytes_mut(frame));
+        let len = frame.len();
+        if !self.io.set_len(frame, need.max(len)) {
+            return Err(Drop::TooBig);
+        }
+        let f = self.io.bytes_mut(frame);
+        let source = u32::from_be_bytes([f[26], f[27], f[28], f[29]]);
+        let from = routes.source_for(source).ok_or(Drop::NoRoute)?;
+        let (n, to) = icmp::build(f, what, from);
+        let verdict = send_to(f, routes.next_hop(to), to, &self.shared, &self.port_ifindex);
+        self.io.set_len(frame, n);
+        if verdict.is_ok() {
+            bump(&self.stats.icmp_sent, 1);
+        }
+        verdict
     }
 
     /// Sends parked frames whose neighbour got resolved; drops those that
@@ -193,18 +228,27 @@ fn forward(
     let pkt = parse(f)?;
     let (conn, dir) = match shared.conntrack.lookup(&pkt.key) {
         Some(found) => found,
+        // ICMP errors never open connections.
+        None if pkt.icmp.is_some() => return Err(Drop::NoFlow),
         None => (
             new_conn(&pkt, now, services, &shared.conntrack)?,
             Dir::Original,
         ),
     };
-    conn.touch(now, dir, pkt.tcp_flags);
     let len = f.len();
-    let next = match dir {
-        Dir::Original if conn.method == Method::Dr => {
-            // Direct routing: the frame goes on unchanged but for its MACs.
+    match dir {
+        Dir::Original => {
             conn.service.count_in(len);
             conn.server.stats.count_in(len);
+        }
+        Dir::Reply => {
+            conn.service.count_out(len);
+            conn.server.stats.count_out(len);
+        }
+    }
+    if let Some(e) = &pkt.icmp {
+        // An error about the flow: translated like the packet it quotes.
+        if conn.method == Method::Dr {
             return send_to(
                 f,
                 routes.next_hop_onlink(conn.real.0),
@@ -213,28 +257,62 @@ fn forward(
                 port_ifindex,
             );
         }
+        let next = icmp::translate(f, &pkt, e, &conn, dir);
+        rewrite::decrement_ttl(f)?;
+        return send_to(f, routes.next_hop(next), next, shared, port_ifindex);
+    }
+    conn.touch(now, dir, pkt.tcp_flags);
+    let (next, hop) = match dir {
+        Dir::Original if conn.method == Method::Dr => {
+            (conn.real.0, routes.next_hop_onlink(conn.real.0))
+        }
+        Dir::Original => (conn.real.0, routes.next_hop(conn.real.0)),
+        Dir::Reply => (conn.client.0, routes.next_hop(conn.client.0)),
+    };
+    // As a router would, before touching the packet (errors quote it as
+    // its sender sent it): too big for the next link, or out of hops.
+    if let NextHop::Ready(l2) = hop
+        && pkt.ip_len > l2.mtu as usize
+    {
+        let df = f[ETH_HLEN + 6] & 0x40 != 0;
+        return if df {
+            Ok(Verdict::Icmp(icmp::Originate {
+                kind: ICMP_DEST_UNREACH,
+                code: ICMP_FRAG_NEEDED,
+                mtu: l2.mtu.min(u32::from(u16::MAX)) as u16,
+            }))
+        } else {
+            Err(Drop::TooBig)
+        };
+    }
+    if conn.method == Method::Dr {
+        // Direct routing: the frame goes on unchanged but for its MACs.
+        return send_to(f, hop, next, shared, port_ifindex);
+    }
+    if f[ETH_HLEN + 8] <= 1 {
+        return Ok(Verdict::Icmp(icmp::Originate {
+            kind: ICMP_TIME_EXCEEDED,
+            code: 0,
+            mtu: 0,
+        }));
+    }
+    match dir {
         Dir::Original => {
-            conn.service.count_in(len);
-            conn.server.stats.count_in(len);
             rewrite::set_dst(f, &pkt, conn.real.0, conn.real.1);
             if conn.local != conn.client {
                 // fullnat: the real server sees a director address.
                 rewrite::set_src(f, &pkt, conn.local.0, conn.local.1);
             }
-            conn.real.0
         }
         Dir::Reply => {
-            conn.service.count_out(len);
-            conn.server.stats.count_out(len);
             rewrite::set_src(f, &pkt, conn.vip.0, conn.vip.1);
             if conn.local != conn.client {
                 rewrite::set_dst(f, &pkt, conn.client.0, conn.client.1);
             }
-            conn.client.0
         }
-    };
+    }
     rewrite::decrement_ttl(f)?;
-    send_to(f, routes.next_hop(next), next, shared, port_ifindex)
+    send_to(f, hop, next, shared, port_ifindex)
 }
 
 /// Addresses the frame to `hop` and picks its egress port, or parks it
@@ -452,6 +530,7 @@ mod tests {
             l4_off: 34,
             ip_len: 40,
             tcp_flags: crate::parse::TCP_SYN,
+            icmp: None,
         };
         let c = new_conn(&pkt, 0, &table, &ct).unwrap();
         assert_eq!(c.template.as_ref().unwrap().conns.load(Relaxed), 1);

@@ -253,6 +253,19 @@ impl WorkerIo {
         unsafe { std::slice::from_raw_parts_mut(ptr, len) }
     }
 
+    /// Sets the packet length of a frame (to grow or shrink it in place);
+    /// false if `len` does not fit the frame.
+    pub fn set_len(&self, frame: &mut Frame, len: usize) -> bool {
+        if len > self.mtu {
+            return false;
+        }
+        // SAFETY: as in `bytes_mut`: `&mut Frame` is the only access to a
+        // frame userspace owns.
+        let mut data = unsafe { self.umem.data_mut(&mut frame.desc) };
+        data.cursor().set_pos(len);
+        true
+    }
+
     /// Takes a free frame and fills it with `bytes` (for packets the
     /// dataplane originates). `None` when no frame is free or `bytes` is
     /// larger than a frame.

@@ -106,9 +106,52 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             "fullnat reply to a local pool address (though it is a local address)"
         );
 
-        // To the kernel.
         let pass =
             |st: &mut Steering, f: &[u8], what: &str| assert_eq!(run(st, f, 0), XDP_PASS, "{what}");
+        // ICMP errors about tracked flows.
+        let icmp = |outer_src: [u8; 4], outer_dst: [u8; 4], quoted: Vec<u8>| {
+            let mut f = frame(17, outer_src, outer_dst, 0, 0);
+            f.truncate(34);
+            f[23] = 1;
+            f.extend_from_slice(&[3, 4, 0, 0, 0, 0, 5, 220]);
+            f.extend_from_slice(&quoted[14..14 + 28]);
+            let ip_len = (f.len() - 14) as u16;
+            f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+            f
+        };
+        assert_eq!(
+            run(
+                &mut st,
+                &icmp([10, 1, 1, 1], VIP, frame(6, VIP, CLIENT, 80, 40000)),
+                0
+            ),
+            XDP_REDIRECT,
+            "frag needed about a reply from a VIP"
+        );
+        assert_eq!(
+            run(
+                &mut st,
+                &icmp(RIP, CLIENT, frame(6, CLIENT, RIP, 40000, 8080)),
+                0
+            ),
+            XDP_REDIRECT,
+            "port unreachable from a nat real server"
+        );
+        pass(
+            &mut st,
+            &icmp(RIP, LOCAL, frame(6, LOCAL, RIP, 40000, 8080)),
+            "real server erroring to the director itself",
+        );
+        pass(
+            &mut st,
+            &icmp(RIP, CLIENT, frame(6, CLIENT, RIP, 40000, 22)),
+            "error about another flow",
+        );
+        let mut echo = icmp(CLIENT, VIP, frame(6, VIP, CLIENT, 80, 40000));
+        echo[34] = 8;
+        pass(&mut st, &echo, "echo request to a VIP");
+
+        // To the kernel.
         pass(
             &mut st,
             &frame(6, CLIENT, VIP, 40000, 81),
@@ -174,8 +217,8 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             after.iter().find(|(k, _)| *k == s).unwrap().1
                 - before.iter().find(|(k, _)| *k == s).unwrap().1
         };
-        assert_eq!(delta(Stat::RedirectVip), 3);
-        assert_eq!(delta(Stat::RedirectReal), 2);
+        assert_eq!(delta(Stat::RedirectVip), 4);
+        assert_eq!(delta(Stat::RedirectReal), 3);
         assert_eq!(delta(Stat::PassNoSocket), 1);
         assert_eq!(delta(Stat::PassFragment), 2);
         assert!(delta(Stat::PassMalformed) >= 2 * 20);

@@ -31,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "procps",
     "curl",
     "socat",
+    "tcpdump",
 ];
 
 fn main() -> ExitCode {

@@ -161,6 +161,75 @@ static __always_inline int to_socket(struct xdp_md *ctx, __u32 reason)
 	return bpf_redirect_map(&xsks, q, XDP_PASS);
 }
 
+// Type and code of an ICMP header; the rest is not read here.
+struct icmp_head {
+	__u8 type;
+	__u8 code;
+	__u16 checksum;
+	__u32 rest;
+};
+
+#define ICMP_DEST_UNREACH 3
+#define ICMP_TIME_EXCEEDED 11
+#define ICMP_PARAMETERPROB 12
+
+// ICMP errors about a flow lvc tracks go to lvc, which translates them:
+// errors about replies that left from a VIP (the quoted source is a VIP
+// endpoint), errors from nat real servers about requests (the quoted
+// destination is a real-server endpoint), and errors to a fullnat pool
+// address. Everything else ICMP — echo requests to a VIP included — is the
+// kernel's.
+static __always_inline int icmp_error(struct xdp_md *ctx, struct iphdr *ip, __u32 ihl, void *data_end)
+{
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+		return pass(STAT_PASS_FRAGMENT);
+	struct icmp_head *icmp = (void *)ip + ihl;
+	if ((void *)(icmp + 1) > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	if (icmp->type != ICMP_DEST_UNREACH && icmp->type != ICMP_TIME_EXCEEDED &&
+	    icmp->type != ICMP_PARAMETERPROB)
+		return pass(STAT_PASS_OTHER_PROTO);
+	struct iphdr *inner = (void *)(icmp + 1);
+	if ((void *)(inner + 1) > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	if (inner->ihl < 5)
+		return pass(STAT_PASS_MALFORMED);
+	__u32 inner_ihl = inner->ihl * 4;
+	struct l4_ports *ports = (void *)inner + inner_ihl;
+	if ((void *)(ports + 1) > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	if (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP)
+		return pass(STAT_PASS_OTHER_PROTO);
+
+	struct addr_key dst = {};
+	dst.family = LVC_AF_INET;
+	dst.addr[0] = ip->daddr;
+	if (bpf_map_lookup_elem(&snat, &dst))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+
+	struct endpoint_key key = {};
+	key.family = LVC_AF_INET;
+	key.proto = inner->protocol;
+	key.port = ports->source;
+	key.addr[0] = inner->saddr;
+	if (bpf_map_lookup_elem(&vips, &key))
+		return to_socket(ctx, STAT_REDIRECT_VIP);
+	key.port = 0;
+	if (bpf_map_lookup_elem(&vips, &key))
+		return to_socket(ctx, STAT_REDIRECT_VIP);
+
+	key.port = ports->dest;
+	key.addr[0] = inner->daddr;
+	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
+	if (!real) {
+		key.port = 0;
+		real = bpf_map_lookup_elem(&reals, &key) != NULL;
+	}
+	if (real && !bpf_map_lookup_elem(&locals, &dst))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+	return pass(STAT_PASS_NO_MATCH);
+}
+
 static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -183,6 +252,8 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	__u32 ihl = ip->ihl * 4;
 	if ((void *)ip + ihl > data_end)
 		return pass(STAT_PASS_MALFORMED);
+	if (ip->protocol == IPPROTO_ICMP)
+		return icmp_error(ctx, ip, ihl, data_end);
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return pass(STAT_PASS_OTHER_PROTO);
 	// Every fragment, first one included, goes to the kernel: splitting a

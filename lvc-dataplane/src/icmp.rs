@@ -1,0 +1,283 @@
+//! ICMP: errors about tracked flows are translated like the packets they
+//! quote, so the party that sent the offending packet recognises it (PMTU
+//! discovery through the director depends on this); errors lvc must send
+//! itself — time exceeded, fragmentation needed — are built in the frame of
+//! the packet that caused them.
+
+use crate::checksum::{checksum, update16, update32};
+use crate::conntrack::{Conn, Dir};
+use crate::parse::{ETH_HLEN, IcmpError, PROTO_UDP, Packet, be16};
+
+const IP_CSUM: usize = 10;
+const IP_SRC: usize = 12;
+const IP_DST: usize = 16;
+
+fn get32(f: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
+}
+
+fn put16(f: &mut [u8], at: usize, v: u16) {
+    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
+}
+
+/// Rewrites the quoted packet's address at `addr_at` and port at `port_at`
+/// (offsets in the frame), keeping its L4 checksum consistent if quoted.
+fn quoted_endpoint(
+    f: &mut [u8],
+    e: &IcmpError,
+    proto: u8,
+    addr_at: usize,
+    port_at: usize,
+    to: (u32, u16),
+) {
+    let (old_addr, old_port) = (get32(f, addr_at), be16(f, port_at));
+    if (old_addr, old_port) == to {
+        return;
+    }
+    f[addr_at..addr_at + 4].copy_from_slice(&to.0.to_be_bytes());
+    put16(f, port_at, to.1);
+    let (csum_at, present) = if proto == PROTO_UDP {
+        (e.inner_l4 + 6, e.inner_l4_len >= 8)
+    } else {
+        (e.inner_l4 + 16, e.inner_l4_len >= 18)
+    };
+    if present {
+        let old = be16(f, csum_at);
+        if !(proto == PROTO_UDP && old == 0) {
+            let c = update16(update32(old, old_addr, to.0), old_port, to.1);
+            put16(f, csum_at, c);
+        }
+    }
+}
+
+/// Rewrites the outer header's address at `at` (IP_SRC or IP_DST).
+fn outer_addr(f: &mut [u8], at: usize, to: u32) {
+    let at = ETH_HLEN + at;
+    let old = get32(f, at);
+    if old != to {
+        f[at..at + 4].copy_from_slice(&to.to_be_bytes());
+        let c = update32(be16(f, ETH_HLEN + IP_CSUM), old, to);
+        put16(f, ETH_HLEN + IP_CSUM, c);
+    }
+}
+
+/// Translates an ICMP error about `conn` travelling in `dir` (Original:
+/// towards the real server; Reply: towards the client). Returns the
+/// address it must be routed to.
+pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Dir) -> u32 {
+    let proto = conn.proto;
+    let (src_at, dst_at) = (e.inner_ip + IP_SRC, e.inner_ip + IP_DST);
+    let (sport_at, dport_at) = (e.inner_l4, e.inner_l4 + 2);
+    let fullnat = conn.local != conn.client;
+    let next = match dir {
+        Dir::Original => {
+            // The quoted packet is a reply as lvc sent it (from the VIP):
+            // show it as the real server sent it.
+            quoted_endpoint(f, e, proto, src_at, sport_at, conn.real);
+            if fullnat {
+                quoted_endpoint(f, e, proto, dst_at, dport_at, conn.local);
+            }
+            outer_addr(f, IP_DST, conn.real.0);
+            conn.real.0
+        }
+        Dir::Reply => {
+            // The quoted packet is a request as lvc sent it (to the real
+            // server): show it as the client sent it.
+            quoted_endpoint(f, e, proto, dst_at, dport_at, conn.vip);
+            if fullnat {
+                quoted_endpoint(f, e, proto, src_at, sport_at, conn.client);
+                outer_addr(f, IP_DST, conn.client.0);
+            }
+            if get32(f, ETH_HLEN + IP_SRC) == conn.real.0 {
+                outer_addr(f, IP_SRC, conn.vip.0);
+            }
+            conn.client.0
+        }
+    };
+    // The quoted IP header and the whole ICMP message get fresh checksums.
+    let ihl = usize::from(f[e.inner_ip] & 0x0f) * 4;
+    put16(f, e.inner_ip + IP_CSUM, 0);
+    let c = checksum(&f[e.inner_ip..e.inner_ip + ihl]);
+    put16(f, e.inner_ip + IP_CSUM, c);
+    let end = ETH_HLEN + pkt.ip_len;
+    put16(f, pkt.l4_off + 2, 0);
+    let c = checksum(&f[pkt.l4_off..end]);
+    put16(f, pkt.l4_off + 2, c);
+    next
+}
+
+/// An ICMP error lvc originates about the frame it would forward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Originate {
+    pub kind: u8,
+    pub code: u8,
+    /// Next-hop MTU, for "fragmentation needed".
+    pub mtu: u16,
+}
+
+/// Bytes of the offending packet an error quotes: its IP header and 8
+/// bytes, as RFC 792 asks and every stack matches on.
+fn quoted_len(f: &[u8]) -> usize {
+    let ihl = usize::from(f[ETH_HLEN] & 0x0f) * 4;
+    let ip_len = usize::from(be16(f, ETH_HLEN + 2));
+    (ihl + 8).min(ip_len)
+}
+
+/// Frame length the error built from `f` will have.
+pub fn error_len(f: &[u8]) -> usize {
+    ETH_HLEN + 20 + 8 + quoted_len(f)
+}
+
+/// Turns the frame `f` (already at least [`error_len`] long, original
+/// packet at its start) into an ICMP error from `src` to the original
+/// packet's source. Returns (new length, destination).
+pub fn build(f: &mut [u8], what: Originate, src: u32) -> (usize, u32) {
+    let q = quoted_len(f);
+    let to = get32(f, ETH_HLEN + IP_SRC);
+    f.copy_within(ETH_HLEN..ETH_HLEN + q, ETH_HLEN + 28);
+    let ip_len = 28 + q;
+    let ip = &mut f[ETH_HLEN..ETH_HLEN + 20];
+    ip.copy_from_slice(&[
+        0x45, 0xc0, 0, 0, 0, 0, 0, 0, 64, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    ip[2..4].copy_from_slice(&(ip_len as u16).to_be_bytes());
+    ip[12..16].copy_from_slice(&src.to_be_bytes());
+    ip[16..20].copy_from_slice(&to.to_be_bytes());
+    let c = checksum(ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    let icmp = &mut f[ETH_HLEN + 20..ETH_HLEN + ip_len];
+    icmp[..8].copy_from_slice(&[what.kind, what.code, 0, 0, 0, 0, 0, 0]);
+    icmp[6..8].copy_from_slice(&what.mtu.to_be_bytes());
+    let c = checksum(icmp);
+    icmp[2..4].copy_from_slice(&c.to_be_bytes());
+    (ETH_HLEN + ip_len, to)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conntrack::Conntrack;
+    use crate::parse::fixtures::{frame, icmp_error};
+    use crate::parse::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, TCP_SYN, parse};
+    use crate::services::Server;
+    use crate::stats::TrafficStats;
+    use lvc_proto::Method;
+    use std::sync::Arc;
+
+    const CLIENT: [u8; 4] = [10, 1, 0, 2];
+    const VIP: [u8; 4] = [10, 9, 0, 10];
+    const RIP: [u8; 4] = [10, 2, 0, 11];
+    const ROUTER: [u8; 4] = [10, 1, 0, 254];
+
+    fn conn(method: Method) -> Conn {
+        let s = Arc::new(Server {
+            addr: RIP.into(),
+            port: 8080,
+            weight: 1,
+            method,
+            stats: Arc::new(TrafficStats::default()),
+        });
+        Conn::new(
+            17,
+            (u32::from_be_bytes(CLIENT), 40000),
+            (u32::from_be_bytes(VIP), 53),
+            s,
+            8080,
+            Arc::new(TrafficStats::default()),
+            0,
+        )
+    }
+
+    fn icmp_ok(f: &[u8]) -> bool {
+        let ip_len = usize::from(be16(f, 16));
+        checksum(&f[14..34]) == 0 && checksum(&f[34..14 + ip_len]) == 0 && checksum(&f[42..62]) == 0
+    }
+
+    #[test]
+    fn port_unreachable_from_a_nat_server_reaches_the_client_as_from_the_vip() {
+        let ct = Conntrack::new(4);
+        let c = ct.insert(conn(Method::Nat)).unwrap();
+        // The request as lvc sent it to the real server.
+        let req = frame(17, CLIENT, RIP, 40000, 8080, 0, b"q");
+        let mut f = icmp_error(ICMP_DEST_UNREACH, 3, RIP, CLIENT, &req[14..14 + 28]);
+        let pkt = parse(&f).unwrap();
+        let (found, dir) = ct.lookup(&pkt.key).unwrap();
+        assert!(Arc::ptr_eq(&found, &c));
+        assert_eq!(dir, Dir::Reply);
+        let next = translate(&mut f, &pkt, &pkt.icmp.unwrap(), &c, dir);
+        assert_eq!(next.to_be_bytes(), CLIENT);
+        assert_eq!(&f[26..30], &VIP, "outer source: the VIP");
+        assert_eq!(&f[58..62], &VIP, "quoted destination: the VIP");
+        assert_eq!(be16(&f, 64), 53, "quoted destination port: the service's");
+        assert!(icmp_ok(&f));
+    }
+
+    #[test]
+    fn frag_needed_about_a_reply_reaches_the_real_server() {
+        let ct = Conntrack::new(4);
+        for method in [Method::Nat, Method::Fullnat] {
+            let mut c = conn(method);
+            if method == Method::Fullnat {
+                c.local = (0x0a02_0064, 1500);
+            }
+            let c = Arc::new(c);
+            // The reply as lvc sent it to the client, quoted by a router.
+            let reply = frame(17, VIP, CLIENT, 53, 40000, 0, b"r");
+            let mut f = icmp_error(
+                ICMP_DEST_UNREACH,
+                ICMP_FRAG_NEEDED,
+                ROUTER,
+                VIP,
+                &reply[14..14 + 28],
+            );
+            let pkt = parse(&f).unwrap();
+            assert_eq!(pkt.key, c.original_key());
+            let next = translate(&mut f, &pkt, &pkt.icmp.unwrap(), &c, Dir::Original);
+            assert_eq!(next.to_be_bytes(), RIP);
+            assert_eq!(&f[30..34], &RIP, "outer destination: the real server");
+            assert_eq!(&f[54..58], &RIP, "quoted source: the real server");
+            assert_eq!(be16(&f, 62), 8080);
+            if method == Method::Fullnat {
+                assert_eq!(
+                    &f[58..62],
+                    &[10, 2, 0, 100],
+                    "quoted destination: the pool address"
+                );
+            }
+            assert!(icmp_ok(&f), "{method:?}");
+        }
+        drop(ct);
+    }
+
+    #[test]
+    fn originated_errors_quote_the_offending_packet() {
+        let orig = frame(6, CLIENT, VIP, 40000, 80, TCP_SYN, b"");
+        let mut f = orig.clone();
+        f.resize(error_len(&orig).max(orig.len()), 0);
+        let what = Originate {
+            kind: ICMP_TIME_EXCEEDED,
+            code: 0,
+            mtu: 0,
+        };
+        let (len, to) = build(&mut f, what, 0x0a01_0001);
+        f.truncate(len);
+        assert_eq!(to.to_be_bytes(), CLIENT);
+        assert_eq!(len, 14 + 20 + 8 + 28);
+        assert_eq!(&f[42..70], &orig[14..42]);
+        let p = parse(&f).unwrap();
+        assert_eq!(p.icmp.unwrap().kind, ICMP_TIME_EXCEEDED);
+        assert!(icmp_ok(&f));
+        let mut g = orig.clone();
+        g.resize(error_len(&orig), 0);
+        build(
+            &mut g,
+            Originate {
+                kind: 3,
+                code: 4,
+                mtu: 1400,
+            },
+            1,
+        );
+        assert_eq!(be16(&g, 40), 1400);
+    }
+}

@@ -1,0 +1,150 @@
+//! ICMP through the director: errors about tracked flows reach the right
+//! party translated, and lvc sends time-exceeded and fragmentation-needed
+//! like a router (PMTU discovery through the director).
+
+use lvc_tests::privileged;
+use lvc_tests::topo::{Arms, Topo, VIP};
+use std::time::Duration;
+
+fn lab(tag: &str) -> Topo {
+    let mut t = Topo::build(tag, Arms::Two, 1, 2);
+    t.start_servers();
+    t.start_lvc();
+    t
+}
+
+/// A UDP request to a closed port of a nat real server: its "port
+/// unreachable" comes back as from the VIP, so the client's socket sees
+/// "connection refused" (untranslated, the kernel would not match it).
+#[test]
+fn port_unreachable_from_a_real_server_reaches_the_client() {
+    if !privileged("port_unreachable_from_a_real_server_reaches_the_client") {
+        return;
+    }
+    let t = lab("unreach");
+    t.add_service("udp", 9, "nat");
+    let out = t.lab.exec_input(
+        "client",
+        &["socat", "-T", "3", "-", &format!("UDP:{VIP}:9")],
+        b"anyone there?\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Connection refused"),
+        "expected ECONNREFUSED, got: {err}"
+    );
+    let st: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["status", "--json"])).unwrap();
+    let redirected_real = st["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0] == "xdp_redirect_real")
+        .unwrap()[1]
+        .as_u64()
+        .unwrap();
+    assert!(redirected_real >= 1, "the ICMP error went through lvc");
+}
+
+/// Runs tcpdump in the client namespace for one packet matching `filter`
+/// while `send` runs; returns what it printed.
+fn capture(t: &Topo, filter: &str, send: impl FnOnce()) -> String {
+    let child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &t.lab.ns("client"),
+            "timeout",
+            "8",
+            "tcpdump",
+            "-l",
+            "-n",
+            "-c",
+            "1",
+            "-i",
+            "c0",
+            filter,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    send();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A packet through the VIP with TTL 1: lvc answers "time exceeded" from
+/// its own address, as a router does.
+#[test]
+fn ttl_expiring_at_the_director_gets_time_exceeded() {
+    if !privileged("ttl_expiring_at_the_director_gets_time_exceeded") {
+        return;
+    }
+    let t = lab("ttl");
+    t.add_service("udp", 7, "nat");
+    let seen = capture(&t, "icmp and icmp[0] == 11", || {
+        let _ = t.lab.exec_input(
+            "client",
+            &["socat", "-T", "1", "-", &format!("UDP:{VIP}:7,ttl=1")],
+            b"short-lived\n",
+        );
+    });
+    assert!(
+        seen.contains("10.1.0.1 > 10.1.0.2") && seen.contains("time exceeded"),
+        "no time exceeded from the director: {seen:?}\n{}",
+        t.ctl_ok(&["status"])
+    );
+}
+
+/// A datagram too big for the server-side link, sent with DF: lvc answers
+/// "fragmentation needed" with the link's MTU and the client's kernel
+/// learns the path MTU to the VIP.
+#[test]
+fn pmtu_discovery_through_the_director() {
+    if !privileged("pmtu_discovery_through_the_director") {
+        return;
+    }
+    let t = lab("pmtu");
+    for (ns, dev) in [
+        ("dir", "d1"),
+        ("sw", "p0"),
+        ("sw", "br0"),
+        ("sw", "p1"),
+        ("rs1", "e0"),
+    ] {
+        t.lab.ip(ns, &["link", "set", dev, "mtu", "1400"]);
+    }
+    t.add_service("udp", 7, "nat");
+    let big = vec![b'x'; 1472];
+    let _ = t.lab.exec_input(
+        "client",
+        &[
+            "socat",
+            "-T",
+            "1",
+            "-",
+            &format!("UDP:{VIP}:7,mtudiscover=2"),
+        ],
+        &big,
+    );
+    let learned = t.lab.wait_until(Duration::from_secs(3), || {
+        t.lab
+            .exec_ok("client", &["ip", "route", "get", VIP])
+            .contains("mtu 1400")
+    });
+    assert!(
+        learned,
+        "client did not learn the path MTU: {}\n{}",
+        t.lab.exec_ok("client", &["ip", "route", "get", VIP]),
+        t.ctl_ok(&["status"])
+    );
+    // And a datagram that fits goes through and comes back.
+    let fits = vec![b'y'; 1300];
+    let out = t.lab.exec_input(
+        "client",
+        &["socat", "-T", "3", "-", &format!("UDP:{VIP}:7")],
+        &fits,
+    );
+    assert_eq!(out.stdout, fits);
+}
