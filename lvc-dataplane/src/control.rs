@@ -846,12 +846,12 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[Ipv4Addr]) -> Result<(), ErrorR
 /// what belongs to no connection: refused until replies are steered per
 /// flow.
 fn check_method(service: &ServiceKey, method: Method, real_port: u16) -> Result<(), ErrorReply> {
-    if method == Method::Dr && real_port != service.addr.port() {
+    if matches!(method, Method::Dr | Method::Tun) && real_port != service.addr.port() {
         return Err(err(
             ErrorCode::InvalidArgument,
             format!(
-                "service {service}: the dr method cannot remap ports (the frame reaches the real \
-                 server unchanged): give the real server without a port, or use nat/dnat"
+                "service {service}: the {method} method cannot remap ports (the packet reaches the \
+                 real server unchanged): give the real server without a port, or use nat/dnat"
             ),
         ));
     }

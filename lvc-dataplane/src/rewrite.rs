@@ -87,6 +87,28 @@ pub fn decrement_ttl(f: &mut [u8]) -> Result<(), Drop> {
     Ok(())
 }
 
+/// Length of the IPIP outer header.
+pub const IPIP_HLEN: usize = 20;
+
+/// Encapsulates the IP packet of a frame of `len` bytes (the frame already
+/// grown by [`IPIP_HLEN`]) in an IPIP header from `src` to `dst`. The outer
+/// header copies the inner DF bit and TOS, as IPVS's tunnel does.
+pub fn encap_ipip(f: &mut [u8], len: usize, src: u32, dst: u32) {
+    f.copy_within(ETH_HLEN..len, ETH_HLEN + IPIP_HLEN);
+    let inner = ETH_HLEN + IPIP_HLEN;
+    let (tos, df) = (f[inner + 1], f[inner + 6] & 0x40);
+    let total = (len - ETH_HLEN + IPIP_HLEN) as u16;
+    let h = &mut f[ETH_HLEN..inner];
+    h.copy_from_slice(&[
+        0x45, tos, 0, 0, 0, 0, df, 0, 64, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ]);
+    h[2..4].copy_from_slice(&total.to_be_bytes());
+    h[12..16].copy_from_slice(&src.to_be_bytes());
+    h[16..20].copy_from_slice(&dst.to_be_bytes());
+    let c = crate::checksum::checksum(h);
+    h[10..12].copy_from_slice(&c.to_be_bytes());
+}
+
 /// Sets the Ethernet addresses for the next hop.
 #[inline]
 pub fn set_macs(f: &mut [u8], src: [u8; 6], dst: [u8; 6]) {
@@ -162,6 +184,28 @@ mod tests {
                 (0x0a02_0064, 1024, 0x0a02_000b, 8080)
             );
         }
+    }
+
+    #[test]
+    fn ipip_wraps_the_packet_untouched() {
+        let orig = frame(
+            17,
+            [10, 1, 0, 2],
+            [10, 9, 0, 10],
+            40000,
+            53,
+            0,
+            b"tunnel me",
+        );
+        let mut f = orig.clone();
+        f.resize(orig.len() + IPIP_HLEN, 0);
+        encap_ipip(&mut f, orig.len(), 0x0a02_0001, 0x0a02_000b);
+        assert_eq!(&f[34..], &orig[14..], "inner packet unchanged");
+        assert_eq!(crate::checksum::checksum(&f[14..34]), 0, "outer checksum");
+        assert_eq!(f[14 + 9], 4, "IPIP");
+        assert_eq!(f[14 + 6] & 0x40, 0x40, "DF copied");
+        assert_eq!(be16(&f, 16) as usize, orig.len() - 14 + 20);
+        assert_eq!(&f[26..34], &[10, 2, 0, 1, 10, 2, 0, 11]);
     }
 
     #[test]

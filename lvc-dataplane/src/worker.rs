@@ -48,6 +48,8 @@ enum Verdict {
     Park(u32),
     /// Answer the frame's source with this ICMP error instead.
     Icmp(icmp::Originate),
+    /// Encapsulate in IPIP to this real server (tun).
+    Tunnel(u32),
 }
 
 /// Everything a worker shares with the rest of the daemon.
@@ -102,6 +104,7 @@ impl Worker {
                         &self.port_ifindex,
                     ) {
                         Ok(Verdict::Icmp(what)) => self.originate(&mut frame, what, &routes),
+                        Ok(Verdict::Tunnel(rip)) => self.encapsulate(&mut frame, rip, &routes),
                         v => v,
                     };
                     match verdict {
@@ -115,7 +118,9 @@ impl Worker {
                             self.stats.count_drop(Drop::NeighPending);
                             self.io.release(frame);
                         }
-                        Ok(Verdict::Icmp(_)) => unreachable!("originate never asks for ICMP"),
+                        Ok(Verdict::Icmp(_) | Verdict::Tunnel(_)) => {
+                            unreachable!("originate and encapsulate only send or park")
+                        }
                         Err(why) => {
                             self.stats.count_drop(why);
                             self.io.release(frame);
@@ -179,6 +184,29 @@ impl Worker {
             bump(&self.stats.icmp_sent, 1);
         }
         verdict
+    }
+
+    /// Wraps the frame's IP packet in an IPIP header to `rip` (LVS-TUN).
+    fn encapsulate(
+        &self,
+        frame: &mut Frame,
+        rip: u32,
+        routes: &RouteTable,
+    ) -> Result<Verdict, Drop> {
+        let len = frame.len();
+        let from = routes.source_for(rip).ok_or(Drop::NoRoute)?;
+        if !self.io.set_len(frame, len + rewrite::IPIP_HLEN) {
+            return Err(Drop::TooBig);
+        }
+        let f = self.io.bytes_mut(frame);
+        rewrite::encap_ipip(f, len, from, rip);
+        send_to(
+            f,
+            routes.next_hop(rip),
+            rip,
+            &self.shared,
+            &self.port_ifindex,
+        )
     }
 
     /// Sends parked frames whose neighbour got resolved; drops those that
@@ -248,14 +276,20 @@ fn forward(
     }
     if let Some(e) = &pkt.icmp {
         // An error about the flow: translated like the packet it quotes.
-        if conn.method == Method::Dr {
-            return send_to(
-                f,
-                routes.next_hop_onlink(conn.real.0),
-                conn.real.0,
-                shared,
-                port_ifindex,
-            );
+        match conn.method {
+            Method::Dr => {
+                return send_to(
+                    f,
+                    routes.next_hop_onlink(conn.real.0),
+                    conn.real.0,
+                    shared,
+                    port_ifindex,
+                );
+            }
+            // The real server answered from the VIP itself: the error is
+            // for it as it is, through the tunnel.
+            Method::Tun => return Ok(Verdict::Tunnel(conn.real.0)),
+            _ => {}
         }
         let next = icmp::translate(f, &pkt, e, &conn, dir);
         rewrite::decrement_ttl(f)?;
@@ -271,19 +305,28 @@ fn forward(
     };
     // As a router would, before touching the packet (errors quote it as
     // its sender sent it): too big for the next link, or out of hops.
+    let overhead = if conn.method == Method::Tun && dir == Dir::Original {
+        rewrite::IPIP_HLEN as u32
+    } else {
+        0
+    };
     if let NextHop::Ready(l2) = hop
-        && pkt.ip_len > l2.mtu as usize
+        && pkt.ip_len as u32 + overhead > l2.mtu
     {
         let df = f[ETH_HLEN + 6] & 0x40 != 0;
         return if df {
             Ok(Verdict::Icmp(icmp::Originate {
                 kind: ICMP_DEST_UNREACH,
                 code: ICMP_FRAG_NEEDED,
-                mtu: l2.mtu.min(u32::from(u16::MAX)) as u16,
+                mtu: (l2.mtu - overhead).min(u32::from(u16::MAX)) as u16,
             }))
         } else {
             Err(Drop::TooBig)
         };
+    }
+    if conn.method == Method::Tun && dir == Dir::Original {
+        // The inner packet travels as the client sent it.
+        return Ok(Verdict::Tunnel(conn.real.0));
     }
     if conn.method == Method::Dr {
         // Direct routing: the frame goes on unchanged but for its MACs.

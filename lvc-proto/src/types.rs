@@ -244,6 +244,10 @@ pub enum Method {
     /// LVS-DR, direct routing: only the destination MAC changes; real
     /// servers hold the VIP on `lo` and answer clients directly.
     Dr,
+    /// LVS-TUN: the director encapsulates requests in IPIP to the real
+    /// server, which decapsulates them (VIP on its tunnel device) and
+    /// answers clients directly. IPv4 only.
+    Tun,
     /// Full NAT: the director also rewrites the source to one of its own
     /// addresses (the local pool), so real servers need no special route
     /// and may sit on any subnet; replies come back by normal routing.
@@ -256,6 +260,7 @@ impl Method {
             Method::Nat => "nat",
             Method::Dnat => "dnat",
             Method::Dr => "dr",
+            Method::Tun => "tun",
             Method::Fullnat => "fullnat",
         }
     }
@@ -266,6 +271,7 @@ impl Method {
             Method::Nat => "Masq",
             Method::Dnat => "Dnat",
             Method::Dr => "Route",
+            Method::Tun => "Tunnel",
             Method::Fullnat => "FullNat",
         }
     }
@@ -278,9 +284,10 @@ impl FromStr for Method {
             "nat" => Ok(Method::Nat),
             "dnat" => Ok(Method::Dnat),
             "dr" => Ok(Method::Dr),
+            "tun" => Ok(Method::Tun),
             "fullnat" => Ok(Method::Fullnat),
             other => Err(format!(
-                "unknown method `{other}` (known: nat, dnat, dr, fullnat)"
+                "unknown method `{other}` (known: nat, dnat, dr, tun, fullnat)"
             )),
         }
     }

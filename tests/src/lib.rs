@@ -275,6 +275,38 @@ impl Lab {
         self.exec_ok(short, &["sysctl", "-qw", kv]);
     }
 
+    /// Captures one packet matching the tcpdump `filter` on `dev` in
+    /// namespace `short` while `send` runs (8 s at most); returns tcpdump's
+    /// verbose decoding of it (empty if none came).
+    pub fn capture(&self, short: &str, dev: &str, filter: &str, send: impl FnOnce()) -> String {
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns(short),
+                "timeout",
+                "8",
+                "tcpdump",
+                "-l",
+                "-v",
+                "-n",
+                "-c",
+                "1",
+                "-i",
+                dev,
+                filter,
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("tcpdump");
+        // tcpdump needs a moment to open the capture.
+        std::thread::sleep(Duration::from_millis(700));
+        send();
+        let out = child.wait_with_output().expect("tcpdump output");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Waits until `f` is true, polling, for at most `timeout`.
     pub fn wait_until(&self, timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
         let deadline = Instant::now() + timeout;

@@ -45,35 +45,6 @@ fn port_unreachable_from_a_real_server_reaches_the_client() {
     assert!(redirected_real >= 1, "the ICMP error went through lvc");
 }
 
-/// Runs tcpdump in the client namespace for one packet matching `filter`
-/// while `send` runs; returns what it printed.
-fn capture(t: &Topo, filter: &str, send: impl FnOnce()) -> String {
-    let child = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.lab.ns("client"),
-            "timeout",
-            "8",
-            "tcpdump",
-            "-l",
-            "-n",
-            "-c",
-            "1",
-            "-i",
-            "c0",
-            filter,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
-    send();
-    let out = child.wait_with_output().unwrap();
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// A packet through the VIP with TTL 1: lvc answers "time exceeded" from
 /// its own address, as a router does.
 #[test]
@@ -83,7 +54,7 @@ fn ttl_expiring_at_the_director_gets_time_exceeded() {
     }
     let t = lab("ttl");
     t.add_service("udp", 7, "nat");
-    let seen = capture(&t, "icmp and icmp[0] == 11", || {
+    let seen = t.lab.capture("client", "c0", "icmp and icmp[0] == 11", || {
         let _ = t.lab.exec_input(
             "client",
             &["socat", "-T", "1", "-", &format!("UDP:{VIP}:7,ttl=1")],
@@ -147,4 +118,70 @@ fn pmtu_discovery_through_the_director() {
         &fits,
     );
     assert_eq!(out.stdout, fits);
+}
+
+/// LVS-TUN: requests reach the real server wrapped in IPIP from the
+/// director, inner packet as the client sent it (this kernel cannot
+/// decapsulate IPIP, so the test reads the packet on the wire); a DF
+/// packet that no longer fits once wrapped gets "fragmentation needed"
+/// with the tunnel's MTU.
+#[test]
+fn tun_encapsulates_in_ipip() {
+    if !privileged("tun_encapsulates_in_ipip") {
+        return;
+    }
+    let t = lab("tun");
+    t.ctl_ok(&["add-service", "--udp", &format!("{VIP}:7")]);
+    t.ctl_ok(&[
+        "add-server",
+        "--udp",
+        &format!("{VIP}:7"),
+        "--real",
+        "10.2.0.11",
+        "--method",
+        "tun",
+    ]);
+    assert!(t.ctl_ok(&["list"]).contains("Tunnel"));
+    let seen = t.lab.capture("rs1", "e0", "ip proto 4", || {
+        let _ = t.lab.exec_input(
+            "client",
+            &["socat", "-T", "1", "-", &format!("UDP:{VIP}:7")],
+            b"through the tunnel\n",
+        );
+    });
+    assert!(
+        seen.contains("10.2.0.1 > 10.2.0.11"),
+        "outer header: {seen}"
+    );
+    assert!(
+        seen.contains("10.1.0.2.") && seen.contains("> 10.9.0.10.7: UDP"),
+        "inner packet: {seen}"
+    );
+    assert!(
+        !seen.contains("bad cksum") && !seen.contains("incorrect"),
+        "checksums: {seen}"
+    );
+
+    let big = vec![b'x'; 1472];
+    let _ = t.lab.exec_input(
+        "client",
+        &[
+            "socat",
+            "-T",
+            "1",
+            "-",
+            &format!("UDP:{VIP}:7,mtudiscover=2"),
+        ],
+        &big,
+    );
+    let learned = t.lab.wait_until(Duration::from_secs(3), || {
+        t.lab
+            .exec_ok("client", &["ip", "route", "get", VIP])
+            .contains("mtu 1480")
+    });
+    assert!(
+        learned,
+        "{}",
+        t.lab.exec_ok("client", &["ip", "route", "get", VIP])
+    );
 }
