@@ -293,6 +293,60 @@ impl Topo {
     }
 }
 
+/// A long-lived TCP connection from the client through the VIP to a TCP
+/// echo (socat), one line at a time.
+pub struct EchoSession {
+    child: std::process::Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl EchoSession {
+    /// Sends `line` (with its newline) and returns the line that comes back.
+    pub fn echo(&mut self, line: &str) -> String {
+        use std::io::{BufRead, Write};
+        self.input.write_all(line.as_bytes()).expect("send");
+        let mut back = String::new();
+        self.output.read_line(&mut back).expect("receive");
+        back
+    }
+}
+
+impl Drop for EchoSession {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Topo {
+    /// Opens an [`EchoSession`] to VIP:`port`.
+    pub fn echo_session(&self, port: u16) -> EchoSession {
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.lab.ns("client"),
+                "socat",
+                "-T",
+                "30",
+                "-",
+            ])
+            .arg(format!("TCP:{VIP}:{port}"))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("socat");
+        let input = child.stdin.take().expect("stdin");
+        let output = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        EchoSession {
+            child,
+            input,
+            output,
+        }
+    }
+}
+
 fn bin_testsrv() -> String {
     bin("lvc-testsrv").to_string_lossy().into_owned()
 }

@@ -356,29 +356,9 @@ fn deleted_nat_server_keeps_its_connections() {
     if !privileged("deleted_nat_server_keeps_its_connections") {
         return;
     }
-    use std::io::{BufRead, BufReader, Write};
     let t = lab("drain", Arms::Two, "nat");
-    let mut child = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.lab.ns("client"),
-            "socat",
-            "-T",
-            "20",
-            "-",
-            &format!("TCP:{VIP}:7"),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let mut output = BufReader::new(child.stdout.take().unwrap());
-    let mut line = String::new();
-    input.write_all(b"before\n").unwrap();
-    output.read_line(&mut line).unwrap();
-    assert_eq!(line, "before\n");
+    let mut session = t.echo_session(7);
+    assert_eq!(session.echo("before\n"), "before\n");
     for i in 0..2 {
         t.ctl_ok(&[
             "del-server",
@@ -388,13 +368,9 @@ fn deleted_nat_server_keeps_its_connections() {
             &server_ip(i),
         ]);
     }
-    line.clear();
-    input.write_all(b"after\n").unwrap();
-    output.read_line(&mut line).unwrap();
     assert_eq!(
-        line, "after\n",
+        session.echo("after\n"),
+        "after\n",
         "the connection survives its server's removal"
     );
-    drop(input);
-    let _ = child.wait();
 }

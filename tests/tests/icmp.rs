@@ -45,6 +45,28 @@ fn port_unreachable_from_a_real_server_reaches_the_client() {
     assert!(redirected_real >= 1, "the ICMP error went through lvc");
 }
 
+/// Sends a 1500-byte UDP datagram with DF to VIP:7 from the client and
+/// waits for the client's kernel to learn path MTU `mtu` for the VIP.
+fn client_learns_path_mtu(t: &Topo, mtu: u32) -> Result<(), String> {
+    let big = vec![b'x'; 1472];
+    let target = format!("UDP:{VIP}:7,mtudiscover=2");
+    let _ = t
+        .lab
+        .exec_input("client", &["socat", "-T", "1", "-", &target], &big);
+    let route = || t.lab.exec_ok("client", &["ip", "route", "get", VIP]);
+    if t.lab.wait_until(Duration::from_secs(3), || {
+        route().contains(&format!("mtu {mtu}"))
+    }) {
+        Ok(())
+    } else {
+        Err(format!(
+            "no path MTU {mtu} learned: {}\n{}",
+            route(),
+            t.ctl_ok(&["status"])
+        ))
+    }
+}
+
 /// A packet through the VIP with TTL 1: lvc answers "time exceeded" from
 /// its own address, as a router does.
 #[test]
@@ -87,29 +109,7 @@ fn pmtu_discovery_through_the_director() {
         t.lab.ip(ns, &["link", "set", dev, "mtu", "1400"]);
     }
     t.add_service("udp", 7, "nat");
-    let big = vec![b'x'; 1472];
-    let _ = t.lab.exec_input(
-        "client",
-        &[
-            "socat",
-            "-T",
-            "1",
-            "-",
-            &format!("UDP:{VIP}:7,mtudiscover=2"),
-        ],
-        &big,
-    );
-    let learned = t.lab.wait_until(Duration::from_secs(3), || {
-        t.lab
-            .exec_ok("client", &["ip", "route", "get", VIP])
-            .contains("mtu 1400")
-    });
-    assert!(
-        learned,
-        "client did not learn the path MTU: {}\n{}",
-        t.lab.exec_ok("client", &["ip", "route", "get", VIP]),
-        t.ctl_ok(&["status"])
-    );
+    client_learns_path_mtu(&t, 1400).unwrap();
     // And a datagram that fits goes through and comes back.
     let fits = vec![b'y'; 1300];
     let out = t.lab.exec_input(
@@ -162,26 +162,5 @@ fn tun_encapsulates_in_ipip() {
         "checksums: {seen}"
     );
 
-    let big = vec![b'x'; 1472];
-    let _ = t.lab.exec_input(
-        "client",
-        &[
-            "socat",
-            "-T",
-            "1",
-            "-",
-            &format!("UDP:{VIP}:7,mtudiscover=2"),
-        ],
-        &big,
-    );
-    let learned = t.lab.wait_until(Duration::from_secs(3), || {
-        t.lab
-            .exec_ok("client", &["ip", "route", "get", VIP])
-            .contains("mtu 1480")
-    });
-    assert!(
-        learned,
-        "{}",
-        t.lab.exec_ok("client", &["ip", "route", "get", VIP])
-    );
+    client_learns_path_mtu(&t, 1480).unwrap();
 }

@@ -4,7 +4,6 @@
 use lvc_tests::privileged;
 use lvc_tests::topo::{Arms, Topo, VIP, server_ip};
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::time::Duration;
 
 fn lab(tag: &str) -> Topo {
@@ -111,29 +110,8 @@ fn weight_zero_drains_and_persistence_sticks() {
     let t = lab("drain0");
     t.add_service("tcp", 7, "nat");
     // A long-lived connection to whichever server rr picks first (rs1).
-    let mut child = std::process::Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &t.lab.ns("client"),
-            "socat",
-            "-T",
-            "30",
-            "-",
-            &format!("TCP:{VIP}:7"),
-        ])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    let mut output = BufReader::new(child.stdout.take().unwrap());
-    let mut echo = |msg: &str| {
-        input.write_all(msg.as_bytes()).unwrap();
-        let mut line = String::new();
-        output.read_line(&mut line).unwrap();
-        assert_eq!(line, msg);
-    };
+    let mut session = t.echo_session(7);
+    let mut echo = |msg: &str| assert_eq!(session.echo(msg), msg);
     echo("hello\n");
     let conns: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["conns", "--json"])).unwrap();
     let busy = conns["conns"][0]["real"]
@@ -172,8 +150,7 @@ fn weight_zero_drains_and_persistence_sticks() {
     let m = split(&t, 80, 6);
     assert_eq!(m.len(), 1, "{m:?}");
     assert!(t.ctl_ok(&["list"]).contains(" 0      "), "weight 0 listed");
-    drop(input);
-    let _ = child.wait();
+    drop(session);
 
     // Persistence: one client sticks to one server; after the template
     // expires (2 s after its last connection, which lingers 1 s in
