@@ -276,10 +276,11 @@ impl Lab {
     }
 
     /// Captures one packet matching the tcpdump `filter` on `dev` in
-    /// namespace `short` while `send` runs (8 s at most); returns tcpdump's
-    /// verbose decoding of it (empty if none came).
-    pub fn capture(&self, short: &str, dev: &str, filter: &str, send: impl FnOnce()) -> String {
-        let child = Command::new("ip")
+    /// namespace `short`, calling `send` every half second until it comes
+    /// (8 s at most: tcpdump takes a moment to start capturing); returns
+    /// tcpdump's verbose decoding of it (empty if none came).
+    pub fn capture(&self, short: &str, dev: &str, filter: &str, send: impl Fn()) -> String {
+        let mut child = Command::new("ip")
             .args([
                 "netns",
                 "exec",
@@ -300,9 +301,12 @@ impl Lab {
             .stderr(Stdio::null())
             .spawn()
             .expect("tcpdump");
-        // tcpdump needs a moment to open the capture.
-        std::thread::sleep(Duration::from_millis(700));
-        send();
+        let deadline = Instant::now() + Duration::from_secs(8);
+        std::thread::sleep(Duration::from_millis(300));
+        while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+            send();
+            std::thread::sleep(Duration::from_millis(500));
+        }
         let out = child.wait_with_output().expect("tcpdump output");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
