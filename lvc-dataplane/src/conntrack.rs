@@ -287,6 +287,20 @@ pub fn opens_connection(proto: u8, tcp_flags: u8) -> bool {
 
 type Hasher = ahash::RandomState;
 
+/// How long a fragmented datagram's later fragments are expected (as the
+/// kernel's ipfrag_time).
+const FRAGMENT_TIMEOUT: u32 = 30;
+/// Most fragmented datagrams tracked at once.
+const MAX_FRAGMENTED_DATAGRAMS: usize = 65536;
+
+/// Where a fragmented datagram's first fragment went.
+#[derive(Debug)]
+struct FragEntry {
+    conn: Arc<Conn>,
+    dir: Dir,
+    seen: u32,
+}
+
 /// The connection table.
 pub struct Conntrack {
     map: DashMap<FlowKey, Arc<Conn>, Hasher>,
@@ -295,6 +309,9 @@ pub struct Conntrack {
     /// New connections, oldest first: eviction candidates when full.
     embryonic: ArrayQueue<Weak<Conn>>,
     evicted: AtomicU64,
+    /// Fragmented datagrams in flight: (src, dst, proto, IP id) of the
+    /// first fragment → its connection, so later fragments follow it.
+    frags: DashMap<(u32, u32, u8, u16), FragEntry, Hasher>,
     pub timeouts: Timeouts,
 }
 
@@ -306,6 +323,7 @@ impl Conntrack {
             capacity,
             embryonic: ArrayQueue::new(capacity.max(1)),
             evicted: AtomicU64::new(0),
+            frags: DashMap::with_hasher(Hasher::new()),
             timeouts: Timeouts::default(),
         }
     }
@@ -373,6 +391,30 @@ impl Conntrack {
         false
     }
 
+    /// Remembers where the first fragment of datagram `id` from `key.src`
+    /// to `key.dst` went.
+    pub fn remember_fragment(&self, key: &FlowKey, id: u16, conn: &Arc<Conn>, dir: Dir, now: u32) {
+        if self.frags.len() >= MAX_FRAGMENTED_DATAGRAMS {
+            return;
+        }
+        self.frags.insert(
+            (key.src, key.dst, key.proto, id),
+            FragEntry {
+                conn: conn.clone(),
+                dir,
+                seen: now,
+            },
+        );
+    }
+
+    /// The connection a later fragment belongs to, if its first fragment
+    /// came through (out-of-order fragments that beat it are not known).
+    pub fn fragment(&self, key: &FlowKey, id: u16) -> Option<(Arc<Conn>, Dir)> {
+        self.frags
+            .get(&(key.src, key.dst, key.proto, id))
+            .map(|e| (e.conn.clone(), e.dir))
+    }
+
     /// Connections evicted to make room.
     pub fn evicted(&self) -> u64 {
         self.evicted.load(Relaxed)
@@ -394,6 +436,8 @@ impl Conntrack {
     /// Removes connections idle past their state's timeout; returns how many.
     /// Each connection's keys and gauge are released exactly once.
     pub fn sweep(&self, now: u32) -> usize {
+        self.frags
+            .retain(|_, e| now.saturating_sub(e.seen) < FRAGMENT_TIMEOUT);
         let dead: Vec<Arc<Conn>> = self
             .map
             .iter()
@@ -559,6 +603,31 @@ mod tests {
         let ct = Conntrack::new(1);
         ct.insert(mk(1)).unwrap().touch(0, Dir::Original, TCP_ACK);
         assert_eq!(ct.insert(mk(2)).unwrap_err(), Drop::TableFull);
+    }
+
+    #[test]
+    fn later_fragments_follow_the_first_until_they_time_out() {
+        let ct = Conntrack::new(4);
+        let s = server(Method::Dnat);
+        let c = ct.insert(conn(PROTO_UDP_FOR_TEST, &s, 0)).unwrap();
+        let key = c.original_key();
+        let later = FlowKey {
+            sport: 0,
+            dport: 0,
+            ..key
+        };
+        assert!(
+            ct.fragment(&later, 7).is_none(),
+            "before the first fragment: unknown"
+        );
+        ct.remember_fragment(&key, 7, &c, Dir::Original, 0);
+        let (found, dir) = ct.fragment(&later, 7).unwrap();
+        assert!(Arc::ptr_eq(&found, &c) && dir == Dir::Original);
+        assert!(ct.fragment(&later, 8).is_none(), "another datagram");
+        ct.sweep(29);
+        assert!(ct.fragment(&later, 7).is_some());
+        ct.sweep(30);
+        assert!(ct.fragment(&later, 7).is_none());
     }
 
     #[test]

@@ -506,6 +506,10 @@ impl Control {
             .keys()
             .map(|k| EndpointKey::new(k.addr.ip(), k.proto.number(), k.addr.port()))
             .collect();
+        let fragvips: HashSet<lvc_ebpf::AddrKey> = cfg
+            .keys()
+            .map(|k| lvc_ebpf::AddrKey::with_proto(k.addr.ip(), k.proto.number()))
+            .collect();
         let reals = self.reals(cfg);
         let (table, steered) = {
             let pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
@@ -519,6 +523,7 @@ impl Control {
             .sync_vips(&vips)
             .and_then(|_| steering.sync_reals(&reals))
             .and_then(|_| steering.sync_snat(&steered))
+            .and_then(|_| steering.sync_fragvips(&fragvips))
             .map_err(|e| err(ErrorCode::Internal, e.to_string()))
     }
 

@@ -55,6 +55,16 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Set for ICMP errors about a TCP/UDP flow.
     pub icmp: Option<IcmpError>,
+    /// Set for IPv4 fragments.
+    pub frag: Option<Fragment>,
+}
+
+/// An IPv4 fragment: its datagram's id, and whether it is the first one
+/// (the one with the L4 header).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Fragment {
+    pub id: u16,
+    pub first: bool,
 }
 
 /// An ICMP error (destination unreachable, time exceeded, parameter
@@ -91,11 +101,35 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
     if ip_len > l3.len() || ip_len < ihl {
         return Err(Drop::Malformed);
     }
-    if ip.is_fragmenting_payload() {
-        return Err(Drop::Fragment);
+    let proto = ip.protocol();
+    let frag = ip.is_fragmenting_payload().then(|| Fragment {
+        id: ip.identification(),
+        first: ip.fragments_offset().value() == 0,
+    });
+    if let Some(fr) = frag {
+        if !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
+            return Err(Drop::Fragment);
+        }
+        if !fr.first {
+            // No L4 header: the datagram's first fragment decided where
+            // the rest goes.
+            return Ok(Packet {
+                key: FlowKey {
+                    src: u32::from_be_bytes(ip.source()),
+                    dst: u32::from_be_bytes(ip.destination()),
+                    sport: 0,
+                    dport: 0,
+                    proto: proto.0,
+                },
+                l4_off: ETH_HLEN + ihl,
+                ip_len,
+                tcp_flags: 0,
+                icmp: None,
+                frag,
+            });
+        }
     }
     let l4 = &l3[ihl..ip_len];
-    let proto = ip.protocol();
     let (sport, dport, tcp_flags) = match proto {
         IpNumber::TCP => {
             if l4.len() < 20 {
@@ -108,7 +142,12 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
             (be16(l4, 0), be16(l4, 2), l4[13])
         }
         IpNumber::UDP => {
-            if l4.len() < 8 || usize::from(be16(l4, 4)) > l4.len() || be16(l4, 4) < 8 {
+            // A first fragment carries only part of the datagram its UDP
+            // length describes.
+            if l4.len() < 8 || be16(l4, 4) < 8 {
+                return Err(Drop::Malformed);
+            }
+            if frag.is_none() && usize::from(be16(l4, 4)) > l4.len() {
                 return Err(Drop::Malformed);
             }
             (be16(l4, 0), be16(l4, 2), 0)
@@ -128,6 +167,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
         ip_len,
         tcp_flags,
         icmp: None,
+        frag,
     })
 }
 
@@ -166,6 +206,7 @@ fn parse_icmp_error(frame: &[u8], l4_off: usize, ip_len: usize) -> Result<Packet
         l4_off,
         ip_len,
         tcp_flags: 0,
+        frag: None,
         icmp: Some(IcmpError {
             kind,
             code,
@@ -324,8 +365,28 @@ mod tests {
         f[13] = 0xdd;
         assert_eq!(parse(&f), Err(Drop::NotIpv4));
         let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
-        f[14 + 6] = 0x20; // MF
-        assert_eq!(parse(&f), Err(Drop::Fragment));
+        f[14 + 6] = 0x20; // MF, offset 0: a first fragment
+        f[14 + 4..14 + 6].copy_from_slice(&77u16.to_be_bytes());
+        f[34 + 4..34 + 6].copy_from_slice(&3000u16.to_be_bytes());
+        let p = parse(&f).unwrap();
+        assert_eq!(
+            p.frag,
+            Some(Fragment {
+                id: 77,
+                first: true
+            })
+        );
+        assert_eq!((p.key.sport, p.key.dport), (1, 2));
+        f[14 + 7] = 0x10; // a later fragment: no ports
+        let p = parse(&f).unwrap();
+        assert_eq!(
+            p.frag,
+            Some(Fragment {
+                id: 77,
+                first: false
+            })
+        );
+        assert_eq!((p.key.sport, p.key.dport, p.key.dst), (0, 0, 0x0506_0708));
         let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
         f[14 + 9] = 2;
         assert_eq!(parse(&f), Err(Drop::Protocol));

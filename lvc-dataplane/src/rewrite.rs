@@ -72,6 +72,26 @@ pub fn set_src(f: &mut [u8], pkt: &Packet, addr: u32, port: u16) {
     translate(f, pkt, IP_SRC, addr, pkt.l4_off, port);
 }
 
+/// Replaces only the IP destination (later fragments: no L4 header; the
+/// first fragment's L4 checksum update covers the whole datagram).
+#[inline]
+pub fn set_dst_addr(f: &mut [u8], addr: u32) {
+    set_addr(f, IP_DST, addr);
+}
+
+/// Replaces only the IP source (see [`set_dst_addr`]).
+#[inline]
+pub fn set_src_addr(f: &mut [u8], addr: u32) {
+    set_addr(f, IP_SRC, addr);
+}
+
+#[inline]
+fn set_addr(f: &mut [u8], at: usize, addr: u32) {
+    let old = get32(f, at);
+    f[at..at + 4].copy_from_slice(&addr.to_be_bytes());
+    put16(f, IP_CSUM, update32(be16(f, IP_CSUM), old, addr));
+}
+
 /// Decrements the TTL as a router must; a packet whose TTL runs out is
 /// dropped.
 #[inline]

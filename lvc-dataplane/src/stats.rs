@@ -17,7 +17,9 @@ pub enum Drop {
     Malformed,
     /// Not IPv4 (the XDP program passes those; counted if one slips in).
     NotIpv4,
-    /// An IPv4 fragment (the XDP program passes non-first fragments).
+    /// A later IPv4 fragment whose first fragment lvc has not seen (not
+    /// a VIP's, or it arrived out of order), or a fragment of neither TCP
+    /// nor UDP.
     Fragment,
     /// Neither TCP nor UDP.
     Protocol,

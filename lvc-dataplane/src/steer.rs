@@ -58,6 +58,7 @@ pub struct Steering {
     reals: BpfHashMap<MapData, EndpointKey, ServiceValue>,
     locals: BpfHashMap<MapData, AddrKey, u32>,
     snat: BpfHashMap<MapData, AddrKey, u32>,
+    fragvips: BpfHashMap<MapData, AddrKey, u32>,
     ifslots: BpfHashMap<MapData, u32, u32>,
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
@@ -65,6 +66,7 @@ pub struct Steering {
     current_reals: HashSet<EndpointKey>,
     current_locals: HashSet<AddrKey>,
     current_snat: HashSet<AddrKey>,
+    current_fragvips: HashSet<AddrKey>,
 }
 
 impl Steering {
@@ -90,6 +92,8 @@ impl Steering {
         let reals = BpfHashMap::try_from(take(maps::REALS)?).map_err(map_err(maps::REALS))?;
         let locals = BpfHashMap::try_from(take(maps::LOCALS)?).map_err(map_err(maps::LOCALS))?;
         let snat = BpfHashMap::try_from(take(maps::SNAT)?).map_err(map_err(maps::SNAT))?;
+        let fragvips =
+            BpfHashMap::try_from(take(maps::FRAGVIPS)?).map_err(map_err(maps::FRAGVIPS))?;
         let ifslots = BpfHashMap::try_from(take(maps::IFSLOTS)?).map_err(map_err(maps::IFSLOTS))?;
         let xsks = XskMap::try_from(take(maps::XSKS)?).map_err(map_err(maps::XSKS))?;
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
@@ -99,6 +103,7 @@ impl Steering {
             reals,
             locals,
             snat,
+            fragvips,
             ifslots,
             xsks,
             stats,
@@ -106,6 +111,7 @@ impl Steering {
             current_reals: HashSet::new(),
             current_locals: HashSet::new(),
             current_snat: HashSet::new(),
+            current_fragvips: HashSet::new(),
         })
     }
 
@@ -177,20 +183,32 @@ impl Steering {
 
     /// Makes the `locals` map hold exactly the director's addresses.
     pub fn sync_locals(&mut self, addrs: &[IpAddr]) -> Result<(), SteerError> {
-        sync_addrs(
+        let want = addrs.iter().map(|&a| AddrKey::new(a)).collect();
+        sync_keys(
             &mut self.locals,
             &mut self.current_locals,
-            addrs,
+            &want,
             lvc_ebpf::maps::LOCALS,
+        )
+    }
+
+    /// Makes the `fragvips` map hold exactly these (VIP, protocol) keys.
+    pub fn sync_fragvips(&mut self, want: &HashSet<AddrKey>) -> Result<(), SteerError> {
+        sync_keys(
+            &mut self.fragvips,
+            &mut self.current_fragvips,
+            want,
+            lvc_ebpf::maps::FRAGVIPS,
         )
     }
 
     /// Makes the `snat` map hold exactly the fullnat pool's addresses.
     pub fn sync_snat(&mut self, addrs: &[IpAddr]) -> Result<(), SteerError> {
-        sync_addrs(
+        let want = addrs.iter().map(|&a| AddrKey::new(a)).collect();
+        sync_keys(
             &mut self.snat,
             &mut self.current_snat,
-            addrs,
+            &want,
             lvc_ebpf::maps::SNAT,
         )
     }
@@ -250,18 +268,17 @@ fn sync(
     Ok(())
 }
 
-fn sync_addrs(
+fn sync_keys(
     map: &mut BpfHashMap<MapData, AddrKey, u32>,
     current: &mut HashSet<AddrKey>,
-    addrs: &[IpAddr],
+    want: &HashSet<AddrKey>,
     name: &'static str,
 ) -> Result<(), SteerError> {
-    let want: HashSet<AddrKey> = addrs.iter().map(|&a| AddrKey::new(a)).collect();
     for k in want.difference(current).copied().collect::<Vec<_>>() {
         map.insert(k, 1u32, 0).map_err(map_err(name))?;
         current.insert(k);
     }
-    for k in current.difference(&want).copied().collect::<Vec<_>>() {
+    for k in current.difference(want).copied().collect::<Vec<_>>() {
         map.remove(&k).map_err(map_err(name))?;
         current.remove(&k);
     }

@@ -254,6 +254,11 @@ fn forward(
     port_ifindex: &[u32],
 ) -> Result<Verdict, Drop> {
     let pkt = parse(f)?;
+    if let Some(fr) = pkt.frag
+        && !fr.first
+    {
+        return later_fragment(f, &pkt, fr.id, routes, shared, port_ifindex);
+    }
     let (conn, dir) = match shared.conntrack.lookup(&pkt.key) {
         Some(found) => found,
         // ICMP errors never open connections.
@@ -296,6 +301,11 @@ fn forward(
         return send_to(f, routes.next_hop(next), next, shared, port_ifindex);
     }
     conn.touch(now, dir, pkt.tcp_flags);
+    if let Some(fr) = pkt.frag {
+        shared
+            .conntrack
+            .remember_fragment(&pkt.key, fr.id, &conn, dir, now);
+    }
     let (next, hop) = match dir {
         Dir::Original if conn.method == Method::Dr => {
             (conn.real.0, routes.next_hop_onlink(conn.real.0))
@@ -356,6 +366,55 @@ fn forward(
     }
     rewrite::decrement_ttl(f)?;
     send_to(f, hop, next, shared, port_ifindex)
+}
+
+/// A fragment after the first: it goes where its datagram's first
+/// fragment went, with only the IP addresses translated.
+fn later_fragment(
+    f: &mut [u8],
+    pkt: &Packet,
+    id: u16,
+    routes: &RouteTable,
+    shared: &Shared,
+    port_ifindex: &[u32],
+) -> Result<Verdict, Drop> {
+    // Unknown: not ours, or it overtook its first fragment (counted).
+    let (conn, dir) = shared
+        .conntrack
+        .fragment(&pkt.key, id)
+        .ok_or(Drop::Fragment)?;
+    let len = f.len();
+    let fullnat = conn.local != conn.client;
+    let next = match dir {
+        Dir::Original => {
+            conn.service.count_in(len);
+            conn.server.stats.count_in(len);
+            match conn.method {
+                Method::Dr => {
+                    let hop = routes.next_hop_onlink(conn.real.0);
+                    return send_to(f, hop, conn.real.0, shared, port_ifindex);
+                }
+                Method::Tun => return Ok(Verdict::Tunnel(conn.real.0)),
+                _ => {}
+            }
+            rewrite::set_dst_addr(f, conn.real.0);
+            if fullnat {
+                rewrite::set_src_addr(f, conn.local.0);
+            }
+            conn.real.0
+        }
+        Dir::Reply => {
+            conn.service.count_out(len);
+            conn.server.stats.count_out(len);
+            rewrite::set_src_addr(f, conn.vip.0);
+            if fullnat {
+                rewrite::set_dst_addr(f, conn.client.0);
+            }
+            conn.client.0
+        }
+    };
+    rewrite::decrement_ttl(f)?;
+    send_to(f, routes.next_hop(next), next, shared, port_ifindex)
 }
 
 /// Addresses the frame to `hop` and picks its egress port, or parks it
@@ -574,6 +633,7 @@ mod tests {
             ip_len: 40,
             tcp_flags: crate::parse::TCP_SYN,
             icmp: None,
+            frag: None,
         };
         let c = new_conn(&pkt, 0, &table, &ct).unwrap();
         assert_eq!(c.template.as_ref().unwrap().conns.load(Relaxed), 1);

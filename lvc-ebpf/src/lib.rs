@@ -24,6 +24,8 @@ pub mod maps {
     pub const LOCALS: &str = "locals";
     /// The fullnat local address pool: traffic to these is lvc's.
     pub const SNAT: &str = "snat";
+    /// VIP addresses by protocol: fragments to these are lvc's.
+    pub const FRAGVIPS: &str = "fragvips";
     /// Interface slots: ifindex → slot in `xsks`.
     pub const IFSLOTS: &str = "ifslots";
     /// AF_XDP sockets, at `slot * MAX_QUEUES + rx queue`.
@@ -90,6 +92,13 @@ impl AddrKey {
             pad: [0; 3],
             addr,
         }
+    }
+
+    /// The key of the `fragvips` map: an address and a protocol.
+    pub fn with_proto(addr: IpAddr, proto: u8) -> Self {
+        let mut k = Self::new(addr);
+        k.pad[0] = proto;
+        k
     }
 }
 

@@ -374,3 +374,38 @@ fn deleted_nat_server_keeps_its_connections() {
         "the connection survives its server's removal"
     );
 }
+
+/// A UDP datagram larger than the MTU crosses the director as fragments:
+/// the later ones follow the first one's server and the datagram arrives
+/// whole (and so does the echo, fragmented on its way back).
+fn fragmented_datagrams(tag: &str, method: &str) {
+    if !privileged(tag) {
+        return;
+    }
+    let t = lab(tag, Arms::Two, method);
+    for i in 0..4 {
+        let msg = noise(3000 + 500 * i, i as u64 + 11);
+        let out = t.lab.exec_input(
+            "client",
+            &["socat", "-T", "3", "-", &format!("UDP:{VIP}:7")],
+            &msg,
+        );
+        assert!(
+            out.stdout == msg,
+            "datagram {i} ({} bytes) came back as {} bytes\n{}",
+            msg.len(),
+            out.stdout.len(),
+            t.ctl_ok(&["status"])
+        );
+    }
+}
+
+#[test]
+fn fragmented_udp_dnat() {
+    fragmented_datagrams("fragdnat", "dnat");
+}
+
+#[test]
+fn fragmented_udp_fullnat() {
+    fragmented_datagrams("fragfnat", "fullnat");
+}

@@ -69,6 +69,11 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             EndpointKey::new(ip([10, 20, 0, 99]), 6, 0),
         ]))
         .unwrap();
+        st.sync_fragvips(&HashSet::from([
+            lvc_ebpf::AddrKey::with_proto(ip(VIP), 6),
+            lvc_ebpf::AddrKey::with_proto(ip(VIP), 17),
+        ]))
+        .unwrap();
         st.sync_reals(&HashSet::from([EndpointKey::new(ip(RIP), 6, 8080)]))
             .unwrap();
         st.sync_locals(&[ip(LOCAL), ip(POOL)]).unwrap();
@@ -189,11 +194,27 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         let mut icmp = frame(6, CLIENT, VIP, 40000, 80);
         icmp[23] = 1;
         pass(&mut st, &icmp, "ICMP to a VIP");
+        // Fragments: to a VIP address (any port, this protocol) → lvc;
+        // any other → kernel.
         let mut frag = frame(17, CLIENT, VIP, 40000, 53);
         frag[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
-        pass(&mut st, &frag, "non-first fragment");
+        assert_eq!(
+            run(&mut st, &frag, 0),
+            XDP_REDIRECT,
+            "later fragment to a VIP"
+        );
         frag[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
-        pass(&mut st, &frag, "first fragment");
+        assert_eq!(
+            run(&mut st, &frag, 0),
+            XDP_REDIRECT,
+            "first fragment to a VIP"
+        );
+        let mut other = frame(17, CLIENT, [10, 20, 0, 11], 40000, 53);
+        other[20..22].copy_from_slice(&0x0010u16.to_be_bytes());
+        pass(&mut st, &other, "fragment to another address");
+        let mut from_real = frame(17, RIP, CLIENT, 8080, 40000);
+        from_real[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+        pass(&mut st, &from_real, "fragmented reply of a nat server");
         let mut lying = frame(6, CLIENT, VIP, 40000, 80);
         lying[16..18].copy_from_slice(&30u16.to_be_bytes());
         pass(&mut st, &lying, "IP total length shorter than its headers");
@@ -217,7 +238,7 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             after.iter().find(|(k, _)| *k == s).unwrap().1
                 - before.iter().find(|(k, _)| *k == s).unwrap().1
         };
-        assert_eq!(delta(Stat::RedirectVip), 4);
+        assert_eq!(delta(Stat::RedirectVip), 6);
         assert_eq!(delta(Stat::RedirectReal), 3);
         assert_eq!(delta(Stat::PassNoSocket), 1);
         assert_eq!(delta(Stat::PassFragment), 2);

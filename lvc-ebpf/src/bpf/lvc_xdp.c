@@ -100,6 +100,16 @@ struct {
 	__type(value, __u32);
 } locals SEC(".maps");
 
+// VIP addresses by protocol (addr_key with pad[0] = protocol): fragments
+// of datagrams to a VIP go to lvc, which remembers where each datagram's
+// first fragment went and sends the rest after it.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct addr_key);
+	__type(value, __u32);
+} fragvips SEC(".maps");
+
 // The fullnat local address pool: replies to these addresses are lvc's
 // (the addresses are dedicated to lvc; the kernel still answers ARP).
 struct {
@@ -256,10 +266,23 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 		return icmp_error(ctx, ip, ihl, data_end);
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return pass(STAT_PASS_OTHER_PROTO);
-	// Every fragment, first one included, goes to the kernel: splitting a
-	// datagram between lvc and the kernel's reassembly would lose it.
-	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
+	// Fragments: all of a datagram's fragments go the same way, or it is
+	// lost. Those to a VIP (any port) or to a fullnat pool address are
+	// lvc's; every other one is the kernel's (including fragmented replies
+	// of nat servers, which lvc cannot tell by port).
+	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
+		struct addr_key vip = {};
+		vip.family = LVC_AF_INET;
+		vip.pad[0] = ip->protocol;
+		vip.addr[0] = ip->daddr;
+		if (bpf_map_lookup_elem(&fragvips, &vip))
+			return to_socket(ctx, STAT_REDIRECT_VIP);
+		// Fragmented replies to a fullnat pool address.
+		vip.pad[0] = 0;
+		if (bpf_map_lookup_elem(&snat, &vip))
+			return to_socket(ctx, STAT_REDIRECT_REAL);
 		return pass(STAT_PASS_FRAGMENT);
+	}
 
 	__u32 l4_min = ip->protocol == IPPROTO_TCP ? TCP_MIN_HLEN : UDP_HLEN;
 	struct l4_ports *ports = (void *)ip + ihl;
