@@ -218,3 +218,114 @@ fn tc2_per_service_direction() {
         assert_eq!(split(&t, 22, 2).keys().collect::<Vec<_>>(), ["rs2"]);
     }
 }
+
+/// FTP through a persistent every-port (port 0) service with direct
+/// routing: the passive data connection, to another port of the VIP, lands
+/// on the same real server as the control connection.
+#[test]
+fn ftp_through_a_persistent_port_zero_service() {
+    if !privileged("ftp_through_a_persistent_port_zero_service") {
+        return;
+    }
+    let mut t = Topo::build("ftp", Arms::Two, 2, 2);
+    t.dr_at_servers();
+    for i in 0..2 {
+        let ns = format!("rs{}", i + 1);
+        let root = t.lab.log_path(&format!("ftp-{ns}"));
+        let empty = root.join("empty");
+        std::fs::create_dir_all(&empty).unwrap();
+        std::fs::write(root.join("who"), format!("{ns}\n")).unwrap();
+        let conf = t.lab.log_path(&format!("vsftpd-{ns}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "listen=YES\nlisten_ipv6=NO\nbackground=NO\nanonymous_enable=YES\nno_anon_password=YES\n\
+                 local_enable=NO\nwrite_enable=NO\nanon_root={}\nsecure_chroot_dir={}\npasv_enable=YES\n\
+                 pasv_min_port=30000\npasv_max_port=30100\nseccomp_sandbox=NO\nisolate=NO\n\
+                 isolate_network=NO\nftp_username=ftp\nuse_localtime=NO\n",
+                root.display(),
+                empty.display()
+            ),
+        )
+        .unwrap();
+        t.lab.spawn(
+            &ns,
+            &format!("vsftpd-{ns}"),
+            &["vsftpd", &conf.to_string_lossy()],
+        );
+    }
+    t.start_lvc();
+    let svc = format!("{VIP}:0");
+    t.ctl_ok(&["add-service", "--tcp", &svc, "--persistent", "60"]);
+    for i in 0..2 {
+        t.ctl_ok(&[
+            "add-server",
+            "--tcp",
+            &svc,
+            "--real",
+            &server_ip(i),
+            "--method",
+            "dr",
+        ]);
+    }
+    let fetch = || {
+        let out = t.lab.exec(
+            "client",
+            &[
+                "curl",
+                "-s",
+                "-m",
+                "10",
+                "--ftp-pasv",
+                &format!("ftp://{VIP}/who"),
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert!(
+        t.lab
+            .wait_until(Duration::from_secs(10), || !fetch().is_empty()),
+        "no FTP answer through the VIP: {}\n{}\n{}",
+        t.lab.log("vsftpd-rs1"),
+        String::from_utf8_lossy(
+            &t.lab
+                .exec(
+                    "client",
+                    &[
+                        "curl",
+                        "-v",
+                        "-m",
+                        "5",
+                        "--ftp-pasv",
+                        &format!("ftp://{VIP}/who")
+                    ]
+                )
+                .stderr
+        ),
+        t.ctl_ok(&["status"])
+    );
+    let answers: Vec<String> = (0..4).map(|_| fetch()).collect();
+    assert!(
+        answers
+            .iter()
+            .all(|a| a == &answers[0] && a.starts_with("rs")),
+        "{answers:?}"
+    );
+    // Control and data connections both went to that one server.
+    let conns: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["conns", "--json"])).unwrap();
+    let reals: std::collections::BTreeSet<String> = conns["conns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            c["real"]
+                .as_str()
+                .unwrap()
+                .split(':')
+                .next()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(reals.len(), 1, "{conns}");
+}

@@ -32,6 +32,7 @@ const PACKAGES: &[&str] = &[
     "curl",
     "socat",
     "tcpdump",
+    "vsftpd",
 ];
 
 fn main() -> ExitCode {
