@@ -163,6 +163,14 @@ impl RouteTable {
         }
     }
 
+    /// The MTU of the link a packet to `dst` leaves on (whether or not the
+    /// next hop's MAC is known yet).
+    #[inline]
+    pub fn mtu_towards(&self, dst: u32) -> Option<u32> {
+        let route = self.routes.iter().find(|r| r.covers(dst))?;
+        self.links.get(&route.oif).map(|l| l.mtu)
+    }
+
     /// The director's address on the interface towards `dst` (for packets
     /// lvc originates, such as ICMP errors).
     pub fn source_for(&self, dst: u32) -> Option<u32> {

@@ -38,6 +38,8 @@ struct Parked {
     frame: Frame,
     next: u32,
     since: Instant,
+    /// When resolution was last requested for it.
+    asked: Instant,
 }
 
 /// What the pipeline decided for a frame.
@@ -113,6 +115,7 @@ impl Worker {
                             frame,
                             next,
                             since: Instant::now(),
+                            asked: Instant::now(),
                         }),
                         Ok(Verdict::Park(_)) => {
                             self.stats.count_drop(Drop::NeighPending);
@@ -229,7 +232,16 @@ impl Worker {
                 NextHop::Unresolved(_) if parked[i].since.elapsed() > PARK_TIMEOUT => {
                     Some(Drop::NeighPending)
                 }
-                NextHop::Unresolved(_) => None,
+                NextHop::Unresolved(req) => {
+                    // Ask again now and then: an earlier request may have
+                    // been merged into one made just before the kernel
+                    // forgot the neighbour.
+                    if parked[i].asked.elapsed() >= Duration::from_millis(200) {
+                        parked[i].asked = Instant::now();
+                        let _ = self.shared.neigh_requests.try_send(req);
+                    }
+                    None
+                }
             };
             match verdict {
                 Some(why) => {
@@ -320,15 +332,17 @@ fn forward(
     } else {
         0
     };
-    if let NextHop::Ready(l2) = hop
-        && pkt.ip_len as u32 + overhead > l2.mtu
+    // The link's MTU, not the neighbour's state: a first packet whose
+    // next hop is still being resolved is checked too.
+    if let Some(mtu) = routes.mtu_towards(next)
+        && pkt.ip_len as u32 + overhead > mtu
     {
         let df = f[ETH_HLEN + 6] & 0x40 != 0;
         return if df {
             Ok(Verdict::Icmp(icmp::Originate {
                 kind: ICMP_DEST_UNREACH,
                 code: ICMP_FRAG_NEEDED,
-                mtu: (l2.mtu - overhead).min(u32::from(u16::MAX)) as u16,
+                mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
             }))
         } else {
             Err(Drop::TooBig)

@@ -122,7 +122,13 @@ fn pmtu_discovery_through_the_director() {
         &["socat", "-T", "3", "-", &format!("UDP:{VIP}:7")],
         &fits,
     );
-    assert_eq!(out.stdout, fits);
+    assert!(
+        out.stdout == fits,
+        "{} bytes back\n{}\n{}",
+        out.stdout.len(),
+        t.ctl_ok(&["status"]),
+        t.lab.exec_ok("dir", &["ip", "neigh"])
+    );
 }
 
 /// LVS-TUN: requests reach the real server wrapped in IPIP from the
