@@ -164,6 +164,21 @@ impl Conn {
         self
     }
 
+    /// Counts a packet of `len` bytes for the service and the server.
+    #[inline]
+    pub fn count(&self, dir: Dir, len: usize) {
+        match dir {
+            Dir::Original => {
+                self.service.count_in(len);
+                self.server.stats.count_in(len);
+            }
+            Dir::Reply => {
+                self.service.count_out(len);
+                self.server.stats.count_out(len);
+            }
+        }
+    }
+
     /// Marks the connection as controlled by a persistence template.
     pub fn with_template(mut self, t: Arc<Template>) -> Self {
         self.template = Some(t);

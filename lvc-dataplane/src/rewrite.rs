@@ -40,11 +40,9 @@ fn translate(
     port_at: usize,
     new_port: u16,
 ) {
-    let old_addr = get32(f, addr_at);
+    let old_addr = set_addr(f, addr_at, new_addr);
     let old_port = be16(f, port_at);
-    f[addr_at..addr_at + 4].copy_from_slice(&new_addr.to_be_bytes());
     put16(f, port_at, new_port);
-    put16(f, IP_CSUM, update32(be16(f, IP_CSUM), old_addr, new_addr));
     let at = l4_csum_at(pkt);
     let old = be16(f, at);
     // A zero UDP checksum means "none": leave it so.
@@ -85,11 +83,14 @@ pub fn set_src_addr(f: &mut [u8], addr: u32) {
     set_addr(f, IP_SRC, addr);
 }
 
+/// Replaces an IP address and fixes the IP header checksum; returns the
+/// old address (for the L4 checksum's pseudo-header, where there is one).
 #[inline]
-fn set_addr(f: &mut [u8], at: usize, addr: u32) {
+fn set_addr(f: &mut [u8], at: usize, addr: u32) -> u32 {
     let old = get32(f, at);
     f[at..at + 4].copy_from_slice(&addr.to_be_bytes());
     put16(f, IP_CSUM, update32(be16(f, IP_CSUM), old, addr));
+    old
 }
 
 /// Decrements the TTL as a router must; a packet whose TTL runs out is

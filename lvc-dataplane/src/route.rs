@@ -129,9 +129,32 @@ impl RouteTable {
     /// Where a packet to `dst` (host order) goes next.
     #[inline]
     pub fn next_hop(&self, dst: u32) -> NextHop {
-        let Some(route) = self.routes.iter().find(|r| r.covers(dst)) else {
-            return NextHop::None;
-        };
+        match self.route(dst) {
+            Some(r) => self.via(r, dst),
+            None => NextHop::None,
+        }
+    }
+
+    /// Like [`next_hop`](Self::next_hop), for a destination that must be
+    /// on a directly connected network (direct routing: the frame keeps
+    /// the VIP as destination, so a gateway would route it straight back).
+    #[inline]
+    pub fn next_hop_onlink(&self, dst: u32) -> NextHop {
+        match self.route(dst) {
+            Some(r) if r.gateway.is_none() => self.via(r, dst),
+            _ => NextHop::None,
+        }
+    }
+
+    /// The longest-prefix route to `dst`.
+    #[inline]
+    fn route(&self, dst: u32) -> Option<&Route> {
+        self.routes.iter().find(|r| r.covers(dst))
+    }
+
+    /// The next hop to `dst` along `route`.
+    #[inline]
+    fn via(&self, route: &Route, dst: u32) -> NextHop {
         let hop = route.gateway.unwrap_or(dst);
         let Some(link) = self.links.get(&route.oif) else {
             return NextHop::None;
@@ -152,29 +175,18 @@ impl RouteTable {
         }
     }
 
-    /// Like [`next_hop`](Self::next_hop), for a destination that must be
-    /// on a directly connected network (direct routing: the frame keeps
-    /// the VIP as destination, so a gateway would route it straight back).
-    #[inline]
-    pub fn next_hop_onlink(&self, dst: u32) -> NextHop {
-        match self.routes.iter().find(|r| r.covers(dst)) {
-            Some(r) if r.gateway.is_none() => self.next_hop(dst),
-            _ => NextHop::None,
-        }
-    }
-
     /// The MTU of the link a packet to `dst` leaves on (whether or not the
     /// next hop's MAC is known yet).
     #[inline]
     pub fn mtu_towards(&self, dst: u32) -> Option<u32> {
-        let route = self.routes.iter().find(|r| r.covers(dst))?;
+        let route = self.route(dst)?;
         self.links.get(&route.oif).map(|l| l.mtu)
     }
 
     /// The director's address on the interface towards `dst` (for packets
     /// lvc originates, such as ICMP errors).
     pub fn source_for(&self, dst: u32) -> Option<u32> {
-        let route = self.routes.iter().find(|r| r.covers(dst))?;
+        let route = self.route(dst)?;
         self.if_addrs.get(&route.oif).copied()
     }
 

@@ -280,17 +280,7 @@ fn forward(
             Dir::Original,
         ),
     };
-    let len = f.len();
-    match dir {
-        Dir::Original => {
-            conn.service.count_in(len);
-            conn.server.stats.count_in(len);
-        }
-        Dir::Reply => {
-            conn.service.count_out(len);
-            conn.server.stats.count_out(len);
-        }
-    }
+    conn.count(dir, f.len());
     if let Some(e) = &pkt.icmp {
         // An error about the flow: translated like the packet it quotes.
         match conn.method {
@@ -332,9 +322,14 @@ fn forward(
     } else {
         0
     };
-    // The link's MTU, not the neighbour's state: a first packet whose
-    // next hop is still being resolved is checked too.
-    if let Some(mtu) = routes.mtu_towards(next)
+    // The link's MTU, whatever the neighbour's state: a first packet whose
+    // next hop is still being resolved is checked too (the route is only
+    // looked up again in that rare case).
+    let mtu = match hop {
+        NextHop::Ready(l2) => Some(l2.mtu),
+        _ => routes.mtu_towards(next),
+    };
+    if let Some(mtu) = mtu
         && pkt.ip_len as u32 + overhead > mtu
     {
         let df = f[ETH_HLEN + 6] & 0x40 != 0;
@@ -397,12 +392,10 @@ fn later_fragment(
         .conntrack
         .fragment(&pkt.key, id)
         .ok_or(Drop::Fragment)?;
-    let len = f.len();
+    conn.count(dir, f.len());
     let fullnat = conn.local != conn.client;
     let next = match dir {
         Dir::Original => {
-            conn.service.count_in(len);
-            conn.server.stats.count_in(len);
             match conn.method {
                 Method::Dr => {
                     let hop = routes.next_hop_onlink(conn.real.0);
@@ -418,8 +411,6 @@ fn later_fragment(
             conn.real.0
         }
         Dir::Reply => {
-            conn.service.count_out(len);
-            conn.server.stats.count_out(len);
             rewrite::set_src_addr(f, conn.vip.0);
             if fullnat {
                 rewrite::set_dst_addr(f, conn.client.0);
