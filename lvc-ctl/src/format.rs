@@ -53,7 +53,7 @@ pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
         let head = format!(
             "{}  {}",
             svc.service.proto.name().to_uppercase(),
-            svc.service.addr
+            svc.service.endpoint()
         );
         if stats {
             row(&mut s, &head, counters(&svc.stats));

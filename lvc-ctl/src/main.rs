@@ -13,8 +13,8 @@ mod format;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use lvc_proto::config::ConfigFile;
 use lvc_proto::{
-    ConnFilter, Method, Protocol, RealSpec, Request, RequestEnvelope, Response, ResponseEnvelope,
-    Scheduler, ServiceKey, parse_vip,
+    ConnFilter, Method, Ports, Protocol, RealSpec, Request, RequestEnvelope, Response,
+    ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr};
@@ -37,36 +37,41 @@ struct Cli {
     cmd: Cmd,
 }
 
-/// `--tcp VIP:PORT` or `--udp VIP:PORT`, required.
+/// `--tcp VIP:PORTS` or `--udp VIP:PORTS`, required (PORTS: 80, 0 = every
+/// port, 21,22 or 1024-65535).
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
 struct ServiceArg {
     /// TCP virtual service.
-    #[arg(long, short = 't', value_name = "VIP:PORT", value_parser = parse_vip)]
-    tcp: Option<std::net::SocketAddr>,
+    #[arg(long, short = 't', value_name = "VIP:PORTS", value_parser = parse_vip)]
+    tcp: Option<VipPorts>,
     /// UDP virtual service.
-    #[arg(long, short = 'u', value_name = "VIP:PORT", value_parser = parse_vip)]
-    udp: Option<std::net::SocketAddr>,
+    #[arg(long, short = 'u', value_name = "VIP:PORTS", value_parser = parse_vip)]
+    udp: Option<VipPorts>,
 }
 
-/// `--tcp VIP:PORT` or `--udp VIP:PORT`, optional.
+/// `--tcp VIP:PORTS` or `--udp VIP:PORTS`, optional.
 #[derive(Args, Debug)]
 #[group(required = false, multiple = false)]
 struct MaybeService {
     /// TCP virtual service.
-    #[arg(long, short = 't', value_name = "VIP:PORT", value_parser = parse_vip)]
-    tcp: Option<std::net::SocketAddr>,
+    #[arg(long, short = 't', value_name = "VIP:PORTS", value_parser = parse_vip)]
+    tcp: Option<VipPorts>,
     /// UDP virtual service.
-    #[arg(long, short = 'u', value_name = "VIP:PORT", value_parser = parse_vip)]
-    udp: Option<std::net::SocketAddr>,
+    #[arg(long, short = 'u', value_name = "VIP:PORTS", value_parser = parse_vip)]
+    udp: Option<VipPorts>,
 }
 
-fn key(tcp: Option<std::net::SocketAddr>, udp: Option<std::net::SocketAddr>) -> Option<ServiceKey> {
-    match (tcp, udp) {
-        (Some(a), _) => Some(ServiceKey::new(Protocol::Tcp, a)),
-        (_, Some(a)) => Some(ServiceKey::new(Protocol::Udp, a)),
-        _ => None,
-    }
+/// A VIP and the ports of a service on it.
+type VipPorts = (std::net::IpAddr, Ports);
+
+fn key(tcp: Option<VipPorts>, udp: Option<VipPorts>) -> Option<ServiceKey> {
+    let (proto, (vip, ports)) = match (tcp, udp) {
+        (Some(a), _) => (Protocol::Tcp, a),
+        (_, Some(a)) => (Protocol::Udp, a),
+        _ => return None,
+    };
+    Some(ServiceKey { proto, vip, ports })
 }
 
 impl ServiceArg {

@@ -15,7 +15,7 @@ use crate::snat::SnatPool;
 use crate::stats::{Drop, TrafficStats, WorkerStats};
 use crate::steer::{AttachMode, Steering};
 use arc_swap::ArcSwap;
-use lvc_ebpf::EndpointKey;
+use lvc_ebpf::{AddrKey, EndpointKey, PortRanges};
 use lvc_proto::config::{ConfigFile, Fullnat, ServerConfig, ServiceConfig, Timeouts};
 use lvc_proto::{
     ConnFilter, ConnInfo, ConnListing, ErrorCode, ErrorReply, InterfaceStatus, Listing,
@@ -23,7 +23,7 @@ use lvc_proto::{
     ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo, ServiceKey, Status, VERSION,
     check_local_pool, check_persistence,
 };
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -308,7 +308,7 @@ impl Control {
             services: cfg
                 .iter()
                 .map(|(key, s)| {
-                    let addr = Some(key.addr.to_string());
+                    let addr = Some(key.endpoint());
                     ServiceConfig {
                         tcp: addr.clone().filter(|_| key.proto == Protocol::Tcp),
                         udp: addr.filter(|_| key.proto == Protocol::Udp),
@@ -321,7 +321,9 @@ impl Control {
                             .map(|r| ServerConfig {
                                 real: RealSpec {
                                     addr: r.addr.ip(),
-                                    port: Some(r.addr.port()),
+                                    // Servers of multi-port services keep
+                                    // the client's port: written bare.
+                                    port: Some(r.addr.port()).filter(|&p| p != 0),
                                 },
                                 weight: r.weight,
                                 method: r.method,
@@ -398,9 +400,7 @@ impl Control {
                 v4(c.real.0, c.real.1),
             );
             if f.service.is_some_and(|s| {
-                s.proto != proto
-                    || s.addr.ip() != vip.ip()
-                    || (s.addr.port() != 0 && s.addr.port() != vip.port())
+                s.proto != proto || s.vip != vip.ip() || !s.ports.contains(vip.port())
             }) || f
                 .server
                 .is_some_and(|r| r.addr != real.ip() || r.port.is_some_and(|p| p != real.port()))
@@ -502,13 +502,10 @@ impl Control {
                 persistence: s.persistence.clone(),
             })
         }));
-        let vips: HashSet<EndpointKey> = cfg
+        let (vips, vipranges) = vip_steering(cfg)?;
+        let fragvips: HashSet<AddrKey> = cfg
             .keys()
-            .map(|k| EndpointKey::new(k.addr.ip(), k.proto.number(), k.addr.port()))
-            .collect();
-        let fragvips: HashSet<lvc_ebpf::AddrKey> = cfg
-            .keys()
-            .map(|k| lvc_ebpf::AddrKey::with_proto(k.addr.ip(), k.proto.number()))
+            .map(|k| AddrKey::with_proto(k.vip, k.proto.number()))
             .collect();
         let reals = self.reals(cfg);
         let (table, steered) = {
@@ -521,6 +518,7 @@ impl Control {
         self.services.store(Arc::new(table));
         steering
             .sync_vips(&vips)
+            .and_then(|_| steering.sync_vipranges(&vipranges))
             .and_then(|_| steering.sync_reals(&reals))
             .and_then(|_| steering.sync_snat(&steered))
             .and_then(|_| steering.sync_fragvips(&fragvips))
@@ -706,6 +704,16 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[Ipv4Addr]) -> Result<(), ErrorR
                     format!("service {service} already exists"),
                 ));
             }
+            if let Some(other) = cfg.keys().find(|k| {
+                k.proto == service.proto && k.vip == service.vip && k.ports.overlaps(&service.ports)
+            }) {
+                return Err(err(
+                    ErrorCode::Exists,
+                    format!(
+                        "service {service} overlaps service {other}: a port belongs to one service"
+                    ),
+                ));
+            }
             check_persistence(*persistent, *netmask).map_err(|e| {
                 err(
                     ErrorCode::InvalidArgument,
@@ -728,7 +736,7 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[Ipv4Addr]) -> Result<(), ErrorR
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             check_weight(*weight)?;
-            if real.addr.is_ipv4() != service.addr.is_ipv4() {
+            if real.addr.is_ipv4() != service.vip.is_ipv4() {
                 return Err(err(
                     ErrorCode::InvalidArgument,
                     format!(
@@ -736,11 +744,14 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[Ipv4Addr]) -> Result<(), ErrorR
                     ),
                 ));
             }
-            if service.addr.port() == 0 && real.port.is_some_and(|p| p != 0) {
+            if service.ports.single_port().is_none_or(|p| p == 0)
+                && real.port.is_some_and(|p| p != 0)
+            {
                 return Err(err(
                     ErrorCode::InvalidArgument,
                     format!(
-                        "service {service} covers every port: give the real server without a port"
+                        "service {service} covers several ports: give the real server without a \
+                         port (connections keep the port the client asked for)"
                     ),
                 ));
             }
@@ -851,7 +862,8 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[Ipv4Addr]) -> Result<(), ErrorR
 /// what belongs to no connection: refused until replies are steered per
 /// flow.
 fn check_method(service: &ServiceKey, method: Method, real_port: u16) -> Result<(), ErrorReply> {
-    if matches!(method, Method::Dr | Method::Tun) && real_port != service.addr.port() {
+    if matches!(method, Method::Dr | Method::Tun) && real_port != service.ports.default_real_port()
+    {
         return Err(err(
             ErrorCode::InvalidArgument,
             format!(
@@ -860,12 +872,19 @@ fn check_method(service: &ServiceKey, method: Method, real_port: u16) -> Result<
             ),
         ));
     }
-    if method == Method::Nat && service.addr.port() == 0 {
+    if method == Method::Nat
+        && service
+            .ports
+            .ranges()
+            .iter()
+            .any(|&(lo, hi)| lo == 0 || lo != hi)
+    {
         return Err(err(
             ErrorCode::InvalidArgument,
             format!(
-                "service {service} covers every port: the nat method cannot be used there yet \
-                 (it would capture all of the real server's own traffic); use --method dnat"
+                "service {service} covers every port or a port range: the nat method cannot be \
+                 used there yet (it would capture the real server's own traffic from those \
+                 ports); use --method dnat, fullnat or dr, or list single ports"
             ),
         ));
     }
@@ -888,11 +907,18 @@ fn nat_endpoints(cfg: &Config) -> impl Iterator<Item = (EndpointKey, &Arc<Traffi
         s.servers
             .iter()
             .filter(|r| r.method == Method::Nat)
-            .map(move |r| {
-                (
-                    EndpointKey::new(r.addr.ip(), key.proto.number(), r.addr.port()),
-                    &r.stats,
-                )
+            .flat_map(move |r| {
+                // A server without a port answers from each listed port.
+                let ports: Vec<u16> = match r.addr.port() {
+                    0 => key.ports.ranges().iter().map(|&(p, _)| p).collect(),
+                    p => vec![p],
+                };
+                ports.into_iter().map(move |p| {
+                    (
+                        EndpointKey::new(r.addr.ip(), key.proto.number(), p),
+                        &r.stats,
+                    )
+                })
             })
     })
 }
@@ -905,8 +931,45 @@ fn no_service(s: &ServiceKey) -> ErrorReply {
     err(ErrorCode::NotFound, format!("service {s} does not exist"))
 }
 
+/// What the XDP program needs to recognise every service's packets: the
+/// single ports (`vips`) and, per VIP and protocol, the port ranges.
+fn vip_steering(
+    cfg: &Config,
+) -> Result<(HashSet<EndpointKey>, HashMap<AddrKey, PortRanges>), ErrorReply> {
+    let mut vips = HashSet::new();
+    let mut ranges: HashMap<AddrKey, Vec<(u16, u16)>> = HashMap::new();
+    for k in cfg.keys() {
+        for &(lo, hi) in k.ports.ranges() {
+            if lo == hi {
+                vips.insert(EndpointKey::new(k.vip, k.proto.number(), lo));
+            } else {
+                ranges
+                    .entry(AddrKey::with_proto(k.vip, k.proto.number()))
+                    .or_default()
+                    .push((lo, hi));
+            }
+        }
+    }
+    let ranges = ranges
+        .into_iter()
+        .map(|(key, r)| {
+            let v = PortRanges::new(&r).ok_or_else(|| {
+                err(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "the services of one VIP and protocol may cover at most {} port ranges",
+                        lvc_ebpf::MAX_RANGES
+                    ),
+                )
+            })?;
+            Ok((key, v))
+        })
+        .collect::<Result<_, ErrorReply>>()?;
+    Ok((vips, ranges))
+}
+
 fn check_service(s: &ServiceKey) -> Result<(), ErrorReply> {
-    match s.addr.ip() {
+    match s.vip {
         IpAddr::V6(_) => Err(err(
             ErrorCode::InvalidArgument,
             format!("service {s}: IPv6 services are not supported by this dataplane yet"),

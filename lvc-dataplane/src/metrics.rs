@@ -123,7 +123,8 @@ pub fn render(control: &Control) -> String {
     );
     f.sample("lvc_uptime_seconds", &[], status.uptime_secs);
 
-    let svc_name = |s: &lvc_proto::ServiceInfo| format!("{}:{}", s.service.proto, s.service.addr);
+    let svc_name =
+        |s: &lvc_proto::ServiceInfo| format!("{}:{}", s.service.proto, s.service.endpoint());
     {
         let n = "lvc_service_connections_total";
         let mut f = Family::new(

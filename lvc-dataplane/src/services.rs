@@ -91,24 +91,39 @@ impl Persistence {
 /// Lookup key: (protocol, VIP host order, port).
 pub type VipKey = (u8, u32, u16);
 
+/// An inclusive port range of a service.
+type PortRange = (u16, u16, Arc<Service>);
+
 /// Immutable snapshot of every service.
 #[derive(Debug, Default)]
 pub struct ServiceTable {
+    /// Services by each single port they list (port 0: every port).
     services: HashMap<VipKey, Arc<Service>>,
+    /// Services that list port ranges, by (protocol, VIP): consulted only
+    /// when no single port matches (and only if any exist).
+    ranges: HashMap<(u8, u32), Vec<PortRange>>,
     /// The fullnat local address pool, if one is configured.
     snat: Option<Arc<SnatPool>>,
 }
 
 impl ServiceTable {
     pub fn new(services: impl IntoIterator<Item = Arc<Service>>) -> Self {
-        let services = services
-            .into_iter()
-            .filter_map(|s| Some((vip_key(&s.key)?, s)))
-            .collect();
-        Self {
-            services,
-            snat: None,
+        let mut t = Self::default();
+        for s in services {
+            let IpAddr::V4(vip) = s.key.vip else { continue };
+            let (proto, vip) = (s.key.proto.number(), u32::from(vip));
+            for &(lo, hi) in s.key.ports.ranges() {
+                if lo == hi {
+                    t.services.insert((proto, vip, lo), s.clone());
+                } else {
+                    t.ranges
+                        .entry((proto, vip))
+                        .or_default()
+                        .push((lo, hi, s.clone()));
+                }
+            }
         }
+        t
     }
 
     /// The same table with a fullnat pool.
@@ -122,24 +137,28 @@ impl ServiceTable {
         self.snat.as_ref()
     }
 
-    /// The service for a packet to `vip:port`: exact port first, then the
-    /// VIP's port-0 ("every port") service.
+    /// The service for a packet to `vip:port`: an exact port first, then a
+    /// port range, then the VIP's port-0 ("every port") service.
     #[inline]
     pub fn lookup(&self, proto: u8, vip: u32, port: u16) -> Option<&Arc<Service>> {
-        self.services
-            .get(&(proto, vip, port))
-            .or_else(|| self.services.get(&(proto, vip, 0)))
+        if let Some(s) = self.services.get(&(proto, vip, port)) {
+            return Some(s);
+        }
+        if !self.ranges.is_empty()
+            && let Some(rs) = self.ranges.get(&(proto, vip))
+            && let Some((_, _, s)) = rs.iter().find(|(lo, hi, _)| (*lo..=*hi).contains(&port))
+        {
+            return Some(s);
+        }
+        self.services.get(&(proto, vip, 0))
     }
 
+    /// Every service once.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
-        self.services.values()
-    }
-}
-
-/// The table key of an IPv4 service; `None` for IPv6.
-pub fn vip_key(key: &ServiceKey) -> Option<VipKey> {
-    match key.addr.ip() {
-        IpAddr::V4(a) => Some((key.proto.number(), u32::from(a), key.addr.port())),
-        IpAddr::V6(_) => None,
+        let mut seen = std::collections::HashSet::new();
+        self.services
+            .values()
+            .chain(self.ranges.values().flatten().map(|(_, _, s)| s))
+            .filter(move |s| seen.insert(Arc::as_ptr(s)))
     }
 }

@@ -10,8 +10,8 @@
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, TestRun, TestRunOptions};
-use lvc_ebpf::{AddrKey, EndpointKey, ServiceValue, Stat};
-use std::collections::HashSet;
+use lvc_ebpf::{AddrKey, EndpointKey, PortRanges, ServiceValue, Stat};
+use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
 /// How the program ended up attached.
@@ -59,6 +59,7 @@ pub struct Steering {
     locals: BpfHashMap<MapData, AddrKey, u32>,
     snat: BpfHashMap<MapData, AddrKey, u32>,
     fragvips: BpfHashMap<MapData, AddrKey, u32>,
+    vipranges: BpfHashMap<MapData, AddrKey, PortRanges>,
     ifslots: BpfHashMap<MapData, u32, u32>,
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
@@ -67,6 +68,7 @@ pub struct Steering {
     current_locals: HashSet<AddrKey>,
     current_snat: HashSet<AddrKey>,
     current_fragvips: HashSet<AddrKey>,
+    current_vipranges: HashMap<AddrKey, PortRanges>,
 }
 
 impl Steering {
@@ -94,6 +96,8 @@ impl Steering {
         let snat = BpfHashMap::try_from(take(maps::SNAT)?).map_err(map_err(maps::SNAT))?;
         let fragvips =
             BpfHashMap::try_from(take(maps::FRAGVIPS)?).map_err(map_err(maps::FRAGVIPS))?;
+        let vipranges =
+            BpfHashMap::try_from(take(maps::VIPRANGES)?).map_err(map_err(maps::VIPRANGES))?;
         let ifslots = BpfHashMap::try_from(take(maps::IFSLOTS)?).map_err(map_err(maps::IFSLOTS))?;
         let xsks = XskMap::try_from(take(maps::XSKS)?).map_err(map_err(maps::XSKS))?;
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
@@ -104,6 +108,7 @@ impl Steering {
             locals,
             snat,
             fragvips,
+            vipranges,
             ifslots,
             xsks,
             stats,
@@ -112,6 +117,7 @@ impl Steering {
             current_locals: HashSet::new(),
             current_snat: HashSet::new(),
             current_fragvips: HashSet::new(),
+            current_vipranges: HashMap::new(),
         })
     }
 
@@ -200,6 +206,31 @@ impl Steering {
             want,
             lvc_ebpf::maps::FRAGVIPS,
         )
+    }
+
+    /// Makes the `vipranges` map hold exactly `want`.
+    pub fn sync_vipranges(
+        &mut self,
+        want: &HashMap<AddrKey, PortRanges>,
+    ) -> Result<(), SteerError> {
+        let name = lvc_ebpf::maps::VIPRANGES;
+        for (k, v) in want {
+            if self.current_vipranges.get(k) != Some(v) {
+                self.vipranges.insert(*k, *v, 0).map_err(map_err(name))?;
+                self.current_vipranges.insert(*k, *v);
+            }
+        }
+        let gone: Vec<AddrKey> = self
+            .current_vipranges
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.vipranges.remove(&k).map_err(map_err(name))?;
+            self.current_vipranges.remove(&k);
+        }
+        Ok(())
     }
 
     /// Makes the `snat` map hold exactly the fullnat pool's addresses.

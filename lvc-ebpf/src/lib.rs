@@ -24,6 +24,9 @@ pub mod maps {
     pub const LOCALS: &str = "locals";
     /// The fullnat local address pool: traffic to these is lvc's.
     pub const SNAT: &str = "snat";
+    /// Port ranges of the services of a VIP: [`AddrKey::with_proto`] →
+    /// [`PortRanges`].
+    pub const VIPRANGES: &str = "vipranges";
     /// VIP addresses by protocol: fragments to these are lvc's.
     pub const FRAGVIPS: &str = "fragvips";
     /// Interface slots: ifindex → slot in `xsks`.
@@ -110,6 +113,30 @@ pub struct ServiceValue {
     pub flags: u32,
 }
 
+/// Most port ranges per VIP address and protocol (`LVC_MAX_RANGES`).
+pub const MAX_RANGES: usize = 16;
+
+/// Value of the `vipranges` map: inclusive host-order port ranges, the
+/// first `n` valid.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PortRanges {
+    pub n: u32,
+    pub r: [(u16, u16); MAX_RANGES],
+}
+
+impl PortRanges {
+    /// `None` when there are more than [`MAX_RANGES`].
+    pub fn new(ranges: &[(u16, u16)]) -> Option<Self> {
+        let mut v = Self {
+            n: ranges.len() as u32,
+            ..Self::default()
+        };
+        v.r.get_mut(..ranges.len())?.copy_from_slice(ranges);
+        Some(v)
+    }
+}
+
 fn addr_words(addr: IpAddr) -> (u8, [u32; 4]) {
     match addr {
         // Network order in memory: the octets as they are on the wire.
@@ -129,10 +156,13 @@ unsafe impl aya::Pod for EndpointKey {}
 unsafe impl aya::Pod for AddrKey {}
 // SAFETY: as above.
 unsafe impl aya::Pod for ServiceValue {}
+// SAFETY: as above (a u32 then u16 pairs: no padding).
+unsafe impl aya::Pod for PortRanges {}
 
 const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(size_of::<AddrKey>() == 20);
 const _: () = assert!(size_of::<ServiceValue>() == 8);
+const _: () = assert!(size_of::<PortRanges>() == 4 + 4 * MAX_RANGES);
 
 /// Indexes of the program's per-CPU counters (`enum lvc_stat` in the C source).
 #[repr(u32)]

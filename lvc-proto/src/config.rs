@@ -16,7 +16,7 @@
 //! method = "nat"             # nat | dnat
 //! ```
 
-use crate::{MAX_WEIGHT, Method, Protocol, RealSpec, Request, Scheduler, ServiceKey, parse_vip};
+use crate::{MAX_WEIGHT, Method, Protocol, RealSpec, Request, Scheduler, ServiceKey};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 
@@ -313,8 +313,8 @@ fn quote(s: &str) -> String {
 impl ServiceConfig {
     pub fn key(&self) -> Result<ServiceKey, String> {
         match (&self.tcp, &self.udp) {
-            (Some(a), None) => Ok(ServiceKey::new(Protocol::Tcp, parse_vip(a)?)),
-            (None, Some(a)) => Ok(ServiceKey::new(Protocol::Udp, parse_vip(a)?)),
+            (Some(a), None) => ServiceKey::parse(Protocol::Tcp, a),
+            (None, Some(a)) => ServiceKey::parse(Protocol::Udp, a),
             _ => Err("exactly one of `tcp` or `udp` must be given".into()),
         }
     }

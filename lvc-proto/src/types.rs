@@ -44,25 +44,204 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A virtual service: protocol, VIP and port (0 = every port).
+/// Most ports or port ranges one service may list (`21,22,1024-2048`).
+pub const MAX_PORT_RANGES: usize = 8;
+
+/// The ports a virtual service covers: one port, every port (`0`), or a
+/// list of ports and ranges (`21,22`, `1024-65535`) that share one
+/// scheduler and one persistence table, like an IPVS firewall-mark service.
 ///
-/// Text form: `tcp:10.0.0.10:80`, `udp:[2001:db8::1]:53`.
+/// Kept sorted and free of overlaps, so equal sets compare equal.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ports {
+    len: u8,
+    ranges: [(u16, u16); MAX_PORT_RANGES],
+}
+
+impl Ports {
+    /// Every port of the VIP (port 0).
+    pub const ALL: Ports = Ports::single(0);
+
+    pub const fn single(port: u16) -> Self {
+        let mut ranges = [(0, 0); MAX_PORT_RANGES];
+        ranges[0] = (port, port);
+        Self { len: 1, ranges }
+    }
+
+    /// The inclusive ranges, sorted.
+    pub fn ranges(&self) -> &[(u16, u16)] {
+        &self.ranges[..self.len as usize]
+    }
+
+    /// True for the every-port (port 0) service.
+    pub fn is_all(&self) -> bool {
+        *self == Self::ALL
+    }
+
+    /// The port of a one-port service (0 for every port); `None` when the
+    /// service covers several ports.
+    pub fn single_port(&self) -> Option<u16> {
+        match self.ranges() {
+            [(lo, hi)] if lo == hi => Some(*lo),
+            _ => None,
+        }
+    }
+
+    /// The port a real server given without one listens on: the service's
+    /// own port, or 0 ("the port the client asked for") when it covers
+    /// several or all.
+    pub fn default_real_port(&self) -> u16 {
+        self.single_port().unwrap_or(0)
+    }
+
+    pub fn contains(&self, port: u16) -> bool {
+        self.is_all()
+            || self
+                .ranges()
+                .iter()
+                .any(|&(lo, hi)| (lo..=hi).contains(&port))
+    }
+
+    /// How many ports the set covers (65535 for every port).
+    pub fn count(&self) -> u32 {
+        if self.is_all() {
+            return 65535;
+        }
+        self.ranges()
+            .iter()
+            .map(|&(lo, hi)| u32::from(hi - lo) + 1)
+            .sum()
+    }
+
+    /// Whether two sets share a port (every-port services overlap nothing:
+    /// they only take what no other service of the VIP does).
+    pub fn overlaps(&self, other: &Ports) -> bool {
+        if self.is_all() || other.is_all() {
+            return self == other;
+        }
+        self.ranges()
+            .iter()
+            .any(|&(a, b)| other.ranges().iter().any(|&(c, d)| a <= d && c <= b))
+    }
+}
+
+impl fmt::Debug for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Ports({self})")
+    }
+}
+
+impl fmt::Display for Ports {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, &(lo, hi)) in self.ranges().iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            if lo == hi {
+                write!(f, "{lo}")?;
+            } else {
+                write!(f, "{lo}-{hi}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Ports {
+    type Err = String;
+
+    /// `80`, `0` (every port), `21,22`, `1024-65535`, `21,22,8000-8099`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let port = |t: &str| {
+            t.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("`{t}` is not a port number (0-65535)"))
+        };
+        let mut ranges = Vec::new();
+        for part in s.split(',') {
+            let r = match part.split_once('-') {
+                Some((a, b)) => (port(a)?, port(b)?),
+                None => {
+                    let p = port(part)?;
+                    (p, p)
+                }
+            };
+            if r.0 > r.1 {
+                return Err(format!(
+                    "port range `{part}` is empty (its end is below its start)"
+                ));
+            }
+            ranges.push(r);
+        }
+        if ranges == [(0, 0)] {
+            return Ok(Self::ALL);
+        }
+        if ranges.iter().any(|&(lo, _)| lo == 0) {
+            return Err(format!(
+                "ports `{s}`: port 0 means every port and cannot be part of a list or range"
+            ));
+        }
+        if ranges.len() > MAX_PORT_RANGES {
+            return Err(format!(
+                "ports `{s}`: a service lists at most {MAX_PORT_RANGES} ports or ranges"
+            ));
+        }
+        ranges.sort_unstable();
+        if let Some(w) = ranges.windows(2).find(|w| w[1].0 <= w[0].1) {
+            return Err(format!(
+                "ports `{s}`: port {} is listed twice",
+                w[1].0.max(w[0].0)
+            ));
+        }
+        let mut out = Self {
+            len: ranges.len() as u8,
+            ranges: [(0, 0); MAX_PORT_RANGES],
+        };
+        out.ranges[..ranges.len()].copy_from_slice(&ranges);
+        Ok(out)
+    }
+}
+
+/// A virtual service: protocol, VIP and the ports it covers.
+///
+/// Text form: `tcp:10.0.0.10:80`, `tcp:10.0.0.10:21,22`,
+/// `tcp:10.0.0.10:1024-65535`, `udp:[2001:db8::1]:53`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
     pub proto: Protocol,
-    pub addr: SocketAddr,
+    pub vip: IpAddr,
+    pub ports: Ports,
 }
 
 impl ServiceKey {
+    /// A one-port service (port 0: every port).
     pub fn new(proto: Protocol, addr: SocketAddr) -> Self {
-        Self { proto, addr }
+        Self {
+            proto,
+            vip: addr.ip(),
+            ports: Ports::single(addr.port()),
+        }
+    }
+
+    /// A service from `VIP:PORTS` text.
+    pub fn parse(proto: Protocol, s: &str) -> Result<Self, String> {
+        let (vip, ports) = parse_vip(s)?;
+        Ok(Self { proto, vip, ports })
+    }
+
+    /// `VIP:PORTS` with IPv6 addresses in brackets.
+    pub fn endpoint(&self) -> String {
+        match self.vip {
+            IpAddr::V4(a) => format!("{a}:{}", self.ports),
+            IpAddr::V6(a) => format!("[{a}]:{}", self.ports),
+        }
     }
 }
 
 impl fmt::Display for ServiceKey {
     /// `tcp 10.0.0.10:80`, the form used in messages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.proto, self.addr)
+        write!(f, "{} {}", self.proto, self.endpoint())
     }
 }
 
@@ -78,22 +257,31 @@ impl FromStr for ServiceKey {
             "udp" => Protocol::Udp,
             other => return Err(format!("service `{s}`: unknown protocol `{other}`")),
         };
-        Ok(Self {
-            proto,
-            addr: parse_vip(addr)?,
-        })
+        Self::parse(proto, addr)
     }
 }
 
-/// Parses `VIP:PORT` with a clear message.
-pub fn parse_vip(s: &str) -> Result<SocketAddr, String> {
-    s.parse::<SocketAddr>()
-        .map_err(|_| format!("`{s}` is not VIP:PORT (e.g. 10.0.0.10:80 or [2001:db8::1]:80)"))
+/// Parses `VIP:PORTS` (`10.0.0.10:80`, `10.0.0.10:21,22`,
+/// `[2001:db8::1]:1024-65535`) with a clear message.
+pub fn parse_vip(s: &str) -> Result<(IpAddr, Ports), String> {
+    let bad = || {
+        format!(
+            "`{s}` is not VIP:PORT (e.g. 10.0.0.10:80, 10.0.0.10:21,22, 10.0.0.10:1024-65535 \
+             or [2001:db8::1]:80)"
+        )
+    };
+    let (addr, ports) = s.rsplit_once(':').ok_or_else(bad)?;
+    let addr = match addr.strip_prefix('[').and_then(|a| a.strip_suffix(']')) {
+        Some(v6) => IpAddr::V6(v6.parse().map_err(|_| bad())?),
+        None => IpAddr::V4(addr.parse().map_err(|_| bad())?),
+    };
+    let ports = ports.parse::<Ports>().map_err(|e| format!("`{s}`: {e}"))?;
+    Ok((addr, ports))
 }
 
 impl Serialize for ServiceKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}:{}", self.proto, self.addr))
+        s.collect_str(&format_args!("{}:{}", self.proto, self.endpoint()))
     }
 }
 
@@ -116,7 +304,10 @@ pub struct RealSpec {
 impl RealSpec {
     /// The server's socket address within `service`.
     pub fn resolve(&self, service: &ServiceKey) -> SocketAddr {
-        SocketAddr::new(self.addr, self.port.unwrap_or(service.addr.port()))
+        SocketAddr::new(
+            self.addr,
+            self.port.unwrap_or(service.ports.default_real_port()),
+        )
     }
 }
 
@@ -502,5 +693,77 @@ mod tests {
         assert!("sctp:10.0.0.10:80".parse::<ServiceKey>().is_err());
         assert!("10.0.1".parse::<RealSpec>().is_err());
         assert!("10.0.0.1:99999".parse::<RealSpec>().is_err());
+    }
+}
+
+#[cfg(test)]
+mod port_tests {
+    use super::*;
+
+    fn ports(s: &str) -> Ports {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn port_sets_parse_normalised() {
+        assert_eq!(ports("80"), Ports::single(80));
+        assert!(ports("0").is_all());
+        assert_eq!(ports("22,21").to_string(), "21,22");
+        assert_eq!(ports("22,21"), ports("21,22"));
+        assert_eq!(ports("1024-65535").to_string(), "1024-65535");
+        assert_eq!(ports("21,22,8000-8099").count(), 102);
+        assert_eq!(ports("80").single_port(), Some(80));
+        assert_eq!(ports("21,22").single_port(), None);
+        assert_eq!(ports("21,22").default_real_port(), 0);
+        assert!(ports("21,1024-2048").contains(1500));
+        assert!(!ports("21,1024-2048").contains(22));
+        for bad in [
+            "",
+            "x",
+            "21,",
+            "0,21",
+            "0-10",
+            "10-5",
+            "21,21",
+            "20-30,25",
+            "70000",
+            "1,2,3,4,5,6,7,8,9",
+        ] {
+            assert!(bad.parse::<Ports>().is_err(), "{bad:?} parsed");
+        }
+        let e = "20-30,25".parse::<Ports>().unwrap_err();
+        assert!(e.contains("25 is listed twice"), "{e}");
+    }
+
+    #[test]
+    fn overlap() {
+        assert!(ports("21,22").overlaps(&ports("22")));
+        assert!(ports("1000-2000").overlaps(&ports("2000-3000")));
+        assert!(!ports("1000-2000").overlaps(&ports("2001-3000")));
+        // Every-port services only collide with each other.
+        assert!(!ports("0").overlaps(&ports("80")));
+        assert!(ports("0").overlaps(&ports("0")));
+    }
+
+    #[test]
+    fn multi_port_services_text() {
+        let s: ServiceKey = "tcp:10.0.0.10:22,21".parse().unwrap();
+        assert_eq!(s.to_string(), "tcp 10.0.0.10:21,22");
+        assert_eq!(
+            serde_json::to_string(&s).unwrap(),
+            "\"tcp:10.0.0.10:21,22\""
+        );
+        let s: ServiceKey = "udp:[2001:db8::1]:1024-65535".parse().unwrap();
+        assert_eq!(s.to_string(), "udp [2001:db8::1]:1024-65535");
+        let r: RealSpec = "10.0.1.1".parse().unwrap();
+        let s: ServiceKey = "tcp:10.0.0.10:21,22".parse().unwrap();
+        assert_eq!(r.resolve(&s).port(), 0);
+        assert!("tcp:2001:db8::1:80".parse::<ServiceKey>().is_err());
+        assert!(
+            "tcp:10.0.0.10:0,80"
+                .parse::<ServiceKey>()
+                .unwrap_err()
+                .contains("port 0 means every port")
+        );
     }
 }

@@ -329,3 +329,111 @@ fn ftp_through_a_persistent_port_zero_service() {
         .collect();
     assert_eq!(reals.len(), 1, "{conns}");
 }
+
+/// Services over a port list and a port range: one scheduler and one
+/// persistence table for the whole group (like IPVS firewall-mark
+/// services), overlaps refused, and the listing/save forms.
+#[test]
+fn port_list_and_range_services() {
+    if !privileged("port_list_and_range_services") {
+        return;
+    }
+    let mut t = lab("ports");
+    let srv = lvc_tests::bin("lvc-testsrv").to_string_lossy().into_owned();
+    for i in 0..2 {
+        let ns = format!("rs{}", i + 1);
+        t.lab.spawn(
+            &ns,
+            &format!("{ns}-extra"),
+            &[
+                &srv, &ns, "--http", "21", "--http", "22", "--http", "8000", "--http", "8050",
+            ],
+        );
+    }
+    // `21,22`: one rr cycle across both ports.
+    let list = format!("{VIP}:22,21");
+    t.ctl_ok(&["add-service", "--tcp", &list]);
+    for i in 0..2 {
+        t.ctl_ok(&["add-server", "--tcp", &list, "--real", &server_ip(i)]);
+    }
+    assert!(t.lab.wait_until(Duration::from_secs(5), || {
+        t.curl(&format!("http://{VIP}:22/")).is_some()
+            && t.curl(&format!("http://{VIP}:21/")).is_some()
+    }));
+    let mut seq = Vec::new();
+    for port in [21, 22, 21, 22, 21, 22] {
+        let body = t.curl(&format!("http://{VIP}:{port}/")).expect("request");
+        seq.push(body.trim().to_owned());
+    }
+    assert!(
+        seq.windows(2).all(|w| w[0] != w[1]),
+        "one rr scheduler alternates across the ports: {seq:?}"
+    );
+    // A port of the list cannot be a service of its own.
+    let out = t.ctl(&["add-service", "--tcp", &format!("{VIP}:22")]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("overlaps service tcp 10.9.0.10:21,22"),
+        "{out:?}"
+    );
+
+    // `8000-8099`, persistent: every port of the range sticks to one server.
+    let range = format!("{VIP}:8000-8099");
+    t.fullnat_pool();
+    t.ctl_ok(&["add-service", "--tcp", &range, "--persistent", "60"]);
+    let out = t.ctl(&[
+        "add-server",
+        "--tcp",
+        &range,
+        "--real",
+        &server_ip(0),
+        "--method",
+        "nat",
+    ]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("port range"),
+        "nat is refused on ranges: {out:?}"
+    );
+    for i in 0..2 {
+        t.ctl_ok(&[
+            "add-server",
+            "--tcp",
+            &range,
+            "--real",
+            &server_ip(i),
+            "--method",
+            "fullnat",
+        ]);
+    }
+    let mut seen = BTreeMap::new();
+    for port in [8000, 8050, 8000, 8050, 8050, 8000] {
+        let body = t
+            .curl(&format!("http://{VIP}:{port}/"))
+            .unwrap_or_else(|| panic!("request to {port} failed:\n{}", t.lab.log("lvc")));
+        *seen.entry(body.trim().to_owned()).or_insert(0) += 1;
+    }
+    assert_eq!(
+        seen.len(),
+        1,
+        "one persistence table for the range: {seen:?}"
+    );
+    // A port outside the range is no service.
+    assert!(t.curl(&format!("http://{VIP}:8100/")).is_none());
+
+    let list_out = t.ctl_ok(&["list"]);
+    assert!(list_out.contains("TCP  10.9.0.10:21,22 rr"), "{list_out}");
+    assert!(
+        list_out.contains("TCP  10.9.0.10:8000-8099 rr persistent 60"),
+        "{list_out}"
+    );
+    let saved = t.ctl_ok(&["save"]);
+    assert!(saved.contains("tcp = \"10.9.0.10:8000-8099\""), "{saved}");
+    // The saved form restores to the same configuration.
+    t.ctl_ok(&["clear"]);
+    let path = std::env::temp_dir().join(format!("lvc-ports-{}.toml", std::process::id()));
+    std::fs::write(&path, &saved).unwrap();
+    t.ctl_ok(&["restore", path.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&path);
+    assert_eq!(t.ctl_ok(&["save"]), saved);
+    assert!(t.curl(&format!("http://{VIP}:8050/")).is_some());
+}

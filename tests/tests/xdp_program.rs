@@ -69,6 +69,12 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             EndpointKey::new(ip([10, 20, 0, 99]), 6, 0),
         ]))
         .unwrap();
+        // Port ranges of VIP/tcp (two services: 1000-2000 and 3000-3001).
+        st.sync_vipranges(&std::collections::HashMap::from([(
+            lvc_ebpf::AddrKey::with_proto(ip(VIP), 6),
+            lvc_ebpf::PortRanges::new(&[(1000, 2000), (3000, 3001)]).unwrap(),
+        )]))
+        .unwrap();
         st.sync_fragvips(&HashSet::from([
             lvc_ebpf::AddrKey::with_proto(ip(VIP), 6),
             lvc_ebpf::AddrKey::with_proto(ip(VIP), 17),
@@ -104,6 +110,13 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             XDP_REDIRECT,
             "nat reply from a real server"
         );
+        for port in [1000, 1500, 2000, 3001] {
+            assert_eq!(
+                run(&mut st, &frame(6, CLIENT, VIP, 40000, port), 0),
+                XDP_REDIRECT,
+                "VIP port range, port {port}"
+            );
+        }
 
         assert_eq!(
             run(&mut st, &frame(17, RIP, POOL, 53, 2000), 0),
@@ -166,6 +179,18 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             &mut st,
             &frame(17, CLIENT, VIP, 40000, 80),
             "VIP port, other protocol",
+        );
+        for port in [999, 2001, 2999, 3002] {
+            pass(
+                &mut st,
+                &frame(6, CLIENT, VIP, 40000, port),
+                &format!("VIP, port {port} outside its ranges"),
+            );
+        }
+        pass(
+            &mut st,
+            &frame(17, CLIENT, VIP, 40000, 1500),
+            "VIP port range, other protocol",
         );
         pass(
             &mut st,
@@ -238,7 +263,7 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             after.iter().find(|(k, _)| *k == s).unwrap().1
                 - before.iter().find(|(k, _)| *k == s).unwrap().1
         };
-        assert_eq!(delta(Stat::RedirectVip), 6);
+        assert_eq!(delta(Stat::RedirectVip), 10);
         assert_eq!(delta(Stat::RedirectReal), 3);
         assert_eq!(delta(Stat::PassNoSocket), 1);
         assert_eq!(delta(Stat::PassFragment), 2);

@@ -8,7 +8,8 @@
 //
 // A frame belongs to lvc when it is IPv4 TCP/UDP and
 //   * its destination (address, port, protocol) is a virtual service
-//     (`vips`, exact port first, then port 0 = "every port of this VIP"), or
+//     (`vips` for the exact port first, then the VIP's port ranges in
+//     `vipranges`, then port 0 = "every port of this VIP" in `vips`), or
 //   * its destination is a fullnat local pool address (`snat`), or
 //   * its source (address, port, protocol) is a real-server endpoint whose
 //     replies lvc must translate back (`reals`, the `nat` method), and its
@@ -79,6 +80,18 @@ struct service_value {
 	__u32 flags;
 };
 
+#define LVC_MAX_RANGES 16
+
+// Port ranges of the services of one VIP address and protocol, host order,
+// inclusive; the first `n` are valid.
+struct port_ranges {
+	__u32 n;
+	struct {
+		__u16 lo;
+		__u16 hi;
+	} r[LVC_MAX_RANGES];
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 65536);
@@ -99,6 +112,15 @@ struct {
 	__type(key, struct addr_key);
 	__type(value, __u32);
 } locals SEC(".maps");
+
+// Services that cover port ranges (`VIP:1024-65535`), by VIP address and
+// protocol (addr_key with pad[0] = protocol).
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 4096);
+	__type(key, struct addr_key);
+	__type(value, struct port_ranges);
+} vipranges SEC(".maps");
 
 // VIP addresses by protocol (addr_key with pad[0] = protocol): fragments
 // of datagrams to a VIP go to lvc, which remembers where each datagram's
@@ -171,6 +193,35 @@ static __always_inline int to_socket(struct xdp_md *ctx, __u32 reason)
 	return bpf_redirect_map(&xsks, q, XDP_PASS);
 }
 
+// Whether (proto, addr, port) — port in network order — is a virtual
+// service: exact port, then a port range of the VIP, then port 0.
+static __always_inline int is_vip(__u8 proto, __be32 addr, __be16 port)
+{
+	struct endpoint_key key = {};
+	key.family = LVC_AF_INET;
+	key.proto = proto;
+	key.port = port;
+	key.addr[0] = addr;
+	if (bpf_map_lookup_elem(&vips, &key))
+		return 1;
+	struct addr_key vip = {};
+	vip.family = LVC_AF_INET;
+	vip.pad[0] = proto;
+	vip.addr[0] = addr;
+	struct port_ranges *pr = bpf_map_lookup_elem(&vipranges, &vip);
+	if (pr) {
+		__u16 p = bpf_ntohs(port);
+		for (int i = 0; i < LVC_MAX_RANGES; i++) {
+			if (i >= pr->n)
+				break;
+			if (p >= pr->r[i].lo && p <= pr->r[i].hi)
+				return 1;
+		}
+	}
+	key.port = 0;
+	return bpf_map_lookup_elem(&vips, &key) != NULL;
+}
+
 // Type and code of an ICMP header; the rest is not read here.
 struct icmp_head {
 	__u8 type;
@@ -217,17 +268,12 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct iphdr *ip, __u3
 	if (bpf_map_lookup_elem(&snat, &dst))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
 
+	if (is_vip(inner->protocol, inner->saddr, ports->source))
+		return to_socket(ctx, STAT_REDIRECT_VIP);
+
 	struct endpoint_key key = {};
 	key.family = LVC_AF_INET;
 	key.proto = inner->protocol;
-	key.port = ports->source;
-	key.addr[0] = inner->saddr;
-	if (bpf_map_lookup_elem(&vips, &key))
-		return to_socket(ctx, STAT_REDIRECT_VIP);
-	key.port = 0;
-	if (bpf_map_lookup_elem(&vips, &key))
-		return to_socket(ctx, STAT_REDIRECT_VIP);
-
 	key.port = ports->dest;
 	key.addr[0] = inner->daddr;
 	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
@@ -292,15 +338,7 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	if (bpf_ntohs(ip->tot_len) < ihl + l4_min)
 		return pass(STAT_PASS_MALFORMED);
 
-	struct endpoint_key key = {};
-	key.family = LVC_AF_INET;
-	key.proto = ip->protocol;
-	key.port = ports->dest;
-	key.addr[0] = ip->daddr;
-	if (bpf_map_lookup_elem(&vips, &key))
-		return to_socket(ctx, STAT_REDIRECT_VIP);
-	key.port = 0;
-	if (bpf_map_lookup_elem(&vips, &key))
+	if (is_vip(ip->protocol, ip->daddr, ports->dest))
 		return to_socket(ctx, STAT_REDIRECT_VIP);
 
 	struct addr_key dst = {};
@@ -309,6 +347,9 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	if (bpf_map_lookup_elem(&snat, &dst))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
 
+	struct endpoint_key key = {};
+	key.family = LVC_AF_INET;
+	key.proto = ip->protocol;
 	key.port = ports->source;
 	key.addr[0] = ip->saddr;
 	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
