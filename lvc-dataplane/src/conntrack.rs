@@ -14,15 +14,16 @@ use crate::parse::{FlowKey, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::services::{Server, Template};
 use crate::snat::SnatPool;
 use crate::stats::{Drop, TrafficStats};
-use crossbeam_queue::ArrayQueue;
+use crossbeam_queue::{ArrayQueue, SegQueue};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use lvc_proto::Method;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 
-/// Connection states, after IPVS (a subset now; the rest come with full
-/// TCP tracking).
+/// Connection states, as IPVS names and moves them (its `tcp_states`
+/// table, without LISTEN/SYNACK/LAST_ACK, which its table never enters from
+/// another state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum State {
@@ -34,6 +35,9 @@ pub enum State {
     Udp = 4,
     /// Taken out of the table; its gauge was released.
     Removed = 5,
+    SynSent = 6,
+    TimeWait = 7,
+    CloseWait = 8,
 }
 
 impl State {
@@ -44,6 +48,9 @@ impl State {
             2 => State::FinWait,
             3 => State::Close,
             4 => State::Udp,
+            6 => State::SynSent,
+            7 => State::TimeWait,
+            8 => State::CloseWait,
             _ => State::Removed,
         }
     }
@@ -56,8 +63,11 @@ impl State {
     pub fn name(self) -> &'static str {
         match self {
             State::SynRecv => "SYN_RECV",
+            State::SynSent => "SYN_SENT",
             State::Established => "ESTABLISHED",
             State::FinWait => "FIN_WAIT",
+            State::TimeWait => "TIME_WAIT",
+            State::CloseWait => "CLOSE_WAIT",
             State::Close => "CLOSE",
             State::Udp => "UDP",
             State::Removed => "REMOVED",
@@ -65,7 +75,9 @@ impl State {
     }
 }
 
-/// Idle timeouts in seconds (IPVS defaults).
+/// Idle timeouts in seconds (IPVS defaults). `tcpfin` applies to both
+/// states a closing connection lingers in, FIN_WAIT and TIME_WAIT (IPVS's
+/// `--set tcpfin` moves only FIN_WAIT; TIME_WAIT is also 120 s there).
 #[derive(Debug)]
 pub struct Timeouts {
     pub tcp: AtomicU32,
@@ -87,9 +99,10 @@ impl Timeouts {
     /// Idle timeout of a connection in state `s`.
     pub fn of(&self, s: State) -> u32 {
         match s {
-            State::SynRecv => 60,
+            State::SynRecv | State::CloseWait => 60,
+            State::SynSent => 120,
             State::Established => self.tcp.load(Relaxed),
-            State::FinWait => self.tcpfin.load(Relaxed),
+            State::FinWait | State::TimeWait => self.tcpfin.load(Relaxed),
             State::Close | State::Removed => 10,
             State::Udp => self.udp.load(Relaxed),
         }
@@ -221,23 +234,25 @@ impl Conn {
     }
 
     /// Records a packet: refreshes the idle timer and advances TCP state.
+    /// Returns the new state if the packet moved it. (Workers go through
+    /// [`Conntrack::touch`], which also re-files the expiry.)
     #[inline]
-    pub fn touch(&self, now: u32, dir: Dir, tcp_flags: u8) {
+    fn touch(&self, now: u32, dir: Dir, tcp_flags: u8) -> Option<State> {
         if self.last_seen.load(Relaxed) != now {
             self.last_seen.store(now, Relaxed);
         }
         if self.proto != PROTO_TCP {
-            return;
+            return None;
         }
         let mut cur = self.state.load(Relaxed);
         loop {
             if cur == State::Removed as u8 {
                 // Swept while this packet was in flight: its gauge is gone.
-                return;
+                return None;
             }
-            let next = next_state(State::from_u8(cur), tcp_flags, dir);
+            let next = next_state(State::from_u8(cur), tcp_flags, dir, self.two_way());
             if next as u8 == cur {
-                return;
+                return None;
             }
             // Only the thread whose CAS wins moves the gauges: each
             // transition is counted exactly once.
@@ -257,7 +272,7 @@ impl Conn {
                             st.inactive.fetch_add(1, Relaxed);
                         }
                     }
-                    return;
+                    return Some(next);
                 }
                 Err(actual) => cur = actual,
             }
@@ -265,7 +280,12 @@ impl Conn {
     }
 
     fn expired(&self, now: u32, t: &Timeouts) -> bool {
-        now.saturating_sub(self.last_seen()) >= t.of(self.state())
+        now >= self.expiry(t)
+    }
+
+    /// When it expires if it stays idle.
+    fn expiry(&self, t: &Timeouts) -> u32 {
+        self.last_seen().saturating_add(t.of(self.state()))
     }
 
     /// Seconds until this connection expires if it stays idle.
@@ -274,24 +294,113 @@ impl Conn {
     }
 }
 
-/// The TCP state machine (one-direction capable: `dnat` only ever sees
-/// client → server packets, like IPVS with DR).
-fn next_state(cur: State, flags: u8, dir: Dir) -> State {
-    if flags & TCP_RST != 0 {
-        return State::Close;
-    }
-    if flags & TCP_FIN != 0 {
-        return if cur == State::Close {
-            cur
-        } else {
-            State::FinWait
-        };
-    }
-    match dir {
-        Dir::Original if flags & TCP_SYN != 0 && flags & TCP_ACK == 0 => State::SynRecv,
-        Dir::Original if flags & TCP_ACK != 0 && cur == State::SynRecv => State::Established,
-        _ => cur,
-    }
+/// The TCP state machine: IPVS's `tcp_states` tables. `two_way`
+/// connections (nat, fullnat) see both directions (INPUT = client → server,
+/// OUTPUT = server → client); the others (dnat, dr, tun) see only the
+/// client's packets (IPVS's INPUT-ONLY table). The flag that decides is, in
+/// order: RST, SYN, FIN, ACK.
+fn next_state(cur: State, flags: u8, dir: Dir, two_way: bool) -> State {
+    use State::*;
+    let col = match cur {
+        Established => 0,
+        SynSent => 1,
+        SynRecv => 2,
+        FinWait => 3,
+        TimeWait => 4,
+        Close => 5,
+        CloseWait => 6,
+        Udp | Removed => return cur,
+    };
+    let row = if flags & TCP_RST != 0 {
+        3
+    } else if flags & TCP_SYN != 0 {
+        0
+    } else if flags & TCP_FIN != 0 {
+        1
+    } else if flags & TCP_ACK != 0 {
+        2
+    } else {
+        return cur;
+    };
+    //            ES           SS       SR           FW        TW        CL     CW
+    const INPUT: [[State; 7]; 4] = [
+        [
+            Established,
+            Established,
+            SynRecv,
+            SynRecv,
+            SynRecv,
+            SynRecv,
+            SynRecv,
+        ], // syn
+        [
+            CloseWait, SynSent, TimeWait, TimeWait, TimeWait, Close, CloseWait,
+        ], // fin
+        [
+            Established,
+            SynSent,
+            Established,
+            FinWait,
+            TimeWait,
+            Close,
+            CloseWait,
+        ], // ack
+        [Close, Close, SynRecv, Close, Close, Close, Close], // rst
+    ];
+    const OUTPUT: [[State; 7]; 4] = [
+        [
+            Established,
+            SynSent,
+            SynRecv,
+            SynSent,
+            SynSent,
+            SynSent,
+            SynSent,
+        ], // syn
+        [
+            FinWait, SynSent, TimeWait, FinWait, TimeWait, Close, TimeWait,
+        ], // fin
+        [
+            Established,
+            SynSent,
+            Established,
+            FinWait,
+            TimeWait,
+            Close,
+            CloseWait,
+        ], // ack
+        [Close, SynSent, Close, Close, TimeWait, Close, Close], // rst
+    ];
+    const INPUT_ONLY: [[State; 7]; 4] = [
+        [
+            Established,
+            Established,
+            SynRecv,
+            SynRecv,
+            SynRecv,
+            SynRecv,
+            SynRecv,
+        ], // syn
+        [
+            FinWait, SynSent, TimeWait, FinWait, TimeWait, Close, CloseWait,
+        ], // fin
+        [
+            Established,
+            SynSent,
+            Established,
+            FinWait,
+            TimeWait,
+            Close,
+            CloseWait,
+        ], // ack
+        [Close, Close, SynRecv, Close, Close, Close, Close], // rst
+    ];
+    let table = match (two_way, dir) {
+        (true, Dir::Original) => &INPUT,
+        (true, Dir::Reply) => &OUTPUT,
+        (false, _) => &INPUT_ONLY,
+    };
+    table[row][col]
 }
 
 /// True if a packet with these flags may open a new connection.
@@ -316,6 +425,35 @@ struct FragEntry {
     seen: u32,
 }
 
+/// Seconds the expiry wheel spans; later expiries go round it again.
+const WHEEL_SLOTS: u32 = 1024;
+
+/// Connections by the second they may expire in: the sweep looks only at
+/// the connections due now, never at the whole table, so aging costs the
+/// same with 10 M connections as with 10. A connection that was used since
+/// it was filed is filed again at its new expiry; one whose state change
+/// shortens its timeout (FIN, RST) is filed again at once.
+struct Wheel {
+    slots: Box<[SegQueue<Weak<Conn>>]>,
+    /// The next second the sweep will process.
+    cursor: AtomicU32,
+}
+
+impl Wheel {
+    fn new() -> Self {
+        Self {
+            slots: (0..WHEEL_SLOTS).map(|_| SegQueue::new()).collect(),
+            cursor: AtomicU32::new(0),
+        }
+    }
+
+    fn file(&self, c: &Arc<Conn>, due: u32) {
+        // Never behind the sweep, or it would wait a whole turn.
+        let due = due.max(self.cursor.load(Relaxed));
+        self.slots[(due % WHEEL_SLOTS) as usize].push(Arc::downgrade(c));
+    }
+}
+
 /// The connection table.
 pub struct Conntrack {
     map: DashMap<FlowKey, Arc<Conn>, Hasher>,
@@ -327,6 +465,7 @@ pub struct Conntrack {
     /// Fragmented datagrams in flight: (src, dst, proto, IP id) of the
     /// first fragment → its connection, so later fragments follow it.
     frags: DashMap<(u32, u32, u8, u16), FragEntry, Hasher>,
+    wheel: Wheel,
     pub timeouts: Timeouts,
 }
 
@@ -339,6 +478,7 @@ impl Conntrack {
             embryonic: ArrayQueue::new(capacity.max(1)),
             evicted: AtomicU64::new(0),
             frags: DashMap::with_hasher(Hasher::new()),
+            wheel: Wheel::new(),
             timeouts: Timeouts::default(),
         }
     }
@@ -379,7 +519,17 @@ impl Conntrack {
         // Remember it as an eviction candidate, oldest first; when the
         // queue is full the oldest candidate is forgotten.
         self.embryonic.force_push(Arc::downgrade(&conn));
+        self.wheel.file(&conn, conn.expiry(&self.timeouts));
         Ok(conn)
+    }
+
+    /// Records a packet of `c`: refreshes its idle timer and advances its
+    /// TCP state; a state with a shorter timeout re-files its expiry.
+    #[inline]
+    pub fn touch(&self, c: &Arc<Conn>, now: u32, dir: Dir, tcp_flags: u8) {
+        if c.touch(now, dir, tcp_flags).is_some() {
+            self.wheel.file(c, c.expiry(&self.timeouts));
+        }
     }
 
     /// Makes room in a full table by removing the oldest connection that
@@ -449,30 +599,54 @@ impl Conntrack {
     }
 
     /// Removes connections idle past their state's timeout; returns how many.
-    /// Each connection's keys and gauge are released exactly once.
+    /// Each connection's keys and gauge are released exactly once. Looks
+    /// only at the connections filed for the seconds since the last sweep.
     pub fn sweep(&self, now: u32) -> usize {
         self.frags
             .retain(|_, e| now.saturating_sub(e.seen) < FRAGMENT_TIMEOUT);
-        let dead: Vec<Arc<Conn>> = self
-            .map
-            .iter()
-            .filter(|r| {
-                *r.key() == r.value().original_key() && r.value().expired(now, &self.timeouts)
-            })
-            .map(|r| r.value().clone())
-            .collect();
+        let from = self.wheel.cursor.load(Relaxed);
+        if now < from {
+            return 0;
+        }
+        // After a long pause every slot is due once.
+        let from = from.max(now.saturating_sub(WHEEL_SLOTS - 1));
+        self.wheel.cursor.store(now + 1, Relaxed);
         let mut removed = 0;
-        for c in dead {
-            let gone = self.map.remove_if(&c.original_key(), |_, v| {
-                Arc::ptr_eq(v, &c) && v.expired(now, &self.timeouts)
-            });
-            if gone.is_none() {
-                continue;
+        for t in from..=now {
+            let slot = &self.wheel.slots[(t % WHEEL_SLOTS) as usize];
+            // Only what is there now: re-filed entries wait for their turn.
+            for _ in 0..slot.len() {
+                let Some(c) = slot.pop().and_then(|w| w.upgrade()) else {
+                    continue;
+                };
+                if c.state() == State::Removed {
+                    continue;
+                }
+                if !c.expired(now, &self.timeouts) {
+                    self.wheel.file(&c, c.expiry(&self.timeouts));
+                    continue;
+                }
+                let gone = self.map.remove_if(&c.original_key(), |_, v| {
+                    Arc::ptr_eq(v, &c) && v.expired(now, &self.timeouts)
+                });
+                if gone.is_some() {
+                    self.release(&c, now);
+                    removed += 1;
+                }
             }
-            self.release(&c, now);
-            removed += 1;
         }
         removed
+    }
+
+    /// Files every connection again at its current expiry: after the
+    /// timeouts changed (a shorter one must take effect now). Walks the
+    /// whole table once; an operator action, not per-packet work.
+    pub fn refile_all(&self) {
+        for r in self.map.iter() {
+            if *r.key() == r.value().original_key() {
+                self.wheel.file(r.value(), r.value().expiry(&self.timeouts));
+            }
+        }
     }
 
     /// Everything but the original-direction key of a connection that was
@@ -565,15 +739,15 @@ mod tests {
         let s = server(Method::Dnat);
         let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
         assert_eq!((s.stats.active(), s.stats.inactive()), (0, 1));
-        c.touch(1, Dir::Original, TCP_ACK);
+        ct.touch(&c, 1, Dir::Original, TCP_ACK);
         assert_eq!(c.state(), State::Established);
         assert_eq!((s.stats.active(), s.stats.inactive()), (1, 0));
-        c.touch(2, Dir::Original, TCP_ACK);
+        ct.touch(&c, 2, Dir::Original, TCP_ACK);
         assert_eq!((s.stats.active(), s.stats.inactive()), (1, 0));
-        c.touch(3, Dir::Original, TCP_FIN | TCP_ACK);
+        ct.touch(&c, 3, Dir::Original, TCP_FIN | TCP_ACK);
         assert_eq!(c.state(), State::FinWait);
         assert_eq!((s.stats.active(), s.stats.inactive()), (0, 1));
-        c.touch(3, Dir::Original, TCP_RST);
+        ct.touch(&c, 3, Dir::Original, TCP_RST);
         assert_eq!(c.state(), State::Close);
         // Close expires after 10 s, releasing the gauge exactly once.
         assert_eq!(ct.sweep(12), 0);
@@ -595,7 +769,10 @@ mod tests {
         };
         // Two established connections, then a "SYN flood".
         for p in [1, 2] {
-            ct.insert(mk(p)).unwrap().touch(0, Dir::Original, TCP_ACK);
+            {
+                let c = ct.insert(mk(p)).unwrap();
+                ct.touch(&c, 0, Dir::Original, TCP_ACK);
+            }
         }
         for p in 100..1000 {
             ct.insert(mk(p)).unwrap();
@@ -616,7 +793,8 @@ mod tests {
         assert_eq!((s.stats.active(), s.stats.inactive()), (2, 2));
         // Only established connections left and full: a new one is refused.
         let ct = Conntrack::new(1);
-        ct.insert(mk(1)).unwrap().touch(0, Dir::Original, TCP_ACK);
+        let c = ct.insert(mk(1)).unwrap();
+        ct.touch(&c, 0, Dir::Original, TCP_ACK);
         assert_eq!(ct.insert(mk(2)).unwrap_err(), Drop::TableFull);
     }
 
@@ -650,9 +828,9 @@ mod tests {
         let ct = Conntrack::new(10);
         let s = server(Method::Dnat);
         let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
-        c.touch(0, Dir::Original, TCP_ACK);
+        ct.touch(&c, 0, Dir::Original, TCP_ACK);
         assert_eq!(ct.sweep(10_000), 1);
-        c.touch(10_000, Dir::Original, TCP_FIN);
+        ct.touch(&c, 10_000, Dir::Original, TCP_FIN);
         assert_eq!(s.stats.active.load(Relaxed), 0);
         assert_eq!(s.stats.inactive.load(Relaxed), 0);
     }
@@ -662,8 +840,8 @@ mod tests {
         let ct = Conntrack::new(10);
         let s = server(Method::Nat);
         let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
-        c.touch(0, Dir::Original, TCP_ACK);
-        c.touch(800, Dir::Reply, TCP_ACK);
+        ct.touch(&c, 0, Dir::Original, TCP_ACK);
+        ct.touch(&c, 800, Dir::Reply, TCP_ACK);
         assert_eq!(ct.sweep(1699), 0);
         assert_eq!(ct.sweep(1700), 1);
         assert!(ct.lookup(&c.reply_key()).is_none());
@@ -687,6 +865,117 @@ mod tests {
             "evicted nat reply key too"
         );
         assert_eq!(s.stats.inactive(), 1);
+    }
+
+    #[test]
+    fn ipvs_state_machine_both_directions() {
+        let ct = Conntrack::new(10);
+        let s = server(Method::Nat);
+        let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        let step = |dir, flags, want: State| {
+            ct.touch(&c, 1, dir, flags);
+            assert_eq!(c.state(), want, "{dir:?} {flags:#x}");
+        };
+        step(Dir::Reply, TCP_SYN | TCP_ACK, State::SynRecv);
+        step(Dir::Original, TCP_ACK, State::Established);
+        step(Dir::Original, TCP_FIN | TCP_ACK, State::CloseWait);
+        step(Dir::Reply, TCP_FIN | TCP_ACK, State::TimeWait);
+        step(Dir::Original, TCP_ACK, State::TimeWait);
+        // A new SYN on the same ports starts over.
+        step(Dir::Original, TCP_SYN, State::SynRecv);
+        step(Dir::Original, TCP_ACK, State::Established);
+        // The server closes first.
+        step(Dir::Reply, TCP_FIN | TCP_ACK, State::FinWait);
+        step(Dir::Reply, TCP_SYN, State::SynSent);
+        step(Dir::Original, TCP_RST, State::Close);
+        assert_eq!((s.stats.active(), s.stats.inactive()), (0, 1));
+        let names: Vec<_> = [
+            State::SynSent,
+            State::SynRecv,
+            State::Established,
+            State::FinWait,
+            State::CloseWait,
+            State::TimeWait,
+            State::Close,
+        ]
+        .iter()
+        .map(|s| s.name())
+        .collect();
+        assert_eq!(
+            names.join(" "),
+            "SYN_SENT SYN_RECV ESTABLISHED FIN_WAIT CLOSE_WAIT TIME_WAIT CLOSE"
+        );
+    }
+
+    /// The expiry wheel against a naive model: random connections, random
+    /// traffic, a sweep every second; the table always holds exactly the
+    /// connections the model says are alive, and each goes exactly once.
+    #[test]
+    fn wheel_sweep_matches_a_full_scan() {
+        let ct = Conntrack::new(100_000);
+        ct.timeouts.udp.store(7, Relaxed);
+        ct.timeouts.tcpfin.store(3, Relaxed);
+        let s = server(Method::Nat);
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng
+        };
+        let mut live: Vec<Arc<Conn>> = Vec::new();
+        let mut port = 0u16;
+        let mut removed = 0;
+        for now in 0..3000u32 {
+            for _ in 0..(next() % 20) {
+                port = port.wrapping_add(1);
+                let proto = if next() % 2 == 0 {
+                    PROTO_TCP
+                } else {
+                    PROTO_UDP_FOR_TEST
+                };
+                let mut c = conn(proto, &s, now);
+                c.client.1 = port;
+                c.local.1 = port;
+                live.push(ct.insert(c).unwrap());
+            }
+            for c in &live {
+                match next() % 50 {
+                    0 => ct.touch(c, now, Dir::Original, TCP_ACK),
+                    1 => ct.touch(c, now, Dir::Original, TCP_FIN),
+                    2 if now % 100 == 0 => ct.touch(c, now, Dir::Reply, TCP_RST),
+                    _ => {}
+                }
+            }
+            // (Decided before the sweep: a removed connection's state no
+            // longer tells its timeout.)
+            live.retain(|c| !c.expired(now, &ct.timeouts));
+            removed += ct.sweep(now);
+            assert_eq!(ct.len(), live.len(), "second {now}");
+            for c in &live {
+                assert!(ct.lookup(&c.original_key()).is_some());
+            }
+        }
+        assert_eq!(
+            removed as u64 + live.len() as u64,
+            s.stats.conns.load(Relaxed)
+        );
+        // A pause longer than the wheel: everything idle goes at once.
+        assert_eq!(ct.sweep(100_000), live.len());
+        assert!(ct.is_empty());
+        assert_eq!((s.stats.active(), s.stats.inactive()), (0, 0));
+    }
+
+    #[test]
+    fn shorter_timeouts_apply_to_connections_already_filed() {
+        let ct = Conntrack::new(10);
+        let s = server(Method::Nat);
+        let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        ct.touch(&c, 0, Dir::Original, TCP_ACK);
+        assert_eq!(ct.sweep(100), 0);
+        ct.timeouts.tcp.store(50, Relaxed);
+        ct.refile_all();
+        assert_eq!(ct.sweep(101), 1, "expired under the new timeout");
     }
 
     const PROTO_UDP_FOR_TEST: u8 = crate::parse::PROTO_UDP;

@@ -233,10 +233,16 @@ impl Control {
     }
 
     fn store_timeouts(&self, t: &Timeouts) {
+        let old = self.timeouts();
         let ct = &self.conntrack.timeouts;
         ct.tcp.store(t.tcp, Relaxed);
         ct.tcpfin.store(t.tcpfin, Relaxed);
         ct.udp.store(t.udp, Relaxed);
+        // Connections are filed by expiry: a shorter timeout must move
+        // them forward now.
+        if t.tcp < old.tcp || t.tcpfin < old.tcpfin || t.udp < old.udp {
+            self.conntrack.refile_all();
+        }
     }
 
     fn zero(&self, service: Option<&ServiceKey>) -> Result<(), ErrorReply> {

@@ -302,7 +302,7 @@ fn forward(
         rewrite::decrement_ttl(f)?;
         return send_to(f, routes.next_hop(next), next, shared, port_ifindex);
     }
-    conn.touch(now, dir, pkt.tcp_flags);
+    shared.conntrack.touch(&conn, now, dir, pkt.tcp_flags);
     if let Some(fr) = pkt.frag {
         shared
             .conntrack
