@@ -6,7 +6,7 @@
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use lvc_bench::{frame, server, table};
 use lvc_dataplane::checksum;
-use lvc_dataplane::parse::{FlowKey, parse};
+use lvc_dataplane::parse::{Addr, FlowKey, parse};
 use lvc_dataplane::rewrite;
 use lvc_dataplane::schedule::{self, SchedState};
 use lvc_dataplane::services::Service;
@@ -22,8 +22,8 @@ fn stages(c: &mut Criterion) {
 
     let ct = table(FLOWS);
     let hit = FlowKey {
-        src: 0x0a00_0000 | (12345 >> 8),
-        dst: 0x0a09_000a,
+        src: Addr::v4(0x0a00_0000 | (12345 >> 8)),
+        dst: Addr::v4(0x0a09_000a),
         sport: 1024 + (12345 & 0xff),
         dport: 80,
         proto: 6,
@@ -52,7 +52,7 @@ fn stages(c: &mut Criterion) {
         c.bench_function(&format!("schedule/{}_8", kind.name()), |b| {
             b.iter(|| {
                 client = client.wrapping_add(0x9e37_79b9);
-                schedule::pick(black_box(&svc), client).is_some()
+                schedule::pick(black_box(&svc), Addr::v4(client)).is_some()
             })
         });
     }
@@ -61,7 +61,7 @@ fn stages(c: &mut Criterion) {
     let pkt = parse(&g).unwrap();
     c.bench_function("rewrite/dnat_ttl_macs", |b| {
         b.iter(|| {
-            rewrite::set_dst(black_box(&mut g), &pkt, 0x0a02_000b, 80);
+            rewrite::set_dst(black_box(&mut g), &pkt, Addr::v4(0x0a02_000b), 80);
             g[22] = 64;
             let _ = rewrite::decrement_ttl(&mut g);
             rewrite::set_macs(&mut g, [2; 6], [4; 6]);

@@ -1,6 +1,7 @@
 //! Helpers for lvc's benchmarks: frames and tables shaped like real
 //! traffic.
 
+use lvc_dataplane::addr::Addr;
 use lvc_dataplane::conntrack::{Conn, Conntrack};
 use lvc_dataplane::services::Server;
 use lvc_dataplane::stats::TrafficStats;
@@ -33,7 +34,7 @@ pub fn frame(proto: u8, src: u32, dst: u32, sport: u16, dport: u16, len: usize) 
 /// A real server for table entries.
 pub fn server(method: Method) -> Arc<Server> {
     Arc::new(Server {
-        addr: [10, 2, 0, 11].into(),
+        addr: Addr::v4_bytes([10, 2, 0, 11]),
         port: 80,
         weight: 1,
         method,
@@ -48,11 +49,11 @@ pub fn table(n: usize) -> Conntrack {
     let s = server(Method::Nat);
     let svc = Arc::new(TrafficStats::default());
     for i in 0..n as u32 {
-        let client = (0x0a00_0000 | (i >> 8), 1024 + (i & 0xff) as u16);
+        let client = (Addr::v4(0x0a00_0000 | (i >> 8)), 1024 + (i & 0xff) as u16);
         ct.insert(Conn::new(
             6,
             client,
-            (0x0a09_000a, 80),
+            (Addr::v4(0x0a09_000a), 80),
             s.clone(),
             80,
             svc.clone(),

@@ -205,7 +205,7 @@ enum Cmd {
     SetLocalPool {
         /// Director addresses dedicated to fullnat (configure them on the
         /// server-side interface too, so the kernel answers ARP for them).
-        addrs: Vec<Ipv4Addr>,
+        addrs: Vec<IpAddr>,
     },
     /// List tracked connections (like ipvsadm -L -c -n).
     Conns {

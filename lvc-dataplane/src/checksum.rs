@@ -30,6 +30,18 @@ pub fn update32(check: u16, old: u32, new: u32) -> u16 {
     !fold(sum)
 }
 
+/// Updates checksum `check` for a field of whole 16-bit words (an IPv6
+/// address) changing from `old` to `new` (same length).
+#[inline]
+pub fn update_words(check: u16, old: &[u8], new: &[u8]) -> u16 {
+    let mut sum = u32::from(!check);
+    for (o, n) in old.chunks_exact(2).zip(new.chunks_exact(2)) {
+        sum += u32::from(!u16::from_be_bytes([o[0], o[1]]));
+        sum += u32::from(u16::from_be_bytes([n[0], n[1]]));
+    }
+    !fold(sum)
+}
+
 /// Full Internet checksum of `data` (for tests and header construction).
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;

@@ -10,7 +10,7 @@
 //! Time is passed in (`now`, seconds since the daemon started, read once per
 //! batch); nothing here reads a clock.
 
-use crate::parse::{FlowKey, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
+use crate::parse::{Addr, FlowKey, PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::services::{Server, Template};
 use crate::snat::SnatPool;
 use crate::stats::{Drop, TrafficStats};
@@ -123,12 +123,12 @@ pub enum Dir {
 pub struct Conn {
     pub proto: u8,
     pub method: Method,
-    pub client: (u32, u16),
-    pub vip: (u32, u16),
-    pub real: (u32, u16),
+    pub client: (Addr, u16),
+    pub vip: (Addr, u16),
+    pub real: (Addr, u16),
     /// The source the real server sees: the client's, or for fullnat a
     /// local pool address and port.
-    pub local: (u32, u16),
+    pub local: (Addr, u16),
     state: AtomicU8,
     last_seen: AtomicU32,
     pub server: Arc<Server>,
@@ -142,8 +142,8 @@ pub struct Conn {
 impl Conn {
     pub fn new(
         proto: u8,
-        client: (u32, u16),
-        vip: (u32, u16),
+        client: (Addr, u16),
+        vip: (Addr, u16),
         server: Arc<Server>,
         real_port: u16,
         service: Arc<TrafficStats>,
@@ -159,7 +159,7 @@ impl Conn {
             method: server.method,
             client,
             vip,
-            real: (u32::from(server.addr), real_port),
+            real: (server.addr, real_port),
             local: client,
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
@@ -171,7 +171,7 @@ impl Conn {
     }
 
     /// Source-NATs the connection to `local`, taken from `pool` (fullnat).
-    pub fn with_local(mut self, local: (u32, u16), pool: Arc<SnatPool>) -> Self {
+    pub fn with_local(mut self, local: (Addr, u16), pool: Arc<SnatPool>) -> Self {
         self.local = local;
         self.snat = Some(pool);
         self
@@ -464,7 +464,7 @@ pub struct Conntrack {
     evicted: AtomicU64,
     /// Fragmented datagrams in flight: (src, dst, proto, IP id) of the
     /// first fragment → its connection, so later fragments follow it.
-    frags: DashMap<(u32, u32, u8, u16), FragEntry, Hasher>,
+    frags: DashMap<(Addr, Addr, u8, u16), FragEntry, Hasher>,
     wheel: Wheel,
     pub timeouts: Timeouts,
 }
@@ -691,7 +691,7 @@ mod tests {
 
     fn server(method: Method) -> Arc<Server> {
         Arc::new(Server {
-            addr: [10, 0, 1, 1].into(),
+            addr: Addr::v4(0x0a00_0101),
             port: 8080,
             weight: 1,
             method,
@@ -702,8 +702,8 @@ mod tests {
     fn conn(proto: u8, s: &Arc<Server>, now: u32) -> Conn {
         Conn::new(
             proto,
-            (0x0a00_0002, 40000),
-            (0x0a00_000a, 80),
+            (Addr::v4(0x0a00_0002), 40000),
+            (Addr::v4(0x0a00_000a), 80),
             s.clone(),
             s.port,
             Arc::new(TrafficStats::default()),
@@ -720,7 +720,7 @@ mod tests {
         assert_eq!(d, Dir::Original);
         let (_, d) = ct.lookup(&c.reply_key()).unwrap();
         assert_eq!(d, Dir::Reply);
-        assert_eq!(c.reply_key().src, 0x0a00_0101);
+        assert_eq!(c.reply_key().src, Addr::v4(0x0a00_0101));
         assert_eq!(c.reply_key().sport, 8080);
         assert_eq!(ct.len(), 1);
     }

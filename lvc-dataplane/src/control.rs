@@ -59,8 +59,7 @@ impl ServiceConf {
             servers: Vec::new(),
             stats: Arc::default(),
             rr: Arc::default(),
-            persistence: persistent
-                .map(|t| Persistence::new(t, netmask.map_or(u32::MAX, u32::from))),
+            persistence: persistent.map(|t| Persistence::new(t, netmask.map_or(32, mask_bits))),
         }
     }
 
@@ -72,8 +71,8 @@ impl ServiceConf {
     fn netmask(&self) -> Option<Ipv4Addr> {
         self.persistence
             .as_ref()
-            .filter(|p| p.netmask != u32::MAX)
-            .map(|p| Ipv4Addr::from(p.netmask))
+            .filter(|p| p.netmask != 32)
+            .map(|p| Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(p.netmask)).unwrap_or(0)))
     }
 }
 
@@ -114,7 +113,7 @@ struct Pools {
 }
 
 impl Pools {
-    fn addrs(&self) -> Vec<Ipv4Addr> {
+    fn addrs(&self) -> Vec<IpAddr> {
         self.current
             .as_ref()
             .map(|p| p.addresses())
@@ -122,7 +121,7 @@ impl Pools {
     }
 
     /// Makes `addrs` the pool; the old one retires if ports are in use.
-    fn set(&mut self, addrs: &[Ipv4Addr]) {
+    fn set(&mut self, addrs: &[IpAddr]) {
         if self.addrs() == addrs {
             return;
         }
@@ -138,9 +137,13 @@ impl Pools {
             .iter()
             .chain(self.retired.iter().filter(|p| p.in_use() > 0))
             .flat_map(|p| p.addresses())
-            .map(IpAddr::V4)
             .collect()
     }
+}
+
+/// The prefix length of a contiguous netmask (checked before).
+fn mask_bits(m: Ipv4Addr) -> u8 {
+    u32::from(m).leading_ones() as u8
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -273,7 +276,7 @@ impl Control {
     }
 
     /// Sets the fullnat local pool (all or nothing).
-    fn set_pool(&self, addrs: &[Ipv4Addr]) -> Result<(), ErrorReply> {
+    fn set_pool(&self, addrs: &[IpAddr]) -> Result<(), ErrorReply> {
         check_local_pool(addrs).map_err(|e| err(ErrorCode::InvalidArgument, e))?;
         let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
         if addrs.is_empty()
@@ -300,7 +303,7 @@ impl Control {
         })
     }
 
-    fn pool_addrs(&self) -> Vec<Ipv4Addr> {
+    fn pool_addrs(&self) -> Vec<IpAddr> {
         self.pool.lock().unwrap_or_else(|p| p.into_inner()).addrs()
     }
 
@@ -392,7 +395,7 @@ impl Control {
     pub fn conns(&self, f: &ConnFilter) -> ConnListing {
         let limit = f.limit.unwrap_or(100_000);
         let now = self.epoch.elapsed().as_secs() as u32;
-        let v4 = |a: u32, p: u16| SocketAddr::new(IpAddr::V4(Ipv4Addr::from(a)), p);
+        let sa = |a: crate::addr::Addr, p: u16| SocketAddr::new(a.ip(), p);
         let mut out = ConnListing::default();
         self.conntrack.for_each(|c| {
             let proto = if c.proto == 6 {
@@ -401,9 +404,9 @@ impl Control {
                 Protocol::Udp
             };
             let (client, vip, real) = (
-                v4(c.client.0, c.client.1),
-                v4(c.vip.0, c.vip.1),
-                v4(c.real.0, c.real.1),
+                sa(c.client.0, c.client.1),
+                sa(c.vip.0, c.vip.1),
+                sa(c.real.0, c.real.1),
             );
             if f.service.is_some_and(|s| {
                 s.proto != proto || s.vip != vip.ip() || !s.ports.contains(vip.port())
@@ -475,9 +478,7 @@ impl Control {
     fn resolve_servers(&self, cfg: &Config) {
         let routes = self.routes.load();
         for r in cfg.values().flat_map(|s| &s.servers) {
-            if let IpAddr::V4(a) = r.addr.ip()
-                && let NextHop::Unresolved(req) = routes.next_hop(u32::from(a))
-            {
+            if let NextHop::Unresolved(req) = routes.next_hop(r.addr.ip().into()) {
                 let _ = self.neigh_requests.try_send(req);
             }
         }
@@ -489,15 +490,14 @@ impl Control {
             let servers: Vec<Arc<Server>> = s
                 .servers
                 .iter()
-                .filter_map(|r| match r.addr.ip() {
-                    IpAddr::V4(a) => Some(Arc::new(Server {
-                        addr: a,
+                .map(|r| {
+                    Arc::new(Server {
+                        addr: r.addr.ip().into(),
                         port: r.addr.port(),
                         weight: r.weight,
                         method: r.method,
                         stats: r.stats.clone(),
-                    })),
-                    IpAddr::V6(_) => None,
+                    })
                 })
                 .collect();
             Arc::new(Service {
@@ -683,7 +683,7 @@ impl Control {
 }
 
 /// Applies one change to a configuration, validating it.
-fn edit(cfg: &mut Config, req: &Request, pool: &[Ipv4Addr]) -> Result<(), ErrorReply> {
+fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorReply> {
     let needs_pool = |service: &ServiceKey, method: Method| {
         if method == Method::Fullnat && pool.is_empty() {
             return Err(err(
@@ -816,7 +816,7 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[Ipv4Addr]) -> Result<(), ErrorR
                 let unchanged = timeout == svc.persistent() && mask == svc.netmask();
                 if !unchanged {
                     svc.persistence =
-                        timeout.map(|t| Persistence::new(t, mask.map_or(u32::MAX, u32::from)));
+                        timeout.map(|t| Persistence::new(t, mask.map_or(32, mask_bits)));
                 }
             }
         }

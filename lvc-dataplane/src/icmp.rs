@@ -3,10 +3,12 @@
 //! discovery through the director depends on this); errors lvc must send
 //! itself — time exceeded, fragmentation needed — are built in the frame of
 //! the packet that caused them.
+//!
+//! IPv4 only: ICMPv6 errors are left to the kernel by the XDP program.
 
 use crate::checksum::{checksum, update16, update32};
 use crate::conntrack::{Conn, Dir};
-use crate::parse::{ETH_HLEN, IcmpError, PROTO_UDP, Packet, be16};
+use crate::parse::{Addr, ETH_HLEN, IcmpError, PROTO_UDP, Packet, be16};
 
 const IP_CSUM: usize = 10;
 const IP_SRC: usize = 12;
@@ -14,6 +16,12 @@ const IP_DST: usize = 16;
 
 fn get32(f: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
+}
+
+/// The host-order number of an IPv4 address (0 for IPv6, which never
+/// reaches this module).
+fn v4(a: Addr) -> u32 {
+    u32::from_be_bytes(a.v4_octets().unwrap_or_default())
 }
 
 fn put16(f: &mut [u8], at: usize, v: u16) {
@@ -28,8 +36,9 @@ fn quoted_endpoint(
     proto: u8,
     addr_at: usize,
     port_at: usize,
-    to: (u32, u16),
+    to: (Addr, u16),
 ) {
+    let to = (v4(to.0), to.1);
     let (old_addr, old_port) = (get32(f, addr_at), be16(f, port_at));
     if (old_addr, old_port) == to {
         return;
@@ -51,7 +60,8 @@ fn quoted_endpoint(
 }
 
 /// Rewrites the outer header's address at `at` (IP_SRC or IP_DST).
-fn outer_addr(f: &mut [u8], at: usize, to: u32) {
+fn outer_addr(f: &mut [u8], at: usize, to: Addr) {
+    let to = v4(to);
     let at = ETH_HLEN + at;
     let old = get32(f, at);
     if old != to {
@@ -64,7 +74,7 @@ fn outer_addr(f: &mut [u8], at: usize, to: u32) {
 /// Translates an ICMP error about `conn` travelling in `dir` (Original:
 /// towards the real server; Reply: towards the client). Returns the
 /// address it must be routed to.
-pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Dir) -> u32 {
+pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Dir) -> Addr {
     let proto = conn.proto;
     let (src_at, dst_at) = (e.inner_ip + IP_SRC, e.inner_ip + IP_DST);
     let (sport_at, dport_at) = (e.inner_l4, e.inner_l4 + 2);
@@ -88,7 +98,7 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
                 quoted_endpoint(f, e, proto, src_at, sport_at, conn.client);
                 outer_addr(f, IP_DST, conn.client.0);
             }
-            if get32(f, ETH_HLEN + IP_SRC) == conn.real.0 {
+            if get32(f, ETH_HLEN + IP_SRC) == v4(conn.real.0) {
                 outer_addr(f, IP_SRC, conn.vip.0);
             }
             conn.client.0
@@ -131,7 +141,8 @@ pub fn error_len(f: &[u8]) -> usize {
 /// Turns the frame `f` (already at least [`error_len`] long, original
 /// packet at its start) into an ICMP error from `src` to the original
 /// packet's source. Returns (new length, destination).
-pub fn build(f: &mut [u8], what: Originate, src: u32) -> (usize, u32) {
+pub fn build(f: &mut [u8], what: Originate, src: Addr) -> (usize, Addr) {
+    let src = v4(src);
     let q = quoted_len(f);
     let to = get32(f, ETH_HLEN + IP_SRC);
     f.copy_within(ETH_HLEN..ETH_HLEN + q, ETH_HLEN + 28);
@@ -150,7 +161,7 @@ pub fn build(f: &mut [u8], what: Originate, src: u32) -> (usize, u32) {
     icmp[6..8].copy_from_slice(&what.mtu.to_be_bytes());
     let c = checksum(icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
-    (ETH_HLEN + ip_len, to)
+    (ETH_HLEN + ip_len, Addr::v4(to))
 }
 
 #[cfg(test)]
@@ -171,7 +182,7 @@ mod tests {
 
     fn conn(method: Method) -> Conn {
         let s = Arc::new(Server {
-            addr: RIP.into(),
+            addr: Addr::v4_bytes(RIP),
             port: 8080,
             weight: 1,
             method,
@@ -179,8 +190,8 @@ mod tests {
         });
         Conn::new(
             17,
-            (u32::from_be_bytes(CLIENT), 40000),
-            (u32::from_be_bytes(VIP), 53),
+            (Addr::v4_bytes(CLIENT), 40000),
+            (Addr::v4_bytes(VIP), 53),
             s,
             8080,
             Arc::new(TrafficStats::default()),
@@ -205,7 +216,7 @@ mod tests {
         assert!(Arc::ptr_eq(&found, &c));
         assert_eq!(dir, Dir::Reply);
         let next = translate(&mut f, &pkt, &pkt.icmp.unwrap(), &c, dir);
-        assert_eq!(next.to_be_bytes(), CLIENT);
+        assert_eq!(next, Addr::v4_bytes(CLIENT));
         assert_eq!(&f[26..30], &VIP, "outer source: the VIP");
         assert_eq!(&f[58..62], &VIP, "quoted destination: the VIP");
         assert_eq!(be16(&f, 64), 53, "quoted destination port: the service's");
@@ -218,7 +229,7 @@ mod tests {
         for method in [Method::Nat, Method::Fullnat] {
             let mut c = conn(method);
             if method == Method::Fullnat {
-                c.local = (0x0a02_0064, 1500);
+                c.local = (Addr::v4(0x0a02_0064), 1500);
             }
             let c = Arc::new(c);
             // The reply as lvc sent it to the client, quoted by a router.
@@ -233,7 +244,7 @@ mod tests {
             let pkt = parse(&f).unwrap();
             assert_eq!(pkt.key, c.original_key());
             let next = translate(&mut f, &pkt, &pkt.icmp.unwrap(), &c, Dir::Original);
-            assert_eq!(next.to_be_bytes(), RIP);
+            assert_eq!(next, Addr::v4_bytes(RIP));
             assert_eq!(&f[30..34], &RIP, "outer destination: the real server");
             assert_eq!(&f[54..58], &RIP, "quoted source: the real server");
             assert_eq!(be16(&f, 62), 8080);
@@ -259,9 +270,9 @@ mod tests {
             code: 0,
             mtu: 0,
         };
-        let (len, to) = build(&mut f, what, 0x0a01_0001);
+        let (len, to) = build(&mut f, what, Addr::v4(0x0a01_0001));
         f.truncate(len);
-        assert_eq!(to.to_be_bytes(), CLIENT);
+        assert_eq!(to, Addr::v4_bytes(CLIENT));
         assert_eq!(len, 14 + 20 + 8 + 28);
         assert_eq!(&f[42..70], &orig[14..42]);
         let p = parse(&f).unwrap();
@@ -276,7 +287,7 @@ mod tests {
                 code: 4,
                 mtu: 1400,
             },
-            1,
+            Addr::v4(1),
         );
         assert_eq!(be16(&g, 40), 1400);
     }

@@ -12,6 +12,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod addr;
 pub mod checksum;
 pub mod conntrack;
 pub mod control;

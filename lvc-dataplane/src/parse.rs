@@ -5,16 +5,19 @@
 //! length is checked against the frame actually received, not trusted from a
 //! header (etherparse's slices do the header-level checks).
 
+pub use crate::addr::Addr;
 use crate::stats::Drop;
-use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice};
+use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice};
 
 pub const ETH_HLEN: usize = 14;
+/// Length of the fixed IPv6 header.
+pub const IPV6_HLEN: usize = 40;
 
-/// The flow 5-tuple of one direction, IPv4, addresses and ports in host order.
+/// The flow 5-tuple of one direction; ports in host order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowKey {
-    pub src: u32,
-    pub dst: u32,
+    pub src: Addr,
+    pub dst: Addr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -57,6 +60,8 @@ pub struct Packet {
     pub icmp: Option<IcmpError>,
     /// Set for IPv4 fragments.
     pub frag: Option<Fragment>,
+    /// IPv6 (else IPv4).
+    pub v6: bool,
 }
 
 /// An IPv4 fragment: its datagram's id, and whether it is the first one
@@ -88,11 +93,14 @@ pub const ICMP_PARAM_PROBLEM: u8 = 12;
 /// Destination unreachable, code "fragmentation needed and DF set".
 pub const ICMP_FRAG_NEEDED: u8 = 4;
 
-/// Parses an Ethernet/IPv4/TCP-or-UDP frame.
+/// Parses an Ethernet/IPv4-or-IPv6/TCP-or-UDP frame.
 pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
     let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| Drop::Malformed)?;
+    if eth.ether_type() == EtherType::IPV6 {
+        return parse_v6(frame);
+    }
     if eth.ether_type() != EtherType::IPV4 {
-        return Err(Drop::NotIpv4);
+        return Err(Drop::NotIp);
     }
     let l3 = &frame[ETH_HLEN..];
     let ip = Ipv4HeaderSlice::from_slice(l3).map_err(|_| Drop::Malformed)?;
@@ -115,8 +123,8 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
             // the rest goes.
             return Ok(Packet {
                 key: FlowKey {
-                    src: u32::from_be_bytes(ip.source()),
-                    dst: u32::from_be_bytes(ip.destination()),
+                    src: Addr::v4_bytes(ip.source()),
+                    dst: Addr::v4_bytes(ip.destination()),
                     sport: 0,
                     dport: 0,
                     proto: proto.0,
@@ -126,11 +134,72 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
                 tcp_flags: 0,
                 icmp: None,
                 frag,
+                v6: false,
             });
         }
     }
     let l4 = &l3[ihl..ip_len];
-    let (sport, dport, tcp_flags) = match proto {
+    if proto == IpNumber::ICMP {
+        return parse_icmp_error(frame, ETH_HLEN + ihl, ip_len);
+    }
+    let (sport, dport, tcp_flags) = l4_ports(l4, proto, frag.is_some())?;
+    Ok(Packet {
+        key: FlowKey {
+            src: Addr::v4_bytes(ip.source()),
+            dst: Addr::v4_bytes(ip.destination()),
+            sport,
+            dport,
+            proto: proto.0,
+        },
+        l4_off: ETH_HLEN + ihl,
+        ip_len,
+        tcp_flags,
+        icmp: None,
+        frag,
+        v6: false,
+    })
+}
+
+/// An IPv6 frame whose next header is TCP or UDP. Extension headers
+/// (fragments included) and ICMPv6 are not lvc's: the XDP program leaves
+/// them to the kernel, and here they are counted as `protocol`.
+fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
+    let l3 = &frame[ETH_HLEN..];
+    let ip = Ipv6HeaderSlice::from_slice(l3).map_err(|_| Drop::Malformed)?;
+    let ip_len = IPV6_HLEN + usize::from(ip.payload_length());
+    if ip_len > l3.len() {
+        return Err(Drop::Malformed);
+    }
+    let (src, dst) = (ip.source(), ip.destination());
+    if Addr::is_mapped(&src) || Addr::is_mapped(&dst) {
+        return Err(Drop::Malformed);
+    }
+    let proto = ip.next_header();
+    if !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
+        return Err(Drop::Protocol);
+    }
+    let (sport, dport, tcp_flags) = l4_ports(&l3[IPV6_HLEN..ip_len], proto, false)?;
+    Ok(Packet {
+        key: FlowKey {
+            src: Addr(src),
+            dst: Addr(dst),
+            sport,
+            dport,
+            proto: proto.0,
+        },
+        l4_off: ETH_HLEN + IPV6_HLEN,
+        ip_len,
+        tcp_flags,
+        icmp: None,
+        frag: None,
+        v6: true,
+    })
+}
+
+/// Ports and TCP flags of a TCP or UDP header, its lengths checked.
+#[inline]
+fn l4_ports(l4: &[u8], proto: IpNumber, fragment: bool) -> Result<(u16, u16, u8), Drop> {
+    Ok(match proto {
         IpNumber::TCP => {
             if l4.len() < 20 {
                 return Err(Drop::Malformed);
@@ -147,27 +216,12 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
             if l4.len() < 8 || be16(l4, 4) < 8 {
                 return Err(Drop::Malformed);
             }
-            if frag.is_none() && usize::from(be16(l4, 4)) > l4.len() {
+            if !fragment && usize::from(be16(l4, 4)) > l4.len() {
                 return Err(Drop::Malformed);
             }
             (be16(l4, 0), be16(l4, 2), 0)
         }
-        IpNumber::ICMP => return parse_icmp_error(frame, ETH_HLEN + ihl, ip_len),
         _ => return Err(Drop::Protocol),
-    };
-    Ok(Packet {
-        key: FlowKey {
-            src: u32::from_be_bytes(ip.source()),
-            dst: u32::from_be_bytes(ip.destination()),
-            sport,
-            dport,
-            proto: proto.0,
-        },
-        l4_off: ETH_HLEN + ihl,
-        ip_len,
-        tcp_flags,
-        icmp: None,
-        frag,
     })
 }
 
@@ -197,8 +251,8 @@ fn parse_icmp_error(frame: &[u8], l4_off: usize, ip_len: usize) -> Result<Packet
     // The quoted packet went the other way: reverse it.
     Ok(Packet {
         key: FlowKey {
-            src: u32::from_be_bytes(inner.destination()),
-            dst: u32::from_be_bytes(inner.source()),
+            src: Addr::v4_bytes(inner.destination()),
+            dst: Addr::v4_bytes(inner.source()),
             sport: be16(q, 2),
             dport: be16(q, 0),
             proto: proto.0,
@@ -207,6 +261,7 @@ fn parse_icmp_error(frame: &[u8], l4_off: usize, ip_len: usize) -> Result<Packet
         ip_len,
         tcp_flags: 0,
         frag: None,
+        v6: false,
         icmp: Some(IcmpError {
             kind,
             code,
@@ -331,7 +386,7 @@ mod tests {
         let p = parse(&f).unwrap();
         assert_eq!(p.key.sport, 40000);
         assert_eq!(p.key.dport, 80);
-        assert_eq!(p.key.dst, 0x0a00_000a);
+        assert_eq!(p.key.dst, Addr::v4(0x0a00_000a));
         assert_eq!(p.tcp_flags, TCP_SYN);
         assert_eq!(p.l4_off, 34);
         let f = frame(17, [10, 0, 0, 1], [10, 0, 0, 10], 5353, 53, 0, b"hello");
@@ -361,9 +416,9 @@ mod tests {
             assert_eq!(parse(&f), Err(Drop::Malformed), "total length {short}");
         }
         let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
-        f[12] = 0x86;
-        f[13] = 0xdd;
-        assert_eq!(parse(&f), Err(Drop::NotIpv4));
+        f[12] = 0x88;
+        f[13] = 0x06;
+        assert_eq!(parse(&f), Err(Drop::NotIp));
         let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
         f[14 + 6] = 0x20; // MF, offset 0: a first fragment
         f[14 + 4..14 + 6].copy_from_slice(&77u16.to_be_bytes());
@@ -386,7 +441,10 @@ mod tests {
                 first: false
             })
         );
-        assert_eq!((p.key.sport, p.key.dport, p.key.dst), (0, 0, 0x0506_0708));
+        assert_eq!(
+            (p.key.sport, p.key.dport, p.key.dst),
+            (0, 0, Addr::v4(0x0506_0708))
+        );
         let mut f = frame(17, [1, 2, 3, 4], [5, 6, 7, 8], 1, 2, 0, b"xyz");
         f[14 + 9] = 2;
         assert_eq!(parse(&f), Err(Drop::Protocol));
@@ -402,8 +460,8 @@ mod tests {
         assert_eq!(
             p.key,
             FlowKey {
-                src: 0x0a01_0002,
-                dst: 0x0a02_000b,
+                src: Addr::v4(0x0a01_0002),
+                dst: Addr::v4(0x0a02_000b),
                 sport: 40000,
                 dport: 80,
                 proto: 6

@@ -1,26 +1,49 @@
-//! Rewrite: address/port translation, TTL and MACs, in place in the frame.
+//! Rewrite: address/port translation, TTL/hop limit and MACs, in place in
+//! the frame, for IPv4 and IPv6.
 //!
 //! Checksums are updated incrementally (RFC 1624): the receivers verify
-//! them, so every change to an address or port updates both the IP header
-//! checksum and the TCP/UDP checksum (whose pseudo-header covers addresses).
+//! them, so every change to an address or port updates the IPv4 header
+//! checksum (IPv6 has none) and the TCP/UDP checksum (whose pseudo-header
+//! covers addresses).
 
-use crate::checksum::{update16, update32};
-use crate::parse::{ETH_HLEN, PROTO_UDP, Packet, be16};
+use crate::checksum::{update_words, update16};
+use crate::parse::{Addr, ETH_HLEN, PROTO_UDP, Packet, be16};
 use crate::stats::Drop;
 
 const IP_TTL: usize = ETH_HLEN + 8;
 const IP_CSUM: usize = ETH_HLEN + 10;
 const IP_SRC: usize = ETH_HLEN + 12;
 const IP_DST: usize = ETH_HLEN + 16;
+const IP6_HOPS: usize = ETH_HLEN + 7;
+const IP6_SRC: usize = ETH_HLEN + 8;
+const IP6_DST: usize = ETH_HLEN + 24;
+
+/// Which address of the IP header.
+#[derive(Clone, Copy)]
+enum Field {
+    Src,
+    Dst,
+}
+
+/// Offset and width of an address in the frame's IP header.
+#[inline]
+fn addr_at(f: &[u8], which: Field) -> (usize, usize) {
+    match (is_v6(f), which) {
+        (false, Field::Src) => (IP_SRC, 4),
+        (false, Field::Dst) => (IP_DST, 4),
+        (true, Field::Src) => (IP6_SRC, 16),
+        (true, Field::Dst) => (IP6_DST, 16),
+    }
+}
+
+#[inline]
+fn is_v6(f: &[u8]) -> bool {
+    f[ETH_HLEN] >> 4 == 6
+}
 
 #[inline]
 fn put16(f: &mut [u8], at: usize, v: u16) {
     f[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
-#[inline]
-fn get32(f: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
 }
 
 /// Offset of the L4 checksum field.
@@ -29,18 +52,18 @@ fn l4_csum_at(pkt: &Packet) -> usize {
     pkt.l4_off + if pkt.key.proto == PROTO_UDP { 6 } else { 16 }
 }
 
-/// Replaces a 32-bit address at `addr_at` and a 16-bit port at `port_at`,
-/// fixing the IP and L4 checksums.
+/// Replaces an address and the 16-bit port at `port_at`, fixing the IP
+/// and L4 checksums.
 #[inline]
 fn translate(
     f: &mut [u8],
     pkt: &Packet,
-    addr_at: usize,
-    new_addr: u32,
+    which: Field,
+    new_addr: Addr,
     port_at: usize,
     new_port: u16,
 ) {
-    let old_addr = set_addr(f, addr_at, new_addr);
+    let old_addr = set_addr(f, which, new_addr);
     let old_port = be16(f, port_at);
     put16(f, port_at, new_port);
     let at = l4_csum_at(pkt);
@@ -49,7 +72,11 @@ fn translate(
     if pkt.key.proto == PROTO_UDP && old == 0 {
         return;
     }
-    let mut c = update16(update32(old, old_addr, new_addr), old_port, new_port);
+    let mut c = update16(
+        update_words(old, old_addr.wire(), new_addr.wire()),
+        old_port,
+        new_port,
+    );
     if pkt.key.proto == PROTO_UDP && c == 0 {
         c = 0xffff;
     }
@@ -59,44 +86,67 @@ fn translate(
 /// Destination becomes `addr:port` (DNAT towards a real server; for
 /// fullnat replies, back to the client).
 #[inline]
-pub fn set_dst(f: &mut [u8], pkt: &Packet, addr: u32, port: u16) {
-    translate(f, pkt, IP_DST, addr, pkt.l4_off + 2, port);
+pub fn set_dst(f: &mut [u8], pkt: &Packet, addr: Addr, port: u16) {
+    translate(f, pkt, Field::Dst, addr, pkt.l4_off + 2, port);
 }
 
 /// Source becomes `addr:port` (the VIP on replies; for fullnat requests,
 /// a local pool address).
 #[inline]
-pub fn set_src(f: &mut [u8], pkt: &Packet, addr: u32, port: u16) {
-    translate(f, pkt, IP_SRC, addr, pkt.l4_off, port);
+pub fn set_src(f: &mut [u8], pkt: &Packet, addr: Addr, port: u16) {
+    translate(f, pkt, Field::Src, addr, pkt.l4_off, port);
 }
 
 /// Replaces only the IP destination (later fragments: no L4 header; the
 /// first fragment's L4 checksum update covers the whole datagram).
 #[inline]
-pub fn set_dst_addr(f: &mut [u8], addr: u32) {
-    set_addr(f, IP_DST, addr);
+pub fn set_dst_addr(f: &mut [u8], addr: Addr) {
+    set_addr(f, Field::Dst, addr);
 }
 
 /// Replaces only the IP source (see [`set_dst_addr`]).
 #[inline]
-pub fn set_src_addr(f: &mut [u8], addr: u32) {
-    set_addr(f, IP_SRC, addr);
+pub fn set_src_addr(f: &mut [u8], addr: Addr) {
+    set_addr(f, Field::Src, addr);
 }
 
-/// Replaces an IP address and fixes the IP header checksum; returns the
-/// old address (for the L4 checksum's pseudo-header, where there is one).
+/// Replaces an IP address (of the frame's family) and fixes the IPv4
+/// header checksum; returns the old address (for the L4 checksum's
+/// pseudo-header, where there is one).
 #[inline]
-fn set_addr(f: &mut [u8], at: usize, addr: u32) -> u32 {
-    let old = get32(f, at);
-    f[at..at + 4].copy_from_slice(&addr.to_be_bytes());
-    put16(f, IP_CSUM, update32(be16(f, IP_CSUM), old, addr));
+fn set_addr(f: &mut [u8], which: Field, addr: Addr) -> Addr {
+    let (at, n) = addr_at(f, which);
+    let new = addr.wire();
+    debug_assert_eq!(new.len(), n, "address family of the packet");
+    let mut old = Addr::default();
+    if n == 4 {
+        old = Addr::v4_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+        f[at..at + 4].copy_from_slice(new);
+        put16(f, IP_CSUM, update_words(be16(f, IP_CSUM), old.wire(), new));
+    } else {
+        old.0.copy_from_slice(&f[at..at + 16]);
+        f[at..at + 16].copy_from_slice(new);
+    }
     old
 }
 
-/// Decrements the TTL as a router must; a packet whose TTL runs out is
-/// dropped.
+/// The TTL (IPv4) or hop limit (IPv6) of the frame.
+#[inline]
+pub fn hops(f: &[u8]) -> u8 {
+    if is_v6(f) { f[IP6_HOPS] } else { f[IP_TTL] }
+}
+
+/// Decrements the TTL or hop limit as a router must; a packet that runs
+/// out is dropped.
 #[inline]
 pub fn decrement_ttl(f: &mut [u8]) -> Result<(), Drop> {
+    if is_v6(f) {
+        if f[IP6_HOPS] <= 1 {
+            return Err(Drop::TtlExceeded);
+        }
+        f[IP6_HOPS] -= 1;
+        return Ok(());
+    }
     let ttl = f[IP_TTL];
     if ttl <= 1 {
         return Err(Drop::TtlExceeded);
@@ -114,7 +164,7 @@ pub const IPIP_HLEN: usize = 20;
 /// Encapsulates the IP packet of a frame of `len` bytes (the frame already
 /// grown by [`IPIP_HLEN`]) in an IPIP header from `src` to `dst`. The outer
 /// header copies the inner DF bit and TOS, as IPVS's tunnel does.
-pub fn encap_ipip(f: &mut [u8], len: usize, src: u32, dst: u32) {
+pub fn encap_ipip(f: &mut [u8], len: usize, src: Addr, dst: Addr) {
     f.copy_within(ETH_HLEN..len, ETH_HLEN + IPIP_HLEN);
     let inner = ETH_HLEN + IPIP_HLEN;
     let (tos, df) = (f[inner + 1], f[inner + 6] & 0x40);
@@ -124,8 +174,8 @@ pub fn encap_ipip(f: &mut [u8], len: usize, src: u32, dst: u32) {
         0x45, tos, 0, 0, 0, 0, df, 0, 64, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ]);
     h[2..4].copy_from_slice(&total.to_be_bytes());
-    h[12..16].copy_from_slice(&src.to_be_bytes());
-    h[16..20].copy_from_slice(&dst.to_be_bytes());
+    h[12..16].copy_from_slice(src.wire());
+    h[16..20].copy_from_slice(dst.wire());
     let c = crate::checksum::checksum(h);
     h[10..12].copy_from_slice(&c.to_be_bytes());
 }
@@ -157,10 +207,10 @@ mod tests {
                     payload,
                 );
                 let p = parse(&f).unwrap();
-                set_dst(&mut f, &p, 0x0a00_0102, 8080);
+                set_dst(&mut f, &p, Addr::v4(0x0a00_0102), 8080);
                 assert!(checksums_ok(&f), "dnat proto {proto}");
                 let p = parse(&f).unwrap();
-                assert_eq!((p.key.dst, p.key.dport), (0x0a00_0102, 8080));
+                assert_eq!((p.key.dst, p.key.dport), (Addr::v4(0x0a00_0102), 8080));
                 decrement_ttl(&mut f).unwrap();
                 assert!(checksums_ok(&f));
                 assert_eq!(f[IP_TTL], 63);
@@ -175,10 +225,10 @@ mod tests {
                     payload,
                 );
                 let p = parse(&r).unwrap();
-                set_src(&mut r, &p, 0x0a00_000a, 80);
+                set_src(&mut r, &p, Addr::v4(0x0a00_000a), 80);
                 assert!(checksums_ok(&r), "snat proto {proto}");
                 let p = parse(&r).unwrap();
-                assert_eq!((p.key.src, p.key.sport), (0x0a00_000a, 80));
+                assert_eq!((p.key.src, p.key.sport), (Addr::v4(0x0a00_000a), 80));
             }
         }
     }
@@ -196,13 +246,13 @@ mod tests {
                 b"full nat",
             );
             let p = parse(&f).unwrap();
-            set_src(&mut f, &p, 0x0a02_0064, 1024);
-            set_dst(&mut f, &p, 0x0a02_000b, 8080);
+            set_src(&mut f, &p, Addr::v4(0x0a02_0064), 1024);
+            set_dst(&mut f, &p, Addr::v4(0x0a02_000b), 8080);
             assert!(checksums_ok(&f), "proto {proto}");
             let p = parse(&f).unwrap();
             assert_eq!(
                 (p.key.src, p.key.sport, p.key.dst, p.key.dport),
-                (0x0a02_0064, 1024, 0x0a02_000b, 8080)
+                (Addr::v4(0x0a02_0064), 1024, Addr::v4(0x0a02_000b), 8080)
             );
         }
     }
@@ -220,7 +270,12 @@ mod tests {
         );
         let mut f = orig.clone();
         f.resize(orig.len() + IPIP_HLEN, 0);
-        encap_ipip(&mut f, orig.len(), 0x0a02_0001, 0x0a02_000b);
+        encap_ipip(
+            &mut f,
+            orig.len(),
+            Addr::v4(0x0a02_0001),
+            Addr::v4(0x0a02_000b),
+        );
         assert_eq!(&f[34..], &orig[14..], "inner packet unchanged");
         assert_eq!(crate::checksum::checksum(&f[14..34]), 0, "outer checksum");
         assert_eq!(f[14 + 9], 4, "IPIP");
@@ -235,7 +290,7 @@ mod tests {
         f[34 + 6] = 0;
         f[34 + 7] = 0;
         let p = parse(&f).unwrap();
-        set_dst(&mut f, &p, 0x0303_0303, 3);
+        set_dst(&mut f, &p, Addr::v4(0x0303_0303), 3);
         assert_eq!(&f[40..42], &[0, 0]);
         assert_eq!(crate::checksum::checksum(&f[14..34]), 0);
     }

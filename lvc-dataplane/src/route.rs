@@ -1,7 +1,7 @@
 //! Route: where a packet goes next, from the kernel's own tables.
 //!
-//! A dedicated thread mirrors the kernel's links, addresses, IPv4 main-table
-//! routes and neighbours over rtnetlink into an immutable [`RouteTable`]
+//! A dedicated thread mirrors the kernel's links, addresses, IPv4 and IPv6
+//! main-table routes and neighbours over rtnetlink into an immutable [`RouteTable`]
 //! that workers read through an `ArcSwap` (one load per batch). It re-reads
 //! the tables whenever the kernel announces a change (and every few seconds
 //! regardless), so MAC addresses never appear in lvc's configuration and
@@ -9,9 +9,10 @@
 //!
 //! When a worker finds no usable neighbour entry for a next hop it sends a
 //! [`NeighRequest`]; this thread asks the kernel to resolve it (RTM_NEWNEIGH
-//! with `NTF_USE`, which makes the kernel send ARP as if it had a packet to
-//! deliver). The resolved entry arrives as a change notification.
+//! with `NTF_USE`, which makes the kernel send ARP or a neighbour
+//! solicitation as if it had a packet to deliver). The resolved entry arrives as a change notification.
 
+use crate::addr::Addr;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use netlink_packet_core::{
@@ -30,7 +31,7 @@ use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -43,16 +44,17 @@ pub struct L2 {
     pub dst_mac: [u8; 6],
     /// The egress link's MTU.
     pub mtu: u32,
-    /// An IPv4 address of the director on the egress interface (host
-    /// order; 0 if none): the source of ICMP errors lvc sends that way.
-    pub src_ip: u32,
+    /// An address of the director on the egress interface, of the
+    /// destination's family (unspecified if none): the source of packets
+    /// lvc originates that way (ICMP errors, tunnels).
+    pub src_ip: Addr,
 }
 
 /// A request to resolve `ip`'s MAC on interface `ifindex`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct NeighRequest {
     pub ifindex: u32,
-    pub ip: u32,
+    pub ip: Addr,
 }
 
 /// Result of a next-hop lookup.
@@ -75,21 +77,22 @@ pub struct Link {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
-    pub dst: u32,
+    pub dst: Addr,
+    /// Prefix length over the 128-bit [`Addr`] (an IPv4 /24 is 120 here).
     pub prefix: u8,
-    pub gateway: Option<u32>,
+    pub gateway: Option<Addr>,
     pub oif: u32,
     pub metric: u32,
 }
 
 impl Route {
-    fn covers(&self, ip: u32) -> bool {
-        let mask = if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
-        };
-        ip & mask == self.dst & mask
+    fn covers(&self, ip: Addr) -> bool {
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0);
+        // (An IPv6 default route must not cover IPv4 destinations.)
+        ip.is_v4() == self.dst.is_v4()
+            && u128::from_be_bytes(ip.0) & mask == u128::from_be_bytes(self.dst.0) & mask
     }
 }
 
@@ -98,11 +101,11 @@ impl Route {
 pub struct RouteTable {
     /// Longest prefix first, then lowest metric.
     routes: Vec<Route>,
-    neighbours: HashMap<(u32, u32), [u8; 6]>,
+    neighbours: HashMap<(u32, Addr), [u8; 6]>,
     links: HashMap<u32, Link>,
     locals: Vec<IpAddr>,
-    /// First IPv4 address of each interface.
-    if_addrs: HashMap<u32, u32>,
+    /// First address of each family of each interface: (ifindex, is IPv4).
+    if_addrs: HashMap<(u32, bool), Addr>,
     /// Neighbours the kernel holds as STALE. lvc's own transmissions never
     /// confirm them (the kernel does not see them), so they are re-probed.
     stale: Vec<NeighRequest>,
@@ -111,7 +114,7 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn new(
         mut routes: Vec<Route>,
-        neighbours: HashMap<(u32, u32), [u8; 6]>,
+        neighbours: HashMap<(u32, Addr), [u8; 6]>,
         links: Vec<Link>,
         locals: Vec<IpAddr>,
     ) -> Self {
@@ -126,9 +129,9 @@ impl RouteTable {
         }
     }
 
-    /// Where a packet to `dst` (host order) goes next.
+    /// Where a packet to `dst` goes next.
     #[inline]
-    pub fn next_hop(&self, dst: u32) -> NextHop {
+    pub fn next_hop(&self, dst: Addr) -> NextHop {
         match self.route(dst) {
             Some(r) => self.via(r, dst),
             None => NextHop::None,
@@ -139,7 +142,7 @@ impl RouteTable {
     /// on a directly connected network (direct routing: the frame keeps
     /// the VIP as destination, so a gateway would route it straight back).
     #[inline]
-    pub fn next_hop_onlink(&self, dst: u32) -> NextHop {
+    pub fn next_hop_onlink(&self, dst: Addr) -> NextHop {
         match self.route(dst) {
             Some(r) if r.gateway.is_none() => self.via(r, dst),
             _ => NextHop::None,
@@ -148,13 +151,13 @@ impl RouteTable {
 
     /// The longest-prefix route to `dst`.
     #[inline]
-    fn route(&self, dst: u32) -> Option<&Route> {
+    fn route(&self, dst: Addr) -> Option<&Route> {
         self.routes.iter().find(|r| r.covers(dst))
     }
 
     /// The next hop to `dst` along `route`.
     #[inline]
-    fn via(&self, route: &Route, dst: u32) -> NextHop {
+    fn via(&self, route: &Route, dst: Addr) -> NextHop {
         let hop = route.gateway.unwrap_or(dst);
         let Some(link) = self.links.get(&route.oif) else {
             return NextHop::None;
@@ -165,9 +168,9 @@ impl RouteTable {
                 src_mac: link.mac,
                 dst_mac: mac,
                 mtu: link.mtu,
-                src_ip: self.if_addrs.get(&route.oif).copied().unwrap_or(0),
+                src_ip: self.if_addr(route.oif, dst).unwrap_or_default(),
             }),
-            None if self.is_local(IpAddr::V4(Ipv4Addr::from(dst))) => NextHop::None,
+            None if self.is_local(dst.ip()) => NextHop::None,
             None => NextHop::Unresolved(NeighRequest {
                 ifindex: route.oif,
                 ip: hop,
@@ -178,16 +181,21 @@ impl RouteTable {
     /// The MTU of the link a packet to `dst` leaves on (whether or not the
     /// next hop's MAC is known yet).
     #[inline]
-    pub fn mtu_towards(&self, dst: u32) -> Option<u32> {
+    pub fn mtu_towards(&self, dst: Addr) -> Option<u32> {
         let route = self.route(dst)?;
         self.links.get(&route.oif).map(|l| l.mtu)
     }
 
     /// The director's address on the interface towards `dst` (for packets
     /// lvc originates, such as ICMP errors).
-    pub fn source_for(&self, dst: u32) -> Option<u32> {
+    pub fn source_for(&self, dst: Addr) -> Option<Addr> {
         let route = self.route(dst)?;
-        self.if_addrs.get(&route.oif).copied()
+        self.if_addr(route.oif, dst)
+    }
+
+    /// The director's first address on `ifindex` of `like`'s family.
+    fn if_addr(&self, ifindex: u32, like: Addr) -> Option<Addr> {
+        self.if_addrs.get(&(ifindex, like.is_v4())).copied()
     }
 
     /// The director's own addresses.
@@ -314,31 +322,41 @@ impl Netlink {
             if let Rt::NewAddress(a) = m
                 && let Some(ip) = parse_addr(&a)
             {
-                if let IpAddr::V4(v4) = ip {
-                    if_addrs.entry(a.header.index).or_insert(u32::from(v4));
+                let addr = Addr::from(ip);
+                // Link-local IPv6 addresses cannot source routed packets.
+                let usable = match ip {
+                    IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+                    IpAddr::V4(_) => true,
+                };
+                if usable {
+                    if_addrs
+                        .entry((a.header.index, addr.is_v4()))
+                        .or_insert(addr);
                 }
                 locals.push(ip);
             }
         }
-        let mut rm = RouteMessage::default();
-        rm.header.address_family = AddressFamily::Inet;
         let mut routes = Vec::new();
-        for m in self.dump(Rt::GetRoute(rm))? {
-            if let Rt::NewRoute(r) = m {
-                routes.extend(parse_route(&r));
-            }
-        }
-        let mut nm = NeighbourMessage::default();
-        nm.header.family = AddressFamily::Inet;
         let mut neighbours = HashMap::new();
         let mut stale = Vec::new();
-        for m in self.dump(Rt::GetNeighbour(nm))? {
-            if let Rt::NewNeighbour(n) = m
-                && let Some((ifindex, ip, mac)) = parse_neigh(&n)
-            {
-                neighbours.insert((ifindex, ip), mac);
-                if n.header.state == NeighbourState::Stale {
-                    stale.push(NeighRequest { ifindex, ip });
+        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut rm = RouteMessage::default();
+            rm.header.address_family = family;
+            for m in self.dump(Rt::GetRoute(rm))? {
+                if let Rt::NewRoute(r) = m {
+                    routes.extend(parse_route(&r));
+                }
+            }
+            let mut nm = NeighbourMessage::default();
+            nm.header.family = family;
+            for m in self.dump(Rt::GetNeighbour(nm))? {
+                if let Rt::NewNeighbour(n) = m
+                    && let Some((ifindex, ip, mac)) = parse_neigh(&n)
+                {
+                    neighbours.insert((ifindex, ip), mac);
+                    if n.header.state == NeighbourState::Stale {
+                        stale.push(NeighRequest { ifindex, ip });
+                    }
                 }
             }
         }
@@ -348,18 +366,20 @@ impl Netlink {
         Ok(t)
     }
 
-    /// Asks the kernel to resolve `req` (it sends ARP as for its own packet).
+    /// Asks the kernel to resolve `req` (it sends ARP or a neighbour
+    /// solicitation as for its own packet).
     fn resolve(&mut self, req: NeighRequest) -> io::Result<()> {
         let mut m = NeighbourMessage::default();
-        m.header.family = AddressFamily::Inet;
+        let (family, dst) = match req.ip.ip() {
+            IpAddr::V4(a) => (AddressFamily::Inet, NeighbourAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, NeighbourAddress::Inet6(a)),
+        };
+        m.header.family = family;
         m.header.ifindex = req.ifindex;
         m.header.state = NeighbourState::None;
         m.header.flags = NeighbourFlags::Use;
         m.header.kind = RouteType::Unspec;
-        m.attributes
-            .push(NeighbourAttribute::Destination(NeighbourAddress::Inet(
-                Ipv4Addr::from(req.ip),
-            )));
+        m.attributes.push(NeighbourAttribute::Destination(dst));
         self.request(
             Rt::NewNeighbour(m),
             NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK,
@@ -398,21 +418,24 @@ fn parse_addr(a: &AddressMessage) -> Option<IpAddr> {
     ip
 }
 
-fn v4(a: &RouteAddress) -> Option<u32> {
+fn addr(a: &RouteAddress) -> Option<Addr> {
     match a {
-        RouteAddress::Inet(v) => Some(u32::from(*v)),
+        RouteAddress::Inet(v) => Some((*v).into()),
+        RouteAddress::Inet6(v) => Some((*v).into()),
         _ => None,
     }
 }
 
-/// Unicast IPv4 routes of the main table. A multipath route contributes its
-/// first live next hop.
+/// Unicast IPv4 and IPv6 routes of the main table. A multipath route
+/// contributes its first live next hop.
 fn parse_route(r: &RouteMessage) -> Option<Route> {
     let h = &r.header;
     let mut table = u32::from(h.table);
+    let v4 = h.address_family == AddressFamily::Inet;
     let mut route = Route {
-        dst: 0,
-        prefix: h.destination_prefix_length,
+        // A default route has no destination attribute.
+        dst: if v4 { Addr::v4(0) } else { Addr::default() },
+        prefix: h.destination_prefix_length + if v4 { 96 } else { 0 },
         gateway: None,
         oif: 0,
         metric: 0,
@@ -420,8 +443,8 @@ fn parse_route(r: &RouteMessage) -> Option<Route> {
     for a in &r.attributes {
         match a {
             RouteAttribute::Table(t) => table = *t,
-            RouteAttribute::Destination(d) => route.dst = v4(d)?,
-            RouteAttribute::Gateway(g) => route.gateway = v4(g),
+            RouteAttribute::Destination(d) => route.dst = addr(d)?,
+            RouteAttribute::Gateway(g) => route.gateway = addr(g),
             RouteAttribute::Oif(i) => route.oif = *i,
             RouteAttribute::Priority(p) => route.metric = *p,
             RouteAttribute::MultiPath(hops) if route.oif == 0 => {
@@ -429,7 +452,7 @@ fn parse_route(r: &RouteMessage) -> Option<Route> {
                     route.oif = nh.interface_index;
                     for na in &nh.attributes {
                         if let RouteAttribute::Gateway(g) = na {
-                            route.gateway = v4(g);
+                            route.gateway = addr(g);
                         }
                     }
                 }
@@ -443,8 +466,8 @@ fn parse_route(r: &RouteMessage) -> Option<Route> {
         .then_some(route)
 }
 
-/// A usable IPv4 neighbour: (ifindex, ip, mac).
-fn parse_neigh(n: &NeighbourMessage) -> Option<(u32, u32, [u8; 6])> {
+/// A usable neighbour: (ifindex, ip, mac).
+fn parse_neigh(n: &NeighbourMessage) -> Option<(u32, Addr, [u8; 6])> {
     use NeighbourState as S;
     if !matches!(
         n.header.state,
@@ -455,7 +478,8 @@ fn parse_neigh(n: &NeighbourMessage) -> Option<(u32, u32, [u8; 6])> {
     let (mut ip, mut mac) = (None, None);
     for a in &n.attributes {
         match a {
-            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some(u32::from(*v)),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet(v)) => ip = Some((*v).into()),
+            NeighbourAttribute::Destination(NeighbourAddress::Inet6(v)) => ip = Some((*v).into()),
             NeighbourAttribute::LinkLayerAddress(b) if b.len() == 6 => {
                 let mut m = [0; 6];
                 m.copy_from_slice(b);
@@ -605,7 +629,7 @@ impl RouteSync {
                 .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(10))
             {
                 tracing::warn!(
-                    ip = %Ipv4Addr::from(req.ip),
+                    ip = %req.ip,
                     ifindex = req.ifindex,
                     error = %e,
                     failures = self.failures,
@@ -622,44 +646,59 @@ impl RouteSync {
 mod tests {
     use super::*;
 
-    fn ip(s: &str) -> u32 {
-        u32::from(s.parse::<Ipv4Addr>().unwrap())
+    fn ip(s: &str) -> Addr {
+        s.parse::<IpAddr>().unwrap().into()
     }
 
     fn table() -> RouteTable {
         let routes = vec![
             Route {
-                dst: 0,
-                prefix: 0,
+                dst: ip("0.0.0.0"),
+                prefix: 96,
                 gateway: Some(ip("10.0.0.1")),
                 oif: 2,
                 metric: 0,
             },
             Route {
                 dst: ip("10.0.0.0"),
-                prefix: 24,
+                prefix: 96 + 24,
                 gateway: None,
                 oif: 2,
                 metric: 0,
             },
             Route {
                 dst: ip("10.1.0.0"),
-                prefix: 16,
+                prefix: 96 + 16,
                 gateway: None,
                 oif: 3,
                 metric: 100,
             },
             Route {
                 dst: ip("10.1.0.0"),
-                prefix: 16,
+                prefix: 96 + 16,
                 gateway: None,
                 oif: 2,
                 metric: 10,
+            },
+            Route {
+                dst: ip("fd00:2::"),
+                prefix: 64,
+                gateway: None,
+                oif: 3,
+                metric: 256,
+            },
+            Route {
+                dst: ip("::"),
+                prefix: 0,
+                gateway: Some(ip("fe80::1")),
+                oif: 2,
+                metric: 1024,
             },
         ];
         let mut neigh = HashMap::new();
         neigh.insert((2, ip("10.0.0.1")), [1; 6]);
         neigh.insert((2, ip("10.0.0.7")), [7; 6]);
+        neigh.insert((3, ip("fd00:2::11")), [0x11; 6]);
         let links = vec![
             Link {
                 ifindex: 2,
@@ -687,7 +726,7 @@ mod tests {
                 src_mac: [0xa; 6],
                 dst_mac: [7; 6],
                 mtu: 1500,
-                src_ip: 0,
+                src_ip: Addr::default(),
             })
         );
         // Default route: via the gateway's MAC.
@@ -698,7 +737,7 @@ mod tests {
                 src_mac: [0xa; 6],
                 dst_mac: [1; 6],
                 mtu: 1500,
-                src_ip: 0,
+                src_ip: Addr::default(),
             })
         );
         // Lower metric wins among equal prefixes; unresolved → a request.
@@ -710,5 +749,38 @@ mod tests {
             })
         );
         assert_eq!(t.next_hop(ip("10.0.0.2")), NextHop::None);
+    }
+
+    #[test]
+    fn ipv6_routes_and_neighbours() {
+        let t = table();
+        assert_eq!(
+            t.next_hop(ip("fd00:2::11")),
+            NextHop::Ready(L2 {
+                ifindex: 3,
+                src_mac: [0xb; 6],
+                dst_mac: [0x11; 6],
+                mtu: 1500,
+                src_ip: Addr::default(),
+            })
+        );
+        // The IPv6 default route, via a link-local gateway to resolve.
+        assert_eq!(
+            t.next_hop(ip("2001:db8::1")),
+            NextHop::Unresolved(NeighRequest {
+                ifindex: 2,
+                ip: ip("fe80::1")
+            })
+        );
+        // It covers no IPv4 destination, and the IPv4 one no IPv6.
+        let only6 = RouteTable::new(t.routes[4..].to_vec(), HashMap::new(), vec![], vec![]);
+        assert_eq!(only6.next_hop(ip("192.0.2.1")), NextHop::None);
+        let only4 = RouteTable::new(
+            t.routes.iter().filter(|r| r.dst.is_v4()).copied().collect(),
+            HashMap::new(),
+            vec![],
+            vec![],
+        );
+        assert_eq!(only4.next_hop(ip("2001:db8::1")), NextHop::None);
     }
 }

@@ -6,6 +6,7 @@
 //! increment, or one pass over the servers' connection gauges.
 //! Weight 0 means quiescent everywhere: no new connections.
 
+use crate::addr::Addr;
 use crate::services::{Server, Service};
 use lvc_proto::Scheduler;
 use std::sync::Arc;
@@ -53,10 +54,10 @@ impl SchedState {
     }
 }
 
-/// Chooses the real server for a new connection from `client` (host-order
-/// IPv4 address) to `svc`, or `None` if no server takes new connections.
+/// Chooses the real server for a new connection from `client` to `svc`,
+/// or `None` if no server takes new connections.
 #[inline]
-pub fn pick(svc: &Service, client: u32) -> Option<&Arc<Server>> {
+pub fn pick(svc: &Service, client: Addr) -> Option<&Arc<Server>> {
     let servers = &svc.servers;
     let st = &svc.sched;
     match st.kind {
@@ -81,7 +82,7 @@ pub fn pick(svc: &Service, client: u32) -> Option<&Arc<Server>> {
             if st.table.is_empty() {
                 return None;
             }
-            let b = (mix32(client) % st.table.len() as u64) as usize;
+            let b = (mix_addr(client) % st.table.len() as u64) as usize;
             servers.get(usize::from(st.table[b]))
         }
         Scheduler::Lc => least(servers, |s| (overhead(s), 1)),
@@ -186,10 +187,23 @@ fn fnv1a(data: &[u8], seed: u64) -> u64 {
     h
 }
 
-/// A stable 64-bit mix of a client address (splitmix64 finaliser).
+/// A stable 64-bit mix of a client address: the same on every director
+/// and after every restart.
 #[inline]
-fn mix32(x: u32) -> u64 {
-    let mut z = u64::from(x).wrapping_add(0x9e37_79b9_7f4a_7c15);
+fn mix_addr(a: Addr) -> u64 {
+    match a.v4_octets() {
+        Some(o) => mix64(u64::from(u32::from_be_bytes(o))),
+        None => {
+            let x = u128::from_be_bytes(a.0);
+            mix64(mix64(x as u64) ^ (x >> 64) as u64)
+        }
+    }
+}
+
+/// splitmix64's finaliser.
+#[inline]
+fn mix64(x: u64) -> u64 {
+    let mut z = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
@@ -246,7 +260,7 @@ mod tests {
 
     fn server(i: usize, w: u32) -> Arc<Server> {
         Arc::new(Server {
-            addr: [10, 0, 1, i as u8 + 1].into(),
+            addr: Addr::v4_bytes([10, 0, 1, i as u8 + 1]),
             port: 80,
             weight: w,
             method: Method::Nat,
@@ -271,7 +285,7 @@ mod tests {
 
     fn picks(s: &Service, n: usize) -> Vec<u8> {
         (0..n as u32)
-            .map(|c| pick(s, c).unwrap().addr.octets()[3])
+            .map(|c| pick(s, Addr::v4(c)).unwrap().addr.0[15])
             .collect()
     }
 
@@ -289,16 +303,16 @@ mod tests {
             let s = svc(kind, &[1, 0, 1]);
             for c in 0..200u32 {
                 assert_ne!(
-                    pick(&s, c.wrapping_mul(2_654_435_761))
+                    pick(&s, Addr::v4(c.wrapping_mul(2_654_435_761)))
                         .unwrap()
                         .addr
-                        .octets()[3],
+                        .0[15],
                     2,
                     "{kind:?}"
                 );
             }
-            assert!(pick(&svc(kind, &[0, 0]), 1).is_none(), "{kind:?}");
-            assert!(pick(&svc(kind, &[]), 1).is_none(), "{kind:?}");
+            assert!(pick(&svc(kind, &[0, 0]), Addr::v4(1)).is_none(), "{kind:?}");
+            assert!(pick(&svc(kind, &[]), Addr::v4(1)).is_none(), "{kind:?}");
         }
     }
 
@@ -321,15 +335,15 @@ mod tests {
         s.servers[0].stats.active.store(1, Relaxed);
         s.servers[1].stats.active.store(2, Relaxed);
         // 256/1 vs 512/3: the second wins.
-        assert_eq!(pick(&s, 0).unwrap().addr.octets()[3], 2);
+        assert_eq!(pick(&s, Addr::v4(0)).unwrap().addr.0[15], 2);
         s.servers[1].stats.active.store(4, Relaxed);
         // 256/1 vs 1024/3 = 341: the first wins.
-        assert_eq!(pick(&s, 0).unwrap().addr.octets()[3], 1);
+        assert_eq!(pick(&s, Addr::v4(0)).unwrap().addr.0[15], 1);
 
         let s = svc(Scheduler::Lc, &[1, 100]);
         s.servers[1].stats.inactive.store(3, Relaxed);
         assert_eq!(
-            pick(&s, 0).unwrap().addr.octets()[3],
+            pick(&s, Addr::v4(0)).unwrap().addr.0[15],
             1,
             "lc ignores weights"
         );
@@ -338,12 +352,12 @@ mod tests {
         s.servers[0].stats.active.store(0, Relaxed);
         s.servers[1].stats.active.store(1, Relaxed);
         // (0+1)/1 vs (1+1)/2: tie → first.
-        assert_eq!(pick(&s, 0).unwrap().addr.octets()[3], 1);
+        assert_eq!(pick(&s, Addr::v4(0)).unwrap().addr.0[15], 1);
 
         let s = svc(Scheduler::Nq, &[1, 10]);
         s.servers[1].stats.active.store(1, Relaxed);
         assert_eq!(
-            pick(&s, 0).unwrap().addr.octets()[3],
+            pick(&s, Addr::v4(0)).unwrap().addr.0[15],
             1,
             "nq takes the idle server"
         );
@@ -353,10 +367,13 @@ mod tests {
     fn source_hash_is_sticky_and_weighted() {
         let s = svc(Scheduler::Sh, &[1, 3]);
         for c in 0..100u32 {
-            assert_eq!(pick(&s, c).map(|x| x.addr), pick(&s, c).map(|x| x.addr));
+            assert_eq!(
+                pick(&s, Addr::v4(c)).map(|x| x.addr),
+                pick(&s, Addr::v4(c)).map(|x| x.addr)
+            );
         }
         let heavy = (0..40_000u32)
-            .filter(|&c| pick(&s, c * 7919).unwrap().addr.octets()[3] == 2)
+            .filter(|&c| pick(&s, Addr::v4(c * 7919)).unwrap().addr.0[15] == 2)
             .count();
         assert!((28_000..32_000).contains(&heavy), "{heavy}");
     }

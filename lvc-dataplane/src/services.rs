@@ -5,20 +5,20 @@
 //! snapshot once per batch. Changes therefore reach the workers without a
 //! lock and without pausing forwarding.
 
+use crate::addr::Addr;
 use crate::schedule::SchedState;
 use crate::snat::SnatPool;
 use crate::stats::TrafficStats;
 use dashmap::DashMap;
 use lvc_proto::{Method, ServiceKey};
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 /// A real server as the workers see it.
 #[derive(Debug)]
 pub struct Server {
-    pub addr: Ipv4Addr,
+    pub addr: Addr,
     pub port: u16,
     pub weight: u32,
     pub method: Method,
@@ -49,11 +49,12 @@ pub struct Service {
 pub struct Persistence {
     /// Seconds a template outlives its last connection.
     pub timeout: u32,
-    /// Host-order mask applied to client addresses.
-    pub netmask: u32,
+    /// Prefix length of an IPv4 client's network (from `--netmask`); IPv6
+    /// clients are told apart by their whole address.
+    pub netmask: u8,
     /// Client network → template; shared by all workers and kept across
     /// configuration changes.
-    pub templates: Arc<DashMap<u32, Arc<Template>, ahash::RandomState>>,
+    pub templates: Arc<DashMap<Addr, Arc<Template>, ahash::RandomState>>,
 }
 
 /// Which server a client network sticks to.
@@ -61,7 +62,7 @@ pub struct Persistence {
 pub struct Template {
     /// The server's address and port (servers are re-created on every
     /// configuration change; this survives them).
-    pub server: (Ipv4Addr, u16),
+    pub server: (Addr, u16),
     /// When a connection last used the template (seconds since start).
     pub last_used: AtomicU32,
     /// Connections it controls that are still tracked.
@@ -69,11 +70,21 @@ pub struct Template {
 }
 
 impl Persistence {
-    pub fn new(timeout: u32, netmask: u32) -> Self {
+    pub fn new(timeout: u32, netmask: u8) -> Self {
         Self {
             timeout,
             netmask,
             templates: Arc::new(DashMap::with_hasher(ahash::RandomState::new())),
+        }
+    }
+
+    /// The network a client belongs to.
+    #[inline]
+    pub fn network(&self, client: Addr) -> Addr {
+        if client.is_v4() {
+            client.masked(self.netmask)
+        } else {
+            client
         }
     }
 
@@ -88,8 +99,8 @@ impl Persistence {
     }
 }
 
-/// Lookup key: (protocol, VIP host order, port).
-pub type VipKey = (u8, u32, u16);
+/// Lookup key: (protocol, VIP, port).
+pub type VipKey = (u8, Addr, u16);
 
 /// An inclusive port range of a service.
 type PortRange = (u16, u16, Arc<Service>);
@@ -101,7 +112,7 @@ pub struct ServiceTable {
     services: HashMap<VipKey, Arc<Service>>,
     /// Services that list port ranges, by (protocol, VIP): consulted only
     /// when no single port matches (and only if any exist).
-    ranges: HashMap<(u8, u32), Vec<PortRange>>,
+    ranges: HashMap<(u8, Addr), Vec<PortRange>>,
     /// The fullnat local address pool, if one is configured.
     snat: Option<Arc<SnatPool>>,
 }
@@ -110,8 +121,7 @@ impl ServiceTable {
     pub fn new(services: impl IntoIterator<Item = Arc<Service>>) -> Self {
         let mut t = Self::default();
         for s in services {
-            let IpAddr::V4(vip) = s.key.vip else { continue };
-            let (proto, vip) = (s.key.proto.number(), u32::from(vip));
+            let (proto, vip) = (s.key.proto.number(), Addr::from(s.key.vip));
             for &(lo, hi) in s.key.ports.ranges() {
                 if lo == hi {
                     t.services.insert((proto, vip, lo), s.clone());
@@ -140,7 +150,7 @@ impl ServiceTable {
     /// The service for a packet to `vip:port`: an exact port first, then a
     /// port range, then the VIP's port-0 ("every port") service.
     #[inline]
-    pub fn lookup(&self, proto: u8, vip: u32, port: u16) -> Option<&Arc<Service>> {
+    pub fn lookup(&self, proto: u8, vip: Addr, port: u16) -> Option<&Arc<Service>> {
         if let Some(s) = self.services.get(&(proto, vip, port)) {
             return Some(s);
         }

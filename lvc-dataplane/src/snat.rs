@@ -6,7 +6,8 @@
 //! workers never lock and a port is never handed out twice; releasing a
 //! connection clears its bit. Ports below 1024 are never used.
 
-use std::net::Ipv4Addr;
+use crate::addr::Addr;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 const WORDS: usize = 65536 / 64;
@@ -59,9 +60,9 @@ impl PortMap {
     }
 }
 
-/// The pool: addresses (host order) with a port map per protocol.
+/// The pool: addresses (either family) with a port map per protocol.
 pub struct SnatPool {
-    addrs: Vec<u32>,
+    addrs: Vec<Addr>,
     /// Per address: [tcp, udp].
     ports: Vec<[PortMap; 2]>,
     cursor: AtomicUsize,
@@ -80,9 +81,9 @@ fn proto_index(proto: u8) -> usize {
 }
 
 impl SnatPool {
-    pub fn new(addrs: &[Ipv4Addr]) -> Self {
+    pub fn new(addrs: &[IpAddr]) -> Self {
         Self {
-            addrs: addrs.iter().map(|&a| u32::from(a)).collect(),
+            addrs: addrs.iter().map(|&a| Addr::from(a)).collect(),
             ports: addrs
                 .iter()
                 .map(|_| [PortMap::new(), PortMap::new()])
@@ -91,13 +92,14 @@ impl SnatPool {
         }
     }
 
-    pub fn addresses(&self) -> Vec<Ipv4Addr> {
-        self.addrs.iter().map(|&a| Ipv4Addr::from(a)).collect()
+    pub fn addresses(&self) -> Vec<IpAddr> {
+        self.addrs.iter().map(|a| a.ip()).collect()
     }
 
-    /// A free (address, port) for `proto`, or `None` if the pool is
-    /// exhausted (every port of every address in use).
-    pub fn alloc(&self, proto: u8) -> Option<(u32, u16)> {
+    /// A free (address, port) for `proto` of the family of `like` (the
+    /// real server's), or `None` if the pool has no such address or they
+    /// are exhausted (every port of every address in use).
+    pub fn alloc(&self, proto: u8, like: Addr) -> Option<(Addr, u16)> {
         let n = self.addrs.len();
         if n == 0 {
             return None;
@@ -105,6 +107,9 @@ impl SnatPool {
         let c = self.cursor.fetch_add(1, Relaxed);
         (0..n).find_map(|i| {
             let a = (c + i) % n;
+            if self.addrs[a].is_v4() != like.is_v4() {
+                return None;
+            }
             // Spread starts over the bitmap so workers rarely contend.
             let start = c.wrapping_mul(0x9e37_79b9) % WORDS;
             self.ports[a][proto_index(proto)]
@@ -114,7 +119,7 @@ impl SnatPool {
     }
 
     /// Gives (address, port) back.
-    pub fn free(&self, proto: u8, addr: u32, port: u16) {
+    pub fn free(&self, proto: u8, addr: Addr, port: u16) {
         if let Some(a) = self.addrs.iter().position(|&x| x == addr) {
             self.ports[a][proto_index(proto)].free(port);
         }
@@ -135,20 +140,34 @@ mod tests {
     use super::*;
     use std::collections::HashSet;
 
+    const V4: Addr = Addr::v4(0x0a02_000b);
+
+    #[test]
+    fn addresses_of_the_real_servers_family() {
+        let pool = SnatPool::new(&["10.2.0.100".parse().unwrap(), "fd00::100".parse().unwrap()]);
+        let v6: Addr = "fd00::11".parse::<IpAddr>().unwrap().into();
+        for _ in 0..10 {
+            assert_eq!(pool.alloc(6, V4).unwrap().0.to_string(), "10.2.0.100");
+            assert_eq!(pool.alloc(6, v6).unwrap().0.to_string(), "fd00::100");
+        }
+        let only4 = SnatPool::new(&["10.2.0.100".parse().unwrap()]);
+        assert_eq!(only4.alloc(6, v6), None, "no IPv6 address in the pool");
+    }
+
     #[test]
     fn ports_are_unique_until_freed() {
         let pool = SnatPool::new(&["10.2.0.100".parse().unwrap(), "10.2.0.101".parse().unwrap()]);
         let mut seen = HashSet::new();
         for _ in 0..2 * (65536 - 1024) {
-            let (a, p) = pool.alloc(6).expect("room");
+            let (a, p) = pool.alloc(6, V4).expect("room");
             assert!(p >= PORT_MIN);
             assert!(seen.insert((a, p)), "({a}, {p}) twice");
         }
-        assert_eq!(pool.alloc(6), None, "exhausted");
-        assert!(pool.alloc(17).is_some(), "udp ports are separate");
+        assert_eq!(pool.alloc(6, V4), None, "exhausted");
+        assert!(pool.alloc(17, V4).is_some(), "udp ports are separate");
         let (a, p) = *seen.iter().next().unwrap();
         pool.free(6, a, p);
-        assert_eq!(pool.alloc(6), Some((a, p)));
+        assert_eq!(pool.alloc(6, V4), Some((a, p)));
         assert_eq!(pool.in_use(), 2 * (65536 - 1024) + 1);
     }
 
@@ -160,7 +179,7 @@ mod tests {
                 let pool = pool.clone();
                 std::thread::spawn(move || {
                     (0..10_000)
-                        .map(|_| pool.alloc(6).unwrap().1)
+                        .map(|_| pool.alloc(6, V4).unwrap().1)
                         .collect::<Vec<_>>()
                 })
             })
@@ -176,6 +195,6 @@ mod tests {
 
     #[test]
     fn empty_pool() {
-        assert_eq!(SnatPool::new(&[]).alloc(6), None);
+        assert_eq!(SnatPool::new(&[]).alloc(6, V4), None);
     }
 }

@@ -15,8 +15,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 pub enum Drop {
     /// Truncated or inconsistent headers.
     Malformed,
-    /// Not IPv4 (the XDP program passes those; counted if one slips in).
-    NotIpv4,
+    /// Neither IPv4 nor IPv6 (the XDP program passes those; counted if one
+    /// slips in).
+    NotIp,
     /// A later IPv4 fragment whose first fragment lvc has not seen (not
     /// a VIP's, or it arrived out of order), or a fragment of neither TCP
     /// nor UDP.
@@ -52,7 +53,7 @@ impl Drop {
     pub const COUNT: usize = 15;
     pub const ALL: [Drop; Drop::COUNT] = [
         Drop::Malformed,
-        Drop::NotIpv4,
+        Drop::NotIp,
         Drop::Fragment,
         Drop::Protocol,
         Drop::NoService,
@@ -71,7 +72,7 @@ impl Drop {
     pub fn name(self) -> &'static str {
         match self {
             Drop::Malformed => "malformed",
-            Drop::NotIpv4 => "not_ipv4",
+            Drop::NotIp => "not_ip",
             Drop::Fragment => "fragment",
             Drop::Protocol => "protocol",
             Drop::NoService => "no_service",

@@ -8,6 +8,7 @@
 //! parse → conntrack → schedule → rewrite and queue it on its egress socket;
 //! finally kick TX, reap completions and refill the fill rings.
 
+use crate::addr::Addr;
 use crate::conntrack::{Conn, Conntrack, Dir, opens_connection};
 use crate::icmp;
 use crate::parse::{
@@ -36,7 +37,7 @@ const PARK_TIMEOUT: Duration = Duration::from_secs(1);
 /// A frame waiting for its next hop's MAC address.
 struct Parked {
     frame: Frame,
-    next: u32,
+    next: Addr,
     since: Instant,
     /// When resolution was last requested for it.
     asked: Instant,
@@ -47,11 +48,11 @@ enum Verdict {
     /// Send on this port.
     Send(usize),
     /// Routed to `next`, whose MAC is being resolved: hold the frame.
-    Park(u32),
+    Park(Addr),
     /// Answer the frame's source with this ICMP error instead.
     Icmp(icmp::Originate),
     /// Encapsulate in IPIP to this real server (tun).
-    Tunnel(u32),
+    Tunnel(Addr),
 }
 
 /// Everything a worker shares with the rest of the daemon.
@@ -178,7 +179,8 @@ impl Worker {
             return Err(Drop::TooBig);
         }
         let f = self.io.bytes_mut(frame);
-        let source = u32::from_be_bytes([f[26], f[27], f[28], f[29]]);
+        // (Only IPv4 packets get here: ICMPv6 is not originated yet.)
+        let source = Addr::v4_bytes([f[26], f[27], f[28], f[29]]);
         let from = routes.source_for(source).ok_or(Drop::NoRoute)?;
         let (n, to) = icmp::build(f, what, from);
         let verdict = send_to(f, routes.next_hop(to), to, &self.shared, &self.port_ifindex);
@@ -193,7 +195,7 @@ impl Worker {
     fn encapsulate(
         &self,
         frame: &mut Frame,
-        rip: u32,
+        rip: Addr,
         routes: &RouteTable,
     ) -> Result<Verdict, Drop> {
         let len = frame.len();
@@ -332,7 +334,9 @@ fn forward(
     if let Some(mtu) = mtu
         && pkt.ip_len as u32 + overhead > mtu
     {
-        let df = f[ETH_HLEN + 6] & 0x40 != 0;
+        // IPv6 is never fragmented by routers; lvc does not send ICMPv6
+        // "packet too big" yet, so such packets are dropped (counted).
+        let df = !pkt.v6 && f[ETH_HLEN + 6] & 0x40 != 0;
         return if df {
             Ok(Verdict::Icmp(icmp::Originate {
                 kind: ICMP_DEST_UNREACH,
@@ -351,7 +355,11 @@ fn forward(
         // Direct routing: the frame goes on unchanged but for its MACs.
         return send_to(f, hop, next, shared, port_ifindex);
     }
-    if f[ETH_HLEN + 8] <= 1 {
+    if pkt.v6 && rewrite::hops(f) <= 1 {
+        // (ICMPv6 time exceeded is not originated yet.)
+        return Err(Drop::TtlExceeded);
+    }
+    if rewrite::hops(f) <= 1 {
         return Ok(Verdict::Icmp(icmp::Originate {
             kind: ICMP_TIME_EXCEEDED,
             code: 0,
@@ -428,7 +436,7 @@ fn later_fragment(
 fn send_to(
     f: &mut [u8],
     hop: NextHop,
-    next: u32,
+    next: Addr,
     shared: &Shared,
     port_ifindex: &[u32],
 ) -> Result<Verdict, Drop> {
@@ -491,7 +499,9 @@ fn new_conn(
     };
     let conn = if server.method == Method::Fullnat {
         let pool = services.snat().ok_or(Drop::SnatExhausted)?;
-        let local = pool.alloc(k.proto).ok_or(Drop::SnatExhausted)?;
+        let local = pool
+            .alloc(k.proto, server.addr)
+            .ok_or(Drop::SnatExhausted)?;
         conn.with_local(local, pool.clone())
     } else {
         conn
@@ -512,10 +522,10 @@ fn new_conn(
 fn persistent_pick<'a>(
     svc: &'a Service,
     p: &Persistence,
-    client: u32,
+    client: Addr,
     now: u32,
 ) -> Result<(&'a Arc<Server>, Option<Arc<Template>>), Drop> {
-    let net = client & p.netmask;
+    let net = p.network(client);
     let find = |t: &Template| {
         svc.servers
             .iter()
@@ -562,7 +572,7 @@ mod tests {
             .enumerate()
             .map(|(i, &w)| {
                 Arc::new(Server {
-                    addr: [10, 2, 0, 11 + i as u8].into(),
+                    addr: Addr::v4_bytes([10, 2, 0, 11 + i as u8]),
                     port: 80,
                     weight: w,
                     method: Method::Nat,
@@ -580,16 +590,21 @@ mod tests {
     }
 
     fn pick(svc: &Service, client: u32, now: u32) -> u8 {
-        persistent_pick(svc, svc.persistence.as_ref().unwrap(), client, now)
-            .unwrap()
-            .0
-            .addr
-            .octets()[3]
+        persistent_pick(
+            svc,
+            svc.persistence.as_ref().unwrap(),
+            Addr::v4(client),
+            now,
+        )
+        .unwrap()
+        .0
+        .addr
+        .0[15]
     }
 
     #[test]
     fn persistence_sticks_per_client_network() {
-        let svc = service(&[1, 1], Persistence::new(360, 0xffff_ff00));
+        let svc = service(&[1, 1], Persistence::new(360, 24));
         let a = pick(&svc, 0x0a01_0002, 0);
         // Same /24: same server, many times; round robin would alternate.
         for host in 3..20 {
@@ -601,7 +616,7 @@ mod tests {
 
     #[test]
     fn template_expires_and_follows_removed_or_quiesced_servers() {
-        let p = Persistence::new(10, u32::MAX);
+        let p = Persistence::new(10, 32);
         let svc = service(&[1, 1], p.clone());
         let first = pick(&svc, 7, 0);
         assert_eq!(pick(&svc, 7, 5), first);
@@ -623,13 +638,13 @@ mod tests {
     #[test]
     fn templates_live_while_connections_do() {
         let ct = Conntrack::new(16);
-        let svc = service(&[1, 1], Persistence::new(10, u32::MAX));
+        let svc = service(&[1, 1], Persistence::new(10, 32));
         let p = svc.persistence.clone().unwrap();
         let table = ServiceTable::new([Arc::new(svc)]);
         let pkt = Packet {
             key: crate::parse::FlowKey {
-                src: 7,
-                dst: 0x0a09_000a,
+                src: Addr::v4(7),
+                dst: Addr::v4(0x0a09_000a),
                 sport: 1000,
                 dport: 80,
                 proto: crate::parse::PROTO_TCP,
@@ -639,6 +654,7 @@ mod tests {
             tcp_flags: crate::parse::TCP_SYN,
             icmp: None,
             frag: None,
+            v6: false,
         };
         let c = new_conn(&pkt, 0, &table, &ct).unwrap();
         assert_eq!(c.template.as_ref().unwrap().conns.load(Relaxed), 1);

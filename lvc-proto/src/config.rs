@@ -36,12 +36,12 @@ pub struct ConfigFile {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fullnat {
-    pub local: Vec<std::net::Ipv4Addr>,
+    pub local: Vec<std::net::IpAddr>,
 }
 
 impl ConfigFile {
     /// The fullnat pool this file asks for (empty if none).
-    pub fn local_pool(&self) -> &[std::net::Ipv4Addr] {
+    pub fn local_pool(&self) -> &[std::net::IpAddr] {
         self.fullnat.as_ref().map_or(&[], |f| &f.local)
     }
 }

@@ -131,7 +131,7 @@ pub enum Request {
     /// Sets the fullnat local address pool (the director's addresses that
     /// fullnat connections are source-NATed to).
     SetLocalPool {
-        addrs: Vec<Ipv4Addr>,
+        addrs: Vec<std::net::IpAddr>,
     },
     /// The running configuration in the config-file format (ipvsadm -S).
     Save {},

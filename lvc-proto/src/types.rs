@@ -499,10 +499,11 @@ pub const DEFAULT_PERSISTENCE: u32 = 360;
 pub const MAX_PERSISTENCE: u32 = 7 * 24 * 3600;
 
 /// Checks a fullnat local pool: unicast addresses, no duplicates.
-pub fn check_local_pool(addrs: &[std::net::Ipv4Addr]) -> Result<(), String> {
+pub fn check_local_pool(addrs: &[IpAddr]) -> Result<(), String> {
     let mut seen = std::collections::HashSet::new();
     for a in addrs {
-        if a.is_unspecified() || a.is_broadcast() || a.is_multicast() || a.is_loopback() {
+        let broadcast = matches!(a, IpAddr::V4(v4) if v4.is_broadcast());
+        if a.is_unspecified() || broadcast || a.is_multicast() || a.is_loopback() {
             return Err(format!("{a} cannot be a fullnat local address"));
         }
         if !seen.insert(a) {
@@ -667,7 +668,7 @@ pub struct Status {
     pub timeouts: crate::config::Timeouts,
     /// The fullnat local address pool.
     #[serde(default)]
-    pub local_pool: Vec<std::net::Ipv4Addr>,
+    pub local_pool: Vec<IpAddr>,
     /// fullnat (address, port) pairs in use.
     #[serde(default)]
     pub local_ports_in_use: u64,
