@@ -279,14 +279,16 @@ impl Control {
     fn set_pool(&self, addrs: &[IpAddr]) -> Result<(), ErrorReply> {
         check_local_pool(addrs).map_err(|e| err(ErrorCode::InvalidArgument, e))?;
         let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
-        if addrs.is_empty()
-            && let Some((key, _)) = cfg
-                .iter()
-                .find(|(_, s)| s.servers.iter().any(|r| r.method == Method::Fullnat))
-        {
+        if let Some((key, _)) = cfg.iter().find(|(k, s)| {
+            s.servers.iter().any(|r| r.method == Method::Fullnat)
+                && !addrs.iter().any(|a| a.is_ipv4() == k.vip.is_ipv4())
+        }) {
             return Err(err(
                 ErrorCode::InvalidArgument,
-                format!("service {key} has fullnat servers: the local pool cannot be emptied"),
+                format!(
+                    "service {key} has fullnat servers: the local pool must keep an address of \
+                     its family"
+                ),
             ));
         }
         let before = self.pool_addrs();
@@ -685,12 +687,18 @@ impl Control {
 /// Applies one change to a configuration, validating it.
 fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorReply> {
     let needs_pool = |service: &ServiceKey, method: Method| {
-        if method == Method::Fullnat && pool.is_empty() {
+        if method == Method::Fullnat && !pool.iter().any(|a| a.is_ipv4() == service.vip.is_ipv4()) {
+            let family = if service.vip.is_ipv4() {
+                "IPv4"
+            } else {
+                "IPv6"
+            };
             return Err(err(
                 ErrorCode::InvalidArgument,
                 format!(
-                    "service {service}: the fullnat method needs a local address pool \
-                     (lvc-ctl set-local-pool ADDR…, or [fullnat] local = [...] in the config)"
+                    "service {service}: the fullnat method needs an {family} address in the local \
+                     address pool (lvc-ctl set-local-pool ADDR…, or [fullnat] local = [...] in \
+                     the config)"
                 ),
             ));
         }
@@ -720,6 +728,7 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorRep
                     ),
                 ));
             }
+            check_netmask(service, *netmask)?;
             check_persistence(*persistent, *netmask).map_err(|e| {
                 err(
                     ErrorCode::InvalidArgument,
@@ -796,6 +805,7 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorRep
             netmask,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
+            check_netmask(service, *netmask)?;
             if let Some(s) = scheduler {
                 svc.scheduler = *s;
             }
@@ -868,6 +878,15 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorRep
 /// what belongs to no connection: refused until replies are steered per
 /// flow.
 fn check_method(service: &ServiceKey, method: Method, real_port: u16) -> Result<(), ErrorReply> {
+    if method == Method::Tun && service.vip.is_ipv6() {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "service {service}: the tun method is IPv4 only (IPIP); use dr, nat, dnat or \
+                 fullnat for IPv6"
+            ),
+        ));
+    }
     if matches!(method, Method::Dr | Method::Tun) && real_port != service.ports.default_real_port()
     {
         return Err(err(
@@ -975,17 +994,29 @@ fn vip_steering(
 }
 
 fn check_service(s: &ServiceKey) -> Result<(), ErrorReply> {
-    match s.vip {
-        IpAddr::V6(_) => Err(err(
-            ErrorCode::InvalidArgument,
-            format!("service {s}: IPv6 services are not supported by this dataplane yet"),
-        )),
-        IpAddr::V4(a) if a.is_unspecified() || a.is_broadcast() || a.is_multicast() => Err(err(
+    let a = s.vip;
+    let broadcast = matches!(a, IpAddr::V4(v4) if v4.is_broadcast());
+    if a.is_unspecified() || broadcast || a.is_multicast() || a.is_loopback() {
+        return Err(err(
             ErrorCode::InvalidArgument,
             format!("service {s}: {a} cannot be a virtual IP"),
-        )),
-        _ => Ok(()),
+        ));
     }
+    Ok(())
+}
+
+/// `--netmask` groups IPv4 clients; IPv6 clients persist per address.
+fn check_netmask(s: &ServiceKey, netmask: Option<Ipv4Addr>) -> Result<(), ErrorReply> {
+    if netmask.is_some() && s.vip.is_ipv6() {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "service {s}: --netmask groups IPv4 clients; IPv6 clients persist per address \
+                 (give no netmask)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// Decodes one request line and answers it.

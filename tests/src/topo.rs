@@ -9,6 +9,10 @@
 //! ```
 //! The VIP (10.9.0.10) is not an address of any host: clients route it via
 //! the director. Real servers' default gateway is the director.
+//!
+//! Every lab is dual-stack: the same layout in IPv6 with fd00:1::/64 on
+//! the client side (client ::2, director ::1), fd00:2::/64 on the server
+//! side (director ::1, servers ::11, ::12, …) and VIP6 fd00:9::10.
 
 use crate::{Lab, bin};
 use std::path::PathBuf;
@@ -20,6 +24,16 @@ pub const CLIENT: &str = "10.1.0.2";
 pub const DIRECTOR_CLIENT_SIDE: &str = "10.1.0.1";
 pub const DIRECTOR_SERVER_SIDE: &str = "10.2.0.1";
 pub const SERVER_NET: &str = "10.2.0.0/24";
+pub const VIP6: &str = "fd00:9::10";
+pub const CLIENT6: &str = "fd00:1::2";
+pub const DIRECTOR_CLIENT_SIDE6: &str = "fd00:1::1";
+pub const DIRECTOR_SERVER_SIDE6: &str = "fd00:2::1";
+pub const SERVER_NET6: &str = "fd00:2::/64";
+
+/// IPv6 address of real server `i` (0-based).
+pub fn server_ip6(i: usize) -> String {
+    format!("fd00:2::{}", 11 + i)
+}
 
 /// Address of real server `i` (0-based).
 pub fn server_ip(i: usize) -> String {
@@ -56,6 +70,14 @@ impl Topo {
                 lab.attach("sw", "p0", "br0");
                 lab.ip("dir", &["addr", "add", "10.1.0.1/24", "dev", "d0"]);
                 lab.ip("dir", &["addr", "add", "10.2.0.1/24", "dev", "d1"]);
+                lab.ip(
+                    "dir",
+                    &["-6", "addr", "add", "fd00:1::1/64", "dev", "d0", "nodad"],
+                );
+                lab.ip(
+                    "dir",
+                    &["-6", "addr", "add", "fd00:2::1/64", "dev", "d1", "nodad"],
+                );
             }
             Arms::One => {
                 lab.veth(("client", "c0"), ("sw", "pc"), queues);
@@ -64,12 +86,35 @@ impl Topo {
                 lab.attach("sw", "p0", "br0");
                 lab.ip("dir", &["addr", "add", "10.1.0.1/24", "dev", "d0"]);
                 lab.ip("dir", &["addr", "add", "10.2.0.1/24", "dev", "d0"]);
+                lab.ip(
+                    "dir",
+                    &["-6", "addr", "add", "fd00:1::1/64", "dev", "d0", "nodad"],
+                );
+                lab.ip(
+                    "dir",
+                    &["-6", "addr", "add", "fd00:2::1/64", "dev", "d0", "nodad"],
+                );
             }
         }
         lab.ip("client", &["addr", "add", "10.1.0.2/24", "dev", "c0"]);
         lab.ip(
             "client",
             &["route", "add", "default", "via", DIRECTOR_CLIENT_SIDE],
+        );
+        lab.ip(
+            "client",
+            &["-6", "addr", "add", "fd00:1::2/64", "dev", "c0", "nodad"],
+        );
+        lab.ip(
+            "client",
+            &[
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                DIRECTOR_CLIENT_SIDE6,
+            ],
         );
         for i in 0..servers {
             let ns = format!("rs{}", i + 1);
@@ -85,15 +130,29 @@ impl Topo {
                 &ns,
                 &["route", "add", "default", "via", DIRECTOR_SERVER_SIDE],
             );
+            let a6 = format!("{}/64", server_ip6(i));
+            lab.ip(&ns, &["-6", "addr", "add", &a6, "dev", "e0", "nodad"]);
+            lab.ip(
+                &ns,
+                &[
+                    "-6",
+                    "route",
+                    "add",
+                    "default",
+                    "via",
+                    DIRECTOR_SERVER_SIDE6,
+                ],
+            );
         }
         // The director's kernel forwards what lvc does not take (dnat
         // replies, its own traffic); replies sourced from the VIP must not
         // be dropped by reverse-path filtering or by its connection tracking.
         lab.sysctl("dir", "net.ipv4.ip_forward=1");
+        lab.sysctl("dir", "net.ipv6.conf.all.forwarding=1");
         lab.sysctl("dir", "net.ipv4.conf.all.rp_filter=0");
         lab.sysctl("dir", "net.ipv4.conf.default.rp_filter=0");
         let notrack = format!(
-            "table ip lvc_notrack {{ chain pre {{ type filter hook prerouting priority raw; ip saddr {VIP} notrack; }}; }}"
+            "table inet lvc_notrack {{ chain pre {{ type filter hook prerouting priority raw; ip saddr {VIP} notrack; ip6 saddr {VIP6} notrack; }}; }}"
         );
         lab.exec_ok("dir", &["nft", &notrack]);
         let socket = std::env::temp_dir().join(format!("{}.sock", lab.ns("ctl")));
@@ -160,8 +219,9 @@ impl Topo {
         for i in 0..self.servers {
             let ns = format!("rs{}", i + 1);
             let rule = format!(
-                "table ip lvc {{ chain post {{ type filter hook postrouting priority 0; ip saddr {} ip daddr != {SERVER_NET} ip saddr set {VIP}; }}; }}",
-                server_ip(i)
+                "table inet lvc {{ chain post {{ type filter hook postrouting priority 0; ip saddr {} ip daddr != {SERVER_NET} ip saddr set {VIP}; ip6 saddr {} ip6 daddr != {SERVER_NET6} ip6 saddr set {VIP6}; }}; }}",
+                server_ip(i),
+                server_ip6(i)
             );
             self.lab.exec_ok(&ns, &["nft", &rule]);
         }
@@ -177,10 +237,29 @@ impl Topo {
             let ns = format!("rs{}", i + 1);
             self.lab
                 .ip(&ns, &["addr", "add", &format!("{VIP}/32"), "dev", "lo"]);
+            self.lab.ip(
+                &ns,
+                &[
+                    "-6",
+                    "addr",
+                    "add",
+                    &format!("{VIP6}/128"),
+                    "dev",
+                    "lo",
+                    "nodad",
+                ],
+            );
             self.lab.spawn(
                 &ns,
                 &format!("udp-vip-{ns}"),
-                &[&srv, &ns, "--udp-echo-at", &format!("{VIP}:7")],
+                &[
+                    &srv,
+                    &ns,
+                    "--udp-echo-at",
+                    &format!("{VIP}:7"),
+                    "--udp-echo-at",
+                    &format!("[{VIP6}]:7"),
+                ],
             );
             for kv in [
                 "net.ipv4.conf.all.arp_ignore=1",
@@ -193,8 +272,9 @@ impl Topo {
         }
     }
 
-    /// The fullnat local pool address used by the labs.
+    /// The fullnat local pool addresses used by the labs.
     pub const LOCAL_POOL: &'static str = "10.2.0.100";
+    pub const LOCAL_POOL6: &'static str = "fd00:2::100";
 
     /// Prepares a fullnat lab: the pool address on the director's
     /// server-side interface (so the kernel answers ARP for it), lvc told
@@ -212,10 +292,23 @@ impl Topo {
                 dev,
             ],
         );
-        self.ctl_ok(&["set-local-pool", Self::LOCAL_POOL]);
+        self.lab.ip(
+            "dir",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{}/128", Self::LOCAL_POOL6),
+                "dev",
+                dev,
+                "nodad",
+            ],
+        );
+        self.ctl_ok(&["set-local-pool", Self::LOCAL_POOL, Self::LOCAL_POOL6]);
         for i in 0..self.servers {
-            self.lab
-                .ip(&format!("rs{}", i + 1), &["route", "del", "default"]);
+            let ns = format!("rs{}", i + 1);
+            self.lab.ip(&ns, &["route", "del", "default"]);
+            self.lab.ip(&ns, &["-6", "route", "del", "default"]);
         }
     }
 

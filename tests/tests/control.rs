@@ -43,7 +43,7 @@ fn save_clear_restore_save_is_byte_identical() {
             "fullnat",
         ],
         66,
-        "needs a local address pool",
+        "address in the local address pool",
     );
     t.ctl_ok(&["set-local-pool", "10.2.0.100", "10.2.0.101"]);
     t.ctl_ok(&[
@@ -55,7 +55,7 @@ fn save_clear_restore_save_is_byte_identical() {
         "--method",
         "fullnat",
     ]);
-    fails(&t, &["set-local-pool"], 66, "cannot be emptied");
+    fails(&t, &["set-local-pool"], 66, "must keep an address of");
     let saved = t.ctl_ok(&["save"]);
     assert!(
         saved.contains("[fullnat]\nlocal = [\"10.2.0.100\", \"10.2.0.101\"]"),

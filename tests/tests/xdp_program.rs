@@ -41,6 +41,30 @@ fn frame(proto: u8, src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> Vec<u
     f
 }
 
+const VIP6: &str = "fd00:20::10";
+const RIP6: &str = "fd00:21::11";
+const CLIENT6: &str = "fd00:22::2";
+
+/// Ethernet + IPv6 + TCP/UDP (or another next header).
+fn frame6(next: u8, src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
+    let l4 = if next == 6 { 20 } else { 8 };
+    let mut f = vec![0u8; 14 + 40 + l4 + 4];
+    f[12..14].copy_from_slice(&[0x86, 0xdd]);
+    f[14] = 0x60;
+    f[18..20].copy_from_slice(&((l4 + 4) as u16).to_be_bytes());
+    f[20] = next;
+    f[21] = 64;
+    let a = |s: &str| s.parse::<std::net::Ipv6Addr>().unwrap().octets();
+    f[22..38].copy_from_slice(&a(src));
+    f[38..54].copy_from_slice(&a(dst));
+    f[54..56].copy_from_slice(&sport.to_be_bytes());
+    f[56..58].copy_from_slice(&dport.to_be_bytes());
+    if next == 6 {
+        f[66] = 5 << 4;
+    }
+    f
+}
+
 #[test]
 fn xdp_program_steers_exactly_lvc_traffic() {
     if !privileged("xdp_program_steers_exactly_lvc_traffic") {
@@ -63,7 +87,9 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             .expect("AF_XDP socket on v0 queue 0");
         st.set_slot(ifindex, 0).unwrap();
         st.set_socket(0, 0, io.socket_fd(0)).unwrap();
+        let ip6 = |s: &str| s.parse::<IpAddr>().unwrap();
         st.sync_vips(&HashSet::from([
+            EndpointKey::new(ip6(VIP6), 6, 80),
             EndpointKey::new(ip(VIP), 6, 80),
             EndpointKey::new(ip(VIP), 17, 53),
             EndpointKey::new(ip([10, 20, 0, 99]), 6, 0),
@@ -80,8 +106,11 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             lvc_ebpf::AddrKey::with_proto(ip(VIP), 17),
         ]))
         .unwrap();
-        st.sync_reals(&HashSet::from([EndpointKey::new(ip(RIP), 6, 8080)]))
-            .unwrap();
+        st.sync_reals(&HashSet::from([
+            EndpointKey::new(ip(RIP), 6, 8080),
+            EndpointKey::new(ip6(RIP6), 6, 8080),
+        ]))
+        .unwrap();
         st.sync_locals(&[ip(LOCAL), ip(POOL)]).unwrap();
         st.sync_snat(&[ip(POOL)]).unwrap();
 
@@ -109,6 +138,16 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             run(&mut st, &frame(6, RIP, CLIENT, 8080, 40000), 0),
             XDP_REDIRECT,
             "nat reply from a real server"
+        );
+        assert_eq!(
+            run(&mut st, &frame6(6, CLIENT6, VIP6, 40000, 80), 0),
+            XDP_REDIRECT,
+            "IPv6 VIP TCP"
+        );
+        assert_eq!(
+            run(&mut st, &frame6(6, RIP6, CLIENT6, 8080, 40000), 0),
+            XDP_REDIRECT,
+            "nat reply from an IPv6 real server"
         );
         for port in [1000, 1500, 2000, 3001] {
             assert_eq!(
@@ -215,7 +254,44 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         pass(&mut st, &vlan, "VLAN-tagged");
         let mut v6 = frame(6, CLIENT, VIP, 40000, 80);
         v6[12..14].copy_from_slice(&[0x86, 0xdd]);
-        pass(&mut st, &v6, "IPv6");
+        pass(&mut st, &v6, "IPv4 header behind an IPv6 ethertype");
+        pass(
+            &mut st,
+            &frame6(6, CLIENT6, VIP6, 40000, 81),
+            "IPv6 VIP, other port",
+        );
+        pass(
+            &mut st,
+            &frame6(17, CLIENT6, VIP6, 40000, 80),
+            "IPv6 VIP, other protocol",
+        );
+        pass(
+            &mut st,
+            &frame6(6, CLIENT6, "fd00:20::11", 40000, 80),
+            "IPv6, not a VIP",
+        );
+        pass(
+            &mut st,
+            &frame6(58, CLIENT6, VIP6, 0, 0),
+            "ICMPv6 (neighbour discovery) to a VIP",
+        );
+        pass(
+            &mut st,
+            &frame6(44, CLIENT6, VIP6, 0, 0),
+            "IPv6 fragment header",
+        );
+        pass(
+            &mut st,
+            &frame6(6, RIP6, CLIENT6, 8081, 40000),
+            "IPv6 real server, other port",
+        );
+        for n in 14..(14 + 40 + 20) {
+            pass(
+                &mut st,
+                &frame6(6, CLIENT6, VIP6, 40000, 80)[..n],
+                &format!("IPv6 truncated to {n} bytes"),
+            );
+        }
         let mut icmp = frame(6, CLIENT, VIP, 40000, 80);
         icmp[23] = 1;
         pass(&mut st, &icmp, "ICMP to a VIP");
@@ -263,8 +339,8 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             after.iter().find(|(k, _)| *k == s).unwrap().1
                 - before.iter().find(|(k, _)| *k == s).unwrap().1
         };
-        assert_eq!(delta(Stat::RedirectVip), 10);
-        assert_eq!(delta(Stat::RedirectReal), 3);
+        assert_eq!(delta(Stat::RedirectVip), 11);
+        assert_eq!(delta(Stat::RedirectReal), 4);
         assert_eq!(delta(Stat::PassNoSocket), 1);
         assert_eq!(delta(Stat::PassFragment), 2);
         assert!(delta(Stat::PassMalformed) >= 2 * 20);

@@ -6,7 +6,7 @@
 // frame belongs to lvc (then it goes to the AF_XDP socket bound to the frame's
 // rx queue) or to the kernel (everything else, untouched).
 //
-// A frame belongs to lvc when it is IPv4 TCP/UDP and
+// A frame belongs to lvc when it is IPv4 or IPv6 TCP/UDP and
 //   * its destination (address, port, protocol) is a virtual service
 //     (`vips` for the exact port first, then the VIP's port ranges in
 //     `vipranges`, then port 0 = "every port of this VIP" in `vips`), or
@@ -26,6 +26,7 @@
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/ipv6.h>
 #include <bpf/bpf_endian.h>
 #include <bpf/bpf_helpers.h>
 
@@ -51,10 +52,11 @@ struct l4_ports {
 // Keep in sync with `Stat` in lib.rs.
 enum lvc_stat {
 	STAT_RX = 0,            // every frame seen
-	STAT_PASS_NOT_IP,       // ARP, VLAN, IPv6, other ethertypes
+	STAT_PASS_NOT_IP,       // ARP, VLAN, other ethertypes
 	STAT_PASS_MALFORMED,    // truncated or impossible headers
 	STAT_PASS_FRAGMENT,     // IPv4 fragments (reassembly is the kernel's)
-	STAT_PASS_OTHER_PROTO,  // IPv4 that is neither TCP nor UDP
+	STAT_PASS_OTHER_PROTO,  // neither TCP nor UDP (IPv6: also extension
+	                        // headers and ICMPv6, NDP included)
 	STAT_PASS_NO_MATCH,     // TCP/UDP not for a VIP and not from a real
 	STAT_PASS_NO_SOCKET,    // matched, but no AF_XDP socket on this queue
 	STAT_REDIRECT_VIP,      // matched a VIP, redirected
@@ -193,21 +195,22 @@ static __always_inline int to_socket(struct xdp_md *ctx, __u32 reason)
 	return bpf_redirect_map(&xsks, q, XDP_PASS);
 }
 
-// Whether (proto, addr, port) — port in network order — is a virtual
-// service: exact port, then a port range of the VIP, then port 0.
-static __always_inline int is_vip(__u8 proto, __be32 addr, __be16 port)
+// Whether (proto, addr, port) — port in network order, addr as in keys —
+// is a virtual service: exact port, then a port range of the VIP, then
+// port 0.
+static __always_inline int is_vip(__u8 family, __u8 proto, const __u32 *addr, __be16 port)
 {
 	struct endpoint_key key = {};
-	key.family = LVC_AF_INET;
+	key.family = family;
 	key.proto = proto;
 	key.port = port;
-	key.addr[0] = addr;
+	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
 	if (bpf_map_lookup_elem(&vips, &key))
 		return 1;
 	struct addr_key vip = {};
-	vip.family = LVC_AF_INET;
+	vip.family = family;
 	vip.pad[0] = proto;
-	vip.addr[0] = addr;
+	__builtin_memcpy(vip.addr, addr, sizeof(vip.addr));
 	struct port_ranges *pr = bpf_map_lookup_elem(&vipranges, &vip);
 	if (pr) {
 		__u16 p = bpf_ntohs(port);
@@ -268,7 +271,8 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct iphdr *ip, __u3
 	if (bpf_map_lookup_elem(&snat, &dst))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
 
-	if (is_vip(inner->protocol, inner->saddr, ports->source))
+	__u32 inner_src[4] = {inner->saddr, 0, 0, 0};
+	if (is_vip(LVC_AF_INET, inner->protocol, inner_src, ports->source))
 		return to_socket(ctx, STAT_REDIRECT_VIP);
 
 	struct endpoint_key key = {};
@@ -276,6 +280,51 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct iphdr *ip, __u3
 	key.proto = inner->protocol;
 	key.port = ports->dest;
 	key.addr[0] = inner->daddr;
+	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
+	if (!real) {
+		key.port = 0;
+		real = bpf_map_lookup_elem(&reals, &key) != NULL;
+	}
+	if (real && !bpf_map_lookup_elem(&locals, &dst))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+	return pass(STAT_PASS_NO_MATCH);
+}
+
+// The IPv6 part: TCP or UDP right after the fixed header. Extension
+// headers (fragments included), ICMPv6 — neighbour discovery and errors —
+// and everything else stay with the kernel.
+static __always_inline int try_ipv6(struct xdp_md *ctx, struct ipv6hdr *ip6, void *data_end)
+{
+	if ((void *)(ip6 + 1) > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	if (ip6->version != 6)
+		return pass(STAT_PASS_MALFORMED);
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
+		return pass(STAT_PASS_OTHER_PROTO);
+	__u32 l4_min = ip6->nexthdr == IPPROTO_TCP ? TCP_MIN_HLEN : UDP_HLEN;
+	struct l4_ports *ports = (void *)(ip6 + 1);
+	if ((void *)ports + l4_min > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	if (bpf_ntohs(ip6->payload_len) < l4_min)
+		return pass(STAT_PASS_MALFORMED);
+
+	__u32 daddr[4], saddr[4];
+	__builtin_memcpy(daddr, &ip6->daddr, sizeof(daddr));
+	__builtin_memcpy(saddr, &ip6->saddr, sizeof(saddr));
+	if (is_vip(LVC_AF_INET6, ip6->nexthdr, daddr, ports->dest))
+		return to_socket(ctx, STAT_REDIRECT_VIP);
+
+	struct addr_key dst = {};
+	dst.family = LVC_AF_INET6;
+	__builtin_memcpy(dst.addr, daddr, sizeof(dst.addr));
+	if (bpf_map_lookup_elem(&snat, &dst))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+
+	struct endpoint_key key = {};
+	key.family = LVC_AF_INET6;
+	key.proto = ip6->nexthdr;
+	key.port = ports->source;
+	__builtin_memcpy(key.addr, saddr, sizeof(key.addr));
 	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
 	if (!real) {
 		key.port = 0;
@@ -296,7 +345,9 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
 		return pass(STAT_PASS_MALFORMED);
-	// VLAN-tagged frames, ARP, IPv6 (for now) and the rest: the kernel's.
+	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
+		return try_ipv6(ctx, (void *)(eth + 1), data_end);
+	// VLAN-tagged frames, ARP and the rest: the kernel's.
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return pass(STAT_PASS_NOT_IP);
 
@@ -338,7 +389,8 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	if (bpf_ntohs(ip->tot_len) < ihl + l4_min)
 		return pass(STAT_PASS_MALFORMED);
 
-	if (is_vip(ip->protocol, ip->daddr, ports->dest))
+	__u32 daddr[4] = {ip->daddr, 0, 0, 0};
+	if (is_vip(LVC_AF_INET, ip->protocol, daddr, ports->dest))
 		return to_socket(ctx, STAT_REDIRECT_VIP);
 
 	struct addr_key dst = {};

@@ -35,7 +35,7 @@ fn main() {
                 thread::spawn(move || serve_tcp(port, tcp_echo))
             }
             "--udp-echo" => {
-                let addr = format!("0.0.0.0:{}", port());
+                let addr = format!("[::]:{}", port());
                 thread::spawn(move || udp_echo(&addr))
             }
             "--udp-echo-at" => thread::spawn(move || udp_echo(&value)),
@@ -48,7 +48,16 @@ fn main() {
 }
 
 fn serve_tcp(port: u16, handler: impl Fn(TcpStream) + Send + Sync + Clone + 'static) {
-    let l = TcpListener::bind(("0.0.0.0", port)).unwrap_or_else(|e| panic!("bind tcp {port}: {e}"));
+    // One dual-stack socket: IPv4 and IPv6 clients alike.
+    let sa = std::net::SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port));
+    let sock = socket2::Socket::new(socket2::Domain::IPV6, socket2::Type::STREAM, None)
+        .expect("tcp socket");
+    sock.set_only_v6(false).expect("IPV6_V6ONLY off");
+    sock.set_reuse_address(true).expect("SO_REUSEADDR");
+    sock.bind(&sa.into())
+        .unwrap_or_else(|e| panic!("bind tcp {port}: {e}"));
+    sock.listen(128).expect("listen");
+    let l: TcpListener = sock.into();
     for s in l.incoming().flatten() {
         let h = handler.clone();
         thread::spawn(move || h(s));
@@ -113,6 +122,9 @@ fn udp_echo(addr: &str) {
     let sock = socket2::Socket::new(socket2::Domain::for_address(sa), socket2::Type::DGRAM, None)
         .expect("udp socket");
     sock.set_reuse_address(true).expect("SO_REUSEADDR");
+    if sa.is_ipv6() {
+        sock.set_only_v6(false).expect("IPV6_V6ONLY off");
+    }
     sock.bind(&sa.into())
         .unwrap_or_else(|e| panic!("bind udp {addr}: {e}"));
     let s: UdpSocket = sock.into();
