@@ -4,7 +4,9 @@
 //! itself — time exceeded, fragmentation needed — are built in the frame of
 //! the packet that caused them.
 //!
-//! IPv4 only: ICMPv6 errors are left to the kernel by the XDP program.
+//! Translation is IPv4 only (ICMPv6 errors are left to the kernel by the
+//! XDP program); lvc originates both ICMP and ICMPv6 errors ("packet too
+//! big" and "time exceeded" for IPv6, RFC 4443).
 
 use crate::checksum::{checksum, update16, update32};
 use crate::conntrack::{Conn, Dir};
@@ -125,9 +127,29 @@ pub struct Originate {
     pub mtu: u16,
 }
 
-/// Bytes of the offending packet an error quotes: its IP header and 8
-/// bytes, as RFC 792 asks and every stack matches on.
+/// ICMPv6 type "packet too big" (RFC 4443 §3.2).
+pub const ICMP6_PACKET_TOO_BIG: u8 = 2;
+/// ICMPv6 type "time exceeded" (code 0: hop limit exceeded in transit).
+pub const ICMP6_TIME_EXCEEDED: u8 = 3;
+/// An ICMPv6 error must fit the IPv6 minimum MTU (RFC 4443 §2.4 (c)).
+const IPV6_MIN_MTU: usize = 1280;
+/// IPv6 header + ICMPv6 header.
+const ICMP6_OVERHEAD: usize = 40 + 8;
+
+fn is_v6(f: &[u8]) -> bool {
+    f[ETH_HLEN] >> 4 == 6
+}
+
+/// Bytes of the offending packet an error quotes: for IPv4 its header and
+/// 8 bytes, as RFC 792 asks and every stack matches on; for IPv6 as much
+/// as fits in the minimum MTU.
 fn quoted_len(f: &[u8]) -> usize {
+    if is_v6(f) {
+        let ip_len = 40 + usize::from(be16(f, ETH_HLEN + 4));
+        return ip_len
+            .min(IPV6_MIN_MTU - ICMP6_OVERHEAD)
+            .min(f.len() - ETH_HLEN);
+    }
     let ihl = usize::from(f[ETH_HLEN] & 0x0f) * 4;
     let ip_len = usize::from(be16(f, ETH_HLEN + 2));
     (ihl + 8).min(ip_len)
@@ -135,13 +157,28 @@ fn quoted_len(f: &[u8]) -> usize {
 
 /// Frame length the error built from `f` will have.
 pub fn error_len(f: &[u8]) -> usize {
-    ETH_HLEN + 20 + 8 + quoted_len(f)
+    let headers = if is_v6(f) { ICMP6_OVERHEAD } else { 20 + 8 };
+    ETH_HLEN + headers + quoted_len(f)
+}
+
+/// The source address of the packet in `f`.
+pub fn source_of(f: &[u8]) -> Addr {
+    if is_v6(f) {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&f[ETH_HLEN + 8..ETH_HLEN + 24]);
+        Addr(a)
+    } else {
+        Addr::v4_bytes([f[26], f[27], f[28], f[29]])
+    }
 }
 
 /// Turns the frame `f` (already at least [`error_len`] long, original
 /// packet at its start) into an ICMP error from `src` to the original
 /// packet's source. Returns (new length, destination).
 pub fn build(f: &mut [u8], what: Originate, src: Addr) -> (usize, Addr) {
+    if is_v6(f) {
+        return build6(f, what, src);
+    }
     let src = v4(src);
     let q = quoted_len(f);
     let to = get32(f, ETH_HLEN + IP_SRC);
@@ -162,6 +199,42 @@ pub fn build(f: &mut [u8], what: Originate, src: Addr) -> (usize, Addr) {
     let c = checksum(icmp);
     icmp[2..4].copy_from_slice(&c.to_be_bytes());
     (ETH_HLEN + ip_len, Addr::v4(to))
+}
+
+/// The ICMPv6 form of [`build`]: `what.kind` is an ICMPv6 type; for
+/// "packet too big" `what.mtu` is the MTU to report.
+fn build6(f: &mut [u8], what: Originate, src: Addr) -> (usize, Addr) {
+    let q = quoted_len(f);
+    let to = source_of(f);
+    f.copy_within(ETH_HLEN..ETH_HLEN + q, ETH_HLEN + ICMP6_OVERHEAD);
+    let payload = 8 + q;
+    let ip = &mut f[ETH_HLEN..ETH_HLEN + 40];
+    ip.fill(0);
+    ip[0] = 0x60;
+    ip[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
+    ip[6] = 58;
+    ip[7] = 64;
+    ip[8..24].copy_from_slice(&src.0);
+    ip[24..40].copy_from_slice(&to.0);
+    let at = ETH_HLEN + 40;
+    f[at..at + 8].copy_from_slice(&[what.kind, what.code, 0, 0, 0, 0, 0, 0]);
+    if what.kind == ICMP6_PACKET_TOO_BIG {
+        f[at + 4..at + 8].copy_from_slice(&u32::from(what.mtu).to_be_bytes());
+    }
+    let c = icmp6_checksum(&src, &to, &f[at..at + payload]);
+    f[at + 2..at + 4].copy_from_slice(&c.to_be_bytes());
+    (ETH_HLEN + 40 + payload, to)
+}
+
+/// The ICMPv6 checksum: the message with the pseudo-header (RFC 4443 §2.3).
+fn icmp6_checksum(src: &Addr, dst: &Addr, msg: &[u8]) -> u16 {
+    let mut buf = Vec::with_capacity(40 + msg.len());
+    buf.extend_from_slice(&src.0);
+    buf.extend_from_slice(&dst.0);
+    buf.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+    buf.extend_from_slice(&[0, 0, 0, 58]);
+    buf.extend_from_slice(msg);
+    checksum(&buf)
 }
 
 #[cfg(test)]
@@ -290,5 +363,69 @@ mod tests {
             Addr::v4(1),
         );
         assert_eq!(be16(&g, 40), 1400);
+    }
+
+    #[test]
+    fn icmpv6_errors_quote_what_fits_and_verify() {
+        // An IPv6/UDP packet of 1400 bytes, from a client to a VIP.
+        let client: Addr = "fd00:1::2".parse::<std::net::IpAddr>().unwrap().into();
+        let vip: Addr = "fd00:9::10".parse::<std::net::IpAddr>().unwrap().into();
+        let director: Addr = "fd00:1::1".parse::<std::net::IpAddr>().unwrap().into();
+        let mut orig = vec![0u8; 14 + 1400];
+        orig[12..14].copy_from_slice(&[0x86, 0xdd]);
+        orig[14] = 0x60;
+        orig[18..20].copy_from_slice(&(1400u16 - 40).to_be_bytes());
+        orig[20] = 17;
+        orig[21] = 1;
+        orig[22..38].copy_from_slice(&client.0);
+        orig[38..54].copy_from_slice(&vip.0);
+        for (i, b) in orig[54..].iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        let mut f = orig.clone();
+        let n = error_len(&f);
+        assert_eq!(n, 14 + 1280, "quoted up to the minimum MTU");
+        f.resize(n.max(f.len()), 0);
+        let (len, to) = build(
+            &mut f,
+            Originate {
+                kind: ICMP6_PACKET_TOO_BIG,
+                code: 0,
+                mtu: 1280,
+            },
+            director,
+        );
+        f.truncate(len);
+        assert_eq!(to, client);
+        assert_eq!(len, 14 + 1280);
+        assert_eq!(&f[22..38], &director.0);
+        assert_eq!(&f[38..54], &client.0);
+        assert_eq!((f[20], f[21]), (58, 64));
+        assert_eq!(be16(&f, 18) as usize, 1280 - 40);
+        assert_eq!((f[54], f[55]), (ICMP6_PACKET_TOO_BIG, 0));
+        assert_eq!(&f[58..62], &1280u32.to_be_bytes());
+        assert_eq!(
+            &f[62..],
+            &orig[14..14 + 1232],
+            "the offending packet, quoted"
+        );
+        // The receiver's check: checksum over pseudo-header + message is 0.
+        assert_eq!(icmp6_checksum(&director, &client, &f[54..]), 0);
+        // A small packet is quoted whole (time exceeded).
+        let mut g = orig[..14 + 100].to_vec();
+        g[18..20].copy_from_slice(&60u16.to_be_bytes());
+        let n = error_len(&g);
+        g.resize(n, 0);
+        let (len, _) = build(
+            &mut g,
+            Originate {
+                kind: ICMP6_TIME_EXCEEDED,
+                code: 0,
+                mtu: 0,
+            },
+            director,
+        );
+        assert_eq!(len, 14 + 48 + 100);
+        assert_eq!(icmp6_checksum(&director, &client, &g[54..len]), 0);
     }
 }

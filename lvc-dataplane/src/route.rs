@@ -248,6 +248,12 @@ impl Netlink {
         Ok(self.seq)
     }
 
+    /// One datagram, undecoded; its length.
+    fn recv_raw(&mut self, flags: i32) -> io::Result<usize> {
+        self.buf.clear();
+        self.sock.recv(&mut self.buf, flags)
+    }
+
     /// One datagram, split into messages (undecodable ones skipped).
     fn recv_batch(&mut self, flags: i32) -> io::Result<Vec<NetlinkMessage<Rt>>> {
         self.buf.clear();
@@ -514,6 +520,8 @@ impl RouteMonitor {
             libc::RTNLGRP_NEIGH,
             libc::RTNLGRP_IPV4_IFADDR,
             libc::RTNLGRP_IPV4_ROUTE,
+            libc::RTNLGRP_IPV6_IFADDR,
+            libc::RTNLGRP_IPV6_ROUTE,
         ] {
             events.sock.add_membership(g)?;
         }
@@ -571,8 +579,10 @@ impl RouteSync {
                 self.resolve(req);
             }
             loop {
-                match self.events.recv_batch(libc::MSG_DONTWAIT) {
-                    Ok(batch) if batch.is_empty() => break,
+                // Any notification means a re-read (even one this netlink
+                // crate version cannot decode, as some IPv6 ones).
+                match self.events.recv_raw(libc::MSG_DONTWAIT) {
+                    Ok(0) => break,
                     Ok(_) => dirty = true,
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     // ENOBUFS: notifications were lost; a re-read covers them.

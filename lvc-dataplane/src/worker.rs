@@ -31,8 +31,10 @@ use std::time::{Duration, Instant};
 pub const BATCH: usize = 64;
 /// Frames a worker holds while their next hop's MAC is being resolved.
 const PARK_MAX: usize = 256;
-/// How long a parked frame waits for its neighbour.
-const PARK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a parked frame waits for its neighbour: as long as the kernel
+/// queues a packet while it resolves (3 probes, 1 s apart, for ARP and
+/// neighbour discovery alike).
+const PARK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A frame waiting for its next hop's MAC address.
 struct Parked {
@@ -179,8 +181,7 @@ impl Worker {
             return Err(Drop::TooBig);
         }
         let f = self.io.bytes_mut(frame);
-        // (Only IPv4 packets get here: ICMPv6 is not originated yet.)
-        let source = Addr::v4_bytes([f[26], f[27], f[28], f[29]]);
+        let source = icmp::source_of(f);
         let from = routes.source_for(source).ok_or(Drop::NoRoute)?;
         let (n, to) = icmp::build(f, what, from);
         let verdict = send_to(f, routes.next_hop(to), to, &self.shared, &self.port_ifindex);
@@ -334,9 +335,15 @@ fn forward(
     if let Some(mtu) = mtu
         && pkt.ip_len as u32 + overhead > mtu
     {
-        // IPv6 is never fragmented by routers; lvc does not send ICMPv6
-        // "packet too big" yet, so such packets are dropped (counted).
-        let df = !pkt.v6 && f[ETH_HLEN + 6] & 0x40 != 0;
+        // IPv6 is never fragmented by routers: always "packet too big".
+        if pkt.v6 {
+            return Ok(Verdict::Icmp(icmp::Originate {
+                kind: icmp::ICMP6_PACKET_TOO_BIG,
+                code: 0,
+                mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
+            }));
+        }
+        let df = f[ETH_HLEN + 6] & 0x40 != 0;
         return if df {
             Ok(Verdict::Icmp(icmp::Originate {
                 kind: ICMP_DEST_UNREACH,
@@ -355,13 +362,13 @@ fn forward(
         // Direct routing: the frame goes on unchanged but for its MACs.
         return send_to(f, hop, next, shared, port_ifindex);
     }
-    if pkt.v6 && rewrite::hops(f) <= 1 {
-        // (ICMPv6 time exceeded is not originated yet.)
-        return Err(Drop::TtlExceeded);
-    }
     if rewrite::hops(f) <= 1 {
         return Ok(Verdict::Icmp(icmp::Originate {
-            kind: ICMP_TIME_EXCEEDED,
+            kind: if pkt.v6 {
+                icmp::ICMP6_TIME_EXCEEDED
+            } else {
+                ICMP_TIME_EXCEEDED
+            },
             code: 0,
             mtu: 0,
         }));

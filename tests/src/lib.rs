@@ -260,8 +260,14 @@ impl Lab {
     }
 
     /// A bridge `name` in namespace `short`.
+    /// (Multicast snooping off: until the bridge has heard a host's MLD
+    /// report it may not pass it IPv6 neighbour solicitations, which makes
+    /// first contacts take seconds.)
     pub fn bridge(&self, short: &str, name: &str) {
-        self.ip(short, &["link", "add", name, "type", "bridge"]);
+        self.ip(
+            short,
+            &["link", "add", name, "type", "bridge", "mcast_snooping", "0"],
+        );
         self.ip(short, &["link", "set", name, "up"]);
     }
 
