@@ -505,4 +505,44 @@ mod tests {
             let _ = parse(&buf);
         }
     }
+
+    #[test]
+    fn ipv6_tcp_udp_parse_and_the_rest_is_refused() {
+        let mut f = vec![0u8; 14 + 40 + 20];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&20u16.to_be_bytes());
+        f[20] = 6;
+        f[21] = 64;
+        f[22..38].copy_from_slice(&"fd00:1::2".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        f[38..54].copy_from_slice(&"fd00:9::10".parse::<std::net::Ipv6Addr>().unwrap().octets());
+        f[54..56].copy_from_slice(&40000u16.to_be_bytes());
+        f[56..58].copy_from_slice(&80u16.to_be_bytes());
+        f[66] = 5 << 4;
+        f[67] = TCP_SYN;
+        let p = parse(&f).unwrap();
+        assert!(p.v6);
+        assert_eq!(
+            (p.key.sport, p.key.dport, p.tcp_flags),
+            (40000, 80, TCP_SYN)
+        );
+        assert_eq!((p.l4_off, p.ip_len), (54, 60));
+        assert_eq!(p.key.dst.to_string(), "fd00:9::10");
+        for n in 0..f.len() {
+            assert!(parse(&f[..n]).is_err(), "truncated to {n}");
+        }
+        // Extension headers and ICMPv6 are the kernel's.
+        for next in [0u8, 43, 44, 58, 60] {
+            let mut g = f.clone();
+            g[20] = next;
+            assert_eq!(parse(&g), Err(Drop::Protocol), "next header {next}");
+        }
+        // A payload length beyond the frame, or a mapped IPv4 address.
+        let mut g = f.clone();
+        g[18..20].copy_from_slice(&21u16.to_be_bytes());
+        assert_eq!(parse(&g), Err(Drop::Malformed));
+        let mut g = f.clone();
+        g[22..38].copy_from_slice(&Addr::v4(0x0a00_0001).0);
+        assert_eq!(parse(&g), Err(Drop::Malformed));
+    }
 }

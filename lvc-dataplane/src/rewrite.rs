@@ -6,7 +6,7 @@
 //! checksum (IPv6 has none) and the TCP/UDP checksum (whose pseudo-header
 //! covers addresses).
 
-use crate::checksum::{update_words, update16};
+use crate::checksum::{update_words, update16, update32};
 use crate::parse::{Addr, ETH_HLEN, PROTO_UDP, Packet, be16};
 use crate::stats::Drop;
 
@@ -72,11 +72,11 @@ fn translate(
     if pkt.key.proto == PROTO_UDP && old == 0 {
         return;
     }
-    let mut c = update16(
-        update_words(old, old_addr.wire(), new_addr.wire()),
-        old_port,
-        new_port,
-    );
+    let with_addr = match old_addr {
+        Old::V4(o) => update32(old, o, v4_of(&new_addr)),
+        Old::V6(o) => update_words(old, &o, &new_addr.0),
+    };
+    let mut c = update16(with_addr, old_port, new_port);
     if pkt.key.proto == PROTO_UDP && c == 0 {
         c = 0xffff;
     }
@@ -110,24 +110,38 @@ pub fn set_src_addr(f: &mut [u8], addr: Addr) {
     set_addr(f, Field::Src, addr);
 }
 
-/// Replaces an IP address (of the frame's family) and fixes the IPv4
-/// header checksum; returns the old address (for the L4 checksum's
-/// pseudo-header, where there is one).
+/// An address a rewrite replaced, as the checksum update needs it.
+enum Old {
+    V4(u32),
+    V6([u8; 16]),
+}
+
+/// The IPv4 address in an `Addr` known to be IPv4, as a number.
 #[inline]
-fn set_addr(f: &mut [u8], which: Field, addr: Addr) -> Addr {
+fn v4_of(a: &Addr) -> u32 {
+    u32::from_be_bytes([a.0[12], a.0[13], a.0[14], a.0[15]])
+}
+
+/// Replaces an IP address (of the frame's family: the connection's
+/// addresses are) and fixes the IPv4 header checksum; returns the old
+/// address (for the L4 checksum's pseudo-header, where there is one).
+#[inline]
+fn set_addr(f: &mut [u8], which: Field, addr: Addr) -> Old {
     let (at, n) = addr_at(f, which);
-    let new = addr.wire();
-    debug_assert_eq!(new.len(), n, "address family of the packet");
-    let mut old = Addr::default();
     if n == 4 {
-        old = Addr::v4_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
-        f[at..at + 4].copy_from_slice(new);
-        put16(f, IP_CSUM, update_words(be16(f, IP_CSUM), old.wire(), new));
+        debug_assert!(addr.is_v4(), "address family of the packet");
+        let old = u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
+        let new = v4_of(&addr);
+        f[at..at + 4].copy_from_slice(&new.to_be_bytes());
+        put16(f, IP_CSUM, update32(be16(f, IP_CSUM), old, new));
+        Old::V4(old)
     } else {
-        old.0.copy_from_slice(&f[at..at + 16]);
-        f[at..at + 16].copy_from_slice(new);
+        debug_assert!(!addr.is_v4(), "address family of the packet");
+        let mut old = [0u8; 16];
+        old.copy_from_slice(&f[at..at + 16]);
+        f[at..at + 16].copy_from_slice(&addr.0);
+        Old::V6(old)
     }
-    old
 }
 
 /// The TTL (IPv4) or hop limit (IPv6) of the frame.
@@ -299,6 +313,73 @@ mod tests {
     fn ttl_runs_out() {
         let mut f = frame(17, [1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 0, b"x");
         f[IP_TTL] = 1;
+        assert_eq!(decrement_ttl(&mut f), Err(Drop::TtlExceeded));
+    }
+
+    /// An Ethernet/IPv6/TCP-or-UDP frame with a valid L4 checksum.
+    fn frame6(proto: u8, src: Addr, dst: Addr, payload: &[u8]) -> Vec<u8> {
+        let l4 = if proto == 6 { 20 } else { 8 };
+        let mut f = vec![0u8; 14 + 40 + l4 + payload.len()];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&((l4 + payload.len()) as u16).to_be_bytes());
+        f[20] = proto;
+        f[21] = 64;
+        f[22..38].copy_from_slice(&src.0);
+        f[38..54].copy_from_slice(&dst.0);
+        f[54..56].copy_from_slice(&40000u16.to_be_bytes());
+        f[56..58].copy_from_slice(&80u16.to_be_bytes());
+        if proto == 6 {
+            f[66] = 5 << 4;
+            f[67] = TCP_SYN;
+        } else {
+            f[58..60].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        }
+        f[54 + l4..].copy_from_slice(payload);
+        let c = l4_checksum6(&f);
+        let at = 54 + if proto == 6 { 16 } else { 6 };
+        f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    fn l4_checksum6(f: &[u8]) -> u16 {
+        let proto = f[20];
+        let mut seg = f[54..].to_vec();
+        let at = if proto == 6 { 16 } else { 6 };
+        seg[at] = 0;
+        seg[at + 1] = 0;
+        let mut pseudo = f[22..54].to_vec();
+        pseudo.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        pseudo.extend_from_slice(&seg);
+        let c = crate::checksum::checksum(&pseudo);
+        if proto == 17 && c == 0 { 0xffff } else { c }
+    }
+
+    #[test]
+    fn ipv6_translation_keeps_checksums_valid() {
+        let a = |s: &str| Addr::from(s.parse::<std::net::IpAddr>().unwrap());
+        for proto in [6u8, 17] {
+            for payload in [&b""[..], b"x", b"an odd-length ipv6 payload"] {
+                let mut f = frame6(proto, a("fd00:1::2"), a("fd00:9::10"), payload);
+                let p = parse(&f).unwrap();
+                assert!(p.v6);
+                // fullnat: both addresses and ports.
+                set_dst(&mut f, &p, a("fd00:2::11"), 8080);
+                set_src(&mut f, &p, a("fd00:2::100"), 1024);
+                let at = 54 + if proto == 6 { 16 } else { 6 };
+                assert_eq!(be16(&f, at), l4_checksum6(&f), "proto {proto}");
+                let p = parse(&f).unwrap();
+                assert_eq!(
+                    (p.key.src, p.key.sport, p.key.dst, p.key.dport),
+                    (a("fd00:2::100"), 1024, a("fd00:2::11"), 8080)
+                );
+                decrement_ttl(&mut f).unwrap();
+                assert_eq!(hops(&f), 63);
+            }
+        }
+        let mut f = frame6(17, a("fd00:1::2"), a("fd00:9::10"), b"");
+        f[21] = 1;
         assert_eq!(decrement_ttl(&mut f), Err(Drop::TtlExceeded));
     }
 }
