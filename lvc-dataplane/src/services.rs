@@ -162,13 +162,4 @@ impl ServiceTable {
         }
         self.services.get(&(proto, vip, 0))
     }
-
-    /// Every service once.
-    pub fn iter(&self) -> impl Iterator<Item = &Arc<Service>> {
-        let mut seen = std::collections::HashSet::new();
-        self.services
-            .values()
-            .chain(self.ranges.values().flatten().map(|(_, _, s)| s))
-            .filter(move |s| seen.insert(Arc::as_ptr(s)))
-    }
 }

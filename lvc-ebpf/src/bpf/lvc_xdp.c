@@ -290,6 +290,38 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct iphdr *ip, __u3
 	return pass(STAT_PASS_NO_MATCH);
 }
 
+// The decision for a TCP/UDP packet of either family (addresses as in
+// keys): a VIP, a fullnat pool address, or a nat real server's reply that
+// is not for the director itself goes to lvc.
+static __always_inline int steer_l4(struct xdp_md *ctx, __u8 family, __u8 proto,
+				    const __u32 *saddr, const __u32 *daddr,
+				    const struct l4_ports *ports)
+{
+	if (is_vip(family, proto, daddr, ports->dest))
+		return to_socket(ctx, STAT_REDIRECT_VIP);
+
+	struct addr_key dst = {};
+	dst.family = family;
+	__builtin_memcpy(dst.addr, daddr, sizeof(dst.addr));
+	if (bpf_map_lookup_elem(&snat, &dst))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+
+	struct endpoint_key key = {};
+	key.family = family;
+	key.proto = proto;
+	key.port = ports->source;
+	__builtin_memcpy(key.addr, saddr, sizeof(key.addr));
+	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
+	if (!real) {
+		// Real servers of port-0 services answer from every port.
+		key.port = 0;
+		real = bpf_map_lookup_elem(&reals, &key) != NULL;
+	}
+	if (real && !bpf_map_lookup_elem(&locals, &dst))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+	return pass(STAT_PASS_NO_MATCH);
+}
+
 // The IPv6 part: TCP or UDP right after the fixed header. Extension
 // headers (fragments included), ICMPv6 — neighbour discovery and errors —
 // and everything else stay with the kernel.
@@ -311,28 +343,7 @@ static __always_inline int try_ipv6(struct xdp_md *ctx, struct ipv6hdr *ip6, voi
 	__u32 daddr[4], saddr[4];
 	__builtin_memcpy(daddr, &ip6->daddr, sizeof(daddr));
 	__builtin_memcpy(saddr, &ip6->saddr, sizeof(saddr));
-	if (is_vip(LVC_AF_INET6, ip6->nexthdr, daddr, ports->dest))
-		return to_socket(ctx, STAT_REDIRECT_VIP);
-
-	struct addr_key dst = {};
-	dst.family = LVC_AF_INET6;
-	__builtin_memcpy(dst.addr, daddr, sizeof(dst.addr));
-	if (bpf_map_lookup_elem(&snat, &dst))
-		return to_socket(ctx, STAT_REDIRECT_REAL);
-
-	struct endpoint_key key = {};
-	key.family = LVC_AF_INET6;
-	key.proto = ip6->nexthdr;
-	key.port = ports->source;
-	__builtin_memcpy(key.addr, saddr, sizeof(key.addr));
-	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
-	if (!real) {
-		key.port = 0;
-		real = bpf_map_lookup_elem(&reals, &key) != NULL;
-	}
-	if (real && !bpf_map_lookup_elem(&locals, &dst))
-		return to_socket(ctx, STAT_REDIRECT_REAL);
-	return pass(STAT_PASS_NO_MATCH);
+	return steer_l4(ctx, LVC_AF_INET6, ip6->nexthdr, saddr, daddr, ports);
 }
 
 static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
@@ -389,35 +400,9 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	if (bpf_ntohs(ip->tot_len) < ihl + l4_min)
 		return pass(STAT_PASS_MALFORMED);
 
+	__u32 saddr[4] = {ip->saddr, 0, 0, 0};
 	__u32 daddr[4] = {ip->daddr, 0, 0, 0};
-	if (is_vip(LVC_AF_INET, ip->protocol, daddr, ports->dest))
-		return to_socket(ctx, STAT_REDIRECT_VIP);
-
-	struct addr_key dst = {};
-	dst.family = LVC_AF_INET;
-	dst.addr[0] = ip->daddr;
-	if (bpf_map_lookup_elem(&snat, &dst))
-		return to_socket(ctx, STAT_REDIRECT_REAL);
-
-	struct endpoint_key key = {};
-	key.family = LVC_AF_INET;
-	key.proto = ip->protocol;
-	key.port = ports->source;
-	key.addr[0] = ip->saddr;
-	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
-	if (!real) {
-		// Real servers of port-0 services answer from every port.
-		key.port = 0;
-		real = bpf_map_lookup_elem(&reals, &key) != NULL;
-	}
-	if (real) {
-		struct addr_key local = {};
-		local.family = LVC_AF_INET;
-		local.addr[0] = ip->daddr;
-		if (!bpf_map_lookup_elem(&locals, &local))
-			return to_socket(ctx, STAT_REDIRECT_REAL);
-	}
-	return pass(STAT_PASS_NO_MATCH);
+	return steer_l4(ctx, LVC_AF_INET, ip->protocol, saddr, daddr, ports);
 }
 
 SEC("xdp")
