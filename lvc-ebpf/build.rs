@@ -1,4 +1,6 @@
-//! Compiles `src/bpf/lvc_xdp.c` into a BPF object that `lib.rs` embeds.
+//! Compiles `src/bpf/lvc_xdp.c` (lvc's steering program) and
+//! `src/bpf/bench_xdp.c` (lvc-bench's generator, sink and reference
+//! forwarders) into BPF objects that `lib.rs` embeds.
 //!
 //! The compiler is `clang-19` unless `LVC_BPF_CLANG` names another one.
 
@@ -7,11 +9,17 @@ use std::path::PathBuf;
 use std::process::Command;
 
 fn main() {
-    let src = "src/bpf/lvc_xdp.c";
-    println!("cargo:rerun-if-changed={src}");
     println!("cargo:rerun-if-env-changed=LVC_BPF_CLANG");
+    for name in ["lvc_xdp", "bench_xdp"] {
+        compile(name);
+    }
+}
+
+fn compile(name: &str) {
+    let src = format!("src/bpf/{name}.c");
+    println!("cargo:rerun-if-changed={src}");
     let clang = env::var("LVC_BPF_CLANG").unwrap_or_else(|_| "clang-19".to_owned());
-    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join("lvc_xdp.o");
+    let out = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR")).join(format!("{name}.o"));
     let multiarch = match env::var("CARGO_CFG_TARGET_ARCH").as_deref() {
         Ok("aarch64") => "/usr/include/aarch64-linux-gnu",
         _ => "/usr/include/x86_64-linux-gnu",
@@ -19,7 +27,7 @@ fn main() {
     let status = Command::new(&clang)
         .args(["-O2", "-g", "-target", "bpf", "-Wall", "-Werror"])
         .arg(format!("-I{multiarch}"))
-        .args(["-c", src, "-o"])
+        .args(["-c", &src, "-o"])
         .arg(&out)
         .status()
         .unwrap_or_else(|e| {

@@ -4,7 +4,7 @@
 //! `-- --warm-up-time 1 --measurement-time 2` for a short run).
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
-use lvc_bench::{frame, server, table};
+use lvc_bench::{flow_key, frame, server, table};
 use lvc_dataplane::checksum;
 use lvc_dataplane::parse::{Addr, FlowKey, parse};
 use lvc_dataplane::rewrite;
@@ -21,13 +21,7 @@ fn stages(c: &mut Criterion) {
     c.bench_function("parse/tcp64", |b| b.iter(|| parse(black_box(&f))));
 
     let ct = table(FLOWS);
-    let hit = FlowKey {
-        src: Addr::v4(0x0a00_0000 | (12345 >> 8)),
-        dst: Addr::v4(0x0a09_000a),
-        sport: 1024 + (12345 & 0xff),
-        dport: 80,
-        proto: 6,
-    };
+    let hit = flow_key(12345);
     assert!(ct.lookup(&hit).is_some());
     let miss = FlowKey { dport: 81, ..hit };
     c.bench_function("conntrack/hit_1M", |b| {

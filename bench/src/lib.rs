@@ -1,8 +1,20 @@
-//! Helpers for lvc's benchmarks: frames and tables shaped like real
-//! traffic.
+//! lvc's benchmarks: the load-test harness (`lvc-bench`, see `main.rs`
+//! and README "Performance") and helpers for the Criterion micro-benchmarks
+//! (frames and tables shaped like real traffic).
+
+pub mod afxdp;
+pub mod agent;
+pub mod chart;
+pub mod cpu;
+pub mod kinds;
+pub mod lab;
+pub mod report;
+pub mod scale;
+pub mod scenario;
 
 use lvc_dataplane::addr::Addr;
 use lvc_dataplane::conntrack::{Conn, Conntrack};
+use lvc_dataplane::parse::FlowKey;
 use lvc_dataplane::services::Server;
 use lvc_dataplane::stats::TrafficStats;
 use lvc_proto::Method;
@@ -31,6 +43,14 @@ pub fn frame(proto: u8, src: u32, dst: u32, sport: u16, dport: u16, len: usize) 
     f
 }
 
+/// `aa:bb:…` form of a MAC address.
+pub fn fmt_mac(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}
+
 /// A real server for table entries.
 pub fn server(method: Method) -> Arc<Server> {
     Arc::new(Server {
@@ -42,14 +62,26 @@ pub fn server(method: Method) -> Arc<Server> {
     })
 }
 
+/// The client-side key of connection `i` of [`table`].
+pub fn flow_key(i: u32) -> FlowKey {
+    FlowKey {
+        src: Addr::v4(0x0a00_0000 | (i >> 8)),
+        dst: Addr::v4(0x0a09_000a),
+        sport: 1024 + (i & 0xff) as u16,
+        dport: 80,
+        proto: 6,
+    }
+}
+
 /// A connection table holding `n` nat connections from distinct clients
-/// (10.x.y.z:port → 10.9.0.10:80).
+/// (10.x.y.z:port → 10.9.0.10:80; keys by [`flow_key`]).
 pub fn table(n: usize) -> Conntrack {
     let ct = Conntrack::new(n + 1);
     let s = server(Method::Nat);
     let svc = Arc::new(TrafficStats::default());
     for i in 0..n as u32 {
-        let client = (Addr::v4(0x0a00_0000 | (i >> 8)), 1024 + (i & 0xff) as u16);
+        let k = flow_key(i);
+        let client = (k.src, k.sport);
         ct.insert(Conn::new(
             6,
             client,

@@ -8,6 +8,8 @@
 
 use std::net::IpAddr;
 
+pub mod bench;
+
 /// The compiled BPF object (ELF), aligned for aya's loader.
 pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lvc_xdp.o"));
 

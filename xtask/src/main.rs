@@ -7,6 +7,8 @@
 //! - `demo`  deps, build, a namespace lab with a client, the director and
 //!   real servers, real HTTP requests through lvc, `lvc-ctl list --stats`,
 //!   teardown
+//! - `bench` deps, a release build, then `lvc-bench run ARGS` (the load-test
+//!   harness; `cargo xtask bench --quick` for a two-minute sanity check)
 
 use lvc_tests::topo::{Arms, Topo, VIP};
 use std::collections::BTreeMap;
@@ -33,6 +35,13 @@ const PACKAGES: &[&str] = &[
     "socat",
     "tcpdump",
     "vsftpd",
+    // lvc-bench: the director kinds it compares and the load it drives.
+    "iptables",
+    "conntrack",
+    "iperf3",
+    "wrk",
+    "nginx-light",
+    "fonts-dejavu-core",
 ];
 
 fn main() -> ExitCode {
@@ -41,8 +50,11 @@ fn main() -> ExitCode {
         Some("deps") => deps(),
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
+        Some("bench") => bench(&args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask deps | test [-- CARGO TEST ARGS] | demo");
+            eprintln!(
+                "usage: cargo xtask deps | test [-- CARGO TEST ARGS] | demo | bench [LVC-BENCH RUN ARGS]"
+            );
             return ExitCode::from(2);
         }
     };
@@ -159,6 +171,15 @@ fn run_tests(cmd: &mut Command) -> Result {
     } else {
         Err(format!("cargo test failed ({st})"))
     }
+}
+
+/// Builds everything in release mode and runs the load-test harness.
+fn bench(args: &[String]) -> Result {
+    deps()?;
+    sh(cargo().args(["build", "--release", "--workspace", "--bins"]))?;
+    lvc_tests::remove_stale_namespaces();
+    let exe = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/lvc-bench");
+    sh(Command::new(exe).arg("run").args(args))
 }
 
 fn demo() -> Result {

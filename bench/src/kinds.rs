@@ -1,0 +1,303 @@
+//! Director kinds: what runs in the director namespace, set up and torn
+//! down on the same topology, one after another, in the same run.
+
+use crate::agent::FwdSpec;
+use crate::lab::{Agent, BenchLab, DIR_IN, DIR_OUT, LOCAL_POOL, UDP_PORT, VIP, rip};
+use anyhow::{Result, bail};
+use std::fmt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// TCP ports of the TCP scenarios (iperf3, HTTP).
+pub const IPERF_PORT: u16 = 5201;
+pub const HTTP_PORT: u16 = 80;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum Kind {
+    /// lvc with one forwarding method.
+    Lvc(LvcMethod),
+    /// The paper's recipe: iptables DNAT to a range of real servers.
+    Iptables,
+    /// nftables DNAT with numgen round robin.
+    Nftables,
+    /// A minimal kernel XDP load balancer (devmap redirect).
+    XdpRedirect,
+    /// A minimal AF_XDP forwarder on lvc's own socket code.
+    AfxdpRaw,
+    /// No director logic: the kernel routes packets addressed to the
+    /// real servers themselves.
+    Direct,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum LvcMethod {
+    Nat,
+    Dnat,
+    Dr,
+    Tun,
+    Fullnat,
+}
+
+impl LvcMethod {
+    fn name(self) -> &'static str {
+        match self {
+            LvcMethod::Nat => "nat",
+            LvcMethod::Dnat => "dnat",
+            LvcMethod::Dr => "dr",
+            LvcMethod::Tun => "tun",
+            LvcMethod::Fullnat => "fullnat",
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Kind::Lvc(m) => write!(f, "lvc-{}", m.name()),
+            Kind::Iptables => f.write_str("iptables"),
+            Kind::Nftables => f.write_str("nftables"),
+            Kind::XdpRedirect => f.write_str("xdp-redirect"),
+            Kind::AfxdpRaw => f.write_str("afxdp-raw"),
+            Kind::Direct => f.write_str("direct"),
+        }
+    }
+}
+
+impl std::str::FromStr for Kind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Kind::ALL
+            .iter()
+            .copied()
+            .find(|k| k.to_string() == s)
+            .ok_or_else(|| {
+                let names: Vec<String> = Kind::ALL.iter().map(Kind::to_string).collect();
+                format!("unknown director kind `{s}` (one of: {})", names.join(", "))
+            })
+    }
+}
+
+impl Kind {
+    pub const ALL: [Kind; 10] = [
+        Kind::Lvc(LvcMethod::Nat),
+        Kind::Lvc(LvcMethod::Dnat),
+        Kind::Lvc(LvcMethod::Dr),
+        Kind::Lvc(LvcMethod::Tun),
+        Kind::Lvc(LvcMethod::Fullnat),
+        Kind::Iptables,
+        Kind::Nftables,
+        Kind::XdpRedirect,
+        Kind::AfxdpRaw,
+        Kind::Direct,
+    ];
+
+    /// Can this kind carry TCP connections in both directions here?
+    /// (`xdp-redirect` and `afxdp-raw` are one-way UDP forwarders — the
+    /// packet-rate ceilings; `dnat` needs the servers to rewrite replies and
+    /// `tun` needs them to decapsulate, which the packet sink does for UDP
+    /// but the lab's TCP servers do not.)
+    pub fn does_tcp(self) -> bool {
+        matches!(
+            self,
+            Kind::Lvc(LvcMethod::Nat | LvcMethod::Dr | LvcMethod::Fullnat)
+                | Kind::Iptables
+                | Kind::Nftables
+                | Kind::Direct
+        )
+    }
+
+    /// Where clients send: the VIP, or (direct) the first real server.
+    pub fn target(self) -> std::net::Ipv4Addr {
+        if self == Kind::Direct { rip(0) } else { VIP }
+    }
+}
+
+/// A kind while it runs; [`Running::stop`] tears it down (and the lab's
+/// drop, if a run fails half-way).
+pub struct Running {
+    kind: Kind,
+    agent: Option<Agent>,
+}
+
+fn lvc_socket(lab: &BenchLab) -> PathBuf {
+    std::env::temp_dir().join(format!("{}-lvc.sock", lab.ns("dir")))
+}
+
+/// `lvc-ctl …` against the bench's lvc.
+fn ctl(lab: &BenchLab, args: &[&str]) -> Result<String> {
+    let ctl = lvc_tests::bin("lvc-ctl").to_string_lossy().into_owned();
+    let sock = lvc_socket(lab).to_string_lossy().into_owned();
+    let mut cmd = vec![ctl.as_str(), "--socket", &sock];
+    cmd.extend_from_slice(args);
+    let out = lab.lab.exec("dir", &cmd);
+    if !out.status.success() {
+        bail!("lvc-ctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sets up `kind` in the director namespace and pins its threads.
+pub fn start(lab: &mut BenchLab, kind: Kind) -> Result<Running> {
+    let servers = lab.servers;
+    let rips: Vec<String> = (0..servers).map(|i| rip(i).to_string()).collect();
+    let dcpu = lab.placement.director_cpu;
+    let mut agent = None;
+    match kind {
+        Kind::Lvc(m) => {
+            let dp = lvc_tests::bin("lvc-dataplane")
+                .to_string_lossy()
+                .into_owned();
+            let sock = lvc_socket(lab).to_string_lossy().into_owned();
+            let cpu = dcpu.to_string();
+            let _ = std::fs::remove_file(&sock);
+            lab.lab.spawn(
+                "dir",
+                "lvc",
+                &[
+                    "taskset", "-c", &cpu, &dp, "--socket", &sock, "--queues", "1", "--iface",
+                    DIR_IN, "--iface", DIR_OUT,
+                ],
+            );
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while ctl(lab, &["list"]).is_err() {
+                if Instant::now() > deadline {
+                    bail!("lvc-dataplane did not come up:\n{}", lab.lab.log("lvc"));
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if m == LvcMethod::Fullnat {
+                ctl(lab, &["set-local-pool", &LOCAL_POOL.to_string()])?;
+            }
+            let mut services = vec![("udp", UDP_PORT)];
+            if kind.does_tcp() {
+                services.extend([("tcp", IPERF_PORT), ("tcp", HTTP_PORT)]);
+            }
+            for (proto, port) in services {
+                let svc = format!("{VIP}:{port}");
+                let flag = format!("--{proto}");
+                ctl(lab, &["add-service", &flag, &svc, "--scheduler", "rr"])?;
+                for r in &rips {
+                    ctl(
+                        lab,
+                        &["add-server", &flag, &svc, "--real", r, "--method", m.name()],
+                    )?;
+                }
+            }
+        }
+        Kind::Iptables => {
+            pass(lab, &mut agent)?;
+            let range = format!("{}-{}", rips[0], rips[servers - 1]);
+            for (proto, port) in [("udp", UDP_PORT), ("tcp", IPERF_PORT), ("tcp", HTTP_PORT)] {
+                lab.lab.exec_ok(
+                    "dir",
+                    &[
+                        "iptables",
+                        "-t",
+                        "nat",
+                        "-A",
+                        "PREROUTING",
+                        "-d",
+                        &VIP.to_string(),
+                        "-p",
+                        proto,
+                        "--dport",
+                        &port.to_string(),
+                        "-j",
+                        "DNAT",
+                        "--to-destination",
+                        &range,
+                    ],
+                );
+            }
+        }
+        Kind::Nftables => {
+            pass(lab, &mut agent)?;
+            let map: Vec<String> = rips
+                .iter()
+                .enumerate()
+                .map(|(i, r)| format!("{i} : {r}"))
+                .collect();
+            let rule = |proto: &str, port: u16| {
+                format!(
+                    "ip daddr {VIP} {proto} dport {port} dnat to numgen inc mod {servers} map {{ {} }};",
+                    map.join(", ")
+                )
+            };
+            let table = format!(
+                "table ip lvcbench {{ chain pre {{ type nat hook prerouting priority dstnat; {} {} {} }}; }}",
+                rule("udp", UDP_PORT),
+                rule("tcp", IPERF_PORT),
+                rule("tcp", HTTP_PORT)
+            );
+            lab.lab.exec_ok("dir", &["nft", &table]);
+        }
+        Kind::XdpRedirect => {
+            let spec = FwdSpec {
+                in_dev: DIR_IN.into(),
+                out_dev: DIR_OUT.into(),
+                vip: VIP,
+                dport: UDP_PORT,
+                rips: (0..servers).map(rip).collect(),
+                rip_mac: lab.srv_mac,
+            };
+            agent = Some(lab.director_agent(&["fwd", &serde_json::to_string(&spec)?])?);
+        }
+        Kind::AfxdpRaw => {
+            let mac = crate::fmt_mac(lab.srv_mac);
+            let mut args = vec!["afxdp-raw", DIR_IN, DIR_OUT, mac.as_str()];
+            args.extend(rips.iter().map(String::as_str));
+            agent = Some(lab.director_agent(&args)?);
+        }
+        Kind::Direct => pass(lab, &mut agent)?,
+    }
+    lab.pin()?;
+    Ok(Running { kind, agent })
+}
+
+fn pass(lab: &BenchLab, agent: &mut Option<Agent>) -> Result<()> {
+    *agent = Some(lab.director_agent(&["pass", DIR_IN, DIR_OUT])?);
+    Ok(())
+}
+
+impl Running {
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// lvc's own counters, for the run log (empty for other kinds).
+    pub fn lvc_stats(&self, lab: &BenchLab) -> String {
+        match self.kind {
+            Kind::Lvc(_) => ctl(lab, &["list", "--stats"]).unwrap_or_default(),
+            _ => String::new(),
+        }
+    }
+
+    /// Tears the kind down; connections it tracked are forgotten, so they
+    /// cannot help the next kind.
+    pub fn stop(mut self, lab: &mut BenchLab) -> Result<()> {
+        self.agent.take();
+        match self.kind {
+            Kind::Lvc(_) => {
+                lab.lab.stop("lvc", 15);
+            }
+            Kind::Iptables => {
+                lab.lab
+                    .exec_ok("dir", &["iptables", "-t", "nat", "-F", "PREROUTING"]);
+            }
+            Kind::Nftables => {
+                lab.lab
+                    .exec_ok("dir", &["nft", "delete", "table", "ip", "lvcbench"]);
+            }
+            _ => {}
+        }
+        let out = lab.lab.exec("dir", &["conntrack", "-F"]);
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            // An empty table is not an error worth stopping for.
+            if !err.contains("0 flow entries") {
+                bail!("conntrack -F: {err} (install the `conntrack` package)");
+            }
+        }
+        Ok(())
+    }
+}
