@@ -58,7 +58,10 @@ fn quick_run_measures_and_reports() {
             .map(|v| v.as_f64().unwrap())
             .collect();
         assert_eq!(split.len(), 2, "{kind}: {split:?}");
-        assert!(split.iter().all(|&f| (0.35..=0.65).contains(&f)), "{kind}: {split:?}");
+        assert!(
+            split.iter().all(|&f| (0.35..=0.65).contains(&f)),
+            "{kind}: {split:?}"
+        );
         let lat = &cell("Latency", kind)["samples"][0]["latency_us"];
         assert!(lat[2].as_f64().unwrap() > 0.0, "{kind}: no latency: {lat}");
     }
