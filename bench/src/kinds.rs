@@ -267,7 +267,10 @@ impl Running {
     /// lvc's own counters, for the run log (empty for other kinds).
     pub fn lvc_stats(&self, lab: &BenchLab) -> String {
         match self.kind {
-            Kind::Lvc(_) => ctl(lab, &["list", "--stats"]).unwrap_or_default(),
+            Kind::Lvc(_) => {
+                ctl(lab, &["list", "--stats"]).unwrap_or_default()
+                    + &ctl(lab, &["status"]).unwrap_or_default()
+            }
             _ => String::new(),
         }
     }
