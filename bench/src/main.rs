@@ -261,9 +261,11 @@ fn run(a: RunArgs) -> Result<()> {
     {
         eprintln!("lvc-bench: building the lab ({} real servers)…", a.servers);
         let mut lab = BenchLab::build(a.servers, placement)?;
-        if scenarios.iter().any(|s| s.tcp()) {
-            start_endpoints(&mut lab, &scenarios)?;
-        }
+        let scratch = if scenarios.iter().any(|s| s.tcp()) {
+            start_endpoints(&mut lab, &scenarios)?
+        } else {
+            None
+        };
         let total = repeats as usize * kinds.len();
         let mut step = 0;
         for round in 0..repeats {
@@ -344,6 +346,9 @@ fn run(a: RunArgs) -> Result<()> {
                 running.stop(&mut lab)?;
             }
         }
+        if let Some(dir) = scratch {
+            let _ = std::fs::remove_dir_all(dir);
+        }
     }
     let mut conntrack: Vec<ScaleResult> = Vec::new();
     for n in sizes.into_iter().filter(|&n| n > 0) {
@@ -415,8 +420,9 @@ fn record(
     }
 }
 
-/// iperf3 and nginx on the servers, pinned to the load CPU.
-fn start_endpoints(lab: &mut BenchLab, scenarios: &[Scenario]) -> Result<()> {
+/// iperf3 and nginx on the servers, pinned to the load CPU; returns
+/// nginx's scratch directory (to remove at the end).
+fn start_endpoints(lab: &mut BenchLab, scenarios: &[Scenario]) -> Result<Option<PathBuf>> {
     let cpu = lab.placement.load_cpu.to_string();
     if scenarios.contains(&Scenario::TcpBulk) {
         let port = kinds::IPERF_PORT.to_string();
@@ -426,6 +432,7 @@ fn start_endpoints(lab: &mut BenchLab, scenarios: &[Scenario]) -> Result<()> {
             &["taskset", "-c", &cpu, "iperf3", "-s", "-p", &port],
         );
     }
+    let mut scratch = None;
     if scenarios
         .iter()
         .any(|s| matches!(s, Scenario::HttpKeepalive | Scenario::HttpClose))
@@ -450,6 +457,7 @@ fn start_endpoints(lab: &mut BenchLab, scenarios: &[Scenario]) -> Result<()> {
             "nginx",
             &["taskset", "-c", &cpu, "nginx", "-c", &path],
         );
+        scratch = Some(dir);
     }
     // Wait until both answer on the first real server.
     let deadline = Instant::now() + std::time::Duration::from_secs(10);
@@ -485,7 +493,7 @@ fn start_endpoints(lab: &mut BenchLab, scenarios: &[Scenario]) -> Result<()> {
                 .status
                 .success();
         if ok_http && ok_iperf {
-            return Ok(());
+            return Ok(scratch);
         }
         if Instant::now() > deadline {
             bail!(
