@@ -44,6 +44,20 @@ struct udp_hdr {
 #define FWD_MAX_RIPS 16
 #define MAX_QUEUES 64
 
+// The IPv4 header (without options) of an Ethernet frame, or NULL.
+static __always_inline struct iphdr *ipv4_of(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct ethhdr *eth = data;
+	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
+		return NULL;
+	struct iphdr *ip = (void *)(eth + 1);
+	if ((void *)(ip + 1) > end || ip->ihl != 5)
+		return NULL;
+	return ip;
+}
+
 // ---------------------------------------------------------------- generator
 
 struct gen_cfg {
@@ -240,11 +254,8 @@ int lvc_bench_sink(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return XDP_PASS;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->ihl != 5)
+	struct iphdr *ip = ipv4_of(ctx);
+	if (!ip)
 		return XDP_PASS;
 	__u32 daddr = bpf_ntohl(ip->daddr);
 	if (ip->protocol == IPPROTO_IPIP) { // LVS-TUN: count the inner packet
@@ -312,10 +323,8 @@ int lvc_bench_fwd(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return XDP_PASS;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->ihl != 5 || ip->protocol != IPPROTO_UDP)
+	struct iphdr *ip = ipv4_of(ctx);
+	if (!ip || ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
 	struct udp_hdr *udp = (void *)(ip + 1);
 	if ((void *)(udp + 1) > end)
@@ -352,13 +361,8 @@ struct {
 SEC("xdp")
 int lvc_bench_xsk(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > end || eth->h_proto != bpf_htons(ETH_P_IP))
-		return XDP_PASS;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > end || ip->protocol != IPPROTO_UDP)
+	struct iphdr *ip = ipv4_of(ctx);
+	if (!ip || ip->protocol != IPPROTO_UDP)
 		return XDP_PASS;
 	return bpf_redirect_map(&bench_xsks, ctx->rx_queue_index, XDP_PASS);
 }
