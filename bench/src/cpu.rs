@@ -23,29 +23,24 @@ pub fn napi_threads(dev: &str) -> Vec<u32> {
 
 /// Pins thread (or process) `tid` to `cpu`.
 pub fn pin(tid: u32, cpu: u32) -> Result<()> {
-    let out = Command::new("taskset")
-        .args(["-pc", &cpu.to_string(), &tid.to_string()])
-        .output()
-        .context("running taskset")?;
-    if !out.status.success() {
-        bail!(
-            "taskset -pc {cpu} {tid}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
+    command("taskset", &["-pc", &cpu.to_string(), &tid.to_string()])
 }
 
 /// Makes thread `tid` SCHED_FIFO (priority 50): it runs as soon as it has
 /// work, ahead of every normal thread of its CPU.
 pub fn realtime(tid: u32) -> Result<()> {
-    let out = Command::new("chrt")
-        .args(["-f", "-p", "50", &tid.to_string()])
+    command("chrt", &["-f", "-p", "50", &tid.to_string()])
+}
+
+fn command(prog: &str, args: &[&str]) -> Result<()> {
+    let out = Command::new(prog)
+        .args(args)
         .output()
-        .context("running chrt")?;
+        .with_context(|| format!("running {prog}"))?;
     if !out.status.success() {
         bail!(
-            "chrt -f -p 50 {tid}: {}",
+            "{prog} {}: {}",
+            args.join(" "),
             String::from_utf8_lossy(&out.stderr)
         );
     }

@@ -185,7 +185,7 @@ pub fn start(lab: &mut BenchLab, kind: Kind) -> Result<Running> {
             }
         }
         Kind::Iptables => {
-            pass(lab, &mut agent)?;
+            agent = Some(pass(lab)?);
             let range = format!("{}-{}", rips[0], rips[servers - 1]);
             for (proto, port) in [("udp", UDP_PORT), ("tcp", IPERF_PORT), ("tcp", HTTP_PORT)] {
                 lab.lab.exec_ok(
@@ -211,7 +211,7 @@ pub fn start(lab: &mut BenchLab, kind: Kind) -> Result<Running> {
             }
         }
         Kind::Nftables => {
-            pass(lab, &mut agent)?;
+            agent = Some(pass(lab)?);
             let map: Vec<String> = rips
                 .iter()
                 .enumerate()
@@ -248,15 +248,15 @@ pub fn start(lab: &mut BenchLab, kind: Kind) -> Result<Running> {
             args.extend(rips.iter().map(String::as_str));
             agent = Some(lab.director_agent(&args)?);
         }
-        Kind::Direct => pass(lab, &mut agent)?,
+        Kind::Direct => agent = Some(pass(lab)?),
     }
     lab.pin()?;
     Ok(Running { kind, agent })
 }
 
-fn pass(lab: &BenchLab, agent: &mut Option<Agent>) -> Result<()> {
-    *agent = Some(lab.director_agent(&["pass", DIR_IN, DIR_OUT])?);
-    Ok(())
+/// XDP_PASS on the director's interfaces (kinds that forward in the kernel).
+fn pass(lab: &BenchLab) -> Result<Agent> {
+    lab.director_agent(&["pass", DIR_IN, DIR_OUT])
 }
 
 impl Running {

@@ -185,13 +185,6 @@ impl BenchLab {
             &["sink", SRV_DEV, &UDP_PORT.to_string(), &rip(0).to_string()],
         )?;
         let pass = Agent::start(&lab.ns("gen"), placement.load_cpu, &["pass", GEN_DEV])?;
-        let dir_in_mac = agent::parse_mac(
-            &lab.exec_ok("dir", &["cat", &format!("/sys/class/net/{DIR_IN}/address")]),
-        )?;
-        let srv_mac = agent::parse_mac(&lab.exec_ok(
-            "srv",
-            &["cat", &format!("/sys/class/net/{SRV_DEV}/address")],
-        ))?;
         for (ns, dev) in [
             ("gen", GEN_DEV),
             ("dir", DIR_IN),
@@ -218,11 +211,13 @@ impl BenchLab {
                 .trim()
                 .to_owned()
         };
-        let (gen_mac, out_mac, srv) = (
+        let (gen_mac, in_mac, out_mac, srv) = (
             mac_of("gen", GEN_DEV),
+            mac_of("dir", DIR_IN),
             mac_of("dir", DIR_OUT),
             mac_of("srv", SRV_DEV),
         );
+        let (dir_in_mac, srv_mac) = (agent::parse_mac(&in_mac)?, agent::parse_mac(&srv)?);
         let neigh = |ns: &str, addr: String, mac: &str, dev: &str| {
             lab.ip(
                 ns,
@@ -239,7 +234,7 @@ impl BenchLab {
                 ],
             );
         };
-        neigh("gen", "10.1.0.1".into(), &mac_of("dir", DIR_IN), GEN_DEV);
+        neigh("gen", "10.1.0.1".into(), &in_mac, GEN_DEV);
         neigh("dir", CLIENT.to_string(), &gen_mac, DIR_IN);
         neigh("srv", "10.2.0.1".into(), &out_mac, SRV_DEV);
         neigh("srv", LOCAL_POOL.to_string(), &out_mac, SRV_DEV);
