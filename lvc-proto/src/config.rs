@@ -16,6 +16,7 @@
 //! method = "nat"             # nat | dnat
 //! ```
 
+use crate::shape::ShapeConfig;
 use crate::{MAX_WEIGHT, Method, Protocol, RealSpec, Request, Scheduler, ServiceKey};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -30,6 +31,9 @@ pub struct ConfigFile {
     pub fullnat: Option<Fullnat>,
     #[serde(default, rename = "service")]
     pub services: Vec<ServiceConfig>,
+    /// Traffic shaping: `[[shape.dev]]` trees and `[[shape.police]]`.
+    #[serde(default, skip_serializing_if = "ShapeConfig::is_empty")]
+    pub shape: ShapeConfig,
 }
 
 /// `[fullnat]`: the director's addresses fullnat connections come from.
@@ -174,6 +178,21 @@ impl ConfigFile {
                 );
             }
         }
+        if !self.shape.is_empty() {
+            #[derive(Serialize)]
+            struct Shape<'a> {
+                shape: &'a ShapeConfig,
+            }
+            match toml::to_string(&Shape { shape: &self.shape }) {
+                Ok(t) => {
+                    s.push('\n');
+                    s.push_str(&t);
+                }
+                Err(e) => {
+                    let _ = writeln!(s, "# shaping could not be written: {e}");
+                }
+            }
+        }
         s
     }
 
@@ -192,6 +211,10 @@ impl ConfigFile {
         }
         crate::check_local_pool(self.local_pool()).map_err(|message| Problem {
             at: Place::Fullnat,
+            message,
+        })?;
+        self.shape.validate().map_err(|message| Problem {
+            at: Place::Shape,
             message,
         })?;
         let mut out = Vec::new();
@@ -257,6 +280,7 @@ impl ConfigFile {
 enum Place {
     Timeouts,
     Fullnat,
+    Shape,
     Service { index: usize, server: Option<usize> },
 }
 
@@ -276,6 +300,7 @@ impl Problem {
             let h = header(l);
             let found = match (&self.at, h.as_str()) {
                 (Place::Timeouts, "[timeouts]") | (Place::Fullnat, "[fullnat]") => true,
+                (Place::Shape, h) => h.starts_with("[[shape.") || h.starts_with("[shape"),
                 (Place::Service { .. }, "[[service]]") => {
                     svc = Some(svc.map_or(0, |s| s + 1));
                     srv = None;
@@ -391,6 +416,50 @@ weight = 0
         assert_eq!(again.render(), out);
         assert!(out.contains("weight = 1\nmethod = \"dnat\""), "{out}");
         assert!(ConfigFile::parse("[timeouts]\ntcp = 0\ntcpfin = 1\nudp = 1\n").is_err());
+    }
+
+    #[test]
+    fn shaping_round_trips() {
+        let text = r#"
+[[shape.dev]]
+dev = "d1"
+rate = "100mbit"
+default = "1:20"
+
+[[shape.dev.class]]
+classid = "1:10"
+rate = "70mbit"
+ceil = "100mbit"
+prio = 2
+qdisc = { kind = "sfq", perturb = 10 }
+
+[[shape.dev.class]]
+classid = "1:20"
+rate = "30mbit"
+prio = 4
+bounded = true
+qdisc = { kind = "tbf", rate = "20mbit", burst = "10kb", latency = "50ms" }
+
+[[shape.dev.filter]]
+prio = 1
+match = ["real 10.2.0.11", "ip tos 0x30 0xff"]
+flowid = "1:10"
+
+[[shape.police]]
+target = { service = "udp:10.9.0.10:53" }
+rate = "10mbit"
+burst = "10kb"
+"#;
+        let cfg = ConfigFile::parse(text).unwrap();
+        assert_eq!(cfg.shape.devs[0].classes.len(), 2);
+        let out = cfg.render();
+        let again = ConfigFile::parse(&out).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        assert_eq!(again, cfg);
+        assert_eq!(again.render(), out);
+        let err =
+            ConfigFile::parse(&text.replace("flowid = \"1:10\"", "flowid = \"1:99\"")).unwrap_err();
+        assert!(err.contains("unknown class 1:99"), "{err}");
+        assert!(err.starts_with("line 2:"), "{err}");
     }
 
     #[test]

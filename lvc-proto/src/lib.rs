@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod shape;
 mod types;
 
 pub use types::*;
@@ -147,6 +148,47 @@ pub enum Request {
     },
     List {},
     Status {},
+    /// Shapes `dev`: its link rate and default class (tc qdisc add … htb
+    /// default N + the root class). Keeps the classes already there.
+    ShapeSetRoot {
+        dev: String,
+        rate: shape::Rate,
+        #[serde(default)]
+        default: Option<shape::ClassId>,
+    },
+    /// Removes all shaping from `dev` (its classes, filters, policers).
+    ShapeDelRoot {
+        dev: String,
+    },
+    ShapeAddClass {
+        dev: String,
+        class: shape::ClassSpec,
+    },
+    /// Replaces an existing class's parameters (tc class change).
+    ShapeChangeClass {
+        dev: String,
+        class: shape::ClassSpec,
+    },
+    ShapeDelClass {
+        dev: String,
+        classid: shape::ClassId,
+    },
+    ShapeAddFilter {
+        dev: String,
+        filter: shape::FilterSpec,
+    },
+    ShapeDelFilter {
+        dev: String,
+        prio: u32,
+    },
+    ShapeAddPolice {
+        police: shape::PoliceSpec,
+    },
+    ShapeDelPolice {
+        target: shape::PoliceTarget,
+    },
+    /// The shaping configuration with its counters.
+    ShapeList {},
 }
 
 pub fn default_weight() -> u32 {
@@ -167,6 +209,8 @@ pub enum Response {
     Config(String),
     /// Connections (answer to `conns`).
     Conns(ConnListing),
+    /// Shaping trees, filters, policers and counters (`shape list`).
+    Shaping(shape::ShapeListing),
     /// Nothing was changed; this says why.
     Error(ErrorReply),
 }
