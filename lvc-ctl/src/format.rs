@@ -1,5 +1,6 @@
-//! Human-readable output in ipvsadm's layout.
+//! Human-readable output in ipvsadm's layout (and tc-like for shaping).
 
+use lvc_proto::shape::{ClassStats, Qdisc, Rate, ShapeListing};
 use lvc_proto::{ConnListing, Counters, Listing, Rates, Status};
 use std::fmt::Write;
 
@@ -160,6 +161,176 @@ pub fn status(st: &Status) -> String {
     s
 }
 
+/// `shape list`: per interface its root, classes and filters, then the
+/// policers; with `stats`, each followed by its counters.
+pub fn shaping(l: &ShapeListing, stats: bool) -> String {
+    let mut s = String::new();
+    for d in &l.devs {
+        let _ = write!(s, "dev {} root {}", d.dev, d.rate);
+        if let Some(def) = d.default {
+            let _ = write!(s, " default {def}");
+        }
+        s.push('\n');
+        if stats {
+            let _ = writeln!(
+                s,
+                "  {}, direct {} pkts",
+                class_stats(&d.stats),
+                d.direct_packets
+            );
+        }
+        for c in &d.classes {
+            let spec = &c.spec;
+            let parent = match spec.parent {
+                Some(p) if !p.is_root() => p.to_string(),
+                _ => "root".to_owned(),
+            };
+            let _ = write!(
+                s,
+                "  class {} parent {parent} rate {} ceil {}",
+                spec.classid,
+                spec.rate,
+                spec.ceil()
+            );
+            if let Some(b) = spec.burst {
+                let _ = write!(s, " burst {b}");
+            }
+            let _ = write!(s, " prio {}", spec.prio);
+            if spec.bounded {
+                s.push_str(" bounded");
+            }
+            if spec.isolated {
+                s.push_str(" isolated");
+            }
+            if c.leaf {
+                let _ = write!(s, " {}", qdisc(&spec.qdisc));
+            }
+            s.push('\n');
+            if stats {
+                let _ = writeln!(s, "    {}", class_stats(&c.stats));
+            }
+        }
+        for f in &d.filters {
+            let m: Vec<String> = f.spec.matches.iter().map(|m| m.to_string()).collect();
+            let _ = writeln!(
+                s,
+                "  filter prio {} {} → {}",
+                f.spec.prio,
+                m.join(" and "),
+                f.spec.flowid
+            );
+            if stats {
+                let _ = writeln!(s, "    hits {} pkts", f.hits);
+            }
+        }
+    }
+    for p in &l.police {
+        let _ = writeln!(
+            s,
+            "police {} rate {} burst {}",
+            p.spec.target, p.spec.rate, p.spec.burst
+        );
+        if stats {
+            let _ = writeln!(
+                s,
+                "  passed {} bytes {} pkts, dropped {} bytes {} pkts",
+                p.passed_bytes, p.passed_packets, p.dropped_bytes, p.dropped_packets
+            );
+        }
+    }
+    s
+}
+
+/// `sfq(quantum 1514b perturb 10)`: the kind and the options given.
+fn qdisc(q: &Qdisc) -> String {
+    fn given<T: std::fmt::Display>(v: &Option<T>) -> Option<String> {
+        v.as_ref().map(|v| v.to_string())
+    }
+    let opts: Vec<(&str, Option<String>)> = match q {
+        Qdisc::Sfq {
+            quantum,
+            perturb,
+            flows,
+            limit,
+        } => vec![
+            ("quantum", given(quantum)),
+            ("perturb", given(perturb)),
+            ("flows", given(flows)),
+            ("limit", given(limit)),
+        ],
+        Qdisc::Fifo { limit } | Qdisc::Prio3 { limit } => vec![("limit", given(limit))],
+        Qdisc::Red {
+            min,
+            max,
+            probability,
+            limit,
+        } => vec![
+            ("min", Some(min.to_string())),
+            ("max", Some(max.to_string())),
+            ("probability", Some(probability.to_string())),
+            ("limit", given(limit)),
+        ],
+        Qdisc::Tbf {
+            rate,
+            burst,
+            limit,
+            latency,
+        } => vec![
+            ("rate", Some(rate.to_string())),
+            ("burst", Some(burst.to_string())),
+            ("limit", given(limit)),
+            ("latency", given(latency)),
+        ],
+    };
+    let opts: Vec<String> = opts
+        .into_iter()
+        .filter_map(|(name, v)| Some(format!("{name} {}", v?)))
+        .collect();
+    if opts.is_empty() {
+        q.name().to_owned()
+    } else {
+        format!("{}({})", q.name(), opts.join(" "))
+    }
+}
+
+/// One line of a class's (or a root's) counters.
+fn class_stats(c: &ClassStats) -> String {
+    format!(
+        "sent {} bytes {} pkts, dropped {}, overlimits {}, backlog {}b {}p, rate {}, borrowed {} bytes {} pkts",
+        c.bytes,
+        c.packets,
+        c.drops,
+        c.overlimits,
+        c.backlog_bytes,
+        c.backlog_packets,
+        rate(c.rate_bps),
+        c.borrowed_bytes,
+        c.borrowed_packets
+    )
+}
+
+/// A measured rate: exact in tc's units when it is round (`70mbit`),
+/// else with one decimal in the largest unit it reaches (`69.8mbit`).
+fn rate(bps: u64) -> String {
+    if bps == 0 {
+        return "0bit".to_owned();
+    }
+    for (div, unit) in [
+        (1_000_000_000, "gbit"),
+        (1_000_000, "mbit"),
+        (1_000, "kbit"),
+    ] {
+        if bps >= div {
+            return if bps.is_multiple_of(div) {
+                Rate(bps).to_string()
+            } else {
+                format!("{:.1}{unit}", bps as f64 / div as f64)
+            };
+        }
+    }
+    format!("{bps}bit")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,5 +440,146 @@ TCP  10.0.0.10:80                        1       10        7      700     125K
 TCP 14:59  ESTABLISHED 10.1.0.2:40000         10.0.0.10:80           10.0.1.1:80
 "
         );
+    }
+
+    fn shape_sample() -> ShapeListing {
+        use lvc_proto::shape::{
+            ClassInfo, ClassSpec, DevInfo, FilterInfo, FilterSpec, PoliceInfo, PoliceSpec,
+            PoliceTarget,
+        };
+        let class = |id: &str, parent: &str, rate: &str, prio, qdisc| ClassSpec {
+            classid: id.parse().unwrap(),
+            parent: Some(parent.parse().unwrap()),
+            rate: rate.parse().unwrap(),
+            ceil: None,
+            burst: None,
+            prio,
+            bounded: false,
+            isolated: false,
+            qdisc,
+        };
+        let mut c10 = class(
+            "1:10",
+            "1:",
+            "70mbit",
+            2,
+            Qdisc::Sfq {
+                quantum: Some("1514".parse().unwrap()),
+                perturb: Some(10),
+                flows: None,
+                limit: None,
+            },
+        );
+        c10.ceil = Some("100mbit".parse().unwrap());
+        c10.burst = Some("45kb".parse().unwrap());
+        let mut c20 = class("1:20", "1:", "30mbit", 4, Qdisc::Fifo { limit: Some(1000) });
+        c20.bounded = true;
+        ShapeListing {
+            devs: vec![DevInfo {
+                dev: "d1".into(),
+                rate: "100mbit".parse().unwrap(),
+                default: Some("1:20".parse().unwrap()),
+                stats: ClassStats {
+                    bytes: 3_000_000,
+                    packets: 2000,
+                    rate_bps: 99_950_000,
+                    ..ClassStats::default()
+                },
+                direct_packets: 3,
+                classes: vec![
+                    ClassInfo {
+                        spec: c10,
+                        leaf: true,
+                        stats: ClassStats {
+                            bytes: 1_500_000,
+                            packets: 1000,
+                            drops: 4,
+                            overlimits: 17,
+                            backlog_packets: 2,
+                            backlog_bytes: 3028,
+                            rate_bps: 69_812_345,
+                            borrowed_packets: 100,
+                            borrowed_bytes: 151_400,
+                        },
+                    },
+                    ClassInfo {
+                        spec: c20,
+                        leaf: true,
+                        stats: ClassStats {
+                            rate_bps: 30_000_000,
+                            ..ClassStats::default()
+                        },
+                    },
+                ],
+                filters: vec![FilterInfo {
+                    spec: FilterSpec {
+                        prio: 1,
+                        matches: vec![
+                            "real 10.2.0.11".parse().unwrap(),
+                            "ip tos 0x30 0xff".parse().unwrap(),
+                        ],
+                        flowid: "1:10".parse().unwrap(),
+                    },
+                    hits: 1000,
+                }],
+            }],
+            police: vec![PoliceInfo {
+                spec: PoliceSpec {
+                    target: PoliceTarget::Service("tcp:10.9.0.10:80".parse().unwrap()),
+                    rate: "10mbit".parse().unwrap(),
+                    burst: "10kb".parse().unwrap(),
+                },
+                passed_packets: 50,
+                passed_bytes: 60_000,
+                dropped_packets: 5,
+                dropped_bytes: 7_500,
+            }],
+        }
+    }
+
+    #[test]
+    fn golden_shaping() {
+        assert_eq!(
+            shaping(&shape_sample(), false),
+            "dev d1 root 100mbit default 1:20
+  class 1:10 parent root rate 70mbit ceil 100mbit burst 45kb prio 2 sfq(quantum 1514b perturb 10)
+  class 1:20 parent root rate 30mbit ceil 30mbit prio 4 bounded fifo(limit 1000)
+  filter prio 1 real 10.2.0.11 and ip tos 0x30 0xff → 1:10
+police service tcp 10.9.0.10:80 rate 10mbit burst 10kb
+"
+        );
+    }
+
+    #[test]
+    fn golden_shaping_stats() {
+        assert_eq!(
+            shaping(&shape_sample(), true),
+            "dev d1 root 100mbit default 1:20
+  sent 3000000 bytes 2000 pkts, dropped 0, overlimits 0, backlog 0b 0p, rate 100.0mbit, borrowed 0 bytes 0 pkts, direct 3 pkts
+  class 1:10 parent root rate 70mbit ceil 100mbit burst 45kb prio 2 sfq(quantum 1514b perturb 10)
+    sent 1500000 bytes 1000 pkts, dropped 4, overlimits 17, backlog 3028b 2p, rate 69.8mbit, borrowed 151400 bytes 100 pkts
+  class 1:20 parent root rate 30mbit ceil 30mbit prio 4 bounded fifo(limit 1000)
+    sent 0 bytes 0 pkts, dropped 0, overlimits 0, backlog 0b 0p, rate 30mbit, borrowed 0 bytes 0 pkts
+  filter prio 1 real 10.2.0.11 and ip tos 0x30 0xff → 1:10
+    hits 1000 pkts
+police service tcp 10.9.0.10:80 rate 10mbit burst 10kb
+  passed 60000 bytes 50 pkts, dropped 7500 bytes 5 pkts
+"
+        );
+        assert_eq!(rate(0), "0bit");
+        assert_eq!(rate(999), "999bit");
+        assert_eq!(rate(1_500_000), "1.5mbit");
+        assert_eq!(rate(2_000_000_000), "2gbit");
+        // The tc-like tbf and red forms.
+        assert_eq!(
+            qdisc(&Qdisc::Tbf {
+                rate: "5mbit".parse().unwrap(),
+                burst: "10kb".parse().unwrap(),
+                limit: None,
+                latency: Some("50ms".parse().unwrap()),
+            }),
+            "tbf(rate 5mbit burst 10kb latency 50ms)"
+        );
+        assert_eq!(qdisc(&Qdisc::Prio3 { limit: None }), "prio3");
     }
 }

@@ -4,7 +4,11 @@
 //! `add-service` (-A), `edit-service` (-E), `del-service` (-D),
 //! `add-server` (-a), `edit-server` (-e), `del-server` (-d), `list` (-L),
 //! `save` (-S), `restore` (-R), `clear` (-C), `zero` (-Z),
-//! `set-timeouts` (--set); plus `conns`, `status`, `completions`, `man`.
+//! `set-timeouts` (--set); plus `conns`, `status`, `completions`, `man`,
+//! and the `shape` family for traffic shaping (`shape set-root`,
+//! `del-root`, `add-class`, `change-class`, `del-class`, `add-filter`,
+//! `del-filter`, `add-police`, `del-police`, `list`), whose rates and sizes
+//! are in tc's units.
 
 #![forbid(unsafe_code)]
 
@@ -12,8 +16,12 @@ mod format;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use lvc_proto::config::ConfigFile;
+use lvc_proto::shape::{
+    ClassId, ClassSpec, FilterSpec, Match, Micros, PoliceSpec, PoliceTarget, Qdisc, Rate,
+    ShapeListing, Size,
+};
 use lvc_proto::{
-    ConnFilter, Method, Ports, Protocol, RealSpec, Request, RequestEnvelope, Response,
+    ConnFilter, ErrorCode, Method, Ports, Protocol, RealSpec, Request, RequestEnvelope, Response,
     ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
 };
 use std::io::{BufRead, BufReader, Read, Write};
@@ -228,6 +236,11 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Traffic shaping: class trees, filters and policers (tc-like).
+    Shape {
+        #[command(subcommand)]
+        cmd: ShapeCmd,
+    },
     /// Print a shell completion script.
     Completions {
         #[arg(value_enum)]
@@ -235,6 +248,426 @@ enum Cmd {
     },
     /// Print the man page (roff).
     Man,
+}
+
+/// `lvc-ctl shape …`: rates (`100mbit`, `10kbps`) and sizes (`10kb`,
+/// `1514b`) in tc's units, class ids `MAJOR:MINOR` in hex.
+#[derive(Subcommand, Debug)]
+enum ShapeCmd {
+    /// Shape an interface: its link rate and default class (keeps the
+    /// classes already there).
+    SetRoot {
+        #[arg(long, value_name = "IF")]
+        dev: String,
+        /// Link rate, e.g. 100mbit.
+        #[arg(long, value_name = "RATE")]
+        rate: Rate,
+        /// Leaf class for unclassified traffic (none: sent unshaped).
+        #[arg(long, value_name = "M:N")]
+        default: Option<ClassId>,
+    },
+    /// Remove all shaping from an interface (classes, filters, policers).
+    DelRoot {
+        #[arg(long, value_name = "IF")]
+        dev: String,
+    },
+    /// Add a class.
+    AddClass(ClassArgs),
+    /// Replace an existing class's parameters (same options as add-class).
+    ChangeClass(ClassArgs),
+    /// Delete a class.
+    DelClass {
+        #[arg(long, value_name = "IF")]
+        dev: String,
+        #[arg(long, value_name = "M:N")]
+        classid: ClassId,
+    },
+    /// Add a filter: packets matching every --match go to --flowid.
+    AddFilter {
+        #[arg(long, value_name = "IF")]
+        dev: String,
+        /// Identifies the filter; lower priorities are tried first.
+        #[arg(long, value_name = "N")]
+        prio: u32,
+        /// A match, quoted: 'ip src CIDR', 'ip dst CIDR', 'ip tos VALUE
+        /// MASK', 'ip dscp N', 'ip protocol tcp|udp|icmp|N', 'ip sport
+        /// PORT [MASK]', 'ip dport PORT [MASK]', 'real ADDR[:PORT]',
+        /// 'service tcp|udp:VIP:PORT', 'u32 VALUE MASK at OFFSET'. Repeat
+        /// to AND several.
+        #[arg(long = "match", value_name = "EXPR", required = true)]
+        matches: Vec<Match>,
+        /// The leaf class the packets go to.
+        #[arg(long, value_name = "M:N")]
+        flowid: ClassId,
+    },
+    /// Delete a filter.
+    DelFilter {
+        #[arg(long, value_name = "IF")]
+        dev: String,
+        #[arg(long, value_name = "N")]
+        prio: u32,
+    },
+    /// Police a class or a service's incoming traffic: drop what exceeds
+    /// the rate plus the burst.
+    #[command(group(police_target_group()))]
+    AddPolice {
+        #[command(flatten)]
+        target: PoliceTargetArgs,
+        /// Rate let through, e.g. 10mbit.
+        #[arg(long, value_name = "RATE")]
+        rate: Rate,
+        /// Bytes that may pass at once above the rate, e.g. 10kb.
+        #[arg(long, value_name = "SIZE")]
+        burst: Size,
+    },
+    /// Remove a policer.
+    #[command(group(police_target_group()))]
+    DelPolice {
+        #[command(flatten)]
+        target: PoliceTargetArgs,
+    },
+    /// Show interfaces, classes, filters and policers.
+    List {
+        /// Only this interface (and the policers of its classes).
+        #[arg(long, value_name = "IF")]
+        dev: Option<String>,
+        /// Show counters.
+        #[arg(long)]
+        stats: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `add-class` and `change-class`.
+#[derive(Args, Debug)]
+struct ClassArgs {
+    /// Shaped interface.
+    #[arg(long, value_name = "IF")]
+    dev: String,
+    /// The class, MAJOR:MINOR in hex (1:10 is minor 0x10).
+    #[arg(long, value_name = "M:N")]
+    classid: ClassId,
+    /// Parent class (default: the root).
+    #[arg(long, value_name = "M:N")]
+    parent: Option<ClassId>,
+    /// Guaranteed rate.
+    #[arg(long, value_name = "RATE")]
+    rate: Rate,
+    /// Up to where it may borrow (default: --rate).
+    #[arg(long, value_name = "RATE")]
+    ceil: Option<Rate>,
+    /// Bytes it may send at once above its rate (default: 5 ms at the rate
+    /// plus one packet).
+    #[arg(long, value_name = "SIZE")]
+    burst: Option<Size>,
+    /// Lower is served first when borrowing (0..=7).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    prio: u8,
+    /// Never borrow (ceil = rate).
+    #[arg(long)]
+    bounded: bool,
+    /// Never lend unused rate outside its subtree.
+    #[arg(long)]
+    isolated: bool,
+    #[command(flatten)]
+    qdisc: QdiscArgs,
+}
+
+impl ClassArgs {
+    fn spec(self) -> Result<(String, ClassSpec), String> {
+        let qdisc = self.qdisc.qdisc()?;
+        Ok((
+            self.dev,
+            ClassSpec {
+                classid: self.classid,
+                parent: self.parent,
+                rate: self.rate,
+                ceil: self.ceil,
+                burst: self.burst,
+                prio: self.prio,
+                bounded: self.bounded,
+                isolated: self.isolated,
+                qdisc,
+            },
+        ))
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum QdiscKind {
+    Sfq,
+    Fifo,
+    Prio3,
+    Red,
+    Tbf,
+}
+
+impl QdiscKind {
+    fn name(self) -> &'static str {
+        match self {
+            QdiscKind::Sfq => "sfq",
+            QdiscKind::Fifo => "fifo",
+            QdiscKind::Prio3 => "prio3",
+            QdiscKind::Red => "red",
+            QdiscKind::Tbf => "tbf",
+        }
+    }
+}
+
+/// A leaf class's queue discipline and its options.
+#[derive(Args, Debug)]
+#[command(next_help_heading = "Queue discipline")]
+struct QdiscArgs {
+    /// Queue discipline of the class if it is a leaf (default: fifo).
+    #[arg(long, value_enum, value_name = "QDISC")]
+    qdisc: Option<QdiscKind>,
+    /// sfq: bytes a flow may send per round (default 1514b).
+    #[arg(long, value_name = "SIZE")]
+    quantum: Option<Size>,
+    /// sfq: seconds between hash perturbations (default 0: never).
+    #[arg(long, value_name = "SECS")]
+    perturb: Option<u32>,
+    /// sfq: flows that may be queued at once (default 128).
+    #[arg(long, value_name = "N")]
+    flows: Option<u32>,
+    /// Queue limit: packets for sfq, fifo and prio3; a size for red and
+    /// tbf.
+    #[arg(long, value_name = "PACKETS|SIZE")]
+    limit: Option<String>,
+    /// red: average queue below which nothing is dropped.
+    #[arg(long, value_name = "SIZE")]
+    min: Option<Size>,
+    /// red: average queue above which everything is dropped.
+    #[arg(long, value_name = "SIZE")]
+    max: Option<Size>,
+    /// red: drop probability at --max (0 < P <= 1).
+    #[arg(long, value_name = "P")]
+    probability: Option<f64>,
+    /// tbf: its own rate.
+    #[arg(long, value_name = "RATE")]
+    tbf_rate: Option<Rate>,
+    /// tbf: its bucket size.
+    #[arg(long, value_name = "SIZE")]
+    tbf_burst: Option<Size>,
+    /// tbf: the longest a packet may wait (instead of --limit; default
+    /// 50ms).
+    #[arg(long, value_name = "TIME", conflicts_with = "limit")]
+    latency: Option<Micros>,
+}
+
+impl QdiscArgs {
+    /// The `Qdisc` these options describe; an option of another qdisc, or
+    /// a missing required one, is an error naming it.
+    fn qdisc(self) -> Result<Qdisc, String> {
+        let kind = self.qdisc.unwrap_or(QdiscKind::Fifo);
+        let given: [(&str, QdiscKind, bool); 9] = [
+            ("--quantum", QdiscKind::Sfq, self.quantum.is_some()),
+            ("--perturb", QdiscKind::Sfq, self.perturb.is_some()),
+            ("--flows", QdiscKind::Sfq, self.flows.is_some()),
+            ("--min", QdiscKind::Red, self.min.is_some()),
+            ("--max", QdiscKind::Red, self.max.is_some()),
+            ("--probability", QdiscKind::Red, self.probability.is_some()),
+            ("--tbf-rate", QdiscKind::Tbf, self.tbf_rate.is_some()),
+            ("--tbf-burst", QdiscKind::Tbf, self.tbf_burst.is_some()),
+            ("--latency", QdiscKind::Tbf, self.latency.is_some()),
+        ];
+        if let Some((opt, owner, _)) = given.iter().find(|(_, k, set)| *set && *k != kind) {
+            let article = if *owner == QdiscKind::Sfq { "an" } else { "a" };
+            let hint = if self.qdisc.is_none() {
+                format!(" (the default qdisc; add --qdisc {})", owner.name())
+            } else {
+                String::new()
+            };
+            return Err(format!(
+                "{opt} is {article} {} option, not {}{hint}",
+                owner.name(),
+                kind.name()
+            ));
+        }
+        let packets = |l: &Option<String>| -> Result<Option<u32>, String> {
+            l.as_deref()
+                .map(|s| {
+                    s.trim().parse::<u32>().map_err(|_| {
+                        format!("--limit `{s}`: {} takes a number of packets", kind.name())
+                    })
+                })
+                .transpose()
+        };
+        let bytes = |l: &Option<String>| -> Result<Option<Size>, String> {
+            l.as_deref()
+                .map(|s| s.parse::<Size>().map_err(|e| format!("--limit: {e}")))
+                .transpose()
+        };
+        let need = |missing: &[(&str, bool)]| -> Result<(), String> {
+            let names: Vec<&str> = missing
+                .iter()
+                .filter(|(_, set)| !set)
+                .map(|(n, _)| *n)
+                .collect();
+            match names.as_slice() {
+                [] => Ok(()),
+                [one] => Err(format!("--qdisc {} needs {one}", kind.name())),
+                [init @ .., last] => Err(format!(
+                    "--qdisc {} needs {} and {last}",
+                    kind.name(),
+                    init.join(", ")
+                )),
+            }
+        };
+        Ok(match kind {
+            QdiscKind::Sfq => Qdisc::Sfq {
+                quantum: self.quantum,
+                perturb: self.perturb,
+                flows: self.flows,
+                limit: packets(&self.limit)?,
+            },
+            QdiscKind::Fifo => Qdisc::Fifo {
+                limit: packets(&self.limit)?,
+            },
+            QdiscKind::Prio3 => Qdisc::Prio3 {
+                limit: packets(&self.limit)?,
+            },
+            QdiscKind::Red => {
+                need(&[
+                    ("--min", self.min.is_some()),
+                    ("--max", self.max.is_some()),
+                    ("--probability", self.probability.is_some()),
+                ])?;
+                Qdisc::Red {
+                    min: self.min.expect("checked"),
+                    max: self.max.expect("checked"),
+                    probability: self.probability.expect("checked"),
+                    limit: bytes(&self.limit)?,
+                }
+            }
+            QdiscKind::Tbf => {
+                need(&[
+                    ("--tbf-rate", self.tbf_rate.is_some()),
+                    ("--tbf-burst", self.tbf_burst.is_some()),
+                ])?;
+                Qdisc::Tbf {
+                    rate: self.tbf_rate.expect("checked"),
+                    burst: self.tbf_burst.expect("checked"),
+                    limit: bytes(&self.limit)?,
+                    latency: self.latency,
+                }
+            }
+        })
+    }
+}
+
+/// What a policer watches: `--dev IF --classid M:N`, `--tcp VIP:PORT` or
+/// `--udp VIP:PORT` (exactly one; see `police_target_group`).
+#[derive(Args, Debug)]
+struct PoliceTargetArgs {
+    /// Interface of the policed class.
+    #[arg(long, value_name = "IF", requires = "classid")]
+    dev: Option<String>,
+    /// The policed class.
+    #[arg(long, value_name = "M:N", requires = "dev")]
+    classid: Option<ClassId>,
+    /// TCP service whose incoming traffic is policed.
+    #[arg(long, short = 't', value_name = "VIP:PORT", value_parser = tcp_service)]
+    tcp: Option<ServiceKey>,
+    /// UDP service whose incoming traffic is policed.
+    #[arg(long, short = 'u', value_name = "VIP:PORT", value_parser = udp_service)]
+    udp: Option<ServiceKey>,
+}
+
+fn police_target_group() -> clap::ArgGroup {
+    clap::ArgGroup::new("target")
+        .args(["dev", "tcp", "udp"])
+        .required(true)
+        .multiple(false)
+}
+
+fn tcp_service(s: &str) -> Result<ServiceKey, String> {
+    ServiceKey::parse(Protocol::Tcp, s)
+}
+
+fn udp_service(s: &str) -> Result<ServiceKey, String> {
+    ServiceKey::parse(Protocol::Udp, s)
+}
+
+impl PoliceTargetArgs {
+    fn target(self) -> PoliceTarget {
+        match (self.dev, self.classid, self.tcp.or(self.udp)) {
+            (Some(dev), Some(classid), _) => PoliceTarget::Class { dev, classid },
+            (_, _, Some(service)) => PoliceTarget::Service(service),
+            _ => unreachable!("clap requires --dev/--classid, --tcp or --udp"),
+        }
+    }
+}
+
+/// The request for a `shape` command and how to show its answer.
+fn shape_request(cmd: ShapeCmd) -> Result<(Request, Show), String> {
+    Ok(match cmd {
+        ShapeCmd::SetRoot { dev, rate, default } => {
+            (Request::ShapeSetRoot { dev, rate, default }, Show::Nothing)
+        }
+        ShapeCmd::DelRoot { dev } => (Request::ShapeDelRoot { dev }, Show::Nothing),
+        ShapeCmd::AddClass(args) => {
+            let (dev, class) = args.spec()?;
+            (Request::ShapeAddClass { dev, class }, Show::Nothing)
+        }
+        ShapeCmd::ChangeClass(args) => {
+            let (dev, class) = args.spec()?;
+            (Request::ShapeChangeClass { dev, class }, Show::Nothing)
+        }
+        ShapeCmd::DelClass { dev, classid } => {
+            (Request::ShapeDelClass { dev, classid }, Show::Nothing)
+        }
+        ShapeCmd::AddFilter {
+            dev,
+            prio,
+            matches,
+            flowid,
+        } => (
+            Request::ShapeAddFilter {
+                dev,
+                filter: FilterSpec {
+                    prio,
+                    matches,
+                    flowid,
+                },
+            },
+            Show::Nothing,
+        ),
+        ShapeCmd::DelFilter { dev, prio } => (Request::ShapeDelFilter { dev, prio }, Show::Nothing),
+        ShapeCmd::AddPolice {
+            target,
+            rate,
+            burst,
+        } => (
+            Request::ShapeAddPolice {
+                police: PoliceSpec {
+                    target: target.target(),
+                    rate,
+                    burst,
+                },
+            },
+            Show::Nothing,
+        ),
+        ShapeCmd::DelPolice { target } => (
+            Request::ShapeDelPolice {
+                target: target.target(),
+            },
+            Show::Nothing,
+        ),
+        ShapeCmd::List { dev, stats, json } => {
+            (Request::ShapeList {}, Show::Shaping { dev, stats, json })
+        }
+    })
+}
+
+/// Keeps `dev`'s tree and the policers of its classes.
+fn only_dev(mut l: ShapeListing, dev: &str) -> ShapeListing {
+    l.devs.retain(|d| d.dev == dev);
+    l.police
+        .retain(|p| matches!(&p.spec.target, PoliceTarget::Class { dev: d, .. } if d == dev));
+    l
 }
 
 /// Exit codes for failures before the daemon answered (daemon errors use
@@ -245,15 +678,23 @@ const EXIT_IO: u8 = 74;
 const EXIT_PROTOCOL: u8 = 76;
 
 /// How to show the daemon's answer.
-#[derive(Clone, Copy)]
 enum Show {
     Nothing,
-    Listing { stats: bool, rate: bool },
+    Listing {
+        stats: bool,
+        rate: bool,
+    },
     Json,
     Status,
     Config,
     ConfigJson,
     Conns,
+    /// `shape list`, optionally one interface's part.
+    Shaping {
+        dev: Option<String>,
+        stats: bool,
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -397,6 +838,10 @@ fn main() -> ExitCode {
             Request::Status {},
             if json { Show::Json } else { Show::Status },
         ),
+        Cmd::Shape { cmd } => match shape_request(cmd) {
+            Ok(x) => x,
+            Err(e) => return fail(EXIT_USAGE, e),
+        },
     };
     let resp = match call(&cli.socket, &req) {
         Ok(r) => r,
@@ -444,6 +889,32 @@ fn print_response(result: Response, show: Show) -> ExitCode {
             print!("{text}");
             ExitCode::SUCCESS
         }
+        (
+            Response::Shaping(l),
+            Show::Shaping {
+                dev,
+                stats,
+                json: j,
+            },
+        ) => {
+            let l = match dev {
+                Some(dev) if !l.devs.iter().any(|d| d.dev == dev) => {
+                    return fail(
+                        ErrorCode::NotFound.exit_code() as u8,
+                        format!("interface {dev} is not shaped"),
+                    );
+                }
+                Some(dev) => only_dev(l, &dev),
+                None => l,
+            };
+            if j {
+                json(&l)
+            } else {
+                print!("{}", format::shaping(&l, stats));
+                ExitCode::SUCCESS
+            }
+        }
+        (Response::Shaping(l), _) => json(&l),
     }
 }
 
@@ -590,6 +1061,343 @@ mod tests {
         assert!(
             Cli::try_parse_from(["lvc-ctl", "-A", "-t", "10.0.0.10:80", "-u", "10.0.0.10:53"])
                 .is_err()
+        );
+    }
+
+    /// `lvc-ctl shape …` parsed into its request, or the error message.
+    fn shape(args: &[&str]) -> Result<Request, String> {
+        let argv = ["lvc-ctl", "shape"].iter().chain(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.cmd {
+            Cmd::Shape { cmd } => shape_request(cmd).map(|(req, _)| req),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shape_add_class_with_sfq() {
+        let req = shape(&[
+            "add-class",
+            "--dev",
+            "d1",
+            "--classid",
+            "1:10",
+            "--parent",
+            "1:1",
+            "--rate",
+            "70mbit",
+            "--ceil",
+            "100mbit",
+            "--burst",
+            "45kb",
+            "--prio",
+            "2",
+            "--isolated",
+            "--qdisc",
+            "sfq",
+            "--quantum",
+            "1514",
+            "--perturb",
+            "10",
+            "--flows",
+            "64",
+            "--limit",
+            "127",
+        ])
+        .unwrap();
+        assert_eq!(
+            req,
+            Request::ShapeAddClass {
+                dev: "d1".into(),
+                class: ClassSpec {
+                    classid: ClassId {
+                        major: 1,
+                        minor: 0x10
+                    },
+                    parent: Some(ClassId { major: 1, minor: 1 }),
+                    rate: Rate(70_000_000),
+                    ceil: Some(Rate(100_000_000)),
+                    burst: Some(Size(45 * 1024)),
+                    prio: 2,
+                    bounded: false,
+                    isolated: true,
+                    qdisc: Qdisc::Sfq {
+                        quantum: Some(Size(1514)),
+                        perturb: Some(10),
+                        flows: Some(64),
+                        limit: Some(127),
+                    },
+                },
+            }
+        );
+        // change-class takes the same options; no --qdisc is a fifo.
+        let req = shape(&[
+            "change-class",
+            "--dev",
+            "d1",
+            "--classid",
+            "1:20",
+            "--rate",
+            "30mbit",
+            "--bounded",
+            "--limit",
+            "1000",
+        ])
+        .unwrap();
+        match req {
+            Request::ShapeChangeClass { dev, class } => {
+                assert_eq!(dev, "d1");
+                assert!(class.bounded && class.parent.is_none());
+                assert_eq!(class.qdisc, Qdisc::Fifo { limit: Some(1000) });
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn shape_qdisc_options_are_checked() {
+        let base = [
+            "add-class",
+            "--dev",
+            "d1",
+            "--classid",
+            "1:10",
+            "--rate",
+            "1mbit",
+        ];
+        let with = |extra: &[&str]| {
+            let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+            shape(&args)
+        };
+        for (extra, want) in [
+            (
+                &[
+                    "--qdisc",
+                    "tbf",
+                    "--tbf-rate",
+                    "1mbit",
+                    "--tbf-burst",
+                    "10kb",
+                    "--perturb",
+                    "10",
+                ][..],
+                "--perturb is an sfq option, not tbf",
+            ),
+            (
+                &["--min", "10kb"][..],
+                "--min is a red option, not fifo (the default qdisc; add --qdisc red)",
+            ),
+            (
+                &["--qdisc", "sfq", "--latency", "50ms"][..],
+                "--latency is a tbf option, not sfq",
+            ),
+            (
+                &["--qdisc", "red", "--min", "10kb"][..],
+                "--qdisc red needs --max and --probability",
+            ),
+            (
+                &["--qdisc", "tbf", "--tbf-rate", "1mbit"][..],
+                "--qdisc tbf needs --tbf-burst",
+            ),
+            (
+                &["--qdisc", "fifo", "--limit", "10kb"][..],
+                "--limit `10kb`: fifo takes a number of packets",
+            ),
+            (
+                &[
+                    "--qdisc",
+                    "red",
+                    "--min",
+                    "1kb",
+                    "--max",
+                    "3kb",
+                    "--probability",
+                    "0.1",
+                    "--limit",
+                    "lots",
+                ][..],
+                "--limit: size `lots`",
+            ),
+            (&["--qdisc", "codel"][..], "invalid value 'codel'"),
+        ] {
+            let e = with(extra).unwrap_err();
+            assert!(e.contains(want), "{extra:?}: {e}");
+        }
+        let e = shape(&["del-class", "--dev", "d1", "--classid", "1:g"]).unwrap_err();
+        assert!(e.contains("class id `1:g`: expected MAJOR:MINOR"), "{e}");
+        let e = shape(&["set-root", "--dev", "d1", "--rate", "10 furlongs"]).unwrap_err();
+        assert!(e.contains("rate `10 furlongs`: unknown unit"), "{e}");
+        // red and tbf take --limit as a size.
+        match with(&[
+            "--qdisc",
+            "red",
+            "--min",
+            "30kb",
+            "--max",
+            "90kb",
+            "--probability",
+            "0.02",
+            "--limit",
+            "360kb",
+        ])
+        .unwrap()
+        {
+            Request::ShapeAddClass { class, .. } => assert_eq!(
+                class.qdisc,
+                Qdisc::Red {
+                    min: Size(30 * 1024),
+                    max: Size(90 * 1024),
+                    probability: 0.02,
+                    limit: Some(Size(360 * 1024)),
+                }
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            with(&[
+                "--qdisc",
+                "tbf",
+                "--tbf-rate",
+                "1mbit",
+                "--tbf-burst",
+                "10kb",
+                "--limit",
+                "10kb",
+                "--latency",
+                "50ms",
+            ])
+            .is_err()
+        );
+    }
+
+    #[test]
+    fn shape_police_targets() {
+        let rate = ["--rate", "10mbit", "--burst", "10kb"];
+        let police = |target: &[&str]| {
+            let args: Vec<&str> = ["add-police"]
+                .iter()
+                .chain(target)
+                .chain(&rate)
+                .copied()
+                .collect();
+            shape(&args)
+        };
+        let target = |r: Result<Request, String>| match r {
+            Ok(Request::ShapeAddPolice { police }) => {
+                assert_eq!(
+                    (police.rate, police.burst),
+                    (Rate(10_000_000), Size(10_240))
+                );
+                police.target
+            }
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            target(police(&["--dev", "d1", "--classid", "1:10"])),
+            PoliceTarget::Class {
+                dev: "d1".into(),
+                classid: "1:10".parse().unwrap()
+            }
+        );
+        assert_eq!(
+            target(police(&["--tcp", "10.9.0.10:80"])),
+            PoliceTarget::Service(ServiceKey::parse(Protocol::Tcp, "10.9.0.10:80").unwrap())
+        );
+        assert_eq!(
+            target(police(&["-u", "[2001:db8::1]:53"])),
+            PoliceTarget::Service("udp:[2001:db8::1]:53".parse().unwrap())
+        );
+        for bad in [
+            &[][..],
+            &["--dev", "d1"][..],
+            &["--classid", "1:10"][..],
+            &["--tcp", "10.9.0.10:80", "--udp", "10.9.0.10:53"][..],
+            &["--dev", "d1", "--classid", "1:10", "--tcp", "10.9.0.10:80"][..],
+            &["--tcp", "10.9.0.10"][..],
+        ] {
+            assert!(police(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            shape(&["del-police", "--udp", "10.9.0.10:53"]).unwrap(),
+            Request::ShapeDelPolice {
+                target: PoliceTarget::Service("udp:10.9.0.10:53".parse().unwrap())
+            }
+        );
+    }
+
+    #[test]
+    fn shape_filters_parse_matches_before_sending() {
+        assert_eq!(
+            shape(&[
+                "add-filter",
+                "--dev",
+                "d1",
+                "--prio",
+                "1",
+                "--match",
+                "real 10.2.0.11",
+                "--match",
+                "ip tos 0x30 0xff",
+                "--flowid",
+                "1:10",
+            ])
+            .unwrap(),
+            Request::ShapeAddFilter {
+                dev: "d1".into(),
+                filter: FilterSpec {
+                    prio: 1,
+                    matches: vec![
+                        "real 10.2.0.11".parse().unwrap(),
+                        Match::Tos {
+                            value: 0x30,
+                            mask: 0xff
+                        }
+                    ],
+                    flowid: "1:10".parse().unwrap(),
+                },
+            }
+        );
+        let e = shape(&[
+            "add-filter",
+            "--dev",
+            "d1",
+            "--prio",
+            "1",
+            "--match",
+            "ip tos 0x30",
+            "--flowid",
+            "1:10",
+        ])
+        .unwrap_err();
+        assert!(e.contains("expected `ip tos VALUE MASK`"), "{e}");
+        assert!(
+            shape(&[
+                "add-filter",
+                "--dev",
+                "d1",
+                "--prio",
+                "1",
+                "--flowid",
+                "1:10"
+            ])
+            .is_err()
+        );
+        assert_eq!(
+            shape(&[
+                "set-root",
+                "--dev",
+                "d1",
+                "--rate",
+                "100mbit",
+                "--default",
+                "1:20"
+            ])
+            .unwrap(),
+            Request::ShapeSetRoot {
+                dev: "d1".into(),
+                rate: Rate(100_000_000),
+                default: Some("1:20".parse().unwrap()),
+            }
         );
     }
 }
