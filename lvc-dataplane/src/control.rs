@@ -11,12 +11,14 @@ use crate::conntrack::Conntrack;
 use crate::route::{NeighRequest, NextHop, RouteTable};
 use crate::schedule::SchedState;
 use crate::services::{Persistence, Server, Service, ServiceTable};
+use crate::shape::ShapeTable;
 use crate::snat::SnatPool;
 use crate::stats::{Drop, TrafficStats, WorkerStats};
 use crate::steer::{AttachMode, Steering};
 use arc_swap::ArcSwap;
 use lvc_ebpf::{AddrKey, EndpointKey, PortRanges};
 use lvc_proto::config::{ConfigFile, Fullnat, ServerConfig, ServiceConfig, Timeouts};
+use lvc_proto::shape::ShapeConfig;
 use lvc_proto::{
     ConnFilter, ConnInfo, ConnListing, ErrorCode, ErrorReply, InterfaceStatus, Listing,
     MAX_REQUEST_BYTES, MAX_WEIGHT, Method, Protocol, RealSpec, Request, RequestEnvelope, Response,
@@ -92,6 +94,10 @@ pub struct Control {
     config: Mutex<Config>,
     steering: Arc<Mutex<Steering>>,
     services: Arc<ArcSwap<ServiceTable>>,
+    /// The shaping configuration (under its own lock) and what the
+    /// workers run from it.
+    shape_config: Mutex<ShapeConfig>,
+    shaping: Arc<ArcSwap<ShapeTable>>,
     conntrack: Arc<Conntrack>,
     workers: Vec<Arc<WorkerStats>>,
     interfaces: Vec<ServedInterface>,
@@ -150,6 +156,7 @@ fn mask_bits(m: Ipv4Addr) -> u8 {
 pub struct ControlDeps {
     pub steering: Arc<Mutex<Steering>>,
     pub services: Arc<ArcSwap<ServiceTable>>,
+    pub shaping: Arc<ArcSwap<ShapeTable>>,
     pub conntrack: Arc<Conntrack>,
     pub workers: Vec<Arc<WorkerStats>>,
     pub interfaces: Vec<ServedInterface>,
@@ -169,6 +176,8 @@ impl Control {
             config: Mutex::new(Config::new()),
             steering: d.steering,
             services: d.services,
+            shape_config: Mutex::new(ShapeConfig::default()),
+            shaping: d.shaping,
             conntrack: d.conntrack,
             workers: d.workers,
             interfaces: d.interfaces,
@@ -202,8 +211,66 @@ impl Control {
             Request::SetTimeouts { tcp, tcpfin, udp } => done(self.set_timeouts(tcp, tcpfin, udp)),
             Request::Zero { service } => done(self.zero(service.as_ref())),
             Request::SetLocalPool { addrs } => done(self.set_pool(&addrs)),
+            Request::ShapeList {} => Response::Shaping(self.shaping.load().listing()),
+            shape @ (Request::ShapeSetRoot { .. }
+            | Request::ShapeDelRoot { .. }
+            | Request::ShapeAddClass { .. }
+            | Request::ShapeChangeClass { .. }
+            | Request::ShapeDelClass { .. }
+            | Request::ShapeAddFilter { .. }
+            | Request::ShapeDelFilter { .. }
+            | Request::ShapeAddPolice { .. }
+            | Request::ShapeDelPolice { .. }) => done(self.shape(&shape)),
             change => done(self.apply(std::slice::from_ref(&change))),
         }
+    }
+
+    /// Applies one shaping change: to a copy, validated and compiled as a
+    /// whole, then published; on any error the running shaping stays.
+    fn shape(&self, req: &Request) -> Result<(), ErrorReply> {
+        let mut cfg = self.shape_config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = cfg.clone();
+        crate::shape::edit::edit(&mut next, req)?;
+        self.publish_shaping(&next)?;
+        *cfg = next;
+        Ok(())
+    }
+
+    /// Compiles `cfg` for the served interfaces and hands it to the
+    /// workers (counters of classes that stay carry over).
+    fn publish_shaping(&self, cfg: &ShapeConfig) -> Result<(), ErrorReply> {
+        let table = self.build_shaping(cfg)?;
+        self.shaping.store(Arc::new(table));
+        Ok(())
+    }
+
+    fn build_shaping(&self, cfg: &ShapeConfig) -> Result<ShapeTable, ErrorReply> {
+        let served = |dev: &str| {
+            self.interfaces
+                .iter()
+                .find(|i| i.name == dev)
+                .map(|i| i.ifindex)
+        };
+        let names: Vec<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
+        ShapeTable::build(
+            cfg,
+            served,
+            &self.shaping.load(),
+            self.epoch.elapsed().as_nanos() as u64,
+        )
+        .map_err(|e| {
+            let e = if e.contains("not one lvc serves") {
+                format!("{e} (lvc serves {})", names.join(", "))
+            } else {
+                e
+            };
+            err(ErrorCode::InvalidArgument, e)
+        })
+    }
+
+    /// Refreshes the shaping classes' current rates.
+    pub fn sample_shaping(&self, secs: f64) {
+        self.shaping.load().sample(secs);
     }
 
     /// The running timeouts.
@@ -316,6 +383,11 @@ impl Control {
         ConfigFile {
             timeouts: Some(self.timeouts()),
             fullnat: (!local.is_empty()).then_some(Fullnat { local }),
+            shape: self
+                .shape_config
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
             services: cfg
                 .iter()
                 .map(|(key, s)| {
@@ -353,6 +425,10 @@ impl Control {
         let changes = file
             .requests()
             .map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+        // Shaping first: compiled (and so checked against the served
+        // interfaces) before anything changes, published after services.
+        let mut shape_cfg = self.shape_config.lock().unwrap_or_else(|p| p.into_inner());
+        let shaping = self.build_shaping(&file.shape)?;
         let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = Config::new();
         let pool = file.local_pool();
@@ -390,6 +466,8 @@ impl Control {
         if let Some(t) = &file.timeouts {
             self.store_timeouts(t);
         }
+        self.shaping.store(Arc::new(shaping));
+        *shape_cfg = file.shape.clone();
         Ok(())
     }
 
@@ -866,6 +944,16 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorRep
         | Request::Conns { .. }
         | Request::Zero { .. }
         | Request::SetLocalPool { .. }
+        | Request::ShapeSetRoot { .. }
+        | Request::ShapeDelRoot { .. }
+        | Request::ShapeAddClass { .. }
+        | Request::ShapeChangeClass { .. }
+        | Request::ShapeDelClass { .. }
+        | Request::ShapeAddFilter { .. }
+        | Request::ShapeDelFilter { .. }
+        | Request::ShapeAddPolice { .. }
+        | Request::ShapeDelPolice { .. }
+        | Request::ShapeList {}
         | Request::SetTimeouts { .. } => {
             return Err(err(ErrorCode::BadRequest, "not a configuration change"));
         }

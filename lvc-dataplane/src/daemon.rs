@@ -12,6 +12,7 @@ use crate::conntrack::Conntrack;
 use crate::control::{Control, ControlDeps, ControlSocket, ServedInterface};
 use crate::route::RouteMonitor;
 use crate::services::ServiceTable;
+use crate::shape::ShapeTable;
 use crate::stats::WorkerStats;
 use crate::steer::Steering;
 use crate::worker::{Shared, Worker};
@@ -120,9 +121,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let conntrack = Arc::new(Conntrack::new(opts.conntrack_size));
     let services = Arc::new(ArcSwap::from_pointee(ServiceTable::default()));
+    let shaping = Arc::new(ArcSwap::from_pointee(ShapeTable::default()));
     let (neigh_tx, neigh_rx) = crossbeam_channel::bounded(4096);
     let shared = Shared {
         services: services.clone(),
+        shaping: shaping.clone(),
         routes: routes.table.clone(),
         conntrack: conntrack.clone(),
         neigh_requests: neigh_tx,
@@ -203,6 +206,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let control = Arc::new(Control::new(ControlDeps {
         steering: steering.clone(),
         services,
+        shaping,
         conntrack: conntrack.clone(),
         workers: worker_stats,
         interfaces: served,
@@ -235,6 +239,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                             control.sweep_templates(now);
                             if now.is_multiple_of(2) {
                                 control.sample_rates(2.0);
+                                control.sample_shaping(2.0);
                             }
                         }
                     }

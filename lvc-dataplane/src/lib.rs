@@ -24,6 +24,7 @@ pub mod rewrite;
 pub mod route;
 pub mod schedule;
 pub mod services;
+pub mod shape;
 pub mod snat;
 pub mod stats;
 pub mod steer;

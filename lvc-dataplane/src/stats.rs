@@ -47,10 +47,15 @@ pub enum Drop {
     TxFull,
     /// fullnat: no local pool, or every pool port is in use.
     SnatExhausted,
+    /// Above a policer's rate and burst (a service's or a class's).
+    Policed,
+    /// A shaping queue was full (its limit, or the worker's frames for
+    /// queues), or RED dropped it.
+    ShapeQueue,
 }
 
 impl Drop {
-    pub const COUNT: usize = 15;
+    pub const COUNT: usize = 17;
     pub const ALL: [Drop; Drop::COUNT] = [
         Drop::Malformed,
         Drop::NotIp,
@@ -67,6 +72,8 @@ impl Drop {
         Drop::TooBig,
         Drop::TxFull,
         Drop::SnatExhausted,
+        Drop::Policed,
+        Drop::ShapeQueue,
     ];
 
     pub fn name(self) -> &'static str {
@@ -86,6 +93,8 @@ impl Drop {
             Drop::TooBig => "too_big",
             Drop::TxFull => "tx_full",
             Drop::SnatExhausted => "snat_exhausted",
+            Drop::Policed => "policed",
+            Drop::ShapeQueue => "shape_queue",
         }
     }
 }

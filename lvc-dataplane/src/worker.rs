@@ -18,6 +18,8 @@ use crate::rewrite;
 use crate::route::{NeighRequest, NextHop, RouteTable};
 use crate::schedule;
 use crate::services::{Persistence, Server, Service, ServiceTable, Template};
+use crate::shape::classify::{self, FlowMeta};
+use crate::shape::{Enqueued, MAX_HELD, PortShaper, ShapeTable};
 use crate::stats::{Drop, WorkerStats, bump};
 use crate::xsk::{Frame, WorkerIo};
 use arc_swap::ArcSwap;
@@ -64,9 +66,59 @@ pub struct Shared {
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub conntrack: Arc<Conntrack>,
     pub neigh_requests: Sender<NeighRequest>,
+    pub shaping: Arc<ArcSwap<ShapeTable>>,
     pub shutdown: Arc<AtomicBool>,
     /// The daemon's start: `now` is whole seconds since then.
     pub epoch: Instant,
+}
+
+/// What one iteration reads once: the clock and the snapshots.
+pub struct Snap<'a> {
+    /// Whole seconds since the epoch (connection ageing).
+    pub now: u32,
+    /// Nanoseconds since the epoch (token buckets).
+    pub now_ns: u64,
+    pub services: &'a ServiceTable,
+    pub routes: &'a RouteTable,
+    pub shaping: &'a ShapeTable,
+}
+
+/// Frames sent per shaped interface per iteration, at most.
+const SHAPE_BUDGET: usize = 4 * BATCH;
+
+/// One worker's shaping queues, one per shaped port, for the shaping
+/// table they were built from.
+struct Shapers {
+    table: Arc<ShapeTable>,
+    ports: Vec<Option<PortShaper>>,
+}
+
+impl Shapers {
+    /// Rebuilds the queues for a new table, carrying queued frames over.
+    fn sync(&mut self, table: Arc<ShapeTable>, port_ifindex: &[u32], now: u64, io: &mut WorkerIo) {
+        let mut dropped = Vec::new();
+        let seed = now ^ (self as *const Self as u64);
+        let mut next: Vec<Option<PortShaper>> = port_ifindex
+            .iter()
+            .map(|&ifx| table.dev(ifx).map(|d| PortShaper::new(d.clone(), seed)))
+            .collect();
+        for (old, new) in self.ports.drain(..).zip(next.iter_mut()) {
+            match (old, new) {
+                (Some(old), Some(new)) => new.adopt(old, now, &mut dropped),
+                (Some(mut old), None) => dropped.extend(old.drain()),
+                _ => {}
+            }
+        }
+        for f in dropped {
+            io.release(f);
+        }
+        self.ports = next;
+        self.table = table;
+    }
+
+    fn held(&self) -> usize {
+        self.ports.iter().flatten().map(|p| p.held).sum()
+    }
 }
 
 pub struct Worker {
@@ -85,10 +137,31 @@ impl Worker {
             .map(|_| Vec::with_capacity(BATCH * nports))
             .collect();
         let mut parked: Vec<Parked> = Vec::new();
+        let mut shapers = Shapers {
+            table: Arc::new(ShapeTable::default()),
+            ports: (0..nports).map(|_| None).collect(),
+        };
         while !self.shared.shutdown.load(Relaxed) {
-            let now = self.shared.epoch.elapsed().as_secs() as u32;
+            let elapsed = self.shared.epoch.elapsed();
+            let now_ns = elapsed.as_nanos() as u64;
             let services = self.shared.services.load();
             let routes = self.shared.routes.load();
+            let shaping = self.shared.shaping.load();
+            if !Arc::ptr_eq(&shaping, &shapers.table) {
+                shapers.sync(
+                    Arc::clone(&shaping),
+                    &self.port_ifindex,
+                    now_ns,
+                    &mut self.io,
+                );
+            }
+            let snap = Snap {
+                now: elapsed.as_secs() as u32,
+                now_ns,
+                services: &services,
+                routes: &routes,
+                shaping: &shaping,
+            };
             if !parked.is_empty() {
                 self.unpark(&mut parked, &routes, &mut out);
             }
@@ -100,20 +173,21 @@ impl Worker {
                     bump(&self.stats.rx_packets, 1);
                     bump(&self.stats.rx_bytes, frame.len() as u64);
                     let bytes = self.io.bytes_mut(&mut frame);
-                    let verdict = match forward(
-                        bytes,
-                        now,
-                        &services,
-                        &routes,
-                        &self.shared,
-                        &self.port_ifindex,
-                    ) {
-                        Ok(Verdict::Icmp(what)) => self.originate(&mut frame, what, &routes),
-                        Ok(Verdict::Tunnel(rip)) => self.encapsulate(&mut frame, rip, &routes),
-                        v => v,
-                    };
+                    let mut meta = FlowMeta::default();
+                    let verdict =
+                        match forward(bytes, &snap, &self.shared, &self.port_ifindex, &mut meta) {
+                            Ok(Verdict::Icmp(what)) => self.originate(&mut frame, what, &routes),
+                            Ok(Verdict::Tunnel(rip)) => self.encapsulate(&mut frame, rip, &routes),
+                            v => v,
+                        };
                     match verdict {
-                        Ok(Verdict::Send(egress)) => out[egress].push(frame),
+                        Ok(Verdict::Send(egress)) => {
+                            if let Some(why) =
+                                self.offer(&mut shapers, egress, frame, &meta, now_ns, &mut out)
+                            {
+                                self.stats.count_drop(why);
+                            }
+                        }
                         Ok(Verdict::Park(next)) if parked.len() < PARK_MAX => parked.push(Parked {
                             frame,
                             next,
@@ -134,6 +208,14 @@ impl Worker {
                     }
                 }
             }
+            let mut shaped_wait: Option<u64> = None;
+            for (port, sh) in shapers.ports.iter_mut().enumerate() {
+                if let Some(sh) = sh
+                    && let Some(w) = sh.dequeue(now_ns, SHAPE_BUDGET, &mut out[port])
+                {
+                    shaped_wait = Some(shaped_wait.map_or(w, |x| x.min(w)));
+                }
+            }
             for (port, frames) in out.iter_mut().enumerate() {
                 let n = frames.len();
                 if n == 0 {
@@ -148,22 +230,73 @@ impl Worker {
             }
             let (kicks, completed) = self.io.service();
             bump(&self.stats.tx_kicks, kicks);
-            if received == 0 && completed == 0 {
+            if received == 0 && completed == 0 && shaped_wait != Some(0) {
                 // No progress: sleep in poll() until a frame arrives. The
-                // timeout bounds how long a shutdown request, a parked frame
-                // or a stuck TX ring (link down) waits — never a busy spin.
+                // timeout bounds how long a shutdown request, a parked frame,
+                // a shaped queue waiting for tokens or a stuck TX ring (link
+                // down) waits — never a busy spin.
                 let nap = if self.io.tx_pending() {
-                    1
+                    Duration::from_millis(1)
                 } else if parked.is_empty() {
-                    100
+                    Duration::from_millis(100)
                 } else {
-                    5
+                    Duration::from_millis(5)
                 };
-                self.io.wait(Duration::from_millis(nap));
+                let nap = match shaped_wait {
+                    Some(ns) => nap.min(Duration::from_nanos(ns.max(2_000))),
+                    None => nap,
+                };
+                self.io.wait(nap);
             }
         }
         for p in parked {
             self.io.release(p.frame);
+        }
+        for sh in shapers.ports.iter_mut().flatten() {
+            for f in sh.drain() {
+                self.io.release(f);
+            }
+        }
+    }
+
+    /// Hands a routed frame to its egress port: straight to TX, or through
+    /// the port's shaper. Returns why it was dropped, if it was.
+    fn offer(
+        &mut self,
+        shapers: &mut Shapers,
+        port: usize,
+        mut frame: Frame,
+        meta: &FlowMeta,
+        now: u64,
+        out: &mut [Vec<Frame>],
+    ) -> Option<Drop> {
+        let room = shapers.held() < MAX_HELD;
+        let Some(sh) = shapers.ports[port].as_mut() else {
+            out[port].push(frame);
+            return None;
+        };
+        let bytes = self.io.bytes_mut(&mut frame);
+        let class =
+            classify::header(bytes).and_then(|h| Some((sh.dev.classify(bytes, &h, meta)?, h)));
+        let Some((leaf, h)) = class else {
+            sh.dev.direct.fetch_add(1, Relaxed);
+            out[port].push(frame);
+            return None;
+        };
+        match sh.enqueue(frame, leaf, &h, now, room) {
+            Enqueued::Queued => None,
+            Enqueued::Direct(f) => {
+                out[port].push(f);
+                None
+            }
+            Enqueued::Dropped(f) => {
+                self.io.release(f);
+                Some(Drop::ShapeQueue)
+            }
+            Enqueued::Policed(f) => {
+                self.io.release(f);
+                Some(Drop::Policed)
+            }
         }
     }
 
@@ -262,12 +395,12 @@ impl Worker {
 #[inline]
 fn forward(
     f: &mut [u8],
-    now: u32,
-    services: &ServiceTable,
-    routes: &RouteTable,
+    snap: &Snap,
     shared: &Shared,
     port_ifindex: &[u32],
+    meta: &mut FlowMeta,
 ) -> Result<Verdict, Drop> {
+    let (now, services, routes) = (snap.now, snap.services, snap.routes);
     let pkt = parse(f)?;
     if let Some(fr) = pkt.frag
         && !fr.first
@@ -283,6 +416,18 @@ fn forward(
             Dir::Original,
         ),
     };
+    *meta = FlowMeta {
+        proto: conn.proto,
+        vip: Some(conn.vip),
+        real: Some(conn.real),
+    };
+    if dir == Dir::Original
+        && !snap.shaping.services.is_empty()
+        && let Some(p) = snap.shaping.service_policer(conn.proto, conn.vip)
+        && !p.admit(f.len() as u32, snap.now_ns)
+    {
+        return Err(Drop::Policed);
+    }
     conn.count(dir, f.len());
     if let Some(e) = &pkt.icmp {
         // An error about the flow: translated like the packet it quotes.

@@ -33,6 +33,8 @@ pub struct IoConfig {
     pub frame_size: u32,
     /// Use driver-mode XDP flags for the bind (informational for copy mode).
     pub skb_mode: bool,
+    /// Frames beyond what the rings need: what shaping queues may hold.
+    pub queue_frames: u32,
 }
 
 impl Default for IoConfig {
@@ -41,6 +43,7 @@ impl Default for IoConfig {
             ring_size: 2048,
             frame_size: 4096,
             skb_mode: false,
+            queue_frames: crate::shape::MAX_HELD as u32,
         }
     }
 }
@@ -115,8 +118,9 @@ impl WorkerIo {
             .comp_queue_size(ring)
             .build()
             .map_err(|e| XskError::Umem(e.to_string()))?;
-        // Per port: a full fill ring plus a full TX ring of frames.
-        let count = cfg.ring_size * 2 * ifaces.len().max(1) as u32;
+        // Per port: a full fill ring plus a full TX ring of frames; and
+        // the shaping queues' frames.
+        let count = cfg.ring_size * 2 * ifaces.len().max(1) as u32 + cfg.queue_frames;
         let (umem, free) = Umem::new(umem_cfg, NonZeroU32::new(count).expect("non-zero"), false)
             .map_err(|e| XskError::Umem(error_chain(&e)))?;
         let xdp_flags = if cfg.skb_mode {
@@ -382,7 +386,8 @@ impl WorkerIo {
         }
     }
 
-    /// Waits until a port has received frames or `timeout` passes.
+    /// Waits until a port has received frames or `timeout` passes
+    /// (microsecond resolution: shaping wakes up for its next tokens).
     pub fn wait(&self, timeout: Duration) {
         let mut fds: Vec<libc::pollfd> = self
             .ports
@@ -393,13 +398,19 @@ impl WorkerIo {
                 revents: 0,
             })
             .collect();
+        let ts = libc::timespec {
+            tv_sec: timeout.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
+        };
         // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfds
-        // that outlives the call.
+        // and `ts` a valid timespec, both outliving the call; a null
+        // sigmask leaves the signal mask alone.
         unsafe {
-            libc::poll(
+            libc::ppoll(
                 fds.as_mut_ptr(),
                 fds.len() as libc::nfds_t,
-                timeout.as_millis() as i32,
+                &ts,
+                std::ptr::null(),
             )
         };
     }

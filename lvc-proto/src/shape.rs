@@ -103,7 +103,7 @@ impl fmt::Display for Rate {
             (1_000_000, "mbit"),
             (1_000, "kbit"),
         ] {
-            if v % div == 0 {
+            if v.is_multiple_of(div) {
                 return write!(f, "{}{unit}", v / div);
             }
         }
@@ -145,9 +145,9 @@ impl FromStr for Size {
 impl fmt::Display for Size {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let v = self.0;
-        if v != 0 && v % (1 << 20) == 0 {
+        if v != 0 && v.is_multiple_of(1 << 20) {
             write!(f, "{}mb", v >> 20)
-        } else if v != 0 && v % 1024 == 0 {
+        } else if v != 0 && v.is_multiple_of(1024) {
             write!(f, "{}kb", v >> 10)
         } else {
             write!(f, "{v}b")
@@ -184,7 +184,7 @@ impl FromStr for Micros {
 
 impl fmt::Display for Micros {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.0 % 1000 == 0 {
+        if self.0.is_multiple_of(1000) {
             write!(f, "{}ms", self.0 / 1000)
         } else {
             write!(f, "{}us", self.0)

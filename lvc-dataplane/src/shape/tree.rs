@@ -1,0 +1,335 @@
+//! The class tree's tokens and HTB's rules: who may send now, who may
+//! borrow from whom, and what a sent packet is charged to.
+//!
+//! Every class has a rate bucket (its guarantee) and a ceil bucket (how
+//! far it may go by borrowing); node 0 is the root (the link: rate =
+//! ceil). A leaf whose rate bucket is not in debt sends on its own
+//! ("green"). Otherwise, if its ceil allows and it is not `bounded`, it
+//! borrows from the nearest ancestor that is green — every class between
+//! having ceil left and none of them bounded. A sent packet is charged to
+//! the rate and ceil buckets of the leaf and of every ancestor, so a
+//! parent's balance is what its children left unused.
+//!
+//! `isolated`: a parent's lendable bucket fills at its rate minus its
+//! isolated children's guarantees, and an isolated child's traffic within
+//! its own guarantee is not charged there — so what an isolated class
+//! does not use is never lent to its siblings, and what it does use never
+//! eats into theirs.
+//!
+//! The tree's state is shared by all workers (one lock per interface,
+//! taken once per dequeue round), so rates hold for the interface, not
+//! per queue.
+
+use super::bucket::TokenBucket;
+
+/// A class's place and rules in the tree.
+#[derive(Clone, Debug)]
+pub struct Node {
+    pub parent: Option<usize>,
+    pub prio: u8,
+    pub bounded: bool,
+    pub isolated: bool,
+    pub leaf: bool,
+    /// Guaranteed rate, bit/s.
+    pub rate: u64,
+    /// The rate its lendable bucket fills at (rate − isolated children).
+    pub lend_rate: u64,
+    pub ceil: u64,
+    pub burst: u64,
+    pub cburst: u64,
+    /// A tbf leaf's own rate and burst.
+    pub tbf: Option<(u64, u64)>,
+}
+
+/// The tokens of every class.
+#[derive(Clone, Debug)]
+pub struct TreeState {
+    rate: Vec<TokenBucket>,
+    ceil: Vec<TokenBucket>,
+    tbf: Vec<Option<TokenBucket>>,
+}
+
+/// How a leaf may send its next packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// On its own guarantee.
+    Green,
+    /// On tokens borrowed from this ancestor.
+    Borrow(usize),
+}
+
+impl TreeState {
+    pub fn new(nodes: &[Node], now: u64) -> Self {
+        Self {
+            rate: nodes
+                .iter()
+                .map(|n| TokenBucket::new(n.lend_rate, n.burst, now))
+                .collect(),
+            ceil: nodes
+                .iter()
+                .map(|n| TokenBucket::new(n.ceil, n.cburst, now))
+                .collect(),
+            tbf: nodes
+                .iter()
+                .map(|n| n.tbf.map(|(r, b)| TokenBucket::new(r, b, now)))
+                .collect(),
+        }
+    }
+
+    pub fn refill(&mut self, now: u64) {
+        for b in self.rate.iter_mut().chain(self.ceil.iter_mut()) {
+            b.refill(now);
+        }
+        for b in self.tbf.iter_mut().flatten() {
+            b.refill(now);
+        }
+    }
+
+    /// Whether `leaf` may send a `len`-byte packet now, and how.
+    pub fn mode(&self, nodes: &[Node], leaf: usize, len: u32) -> Option<Mode> {
+        if let Some(t) = &self.tbf[leaf]
+            && !t.covers(len)
+        {
+            return None;
+        }
+        if !self.ceil[leaf].ready() {
+            return None;
+        }
+        if self.rate[leaf].ready() {
+            return Some(Mode::Green);
+        }
+        let mut at = leaf;
+        loop {
+            if nodes[at].bounded {
+                return None;
+            }
+            let up = nodes[at].parent?;
+            if !self.ceil[up].ready() {
+                return None;
+            }
+            if self.rate[up].ready() {
+                return Some(Mode::Borrow(up));
+            }
+            at = up;
+        }
+    }
+
+    /// Charges a sent packet (see the module's rules).
+    pub fn charge(&mut self, nodes: &[Node], leaf: usize, len: u32, mode: Mode) {
+        let payer = match mode {
+            Mode::Green => leaf,
+            Mode::Borrow(a) => a,
+        };
+        if let Some(t) = &mut self.tbf[leaf] {
+            t.charge(len);
+        }
+        self.rate[leaf].charge(len);
+        self.ceil[leaf].charge(len);
+        let mut passed_payer = payer == leaf;
+        let mut child = leaf;
+        while let Some(up) = nodes[child].parent {
+            if !(nodes[child].isolated && passed_payer) {
+                self.rate[up].charge(len);
+            }
+            self.ceil[up].charge(len);
+            passed_payer |= up == payer;
+            child = up;
+        }
+    }
+
+    /// A lower bound on the time until `leaf` may send `len` bytes.
+    pub fn wait_ns(&self, nodes: &[Node], leaf: usize, len: u32) -> u64 {
+        let tbf = self.tbf[leaf].as_ref().map_or(0, |t| t.wait_ns(len));
+        // Green again, or some ancestor green with ceil left everywhere.
+        let mut best = self.rate[leaf].wait_ns(0);
+        let mut ceil = self.ceil[leaf].wait_ns(0);
+        let mut at = leaf;
+        while let (false, Some(up)) = (nodes[at].bounded, nodes[at].parent) {
+            ceil = ceil.max(self.ceil[up].wait_ns(0));
+            best = best.min(ceil.max(self.rate[up].wait_ns(0)));
+            at = up;
+        }
+        best.max(self.ceil[leaf].wait_ns(0)).max(tbf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MBIT: u64 = 1_000_000;
+
+    fn node(parent: Option<usize>, rate: u64, ceil: u64, prio: u8) -> Node {
+        Node {
+            parent,
+            prio,
+            bounded: false,
+            isolated: false,
+            leaf: true,
+            rate,
+            lend_rate: rate,
+            ceil,
+            burst: 3000,
+            cburst: 3000,
+            tbf: None,
+        }
+    }
+
+    /// Runs `secs` of simulated time with the given leaves always
+    /// backlogged (1500-byte packets), the scheduler picking green before
+    /// borrowing, then prio, then the least-served leaf. Bytes per node.
+    fn simulate(nodes: &[Node], busy: &[usize], secs: u64) -> Vec<u64> {
+        let mut st = TreeState::new(nodes, 0);
+        let mut sent = vec![0u64; nodes.len()];
+        let mut now = 0;
+        while now < secs * 1_000_000_000 {
+            now += 100_000; // 100 µs rounds
+            st.refill(now);
+            loop {
+                let pick = busy
+                    .iter()
+                    .filter_map(|&l| st.mode(nodes, l, 1500).map(|m| (l, m)))
+                    .min_by_key(|&(l, m)| (m != Mode::Green, nodes[l].prio, sent[l]));
+                let Some((l, m)) = pick else { break };
+                st.charge(nodes, l, 1500, m);
+                sent[l] += 1500;
+            }
+        }
+        sent
+    }
+
+    fn mbit(bytes: u64, secs: u64) -> f64 {
+        bytes as f64 * 8.0 / secs as f64 / MBIT as f64
+    }
+
+    fn tc3(bounded: bool) -> Vec<Node> {
+        let root = Node {
+            leaf: false,
+            ..node(None, 100 * MBIT, 100 * MBIT, 0)
+        };
+        let mut a = node(Some(0), 70 * MBIT, 100 * MBIT, 2);
+        let b = node(Some(0), 30 * MBIT, 100 * MBIT, 4);
+        if bounded {
+            a.bounded = true;
+            a.ceil = a.rate;
+        }
+        vec![root, a, b]
+    }
+
+    #[test]
+    fn guarantees_split_the_link() {
+        let s = simulate(&tc3(false), &[1, 2], 10);
+        let (a, b) = (mbit(s[1], 10), mbit(s[2], 10));
+        assert!(
+            (69.0..71.0).contains(&a) && (29.0..31.0).contains(&b),
+            "{a} {b}"
+        );
+    }
+
+    #[test]
+    fn an_idle_sibling_is_borrowed_from_up_to_ceil() {
+        let s = simulate(&tc3(false), &[1], 10);
+        let a = mbit(s[1], 10);
+        assert!((99.0..101.0).contains(&a), "{a}");
+    }
+
+    #[test]
+    fn bounded_never_borrows() {
+        let s = simulate(&tc3(true), &[1], 10);
+        let a = mbit(s[1], 10);
+        assert!((69.0..71.0).contains(&a), "{a}");
+    }
+
+    #[test]
+    fn borrowing_goes_by_prio() {
+        // Two leaves of 10mbit each under a 100mbit root: the spare 80
+        // goes to the lower prio number first (up to its ceil).
+        let root = Node {
+            leaf: false,
+            ..node(None, 100 * MBIT, 100 * MBIT, 0)
+        };
+        let nodes = vec![
+            root,
+            node(Some(0), 10 * MBIT, 60 * MBIT, 1),
+            node(Some(0), 10 * MBIT, 100 * MBIT, 5),
+        ];
+        let s = simulate(&nodes, &[1, 2], 10);
+        let (a, b) = (mbit(s[1], 10), mbit(s[2], 10));
+        assert!(
+            (59.0..61.0).contains(&a) && (39.0..41.0).contains(&b),
+            "{a} {b}"
+        );
+    }
+
+    #[test]
+    fn isolated_class_does_not_lend() {
+        // root 100: a 40 (isolated, idle), b 20 ceil 100.
+        let mut root = Node {
+            leaf: false,
+            ..node(None, 100 * MBIT, 100 * MBIT, 0)
+        };
+        root.lend_rate = 60 * MBIT;
+        let mut a = node(Some(0), 40 * MBIT, 100 * MBIT, 0);
+        a.isolated = true;
+        let b = node(Some(0), 20 * MBIT, 100 * MBIT, 0);
+        let nodes = vec![root, a, b];
+        let s = simulate(&nodes, &[2], 10);
+        let b_alone = mbit(s[2], 10);
+        assert!((59.0..61.0).contains(&b_alone), "{b_alone}");
+        // With a busy too, both get what they may: a its 40 plus nothing
+        // borrowed beyond the link, b the other 60.
+        let s = simulate(&nodes, &[1, 2], 10);
+        let (a, b) = (mbit(s[1], 10), mbit(s[2], 10));
+        assert!(a >= 39.0 && (a + b) < 101.0 && b >= 19.0, "{a} {b}");
+        // Not isolated: b takes everything a leaves.
+        let mut open = nodes.clone();
+        open[1].isolated = false;
+        open[0].lend_rate = 100 * MBIT;
+        let s = simulate(&open, &[2], 10);
+        assert!(mbit(s[2], 10) > 99.0);
+    }
+
+    #[test]
+    fn nested_borrowing_stops_at_a_bounded_parent() {
+        // root 100 ─ p 50 bounded ─ leaf 10 ceil 50: leaf reaches 50, not 100.
+        let root = Node {
+            leaf: false,
+            ..node(None, 100 * MBIT, 100 * MBIT, 0)
+        };
+        let mut p = node(Some(0), 50 * MBIT, 50 * MBIT, 0);
+        p.leaf = false;
+        p.bounded = true;
+        let nodes = vec![root, p, node(Some(1), 10 * MBIT, 50 * MBIT, 0)];
+        let s = simulate(&nodes, &[2], 10);
+        let l = mbit(s[2], 10);
+        assert!((49.0..51.0).contains(&l), "{l}");
+    }
+
+    #[test]
+    fn tbf_leaf_keeps_its_own_rate() {
+        let root = Node {
+            leaf: false,
+            ..node(None, 100 * MBIT, 100 * MBIT, 0)
+        };
+        let mut l = node(Some(0), 100 * MBIT, 100 * MBIT, 0);
+        l.tbf = Some((7 * MBIT, 5000));
+        let s = simulate(&[root, l], &[1], 10);
+        let r = mbit(s[1], 10);
+        assert!((6.95..7.05).contains(&r), "{r}");
+    }
+
+    #[test]
+    fn wait_is_a_lower_bound() {
+        let nodes = tc3(true);
+        let mut st = TreeState::new(&nodes, 0);
+        while let Some(m) = st.mode(&nodes, 1, 1500) {
+            st.charge(&nodes, 1, 1500, m);
+        }
+        let w = st.wait_ns(&nodes, 1, 1500);
+        assert!(w > 0);
+        st.refill(w - 1);
+        assert!(st.mode(&nodes, 1, 1500).is_none());
+        st.refill(w);
+        assert!(st.mode(&nodes, 1, 1500).is_some());
+    }
+}
