@@ -16,6 +16,10 @@ pub const HTTP_PORT: u16 = 80;
 pub enum Kind {
     /// lvc with one forwarding method.
     Lvc(LvcMethod),
+    /// lvc-nat with traffic shaping configured on the director's
+    /// server-side interface that never limits (`shape_not_limiting`):
+    /// what the shaping stage costs when it only classifies and queues.
+    LvcNatShaped,
     /// The paper's recipe: iptables DNAT to a range of real servers.
     Iptables,
     /// nftables DNAT with numgen round robin.
@@ -54,6 +58,7 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Kind::Lvc(m) => write!(f, "lvc-{}", m.name()),
+            Kind::LvcNatShaped => f.write_str("lvc-nat-shaped"),
             Kind::Iptables => f.write_str("iptables"),
             Kind::Nftables => f.write_str("nftables"),
             Kind::XdpRedirect => f.write_str("xdp-redirect"),
@@ -78,8 +83,9 @@ impl std::str::FromStr for Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Lvc(LvcMethod::Nat),
+        Kind::LvcNatShaped,
         Kind::Lvc(LvcMethod::Dnat),
         Kind::Lvc(LvcMethod::Dr),
         Kind::Lvc(LvcMethod::Tun),
@@ -97,13 +103,25 @@ impl Kind {
     /// `tun` needs them to decapsulate, which the packet sink does for UDP
     /// but the lab's TCP servers do not.)
     pub fn does_tcp(self) -> bool {
-        matches!(
-            self,
-            Kind::Lvc(LvcMethod::Nat | LvcMethod::Dr | LvcMethod::Fullnat)
-                | Kind::Iptables
-                | Kind::Nftables
-                | Kind::Direct
-        )
+        match self.lvc_method() {
+            Some(m) => matches!(m, LvcMethod::Nat | LvcMethod::Dr | LvcMethod::Fullnat),
+            None => matches!(self, Kind::Iptables | Kind::Nftables | Kind::Direct),
+        }
+    }
+
+    /// The forwarding method of the kinds that run lvc (`lvc-nat-shaped`
+    /// is lvc-nat plus shaping), None for the others.
+    pub fn lvc_method(self) -> Option<LvcMethod> {
+        match self {
+            Kind::Lvc(m) => Some(m),
+            Kind::LvcNatShaped => Some(LvcMethod::Nat),
+            _ => None,
+        }
+    }
+
+    /// Does this kind run lvc-dataplane?
+    pub fn is_lvc(self) -> bool {
+        self.lvc_method().is_some()
     }
 
     /// Where clients send: the VIP, or (direct) the first real server.
@@ -140,49 +158,12 @@ fn ctl(lab: &BenchLab, args: &[&str]) -> Result<String> {
 pub fn start(lab: &mut BenchLab, kind: Kind) -> Result<Running> {
     let servers = lab.servers;
     let rips: Vec<String> = (0..servers).map(|i| rip(i).to_string()).collect();
-    let dcpu = lab.placement.director_cpu;
     let mut agent = None;
     match kind {
-        Kind::Lvc(m) => {
-            let dp = lvc_tests::bin("lvc-dataplane")
-                .to_string_lossy()
-                .into_owned();
-            let sock = lvc_socket(lab).to_string_lossy().into_owned();
-            let cpu = dcpu.to_string();
-            let _ = std::fs::remove_file(&sock);
-            lab.lab.spawn(
-                "dir",
-                "lvc",
-                &[
-                    "taskset", "-c", &cpu, &dp, "--socket", &sock, "--queues", "1", "--iface",
-                    DIR_IN, "--iface", DIR_OUT,
-                ],
-            );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while ctl(lab, &["list"]).is_err() {
-                if Instant::now() > deadline {
-                    bail!("lvc-dataplane did not come up:\n{}", lab.lab.log("lvc"));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            if m == LvcMethod::Fullnat {
-                ctl(lab, &["set-local-pool", &LOCAL_POOL.to_string()])?;
-            }
-            let mut services = vec![("udp", UDP_PORT)];
-            if kind.does_tcp() {
-                services.extend([("tcp", IPERF_PORT), ("tcp", HTTP_PORT)]);
-            }
-            for (proto, port) in services {
-                let svc = format!("{VIP}:{port}");
-                let flag = format!("--{proto}");
-                ctl(lab, &["add-service", &flag, &svc, "--scheduler", "rr"])?;
-                for r in &rips {
-                    ctl(
-                        lab,
-                        &["add-server", &flag, &svc, "--real", r, "--method", m.name()],
-                    )?;
-                }
-            }
+        Kind::Lvc(m) => start_lvc(lab, kind, m, &rips)?,
+        Kind::LvcNatShaped => {
+            start_lvc(lab, kind, LvcMethod::Nat, &rips)?;
+            shape_not_limiting(lab, &rips[0])?;
         }
         Kind::Iptables => {
             agent = Some(pass(lab)?);
@@ -254,6 +235,111 @@ pub fn start(lab: &mut BenchLab, kind: Kind) -> Result<Running> {
     Ok(Running { kind, agent })
 }
 
+/// Starts lvc-dataplane on the director's two interfaces and adds the
+/// services (UDP, and the TCP ones if `kind` carries TCP), every real
+/// server behind each with method `m`.
+fn start_lvc(lab: &mut BenchLab, kind: Kind, m: LvcMethod, rips: &[String]) -> Result<()> {
+    let dp = lvc_tests::bin("lvc-dataplane")
+        .to_string_lossy()
+        .into_owned();
+    let sock = lvc_socket(lab).to_string_lossy().into_owned();
+    let cpu = lab.placement.director_cpu.to_string();
+    let _ = std::fs::remove_file(&sock);
+    lab.lab.spawn(
+        "dir",
+        "lvc",
+        &[
+            "taskset", "-c", &cpu, &dp, "--socket", &sock, "--queues", "1", "--iface", DIR_IN,
+            "--iface", DIR_OUT,
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while ctl(lab, &["list"]).is_err() {
+        if Instant::now() > deadline {
+            bail!("lvc-dataplane did not come up:\n{}", lab.lab.log("lvc"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if m == LvcMethod::Fullnat {
+        ctl(lab, &["set-local-pool", &LOCAL_POOL.to_string()])?;
+    }
+    let mut services = vec![("udp", UDP_PORT)];
+    if kind.does_tcp() {
+        services.extend([("tcp", IPERF_PORT), ("tcp", HTTP_PORT)]);
+    }
+    for (proto, port) in services {
+        let svc = format!("{VIP}:{port}");
+        let flag = format!("--{proto}");
+        ctl(lab, &["add-service", &flag, &svc, "--scheduler", "rr"])?;
+        for r in rips {
+            ctl(
+                lab,
+                &["add-server", &flag, &svc, "--real", r, "--method", m.name()],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Shaping on the server-side interface (where forwarded packets leave)
+/// that never limits: a 100gbit root, two leaves of 50gbit that may borrow
+/// up to 100gbit — an sfq one (1:10) and a fifo default (1:20) — and two
+/// filters, so packets walk the classifier, are queued in a leaf and are
+/// dequeued through the token tree, without ever waiting for tokens.
+fn shape_not_limiting(lab: &BenchLab, first_rip: &str) -> Result<()> {
+    let shape = |args: &[&str]| -> Result<()> {
+        let mut a = vec!["shape"];
+        a.extend_from_slice(args);
+        ctl(lab, &a).map(drop)
+    };
+    // The default must name an existing leaf: the root first, the classes,
+    // then the root again with its default (set-root keeps the classes).
+    shape(&["set-root", "--dev", DIR_OUT, "--rate", "100gbit"])?;
+    for (classid, prio, qdisc) in [("1:10", "1", "sfq"), ("1:20", "2", "fifo")] {
+        shape(&[
+            "add-class",
+            "--dev",
+            DIR_OUT,
+            "--classid",
+            classid,
+            "--rate",
+            "50gbit",
+            "--ceil",
+            "100gbit",
+            "--prio",
+            prio,
+            "--qdisc",
+            qdisc,
+            "--limit",
+            "4096",
+        ])?;
+    }
+    shape(&[
+        "set-root",
+        "--dev",
+        DIR_OUT,
+        "--rate",
+        "100gbit",
+        "--default",
+        "1:20",
+    ])?;
+    let real = format!("real {first_rip}");
+    for (prio, expr) in [("1", "ip tos 0x10 0xff"), ("2", real.as_str())] {
+        shape(&[
+            "add-filter",
+            "--dev",
+            DIR_OUT,
+            "--prio",
+            prio,
+            "--match",
+            expr,
+            "--flowid",
+            "1:10",
+        ])?;
+    }
+    Ok(())
+}
+
 /// XDP_PASS on the director's interfaces (kinds that forward in the kernel).
 fn pass(lab: &BenchLab) -> Result<Agent> {
     lab.director_agent(&["pass", DIR_IN, DIR_OUT])
@@ -266,13 +352,15 @@ impl Running {
 
     /// lvc's own counters, for the run log (empty for other kinds).
     pub fn lvc_stats(&self, lab: &BenchLab) -> String {
-        match self.kind {
-            Kind::Lvc(_) => {
-                ctl(lab, &["list", "--stats"]).unwrap_or_default()
-                    + &ctl(lab, &["status"]).unwrap_or_default()
-            }
-            _ => String::new(),
+        if !self.kind.is_lvc() {
+            return String::new();
         }
+        let mut s = ctl(lab, &["list", "--stats"]).unwrap_or_default()
+            + &ctl(lab, &["status"]).unwrap_or_default();
+        if self.kind == Kind::LvcNatShaped {
+            s += &ctl(lab, &["shape", "list", "--stats"]).unwrap_or_default();
+        }
+        s
     }
 
     /// Tears the kind down; connections it tracked are forgotten, so they
@@ -280,7 +368,7 @@ impl Running {
     pub fn stop(mut self, lab: &mut BenchLab) -> Result<()> {
         self.agent.take();
         match self.kind {
-            Kind::Lvc(_) => {
+            Kind::Lvc(_) | Kind::LvcNatShaped => {
                 lab.lab.stop("lvc", 15);
             }
             Kind::Iptables => {

@@ -46,12 +46,13 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// A sanity check in under two minutes: lvc-nat, iptables, xdp-redirect
-    /// and afxdp-raw; udp64, latency, tcp-bulk, http-close; 1 run of 2 s;
+    /// A sanity check in under two minutes: lvc-nat, lvc-nat-shaped,
+    /// iptables, xdp-redirect and afxdp-raw; udp64, latency, tcp-bulk, http-close; 1 run of 2 s;
     /// the connection table at 1M flows.
     #[arg(long)]
     quick: bool,
-    /// Director kinds (comma-separated): lvc-nat, lvc-dnat, lvc-dr, lvc-tun,
+    /// Director kinds (comma-separated): lvc-nat, lvc-nat-shaped (lvc-nat
+    /// with shaping configured but not limiting), lvc-dnat, lvc-dr, lvc-tun,
     /// lvc-fullnat, iptables, nftables, xdp-redirect, afxdp-raw, direct.
     #[arg(long, value_delimiter = ',')]
     kinds: Option<Vec<Kind>>,
@@ -201,7 +202,7 @@ fn preflight(kinds: &[Kind], scenarios: &[Scenario], a: &RunArgs) -> Result<()> 
             missing.join(", ")
         );
     }
-    if kinds.iter().any(|k| matches!(k, Kind::Lvc(_))) {
+    if kinds.iter().any(|k| k.is_lvc()) {
         // Fails with a clear message if the binaries are not built.
         let _ = std::panic::catch_unwind(|| lvc_tests::bin("lvc-dataplane")).map_err(|_| {
             anyhow::anyhow!(
@@ -217,6 +218,7 @@ fn run(a: RunArgs) -> Result<()> {
         if a.quick {
             vec![
                 Kind::Lvc(LvcMethod::Nat),
+                Kind::LvcNatShaped,
                 Kind::Iptables,
                 Kind::XdpRedirect,
                 Kind::AfxdpRaw,

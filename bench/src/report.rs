@@ -1,5 +1,6 @@
 //! Results: medians with min/max over the repeats, ratios against
-//! `afxdp-raw` and `iptables`, the targets, as Markdown and JSON.
+//! `afxdp-raw` and `iptables` (and `lvc-nat-shaped` against `lvc-nat`), the
+//! issue's targets, as Markdown and JSON.
 
 use crate::kinds::{Kind, LvcMethod};
 use crate::lab::Placement;
@@ -104,6 +105,10 @@ pub struct Report {
 
 const LVC_NAT: Kind = Kind::Lvc(LvcMethod::Nat);
 
+fn verdict(ok: bool) -> &'static str {
+    if ok { "met" } else { "NOT met" }
+}
+
 impl Report {
     pub fn cell(&self, scenario: Scenario, kind: Kind) -> Option<&Cell> {
         self.cells
@@ -113,6 +118,31 @@ impl Report {
 
     fn median(&self, scenario: Scenario, kind: Kind) -> Option<f64> {
         self.cell(scenario, kind)?.value().map(|v| v.0)
+    }
+
+    /// `kind`'s median over `base`'s in `scenario`, with both medians.
+    fn ratio(&self, scenario: Scenario, kind: Kind, base: Kind) -> Option<(f64, f64, f64)> {
+        let a = self.median(scenario, kind)?;
+        let b = self.median(scenario, base)?;
+        (b > 0.0).then(|| (a / b, a, b))
+    }
+
+    /// A target on [`Report::ratio`]: `what: kind / base scenario ≥ min`,
+    /// the ratio, both medians and the verdict; None unless both ran.
+    fn ratio_target(
+        &self,
+        what: &str,
+        scenario: Scenario,
+        kind: Kind,
+        base: Kind,
+        min: f64,
+    ) -> Option<String> {
+        let (r, a, b) = self.ratio(scenario, kind, base)?;
+        Some(format!(
+            "{what}: {kind} / {base} {scenario} ≥ {min:.2}: {r:.2} ({a:.3} vs {b:.3} {}) — {}",
+            scenario.unit(),
+            verdict(r >= min)
+        ))
     }
 
     /// Kinds in the report, in the canonical order.
@@ -191,27 +221,25 @@ impl Report {
                 }
                 let _ = writeln!(md, "{row}");
             }
-            for base in [Kind::AfxdpRaw, Kind::Iptables] {
-                let lvcs: Vec<Kind> = self
-                    .kinds()
-                    .into_iter()
-                    .filter(|k| matches!(k, Kind::Lvc(_)))
-                    .collect();
-                for k in lvcs {
-                    let mut row = format!("| {k} ÷ {base} |");
-                    let mut any = false;
-                    for s in &scen {
-                        match (self.median(*s, k), self.median(*s, base)) {
-                            (Some(a), Some(b)) if b > 0.0 => {
-                                any = true;
-                                let _ = write!(row, " {:.2}× |", a / b);
-                            }
-                            _ => row.push_str(" – |"),
+            let lvcs: Vec<Kind> = self.kinds().into_iter().filter(|k| k.is_lvc()).collect();
+            let pairs = [Kind::AfxdpRaw, Kind::Iptables]
+                .into_iter()
+                .flat_map(|base| lvcs.iter().map(move |&k| (k, base)))
+                .chain([(Kind::LvcNatShaped, LVC_NAT)]);
+            for (k, base) in pairs {
+                let mut row = format!("| {k} ÷ {base} |");
+                let mut any = false;
+                for s in &scen {
+                    match self.ratio(*s, k, base) {
+                        Some((r, ..)) => {
+                            any = true;
+                            let _ = write!(row, " {r:.2}× |");
                         }
+                        None => row.push_str(" – |"),
                     }
-                    if any {
-                        let _ = writeln!(md, "{row}");
-                    }
+                }
+                if any {
+                    let _ = writeln!(md, "{row}");
                 }
             }
             let _ = writeln!(
@@ -359,7 +387,6 @@ impl Report {
     /// The targets, each with where lvc stands.
     pub fn targets(&self) -> Vec<String> {
         let mut out = Vec::new();
-        let verdict = |ok: bool| if ok { "met" } else { "NOT met" };
         let m = |s, k| self.median(s, k);
         if let (Some(l), Some(i)) = (
             m(Scenario::Udp64, LVC_NAT),
@@ -374,16 +401,20 @@ impl Report {
                 (l / (2.0 * i) * 100.0).min(100.0)
             ));
         }
-        if let (Some(l), Some(a)) = (
-            m(Scenario::Udp64, LVC_NAT),
-            m(Scenario::Udp64, Kind::AfxdpRaw),
-        ) {
-            out.push(format!(
-                "64-byte UDP, lvc-nat ≥ 90% of afxdp-raw: {:.0}% — {}",
-                l / a * 100.0,
-                verdict(l >= 0.9 * a)
-            ));
-        }
+        out.extend(self.ratio_target(
+            "64-byte UDP, near the AF_XDP ceiling",
+            Scenario::Udp64,
+            LVC_NAT,
+            Kind::AfxdpRaw,
+            0.9,
+        ));
+        out.extend(self.ratio_target(
+            "shaping configured, not limiting",
+            Scenario::Udp64,
+            Kind::LvcNatShaped,
+            LVC_NAT,
+            0.9,
+        ));
         for s in [Scenario::TcpBulk, Scenario::HttpClose] {
             if let (Some(l), Some(i)) = (m(s, LVC_NAT), m(s, Kind::Iptables)) {
                 out.push(format!(
@@ -437,5 +468,79 @@ mod tests {
         assert_eq!(stats(&[]), None);
         assert_eq!(stats(&[3.0, 1.0, 2.0]), Some((2.0, 1.0, 3.0)));
         assert_eq!(stats(&[4.0, 1.0, 2.0, 3.0]), Some((2.5, 1.0, 4.0)));
+    }
+
+    fn report(udp64: &[(Kind, f64)]) -> Report {
+        let cells = udp64
+            .iter()
+            .map(|&(kind, value)| Cell {
+                scenario: Scenario::Udp64,
+                kind,
+                samples: vec![Sample {
+                    value,
+                    ..Sample::default()
+                }],
+                error: None,
+            })
+            .collect();
+        Report {
+            command: "lvc-bench run".into(),
+            machine: Machine {
+                kernel: "6.1".into(),
+                cpus: 2,
+                cpu_model: "test".into(),
+                memory_gib: 1.0,
+                iptables: String::new(),
+            },
+            placement: Placement {
+                load_cpu: 0,
+                director_cpu: 1,
+            },
+            params: Params {
+                seconds: 1.0,
+                flows: 256,
+                latency_pps: 1000,
+            },
+            repeats: 1,
+            servers: 2,
+            cells,
+            conntrack: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn shaping_target_and_ratio_row() {
+        let r = report(&[
+            (LVC_NAT, 2.0),
+            (Kind::LvcNatShaped, 1.9),
+            (Kind::AfxdpRaw, 2.5),
+        ]);
+        let t = r.targets();
+        assert!(
+            t.contains(&"shaping configured, not limiting: lvc-nat-shaped / lvc-nat udp64 ≥ 0.90: 0.95 (1.900 vs 2.000 Mpps) — met".to_owned()),
+            "{t:#?}"
+        );
+        assert!(
+            t.contains(&"64-byte UDP, near the AF_XDP ceiling: lvc-nat / afxdp-raw udp64 ≥ 0.90: 0.80 (2.000 vs 2.500 Mpps) — NOT met".to_owned()),
+            "{t:#?}"
+        );
+        let md = r.markdown();
+        assert!(md.contains("| lvc-nat-shaped ÷ lvc-nat | 0.95× |"), "{md}");
+        assert!(
+            md.contains("| lvc-nat-shaped ÷ afxdp-raw | 0.76× |"),
+            "{md}"
+        );
+        let slow = report(&[(LVC_NAT, 2.0), (Kind::LvcNatShaped, 1.7)]).targets();
+        assert!(
+            slow.iter()
+                .any(|l| l.starts_with("shaping configured") && l.ends_with("— NOT met")),
+            "{slow:#?}"
+        );
+        // Without lvc-nat there is nothing to compare with.
+        let alone = report(&[(Kind::LvcNatShaped, 1.7)]).targets();
+        assert!(
+            !alone.iter().any(|l| l.starts_with("shaping")),
+            "{alone:#?}"
+        );
     }
 }

@@ -450,5 +450,12 @@ Transfer/sec:      1.50MB
             assert_eq!(k.to_string().parse::<Kind>().unwrap(), k);
         }
         assert!("lvc-foo".parse::<Kind>().is_err());
+        // lvc-nat with shaping: lvc's nat, and right after lvc-nat.
+        let shaped = "lvc-nat-shaped".parse::<Kind>().unwrap();
+        assert_eq!(shaped, Kind::LvcNatShaped);
+        assert_eq!(shaped.lvc_method(), Some(crate::kinds::LvcMethod::Nat));
+        assert!(shaped.does_tcp() && shaped.is_lvc());
+        assert_eq!(Kind::ALL[1], shaped);
+        assert!(!Kind::AfxdpRaw.is_lvc());
     }
 }
