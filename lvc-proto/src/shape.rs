@@ -710,8 +710,8 @@ pub struct DevShape {
     pub dev: String,
     /// The link's rate: the root class.
     pub rate: Rate,
-    /// Where unclassified traffic goes; none: it is sent unshaped (as
-    /// HTB's direct queue).
+    /// Where unclassified traffic goes; none (or a class not added yet):
+    /// it is sent unshaped (as HTB's direct queue).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default: Option<ClassId>,
     #[serde(default, rename = "class", skip_serializing_if = "Vec::is_empty")]
@@ -894,7 +894,10 @@ impl DevShape {
             }
             Ok(())
         };
-        if let Some(d) = self.default {
+        // As with tc's `htb default N`, the default may name a class yet
+        // to be added (until then unclassified traffic goes unshaped); one
+        // that exists must be a leaf.
+        if let Some(d) = self.default.filter(|d| ids.contains_key(d)) {
             leaf(d, "the default")?;
         }
         let mut prios = HashSet::new();

@@ -93,11 +93,6 @@ pub fn edit(cfg: &mut ShapeConfig, req: &Request) -> Result<(), ErrorReply> {
                     f.prio
                 )));
             }
-            if d.default == Some(*classid) {
-                return Err(invalid(format!(
-                    "class {classid} is {dev}'s default class; set another with set-root --default first"
-                )));
-            }
             d.classes.retain(|c| c.classid != *classid);
             cfg.police.retain(|p| {
                 !matches!(&p.target, PoliceTarget::Class { dev: d, classid: c } if d == dev && c == classid)

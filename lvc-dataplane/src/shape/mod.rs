@@ -389,7 +389,7 @@ fn compile(
         counters,
         classifier,
         filter_hits,
-        default: d.default.map(|c| index[&c]),
+        default: d.default.and_then(|c| index.get(&c).copied()),
         direct: prev.map_or_else(Arc::default, |p| p.direct.clone()),
         police,
     }

@@ -4,6 +4,10 @@
 //! `lvc-testsrv NAME [--http PORT] [--tcp-echo PORT] [--udp-echo PORT]
 //!  [--udp-echo-at ADDR:PORT]` (the last binds one address: a UDP server
 //! behind direct routing must answer from the VIP it was asked on).
+//!
+//! `lvc-testsrv probe ADDR:PORT TOS COUNT` is the client side of a
+//! latency probe: COUNT UDP echoes 20 ms apart with that TOS byte; prints
+//! each round trip in µs and then `median_us N` (lost ones are skipped).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
@@ -11,6 +15,9 @@ use std::thread;
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("probe") {
+        return probe(&args[1..]);
+    }
     let name = args.first().cloned().unwrap_or_else(|| "server".into());
     let mut handles = Vec::new();
     let mut it = args.iter().skip(1);
@@ -132,4 +139,41 @@ fn udp_echo(addr: &str) {
     while let Ok((n, from)) = s.recv_from(&mut buf) {
         let _ = s.send_to(&buf[..n], from);
     }
+}
+
+fn probe(args: &[String]) {
+    let [to, tos, count] = args else {
+        panic!("usage: lvc-testsrv probe ADDR:PORT TOS COUNT");
+    };
+    let to: std::net::SocketAddr = to.parse().expect("ADDR:PORT");
+    let tos = u32::from_str_radix(tos.trim_start_matches("0x"), 16).expect("TOS in hex");
+    let count: usize = count.parse().expect("COUNT");
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)
+        .expect("udp socket");
+    sock.set_tos(tos).expect("IP_TOS");
+    let s: UdpSocket = sock.into();
+    s.connect(to).expect("connect");
+    s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+        .expect("timeout");
+    let mut rtts = Vec::new();
+    let mut buf = [0u8; 64];
+    for i in 0..count as u64 {
+        let t = std::time::Instant::now();
+        s.send(&i.to_be_bytes()).expect("send");
+        // Skip late answers to earlier probes.
+        while let Ok(n) = s.recv(&mut buf) {
+            if n == 8 && buf[..8] == i.to_be_bytes() {
+                let us = t.elapsed().as_micros();
+                println!("{us}");
+                rtts.push(us);
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    rtts.sort_unstable();
+    println!(
+        "median_us {}",
+        rtts.get(rtts.len() / 2).copied().unwrap_or(0)
+    );
 }
