@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use lvc_proto::Method;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Frames taken from one RX ring per iteration.
@@ -89,6 +89,8 @@ const SHAPE_BUDGET: usize = 4 * BATCH;
 /// One worker's shaping queues, one per shaped port, for the shaping
 /// table they were built from.
 struct Shapers {
+    /// This worker's number among the workers (for fair shares).
+    worker: usize,
     table: Arc<ShapeTable>,
     ports: Vec<Option<PortShaper>>,
 }
@@ -100,7 +102,11 @@ impl Shapers {
         let seed = now ^ (self as *const Self as u64);
         let mut next: Vec<Option<PortShaper>> = port_ifindex
             .iter()
-            .map(|&ifx| table.dev(ifx).map(|d| PortShaper::new(d.clone(), seed)))
+            .map(|&ifx| {
+                table
+                    .dev(ifx)
+                    .map(|d| PortShaper::new(d.clone(), self.worker, seed))
+            })
             .collect();
         for (old, new) in self.ports.drain(..).zip(next.iter_mut()) {
             match (old, new) {
@@ -137,7 +143,9 @@ impl Worker {
             .map(|_| Vec::with_capacity(BATCH * nports))
             .collect();
         let mut parked: Vec<Parked> = Vec::new();
+        static WORKERS: AtomicUsize = AtomicUsize::new(0);
         let mut shapers = Shapers {
+            worker: WORKERS.fetch_add(1, Relaxed) % 64,
             table: Arc::new(ShapeTable::default()),
             ports: (0..nports).map(|_| None).collect(),
         };

@@ -430,6 +430,8 @@ pub enum Enqueued {
 /// One worker's queues for one shaped interface.
 pub struct PortShaper {
     pub dev: Arc<DevShaper>,
+    /// This worker's number (its share in each class).
+    worker: usize,
     leaves: Vec<Option<Leaf<Queued>>>,
     /// Per leaf: bytes sent scaled by its rate (ties within a prio go to
     /// the least served relative to its guarantee).
@@ -440,7 +442,7 @@ pub struct PortShaper {
 }
 
 impl PortShaper {
-    pub fn new(dev: Arc<DevShaper>, seed: u64) -> Self {
+    pub fn new(dev: Arc<DevShaper>, worker: usize, seed: u64) -> Self {
         let leaves = dev
             .nodes
             .iter()
@@ -454,6 +456,7 @@ impl PortShaper {
         let n = dev.nodes.len();
         Self {
             dev,
+            worker,
             leaves,
             vtime: vec![0; n],
             vclock: 0,
@@ -521,15 +524,21 @@ impl PortShaper {
         let mut st = dev.state.lock().unwrap_or_else(|p| p.into_inner());
         st.refill(now);
         let mut sent = 0;
+        let mut yielded = false;
         while sent < budget && self.held > 0 {
             // (borrowing?, prio, vtime) ranks; then leaf, mode, length.
             type Pick = ((bool, u8, u64), usize, Mode, u32);
             let mut best: Option<Pick> = None;
             for (i, q) in self.leaves.iter_mut().enumerate() {
-                let Some(len) = q.as_mut().and_then(Leaf::peek_len) else {
+                let Some(q) = q.as_mut() else { continue };
+                let Some(len) = q.peek_len() else {
                     continue;
                 };
                 if let Some(m) = st.mode(nodes, i, len) {
+                    if !st.fair(i, self.worker, q.flows(), now) {
+                        yielded = true;
+                        continue;
+                    }
                     let key = (m != Mode::Green, nodes[i].prio, self.vtime[i]);
                     if best.as_ref().is_none_or(|b| key < b.0) {
                         best = Some((key, i, m, len));
@@ -539,10 +548,12 @@ impl PortShaper {
             let Some((_, i, mode, len)) = best else {
                 break;
             };
-            let Some(item) = self.leaves[i].as_mut().and_then(Leaf::dequeue) else {
+            let Some(q) = self.leaves[i].as_mut() else {
                 break;
             };
+            let Some(item) = q.dequeue() else { break };
             st.charge(nodes, i, len, mode);
+            st.served(i, self.worker, len, q.is_empty());
             self.held -= 1;
             sent += 1;
             self.vtime[i] += u64::from(len) * 8_000_000_000 / nodes[i].rate.max(1);
@@ -565,8 +576,9 @@ impl PortShaper {
         if self.held == 0 || sent == budget {
             return (self.held > 0).then_some(0);
         }
-        // Blocked: count it, and find when the first leaf may go again.
-        let mut wait = u64::MAX;
+        // Blocked: count it, and find when the first leaf may go again
+        // (soon, if it only let another worker's flows go first).
+        let mut wait = if yielded { 50_000 } else { u64::MAX };
         for (i, q) in self.leaves.iter_mut().enumerate() {
             if let Some(len) = q.as_mut().and_then(Leaf::peek_len) {
                 dev.counters[i].overlimits.fetch_add(1, Relaxed);

@@ -110,6 +110,15 @@ impl<T: Item> Leaf<T> {
         self.packets() == 0
     }
 
+    /// Flows with packets queued (sfq), else 1: a worker's weight when
+    /// workers share the class.
+    pub fn flows(&self) -> u32 {
+        match self {
+            Leaf::Sfq(q) => q.active.len() as u32,
+            _ => 1,
+        }
+    }
+
     pub fn packets(&self) -> usize {
         match self {
             Leaf::Fifo(q) => q.q.len(),

@@ -19,6 +19,15 @@
 //! The tree's state is shared by all workers (one lock per interface,
 //! taken once per dequeue round), so rates hold for the interface, not
 //! per queue.
+//!
+//! Each worker queues its own frames, so a class's backlog is spread over
+//! the workers. To share a class fairly between them, every worker has a
+//! virtual finish time per class — bytes it sent divided by its weight
+//! (its active sfq flows, else 1) — and may send only while it is not
+//! ahead of the other backlogged workers by more than a little. So N
+//! flows in one sfq class get N equal shares whichever workers they land
+//! on. A worker that stops coming back (asleep, descheduled) is ignored
+//! after a few packet times, so a class never waits for an idle worker.
 
 use super::bucket::TokenBucket;
 
@@ -47,7 +56,26 @@ pub struct TreeState {
     rate: Vec<TokenBucket>,
     ceil: Vec<TokenBucket>,
     tbf: Vec<Option<TokenBucket>>,
+    /// Per node, per worker: its share of the class.
+    shares: Vec<Vec<Share>>,
+    /// Per node: how long a silent worker still counts (ns).
+    stale: Vec<u64>,
 }
+
+/// One worker's use of one class.
+#[derive(Clone, Debug, Default)]
+struct Share {
+    /// Virtual finish time: bytes × 1024 / weight, summed.
+    vf: u64,
+    weight: u32,
+    active: bool,
+    /// When it last asked to send.
+    seen: u64,
+}
+
+/// How far (in virtual bytes × 1024) a worker may run ahead of the
+/// slowest backlogged one: two full-size packets.
+const SLACK: u64 = 2 * 1514 * 1024;
 
 /// How a leaf may send its next packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,6 +101,45 @@ impl TreeState {
                 .iter()
                 .map(|n| n.tbf.map(|(r, b)| TokenBucket::new(r, b, now)))
                 .collect(),
+            shares: vec![Vec::new(); nodes.len()],
+            // Three full-size packets at the class's rate, at least 2 ms.
+            stale: nodes
+                .iter()
+                .map(|n| (3 * 1514 * 8_000_000_000 / n.rate.max(1)).max(2_000_000))
+                .collect(),
+        }
+    }
+
+    /// Whether `worker` (with `weight` active flows in `leaf`) may send
+    /// from `leaf` now without getting ahead of the other workers.
+    pub fn fair(&mut self, leaf: usize, worker: usize, weight: u32, now: u64) -> bool {
+        let stale = self.stale[leaf];
+        let shares = &mut self.shares[leaf];
+        if shares.len() <= worker {
+            shares.resize(worker + 1, Share::default());
+        }
+        let others = shares
+            .iter()
+            .enumerate()
+            .filter(|&(i, s)| i != worker && s.active && now.saturating_sub(s.seen) < stale)
+            .map(|(_, s)| s.vf)
+            .min();
+        let me = &mut shares[worker];
+        if !me.active {
+            // Back from idle: start level with the others, not behind.
+            me.active = true;
+            me.vf = me.vf.max(others.unwrap_or(0));
+        }
+        me.weight = weight.max(1);
+        me.seen = now;
+        others.is_none_or(|m| me.vf <= m + SLACK)
+    }
+
+    /// Records what `worker` sent from `leaf`; `empty`: its queue ran dry.
+    pub fn served(&mut self, leaf: usize, worker: usize, len: u32, empty: bool) {
+        if let Some(me) = self.shares[leaf].get_mut(worker) {
+            me.vf += u64::from(len) * 1024 / u64::from(me.weight.max(1));
+            me.active &= !empty;
         }
     }
 
@@ -316,6 +383,45 @@ mod tests {
         let s = simulate(&[root, l], &[1], 10);
         let r = mbit(s[1], 10);
         assert!((6.95..7.05).contains(&r), "{r}");
+    }
+
+    /// One class, two workers: one holds 1 flow, the other 3. Taking turns
+    /// at the shared tokens, every flow gets the same share.
+    #[test]
+    fn workers_share_a_class_by_their_flows() {
+        let root = Node {
+            leaf: false,
+            ..node(None, 100 * MBIT, 100 * MBIT, 0)
+        };
+        let nodes = vec![root, node(Some(0), 40 * MBIT, 40 * MBIT, 0)];
+        let mut st = TreeState::new(&nodes, 0);
+        let mut sent = [0u64; 2];
+        let mut now = 0;
+        while now < 2_000_000_000 {
+            now += 100_000;
+            st.refill(now);
+            // The workers run in turns, each sending what it may.
+            for w in [
+                (now / 100_000 % 2) as usize,
+                1 - (now / 100_000 % 2) as usize,
+            ] {
+                let flows = [1, 3][w];
+                while let Some(m) = st.mode(&nodes, 1, 1500) {
+                    if !st.fair(1, w, flows, now) {
+                        break;
+                    }
+                    st.charge(&nodes, 1, 1500, m);
+                    st.served(1, w, 1500, false);
+                    sent[w] += 1500;
+                }
+            }
+        }
+        let share = sent[0] as f64 / (sent[0] + sent[1]) as f64;
+        assert!((0.23..0.27).contains(&share), "{sent:?}: {share}");
+        // A worker that went quiet is not waited for.
+        let later = now + 50_000_000;
+        st.refill(later);
+        assert!(st.fair(1, 0, 1, later));
     }
 
     #[test]
