@@ -375,6 +375,18 @@ method = "dnat"
         let cfg = ConfigFile::parse(include_str!("../../dist/lvc.toml")).unwrap();
         assert_eq!(cfg.services.len(), 2);
         assert_eq!(cfg.requests().unwrap().len(), 6);
+        // Its commented shaping example is valid once uncommented.
+        let text = include_str!("../../dist/lvc.toml");
+        let start = text.find("# [[shape.dev]]").expect("shaping example");
+        let shaping: String = text[start..]
+            .lines()
+            .map(|l| l.strip_prefix("# ").unwrap_or(l.trim_start_matches('#')))
+            .collect::<Vec<_>>()
+            .join("\n");
+        let cfg = ConfigFile::parse(&format!("{}\n{shaping}", &text[..start]))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(cfg.shape.devs[0].classes.len(), 2);
+        assert_eq!(cfg.shape.police.len(), 1);
     }
 
     #[test]
