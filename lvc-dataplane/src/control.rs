@@ -378,16 +378,18 @@ impl Control {
 
     /// The running configuration as a config file.
     pub fn save(&self) -> ConfigFile {
+        // Lock order everywhere: shape_config before config.
+        let shape = self
+            .shape_config
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
         let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let local = self.pool_addrs();
         ConfigFile {
             timeouts: Some(self.timeouts()),
             fullnat: (!local.is_empty()).then_some(Fullnat { local }),
-            shape: self
-                .shape_config
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .clone(),
+            shape,
             services: cfg
                 .iter()
                 .map(|(key, s)| {
@@ -428,7 +430,12 @@ impl Control {
         // Shaping first: compiled (and so checked against the served
         // interfaces) before anything changes, published after services.
         let mut shape_cfg = self.shape_config.lock().unwrap_or_else(|p| p.into_inner());
-        let shaping = self.build_shaping(&file.shape)?;
+        // Unchanged shaping keeps running as it is (tokens, queues).
+        let shaping = if *shape_cfg == file.shape {
+            None
+        } else {
+            Some(self.build_shaping(&file.shape)?)
+        };
         let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = Config::new();
         let pool = file.local_pool();
@@ -466,8 +473,10 @@ impl Control {
         if let Some(t) = &file.timeouts {
             self.store_timeouts(t);
         }
-        self.shaping.store(Arc::new(shaping));
-        *shape_cfg = file.shape.clone();
+        if let Some(s) = shaping {
+            self.shaping.store(Arc::new(s));
+            *shape_cfg = file.shape.clone();
+        }
         Ok(())
     }
 

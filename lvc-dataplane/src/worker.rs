@@ -91,6 +91,8 @@ const SHAPE_BUDGET: usize = 4 * BATCH;
 struct Shapers {
     /// This worker's number among the workers (for fair shares).
     worker: usize,
+    /// Frames freed by reconfigurations, not yet counted.
+    dropped: u64,
     table: Arc<ShapeTable>,
     ports: Vec<Option<PortShaper>>,
 }
@@ -115,9 +117,11 @@ impl Shapers {
                 _ => {}
             }
         }
+        let n = dropped.len() as u64;
         for f in dropped {
             io.release(f);
         }
+        self.dropped += n;
         self.ports = next;
         self.table = table;
     }
@@ -146,6 +150,7 @@ impl Worker {
         static WORKERS: AtomicUsize = AtomicUsize::new(0);
         let mut shapers = Shapers {
             worker: WORKERS.fetch_add(1, Relaxed) % 64,
+            dropped: 0,
             table: Arc::new(ShapeTable::default()),
             ports: (0..nports).map(|_| None).collect(),
         };
@@ -161,6 +166,10 @@ impl Worker {
                     &self.port_ifindex,
                     now_ns,
                     &mut self.io,
+                );
+                bump(
+                    &self.stats.drops[Drop::ShapeQueue as usize],
+                    std::mem::take(&mut shapers.dropped),
                 );
             }
             let snap = Snap {
@@ -218,8 +227,10 @@ impl Worker {
             }
             let mut shaped_wait: Option<u64> = None;
             for (port, sh) in shapers.ports.iter_mut().enumerate() {
+                // Shaped frames wait in their queues, not in a full TX ring.
+                let room = self.io.tx_room(port).saturating_sub(out[port].len());
                 if let Some(sh) = sh
-                    && let Some(w) = sh.dequeue(now_ns, SHAPE_BUDGET, &mut out[port])
+                    && let Some(w) = sh.dequeue(now_ns, SHAPE_BUDGET.min(room), &mut out[port])
                 {
                     shaped_wait = Some(shaped_wait.map_or(w, |x| x.min(w)));
                 }
@@ -415,7 +426,23 @@ fn forward(
     {
         return later_fragment(f, &pkt, fr.id, routes, shared, port_ifindex);
     }
-    let (conn, dir) = match shared.conntrack.lookup(&pkt.key) {
+    let found = shared.conntrack.lookup(&pkt.key);
+    // A policed service's client packets are policed before they cost
+    // anything (a connection entry, a fullnat port).
+    if !snap.shaping.services.is_empty() && pkt.icmp.is_none() {
+        let to = match &found {
+            Some((c, Dir::Original)) => Some((c.proto, c.vip)),
+            Some(_) => None,
+            None => Some((pkt.key.proto, (pkt.key.dst, pkt.key.dport))),
+        };
+        if let Some((proto, vip)) = to
+            && let Some(p) = snap.shaping.service_policer(proto, vip)
+            && !p.admit(f.len() as u32, snap.now_ns)
+        {
+            return Err(Drop::Policed);
+        }
+    }
+    let (conn, dir) = match found {
         Some(found) => found,
         // ICMP errors never open connections.
         None if pkt.icmp.is_some() => return Err(Drop::NoFlow),
@@ -429,13 +456,6 @@ fn forward(
         vip: Some(conn.vip),
         real: Some(conn.real),
     };
-    if dir == Dir::Original
-        && !snap.shaping.services.is_empty()
-        && let Some(p) = snap.shaping.service_policer(conn.proto, conn.vip)
-        && !p.admit(f.len() as u32, snap.now_ns)
-    {
-        return Err(Drop::Policed);
-    }
     conn.count(dir, f.len());
     if let Some(e) = &pkt.icmp {
         // An error about the flow: translated like the packet it quotes.

@@ -357,6 +357,12 @@ impl WorkerIo {
         (kicks, completed)
     }
 
+    /// TX ring slots `port` may still fill before completions come back.
+    pub fn tx_room(&self, port: usize) -> usize {
+        self.ring_size
+            .saturating_sub(self.ports[port].tx_outstanding) as usize
+    }
+
     /// True if any port has transmissions not yet completed.
     pub fn tx_pending(&self) -> bool {
         self.ports.iter().any(|p| p.tx_outstanding > 0)

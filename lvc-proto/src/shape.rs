@@ -434,7 +434,9 @@ pub struct ClassSpec {
     /// Never borrows (ceil = rate).
     #[serde(default, skip_serializing_if = "is_false")]
     pub bounded: bool,
-    /// Never lends its unused rate to classes outside its subtree.
+    /// Never lends its unused rate to its siblings: its parent lends only
+    /// what is left of its rate after its isolated children's guarantees.
+    /// (Ancestors further up lend the parent's unused rate as usual.)
     #[serde(default, skip_serializing_if = "is_false")]
     pub isolated: bool,
     /// The queue discipline if it is a leaf (default: fifo).

@@ -475,12 +475,26 @@ impl PortShaper {
         room: bool,
     ) -> Enqueued {
         let len = frame.len() as u32;
-        let c = &self.dev.counters[leaf];
         if let Some(p) = &self.dev.police[leaf]
             && !p.admit(len, now)
         {
-            c.drops.fetch_add(1, Relaxed);
+            self.dev.counters[leaf].drops.fetch_add(1, Relaxed);
             return Enqueued::Policed(frame);
+        }
+        self.queue(frame, leaf, h, now, room)
+    }
+
+    /// Queues without policing (the frame was policed when it came).
+    fn queue(&mut self, frame: Frame, leaf: usize, h: &Header, now: u64, room: bool) -> Enqueued {
+        let len = frame.len() as u32;
+        let c = &self.dev.counters[leaf];
+        // A tbf packet larger than its bucket could never leave (tc's
+        // max_size): drop it rather than stall the class.
+        if let Some((_, burst)) = self.dev.nodes[leaf].tbf
+            && u64::from(len) > burst
+        {
+            c.drops.fetch_add(1, Relaxed);
+            return Enqueued::Dropped(frame);
         }
         let Some(q) = self.leaves[leaf].as_mut() else {
             return Enqueued::Direct(frame);
@@ -524,7 +538,8 @@ impl PortShaper {
         let mut st = dev.state.lock().unwrap_or_else(|p| p.into_inner());
         st.refill(now);
         let mut sent = 0;
-        let mut yielded = false;
+        // Leaves that had tokens but let another worker go first.
+        let mut yielded: u64 = 0;
         while sent < budget && self.held > 0 {
             // (borrowing?, prio, vtime) ranks; then leaf, mode, length.
             type Pick = ((bool, u8, u64), usize, Mode, u32);
@@ -536,7 +551,7 @@ impl PortShaper {
                 };
                 if let Some(m) = st.mode(nodes, i, len) {
                     if !st.fair(i, self.worker, q.flows(), now) {
-                        yielded = true;
+                        yielded |= 1 << (i % 64);
                         continue;
                     }
                     let key = (m != Mode::Green, nodes[i].prio, self.vtime[i]);
@@ -573,16 +588,28 @@ impl PortShaper {
             }
             out.push(item.frame);
         }
-        if self.held == 0 || sent == budget {
-            return (self.held > 0).then_some(0);
+        if self.held == 0 {
+            return None;
+        }
+        if budget == 0 {
+            // The TX ring is full: completions come back within a kick.
+            return Some(20_000);
+        }
+        if sent == budget {
+            return Some(0);
         }
         // Blocked: count it, and find when the first leaf may go again
         // (soon, if it only let another worker's flows go first).
-        let mut wait = if yielded { 50_000 } else { u64::MAX };
+        let mut wait = u64::MAX;
         for (i, q) in self.leaves.iter_mut().enumerate() {
-            if let Some(len) = q.as_mut().and_then(Leaf::peek_len) {
+            let Some(len) = q.as_mut().and_then(Leaf::peek_len) else {
+                continue;
+            };
+            if yielded & (1 << (i % 64)) != 0 && st.mode(nodes, i, len).is_some() {
+                wait = wait.min(50_000);
+            } else {
                 dev.counters[i].overlimits.fetch_add(1, Relaxed);
-                wait = wait.min(st.wait_ns(nodes, i, len));
+                wait = wait.min(st.wait_ns(nodes, i, len).max(1_000));
             }
         }
         Some(wait)
@@ -611,7 +638,7 @@ impl PortShaper {
                     ..Header::default()
                 };
                 match to {
-                    Some(j) => match self.enqueue(item.frame, j, &h, now, true) {
+                    Some(j) => match self.queue(item.frame, j, &h, now, true) {
                         Enqueued::Queued => {}
                         Enqueued::Direct(f) | Enqueued::Dropped(f) | Enqueued::Policed(f) => {
                             dropped.push(f)
@@ -627,14 +654,21 @@ impl PortShaper {
         old.held = 0;
     }
 
-    /// Every frame still queued (the worker is stopping).
+    /// Every frame still queued (the worker is stopping, or the interface
+    /// is no longer shaped): counted as dropped.
     pub fn drain(&mut self) -> Vec<Frame> {
         self.held = 0;
-        self.leaves
-            .iter_mut()
-            .flatten()
-            .flat_map(|q| q.drain())
-            .map(|q| q.frame)
-            .collect()
+        let mut out = Vec::new();
+        for (i, q) in self.leaves.iter_mut().enumerate() {
+            let Some(q) = q else { continue };
+            let c = &self.dev.counters[i];
+            for item in q.drain() {
+                c.backlog_packets.fetch_sub(1, Relaxed);
+                c.backlog_bytes.fetch_sub(i64::from(item.len), Relaxed);
+                c.drops.fetch_add(1, Relaxed);
+                out.push(item.frame);
+            }
+        }
+        out
     }
 }

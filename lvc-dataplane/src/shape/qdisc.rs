@@ -80,7 +80,7 @@ impl<T: Item> Leaf<T> {
             Leaf::Fifo(q) => q.enqueue(item),
             Leaf::Sfq(q) => q.enqueue(item, now),
             Leaf::Prio3(q) => q.enqueue(item),
-            Leaf::Red(q) => q.enqueue(item),
+            Leaf::Red(q) => q.enqueue(item, now),
             Leaf::Tbf(q) => q.enqueue(item),
         }
     }
@@ -364,6 +364,8 @@ pub struct Red<T> {
     avg: u64,
     count: u32,
     rng: u64,
+    /// When a packet last arrived (ns).
+    last: u64,
 }
 
 impl<T: Item> Red<T> {
@@ -376,6 +378,7 @@ impl<T: Item> Red<T> {
             avg: 0,
             count: 0,
             rng: seed | 1,
+            last: 0,
         }
     }
 
@@ -403,7 +406,14 @@ impl<T: Item> Red<T> {
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn enqueue(&mut self, item: T) -> Option<T> {
+    fn enqueue(&mut self, item: T, now: u64) -> Option<T> {
+        if self.fifo.q.is_empty() {
+            // The queue sat idle: the average decays as if empty packets
+            // had arrived — halved per idle millisecond.
+            let idle_ms = now.saturating_sub(self.last) / 1_000_000;
+            self.avg = self.avg.checked_shr(idle_ms.min(63) as u32).unwrap_or(0);
+        }
+        self.last = now;
         // avg += (q − avg) / 512, in units of 1/512 byte.
         self.avg = self.avg - (self.avg >> 9) + self.fifo.bytes;
         let pb = self.base_probability(self.average());
@@ -413,7 +423,7 @@ impl<T: Item> Red<T> {
             self.count = 0;
             false
         } else {
-            self.count += 1;
+            self.count = self.count.saturating_add(1);
             let pa = pb / (1.0 - (f64::from(self.count) * pb).min(0.99));
             self.random() < pa
         };
@@ -577,7 +587,7 @@ mod tests {
             r.avg = depth << 9;
             let (mut dropped, n) = (0, 20_000);
             for i in 0..n {
-                match r.enqueue(p(1, 1000, i)) {
+                match r.enqueue(p(1, 1000, i), 0) {
                     Some(_) => dropped += 1,
                     None => {
                         r.fifo.dequeue();

@@ -14,7 +14,8 @@
 //! isolated children's guarantees, and an isolated child's traffic within
 //! its own guarantee is not charged there — so what an isolated class
 //! does not use is never lent to its siblings, and what it does use never
-//! eats into theirs.
+//! eats into theirs. (It works at the parent: a grandparent lends what
+//! the parent as a whole leaves unused, as usual.)
 //!
 //! The tree's state is shared by all workers (one lock per interface,
 //! taken once per dequeue round), so rates hold for the interface, not
