@@ -6,7 +6,8 @@
 //! behind direct routing must answer from the VIP it was asked on).
 //!
 //! `lvc-testsrv probe ADDR:PORT TOS COUNT` is the client side of a
-//! latency probe: COUNT UDP echoes 20 ms apart with that TOS byte; prints
+//! latency probe: COUNT UDP echoes 20 ms apart with that TOS byte (300 ms
+//! timeout each); prints
 //! each round trip in µs and then `median_us N` (lost ones are skipped).
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -153,7 +154,7 @@ fn probe(args: &[String]) {
     sock.set_tos(tos).expect("IP_TOS");
     let s: UdpSocket = sock.into();
     s.connect(to).expect("connect");
-    s.set_read_timeout(Some(std::time::Duration::from_secs(1)))
+    s.set_read_timeout(Some(std::time::Duration::from_millis(300)))
         .expect("timeout");
     let mut rtts = Vec::new();
     let mut buf = [0u8; 64];
