@@ -289,7 +289,8 @@ impl Worker {
         now: u64,
         out: &mut [Vec<Frame>],
     ) -> Option<Drop> {
-        let room = shapers.held() < MAX_HELD;
+        // (Counting the frames held only for shaped ports.)
+        let room = shapers.ports[port].is_some() && shapers.held() < MAX_HELD;
         let Some(sh) = shapers.ports[port].as_mut() else {
             out[port].push(frame);
             return None;
