@@ -110,12 +110,36 @@ fn within(what: &str, got: f64, want: f64, tol: f64, t: &Topo) {
         got / MBIT,
         want / MBIT,
         tol * 100.0,
-        t.ctl_ok(&["shape", "list", "--stats"])
+        shape(t, "list --stats")
     );
 }
 
+/// `lvc-ctl shape ARGS` (split at spaces), panicking if it fails.
+fn shape(t: &Topo, args: &str) -> String {
+    let mut v = vec!["shape"];
+    v.extend(args.split_whitespace());
+    t.ctl_ok(&v)
+}
+
+/// `lvc-ctl shape add-filter` with one match expression.
+fn filter(t: &Topo, dev: &str, prio: impl ToString, expr: impl AsRef<str>, flowid: &str) {
+    let prio = prio.to_string();
+    t.ctl_ok(&[
+        "shape",
+        "add-filter",
+        "--dev",
+        dev,
+        "--prio",
+        &prio,
+        "--match",
+        expr.as_ref(),
+        "--flowid",
+        flowid,
+    ]);
+}
+
 fn shaping(t: &Topo) -> Value {
-    serde_json::from_str(&t.ctl_ok(&["shape", "list", "--json"])).expect("shape list --json")
+    serde_json::from_str(&shape(t, "list --json")).expect("shape list --json")
 }
 
 /// A class's counters from `shape list --json`.
@@ -143,37 +167,16 @@ fn tc3_per_server_bandwidth_borrowing_and_bounded() {
         return;
     }
     let t = lab("tc3");
-    t.ctl_ok(&["shape", "set-root", "--dev", "d1", "--rate", "100mbit"]);
+    shape(&t, "set-root --dev d1 --rate 100mbit");
     for (id, rate, prio, rs) in [("1:10", "70mbit", "2", 0), ("1:20", "30mbit", "4", 1)] {
-        t.ctl_ok(&[
-            "shape",
-            "add-class",
-            "--dev",
-            "d1",
-            "--classid",
-            id,
-            "--rate",
-            rate,
-            "--ceil",
-            "100mbit",
-            "--prio",
-            prio,
-            "--qdisc",
-            "sfq",
-        ]);
+        shape(
+            &t,
+            &format!(
+                "add-class --dev d1 --classid {id} --rate {rate} --ceil 100mbit --prio {prio} --qdisc sfq"
+            ),
+        );
         let m = format!("real {}", server_ip(rs));
-        t.ctl_ok(&[
-            "shape",
-            "add-filter",
-            "--dev",
-            "d1",
-            "--prio",
-            &(rs + 1).to_string(),
-            "--match",
-            &m,
-            "--flowid",
-            id,
-        ]);
+        filter(&t, "d1", (rs + 1).to_string(), m, id);
     }
     // Both busy: 70/30, each to ±5 %.
     let (a, b) = both(
@@ -207,21 +210,10 @@ fn tc3_per_server_bandwidth_borrowing_and_bounded() {
     let st = class_stats(&t, "d1", "1:10");
     assert!(st["borrowed_packets"].as_u64().unwrap() > 1000, "{st}");
     // bounded: it keeps to its rate even with the link idle.
-    t.ctl_ok(&[
-        "shape",
-        "change-class",
-        "--dev",
-        "d1",
-        "--classid",
-        "1:10",
-        "--rate",
-        "70mbit",
-        "--prio",
-        "2",
-        "--bounded",
-        "--qdisc",
-        "sfq",
-    ]);
+    shape(
+        &t,
+        "change-class --dev d1 --classid 1:10 --rate 70mbit --prio 2 --bounded --qdisc sfq",
+    );
     let a = iperf(&t, 5201, &["-P", "2", "-t", "6", "-O", "1"]);
     within(
         "rs1 bounded",
@@ -245,62 +237,16 @@ fn tc4_tos_priority_keeps_its_rate_and_low_delay() {
     // fairly), and the delay half of this test needs the unmarked probe
     // behind the very FIFO the bulk traffic fills.
     let t = lab_queues("tc4", 1);
-    t.ctl_ok(&[
-        "shape",
-        "set-root",
-        "--dev",
-        "d1",
-        "--rate",
-        "100mbit",
-        "--default",
-        "1:20",
-    ]);
-    t.ctl_ok(&[
-        "shape",
-        "add-class",
-        "--dev",
-        "d1",
-        "--classid",
-        "1:10",
-        "--rate",
-        "30mbit",
-        "--ceil",
-        "100mbit",
-        "--prio",
-        "2",
-        "--qdisc",
-        "sfq",
-    ]);
-    t.ctl_ok(&[
-        "shape",
-        "add-class",
-        "--dev",
-        "d1",
-        "--classid",
-        "1:20",
-        "--rate",
-        "70mbit",
-        "--ceil",
-        "100mbit",
-        "--prio",
-        "4",
-        "--qdisc",
-        "fifo",
-        "--limit",
-        "300",
-    ]);
-    t.ctl_ok(&[
-        "shape",
-        "add-filter",
-        "--dev",
-        "d1",
-        "--prio",
-        "1",
-        "--match",
-        "ip tos 0x30 0xff",
-        "--flowid",
-        "1:10",
-    ]);
+    shape(&t, "set-root --dev d1 --rate 100mbit --default 1:20");
+    shape(
+        &t,
+        "add-class --dev d1 --classid 1:10 --rate 30mbit --ceil 100mbit --prio 2 --qdisc sfq",
+    );
+    shape(
+        &t,
+        "add-class --dev d1 --classid 1:20 --rate 70mbit --ceil 100mbit --prio 4 --qdisc fifo --limit 300",
+    );
+    filter(&t, "d1", "1", "ip tos 0x30 0xff", "1:10");
     // Congestion: three unmarked bulk flows against one marked flow.
     let (marked, bulk) = both(
         &t,
@@ -313,7 +259,7 @@ fn tc4_tos_priority_keeps_its_rate_and_low_delay() {
         "marked flow got {:.1} Mbit/s, below its 30mbit (bulk {:.1})\n{}",
         m / MBIT,
         received(&bulk) / MBIT,
-        t.ctl_ok(&["shape", "list", "--stats"])
+        shape(&t, "list --stats")
     );
     // Delay: while unmarked bulk flows keep the default class's FIFO full, a
     // marked UDP echo (its class has room) waits far less than an unmarked
@@ -348,7 +294,7 @@ fn tc4_tos_priority_keeps_its_rate_and_low_delay() {
     assert!(
         rm * 3.0 < rb,
         "echo RTT marked {rm} µs vs unmarked {rb} µs: marked traffic should wait far less\n{}",
-        t.ctl_ok(&["shape", "list", "--stats"])
+        shape(&t, "list --stats")
     );
     let st = class_stats(&t, "d1", "1:10");
     assert!(
@@ -363,61 +309,16 @@ fn sfq_fairness_and_tbf_rate() {
         return;
     }
     let t = lab("sfqtbf");
-    t.ctl_ok(&[
-        "shape",
-        "set-root",
-        "--dev",
-        "d1",
-        "--rate",
-        "1gbit",
-        "--default",
-        "1:10",
-    ]);
-    t.ctl_ok(&[
-        "shape",
-        "add-class",
-        "--dev",
-        "d1",
-        "--classid",
-        "1:10",
-        "--rate",
-        "40mbit",
-        "--bounded",
-        "--qdisc",
-        "sfq",
-        "--perturb",
-        "5",
-    ]);
-    t.ctl_ok(&[
-        "shape",
-        "add-class",
-        "--dev",
-        "d1",
-        "--classid",
-        "1:20",
-        "--rate",
-        "500mbit",
-        "--qdisc",
-        "tbf",
-        "--tbf-rate",
-        "20mbit",
-        "--tbf-burst",
-        "10kb",
-        "--latency",
-        "50ms",
-    ]);
-    t.ctl_ok(&[
-        "shape",
-        "add-filter",
-        "--dev",
-        "d1",
-        "--prio",
-        "1",
-        "--match",
-        &format!("real {}", server_ip(1)),
-        "--flowid",
-        "1:20",
-    ]);
+    shape(&t, "set-root --dev d1 --rate 1gbit --default 1:10");
+    shape(
+        &t,
+        "add-class --dev d1 --classid 1:10 --rate 40mbit --bounded --qdisc sfq --perturb 5",
+    );
+    shape(
+        &t,
+        "add-class --dev d1 --classid 1:20 --rate 500mbit --qdisc tbf --tbf-rate 20mbit --tbf-burst 10kb --latency 50ms",
+    );
+    filter(&t, "d1", 1, format!("real {}", server_ip(1)), "1:20");
     // SFQ: four TCP flows in one class share it equally.
     let v = iperf(&t, 5201, &["-P", "4", "-t", "10", "-O", "1"]);
     let x = streams(&v);
@@ -445,16 +346,10 @@ fn policer_and_download_shaping() {
     let t = lab("police");
     // A UDP service policed at 20mbit, offered 40mbit.
     let svc = format!("{VIP}:5201");
-    t.ctl_ok(&[
-        "shape",
-        "add-police",
-        "--udp",
-        &svc,
-        "--rate",
-        "20mbit",
-        "--burst",
-        "30kb",
-    ]);
+    shape(
+        &t,
+        &format!("add-police --udp {svc} --rate 20mbit --burst 30kb"),
+    );
     let v = iperf(&t, 5201, &["-u", "-b", "40M", "-l", "1470", "-t", "10"]);
     let got = v["end"]["sum"]["bits_per_second"]
         .as_f64()
@@ -466,32 +361,12 @@ fn policer_and_download_shaping() {
     assert!(p["dropped_packets"].as_u64().unwrap() > 10_000, "{p}");
     // Downloads: replies of the nat service leave through the client-side
     // interface, shaped there; `real` matches the reply direction too.
-    t.ctl_ok(&["shape", "set-root", "--dev", "d0", "--rate", "100mbit"]);
-    t.ctl_ok(&[
-        "shape",
-        "add-class",
-        "--dev",
-        "d0",
-        "--classid",
-        "1:10",
-        "--rate",
-        "25mbit",
-        "--bounded",
-        "--qdisc",
-        "sfq",
-    ]);
-    t.ctl_ok(&[
-        "shape",
-        "add-filter",
-        "--dev",
-        "d0",
-        "--prio",
-        "1",
-        "--match",
-        &format!("real {}", server_ip(1)),
-        "--flowid",
-        "1:10",
-    ]);
+    shape(&t, "set-root --dev d0 --rate 100mbit");
+    shape(
+        &t,
+        "add-class --dev d0 --classid 1:10 --rate 25mbit --bounded --qdisc sfq",
+    );
+    filter(&t, "d0", 1, format!("real {}", server_ip(1)), "1:10");
     let v = iperf(&t, 5202, &["-R", "-P", "2", "-t", "10", "-O", "1"]);
     within(
         "download from rs2",
@@ -529,18 +404,9 @@ fn bad_shaping_requests_change_nothing() {
     }
     let mut t = Topo::build("shapebad", Arms::Two, 2, 1);
     t.start_lvc();
-    t.ctl_ok(&["shape", "set-root", "--dev", "d1", "--rate", "100mbit"]);
-    t.ctl_ok(&[
-        "shape",
-        "add-class",
-        "--dev",
-        "d1",
-        "--classid",
-        "1:10",
-        "--rate",
-        "10mbit",
-    ]);
-    let before = t.ctl_ok(&["shape", "list", "--json"]);
+    shape(&t, "set-root --dev d1 --rate 100mbit");
+    shape(&t, "add-class --dev d1 --classid 1:10 --rate 10mbit");
+    let before = shape(&t, "list --json");
     for (args, want) in [
         (
             vec![
@@ -616,5 +482,5 @@ fn bad_shaping_requests_change_nothing() {
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("ip tos VALUE MASK"));
-    assert_eq!(t.ctl_ok(&["shape", "list", "--json"]), before);
+    assert_eq!(shape(&t, "list --json"), before);
 }

@@ -341,10 +341,11 @@ fn compile(
     let counters = ids
         .iter()
         .map(|id| {
-            prev.and_then(|p| p.ids.iter().position(|x| x == id))
-                .map_or_else(Arc::default, |i| {
-                    prev.map(|p| p.counters[i].clone()).unwrap_or_default()
-                })
+            prev.and_then(|p| {
+                let i = p.ids.iter().position(|x| x == id)?;
+                Some(p.counters[i].clone())
+            })
+            .unwrap_or_default()
         })
         .collect();
     let mut filters: Vec<&lvc_proto::shape::FilterSpec> = d.filters.iter().collect();
