@@ -395,6 +395,28 @@ TCP  10.0.0.10:80 rr
     }
 
     #[test]
+    fn persistence_masks_as_ipvsadm_shows_them() {
+        let mut l = sample();
+        l.services[0].persistent = Some(360);
+        l.services[0].netmask = Some(lvc_proto::Netmask::dotted(24));
+        let mut v6 = l.services[0].clone();
+        v6.service = "tcp:[2001:db8::10]:80".parse().unwrap();
+        v6.persistent = Some(60);
+        v6.netmask = Some(lvc_proto::Netmask::Prefix(64));
+        v6.servers.clear();
+        l.services.push(v6);
+        let out = listing(&l, false, false);
+        assert!(
+            out.contains("\nTCP  10.0.0.10:80 rr persistent 360 mask 255.255.255.0\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("\nTCP  [2001:db8::10]:80 rr persistent 60 mask 64\n"),
+            "{out}"
+        );
+    }
+
+    #[test]
     fn golden_stats() {
         assert_eq!(
             listing(&sample(), true, false),

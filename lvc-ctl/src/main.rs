@@ -21,11 +21,11 @@ use lvc_proto::shape::{
     ShapeListing, Size,
 };
 use lvc_proto::{
-    ConnFilter, ErrorCode, Method, Ports, Protocol, RealSpec, Request, RequestEnvelope, Response,
-    ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
+    ConnFilter, ErrorCode, Method, Netmask, Ports, Protocol, RealSpec, Request, RequestEnvelope,
+    Response, ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
 };
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -103,9 +103,11 @@ enum Cmd {
         #[arg(long, short = 'p', value_name = "SECS", num_args = 0..=1,
               default_missing_value = "360")]
         persistent: Option<u32>,
-        /// Persistence granularity, e.g. 255.255.255.0.
+        /// Persistence granularity: clients in one network share a server.
+        /// IPv4: a mask (255.255.255.0) or a prefix length (24); IPv6: a
+        /// prefix length 1..128 (64). Default: one client address.
         #[arg(long, short = 'M', value_name = "MASK")]
-        netmask: Option<Ipv4Addr>,
+        netmask: Option<Netmask>,
     },
     /// Change a virtual service's scheduler or persistence.
     #[command(short_flag = 'E')]
@@ -118,8 +120,10 @@ enum Cmd {
         #[arg(long, short = 'p', value_name = "SECS", num_args = 0..=1,
               default_missing_value = "360")]
         persistent: Option<u32>,
+        /// New persistence granularity: 255.255.255.0 or 24 for IPv4, a
+        /// prefix length 1..128 for IPv6.
         #[arg(long, short = 'M', value_name = "MASK")]
-        netmask: Option<Ipv4Addr>,
+        netmask: Option<Netmask>,
     },
     /// Delete a virtual service and its real servers.
     #[command(short_flag = 'D')]
@@ -1062,6 +1066,40 @@ mod tests {
             Cli::try_parse_from(["lvc-ctl", "-A", "-t", "10.0.0.10:80", "-u", "10.0.0.10:53"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn netmask_takes_a_mask_or_a_prefix_length() {
+        let mask = |args: &[&str]| -> Result<Option<Netmask>, String> {
+            let argv = ["lvc-ctl"].iter().chain(args);
+            match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.cmd {
+                Cmd::AddService { netmask, .. } | Cmd::EditService { netmask, .. } => Ok(netmask),
+                other => panic!("{other:?}"),
+            }
+        };
+        let v4 = [
+            "add-service",
+            "--tcp",
+            "10.0.0.10:80",
+            "--persistent",
+            "--netmask",
+        ];
+        assert_eq!(
+            mask(&[&v4[..], &["255.255.255.0"]].concat()),
+            Ok(Some(Netmask::Dotted([255, 255, 255, 0].into())))
+        );
+        assert_eq!(
+            mask(&[&v4[..], &["24"]].concat()),
+            Ok(Some(Netmask::Prefix(24)))
+        );
+        assert_eq!(
+            mask(&["-E", "-t", "[2001:db8::10]:80", "-M", "/64"]),
+            Ok(Some(Netmask::Prefix(64)))
+        );
+        for bad in ["0", "129", "wide", "255.255.255"] {
+            let e = mask(&[&v4[..], &[bad]].concat()).unwrap_err();
+            assert!(e.contains("netmask"), "{bad}: {e}");
+        }
     }
 
     /// `lvc-ctl shape …` parsed into its request, or the error message.

@@ -21,13 +21,13 @@ use lvc_proto::config::{ConfigFile, Fullnat, ServerConfig, ServiceConfig, Timeou
 use lvc_proto::shape::ShapeConfig;
 use lvc_proto::{
     ConnFilter, ConnInfo, ConnListing, ErrorCode, ErrorReply, InterfaceStatus, Listing,
-    MAX_REQUEST_BYTES, MAX_WEIGHT, Method, Protocol, RealSpec, Request, RequestEnvelope, Response,
-    ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo, ServiceKey, Status, VERSION,
+    MAX_REQUEST_BYTES, MAX_WEIGHT, Method, Netmask, Protocol, RealSpec, Request, RequestEnvelope,
+    Response, ResponseEnvelope, Scheduler, ServerInfo, ServiceInfo, ServiceKey, Status, VERSION,
     check_local_pool, check_persistence,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -55,13 +55,13 @@ struct ServiceConf {
 }
 
 impl ServiceConf {
-    fn new(scheduler: Scheduler, persistent: Option<u32>, netmask: Option<Ipv4Addr>) -> Self {
+    fn new(scheduler: Scheduler, persistence: Option<Persistence>) -> Self {
         Self {
             scheduler,
             servers: Vec::new(),
             stats: Arc::default(),
             rr: Arc::default(),
-            persistence: persistent.map(|t| Persistence::new(t, netmask.map_or(32, mask_bits))),
+            persistence,
         }
     }
 
@@ -69,12 +69,17 @@ impl ServiceConf {
         self.persistence.as_ref().map(|p| p.timeout)
     }
 
-    /// The netmask, when persistent and coarser than one address.
-    fn netmask(&self) -> Option<Ipv4Addr> {
+    /// The netmask of service `key`, when persistent and coarser than one
+    /// address, in ipvsadm's form: dotted for IPv4, a prefix length for
+    /// IPv6.
+    fn netmask(&self, key: &ServiceKey) -> Option<Netmask> {
         self.persistence
             .as_ref()
-            .filter(|p| p.netmask != 32)
-            .map(|p| Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(p.netmask)).unwrap_or(0)))
+            .filter(|p| p.netmask != address_bits(key))
+            .map(|p| match key.vip {
+                IpAddr::V4(_) => Netmask::dotted(p.netmask),
+                IpAddr::V6(_) => Netmask::Prefix(p.netmask),
+            })
     }
 }
 
@@ -147,9 +152,15 @@ impl Pools {
     }
 }
 
-/// The prefix length of a contiguous netmask (checked before).
-fn mask_bits(m: Ipv4Addr) -> u8 {
-    u32::from(m).leading_ones() as u8
+/// The width of a service's addresses: 32 or 128 bits.
+fn address_bits(key: &ServiceKey) -> u8 {
+    if key.vip.is_ipv4() { 32 } else { 128 }
+}
+
+/// Persistence for service `key` (netmask checked before): clients grouped
+/// by the mask's prefix, or each address alone without one.
+fn persistence(key: &ServiceKey, timeout: u32, netmask: Option<Netmask>) -> Persistence {
+    Persistence::new(timeout, netmask.map_or(address_bits(key), Netmask::bits))
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -399,7 +410,7 @@ impl Control {
                         udp: addr.filter(|_| key.proto == Protocol::Udp),
                         scheduler: s.scheduler,
                         persistent: s.persistent(),
-                        netmask: s.netmask(),
+                        netmask: s.netmask(key),
                         servers: s
                             .servers
                             .iter()
@@ -683,7 +694,7 @@ impl Control {
                     service: *key,
                     scheduler: s.scheduler,
                     persistent: s.persistent(),
-                    netmask: s.netmask(),
+                    netmask: s.netmask(key),
                     stats: s.stats.snapshot(),
                     rates: s.stats.rates(),
                     servers: s
@@ -815,8 +826,7 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorRep
                     ),
                 ));
             }
-            check_netmask(service, *netmask)?;
-            check_persistence(*persistent, *netmask).map_err(|e| {
+            check_persistence(service.vip, *persistent, *netmask).map_err(|e| {
                 err(
                     ErrorCode::InvalidArgument,
                     format!("service {service}: {e}"),
@@ -824,7 +834,10 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorRep
             })?;
             cfg.insert(
                 *service,
-                ServiceConf::new(*scheduler, *persistent, *netmask),
+                ServiceConf::new(
+                    *scheduler,
+                    persistent.map(|t| persistence(service, t, *netmask)),
+                ),
             );
         }
         Request::DelService { service } => {
@@ -892,7 +905,6 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorRep
             netmask,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
-            check_netmask(service, *netmask)?;
             if let Some(s) = scheduler {
                 svc.scheduler = *s;
             }
@@ -903,17 +915,20 @@ fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(), ErrorRep
                     Some(t) => Some(*t),
                     None => svc.persistent(),
                 };
-                let mask = netmask.or(svc.netmask()).filter(|_| timeout.is_some());
-                check_persistence(timeout, mask).map_err(|e| {
+                let mask = netmask
+                    .or(svc.netmask(service))
+                    .filter(|_| timeout.is_some());
+                check_persistence(service.vip, timeout, mask).map_err(|e| {
                     err(
                         ErrorCode::InvalidArgument,
                         format!("service {service}: {e}"),
                     )
                 })?;
-                let unchanged = timeout == svc.persistent() && mask == svc.netmask();
-                if !unchanged {
-                    svc.persistence =
-                        timeout.map(|t| Persistence::new(t, mask.map_or(32, mask_bits)));
+                let next = timeout.map(|t| persistence(service, t, mask));
+                // Unchanged persistence keeps its templates.
+                let same = |p: Option<&Persistence>| p.map(|p| (p.timeout, p.netmask));
+                if same(next.as_ref()) != same(svc.persistence.as_ref()) {
+                    svc.persistence = next;
                 }
             }
         }
@@ -1097,20 +1112,6 @@ fn check_service(s: &ServiceKey) -> Result<(), ErrorReply> {
         return Err(err(
             ErrorCode::InvalidArgument,
             format!("service {s}: {a} cannot be a virtual IP"),
-        ));
-    }
-    Ok(())
-}
-
-/// `--netmask` groups IPv4 clients; IPv6 clients persist per address.
-fn check_netmask(s: &ServiceKey, netmask: Option<Ipv4Addr>) -> Result<(), ErrorReply> {
-    if netmask.is_some() && s.vip.is_ipv6() {
-        return Err(err(
-            ErrorCode::InvalidArgument,
-            format!(
-                "service {s}: --netmask groups IPv4 clients; IPv6 clients persist per address \
-                 (give no netmask)"
-            ),
         ));
     }
     Ok(())
@@ -1310,5 +1311,139 @@ fn serve_client(stream: UnixStream, control: &Control) {
         if reply(&stream, &answer(control, &line)).is_err() {
             return;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(json: &str) -> Request {
+        serde_json::from_str(json).unwrap_or_else(|e| panic!("{json}: {e}"))
+    }
+
+    /// Applies `json` to `cfg` as `apply` does (on a copy, kept on success).
+    fn run(cfg: &mut Config, json: &str) -> Result<(), String> {
+        let mut next = cfg.clone();
+        edit(&mut next, &request(json), &[]).map_err(|e| e.message)?;
+        *cfg = next;
+        Ok(())
+    }
+
+    fn bits(cfg: &Config, key: &str) -> Option<u8> {
+        let key: ServiceKey = key.parse().unwrap();
+        cfg[&key].persistence.as_ref().map(|p| p.netmask)
+    }
+
+    fn shown(cfg: &Config, key: &str) -> Option<String> {
+        let key: ServiceKey = key.parse().unwrap();
+        cfg[&key].netmask(&key).map(|m| m.to_string())
+    }
+
+    const V6: &str = "tcp:[2001:db8::10]:80";
+    const V4: &str = "tcp:10.0.0.10:80";
+
+    #[test]
+    fn ipv6_netmask_is_a_prefix_length() {
+        let mut cfg = Config::new();
+        run(
+            &mut cfg,
+            &format!(r#"{{"verb":"add-service","service":"{V6}","persistent":60,"netmask":64}}"#),
+        )
+        .unwrap();
+        assert_eq!(bits(&cfg, V6), Some(64));
+        assert_eq!(shown(&cfg, V6).as_deref(), Some("64"));
+        // Persistent without a netmask: one address per template.
+        run(
+            &mut cfg,
+            r#"{"verb":"add-service","service":"udp:[2001:db8::10]:53","persistent":60}"#,
+        )
+        .unwrap();
+        assert_eq!(bits(&cfg, "udp:[2001:db8::10]:53"), Some(128));
+        assert_eq!(shown(&cfg, "udp:[2001:db8::10]:53"), None);
+
+        // A dotted mask, or a prefix past 128, changes nothing.
+        let before = format!("{cfg:?}");
+        let e = run(
+            &mut cfg,
+            &format!(r#"{{"verb":"edit-service","service":"{V6}","netmask":"255.255.255.0"}}"#),
+        )
+        .unwrap_err();
+        assert!(
+            e.contains("prefix length 1..128 (ipvsadm's form), not 255.255.255.0"),
+            "{e}"
+        );
+        let e = run(&mut cfg, r#"{"verb":"add-service","service":"tcp:[2001:db8::10]:81","persistent":60,"netmask":"255.255.0.0"}"#).unwrap_err();
+        assert!(
+            e.contains("service tcp [2001:db8::10]:81: an IPv6 service's --netmask"),
+            "{e}"
+        );
+        assert_eq!(format!("{cfg:?}"), before);
+
+        // Edits: a new prefix; the same one keeps the templates.
+        let templates = |cfg: &Config| {
+            let key: ServiceKey = V6.parse().unwrap();
+            Arc::as_ptr(&cfg[&key].persistence.as_ref().unwrap().templates)
+        };
+        let t = templates(&cfg);
+        run(
+            &mut cfg,
+            &format!(r#"{{"verb":"edit-service","service":"{V6}","netmask":"/64"}}"#),
+        )
+        .unwrap();
+        assert_eq!(templates(&cfg), t);
+        run(
+            &mut cfg,
+            &format!(r#"{{"verb":"edit-service","service":"{V6}","persistent":120}}"#),
+        )
+        .unwrap();
+        assert_eq!(bits(&cfg, V6), Some(64), "the mask stays");
+        run(
+            &mut cfg,
+            &format!(r#"{{"verb":"edit-service","service":"{V6}","netmask":48}}"#),
+        )
+        .unwrap();
+        assert_eq!(bits(&cfg, V6), Some(48));
+        run(
+            &mut cfg,
+            &format!(r#"{{"verb":"edit-service","service":"{V6}","netmask":128}}"#),
+        )
+        .unwrap();
+        assert_eq!((bits(&cfg, V6), shown(&cfg, V6)), (Some(128), None));
+        run(
+            &mut cfg,
+            &format!(r#"{{"verb":"edit-service","service":"{V6}","persistent":0}}"#),
+        )
+        .unwrap();
+        assert_eq!(bits(&cfg, V6), None);
+    }
+
+    #[test]
+    fn ipv4_netmask_either_form_shown_dotted() {
+        let mut cfg = Config::new();
+        run(&mut cfg, &format!(r#"{{"verb":"add-service","service":"{V4}","persistent":60,"netmask":"255.255.255.0"}}"#)).unwrap();
+        assert_eq!(bits(&cfg, V4), Some(24));
+        assert_eq!(shown(&cfg, V4).as_deref(), Some("255.255.255.0"));
+        run(
+            &mut cfg,
+            &format!(r#"{{"verb":"edit-service","service":"{V4}","netmask":16}}"#),
+        )
+        .unwrap();
+        assert_eq!(shown(&cfg, V4).as_deref(), Some("255.255.0.0"));
+        for bad in [r#""255.0.255.0""#, "33"] {
+            let e = run(
+                &mut cfg,
+                &format!(r#"{{"verb":"edit-service","service":"{V4}","netmask":{bad}}}"#),
+            )
+            .unwrap_err();
+            assert!(e.starts_with("service tcp 10.0.0.10:80: "), "{e}");
+        }
+        assert_eq!(bits(&cfg, V4), Some(16));
+        let e = run(
+            &mut cfg,
+            r#"{"verb":"add-service","service":"tcp:10.0.0.10:81","netmask":24}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("give --persistent"), "{e}");
     }
 }

@@ -49,8 +49,9 @@ pub struct Service {
 pub struct Persistence {
     /// Seconds a template outlives its last connection.
     pub timeout: u32,
-    /// Prefix length of an IPv4 client's network (from `--netmask`); IPv6
-    /// clients are told apart by their whole address.
+    /// Prefix length of a client's network (from `--netmask`), in bits of
+    /// the service's family: 32 or 128 (the default) keeps every client
+    /// address apart.
     pub netmask: u8,
     /// Client network → template; shared by all workers and kept across
     /// configuration changes.
@@ -78,14 +79,10 @@ impl Persistence {
         }
     }
 
-    /// The network a client belongs to.
+    /// The network a client belongs to (IPv4 or IPv6, as the service).
     #[inline]
     pub fn network(&self, client: Addr) -> Addr {
-        if client.is_v4() {
-            client.masked(self.netmask)
-        } else {
-            client
-        }
+        client.masked(self.netmask)
     }
 
     /// Drops templates without connections idle for `timeout`; returns how
@@ -161,5 +158,57 @@ impl ServiceTable {
             return Some(s);
         }
         self.services.get(&(proto, vip, 0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(s: &str) -> Addr {
+        Addr::from(s.parse::<std::net::IpAddr>().unwrap())
+    }
+
+    #[test]
+    fn ipv6_clients_grouped_by_prefix() {
+        let p = Persistence::new(60, 64);
+        let net = p.network(addr("2001:db8:1:2::1"));
+        assert_eq!(net, addr("2001:db8:1:2::"));
+        assert_eq!(p.network(addr("2001:db8:1:2:ffff:ffff:ffff:ffff")), net);
+        assert_eq!(p.network(addr("2001:db8:1:2:abcd::7")), net);
+        assert_ne!(p.network(addr("2001:db8:1:3::1")), net);
+        assert_ne!(p.network(addr("2001:db9:1:2::1")), net);
+        // Odd prefixes cut inside a group of 16 bits.
+        let p = Persistence::new(60, 56);
+        assert_eq!(
+            p.network(addr("2001:db8:1:2ff::1")),
+            p.network(addr("2001:db8:1:200::1"))
+        );
+        assert_ne!(
+            p.network(addr("2001:db8:1:2ff::1")),
+            p.network(addr("2001:db8:1:1ff::1"))
+        );
+    }
+
+    #[test]
+    fn default_keeps_every_address_apart() {
+        let p = Persistence::new(60, 128);
+        let a = addr("2001:db8::1");
+        assert_eq!(p.network(a), a);
+        assert_ne!(p.network(a), p.network(addr("2001:db8::2")));
+        let p = Persistence::new(60, 32);
+        let a = addr("10.1.2.3");
+        assert_eq!(p.network(a), a);
+        assert_ne!(p.network(a), p.network(addr("10.1.2.4")));
+    }
+
+    #[test]
+    fn ipv4_clients_grouped_by_mask() {
+        let p = Persistence::new(60, 24);
+        let net = p.network(addr("10.1.2.3"));
+        assert_eq!(net, addr("10.1.2.0"));
+        assert!(net.is_v4());
+        assert_eq!(p.network(addr("10.1.2.250")), net);
+        assert_ne!(p.network(addr("10.1.3.3")), net);
     }
 }

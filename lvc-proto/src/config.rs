@@ -9,6 +9,9 @@
 //! [[service]]
 //! tcp = "10.0.0.10:80"       # or udp = "…"
 //! scheduler = "rr"
+//! persistent = 360           # optional: client affinity, seconds
+//! netmask = "255.255.255.0"  # optional: per client network; or a prefix
+//!                            # length, 24 (IPv6 services: 1..128, e.g. 64)
 //!
 //! [[service.server]]
 //! real = "10.0.1.1:80"       # RIP[:PORT], port defaults to the service's
@@ -105,9 +108,10 @@ pub struct ServiceConfig {
     /// Persistence timeout, seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub persistent: Option<u32>,
-    /// Persistence granularity (a contiguous IPv4 mask).
+    /// Persistence granularity: `"255.255.255.0"` or a prefix length
+    /// (`24`; IPv6 services: 1..=128 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub netmask: Option<std::net::Ipv4Addr>,
+    pub netmask: Option<crate::Netmask>,
     #[serde(default, rename = "server")]
     pub servers: Vec<ServerConfig>,
 }
@@ -167,8 +171,14 @@ impl ConfigFile {
             if let Some(p) = svc.persistent {
                 let _ = writeln!(s, "persistent = {p}");
             }
-            if let Some(m) = svc.netmask {
-                let _ = writeln!(s, "netmask = \"{m}\"");
+            match svc.netmask {
+                Some(m @ crate::Netmask::Dotted(_)) => {
+                    let _ = writeln!(s, "netmask = \"{m}\"");
+                }
+                Some(m @ crate::Netmask::Prefix(_)) => {
+                    let _ = writeln!(s, "netmask = {m}");
+                }
+                None => {}
             }
             for srv in &svc.servers {
                 let _ = write!(
@@ -230,7 +240,7 @@ impl ConfigFile {
             if !seen.insert(key) {
                 return Err(at(None, format!("service {key} is defined twice")));
             }
-            crate::check_persistence(svc.persistent, svc.netmask)
+            crate::check_persistence(key.vip, svc.persistent, svc.netmask)
                 .map_err(|e| at(None, format!("service {key}: {e}")))?;
             out.push(Request::AddService {
                 service: key,
@@ -428,6 +438,80 @@ weight = 0
         assert_eq!(again.render(), out);
         assert!(out.contains("weight = 1\nmethod = \"dnat\""), "{out}");
         assert!(ConfigFile::parse("[timeouts]\ntcp = 0\ntcpfin = 1\nudp = 1\n").is_err());
+    }
+
+    #[test]
+    fn netmasks_round_trip_in_their_form() {
+        let text = r#"
+[[service]]
+tcp = "10.0.0.10:80"
+scheduler = "rr"
+persistent = 600
+netmask = "255.255.255.0"
+
+[[service]]
+tcp = "10.0.0.10:81"
+scheduler = "rr"
+persistent = 600
+netmask = 24
+
+[[service]]
+tcp = "[2001:db8::10]:80"
+scheduler = "rr"
+persistent = 60
+netmask = 64
+"#;
+        let cfg = ConfigFile::parse(text).unwrap();
+        let out = cfg.render();
+        assert_eq!(out, format!("# lvc configuration\n{text}"));
+        assert_eq!(ConfigFile::parse(&out).unwrap(), cfg);
+        let masks: Vec<Option<crate::Netmask>> = cfg
+            .requests()
+            .unwrap()
+            .into_iter()
+            .map(|r| match r {
+                Request::AddService { netmask, .. } => netmask,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            masks,
+            [
+                Some(crate::Netmask::Dotted("255.255.255.0".parse().unwrap())),
+                Some(crate::Netmask::Prefix(24)),
+                Some(crate::Netmask::Prefix(64)),
+            ]
+        );
+        // A string prefix is read too, and written back as a number.
+        let cfg = ConfigFile::parse(&text.replace("netmask = 64", "netmask = \"/64\"")).unwrap();
+        assert_eq!(cfg.render(), out);
+    }
+
+    #[test]
+    fn netmask_errors_name_the_line() {
+        let v6 = |m: &str| {
+            ConfigFile::parse(&format!(
+                "[[service]]\ntcp = \"10.0.0.10:80\"\n\n[[service]]\ntcp = \"[2001:db8::10]:80\"\npersistent = 60\nnetmask = {m}\n"
+            ))
+        };
+        assert!(v6("64").is_ok());
+        let err = v6("\"255.255.255.0\"").unwrap_err();
+        assert!(
+            err.starts_with("line 4: service tcp [2001:db8::10]:80: an IPv6 service's --netmask is a prefix length"),
+            "{err}"
+        );
+        for bad in ["0", "129", "-3", "\"wide\"", "true"] {
+            let err = v6(bad).unwrap_err();
+            assert!(err.starts_with("line 7"), "{bad}: {err}");
+        }
+        let err = ConfigFile::parse(
+            "[[service]]\ntcp = \"10.0.0.10:80\"\npersistent = 60\nnetmask = 33\n",
+        )
+        .unwrap_err();
+        assert!(err.contains("prefix length 1..32, not 33"), "{err}");
+        let err = ConfigFile::parse("[[service]]\ntcp = \"[2001:db8::10]:80\"\nnetmask = 64\n")
+            .unwrap_err();
+        assert!(err.contains("give --persistent"), "{err}");
     }
 
     #[test]

@@ -17,7 +17,6 @@ mod types;
 pub use types::*;
 
 use serde::{Deserialize, Serialize};
-use std::net::Ipv4Addr;
 
 /// Protocol version; bump on any incompatible change.
 pub const VERSION: u32 = 1;
@@ -73,9 +72,10 @@ pub enum Request {
         /// Persistence timeout in seconds (client affinity); none = off.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         persistent: Option<u32>,
-        /// Granularity of persistence: clients in one netmask share a server.
+        /// Granularity of persistence: clients in one network share a
+        /// server (a dotted IPv4 mask or a prefix length; IPv6: 1..=128).
         #[serde(default, skip_serializing_if = "Option::is_none")]
-        netmask: Option<Ipv4Addr>,
+        netmask: Option<Netmask>,
     },
     DelService {
         service: ServiceKey,
@@ -101,7 +101,7 @@ pub enum Request {
         #[serde(default)]
         persistent: Option<u32>,
         #[serde(default)]
-        netmask: Option<Ipv4Addr>,
+        netmask: Option<Netmask>,
     },
     /// Changes a real server's weight and/or method (ipvsadm -e).
     EditServer {

@@ -513,10 +513,153 @@ pub fn check_local_pool(addrs: &[IpAddr]) -> Result<(), String> {
     Ok(())
 }
 
-/// Checks persistence settings: timeout range and a contiguous netmask.
+/// Persistence granularity (`--netmask`): which clients count as one.
+///
+/// ipvsadm's two forms: a dotted IPv4 mask (`255.255.255.0`, any
+/// contiguous one) or a prefix length (`24`, `/24`; IPv6 services take
+/// only this form, 1..=128, and persist per address — 128 — without one).
+/// Text and serde keep the form given: the dotted mask as a string, the
+/// prefix length as a number (a string `"24"` or `"/24"` is read too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Netmask {
+    /// A dotted IPv4 mask, `255.255.255.0`.
+    Dotted(std::net::Ipv4Addr),
+    /// A prefix length, `64`.
+    Prefix(u8),
+}
+
+impl Netmask {
+    /// The mask of an IPv4 prefix length, in ipvsadm's dotted form.
+    pub fn dotted(bits: u8) -> Self {
+        let m = u32::MAX
+            .checked_shl(32 - u32::from(bits.min(32)))
+            .unwrap_or(0);
+        Netmask::Dotted(m.into())
+    }
+
+    /// The prefix length: the mask's leading one bits (a valid dotted mask
+    /// is contiguous, see [`check`](Self::check)).
+    pub fn bits(self) -> u8 {
+        match self {
+            Netmask::Dotted(m) => u32::from(m).leading_ones() as u8,
+            Netmask::Prefix(p) => p,
+        }
+    }
+
+    /// Checks the mask against the service's address family: IPv4 takes a
+    /// contiguous dotted mask or a prefix 1..=32, IPv6 a prefix 1..=128.
+    pub fn check(self, vip: IpAddr) -> Result<(), String> {
+        match (self, vip) {
+            (Netmask::Dotted(m), IpAddr::V4(_)) => {
+                let bits = u32::from(m);
+                if bits.leading_ones() + bits.trailing_zeros() != 32 {
+                    return Err(format!(
+                        "netmask {m} is not a contiguous mask (like 255.255.255.0)"
+                    ));
+                }
+            }
+            (Netmask::Dotted(m), IpAddr::V6(_)) => {
+                return Err(format!(
+                    "an IPv6 service's --netmask is a prefix length 1..128 (ipvsadm's form), \
+                     not {m}"
+                ));
+            }
+            (Netmask::Prefix(p), IpAddr::V4(_)) if !(1..=32).contains(&p) => {
+                return Err(format!(
+                    "an IPv4 service's --netmask is a dotted mask (like 255.255.255.0) or a \
+                     prefix length 1..32, not {p}"
+                ));
+            }
+            (Netmask::Prefix(p), IpAddr::V6(_)) if !(1..=128).contains(&p) => {
+                return Err(format!(
+                    "an IPv6 service's --netmask is a prefix length 1..128, not {p}"
+                ));
+            }
+            (Netmask::Prefix(_), _) => {}
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for Netmask {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Netmask::Dotted(m) => m.fmt(f),
+            Netmask::Prefix(p) => p.fmt(f),
+        }
+    }
+}
+
+impl FromStr for Netmask {
+    type Err = String;
+
+    /// `255.255.255.0`, `24` or `/24`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(m) = s.parse::<std::net::Ipv4Addr>() {
+            return Ok(Netmask::Dotted(m));
+        }
+        let digits = s.strip_prefix('/').unwrap_or(s);
+        match digits.parse::<u64>() {
+            Ok(p) if digits.bytes().all(|b| b.is_ascii_digit()) => Netmask::from_prefix(p),
+            _ => Err(format!(
+                "netmask `{s}` is neither a dotted mask (255.255.255.0) nor a prefix length \
+                 (24; 1..128 for IPv6)"
+            )),
+        }
+    }
+}
+
+impl Netmask {
+    /// A prefix length from a number, refusing what fits no family.
+    fn from_prefix(p: u64) -> Result<Self, String> {
+        match u8::try_from(p) {
+            Ok(p @ 1..=128) => Ok(Netmask::Prefix(p)),
+            _ => Err(format!(
+                "netmask prefix length {p} is out of range (1..32 for IPv4, 1..128 for IPv6)"
+            )),
+        }
+    }
+}
+
+impl Serialize for Netmask {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Netmask::Dotted(m) => s.collect_str(m),
+            Netmask::Prefix(p) => s.serialize_u8(*p),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Netmask {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Netmask;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a netmask: \"255.255.255.0\" or a prefix length (24, \"/24\")")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Netmask, E> {
+                s.parse().map_err(E::custom)
+            }
+            fn visit_u64<E: serde::de::Error>(self, p: u64) -> Result<Netmask, E> {
+                Netmask::from_prefix(p).map_err(E::custom)
+            }
+            fn visit_i64<E: serde::de::Error>(self, p: i64) -> Result<Netmask, E> {
+                let p = u64::try_from(p)
+                    .map_err(|_| E::custom(format!("netmask prefix length {p} is out of range")))?;
+                self.visit_u64(p)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Checks persistence settings: timeout range, and a netmask that suits
+/// the service's family (see [`Netmask::check`]) and comes with persistence.
 pub fn check_persistence(
+    vip: IpAddr,
     persistent: Option<u32>,
-    netmask: Option<std::net::Ipv4Addr>,
+    netmask: Option<Netmask>,
 ) -> Result<(), String> {
     if let Some(t) = persistent
         && !(1..=MAX_PERSISTENCE).contains(&t)
@@ -526,12 +669,7 @@ pub fn check_persistence(
         ));
     }
     if let Some(m) = netmask {
-        let bits = u32::from(m);
-        if bits.leading_ones() + bits.trailing_zeros() != 32 {
-            return Err(format!(
-                "netmask {m} is not a contiguous mask (like 255.255.255.0)"
-            ));
-        }
+        m.check(vip)?;
         if persistent.is_none() {
             return Err("a netmask only applies to a persistent service: give --persistent".into());
         }
@@ -631,9 +769,10 @@ pub struct ServiceInfo {
     /// Persistence timeout, seconds, if persistent.
     #[serde(default)]
     pub persistent: Option<u32>,
-    /// Persistence granularity.
+    /// Persistence granularity, when coarser than one address: a dotted
+    /// mask for IPv4 services, a prefix length for IPv6 ones.
     #[serde(default)]
-    pub netmask: Option<std::net::Ipv4Addr>,
+    pub netmask: Option<Netmask>,
     pub servers: Vec<ServerInfo>,
     pub stats: Counters,
     pub rates: Rates,
@@ -766,5 +905,132 @@ mod port_tests {
                 .unwrap_err()
                 .contains("port 0 means every port")
         );
+    }
+}
+
+#[cfg(test)]
+mod netmask_tests {
+    use super::*;
+
+    const V4: &str = "10.0.0.10";
+    const V6: &str = "2001:db8::10";
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn mask(s: &str) -> Netmask {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn parses_both_forms() {
+        assert_eq!(
+            mask("255.255.255.0"),
+            Netmask::Dotted("255.255.255.0".parse().unwrap())
+        );
+        assert_eq!(mask("24"), Netmask::Prefix(24));
+        assert_eq!(mask("/24"), Netmask::Prefix(24));
+        assert_eq!(mask("128"), Netmask::Prefix(128));
+        assert_eq!(mask("255.255.255.0").bits(), 24);
+        assert_eq!(mask("0.0.0.0").bits(), 0);
+        assert_eq!(mask("/64").bits(), 64);
+        assert_eq!(Netmask::dotted(24), mask("255.255.255.0"));
+        assert_eq!(Netmask::dotted(32), mask("255.255.255.255"));
+        assert_eq!(Netmask::dotted(0), mask("0.0.0.0"));
+        assert_eq!(mask("255.255.255.0").to_string(), "255.255.255.0");
+        assert_eq!(mask("/64").to_string(), "64");
+        for bad in [
+            "", "/", "0", "/0", "129", "300", "+24", "-1", "24/", "ffff::", "x", "1.2.3",
+        ] {
+            assert!(bad.parse::<Netmask>().is_err(), "{bad:?} parsed");
+        }
+        let e = "129".parse::<Netmask>().unwrap_err();
+        assert!(e.contains("out of range"), "{e}");
+        let e = "garbage".parse::<Netmask>().unwrap_err();
+        assert!(e.contains("prefix length"), "{e}");
+    }
+
+    #[test]
+    fn serde_keeps_the_form() {
+        let j = |m: Netmask| serde_json::to_string(&m).unwrap();
+        assert_eq!(j(mask("255.255.255.0")), "\"255.255.255.0\"");
+        assert_eq!(j(mask("/64")), "64");
+        let from = |s: &str| serde_json::from_str::<Netmask>(s);
+        assert_eq!(from("64").unwrap(), Netmask::Prefix(64));
+        assert_eq!(from("\"64\"").unwrap(), Netmask::Prefix(64));
+        assert_eq!(from("\"/64\"").unwrap(), Netmask::Prefix(64));
+        assert_eq!(from("\"255.255.0.0\"").unwrap(), mask("255.255.0.0"));
+        for bad in ["0", "129", "-1", "\"x\"", "1.5", "[]", "null"] {
+            assert!(from(bad).is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn requests_carry_either_form() {
+        let req = |m: &str| {
+            serde_json::from_str::<crate::Request>(&format!(
+                r#"{{"verb":"add-service","service":"tcp:[{V6}]:80","persistent":60,"netmask":{m}}}"#
+            ))
+        };
+        for m in ["64", "\"64\"", "\"/64\""] {
+            match req(m).unwrap_or_else(|e| panic!("{m}: {e}")) {
+                crate::Request::AddService { netmask, .. } => {
+                    assert_eq!(netmask, Some(Netmask::Prefix(64)), "{m}")
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(req("\"nope\"").is_err());
+        assert!(req("200").is_err());
+        // Round trip through the wire form.
+        let r = crate::Request::AddService {
+            service: format!("tcp:[{V6}]:80").parse().unwrap(),
+            scheduler: Scheduler::Rr,
+            persistent: Some(60),
+            netmask: Some(Netmask::Prefix(64)),
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        assert!(text.contains(r#""netmask":64"#), "{text}");
+        assert_eq!(serde_json::from_str::<crate::Request>(&text).unwrap(), r);
+    }
+
+    #[test]
+    fn validated_against_the_family() {
+        let ok = |vip: &str, m: &str| check_persistence(ip(vip), Some(60), Some(mask(m)));
+        assert!(ok(V4, "255.255.255.0").is_ok());
+        assert!(ok(V4, "255.255.255.255").is_ok());
+        assert!(ok(V4, "0.0.0.0").is_ok());
+        assert!(ok(V4, "24").is_ok());
+        assert!(ok(V4, "/32").is_ok());
+        assert!(ok(V4, "1").is_ok());
+        assert!(ok(V6, "64").is_ok());
+        assert!(ok(V6, "/48").is_ok());
+        assert!(ok(V6, "128").is_ok());
+        assert!(ok(V6, "1").is_ok());
+        let e = ok(V4, "255.0.255.0").unwrap_err();
+        assert!(e.contains("not a contiguous mask"), "{e}");
+        let e = ok(V4, "33").unwrap_err();
+        assert!(e.contains("prefix length 1..32, not 33"), "{e}");
+        let e = ok(V6, "255.255.255.0").unwrap_err();
+        assert_eq!(
+            e,
+            "an IPv6 service's --netmask is a prefix length 1..128 (ipvsadm's form), not \
+             255.255.255.0"
+        );
+        // Built by hand, out of range: refused all the same.
+        for (vip, p) in [(V4, 0), (V6, 0), (V6, 129)] {
+            assert!(
+                check_persistence(ip(vip), Some(60), Some(Netmask::Prefix(p))).is_err(),
+                "{vip} /{p}"
+            );
+        }
+        // Only with persistence, as before.
+        for (vip, m) in [(V4, "255.255.255.0"), (V4, "24"), (V6, "64")] {
+            let e = check_persistence(ip(vip), None, Some(mask(m))).unwrap_err();
+            assert!(e.contains("give --persistent"), "{e}");
+        }
+        assert!(check_persistence(ip(V6), Some(60), None).is_ok());
+        assert!(check_persistence(ip(V6), Some(0), None).is_err());
     }
 }

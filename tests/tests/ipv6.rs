@@ -3,7 +3,7 @@
 //! the VIP — the same checks as the IPv4 suite.
 
 use lvc_tests::privileged;
-use lvc_tests::topo::{Arms, Topo, VIP6, server_ip6};
+use lvc_tests::topo::{Arms, CLIENT6, Topo, VIP6, server_ip6};
 
 fn lab(tag: &str, arms: Arms, method: &str) -> Topo {
     let mut t = Topo::build(tag, arms, 2, 2);
@@ -191,8 +191,152 @@ fn ipv6_fullnat_two_armed_and_refusals() {
         "255.255.255.0",
     ]);
     assert!(
-        String::from_utf8_lossy(&out.stderr).contains("IPv6 clients persist per address"),
+        String::from_utf8_lossy(&out.stderr)
+            .contains("an IPv6 service's --netmask is a prefix length 1..128"),
         "{out:?}"
+    );
+}
+
+/// curl -6 from the client's address `src`: the answering server's name.
+fn curl6_from(t: &Topo, src: &str) -> String {
+    let url = format!("http://[{VIP6}]/");
+    let out = t.lab.exec(
+        "client",
+        &[
+            "curl",
+            "-6",
+            "-g",
+            "-s",
+            "-m",
+            "5",
+            "--retry",
+            "0",
+            "--interface",
+            src,
+            &url,
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "curl from {src} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        t.lab.log("lvc")
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// `--persistent 60 --netmask 64` (ipvsadm's prefix-length form): every
+/// client address in one /64 sticks to one server; a client of another /64
+/// gets its own template (and, rr being at its next server, the other one).
+#[test]
+fn ipv6_persistence_by_prefix() {
+    if !privileged("ipv6_persistence_by_prefix") {
+        return;
+    }
+    let mut t = Topo::build("v6pers", Arms::Two, 2, 1);
+    // A second client address in fd00:1::/64, and one in fd00:1:0:1::/64
+    // that the director routes through the client.
+    const SAME64: &str = "fd00:1::3";
+    const OTHER64: &str = "fd00:1:0:1::2";
+    t.lab.ip(
+        "client",
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{SAME64}/64"),
+            "dev",
+            "c0",
+            "nodad",
+        ],
+    );
+    t.lab.ip(
+        "client",
+        &[
+            "-6",
+            "addr",
+            "add",
+            &format!("{OTHER64}/128"),
+            "dev",
+            "c0",
+            "nodad",
+        ],
+    );
+    t.lab.ip(
+        "dir",
+        &[
+            "-6",
+            "route",
+            "add",
+            "fd00:1:0:1::/64",
+            "via",
+            CLIENT6,
+            "dev",
+            "d0",
+        ],
+    );
+    t.start_servers();
+    t.start_lvc();
+    let svc = format!("[{VIP6}]:80");
+    t.ctl_ok(&[
+        "add-service",
+        "--tcp",
+        &svc,
+        "--persistent",
+        "60",
+        "--netmask",
+        "64",
+    ]);
+    for i in 0..t.servers {
+        t.ctl_ok(&[
+            "add-server",
+            "--tcp",
+            &svc,
+            "--real",
+            &format!("[{}]", server_ip6(i)),
+        ]);
+    }
+
+    let same: Vec<String> = (0..12)
+        .map(|i| curl6_from(&t, if i % 2 == 0 { CLIENT6 } else { SAME64 }))
+        .collect();
+    assert!(
+        same.iter().all(|a| a == &same[0]) && (same[0] == "rs1" || same[0] == "rs2"),
+        "{CLIENT6} and {SAME64} share a /64, so a server: {same:?}"
+    );
+    let other: Vec<String> = (0..4).map(|_| curl6_from(&t, OTHER64)).collect();
+    assert!(
+        other.iter().all(|a| a == &other[0]) && other[0] != same[0],
+        "{OTHER64} is another /64: its own template, on the next rr server \
+         (the /64 of {CLIENT6} is on {}): {other:?}",
+        same[0]
+    );
+
+    // Listing, JSON and saved configuration show the prefix length.
+    let list = t.ctl_ok(&["list"]);
+    assert!(
+        list.contains(&format!("TCP  [{VIP6}]:80 rr persistent 60 mask 64\n")),
+        "{list}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["list", "--json"])).unwrap();
+    assert_eq!(json["services"][0]["netmask"], 64, "{json}");
+    let saved = t.ctl_ok(&["save"]);
+    assert!(saved.contains("persistent = 60\nnetmask = 64\n"), "{saved}");
+
+    // A dotted mask is refused and changes nothing; 128 is one address.
+    let out = t.ctl(&["edit-service", "--tcp", &svc, "--netmask", "255.255.255.0"]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr)
+                .contains("prefix length 1..128 (ipvsadm's form), not 255.255.255.0"),
+        "{out:?}"
+    );
+    assert_eq!(t.ctl_ok(&["save"]), saved);
+    t.ctl_ok(&["edit-service", "--tcp", &svc, "--netmask", "/128"]);
+    let list = t.ctl_ok(&["list"]);
+    assert!(
+        list.contains(&format!("TCP  [{VIP6}]:80 rr persistent 60\n")),
+        "{list}"
     );
 }
 
