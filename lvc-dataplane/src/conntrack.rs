@@ -464,7 +464,7 @@ pub struct Conntrack {
     evicted: AtomicU64,
     /// Fragmented datagrams in flight: (src, dst, proto, IP id) of the
     /// first fragment → its connection, so later fragments follow it.
-    frags: DashMap<(Addr, Addr, u8, u16), FragEntry, Hasher>,
+    frags: DashMap<(Addr, Addr, u8, u32), FragEntry, Hasher>,
     wheel: Wheel,
     pub timeouts: Timeouts,
 }
@@ -558,7 +558,7 @@ impl Conntrack {
 
     /// Remembers where the first fragment of datagram `id` from `key.src`
     /// to `key.dst` went.
-    pub fn remember_fragment(&self, key: &FlowKey, id: u16, conn: &Arc<Conn>, dir: Dir, now: u32) {
+    pub fn remember_fragment(&self, key: &FlowKey, id: u32, conn: &Arc<Conn>, dir: Dir, now: u32) {
         if self.frags.len() >= MAX_FRAGMENTED_DATAGRAMS {
             return;
         }
@@ -574,7 +574,7 @@ impl Conntrack {
 
     /// The connection a later fragment belongs to, if its first fragment
     /// came through (out-of-order fragments that beat it are not known).
-    pub fn fragment(&self, key: &FlowKey, id: u16) -> Option<(Arc<Conn>, Dir)> {
+    pub fn fragment(&self, key: &FlowKey, id: u32) -> Option<(Arc<Conn>, Dir)> {
         self.frags
             .get(&(key.src, key.dst, key.proto, id))
             .map(|e| (e.conn.clone(), e.dir))

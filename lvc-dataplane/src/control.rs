@@ -748,6 +748,10 @@ impl Control {
         counters.push(("tx_bytes".into(), sum(&|w| w.tx_bytes.load(Relaxed))));
         counters.push(("tx_kicks".into(), sum(&|w| w.tx_kicks.load(Relaxed))));
         counters.push(("icmp_sent".into(), sum(&|w| w.icmp_sent.load(Relaxed))));
+        counters.push((
+            "fragments_made".into(),
+            sum(&|w| w.fragments_made.load(Relaxed)),
+        ));
         counters.push(("conntrack_evicted".into(), self.conntrack.evicted()));
         for d in Drop::ALL {
             counters.push((format!("drop_{}", d.name()), sum(&|w| w.drops(d))));

@@ -4,24 +4,48 @@
 //! itself — time exceeded, fragmentation needed — are built in the frame of
 //! the packet that caused them.
 //!
-//! Translation is IPv4 only (ICMPv6 errors are left to the kernel by the
-//! XDP program); lvc originates both ICMP and ICMPv6 errors ("packet too
-//! big" and "time exceeded" for IPv6, RFC 4443).
+//! Both families: ICMP (destination unreachable, time exceeded, parameter
+//! problem) and ICMPv6 (also packet too big, RFC 4443) are translated; lvc
+//! originates "fragmentation needed"/"packet too big" and "time exceeded"
+//! in either.
 
-use crate::checksum::{checksum, update16, update32};
+use crate::checksum::{checksum, update_words, update16, update32};
 use crate::conntrack::{Conn, Dir};
 use crate::parse::{Addr, ETH_HLEN, IcmpError, PROTO_UDP, Packet, be16};
 
 const IP_CSUM: usize = 10;
 const IP_SRC: usize = 12;
 const IP_DST: usize = 16;
+const IP6_SRC: usize = 8;
+const IP6_DST: usize = 24;
+
+/// Offsets of the source and destination address in an IP header of the
+/// family, and the address width.
+fn addr_offsets(v6: bool) -> (usize, usize, usize) {
+    if v6 {
+        (IP6_SRC, IP6_DST, 16)
+    } else {
+        (IP_SRC, IP_DST, 4)
+    }
+}
+
+/// The address at `at` (width 4 or 16).
+fn read_addr(f: &[u8], at: usize, width: usize) -> Addr {
+    if width == 4 {
+        Addr::v4_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
+    } else {
+        let mut a = [0u8; 16];
+        a.copy_from_slice(&f[at..at + 16]);
+        Addr(a)
+    }
+}
 
 fn get32(f: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
 }
 
-/// The host-order number of an IPv4 address (0 for IPv6, which never
-/// reaches this module).
+/// The host-order number of an IPv4 address (0 for IPv6: callers look
+/// at the family first).
 fn v4(a: Addr) -> u32 {
     u32::from_be_bytes(a.v4_octets().unwrap_or_default())
 }
@@ -30,22 +54,22 @@ fn put16(f: &mut [u8], at: usize, v: u16) {
     f[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-/// Rewrites the quoted packet's address at `addr_at` and port at `port_at`
-/// (offsets in the frame), keeping its L4 checksum consistent if quoted.
+/// Rewrites the quoted packet's address at `addr_at` (`width` bytes) and
+/// port at `port_at` (offsets in the frame), keeping its L4 checksum
+/// consistent if quoted.
 fn quoted_endpoint(
     f: &mut [u8],
     e: &IcmpError,
     proto: u8,
-    addr_at: usize,
+    (addr_at, width): (usize, usize),
     port_at: usize,
     to: (Addr, u16),
 ) {
-    let to = (v4(to.0), to.1);
-    let (old_addr, old_port) = (get32(f, addr_at), be16(f, port_at));
+    let (old_addr, old_port) = (read_addr(f, addr_at, width), be16(f, port_at));
     if (old_addr, old_port) == to {
         return;
     }
-    f[addr_at..addr_at + 4].copy_from_slice(&to.0.to_be_bytes());
+    f[addr_at..addr_at + width].copy_from_slice(to.0.wire());
     put16(f, port_at, to.1);
     let (csum_at, present) = if proto == PROTO_UDP {
         (e.inner_l4 + 6, e.inner_l4_len >= 8)
@@ -55,30 +79,39 @@ fn quoted_endpoint(
     if present {
         let old = be16(f, csum_at);
         if !(proto == PROTO_UDP && old == 0) {
-            let c = update16(update32(old, old_addr, to.0), old_port, to.1);
+            let c = if width == 4 {
+                update32(old, v4(old_addr), v4(to.0))
+            } else {
+                update_words(old, &old_addr.0, &to.0.0)
+            };
+            let c = update16(c, old_port, to.1);
             put16(f, csum_at, c);
         }
     }
 }
 
-/// Rewrites the outer header's address at `at` (IP_SRC or IP_DST).
-fn outer_addr(f: &mut [u8], at: usize, to: Addr) {
-    let to = v4(to);
+/// Rewrites the outer header's address at `at` (its offset in the IP
+/// header), fixing the IPv4 header checksum (IPv6 has none).
+fn outer_addr(f: &mut [u8], at: usize, width: usize, to: Addr) {
     let at = ETH_HLEN + at;
-    let old = get32(f, at);
-    if old != to {
-        f[at..at + 4].copy_from_slice(&to.to_be_bytes());
-        let c = update32(be16(f, ETH_HLEN + IP_CSUM), old, to);
+    let old = read_addr(f, at, width);
+    if old == to {
+        return;
+    }
+    f[at..at + width].copy_from_slice(to.wire());
+    if width == 4 {
+        let c = update32(be16(f, ETH_HLEN + IP_CSUM), v4(old), v4(to));
         put16(f, ETH_HLEN + IP_CSUM, c);
     }
 }
 
-/// Translates an ICMP error about `conn` travelling in `dir` (Original:
-/// towards the real server; Reply: towards the client). Returns the
-/// address it must be routed to.
+/// Translates an ICMP or ICMPv6 error about `conn` travelling in `dir`
+/// (Original: towards the real server; Reply: towards the client). Returns
+/// the address it must be routed to.
 pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Dir) -> Addr {
     let proto = conn.proto;
-    let (src_at, dst_at) = (e.inner_ip + IP_SRC, e.inner_ip + IP_DST);
+    let (src, dst, width) = addr_offsets(pkt.v6);
+    let (src_at, dst_at) = ((e.inner_ip + src, width), (e.inner_ip + dst, width));
     let (sport_at, dport_at) = (e.inner_l4, e.inner_l4 + 2);
     let fullnat = conn.local != conn.client;
     let next = match dir {
@@ -89,7 +122,7 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
             if fullnat {
                 quoted_endpoint(f, e, proto, dst_at, dport_at, conn.local);
             }
-            outer_addr(f, IP_DST, conn.real.0);
+            outer_addr(f, dst, width, conn.real.0);
             conn.real.0
         }
         Dir::Reply => {
@@ -98,20 +131,31 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
             quoted_endpoint(f, e, proto, dst_at, dport_at, conn.vip);
             if fullnat {
                 quoted_endpoint(f, e, proto, src_at, sport_at, conn.client);
-                outer_addr(f, IP_DST, conn.client.0);
+                outer_addr(f, dst, width, conn.client.0);
             }
-            if get32(f, ETH_HLEN + IP_SRC) == v4(conn.real.0) {
-                outer_addr(f, IP_SRC, conn.vip.0);
+            if read_addr(f, ETH_HLEN + src, width) == conn.real.0 {
+                outer_addr(f, src, width, conn.vip.0);
             }
             conn.client.0
         }
     };
+    let end = ETH_HLEN + pkt.ip_len;
+    if pkt.v6 {
+        // The message's checksum covers the (changed) outer addresses.
+        put16(f, pkt.l4_off + 2, 0);
+        let (from, to) = (
+            read_addr(f, ETH_HLEN + IP6_SRC, 16),
+            read_addr(f, ETH_HLEN + IP6_DST, 16),
+        );
+        let c = icmp6_checksum(&from, &to, &f[pkt.l4_off..end]);
+        put16(f, pkt.l4_off + 2, c);
+        return next;
+    }
     // The quoted IP header and the whole ICMP message get fresh checksums.
     let ihl = usize::from(f[e.inner_ip] & 0x0f) * 4;
     put16(f, e.inner_ip + IP_CSUM, 0);
     let c = checksum(&f[e.inner_ip..e.inner_ip + ihl]);
     put16(f, e.inner_ip + IP_CSUM, c);
-    let end = ETH_HLEN + pkt.ip_len;
     put16(f, pkt.l4_off + 2, 0);
     let c = checksum(&f[pkt.l4_off..end]);
     put16(f, pkt.l4_off + 2, c);
@@ -241,7 +285,7 @@ fn icmp6_checksum(src: &Addr, dst: &Addr, msg: &[u8]) -> u16 {
 mod tests {
     use super::*;
     use crate::conntrack::Conntrack;
-    use crate::parse::fixtures::{frame, icmp_error};
+    use crate::parse::fixtures::{a, frame, frame6, icmp_error};
     use crate::parse::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, TCP_SYN, parse};
     use crate::services::Server;
     use crate::stats::TrafficStats;
@@ -427,5 +471,108 @@ mod tests {
         );
         assert_eq!(len, 14 + 48 + 100);
         assert_eq!(icmp6_checksum(&director, &client, &g[54..len]), 0);
+    }
+
+    /// An Ethernet/IPv6/ICMPv6 error from `src` to `dst` quoting `quoted`
+    /// (an IPv6 packet), its checksum valid.
+    fn icmp6_error(kind: u8, code: u8, src: Addr, dst: Addr, quoted: &[u8]) -> Vec<u8> {
+        let mut f = vec![0u8; 14 + 40 + 8];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&((8 + quoted.len()) as u16).to_be_bytes());
+        f[20] = 58;
+        f[21] = 64;
+        f[22..38].copy_from_slice(&src.0);
+        f[38..54].copy_from_slice(&dst.0);
+        f[54] = kind;
+        f[55] = code;
+        f.extend_from_slice(quoted);
+        let c = icmp6_checksum(&src, &dst, &f[54..]);
+        f[56..58].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    /// The ICMPv6 checksum of `f` verifies and so does its quoted (whole)
+    /// packet's L4 checksum.
+    fn icmp6_ok(f: &[u8]) -> bool {
+        let (src, dst) = (read_addr(f, 22, 16), read_addr(f, 38, 16));
+        let mut inner = f[..14].to_vec();
+        inner.extend_from_slice(&f[62..]);
+        let at = 54 + if inner[20] == 6 { 16 } else { 6 };
+        icmp6_checksum(&src, &dst, &f[54..]) == 0
+            && be16(&inner, at) == crate::parse::fixtures::l4_checksum6(&inner)
+    }
+
+    fn conn6(method: Method) -> Conn {
+        let s = Arc::new(Server {
+            addr: a("fd00:2::11"),
+            port: 8080,
+            weight: 1,
+            method,
+            stats: Arc::new(TrafficStats::default()),
+        });
+        let mut c = Conn::new(
+            17,
+            (a("fd00:1::2"), 40000),
+            (a("fd00:9::10"), 53),
+            s,
+            8080,
+            Arc::new(TrafficStats::default()),
+            0,
+        );
+        if method == Method::Fullnat {
+            c.local = (a("fd00:2::100"), 1500);
+        }
+        c
+    }
+
+    #[test]
+    fn icmpv6_port_unreachable_from_a_nat_server_reaches_the_client() {
+        let ct = Conntrack::new(4);
+        let c = ct.insert(conn6(Method::Nat)).unwrap();
+        // The request as lvc sent it to the real server.
+        let req = frame6(17, a("fd00:1::2"), a("fd00:2::11"), 40000, 8080, b"q?");
+        let mut f = icmp6_error(1, 4, a("fd00:2::11"), a("fd00:1::2"), &req[14..]);
+        let pkt = parse(&f).unwrap();
+        let (found, dir) = ct.lookup(&pkt.key).unwrap();
+        assert!(Arc::ptr_eq(&found, &c));
+        assert_eq!(dir, Dir::Reply);
+        let next = translate(&mut f, &pkt, &pkt.icmp.unwrap(), &c, dir);
+        assert_eq!(next, a("fd00:1::2"));
+        assert_eq!(read_addr(&f, 22, 16), a("fd00:9::10"), "outer source: VIP");
+        assert_eq!(read_addr(&f, 62 + 24, 16), a("fd00:9::10"), "quoted dst");
+        assert_eq!(be16(&f, 102 + 2), 53, "quoted destination port");
+        assert!(icmp6_ok(&f));
+    }
+
+    #[test]
+    fn icmpv6_packet_too_big_about_a_reply_reaches_the_real_server() {
+        for method in [Method::Nat, Method::Fullnat] {
+            let c = conn6(method);
+            // The reply as lvc sent it to the client, quoted by a router.
+            let reply = frame6(17, a("fd00:9::10"), a("fd00:1::2"), 53, 40000, &[9; 1000]);
+            let mut f = icmp6_error(2, 0, a("fd00:1::fe"), a("fd00:9::10"), &reply[14..]);
+            f[58..62].copy_from_slice(&1400u32.to_be_bytes());
+            let c6 = icmp6_checksum(&a("fd00:1::fe"), &a("fd00:9::10"), &{
+                let mut m = f[54..].to_vec();
+                m[2] = 0;
+                m[3] = 0;
+                m
+            });
+            f[56..58].copy_from_slice(&c6.to_be_bytes());
+            let pkt = parse(&f).unwrap();
+            assert_eq!(pkt.key, c.original_key());
+            let next = translate(&mut f, &pkt, &pkt.icmp.unwrap(), &c, Dir::Original);
+            assert_eq!(next, a("fd00:2::11"));
+            assert_eq!(read_addr(&f, 38, 16), a("fd00:2::11"), "outer dst");
+            assert_eq!(read_addr(&f, 62 + 8, 16), a("fd00:2::11"), "quoted src");
+            assert_eq!(be16(&f, 102), 8080);
+            assert_eq!(&f[58..62], &1400u32.to_be_bytes(), "the MTU stays");
+            if method == Method::Fullnat {
+                assert_eq!(read_addr(&f, 62 + 24, 16), a("fd00:2::100"));
+                assert_eq!(be16(&f, 104), 1500);
+            }
+            assert!(icmp6_ok(&f), "{method:?}");
+        }
     }
 }

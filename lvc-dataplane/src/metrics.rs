@@ -242,11 +242,16 @@ pub fn render(control: &Control) -> String {
 
     let workers = control.worker_stats();
     type Get = fn(&crate::stats::WorkerStats) -> u64;
-    let per_worker: [(&str, &str, Get); 6] = [
+    let per_worker: [(&str, &str, Get); 7] = [
         (
             "lvc_worker_icmp_sent_total",
             "ICMP errors originated (time exceeded, fragmentation needed).",
             |w| w.icmp_sent.load(Relaxed),
+        ),
+        (
+            "lvc_worker_fragments_made_total",
+            "IPv4 fragments made of packets too big for their next link.",
+            |w| w.fragments_made.load(Relaxed),
         ),
         (
             "lvc_worker_rx_packets_total",

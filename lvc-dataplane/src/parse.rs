@@ -58,22 +58,23 @@ pub struct Packet {
     pub tcp_flags: u8,
     /// Set for ICMP errors about a TCP/UDP flow.
     pub icmp: Option<IcmpError>,
-    /// Set for IPv4 fragments.
+    /// Set for fragments (IPv4, or IPv6 with a fragment header).
     pub frag: Option<Fragment>,
     /// IPv6 (else IPv4).
     pub v6: bool,
 }
 
-/// An IPv4 fragment: its datagram's id, and whether it is the first one
-/// (the one with the L4 header).
+/// A fragment: its datagram's id (16 bits in IPv4, 32 in IPv6), and
+/// whether it is the first one (the one with the L4 header).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Fragment {
-    pub id: u16,
+    pub id: u32,
     pub first: bool,
 }
 
 /// An ICMP error (destination unreachable, time exceeded, parameter
-/// problem) and where its quoted packet is.
+/// problem; for ICMPv6 also packet too big) and where its quoted packet is.
+/// `kind` is the ICMP or ICMPv6 type (the packet's `v6` says which).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IcmpError {
     pub kind: u8,
@@ -92,6 +93,16 @@ pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAM_PROBLEM: u8 = 12;
 /// Destination unreachable, code "fragmentation needed and DF set".
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// ICMPv6 next header number.
+pub const PROTO_ICMPV6: u8 = 58;
+/// The IPv6 fragment header's next-header number.
+pub const IPV6_FRAGMENT: u8 = 44;
+/// Length of the IPv6 fragment header.
+pub const IPV6_FRAG_HLEN: usize = 8;
+/// ICMPv6 error types (RFC 4443): destination unreachable, packet too big,
+/// time exceeded, parameter problem.
+pub const ICMP6_DEST_UNREACH: u8 = 1;
+pub const ICMP6_PARAM_PROBLEM: u8 = 4;
 
 /// Parses an Ethernet/IPv4-or-IPv6/TCP-or-UDP frame.
 pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
@@ -111,7 +122,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
     }
     let proto = ip.protocol();
     let frag = ip.is_fragmenting_payload().then(|| Fragment {
-        id: ip.identification(),
+        id: u32::from(ip.identification()),
         first: ip.fragments_offset().value() == 0,
     });
     if let Some(fr) = frag {
@@ -119,23 +130,9 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
             return Err(Drop::Fragment);
         }
         if !fr.first {
-            // No L4 header: the datagram's first fragment decided where
-            // the rest goes.
-            return Ok(Packet {
-                key: FlowKey {
-                    src: Addr::v4_bytes(ip.source()),
-                    dst: Addr::v4_bytes(ip.destination()),
-                    sport: 0,
-                    dport: 0,
-                    proto: proto.0,
-                },
-                l4_off: ETH_HLEN + ihl,
-                ip_len,
-                tcp_flags: 0,
-                icmp: None,
-                frag,
-                v6: false,
-            });
+            let (src, dst) = (ip.source(), ip.destination());
+            let key = (Addr::v4_bytes(src), Addr::v4_bytes(dst), proto.0);
+            return Ok(later_fragment(key, ETH_HLEN + ihl, ip_len, fr, false));
         }
     }
     let l4 = &l3[ihl..ip_len];
@@ -160,9 +157,10 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
     })
 }
 
-/// An IPv6 frame whose next header is TCP or UDP. Extension headers
-/// (fragments included) and ICMPv6 are not lvc's: the XDP program leaves
-/// them to the kernel, and here they are counted as `protocol`.
+/// An IPv6 frame whose next header is TCP or UDP, a fragment header
+/// followed by TCP or UDP, or an ICMPv6 error. Other extension headers and
+/// the rest of ICMPv6 (neighbour discovery) are not lvc's: the XDP program
+/// leaves them to the kernel, and here they are counted as `protocol`.
 fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
     let l3 = &frame[ETH_HLEN..];
     let ip = Ipv6HeaderSlice::from_slice(l3).map_err(|_| Drop::Malformed)?;
@@ -174,11 +172,38 @@ fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
     if Addr::is_mapped(&src) || Addr::is_mapped(&dst) {
         return Err(Drop::Malformed);
     }
-    let proto = ip.next_header();
+    let mut proto = ip.next_header();
+    let mut l4_off = ETH_HLEN + IPV6_HLEN;
+    let mut frag = None;
+    if proto.0 == PROTO_ICMPV6 {
+        return parse_icmp6_error(frame, ip_len);
+    }
+    if proto.0 == IPV6_FRAGMENT {
+        let h = l3
+            .get(IPV6_HLEN..IPV6_HLEN + IPV6_FRAG_HLEN)
+            .filter(|_| ip_len >= IPV6_HLEN + IPV6_FRAG_HLEN)
+            .ok_or(Drop::Malformed)?;
+        proto = IpNumber(h[0]);
+        let off_flags = be16(h, 2);
+        let first = off_flags & 0xfff8 == 0;
+        frag = Some(Fragment {
+            id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+            first,
+        });
+        l4_off += IPV6_FRAG_HLEN;
+        if !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
+            return Err(Drop::Fragment);
+        }
+        if let Some(fr) = frag.filter(|f| !f.first) {
+            let key = (Addr(src), Addr(dst), proto.0);
+            return Ok(later_fragment(key, l4_off, ip_len, fr, true));
+        }
+    }
     if !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
         return Err(Drop::Protocol);
     }
-    let (sport, dport, tcp_flags) = l4_ports(&l3[IPV6_HLEN..ip_len], proto, false)?;
+    let l4 = &frame[l4_off..ETH_HLEN + ip_len];
+    let (sport, dport, tcp_flags) = l4_ports(l4, proto, frag.is_some())?;
     Ok(Packet {
         key: FlowKey {
             src: Addr(src),
@@ -187,13 +212,87 @@ fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
             dport,
             proto: proto.0,
         },
-        l4_off: ETH_HLEN + IPV6_HLEN,
+        l4_off,
         ip_len,
         tcp_flags,
         icmp: None,
-        frag: None,
+        frag,
         v6: true,
     })
+}
+
+/// An ICMPv6 error quoting a TCP or UDP packet (its fixed header directly
+/// followed by the L4 header, of which at least 8 bytes).
+fn parse_icmp6_error(frame: &[u8], ip_len: usize) -> Result<Packet, Drop> {
+    let l4_off = ETH_HLEN + IPV6_HLEN;
+    let end = ETH_HLEN + ip_len;
+    let icmp = &frame[l4_off..end];
+    if icmp.len() < 8 {
+        return Err(Drop::Malformed);
+    }
+    let (kind, code) = (icmp[0], icmp[1]);
+    if !(ICMP6_DEST_UNREACH..=ICMP6_PARAM_PROBLEM).contains(&kind) {
+        return Err(Drop::Protocol);
+    }
+    let inner_ip = l4_off + 8;
+    let inner = Ipv6HeaderSlice::from_slice(&frame[inner_ip..end]).map_err(|_| Drop::Malformed)?;
+    let inner_l4 = inner_ip + IPV6_HLEN;
+    let inner_l4_len = end.saturating_sub(inner_l4);
+    let proto = inner.next_header();
+    if !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
+        return Err(Drop::Protocol);
+    }
+    if inner_l4_len < 8 {
+        return Err(Drop::Malformed);
+    }
+    let q = &frame[inner_l4..];
+    Ok(Packet {
+        key: FlowKey {
+            src: Addr(inner.destination()),
+            dst: Addr(inner.source()),
+            sport: be16(q, 2),
+            dport: be16(q, 0),
+            proto: proto.0,
+        },
+        l4_off,
+        ip_len,
+        tcp_flags: 0,
+        frag: None,
+        v6: true,
+        icmp: Some(IcmpError {
+            kind,
+            code,
+            inner_ip,
+            inner_l4,
+            inner_l4_len,
+        }),
+    })
+}
+
+/// A fragment after the first: no L4 header, so no ports — the datagram's
+/// first fragment decided where the rest goes. `key` is (src, dst, proto).
+fn later_fragment(
+    (src, dst, proto): (Addr, Addr, u8),
+    l4_off: usize,
+    ip_len: usize,
+    frag: Fragment,
+    v6: bool,
+) -> Packet {
+    Packet {
+        key: FlowKey {
+            src,
+            dst,
+            sport: 0,
+            dport: 0,
+            proto,
+        },
+        l4_off,
+        ip_len,
+        tcp_flags: 0,
+        icmp: None,
+        frag: Some(frag),
+        v6,
+    }
 }
 
 /// Ports and TCP flags of a TCP or UDP header, its lengths checked.
@@ -366,6 +465,90 @@ pub(crate) mod fixtures {
         f
     }
 
+    /// An address from its text form.
+    pub fn a(s: &str) -> crate::addr::Addr {
+        s.parse::<std::net::IpAddr>().unwrap().into()
+    }
+
+    /// An Ethernet/IPv6/TCP-or-UDP frame with a valid L4 checksum.
+    pub fn frame6(
+        proto: u8,
+        src: crate::addr::Addr,
+        dst: crate::addr::Addr,
+        sport: u16,
+        dport: u16,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let l4 = if proto == 6 { 20 } else { 8 };
+        let mut f = vec![0u8; 14 + 40 + l4 + payload.len()];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&((l4 + payload.len()) as u16).to_be_bytes());
+        f[20] = proto;
+        f[21] = 64;
+        f[22..38].copy_from_slice(&src.0);
+        f[38..54].copy_from_slice(&dst.0);
+        f[54..56].copy_from_slice(&sport.to_be_bytes());
+        f[56..58].copy_from_slice(&dport.to_be_bytes());
+        if proto == 6 {
+            f[66] = 5 << 4;
+            f[67] = super::TCP_SYN;
+        } else {
+            f[58..60].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+        }
+        f[54 + l4..].copy_from_slice(payload);
+        let c = l4_checksum6(&f);
+        let at = 54 + if proto == 6 { 16 } else { 6 };
+        f[at..at + 2].copy_from_slice(&c.to_be_bytes());
+        f
+    }
+
+    /// The L4 checksum of an unfragmented IPv6 frame (field zeroed).
+    pub fn l4_checksum6(f: &[u8]) -> u16 {
+        let proto = f[20];
+        let mut seg = f[54..].to_vec();
+        let at = if proto == 6 { 16 } else { 6 };
+        seg[at] = 0;
+        seg[at + 1] = 0;
+        let mut pseudo = f[22..54].to_vec();
+        pseudo.extend_from_slice(&(seg.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, proto]);
+        pseudo.extend_from_slice(&seg);
+        let c = checksum(&pseudo);
+        if proto == 17 && c == 0 { 0xffff } else { c }
+    }
+
+    /// Splits an unfragmented IPv6 frame into two fragments, the first
+    /// carrying `first` bytes (a multiple of 8) of the L4 segment.
+    pub fn split6(f: &[u8], first: usize, id: u32) -> (Vec<u8>, Vec<u8>) {
+        let seg = &f[54..];
+        let frag = |part: &[u8], off: usize, more: bool| {
+            let mut g = f[..54].to_vec();
+            g[18..20].copy_from_slice(&((8 + part.len()) as u16).to_be_bytes());
+            g[20] = 44;
+            g.extend_from_slice(&[f[20], 0]);
+            g.extend_from_slice(&((off as u16) | u16::from(more)).to_be_bytes());
+            g.extend_from_slice(&id.to_be_bytes());
+            g.extend_from_slice(part);
+            g
+        };
+        (
+            frag(&seg[..first], 0, true),
+            frag(&seg[first..], first, false),
+        )
+    }
+
+    /// Puts two fragments from [`split6`] back together.
+    pub fn reassemble6(first: &[u8], rest: &[u8]) -> Vec<u8> {
+        let mut f = first[..54].to_vec();
+        f[20] = first[54];
+        f.extend_from_slice(&first[62..]);
+        f.extend_from_slice(&rest[62..]);
+        let n = (f.len() - 54) as u16;
+        f[18..20].copy_from_slice(&n.to_be_bytes());
+        f
+    }
+
     /// True if IP and L4 checksums of `f` are valid.
     pub fn checksums_ok(f: &[u8]) -> bool {
         let ip_ok = checksum(&f[14..34]) == 0;
@@ -531,12 +714,17 @@ mod tests {
         for n in 0..f.len() {
             assert!(parse(&f[..n]).is_err(), "truncated to {n}");
         }
-        // Extension headers and ICMPv6 are the kernel's.
-        for next in [0u8, 43, 44, 58, 60] {
+        // Other extension headers and ICMPv6 but errors are the kernel's
+        // (here the TCP header's first byte reads as ICMPv6 type 156); a
+        // fragment of neither TCP nor UDP is counted as a fragment.
+        for next in [0u8, 43, 58, 60] {
             let mut g = f.clone();
             g[20] = next;
             assert_eq!(parse(&g), Err(Drop::Protocol), "next header {next}");
         }
+        let mut g = f.clone();
+        g[20] = 44;
+        assert_eq!(parse(&g), Err(Drop::Fragment));
         // A payload length beyond the frame, or a mapped IPv4 address.
         let mut g = f.clone();
         g[18..20].copy_from_slice(&21u16.to_be_bytes());
@@ -544,5 +732,96 @@ mod tests {
         let mut g = f.clone();
         g[22..38].copy_from_slice(&Addr::v4(0x0a00_0001).0);
         assert_eq!(parse(&g), Err(Drop::Malformed));
+    }
+
+    #[test]
+    fn ipv6_fragments_parse_first_and_later() {
+        use fixtures::{a, frame6, split6};
+        let whole = frame6(17, a("fd00:1::2"), a("fd00:9::10"), 5000, 53, &[7u8; 2000]);
+        let (first, rest) = split6(&whole, 1232, 0x0102_0304);
+        let p = parse(&first).unwrap();
+        assert!(p.v6);
+        assert_eq!(
+            p.frag,
+            Some(Fragment {
+                id: 0x0102_0304,
+                first: true
+            })
+        );
+        assert_eq!((p.key.sport, p.key.dport, p.key.proto), (5000, 53, 17));
+        assert_eq!((p.l4_off, p.ip_len), (62, 40 + 8 + 1232));
+        let q = parse(&rest).unwrap();
+        assert_eq!(
+            q.frag,
+            Some(Fragment {
+                id: 0x0102_0304,
+                first: false
+            })
+        );
+        assert_eq!((q.key.sport, q.key.dport, q.key.proto), (0, 0, 17));
+        assert_eq!(q.key.dst, a("fd00:9::10"));
+        // Truncated anywhere: an error, never a panic.
+        for g in [&first, &rest] {
+            for n in 0..g.len() {
+                let mut t = g[..n].to_vec();
+                if n >= 20 {
+                    let pl = n.saturating_sub(54) as u16;
+                    t[18..20].copy_from_slice(&pl.to_be_bytes());
+                }
+                let _ = parse(&t);
+            }
+        }
+        let mut t = first[..58].to_vec();
+        t[18..20].copy_from_slice(&4u16.to_be_bytes());
+        assert_eq!(parse(&t), Err(Drop::Malformed), "half a fragment header");
+    }
+
+    #[test]
+    fn icmpv6_errors_name_the_quoted_flow_reversed() {
+        use fixtures::{a, frame6};
+        // A reply VIP6:80 → client, quoted in a "packet too big" by a router.
+        let quoted = frame6(6, a("fd00:9::10"), a("fd00:1::2"), 80, 40000, &[1u8; 100]);
+        let mut f = vec![0u8; 14 + 40 + 8];
+        f[12..14].copy_from_slice(&[0x86, 0xdd]);
+        f[14] = 0x60;
+        f[18..20].copy_from_slice(&((8 + quoted.len() - 14) as u16).to_be_bytes());
+        f[20] = PROTO_ICMPV6;
+        f[21] = 64;
+        f[22..38].copy_from_slice(&a("fd00:1::fe").0);
+        f[38..54].copy_from_slice(&a("fd00:9::10").0);
+        f[54] = 2;
+        f.extend_from_slice(&quoted[14..]);
+        let p = parse(&f).unwrap();
+        let e = p.icmp.unwrap();
+        assert!(p.v6);
+        assert_eq!((e.kind, e.inner_ip, e.inner_l4), (2, 62, 102));
+        assert_eq!(
+            p.key,
+            FlowKey {
+                src: a("fd00:1::2"),
+                dst: a("fd00:9::10"),
+                sport: 40000,
+                dport: 80,
+                proto: 6
+            }
+        );
+        // Neighbour discovery, echo and MLD are not errors about a flow.
+        for kind in [128u8, 129, 133, 134, 135, 136, 137, 143, 0, 5] {
+            let mut g = f.clone();
+            g[54] = kind;
+            assert_eq!(parse(&g), Err(Drop::Protocol), "type {kind}");
+        }
+        for n in 14..f.len() {
+            let mut t = f[..n].to_vec();
+            if n >= 20 {
+                let pl = n.saturating_sub(54) as u16;
+                t[18..20].copy_from_slice(&pl.to_be_bytes());
+            }
+            let _ = parse(&t);
+        }
+        // The quote cut inside its ports.
+        let mut t = f[..102 + 4].to_vec();
+        t[18..20].copy_from_slice(&52u16.to_be_bytes());
+        assert_eq!(parse(&t), Err(Drop::Malformed));
     }
 }

@@ -110,6 +110,9 @@ pub struct WorkerStats {
     pub tx_kicks: AtomicU64,
     /// ICMP errors lvc originated (time exceeded, fragmentation needed).
     pub icmp_sent: AtomicU64,
+    /// IPv4 fragments lvc made of packets too big for their next link
+    /// (DF clear), counting every piece.
+    pub fragments_made: AtomicU64,
     pub drops: [AtomicU64; Drop::COUNT],
 }
 

@@ -57,6 +57,9 @@ enum Verdict {
     Icmp(icmp::Originate),
     /// Encapsulate in IPIP to this real server (tun).
     Tunnel(Addr),
+    /// Send on this port, split into IPv4 fragments that fit this MTU
+    /// (DF clear, too big for the next link: a router fragments it).
+    Fragment(usize, u32),
 }
 
 /// Everything a worker shares with the rest of the daemon.
@@ -205,6 +208,28 @@ impl Worker {
                                 self.stats.count_drop(why);
                             }
                         }
+                        Ok(Verdict::Fragment(egress, mtu)) => {
+                            match self.fragment(&mut frame, mtu) {
+                                Ok(rest) => {
+                                    for f in std::iter::once(frame).chain(rest) {
+                                        if let Some(why) = self.offer(
+                                            &mut shapers,
+                                            egress,
+                                            f,
+                                            &meta,
+                                            now_ns,
+                                            &mut out,
+                                        ) {
+                                            self.stats.count_drop(why);
+                                        }
+                                    }
+                                }
+                                Err(why) => {
+                                    self.stats.count_drop(why);
+                                    self.io.release(frame);
+                                }
+                            }
+                        }
                         Ok(Verdict::Park(next)) if parked.len() < PARK_MAX => parked.push(Parked {
                             frame,
                             next,
@@ -345,7 +370,32 @@ impl Worker {
         verdict
     }
 
+    /// Splits the frame's IPv4 packet into fragments that fit `mtu`: the
+    /// frame becomes the first, the others are new frames.
+    fn fragment(&mut self, frame: &mut Frame, mtu: u32) -> Result<Vec<Frame>, Drop> {
+        let bytes = self.io.bytes_mut(frame);
+        let (first, rest) = rewrite::fragment_v4(bytes, mtu as usize).ok_or(Drop::TooBig)?;
+        let mut frames = Vec::with_capacity(rest.len());
+        for piece in &rest {
+            match self.io.alloc(piece) {
+                Some(f) => frames.push(f),
+                None => {
+                    for f in frames {
+                        self.io.release(f);
+                    }
+                    return Err(Drop::TooBig);
+                }
+            }
+        }
+        self.io.set_len(frame, first);
+        bump(&self.stats.fragments_made, frames.len() as u64 + 1);
+        Ok(frames)
+    }
+
     /// Wraps the frame's IP packet in an IPIP header to `rip` (LVS-TUN).
+    /// A packet too big for the link once wrapped reaches here only with
+    /// DF clear (else the client got "fragmentation needed"): the outer
+    /// packet is fragmented, as IPVS's tunnel lets the kernel do.
     fn encapsulate(
         &self,
         frame: &mut Frame,
@@ -359,13 +409,13 @@ impl Worker {
         }
         let f = self.io.bytes_mut(frame);
         rewrite::encap_ipip(f, len, from, rip);
-        send_to(
-            f,
-            routes.next_hop(rip),
-            rip,
-            &self.shared,
-            &self.port_ifindex,
-        )
+        let hop = routes.next_hop(rip);
+        let outer = len - ETH_HLEN + rewrite::IPIP_HLEN;
+        let mtu = match hop {
+            NextHop::Ready(l2) => Some(l2.mtu).filter(|&m| outer as u32 > m),
+            _ => None,
+        };
+        fragmenting(send_to(f, hop, rip, &self.shared, &self.port_ifindex), mtu)
     }
 
     /// Sends parked frames whose neighbour got resolved; drops those that
@@ -506,6 +556,7 @@ fn forward(
         NextHop::Ready(l2) => Some(l2.mtu),
         _ => routes.mtu_towards(next),
     };
+    let mut split = None;
     if let Some(mtu) = mtu
         && pkt.ip_len as u32 + overhead > mtu
     {
@@ -517,16 +568,15 @@ fn forward(
                 mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
             }));
         }
-        let df = f[ETH_HLEN + 6] & 0x40 != 0;
-        return if df {
-            Ok(Verdict::Icmp(icmp::Originate {
+        if f[ETH_HLEN + 6] & 0x40 != 0 {
+            return Ok(Verdict::Icmp(icmp::Originate {
                 kind: ICMP_DEST_UNREACH,
                 code: ICMP_FRAG_NEEDED,
                 mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
-            }))
-        } else {
-            Err(Drop::TooBig)
-        };
+            }));
+        }
+        // DF clear: forwarded in fragments (tun: the outer packet).
+        split = Some(mtu);
     }
     if conn.method == Method::Tun && dir == Dir::Original {
         // The inner packet travels as the client sent it.
@@ -534,7 +584,7 @@ fn forward(
     }
     if conn.method == Method::Dr {
         // Direct routing: the frame goes on unchanged but for its MACs.
-        return send_to(f, hop, next, shared, port_ifindex);
+        return fragmenting(send_to(f, hop, next, shared, port_ifindex), split);
     }
     if rewrite::hops(f) <= 1 {
         return Ok(Verdict::Icmp(icmp::Originate {
@@ -563,7 +613,19 @@ fn forward(
         }
     }
     rewrite::decrement_ttl(f)?;
-    send_to(f, hop, next, shared, port_ifindex)
+    fragmenting(send_to(f, hop, next, shared, port_ifindex), split)
+}
+
+/// A `Send` that must be split to fit `mtu` becomes a `Fragment`; a frame
+/// that would wait for its neighbour is dropped instead (parked frames
+/// are sent as they are).
+#[inline]
+fn fragmenting(verdict: Result<Verdict, Drop>, mtu: Option<u32>) -> Result<Verdict, Drop> {
+    match (verdict, mtu) {
+        (Ok(Verdict::Send(port)), Some(mtu)) => Ok(Verdict::Fragment(port, mtu)),
+        (Ok(Verdict::Park(_)), Some(_)) => Err(Drop::TooBig),
+        (v, _) => v,
+    }
 }
 
 /// A fragment after the first: it goes where its datagram's first
@@ -571,7 +633,7 @@ fn forward(
 fn later_fragment(
     f: &mut [u8],
     pkt: &Packet,
-    id: u16,
+    id: u32,
     routes: &RouteTable,
     shared: &Shared,
     port_ifindex: &[u32],
@@ -608,7 +670,20 @@ fn later_fragment(
         }
     };
     rewrite::decrement_ttl(f)?;
-    send_to(f, routes.next_hop(next), next, shared, port_ifindex)
+    let hop = routes.next_hop(next);
+    // Too big for the next link: split again (IPv6 fragments are never
+    // split by routers: the sender learns the MTU from the first one's
+    // "packet too big").
+    let split = match hop {
+        NextHop::Ready(l2) if pkt.ip_len as u32 > l2.mtu => {
+            if pkt.v6 {
+                return Err(Drop::TooBig);
+            }
+            Some(l2.mtu)
+        }
+        _ => None,
+    };
+    fragmenting(send_to(f, hop, next, shared, port_ifindex), split)
 }
 
 /// Addresses the frame to `hop` and picks its egress port, or parks it

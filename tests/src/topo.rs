@@ -312,6 +312,28 @@ impl Topo {
         }
     }
 
+    /// Sets the MTU of every link on the server side (two-armed: the
+    /// director's d1, the switch and the real servers), before lvc starts
+    /// so its view of the links has it from the first packet.
+    pub fn set_server_side_mtu(&self, mtu: u32) {
+        let mtu = mtu.to_string();
+        let mut links = vec![
+            ("dir", "d1".to_owned()),
+            ("sw", "p0".into()),
+            ("sw", "br0".into()),
+        ];
+        for i in 0..self.servers {
+            links.push(("sw", format!("p{}", i + 1)));
+        }
+        for (ns, dev) in &links {
+            self.lab.ip(ns, &["link", "set", dev, "mtu", &mtu]);
+        }
+        for i in 0..self.servers {
+            self.lab
+                .ip(&format!("rs{}", i + 1), &["link", "set", "e0", "mtu", &mtu]);
+        }
+    }
+
     /// Starts lvc-dataplane on the director and waits until it answers.
     pub fn start_lvc(&mut self) {
         self.start_lvc_with(&[]);

@@ -3,7 +3,7 @@
 //! like a router (PMTU discovery through the director).
 
 use lvc_tests::privileged;
-use lvc_tests::topo::{Arms, Topo, VIP};
+use lvc_tests::topo::{Arms, Topo, VIP, VIP6, server_ip, server_ip6};
 use std::time::Duration;
 
 fn lab(tag: &str) -> Topo {
@@ -102,15 +102,7 @@ fn pmtu_discovery_through_the_director() {
     // of the links has it from the first packet (a change made later is
     // picked up from netlink notifications within milliseconds).
     let mut t = Topo::build("pmtu", Arms::Two, 1, 2);
-    for (ns, dev) in [
-        ("dir", "d1"),
-        ("sw", "p0"),
-        ("sw", "br0"),
-        ("sw", "p1"),
-        ("rs1", "e0"),
-    ] {
-        t.lab.ip(ns, &["link", "set", dev, "mtu", "1400"]);
-    }
+    t.set_server_side_mtu(1400);
     t.start_servers();
     t.start_lvc();
     t.add_service("udp", 7, "nat");
@@ -174,4 +166,174 @@ fn tun_encapsulates_in_ipip() {
     );
 
     client_learns_path_mtu(&t, 1480).unwrap();
+
+    // Without DF (IP_PMTUDISC_OMIT: the interface's MTU, DF clear — the
+    // learned path MTU is ignored): the wrapped packet is 1520 bytes, so
+    // the outer packet leaves in fragments, as IPVS's tunnel does.
+    let big = vec![b'z'; 1472];
+    let seen = t
+        .lab
+        .capture("rs1", "e0", "ip proto 4 and ip[6:2] & 0x2000 != 0", || {
+            let _ = t.lab.exec_input(
+                "client",
+                &[
+                    "socat",
+                    "-T",
+                    "1",
+                    "-",
+                    &format!("UDP:{VIP}:7,mtudiscover=5"),
+                ],
+                &big,
+            );
+        });
+    assert!(
+        seen.contains("10.2.0.1 > 10.2.0.11") && seen.contains("flags [+]"),
+        "the outer packet's first fragment: {seen}\n{}",
+        t.ctl_ok(&["status"])
+    );
+}
+
+/// A datagram too big for the server-side link with DF clear is split
+/// into fragments by lvc, as a router would, and arrives whole (fullnat:
+/// the server's fragmented echo comes back through lvc too).
+#[test]
+fn oversize_datagrams_without_df_are_fragmented() {
+    if !privileged("oversize_datagrams_without_df_are_fragmented") {
+        return;
+    }
+    let mut t = Topo::build("fragout", Arms::Two, 1, 2);
+    t.set_server_side_mtu(1400);
+    t.start_servers();
+    t.start_lvc();
+    t.fullnat_pool();
+    t.add_service("udp", 7, "fullnat");
+    for n in [1472usize, 1401, 3000] {
+        let msg: Vec<u8> = (0..n).map(|i| (i * 31 + n) as u8).collect();
+        let out = t.lab.exec_input(
+            "client",
+            &[
+                "socat",
+                "-T",
+                "3",
+                "-",
+                &format!("UDP:{VIP}:7,mtudiscover=0"),
+            ],
+            &msg,
+        );
+        assert!(
+            out.stdout == msg,
+            "{n} bytes sent, {} came back\n{}",
+            out.stdout.len(),
+            t.ctl_ok(&["status"])
+        );
+    }
+    let st: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["status", "--json"])).unwrap();
+    let made = st["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0] == "fragments_made")
+        .unwrap()[1]
+        .as_u64()
+        .unwrap();
+    assert!(made >= 4, "lvc split the oversize datagrams: {made} pieces");
+}
+
+/// PMTU discovery for replies, through a router on the client side: a
+/// client ("far") sits behind a router whose link to it has a 1400-byte
+/// MTU. A real server's full-sized replies reach the router, which answers
+/// the VIP (their source) with "fragmentation needed" / "packet too big";
+/// lvc translates the error back to the real server (outer destination
+/// and quoted packet), the server lowers its path MTU, and the download
+/// completes. Untranslated, the error would never reach the server and the
+/// download would stall.
+fn pmtu_behind_a_router(tag: &str, v6: bool) {
+    if !privileged(tag) {
+        return;
+    }
+    let mut t = Topo::build(tag, Arms::Two, 1, 2);
+    t.lab.add_ns("far");
+    t.lab.veth(("far", "f0"), ("client", "c1"), 1);
+    t.lab.ip("client", &["link", "set", "c1", "mtu", "1400"]);
+    t.lab
+        .ip("client", &["addr", "add", "10.3.0.1/24", "dev", "c1"]);
+    t.lab.ip(
+        "client",
+        &["-6", "addr", "add", "fd00:3::1/64", "dev", "c1", "nodad"],
+    );
+    t.lab.sysctl("client", "net.ipv4.ip_forward=1");
+    t.lab.sysctl("client", "net.ipv6.conf.all.forwarding=1");
+    t.lab
+        .ip("far", &["addr", "add", "10.3.0.2/24", "dev", "f0"]);
+    t.lab
+        .ip("far", &["route", "add", "default", "via", "10.3.0.1"]);
+    t.lab.ip(
+        "far",
+        &["-6", "addr", "add", "fd00:3::2/64", "dev", "f0", "nodad"],
+    );
+    t.lab.ip(
+        "far",
+        &["-6", "route", "add", "default", "via", "fd00:3::1"],
+    );
+    t.lab
+        .ip("dir", &["route", "add", "10.3.0.0/24", "via", "10.1.0.2"]);
+    t.lab.ip(
+        "dir",
+        &["-6", "route", "add", "fd00:3::/64", "via", "fd00:1::2"],
+    );
+    // A bulk sender on the real server: 400 000 bytes per connection.
+    t.lab.spawn(
+        "rs1",
+        "bulk",
+        &[
+            "socat",
+            "TCP6-LISTEN:8000,reuseaddr,fork,ipv6only=0",
+            "SYSTEM:head -c 400000 /dev/zero",
+        ],
+    );
+    t.start_lvc();
+    let (svc, real, far, target) = if v6 {
+        (
+            format!("[{VIP6}]:8000"),
+            format!("[{}]", server_ip6(0)),
+            "fd00:3::2",
+            format!("TCP6:[{VIP6}]:8000"),
+        )
+    } else {
+        (
+            format!("{VIP}:8000"),
+            server_ip(0),
+            "10.3.0.2",
+            format!("TCP4:{VIP}:8000"),
+        )
+    };
+    t.ctl_ok(&["add-service", "--tcp", &svc]);
+    t.ctl_ok(&["add-server", "--tcp", &svc, "--real", &real]);
+    let mut got = 0;
+    let done = t.lab.wait_until(Duration::from_secs(20), || {
+        let out = t.lab.exec("far", &["socat", "-T", "8", "-u", &target, "-"]);
+        got = out.stdout.len();
+        got == 400_000
+    });
+    let family = if v6 { "-6" } else { "-4" };
+    let route = t.lab.exec_ok("rs1", &["ip", family, "route", "get", far]);
+    assert!(
+        done,
+        "download through a 1400-byte hop: {got} of 400000 bytes; server's route: {route}\n{}",
+        t.ctl_ok(&["status"])
+    );
+    assert!(
+        route.contains("mtu 1400"),
+        "the real server learned the path MTU: {route}"
+    );
+}
+
+#[test]
+fn pmtu_discovery_for_replies_behind_a_router() {
+    pmtu_behind_a_router("pmturtr", false);
+}
+
+#[test]
+fn ipv6_pmtu_discovery_for_replies_behind_a_router() {
+    pmtu_behind_a_router("pmturtr6", true);
 }

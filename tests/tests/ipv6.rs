@@ -57,6 +57,27 @@ fn noise(n: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Sends `msg` in one UDP datagram from the client to VIP6:`port` and
+/// returns socat's output (what came back, errors). It waits up to 4 s: in
+/// a lab this fresh the first neighbour solicitation to a server may go
+/// unanswered and the kernel's second one comes 1 s later; lvc holds the
+/// frame meanwhile.
+fn udp6_exchange(t: &Topo, port: u16, msg: &[u8]) -> std::process::Output {
+    t.lab.exec_input(
+        "client",
+        &[
+            "socat",
+            "-t",
+            "4",
+            "-T",
+            "4",
+            "-",
+            &format!("UDP6:[{VIP6}]:{port}"),
+        ],
+        msg,
+    )
+}
+
 fn check(t: &Topo, method: &str) {
     // Round robin alternates between the two IPv6 servers.
     let answers: Vec<String> = (0..6)
@@ -349,15 +370,7 @@ fn ipv6_packet_too_big_and_hop_limit() {
         return;
     }
     let mut t = Topo::build("v6pmtu", Arms::Two, 1, 2);
-    for (ns, dev) in [
-        ("dir", "d1"),
-        ("sw", "p0"),
-        ("sw", "br0"),
-        ("sw", "p1"),
-        ("rs1", "e0"),
-    ] {
-        t.lab.ip(ns, &["link", "set", dev, "mtu", "1400"]);
-    }
+    t.set_server_side_mtu(1400);
     t.start_servers();
     t.start_lvc();
     let svc = format!("[{VIP6}]:7");
@@ -384,24 +397,9 @@ fn ipv6_packet_too_big_and_hop_limit() {
         route(),
         t.ctl_ok(&["status"])
     );
-    // A datagram that fits goes through and comes back (waiting up to 4 s:
-    // in a lab this fresh the first neighbour solicitation to the server
-    // goes unanswered and the kernel's second one comes 1 s later; lvc
-    // holds the frame meanwhile).
+    // A datagram that fits goes through and comes back.
     let fits = vec![b'y'; 1300];
-    let out = t.lab.exec_input(
-        "client",
-        &[
-            "socat",
-            "-t",
-            "4",
-            "-T",
-            "4",
-            "-",
-            &format!("UDP6:[{VIP6}]:7"),
-        ],
-        &fits,
-    );
+    let out = udp6_exchange(&t, 7, &fits);
     assert!(
         out.stdout == fits,
         "a datagram within the path MTU: {} bytes back\n{}\n{}",
@@ -428,4 +426,63 @@ fn ipv6_packet_too_big_and_hop_limit() {
         "no time exceeded from the director: {seen:?}\n{}",
         t.ctl_ok(&["status"])
     );
+}
+
+/// A UDP request to a closed port of an IPv6 nat real server: its ICMPv6
+/// "port unreachable" is translated (quoted packet and outer source back
+/// to the VIP), so the client's socket sees "connection refused".
+#[test]
+fn ipv6_port_unreachable_from_a_real_server_reaches_the_client() {
+    if !privileged("ipv6_port_unreachable_from_a_real_server_reaches_the_client") {
+        return;
+    }
+    let t = lab("v6unreach", Arms::Two, "nat");
+    let svc = format!("[{VIP6}]:9");
+    t.ctl_ok(&["add-service", "--udp", &svc]);
+    t.ctl_ok(&[
+        "add-server",
+        "--udp",
+        &svc,
+        "--real",
+        &format!("[{}]", server_ip6(0)),
+    ]);
+    let out = udp6_exchange(&t, 9, b"anyone there?\n");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Connection refused"),
+        "expected ECONNREFUSED, got: {err}\n{}",
+        t.ctl_ok(&["status"])
+    );
+}
+
+/// UDP datagrams larger than the MTU cross the director as IPv6 fragments
+/// (a fragment header after the fixed header): the later fragments follow
+/// the first one's server and the datagram arrives whole, and so does the
+/// echo, fragmented by the server on its way back.
+fn fragmented_datagrams6(tag: &str, method: &str) {
+    if !privileged(tag) {
+        return;
+    }
+    let t = lab(tag, Arms::Two, method);
+    for i in 0..4 {
+        let msg = noise(3000 + 700 * i);
+        let out = udp6_exchange(&t, 7, &msg);
+        assert!(
+            out.stdout == msg,
+            "{method}: datagram {i} ({} bytes) came back as {} bytes\n{}",
+            msg.len(),
+            out.stdout.len(),
+            t.ctl_ok(&["status"])
+        );
+    }
+}
+
+#[test]
+fn ipv6_fragmented_udp_dnat() {
+    fragmented_datagrams6("v6fragdnat", "dnat");
+}
+
+#[test]
+fn ipv6_fragmented_udp_fullnat() {
+    fragmented_datagrams6("v6fragfnat", "fullnat");
 }

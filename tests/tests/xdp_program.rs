@@ -65,6 +65,32 @@ fn frame6(next: u8, src: &str, dst: &str, sport: u16, dport: u16) -> Vec<u8> {
     f
 }
 
+/// `f` (from [`frame6`]) as a fragment: a fragment header with this
+/// offset (bytes) and more-fragments flag before its L4 bytes.
+fn frag6(f: &[u8], offset: u16, more: bool) -> Vec<u8> {
+    let mut g = f[..54].to_vec();
+    g[20] = 44;
+    g.extend_from_slice(&[f[20], 0]);
+    g.extend_from_slice(&(offset | u16::from(more)).to_be_bytes());
+    g.extend_from_slice(&0x1234_5678u32.to_be_bytes());
+    g.extend_from_slice(&f[54..]);
+    let pl = (g.len() - 54) as u16;
+    g[18..20].copy_from_slice(&pl.to_be_bytes());
+    g
+}
+
+/// An ICMPv6 message of `kind`/`code` from `src` to `dst` quoting the IPv6
+/// packet of `quoted` (a frame).
+fn icmp6(kind: u8, code: u8, src: &str, dst: &str, quoted: &[u8]) -> Vec<u8> {
+    let mut f = frame6(58, src, dst, 0, 0);
+    f.truncate(54);
+    f.extend_from_slice(&[kind, code, 0, 0, 0, 0, 5, 120]);
+    f.extend_from_slice(&quoted[14..]);
+    let pl = (f.len() - 54) as u16;
+    f[18..20].copy_from_slice(&pl.to_be_bytes());
+    f
+}
+
 #[test]
 fn xdp_program_steers_exactly_lvc_traffic() {
     if !privileged("xdp_program_steers_exactly_lvc_traffic") {
@@ -104,6 +130,7 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         st.sync_fragvips(&HashSet::from([
             lvc_ebpf::AddrKey::with_proto(ip(VIP), 6),
             lvc_ebpf::AddrKey::with_proto(ip(VIP), 17),
+            lvc_ebpf::AddrKey::with_proto(ip6(VIP6), 6),
         ]))
         .unwrap();
         st.sync_reals(&HashSet::from([
@@ -207,6 +234,70 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         let mut echo = icmp(CLIENT, VIP, frame(6, VIP, CLIENT, 80, 40000));
         echo[34] = 8;
         pass(&mut st, &echo, "echo request to a VIP");
+        // ICMPv6 errors about tracked flows; the rest of ICMPv6 is the
+        // kernel's.
+        let reply6 = frame6(6, VIP6, CLIENT6, 80, 40000);
+        assert_eq!(
+            run(&mut st, &icmp6(2, 0, "fd00:22::fe", VIP6, &reply6), 0),
+            XDP_REDIRECT,
+            "packet too big about a reply from an IPv6 VIP"
+        );
+        let request6 = frame6(6, CLIENT6, RIP6, 40000, 8080);
+        assert_eq!(
+            run(&mut st, &icmp6(1, 4, RIP6, CLIENT6, &request6), 0),
+            XDP_REDIRECT,
+            "port unreachable from an IPv6 nat real server"
+        );
+        pass(
+            &mut st,
+            &icmp6(1, 4, RIP6, CLIENT6, &frame6(6, CLIENT6, RIP6, 40000, 22)),
+            "ICMPv6 error about another flow",
+        );
+        for (kind, what) in [(128, "echo request"), (135, "neighbour solicitation")] {
+            pass(
+                &mut st,
+                &icmp6(kind, 0, CLIENT6, VIP6, &reply6),
+                &format!("ICMPv6 {what} to a VIP"),
+            );
+        }
+        let ptb = icmp6(2, 0, "fd00:22::fe", VIP6, &reply6);
+        for n in 54..(54 + 8 + 40 + 4) {
+            pass(
+                &mut st,
+                &ptb[..n],
+                &format!("ICMPv6 error truncated to {n} bytes"),
+            );
+        }
+        // IPv6 fragments: to a VIP address (this protocol) → lvc.
+        let whole6 = frame6(6, CLIENT6, VIP6, 40000, 80);
+        assert_eq!(
+            run(&mut st, &frag6(&whole6, 0, true), 0),
+            XDP_REDIRECT,
+            "first IPv6 fragment to a VIP"
+        );
+        assert_eq!(
+            run(&mut st, &frag6(&whole6, 1448, false), 0),
+            XDP_REDIRECT,
+            "later IPv6 fragment to a VIP"
+        );
+        pass(
+            &mut st,
+            &frag6(&frame6(6, CLIENT6, "fd00:20::11", 40000, 80), 8, false),
+            "IPv6 fragment to another address",
+        );
+        pass(
+            &mut st,
+            &frag6(&frame6(17, CLIENT6, VIP6, 40000, 80), 8, false),
+            "IPv6 fragment to a VIP, other protocol",
+        );
+        let f6 = frag6(&whole6, 0, true);
+        for n in 54..62 {
+            pass(
+                &mut st,
+                &f6[..n],
+                &format!("IPv6 fragment header truncated to {n} bytes"),
+            );
+        }
 
         // To the kernel.
         pass(
@@ -278,7 +369,7 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         pass(
             &mut st,
             &frame6(44, CLIENT6, VIP6, 0, 0),
-            "IPv6 fragment header",
+            "IPv6 fragment header followed by neither TCP nor UDP",
         );
         pass(
             &mut st,
@@ -339,10 +430,10 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             after.iter().find(|(k, _)| *k == s).unwrap().1
                 - before.iter().find(|(k, _)| *k == s).unwrap().1
         };
-        assert_eq!(delta(Stat::RedirectVip), 11);
-        assert_eq!(delta(Stat::RedirectReal), 4);
+        assert_eq!(delta(Stat::RedirectVip), 14);
+        assert_eq!(delta(Stat::RedirectReal), 5);
         assert_eq!(delta(Stat::PassNoSocket), 1);
-        assert_eq!(delta(Stat::PassFragment), 2);
+        assert_eq!(delta(Stat::PassFragment), 4);
         assert!(delta(Stat::PassMalformed) >= 2 * 20);
         drop(io);
     })

@@ -75,7 +75,15 @@ pub fn header(f: &[u8]) -> Option<Header> {
             h.proto = ip[6];
             h.src = addr(&ip[8..24]);
             h.dst = addr(&ip[24..40]);
-            Some(40)
+            match ip.get(40..48) {
+                // A fragment header: the protocol is behind it, and only
+                // a first fragment has ports.
+                Some(fh) if h.proto == 44 => {
+                    h.proto = fh[0];
+                    (u16::from_be_bytes([fh[2], fh[3]]) & 0xfff8 == 0).then_some(48)
+                }
+                _ => Some(40),
+            }
         }
         _ => return None,
     };

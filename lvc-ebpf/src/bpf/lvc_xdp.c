@@ -6,7 +6,8 @@
 // frame belongs to lvc (then it goes to the AF_XDP socket bound to the frame's
 // rx queue) or to the kernel (everything else, untouched).
 //
-// A frame belongs to lvc when it is IPv4 or IPv6 TCP/UDP and
+// A frame belongs to lvc when it is IPv4 or IPv6 TCP/UDP (IPv6: right after
+// the fixed header or after one fragment header) and
 //   * its destination (address, port, protocol) is a virtual service
 //     (`vips` for the exact port first, then the VIP's port ranges in
 //     `vipranges`, then port 0 = "every port of this VIP" in `vips`), or
@@ -14,7 +15,9 @@
 //   * its source (address, port, protocol) is a real-server endpoint whose
 //     replies lvc must translate back (`reals`, the `nat` method), and its
 //     destination is not one of the director's own addresses (`locals`), so
-//     the director's own connections to a real server stay with the kernel.
+//     the director's own connections to a real server stay with the kernel,
+// or a fragment of a datagram to a VIP or pool address, or an ICMP/ICMPv6
+// error about such a flow (see icmp_steer).
 //
 // If no socket is bound on the rx queue the frame is passed, never dropped:
 // a dataplane that is starting or stopping must not black-hole VIP traffic.
@@ -54,9 +57,10 @@ enum lvc_stat {
 	STAT_RX = 0,            // every frame seen
 	STAT_PASS_NOT_IP,       // ARP, VLAN, other ethertypes
 	STAT_PASS_MALFORMED,    // truncated or impossible headers
-	STAT_PASS_FRAGMENT,     // IPv4 fragments (reassembly is the kernel's)
-	STAT_PASS_OTHER_PROTO,  // neither TCP nor UDP (IPv6: also extension
-	                        // headers and ICMPv6, NDP included)
+	STAT_PASS_FRAGMENT,     // fragments not to a VIP or pool address
+	STAT_PASS_OTHER_PROTO,  // neither TCP nor UDP nor an ICMP error (IPv6:
+	                        // also extension headers other than one fragment
+	                        // header, and ICMPv6 but errors — NDP included)
 	STAT_PASS_NO_MATCH,     // TCP/UDP not for a VIP and not from a real
 	STAT_PASS_NO_SOCKET,    // matched, but no AF_XDP socket on this queue
 	STAT_REDIRECT_VIP,      // matched a VIP, redirected
@@ -225,6 +229,22 @@ static __always_inline int is_vip(__u8 family, __u8 proto, const __u32 *addr, __
 	return bpf_map_lookup_elem(&vips, &key) != NULL;
 }
 
+// Whether (proto, addr, port) is a real-server endpoint whose replies lvc
+// translates (`reals`; real servers of port-0 services answer from every
+// port, so port 0 matches too).
+static __always_inline int is_real(__u8 family, __u8 proto, const __u32 *addr, __be16 port)
+{
+	struct endpoint_key key = {};
+	key.family = family;
+	key.proto = proto;
+	key.port = port;
+	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
+	if (bpf_map_lookup_elem(&reals, &key))
+		return 1;
+	key.port = 0;
+	return bpf_map_lookup_elem(&reals, &key) != NULL;
+}
+
 // Type and code of an ICMP header; the rest is not read here.
 struct icmp_head {
 	__u8 type;
@@ -241,8 +261,29 @@ struct icmp_head {
 // errors about replies that left from a VIP (the quoted source is a VIP
 // endpoint), errors from nat real servers about requests (the quoted
 // destination is a real-server endpoint), and errors to a fullnat pool
-// address. Everything else ICMP — echo requests to a VIP included — is the
-// kernel's.
+// address. Addresses as in keys; `daddr` is the error's destination.
+static __always_inline int icmp_steer(struct xdp_md *ctx, __u8 family, __u8 proto,
+				      const __u32 *daddr, const __u32 *inner_saddr,
+				      const __u32 *inner_daddr, const struct l4_ports *ports)
+{
+	struct addr_key dst = {};
+	dst.family = family;
+	__builtin_memcpy(dst.addr, daddr, sizeof(dst.addr));
+	if (bpf_map_lookup_elem(&snat, &dst))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+
+	if (is_vip(family, proto, inner_saddr, ports->source))
+		return to_socket(ctx, STAT_REDIRECT_VIP);
+
+	if (is_real(family, proto, inner_daddr, ports->dest) &&
+	    !bpf_map_lookup_elem(&locals, &dst))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+	return pass(STAT_PASS_NO_MATCH);
+}
+
+// IPv4 ICMP: destination unreachable, time exceeded and parameter problem
+// quoting TCP/UDP go through icmp_steer. Everything else ICMP — echo
+// requests to a VIP included — is the kernel's.
 static __always_inline int icmp_error(struct xdp_md *ctx, struct iphdr *ip, __u32 ihl, void *data_end)
 {
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET))
@@ -265,29 +306,71 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct iphdr *ip, __u3
 	if (inner->protocol != IPPROTO_TCP && inner->protocol != IPPROTO_UDP)
 		return pass(STAT_PASS_OTHER_PROTO);
 
-	struct addr_key dst = {};
-	dst.family = LVC_AF_INET;
-	dst.addr[0] = ip->daddr;
-	if (bpf_map_lookup_elem(&snat, &dst))
-		return to_socket(ctx, STAT_REDIRECT_REAL);
-
+	__u32 daddr[4] = {ip->daddr, 0, 0, 0};
 	__u32 inner_src[4] = {inner->saddr, 0, 0, 0};
-	if (is_vip(LVC_AF_INET, inner->protocol, inner_src, ports->source))
-		return to_socket(ctx, STAT_REDIRECT_VIP);
+	__u32 inner_dst[4] = {inner->daddr, 0, 0, 0};
+	return icmp_steer(ctx, LVC_AF_INET, inner->protocol, daddr, inner_src, inner_dst, ports);
+}
 
-	struct endpoint_key key = {};
-	key.family = LVC_AF_INET;
-	key.proto = inner->protocol;
-	key.port = ports->dest;
-	key.addr[0] = inner->daddr;
-	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
-	if (!real) {
-		key.port = 0;
-		real = bpf_map_lookup_elem(&reals, &key) != NULL;
-	}
-	if (real && !bpf_map_lookup_elem(&locals, &dst))
+#define IPPROTO_FRAGMENT_HDR 44
+#define IPPROTO_ICMPV6_HDR 58
+#define ICMPV6_DEST_UNREACH 1
+#define ICMPV6_PKT_TOOBIG 2
+#define ICMPV6_TIME_EXCEED 3
+#define ICMPV6_PARAMPROB 4
+
+// The IPv6 fragment header (RFC 8200 §4.5).
+struct frag6_hdr {
+	__u8 nexthdr;
+	__u8 reserved;
+	__be16 frag_off; // offset in 8-byte units << 3, M flag in bit 0
+	__be32 id;
+};
+
+// ICMPv6 errors (destination unreachable, packet too big, time exceeded,
+// parameter problem) quoting TCP/UDP right after the quoted fixed header
+// go through icmp_steer; the rest of ICMPv6 — neighbour discovery, echo,
+// MLD — is the kernel's.
+static __always_inline int icmp6_error(struct xdp_md *ctx, struct ipv6hdr *ip6, void *data_end)
+{
+	struct icmp_head *icmp = (void *)(ip6 + 1);
+	if ((void *)(icmp + 1) > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	if (icmp->type < ICMPV6_DEST_UNREACH || icmp->type > ICMPV6_PARAMPROB)
+		return pass(STAT_PASS_OTHER_PROTO);
+	struct ipv6hdr *inner = (void *)(icmp + 1);
+	if ((void *)(inner + 1) > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	if (inner->nexthdr != IPPROTO_TCP && inner->nexthdr != IPPROTO_UDP)
+		return pass(STAT_PASS_OTHER_PROTO);
+	struct l4_ports *ports = (void *)(inner + 1);
+	if ((void *)(ports + 1) > data_end)
+		return pass(STAT_PASS_MALFORMED);
+	__u32 daddr[4], inner_src[4], inner_dst[4];
+	__builtin_memcpy(daddr, &ip6->daddr, sizeof(daddr));
+	__builtin_memcpy(inner_src, &inner->saddr, sizeof(inner_src));
+	__builtin_memcpy(inner_dst, &inner->daddr, sizeof(inner_dst));
+	return icmp_steer(ctx, LVC_AF_INET6, inner->nexthdr, daddr, inner_src, inner_dst, ports);
+}
+
+// A fragment of a datagram to a VIP address (any port, this protocol) or
+// to a fullnat pool address is lvc's; lvc remembers where each datagram's
+// first fragment went and sends the rest after it. Every other fragment is
+// the kernel's (including fragmented replies of nat servers, which lvc
+// cannot tell by port). Addresses as in keys.
+static __always_inline int steer_fragment(struct xdp_md *ctx, __u8 family, __u8 proto,
+					  const __u32 *daddr)
+{
+	struct addr_key vip = {};
+	vip.family = family;
+	vip.pad[0] = proto;
+	__builtin_memcpy(vip.addr, daddr, sizeof(vip.addr));
+	if (bpf_map_lookup_elem(&fragvips, &vip))
+		return to_socket(ctx, STAT_REDIRECT_VIP);
+	vip.pad[0] = 0;
+	if (bpf_map_lookup_elem(&snat, &vip))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
-	return pass(STAT_PASS_NO_MATCH);
+	return pass(STAT_PASS_FRAGMENT);
 }
 
 // The decision for a TCP/UDP packet of either family (addresses as in
@@ -306,31 +389,33 @@ static __always_inline int steer_l4(struct xdp_md *ctx, __u8 family, __u8 proto,
 	if (bpf_map_lookup_elem(&snat, &dst))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
 
-	struct endpoint_key key = {};
-	key.family = family;
-	key.proto = proto;
-	key.port = ports->source;
-	__builtin_memcpy(key.addr, saddr, sizeof(key.addr));
-	int real = bpf_map_lookup_elem(&reals, &key) != NULL;
-	if (!real) {
-		// Real servers of port-0 services answer from every port.
-		key.port = 0;
-		real = bpf_map_lookup_elem(&reals, &key) != NULL;
-	}
-	if (real && !bpf_map_lookup_elem(&locals, &dst))
+	if (is_real(family, proto, saddr, ports->source) && !bpf_map_lookup_elem(&locals, &dst))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
 	return pass(STAT_PASS_NO_MATCH);
 }
 
-// The IPv6 part: TCP or UDP right after the fixed header. Extension
-// headers (fragments included), ICMPv6 — neighbour discovery and errors —
-// and everything else stay with the kernel.
+// The IPv6 part: TCP or UDP right after the fixed header, fragments (one
+// fragment header, then TCP or UDP) and ICMPv6 errors. Other extension
+// headers, the rest of ICMPv6 (neighbour discovery!) and everything else
+// stay with the kernel.
 static __always_inline int try_ipv6(struct xdp_md *ctx, struct ipv6hdr *ip6, void *data_end)
 {
 	if ((void *)(ip6 + 1) > data_end)
 		return pass(STAT_PASS_MALFORMED);
 	if (ip6->version != 6)
 		return pass(STAT_PASS_MALFORMED);
+	if (ip6->nexthdr == IPPROTO_ICMPV6_HDR)
+		return icmp6_error(ctx, ip6, data_end);
+	if (ip6->nexthdr == IPPROTO_FRAGMENT_HDR) {
+		struct frag6_hdr *fh = (void *)(ip6 + 1);
+		if ((void *)(fh + 1) > data_end)
+			return pass(STAT_PASS_MALFORMED);
+		if (fh->nexthdr != IPPROTO_TCP && fh->nexthdr != IPPROTO_UDP)
+			return pass(STAT_PASS_OTHER_PROTO);
+		__u32 daddr[4];
+		__builtin_memcpy(daddr, &ip6->daddr, sizeof(daddr));
+		return steer_fragment(ctx, LVC_AF_INET6, fh->nexthdr, daddr);
+	}
 	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 		return pass(STAT_PASS_OTHER_PROTO);
 	__u32 l4_min = ip6->nexthdr == IPPROTO_TCP ? TCP_MIN_HLEN : UDP_HLEN;
@@ -375,21 +460,10 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
 		return pass(STAT_PASS_OTHER_PROTO);
 	// Fragments: all of a datagram's fragments go the same way, or it is
-	// lost. Those to a VIP (any port) or to a fullnat pool address are
-	// lvc's; every other one is the kernel's (including fragmented replies
-	// of nat servers, which lvc cannot tell by port).
+	// lost.
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
-		struct addr_key vip = {};
-		vip.family = LVC_AF_INET;
-		vip.pad[0] = ip->protocol;
-		vip.addr[0] = ip->daddr;
-		if (bpf_map_lookup_elem(&fragvips, &vip))
-			return to_socket(ctx, STAT_REDIRECT_VIP);
-		// Fragmented replies to a fullnat pool address.
-		vip.pad[0] = 0;
-		if (bpf_map_lookup_elem(&snat, &vip))
-			return to_socket(ctx, STAT_REDIRECT_REAL);
-		return pass(STAT_PASS_FRAGMENT);
+		__u32 daddr[4] = {ip->daddr, 0, 0, 0};
+		return steer_fragment(ctx, LVC_AF_INET, ip->protocol, daddr);
 	}
 
 	__u32 l4_min = ip->protocol == IPPROTO_TCP ? TCP_MIN_HLEN : UDP_HLEN;
