@@ -87,6 +87,9 @@ pub struct WorkerIo {
     free: Vec<FrameDesc>,
     /// Scratch for ring operations (no allocation per batch).
     scratch: Vec<FrameDesc>,
+    /// Where RX and completion descriptors are read into: a ring's worth,
+    /// sized once (not re-filled with defaults on every call).
+    completions: Vec<FrameDesc>,
     ring_size: u32,
     mtu: usize,
 }
@@ -205,6 +208,7 @@ impl WorkerIo {
             ports,
             free,
             scratch: Vec::with_capacity(cfg.ring_size as usize),
+            completions: vec![FrameDesc::default(); cfg.ring_size as usize],
             ring_size: cfg.ring_size,
             mtu,
         };
@@ -232,13 +236,12 @@ impl WorkerIo {
     /// Receives up to `max` frames from `port` into `out`.
     pub fn recv(&mut self, port: usize, max: usize, out: &mut Vec<Frame>) -> usize {
         let p = &mut self.ports[port];
-        self.scratch.clear();
-        self.scratch.resize(max, FrameDesc::default());
+        let max = max.min(self.completions.len());
         // SAFETY: the descriptors come back from the RX ring of a socket of
         // this UMEM; from now on userspace owns them (wrapped in `Frame`).
-        let n = unsafe { p.rx.consume(&mut self.scratch[..max]) };
+        let n = unsafe { p.rx.consume(&mut self.completions[..max]) };
         p.fill_level -= n as u32;
-        out.extend(self.scratch[..n].iter().map(|&desc| Frame { desc }));
+        out.extend(self.completions[..n].iter().map(|&desc| Frame { desc }));
         n
     }
 
@@ -333,15 +336,12 @@ impl WorkerIo {
                     let _ = p.tx.wakeup();
                     kicks += 1;
                 }
-                self.scratch.clear();
-                self.scratch
-                    .resize(self.ring_size as usize, FrameDesc::default());
                 // SAFETY: completion descriptors belong to this UMEM and are
                 // handed back to userspace by the kernel.
-                let done = unsafe { p.comp.consume(&mut self.scratch) };
+                let done = unsafe { p.comp.consume(&mut self.completions) };
                 p.tx_outstanding -= done as u32;
                 completed += done as u64;
-                self.free.extend_from_slice(&self.scratch[..done]);
+                self.free.extend_from_slice(&self.completions[..done]);
                 if done == 0 {
                     break;
                 }
