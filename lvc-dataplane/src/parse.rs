@@ -186,13 +186,17 @@ fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
         proto = IpNumber(h[0]);
         let off_flags = be16(h, 2);
         let first = off_flags & 0xfff8 == 0;
-        frag = Some(Fragment {
-            id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
-            first,
-        });
+        // An atomic fragment (offset 0, no more: RFC 6946) is the whole
+        // datagram: nothing to remember for later fragments.
+        if off_flags & 0xfff9 != 0 {
+            frag = Some(Fragment {
+                id: u32::from_be_bytes([h[4], h[5], h[6], h[7]]),
+                first,
+            });
+        }
         l4_off += IPV6_FRAG_HLEN;
         if !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
-            return Err(Drop::Fragment);
+            return Err(Drop::Protocol);
         }
         if let Some(fr) = frag.filter(|f| !f.first) {
             let key = (Addr(src), Addr(dst), proto.0);
@@ -724,7 +728,7 @@ mod tests {
         }
         let mut g = f.clone();
         g[20] = 44;
-        assert_eq!(parse(&g), Err(Drop::Fragment));
+        assert_eq!(parse(&g), Err(Drop::Protocol));
         // A payload length beyond the frame, or a mapped IPv4 address.
         let mut g = f.clone();
         g[18..20].copy_from_slice(&21u16.to_be_bytes());
@@ -774,6 +778,15 @@ mod tests {
         let mut t = first[..58].to_vec();
         t[18..20].copy_from_slice(&4u16.to_be_bytes());
         assert_eq!(parse(&t), Err(Drop::Malformed), "half a fragment header");
+        // An atomic fragment (offset 0, M clear) is a whole datagram.
+        let (mut atomic, _) = split6(&whole, 0, 9);
+        atomic.truncate(62);
+        atomic.extend_from_slice(&whole[54..]);
+        let pl = (atomic.len() - 54) as u16;
+        atomic[18..20].copy_from_slice(&pl.to_be_bytes());
+        atomic[56..58].copy_from_slice(&0u16.to_be_bytes());
+        let p = parse(&atomic).unwrap();
+        assert_eq!((p.frag, p.l4_off, p.key.dport), (None, 62, 53));
     }
 
     #[test]

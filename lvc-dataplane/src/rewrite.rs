@@ -175,9 +175,15 @@ pub fn decrement_ttl(f: &mut [u8]) -> Result<(), Drop> {
 /// Length of the IPIP outer header.
 pub const IPIP_HLEN: usize = 20;
 
+/// IP ids of outer IPIP headers that may be fragmented (DF clear): every
+/// such packet from this director to a real server needs its own id, or
+/// the server's reassembly mixes fragments of different packets (RFC 6864).
+static IPIP_ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(0);
+
 /// Encapsulates the IP packet of a frame of `len` bytes (the frame already
 /// grown by [`IPIP_HLEN`]) in an IPIP header from `src` to `dst`. The outer
-/// header copies the inner DF bit and TOS, as IPVS's tunnel does.
+/// header copies the inner DF bit and TOS, as IPVS's tunnel does; with DF
+/// clear it gets a fresh IP id.
 pub fn encap_ipip(f: &mut [u8], len: usize, src: Addr, dst: Addr) {
     f.copy_within(ETH_HLEN..len, ETH_HLEN + IPIP_HLEN);
     let inner = ETH_HLEN + IPIP_HLEN;
@@ -187,6 +193,10 @@ pub fn encap_ipip(f: &mut [u8], len: usize, src: Addr, dst: Addr) {
     h.copy_from_slice(&[
         0x45, tos, 0, 0, 0, 0, df, 0, 64, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
     ]);
+    if df == 0 {
+        let id = IPIP_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        h[4..6].copy_from_slice(&id.to_be_bytes());
+    }
     h[2..4].copy_from_slice(&total.to_be_bytes());
     h[12..16].copy_from_slice(src.wire());
     h[16..20].copy_from_slice(dst.wire());
@@ -194,37 +204,86 @@ pub fn encap_ipip(f: &mut [u8], len: usize, src: Addr, dst: Addr) {
     h[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
+/// Length of the frame's IP packet, from its header (IPv4 or IPv6).
+#[inline]
+pub fn ip_len(f: &[u8]) -> usize {
+    if is_v6(f) {
+        40 + usize::from(be16(f, ETH_HLEN + 4))
+    } else {
+        usize::from(be16(f, ETH_HLEN + 2))
+    }
+}
+
+/// True for an IPv4 packet with DF clear: a router may fragment it.
+#[inline]
+pub fn may_fragment(f: &[u8]) -> bool {
+    !is_v6(f) && f[ETH_HLEN + 6] & 0x40 == 0
+}
+
+/// The options of an IPv4 header that every fragment carries (those with
+/// the copy flag: source routes, security), padded to 4 bytes. A
+/// malformed option list ends the copy.
+fn copied_options(opts: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < opts.len() {
+        match opts[i] {
+            0 => break,
+            1 => i += 1,
+            kind => {
+                let len = opts.get(i + 1).map_or(0, |&l| usize::from(l));
+                if len < 2 || i + len > opts.len() {
+                    break;
+                }
+                if kind & 0x80 != 0 {
+                    out.extend_from_slice(&opts[i..i + len]);
+                }
+                i += len;
+            }
+        }
+    }
+    out.resize(out.len().next_multiple_of(4), 0);
+    out
+}
+
 /// Splits the IPv4 packet of frame `f` (longer than `mtu`, DF clear) into
 /// fragments of at most `mtu` bytes, as a router does (RFC 791): `f` is
 /// cut to the first fragment (its new frame length is returned) and the
-/// others come back as whole frames (Ethernet header copied; the IP header
-/// without options, which only the first fragment keeps). A packet that is
+/// others come back as whole frames (Ethernet header copied; their IP
+/// header carries only the options with the copy flag). A packet that is
 /// itself a fragment is split at its own offset, keeping its last piece's
-/// more-fragments flag. None if the MTU cannot carry 8 bytes of payload.
+/// more-fragments flag. None if the MTU cannot carry 8 bytes of payload
+/// per fragment or the offsets would overflow.
 pub fn fragment_v4(f: &mut [u8], mtu: usize) -> Option<(usize, Vec<Vec<u8>>)> {
     let ip = ETH_HLEN;
     let ihl = usize::from(f[ip] & 0x0f) * 4;
     let ip_len = usize::from(be16(f, ip + 2));
-    if ip_len <= mtu || mtu < ihl + 8 || mtu < 20 + 8 || ip_len > f.len() - ip {
+    if ip_len <= mtu || ihl < 20 || ip_len < ihl || ip_len > f.len() - ip {
         return None;
     }
+    let opts = copied_options(&f[ip + 20..ip + ihl]);
+    let later_hlen = 20 + opts.len();
     let flags = be16(f, ip + 6);
     let (base, more_after) = (usize::from(flags & 0x1fff) * 8, flags & 0x2000 != 0);
     let payload = ip_len - ihl;
+    if mtu < ihl.max(later_hlen) + 8 || base + payload > 0xffff {
+        return None;
+    }
     let first = (mtu - ihl) & !7;
-    let step = (mtu - 20) & !7;
+    let step = (mtu - later_hlen) & !7;
     let mut rest = Vec::new();
     let mut at = first;
     while at < payload {
         let n = step.min(payload - at);
         let more = at + n < payload || more_after;
-        let mut g = Vec::with_capacity(ETH_HLEN + 20 + n);
+        let mut g = Vec::with_capacity(ETH_HLEN + later_hlen + n);
         g.extend_from_slice(&f[..ETH_HLEN]);
         g.extend_from_slice(&f[ip..ip + 20]);
-        g[ip] = 0x45;
+        g.extend_from_slice(&opts);
+        g[ip] = 0x40 | (later_hlen / 4) as u8;
         let start = ip + ihl + at;
         g.extend_from_slice(&f[start..start + n]);
-        fragment_header(&mut g, 20 + n, base + at, more);
+        fragment_header(&mut g, later_hlen + n, base + at, more);
         rest.push(g);
         at += n;
     }
@@ -467,6 +526,36 @@ mod tests {
             usize::from(be16(&rest[0], ETH_HLEN + 6) & 0x1fff),
             100 + 976 / 8
         );
+        // Options: the first fragment keeps them all, the later ones only
+        // those with the copy flag (here a loose source route, 0x83, but
+        // not record route, 0x07), padded to 4 bytes.
+        let mut g = frame(17, [1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 0, &payload[..1500]);
+        let opts = [0x07u8, 3, 4, 0x83, 7, 4, 9, 9, 9, 9, 1, 0];
+        g.splice(ETH_HLEN + 20..ETH_HLEN + 20, opts);
+        g[ETH_HLEN] = 0x48;
+        g[ETH_HLEN + 6] = 0;
+        let len = (g.len() - ETH_HLEN) as u16;
+        put16(&mut g, ETH_HLEN + 2, len);
+        let (n, rest) = fragment_v4(&mut g, 1000).unwrap();
+        assert_eq!(n, ETH_HLEN + 32 + ((1000 - 32) & !7));
+        assert_eq!(&g[ETH_HLEN + 20..ETH_HLEN + 32], &opts);
+        let r = &rest[0];
+        assert_eq!(r[ETH_HLEN], 0x47, "20 + 8 bytes of header");
+        assert_eq!(
+            &r[ETH_HLEN + 20..ETH_HLEN + 28],
+            &[0x83, 7, 4, 9, 9, 9, 9, 0]
+        );
+        assert_eq!(crate::checksum::checksum(&r[ETH_HLEN..ETH_HLEN + 28]), 0);
+        let data: Vec<u8> = std::iter::once(&g[ETH_HLEN + 32..n])
+            .chain(rest.iter().map(|r| &r[ETH_HLEN + 28..]))
+            .flatten()
+            .copied()
+            .collect();
+        assert_eq!(&data[8..], &payload[..1500], "UDP header + payload");
+        // An offset that would overflow 16 bits is refused.
+        let mut h = frame(17, [1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 0, &payload[..1500]);
+        put16(&mut h, ETH_HLEN + 6, 8100);
+        assert!(fragment_v4(&mut h, 1000).is_none());
         // Fits, or an MTU too small to carry anything: nothing to do.
         let mut small = frame(17, [1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 0, b"x");
         assert!(fragment_v4(&mut small, 1500).is_none());

@@ -40,8 +40,9 @@ pub enum Drop {
     EgressNotServed,
     /// The IP TTL ran out (an ICMP time exceeded could not be sent).
     TtlExceeded,
-    /// Larger than the egress MTU without DF (lvc does not fragment), or
-    /// an ICMP error about it could not be sent.
+    /// Larger than the egress MTU and could be neither fragmented (DF set
+    /// on a fragment or tunnel packet; IPv6 later fragments) nor answered
+    /// with an ICMP error.
     TooBig,
     /// No free frame or TX ring slot to send it.
     TxFull,

@@ -383,7 +383,7 @@ impl Worker {
                     for f in frames {
                         self.io.release(f);
                     }
-                    return Err(Drop::TooBig);
+                    return Err(Drop::TxFull);
                 }
             }
         }
@@ -412,7 +412,12 @@ impl Worker {
         let hop = routes.next_hop(rip);
         let outer = len - ETH_HLEN + rewrite::IPIP_HLEN;
         let mtu = match hop {
-            NextHop::Ready(l2) => Some(l2.mtu).filter(|&m| outer as u32 > m),
+            NextHop::Ready(l2) if outer as u32 > l2.mtu => {
+                if !rewrite::may_fragment(f) {
+                    return Err(Drop::TooBig);
+                }
+                Some(l2.mtu)
+            }
             _ => None,
         };
         fragmenting(send_to(f, hop, rip, &self.shared, &self.port_ifindex), mtu)
@@ -428,7 +433,28 @@ impl Worker {
                 {
                     Some(port) => {
                         let mut p = parked.remove(i);
-                        rewrite::set_macs(self.io.bytes_mut(&mut p.frame), l2.src_mac, l2.dst_mac);
+                        let f = self.io.bytes_mut(&mut p.frame);
+                        rewrite::set_macs(f, l2.src_mac, l2.dst_mac);
+                        // Too big for the link now known (DF was checked,
+                        // or it is a tunnel's or a fragment's): split it.
+                        if rewrite::ip_len(f) > l2.mtu as usize {
+                            let split = if rewrite::may_fragment(f) {
+                                self.fragment(&mut p.frame, l2.mtu)
+                            } else {
+                                Err(Drop::TooBig)
+                            };
+                            match split {
+                                Ok(rest) => {
+                                    out[port].push(p.frame);
+                                    out[port].extend(rest);
+                                }
+                                Err(why) => {
+                                    self.stats.count_drop(why);
+                                    self.io.release(p.frame);
+                                }
+                            }
+                            continue;
+                        }
                         out[port].push(p.frame);
                         continue;
                     }
@@ -616,14 +642,12 @@ fn forward(
     fragmenting(send_to(f, hop, next, shared, port_ifindex), split)
 }
 
-/// A `Send` that must be split to fit `mtu` becomes a `Fragment`; a frame
-/// that would wait for its neighbour is dropped instead (parked frames
-/// are sent as they are).
+/// A `Send` that must be split to fit `mtu` becomes a `Fragment` (a
+/// parked frame is split when its neighbour resolves).
 #[inline]
 fn fragmenting(verdict: Result<Verdict, Drop>, mtu: Option<u32>) -> Result<Verdict, Drop> {
     match (verdict, mtu) {
         (Ok(Verdict::Send(port)), Some(mtu)) => Ok(Verdict::Fragment(port, mtu)),
-        (Ok(Verdict::Park(_)), Some(_)) => Err(Drop::TooBig),
         (v, _) => v,
     }
 }
@@ -645,38 +669,35 @@ fn later_fragment(
         .ok_or(Drop::Fragment)?;
     conn.count(dir, f.len());
     let fullnat = conn.local != conn.client;
-    let next = match dir {
+    let (next, hop) = match dir {
+        // Direct routing: unchanged but for its MACs (no TTL decrement).
+        Dir::Original if conn.method == Method::Dr => {
+            (conn.real.0, routes.next_hop_onlink(conn.real.0))
+        }
+        Dir::Original if conn.method == Method::Tun => return Ok(Verdict::Tunnel(conn.real.0)),
         Dir::Original => {
-            match conn.method {
-                Method::Dr => {
-                    let hop = routes.next_hop_onlink(conn.real.0);
-                    return send_to(f, hop, conn.real.0, shared, port_ifindex);
-                }
-                Method::Tun => return Ok(Verdict::Tunnel(conn.real.0)),
-                _ => {}
-            }
             rewrite::set_dst_addr(f, conn.real.0);
             if fullnat {
                 rewrite::set_src_addr(f, conn.local.0);
             }
-            conn.real.0
+            rewrite::decrement_ttl(f)?;
+            (conn.real.0, routes.next_hop(conn.real.0))
         }
         Dir::Reply => {
             rewrite::set_src_addr(f, conn.vip.0);
             if fullnat {
                 rewrite::set_dst_addr(f, conn.client.0);
             }
-            conn.client.0
+            rewrite::decrement_ttl(f)?;
+            (conn.client.0, routes.next_hop(conn.client.0))
         }
     };
-    rewrite::decrement_ttl(f)?;
-    let hop = routes.next_hop(next);
     // Too big for the next link: split again (IPv6 fragments are never
     // split by routers: the sender learns the MTU from the first one's
-    // "packet too big").
+    // "packet too big"; a parked frame is checked when it leaves).
     let split = match hop {
         NextHop::Ready(l2) if pkt.ip_len as u32 > l2.mtu => {
-            if pkt.v6 {
+            if !rewrite::may_fragment(f) {
                 return Err(Drop::TooBig);
             }
             Some(l2.mtu)

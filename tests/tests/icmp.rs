@@ -207,14 +207,18 @@ fn oversize_datagrams_without_df_are_fragmented() {
     t.start_lvc();
     t.fullnat_pool();
     t.add_service("udp", 7, "fullnat");
-    for n in [1472usize, 1401, 3000] {
+    // A small datagram first (while the server's MAC resolves, lvc holds
+    // frames; -t 4 waits for the echo), then three that need splitting.
+    for n in [100usize, 1472, 1401, 3000] {
         let msg: Vec<u8> = (0..n).map(|i| (i * 31 + n) as u8).collect();
         let out = t.lab.exec_input(
             "client",
             &[
                 "socat",
+                "-t",
+                "4",
                 "-T",
-                "3",
+                "4",
                 "-",
                 &format!("UDP:{VIP}:7,mtudiscover=0"),
             ],
