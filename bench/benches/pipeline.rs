@@ -5,11 +5,11 @@
 
 use criterion::{Criterion, black_box, criterion_group, criterion_main};
 use lvc_bench::{flow_key, frame, server, table};
-use lvc_dataplane::checksum;
-use lvc_dataplane::parse::{Addr, FlowKey, parse};
-use lvc_dataplane::rewrite;
-use lvc_dataplane::schedule::{self, SchedState};
-use lvc_dataplane::services::Service;
+use lvc_dataplane::pipeline::checksum;
+use lvc_dataplane::pipeline::parse::{Addr, FlowKey, parse};
+use lvc_dataplane::pipeline::rewrite;
+use lvc_dataplane::pipeline::schedule::{self, SchedState};
+use lvc_dataplane::pipeline::services::Service;
 use lvc_dataplane::stats::TrafficStats;
 use lvc_proto::{Method, Scheduler};
 use std::sync::Arc;

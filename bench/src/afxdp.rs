@@ -11,8 +11,8 @@
 
 use crate::agent;
 use anyhow::{Context, Result};
-use lvc_dataplane::checksum::checksum;
-use lvc_dataplane::xsk::{Frame, IoConfig, WorkerIo};
+use lvc_dataplane::io::xsk::{Frame, IoConfig, WorkerIo};
+use lvc_dataplane::pipeline::checksum::checksum;
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering;
 use std::time::Duration;

@@ -13,9 +13,9 @@ pub mod scale;
 pub mod scenario;
 
 use lvc_dataplane::addr::Addr;
-use lvc_dataplane::conntrack::{Conn, Conntrack};
-use lvc_dataplane::parse::FlowKey;
-use lvc_dataplane::services::Server;
+use lvc_dataplane::pipeline::conntrack::{Conn, Conntrack};
+use lvc_dataplane::pipeline::parse::FlowKey;
+use lvc_dataplane::pipeline::services::Server;
 use lvc_dataplane::stats::TrafficStats;
 use lvc_proto::Method;
 use std::sync::Arc;

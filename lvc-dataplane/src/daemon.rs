@@ -8,19 +8,19 @@
 //!        └─ waits for SIGINT/SIGTERM, then stops and joins everything
 //! ```
 
-use crate::conntrack::Conntrack;
-use crate::control::{Control, ControlDeps, ControlSocket, ServedInterface};
-use crate::route::RouteMonitor;
-use crate::services::ServiceTable;
+use crate::control::{Control, ControlDeps, ControlSocket, ServedInterface, housekeeping, metrics};
+use crate::io::steer::Steering;
+use crate::io::xsk::{IoConfig, WorkerIo};
+use crate::net::route::RouteMonitor;
+use crate::pipeline::conntrack::Conntrack;
+use crate::pipeline::services::ServiceTable;
 use crate::shape::ShapeTable;
 use crate::stats::WorkerStats;
-use crate::steer::Steering;
 use crate::worker::{Shared, Worker};
-use crate::xsk::{IoConfig, WorkerIo};
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
 use lvc_proto::config::ConfigFile;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -50,8 +50,18 @@ pub fn rx_queues(iface: &str) -> anyhow::Result<u32> {
     Ok(n.max(1) as u32)
 }
 
-/// Runs the daemon until SIGINT or SIGTERM.
-pub fn run(opts: Options) -> anyhow::Result<()> {
+/// What start-up checks decide before anything is touched.
+struct Plan {
+    /// Rx queues served on every interface (one worker each).
+    queues: u32,
+    /// The `--config` file, parsed and validated.
+    initial: Option<ConfigFile>,
+    socket_gid: Option<u32>,
+}
+
+/// Checks the options: privileges, interfaces, queues, the configuration
+/// file and the socket group. Errors here leave the machine untouched.
+fn plan(opts: &Options) -> anyhow::Result<Plan> {
     if !nix_is_root() {
         bail!("lvc-dataplane must run as root (it loads an XDP program and opens AF_XDP sockets)");
     }
@@ -84,16 +94,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             );
         }
     }
-    // Config errors are reported before anything is touched.
-    let initial = match &opts.config {
-        Some(path) => Some(read_config(path)?),
-        None => None,
-    };
-    let socket_gid = match &opts.socket_group {
-        Some(g) => Some(group_id(g)?),
-        None => None,
-    };
+    Ok(Plan {
+        queues,
+        initial: opts.config.as_deref().map(read_config).transpose()?,
+        socket_gid: opts.socket_group.as_deref().map(group_id).transpose()?,
+    })
+}
 
+/// The flags that SIGINT/SIGTERM (shutdown) and SIGHUP (reload) raise.
+fn signals() -> anyhow::Result<(Arc<AtomicBool>, Arc<AtomicBool>)> {
     let shutdown = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, shutdown.clone())
@@ -102,6 +111,67 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let reload = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
         .context("cannot install signal handlers")?;
+    Ok((shutdown, reload))
+}
+
+/// Opens one worker per queue (its AF_XDP sockets entered in the XSKMAP),
+/// then attaches the XDP program to every interface: until the program is
+/// attached the kernel keeps all traffic; once attached every queue has
+/// its socket.
+fn open_workers(
+    opts: &Options,
+    queues: u32,
+    ifindexes: &[u32],
+    steering: &mut Steering,
+    shared: &Shared,
+) -> anyhow::Result<(Vec<Worker>, Vec<ServedInterface>)> {
+    let mut workers = Vec::new();
+    for q in 0..queues {
+        let io = WorkerIo::open(&opts.ifaces, q, IoConfig::default())?;
+        for slot in 0..io.ports() {
+            steering.set_socket(slot as u32, q, io.socket_fd(slot))?;
+        }
+        workers.push(Worker {
+            io,
+            port_ifindex: ifindexes.to_vec(),
+            shared: shared.clone(),
+            stats: Arc::new(WorkerStats::default()),
+        });
+    }
+    let mut served = Vec::new();
+    for (iface, &ifindex) in opts.ifaces.iter().zip(ifindexes) {
+        let mode = steering.attach(iface)?;
+        tracing::info!(
+            iface,
+            ifindex,
+            queues,
+            mode = mode.name(),
+            "XDP program attached"
+        );
+        served.push(ServedInterface {
+            name: iface.clone(),
+            ifindex,
+            queues,
+            mode,
+        });
+    }
+    Ok((workers, served))
+}
+
+/// Starts a named thread.
+fn spawn(
+    threads: &mut Vec<std::thread::JoinHandle<()>>,
+    name: impl Into<String>,
+    f: impl FnOnce() + Send + 'static,
+) -> anyhow::Result<()> {
+    threads.push(std::thread::Builder::new().name(name.into()).spawn(f)?);
+    Ok(())
+}
+
+/// Runs the daemon until SIGINT or SIGTERM.
+pub fn run(opts: Options) -> anyhow::Result<()> {
+    let plan = plan(&opts)?;
+    let (shutdown, reload) = signals()?;
 
     let (routes, route_sync) =
         RouteMonitor::start().context("cannot read routes and neighbours over rtnetlink")?;
@@ -132,42 +202,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         epoch: Instant::now(),
     };
-
-    // Sockets first, then the program: until the program is attached the
-    // kernel keeps all traffic; once attached every queue has its socket.
-    let mut workers = Vec::new();
-    let mut worker_stats = Vec::new();
-    for q in 0..queues {
-        let io = WorkerIo::open(&opts.ifaces, q, IoConfig::default())?;
-        for slot in 0..io.ports() {
-            steering.set_socket(slot as u32, q, io.socket_fd(slot))?;
-        }
-        let stats = Arc::new(WorkerStats::default());
-        worker_stats.push(stats.clone());
-        workers.push(Worker {
-            io,
-            port_ifindex: ifindexes.clone(),
-            shared: shared.clone(),
-            stats,
-        });
-    }
-    let mut served = Vec::new();
-    for (iface, &ifindex) in opts.ifaces.iter().zip(&ifindexes) {
-        let mode = steering.attach(iface)?;
-        tracing::info!(
-            iface,
-            ifindex,
-            queues,
-            mode = mode.name(),
-            "XDP program attached"
-        );
-        served.push(ServedInterface {
-            name: iface.clone(),
-            ifindex,
-            queues,
-            mode,
-        });
-    }
+    let (workers, served) = open_workers(&opts, plan.queues, &ifindexes, &mut steering, &shared)?;
+    let worker_stats = workers.iter().map(|w| w.stats.clone()).collect();
     let steering = Arc::new(Mutex::new(steering));
 
     let mut threads = Vec::new();
@@ -177,31 +213,23 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let failed = Arc::new(AtomicBool::new(false));
     for (q, w) in workers.into_iter().enumerate() {
         let (shutdown, failed) = (shutdown.clone(), failed.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name(format!("lvc-worker-{q}"))
-                .spawn(move || {
-                    if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_err() {
-                        failed.store(true, Relaxed);
-                        shutdown.store(true, Relaxed);
-                    }
-                })?,
-        );
+        spawn(&mut threads, format!("lvc-worker-{q}"), move || {
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| w.run())).is_err() {
+                failed.store(true, Relaxed);
+                shutdown.store(true, Relaxed);
+            }
+        })?;
     }
     {
         let (steering, shutdown) = (steering.clone(), shutdown.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name("lvc-route".into())
-                .spawn(move || {
-                    route_sync.run(neigh_rx, shutdown, |t| {
+        spawn(&mut threads, "lvc-route", move || {
+            route_sync.run(neigh_rx, shutdown, |t| {
                 let mut s = steering.lock().unwrap_or_else(|p| p.into_inner());
                 if let Err(e) = s.sync_locals(t.locals()) {
                     tracing::warn!(error = %e, "cannot update the director's addresses in XDP");
                 }
             })
-                })?,
-        );
+        })?;
     }
     let control = Arc::new(Control::new(ControlDeps {
         steering: steering.clone(),
@@ -214,81 +242,36 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         neigh_requests: shared.neigh_requests.clone(),
         epoch: shared.epoch,
     }));
-    if let Some(file) = &initial {
+    if let Some(file) = &plan.initial {
         control
             .replace(file)
             .map_err(|e| anyhow::anyhow!("configuration rejected: {}", e.message))?;
     }
     {
-        let (ct, control, shutdown, epoch) =
-            (conntrack, control.clone(), shutdown.clone(), shared.epoch);
-        threads.push(
-            std::thread::Builder::new()
-                .name("lvc-housekeeping".into())
-                .spawn(move || {
-                    // Age the table once a second and refresh rates every
-                    // two; look at the shutdown flag more often than that.
-                    let mut last = 0;
-                    while !shutdown.load(Relaxed) {
-                        std::thread::sleep(Duration::from_millis(200));
-                        let now = epoch.elapsed().as_secs() as u32;
-                        if now != last {
-                            last = now;
-                            ct.sweep(now);
-                            control.drain_retired();
-                            control.sweep_templates(now);
-                            if now.is_multiple_of(2) {
-                                control.sample_rates(2.0);
-                                control.sample_shaping(2.0);
-                            }
-                        }
-                    }
-                })?,
-        );
+        let (control, shutdown, epoch) = (control.clone(), shutdown.clone(), shared.epoch);
+        spawn(&mut threads, "lvc-housekeeping", move || {
+            housekeeping::run(&conntrack, &control, &shutdown, epoch)
+        })?;
     }
     if let Some(addr) = opts.metrics {
         let listener = std::net::TcpListener::bind(addr)
             .with_context(|| format!("cannot listen for metrics on {addr}"))?;
         let (control, shutdown) = (control.clone(), shutdown.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name("lvc-metrics".into())
-                .spawn(move || crate::metrics::serve(listener, control, shutdown))?,
-        );
+        spawn(&mut threads, "lvc-metrics", move || {
+            metrics::serve(listener, control, shutdown)
+        })?;
         tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
     }
-    let socket = ControlSocket::bind(&opts.socket, socket_gid)?;
+    let socket = ControlSocket::bind(&opts.socket, plan.socket_gid)?;
     tracing::info!(socket = %opts.socket.display(), "lvc-dataplane ready");
     {
         let (control, shutdown) = (control.clone(), shutdown.clone());
-        threads.push(
-            std::thread::Builder::new()
-                .name("lvc-control".into())
-                .spawn(move || socket.serve(control, shutdown))?,
-        );
+        spawn(&mut threads, "lvc-control", move || {
+            socket.serve(control, shutdown)
+        })?;
     }
 
-    while !shutdown.load(Relaxed) {
-        std::thread::sleep(Duration::from_millis(100));
-        if reload.swap(false, Relaxed) {
-            match &opts.config {
-                Some(path) => match read_config(path).and_then(|f| {
-                    control
-                        .replace(&f)
-                        .map_err(|e| anyhow::anyhow!("{}", e.message))
-                }) {
-                    Ok(()) => {
-                        tracing::info!(file = %path.display(), "SIGHUP: configuration reloaded")
-                    }
-                    Err(e) => tracing::error!(
-                        file = %path.display(),
-                        "SIGHUP: configuration rejected, the running one stays: {e:#}"
-                    ),
-                },
-                None => tracing::warn!("SIGHUP: no --config file to reload"),
-            }
-        }
-    }
+    wait_for_signals(&opts, &control, &shutdown, &reload);
     tracing::info!("shutting down");
     for t in threads {
         let _ = t.join();
@@ -301,8 +284,33 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for shutdown; on SIGHUP re-reads `--config` (all or nothing).
+fn wait_for_signals(opts: &Options, control: &Control, shutdown: &AtomicBool, reload: &AtomicBool) {
+    while !shutdown.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(100));
+        if !reload.swap(false, Relaxed) {
+            continue;
+        }
+        let Some(path) = &opts.config else {
+            tracing::warn!("SIGHUP: no --config file to reload");
+            continue;
+        };
+        match read_config(path).and_then(|f| {
+            control
+                .replace(&f)
+                .map_err(|e| anyhow::anyhow!("{}", e.message))
+        }) {
+            Ok(()) => tracing::info!(file = %path.display(), "SIGHUP: configuration reloaded"),
+            Err(e) => tracing::error!(
+                file = %path.display(),
+                "SIGHUP: configuration rejected, the running one stays: {e:#}"
+            ),
+        }
+    }
+}
+
 /// Reads and validates a configuration file.
-fn read_config(path: &std::path::Path) -> anyhow::Result<ConfigFile> {
+fn read_config(path: &Path) -> anyhow::Result<ConfigFile> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     ConfigFile::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))

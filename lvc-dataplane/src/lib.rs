@@ -1,33 +1,28 @@
 //! lvc's dataplane.
 //!
-//! The per-packet path, one module per stage, each working on a batch:
+//! The folders are the architecture:
 //!
 //! ```text
-//! rx (xsk) → parse → conntrack → schedule → rewrite → tx (xsk)
+//! io/        rx/tx: AF_XDP sockets and UMEM (xsk, the only `unsafe`),
+//!            the XDP program and its maps (steer)
+//! pipeline/  what runs per packet, no I/O:
+//!            parse → conntrack → schedule → rewrite (+ icmp, fragments)
+//! shape/     the shape stage between rewrite and tx
+//! net/       the kernel's routes and neighbours, mirrored (route thread)
+//! control/   never per packet: config edits, publication, queries, the
+//!            control socket, metrics, housekeeping
+//! worker     the loop that drives io → pipeline → shape → io
+//! daemon     start-up and thread wiring
 //! ```
-//!
-//! `worker` drives the stages; `steer` owns the XDP program and its maps;
-//! `route` follows the kernel's routes and neighbours; `control` answers
-//! `lvc-ctl`. Only `xsk` contains `unsafe` code.
 
 #![deny(unsafe_code)]
 
 pub mod addr;
-pub mod checksum;
-pub mod conntrack;
 pub mod control;
 pub mod daemon;
-pub mod icmp;
-pub mod metrics;
-pub mod parse;
-pub mod rewrite;
-pub mod route;
-pub mod schedule;
-pub mod services;
+pub mod io;
+pub mod net;
+pub mod pipeline;
 pub mod shape;
-pub mod snat;
 pub mod stats;
-pub mod steer;
 pub mod worker;
-#[allow(unsafe_code)]
-pub mod xsk;

@@ -9,19 +9,19 @@
 //! finally kick TX, reap completions and refill the fill rings.
 
 use crate::addr::Addr;
-use crate::conntrack::{Conn, Conntrack, Dir, opens_connection};
-use crate::icmp;
-use crate::parse::{
+use crate::io::xsk::{Frame, WorkerIo};
+use crate::net::route::{NeighRequest, NextHop, RouteTable};
+use crate::pipeline::conntrack::{Conn, Conntrack, Dir, opens_connection};
+use crate::pipeline::icmp;
+use crate::pipeline::parse::{
     ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, Packet, parse,
 };
-use crate::rewrite;
-use crate::route::{NeighRequest, NextHop, RouteTable};
-use crate::schedule;
-use crate::services::{Persistence, Server, Service, ServiceTable, Template};
+use crate::pipeline::rewrite;
+use crate::pipeline::schedule;
+use crate::pipeline::services::{Persistence, Server, Service, ServiceTable, Template};
 use crate::shape::classify::{self, FlowMeta};
 use crate::shape::{Enqueued, MAX_HELD, PortShaper, ShapeTable};
 use crate::stats::{Drop, WorkerStats, bump};
-use crate::xsk::{Frame, WorkerIo};
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
 use lvc_proto::Method;
@@ -839,7 +839,7 @@ fn persistent_pick<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::SchedState;
+    use crate::pipeline::schedule::SchedState;
     use crate::stats::TrafficStats;
     use lvc_proto::{Method, Scheduler};
 
@@ -919,16 +919,16 @@ mod tests {
         let p = svc.persistence.clone().unwrap();
         let table = ServiceTable::new([Arc::new(svc)]);
         let pkt = Packet {
-            key: crate::parse::FlowKey {
+            key: crate::pipeline::parse::FlowKey {
                 src: Addr::v4(7),
                 dst: Addr::v4(0x0a09_000a),
                 sport: 1000,
                 dport: 80,
-                proto: crate::parse::PROTO_TCP,
+                proto: crate::pipeline::parse::PROTO_TCP,
             },
             l4_off: 34,
             ip_len: 40,
-            tcp_flags: crate::parse::TCP_SYN,
+            tcp_flags: crate::pipeline::parse::TCP_SYN,
             icmp: None,
             frag: None,
             v6: false,

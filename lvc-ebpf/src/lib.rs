@@ -2,7 +2,7 @@
 //!
 //! The program itself is C (`src/bpf/lvc_xdp.c`), compiled by `build.rs` with
 //! `clang -target bpf` and embedded here as [`XDP_OBJECT`]. Loading and
-//! attaching it is the dataplane's job (`lvc_dataplane::steer`); this crate
+//! attaching it is the dataplane's job (`lvc_dataplane::io::steer`); this crate
 //! only owns the object and the `#[repr(C)]` key/value layouts, so the two
 //! sides of every map are defined exactly once each.
 

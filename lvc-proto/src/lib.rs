@@ -191,6 +191,56 @@ pub enum Request {
     ShapeList {},
 }
 
+/// What a request does, so that the daemon dispatches on one exhaustive
+/// match here: a new verb is classified where it is declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestKind {
+    /// Changes services or real servers: applied to a copy of the
+    /// configuration, validated, published all or nothing.
+    ConfigEdit,
+    /// Changes the shaping configuration (validated and compiled whole).
+    ShapeEdit,
+    /// Changes something else the daemon holds (timeouts, counters, the
+    /// fullnat pool, the whole configuration at once).
+    Setting,
+    /// Reads and changes nothing.
+    Query,
+}
+
+impl Request {
+    /// The kind of this request.
+    pub fn kind(&self) -> RequestKind {
+        use RequestKind::*;
+        match self {
+            Request::AddService { .. }
+            | Request::DelService { .. }
+            | Request::AddServer { .. }
+            | Request::DelServer { .. }
+            | Request::EditService { .. }
+            | Request::EditServer { .. }
+            | Request::Clear {} => ConfigEdit,
+            Request::ShapeSetRoot { .. }
+            | Request::ShapeDelRoot { .. }
+            | Request::ShapeAddClass { .. }
+            | Request::ShapeChangeClass { .. }
+            | Request::ShapeDelClass { .. }
+            | Request::ShapeAddFilter { .. }
+            | Request::ShapeDelFilter { .. }
+            | Request::ShapeAddPolice { .. }
+            | Request::ShapeDelPolice { .. } => ShapeEdit,
+            Request::Zero { .. }
+            | Request::SetTimeouts { .. }
+            | Request::SetLocalPool { .. }
+            | Request::Restore { .. } => Setting,
+            Request::Save {}
+            | Request::Conns { .. }
+            | Request::List {}
+            | Request::Status {}
+            | Request::ShapeList {} => Query,
+        }
+    }
+}
+
 pub fn default_weight() -> u32 {
     1
 }

@@ -1,8 +1,8 @@
 //! The XDP steering program, run through BPF_PROG_TEST_RUN on crafted
 //! frames (privileged: loads BPF, binds an AF_XDP socket in a namespace).
 
-use lvc_dataplane::steer::Steering;
-use lvc_dataplane::xsk::{IoConfig, WorkerIo};
+use lvc_dataplane::io::steer::Steering;
+use lvc_dataplane::io::xsk::{IoConfig, WorkerIo};
 use lvc_ebpf::{EndpointKey, Stat};
 use lvc_tests::{Lab, netns, privileged};
 use std::collections::HashSet;
@@ -106,7 +106,7 @@ fn xdp_program_steers_exactly_lvc_traffic() {
     std::thread::spawn(move || {
         netns::enter(&ns).expect("enter namespace");
         // (/sys still shows the original namespace: ask rtnetlink.)
-        let (routes, _) = lvc_dataplane::route::RouteMonitor::start().expect("rtnetlink");
+        let (routes, _) = lvc_dataplane::net::route::RouteMonitor::start().expect("rtnetlink");
         let ifindex = routes.table.load().link_by_name("v0").expect("v0").ifindex;
         let mut st = Steering::load().expect("program loads and passes the verifier");
         let io = WorkerIo::open(&["v0".to_owned()], 0, IoConfig::default())

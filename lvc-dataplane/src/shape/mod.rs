@@ -16,7 +16,7 @@ pub mod qdisc;
 pub mod tree;
 
 use crate::addr::Addr;
-use crate::xsk::Frame;
+use crate::io::xsk::Frame;
 use bucket::TokenBucket;
 use classify::{Classifier, FlowMeta, Header};
 use lvc_proto::ServiceKey;

@@ -6,8 +6,8 @@
 //! checksum (IPv6 has none) and the TCP/UDP checksum (whose pseudo-header
 //! covers addresses).
 
-use crate::checksum::{update_words, update16, update32};
-use crate::parse::{Addr, ETH_HLEN, PROTO_UDP, Packet, be16};
+use crate::pipeline::checksum::{update_words, update16, update32};
+use crate::pipeline::parse::{Addr, ETH_HLEN, PROTO_UDP, Packet, be16};
 use crate::stats::Drop;
 
 const IP_TTL: usize = ETH_HLEN + 8;
@@ -200,7 +200,7 @@ pub fn encap_ipip(f: &mut [u8], len: usize, src: Addr, dst: Addr) {
     h[2..4].copy_from_slice(&total.to_be_bytes());
     h[12..16].copy_from_slice(src.wire());
     h[16..20].copy_from_slice(dst.wire());
-    let c = crate::checksum::checksum(h);
+    let c = crate::pipeline::checksum::checksum(h);
     h[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
@@ -303,7 +303,7 @@ fn fragment_header(f: &mut [u8], ip_len: usize, offset: usize, more: bool) {
         (offset / 8) as u16 | if more { 0x2000 } else { 0 },
     );
     put16(f, IP_CSUM, 0);
-    let c = crate::checksum::checksum(&f[ip..ip + ihl]);
+    let c = crate::pipeline::checksum::checksum(&f[ip..ip + ihl]);
     put16(f, IP_CSUM, c);
 }
 
@@ -317,10 +317,10 @@ pub fn set_macs(f: &mut [u8], src: [u8; 6], dst: [u8; 6]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::parse::fixtures::{
+    use crate::pipeline::parse::fixtures::{
         a, checksums_ok, frame, frame6, l4_checksum6, reassemble6, split6,
     };
-    use crate::parse::{TCP_SYN, parse};
+    use crate::pipeline::parse::{TCP_SYN, parse};
 
     #[test]
     fn dnat_and_snat_keep_checksums_valid() {
@@ -406,7 +406,11 @@ mod tests {
             Addr::v4(0x0a02_000b),
         );
         assert_eq!(&f[34..], &orig[14..], "inner packet unchanged");
-        assert_eq!(crate::checksum::checksum(&f[14..34]), 0, "outer checksum");
+        assert_eq!(
+            crate::pipeline::checksum::checksum(&f[14..34]),
+            0,
+            "outer checksum"
+        );
         assert_eq!(f[14 + 9], 4, "IPIP");
         assert_eq!(f[14 + 6] & 0x40, 0x40, "DF copied");
         assert_eq!(be16(&f, 16) as usize, orig.len() - 14 + 20);
@@ -421,7 +425,7 @@ mod tests {
         let p = parse(&f).unwrap();
         set_dst(&mut f, &p, Addr::v4(0x0303_0303), 3);
         assert_eq!(&f[40..42], &[0, 0]);
-        assert_eq!(crate::checksum::checksum(&f[14..34]), 0);
+        assert_eq!(crate::pipeline::checksum::checksum(&f[14..34]), 0);
     }
 
     #[test]
@@ -502,7 +506,10 @@ mod tests {
                 let len = usize::from(be16(g, ETH_HLEN + 2));
                 assert_eq!(len, g.len() - ETH_HLEN);
                 assert!(len <= mtu, "mtu {mtu}: piece {i} is {len}");
-                assert_eq!(crate::checksum::checksum(&g[ETH_HLEN..ETH_HLEN + 20]), 0);
+                assert_eq!(
+                    crate::pipeline::checksum::checksum(&g[ETH_HLEN..ETH_HLEN + 20]),
+                    0
+                );
                 let fl = be16(g, ETH_HLEN + 6);
                 let off = usize::from(fl & 0x1fff) * 8;
                 assert_eq!(fl & 0x2000 != 0, i + 1 < pieces.len(), "MF of piece {i}");
@@ -545,7 +552,10 @@ mod tests {
             &r[ETH_HLEN + 20..ETH_HLEN + 28],
             &[0x83, 7, 4, 9, 9, 9, 9, 0]
         );
-        assert_eq!(crate::checksum::checksum(&r[ETH_HLEN..ETH_HLEN + 28]), 0);
+        assert_eq!(
+            crate::pipeline::checksum::checksum(&r[ETH_HLEN..ETH_HLEN + 28]),
+            0
+        );
         let data: Vec<u8> = std::iter::once(&g[ETH_HLEN + 32..n])
             .chain(rest.iter().map(|r| &r[ETH_HLEN + 28..]))
             .flatten()

@@ -383,7 +383,7 @@ pub fn be16(b: &[u8], at: usize) -> u16 {
 #[cfg(test)]
 pub(crate) mod fixtures {
     //! Frame builders shared by the pipeline's unit tests.
-    use crate::checksum::checksum;
+    use crate::pipeline::checksum::checksum;
 
     /// Builds an Ethernet/IPv4/TCP or UDP frame with valid checksums.
     pub fn frame(

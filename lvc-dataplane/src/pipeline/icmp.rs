@@ -9,9 +9,9 @@
 //! originates "fragmentation needed"/"packet too big" and "time exceeded"
 //! in either.
 
-use crate::checksum::{checksum, update_words, update16, update32};
-use crate::conntrack::{Conn, Dir};
-use crate::parse::{Addr, ETH_HLEN, IcmpError, PROTO_UDP, Packet, be16};
+use crate::pipeline::checksum::{checksum, update_words, update16, update32};
+use crate::pipeline::conntrack::{Conn, Dir};
+use crate::pipeline::parse::{Addr, ETH_HLEN, IcmpError, PROTO_UDP, Packet, be16};
 
 const IP_CSUM: usize = 10;
 const IP_SRC: usize = 12;
@@ -284,10 +284,12 @@ fn icmp6_checksum(src: &Addr, dst: &Addr, msg: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conntrack::Conntrack;
-    use crate::parse::fixtures::{a, frame, frame6, icmp_error};
-    use crate::parse::{ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, TCP_SYN, parse};
-    use crate::services::Server;
+    use crate::pipeline::conntrack::Conntrack;
+    use crate::pipeline::parse::fixtures::{a, frame, frame6, icmp_error};
+    use crate::pipeline::parse::{
+        ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, TCP_SYN, parse,
+    };
+    use crate::pipeline::services::Server;
     use crate::stats::TrafficStats;
     use lvc_proto::Method;
     use std::sync::Arc;
@@ -500,7 +502,7 @@ mod tests {
         inner.extend_from_slice(&f[62..]);
         let at = 54 + if inner[20] == 6 { 16 } else { 6 };
         icmp6_checksum(&src, &dst, &f[54..]) == 0
-            && be16(&inner, at) == crate::parse::fixtures::l4_checksum6(&inner)
+            && be16(&inner, at) == crate::pipeline::parse::fixtures::l4_checksum6(&inner)
     }
 
     fn conn6(method: Method) -> Conn {

@@ -7,7 +7,7 @@
 //! Weight 0 means quiescent everywhere: no new connections.
 
 use crate::addr::Addr;
-use crate::services::{Server, Service};
+use crate::pipeline::services::{Server, Service};
 use lvc_proto::Scheduler;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};

@@ -6,8 +6,8 @@
 //! lock and without pausing forwarding.
 
 use crate::addr::Addr;
-use crate::schedule::SchedState;
-use crate::snat::SnatPool;
+use crate::pipeline::schedule::SchedState;
+use crate::pipeline::snat::SnatPool;
 use crate::stats::TrafficStats;
 use dashmap::DashMap;
 use lvc_proto::{Method, ServiceKey};

@@ -1,0 +1,29 @@
+//! Housekeeping: once a second, ages the connection table, forgets
+//! drained `nat` endpoints and fullnat pools, expires persistence
+//! templates; every two seconds, refreshes rates. Never per packet.
+
+use super::Control;
+use crate::pipeline::conntrack::Conntrack;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Runs until `shutdown`, looking at it more often than once a second.
+pub fn run(ct: &Conntrack, control: &Control, shutdown: &Arc<AtomicBool>, epoch: Instant) {
+    let mut last = 0;
+    while !shutdown.load(Relaxed) {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = epoch.elapsed().as_secs() as u32;
+        if now == last {
+            continue;
+        }
+        last = now;
+        ct.sweep(now);
+        control.drain_retired();
+        control.sweep_templates(now);
+        if now.is_multiple_of(2) {
+            control.sample_rates(2.0);
+            control.sample_shaping(2.0);
+        }
+    }
+}

@@ -1,0 +1,480 @@
+//! Making a configuration live, all or nothing: the service table the
+//! workers read, the XDP maps, the fullnat pool, shaping and timeouts. On
+//! any failure the previous state is put back everywhere.
+
+use super::config::{Config, ServiceConf, edit, no_service};
+use super::{Control, err};
+use crate::net::route::NextHop;
+use crate::pipeline::schedule::SchedState;
+use crate::pipeline::services::{Server, Service, ServiceTable};
+use crate::pipeline::snat::SnatPool;
+use crate::shape::ShapeTable;
+use crate::stats::TrafficStats;
+use lvc_ebpf::{AddrKey, EndpointKey, PortRanges};
+use lvc_proto::config::{ConfigFile, Timeouts};
+use lvc_proto::shape::ShapeConfig;
+use lvc_proto::{ErrorCode, ErrorReply, Method, Request, ServiceKey, check_local_pool};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+#[derive(Default)]
+pub(super) struct Pools {
+    pub(super) current: Option<Arc<SnatPool>>,
+    pub(super) retired: Vec<Arc<SnatPool>>,
+}
+
+impl Pools {
+    pub(super) fn addrs(&self) -> Vec<IpAddr> {
+        self.current
+            .as_ref()
+            .map(|p| p.addresses())
+            .unwrap_or_default()
+    }
+
+    /// Makes `addrs` the pool; the old one retires if ports are in use.
+    pub(super) fn set(&mut self, addrs: &[IpAddr]) {
+        if self.addrs() == addrs {
+            return;
+        }
+        if let Some(old) = self.current.take().filter(|p| p.in_use() > 0) {
+            self.retired.push(old);
+        }
+        self.current = (!addrs.is_empty()).then(|| Arc::new(SnatPool::new(addrs)));
+    }
+
+    /// Every address XDP must steer to lvc.
+    pub(super) fn steered(&self) -> Vec<IpAddr> {
+        self.current
+            .iter()
+            .chain(self.retired.iter().filter(|p| p.in_use() > 0))
+            .flat_map(|p| p.addresses())
+            .collect()
+    }
+}
+
+impl Control {
+    /// Applies a list of changes atomically: all of them or none.
+    pub fn apply(&self, changes: &[Request]) -> Result<(), ErrorReply> {
+        let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = cfg.clone();
+        let pool = self.pool_addrs();
+        for c in changes {
+            edit(&mut next, c, &pool)?;
+        }
+        self.commit(&mut cfg, next)
+    }
+
+    /// Publishes `next` and makes it the configuration, or puts `cfg` back
+    /// in place everywhere if that fails.
+    pub(super) fn commit(&self, cfg: &mut Config, next: Config) -> Result<(), ErrorReply> {
+        // nat endpoints leaving the configuration keep steering their
+        // replies to lvc while they have connections.
+        let staying: HashSet<EndpointKey> = nat_endpoints(&next).map(|(k, _)| k).collect();
+        let leaving: Vec<(EndpointKey, Arc<TrafficStats>)> = nat_endpoints(cfg)
+            .filter(|(k, st)| !staying.contains(k) && has_conns(st))
+            .map(|(k, st)| (k, st.clone()))
+            .collect();
+        let mark = {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let mark = retired.len();
+            retired.extend(leaving);
+            mark
+        };
+        self.publish(&next).inspect_err(|e| {
+            self.retired.lock().unwrap_or_else(|p| p.into_inner()).truncate(mark);
+            if let Err(again) = self.publish(cfg) {
+                tracing::error!(error = %e.message, rollback = %again.message, "configuration rollback failed");
+            }
+        })?;
+        *cfg = next;
+        self.resolve_servers(cfg);
+        Ok(())
+    }
+
+    /// Makes the running configuration exactly `file` (restore, SIGHUP,
+    /// `--config` at start), all or nothing. Services and servers present
+    /// before and after keep their counters; connections are never touched.
+    pub fn replace(&self, file: &ConfigFile) -> Result<(), ErrorReply> {
+        let changes = file
+            .requests()
+            .map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+        // Shaping first: compiled (and so checked against the served
+        // interfaces) before anything changes, published after services.
+        let mut shape_cfg = self.shape_config.lock().unwrap_or_else(|p| p.into_inner());
+        // Unchanged shaping keeps running as it is (tokens, queues).
+        let shaping = if *shape_cfg == file.shape {
+            None
+        } else {
+            Some(self.build_shaping(&file.shape)?)
+        };
+        let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = Config::new();
+        let pool = file.local_pool();
+        for c in &changes {
+            edit(&mut next, c, pool)?;
+        }
+        // Carry counters (and the rr cursor) over for what is unchanged.
+        for (key, svc) in next.iter_mut() {
+            if let Some(old) = cfg.get(key) {
+                svc.stats = old.stats.clone();
+                svc.rr = old.rr.clone();
+                if let (Some(new), Some(was)) = (&mut svc.persistence, &old.persistence)
+                    && (new.timeout, new.netmask) == (was.timeout, was.netmask)
+                {
+                    new.templates = was.templates.clone();
+                }
+                for r in svc.servers.iter_mut() {
+                    if let Some(o) = old.servers.iter().find(|o| o.addr == r.addr) {
+                        r.stats = o.stats.clone();
+                    }
+                }
+            }
+        }
+        let before = self.pool_addrs();
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(pool);
+        self.commit(&mut cfg, next).inspect_err(|_| {
+            self.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set(&before);
+        })?;
+        if let Some(t) = &file.timeouts {
+            self.store_timeouts(t);
+        }
+        if let Some(s) = shaping {
+            self.shaping.store(Arc::new(s));
+            *shape_cfg = file.shape.clone();
+        }
+        Ok(())
+    }
+
+    /// Sets the fullnat local pool (all or nothing).
+    pub(super) fn set_pool(&self, addrs: &[IpAddr]) -> Result<(), ErrorReply> {
+        check_local_pool(addrs).map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+        let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((key, _)) = cfg.iter().find(|(k, s)| {
+            s.servers.iter().any(|r| r.method == Method::Fullnat)
+                && !addrs.iter().any(|a| a.is_ipv4() == k.vip.is_ipv4())
+        }) {
+            return Err(err(
+                ErrorCode::InvalidArgument,
+                format!(
+                    "service {key} has fullnat servers: the local pool must keep an address of \
+                     its family"
+                ),
+            ));
+        }
+        let before = self.pool_addrs();
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(addrs);
+        let next = cfg.clone();
+        self.commit(&mut cfg, next).inspect_err(|_| {
+            self.pool
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set(&before);
+        })
+    }
+
+    pub(super) fn pool_addrs(&self) -> Vec<IpAddr> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).addrs()
+    }
+
+    /// Asks for the real servers' MACs now, so the first connection to a
+    /// new server does not wait for ARP.
+    pub(super) fn resolve_servers(&self, cfg: &Config) {
+        let routes = self.routes.load();
+        for r in cfg.values().flat_map(|s| &s.servers) {
+            if let NextHop::Unresolved(req) = routes.next_hop(r.addr.ip().into()) {
+                let _ = self.neigh_requests.try_send(req);
+            }
+        }
+    }
+
+    /// Makes `cfg` the running configuration: service table, then maps.
+    pub(super) fn publish(&self, cfg: &Config) -> Result<(), ErrorReply> {
+        let table = ServiceTable::new(cfg.iter().map(|(key, s)| {
+            let servers: Vec<Arc<Server>> = s
+                .servers
+                .iter()
+                .map(|r| {
+                    Arc::new(Server {
+                        addr: r.addr.ip().into(),
+                        port: r.addr.port(),
+                        weight: r.weight,
+                        method: r.method,
+                        stats: r.stats.clone(),
+                    })
+                })
+                .collect();
+            Arc::new(Service {
+                key: *key,
+                sched: SchedState::build(s.scheduler, &servers, s.rr.clone()),
+                servers,
+                stats: s.stats.clone(),
+                persistence: s.persistence.clone(),
+            })
+        }));
+        let (vips, vipranges) = vip_steering(cfg)?;
+        let fragvips: HashSet<AddrKey> = cfg
+            .keys()
+            .map(|k| AddrKey::with_proto(k.vip, k.proto.number()))
+            .collect();
+        let reals = self.reals(cfg);
+        let (table, steered) = {
+            let pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            (table.with_snat(pools.current.clone()), pools.steered())
+        };
+        // Workers learn about new services before the XDP program sends
+        // them traffic, and forget removed ones only after it stops.
+        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+        self.services.store(Arc::new(table));
+        steering
+            .sync_vips(&vips)
+            .and_then(|_| steering.sync_vipranges(&vipranges))
+            .and_then(|_| steering.sync_reals(&reals))
+            .and_then(|_| steering.sync_snat(&steered))
+            .and_then(|_| steering.sync_fragvips(&fragvips))
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+    }
+
+    /// `nat` endpoints whose replies XDP must hand to lvc: those configured,
+    /// plus removed ones that still have connections (so deleting a server
+    /// does not cut its live connections off).
+    pub(super) fn reals(&self, cfg: &Config) -> HashSet<EndpointKey> {
+        let mut reals: HashSet<EndpointKey> = nat_endpoints(cfg).map(|(k, _)| k).collect();
+        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+        reals.extend(
+            retired
+                .iter()
+                .filter(|(_, st)| has_conns(st))
+                .map(|(k, _)| *k),
+        );
+        reals
+    }
+
+    /// Forgets removed `nat` endpoints whose last connection is gone
+    /// (housekeeping calls this every second).
+    pub fn drain_retired(&self) {
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let drained_pool = {
+            let mut pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+            let before = pools.retired.len();
+            pools.retired.retain(|p| p.in_use() > 0);
+            (pools.retired.len() != before).then(|| pools.steered())
+        };
+        if let Some(addrs) = drained_pool {
+            let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = steering.sync_snat(&addrs) {
+                tracing::warn!(error = %e, "cannot update the XDP snat map");
+            }
+        }
+        {
+            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
+            let before = retired.len();
+            retired.retain(|(_, st)| has_conns(st));
+            if retired.len() == before {
+                return;
+            }
+        }
+        let reals = self.reals(&cfg);
+        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = steering.sync_reals(&reals) {
+            tracing::warn!(error = %e, "cannot update the XDP reals map");
+        }
+    }
+
+    /// Expires persistence templates (housekeeping, every second).
+    pub fn sweep_templates(&self, now: u32) {
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        for p in cfg.values().filter_map(|s| s.persistence.as_ref()) {
+            p.sweep(now);
+        }
+    }
+
+    /// Applies one shaping change: to a copy, validated and compiled as a
+    /// whole, then published; on any error the running shaping stays.
+    pub(super) fn shape(&self, req: &Request) -> Result<(), ErrorReply> {
+        let mut cfg = self.shape_config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = cfg.clone();
+        crate::shape::edit::edit(&mut next, req)?;
+        self.publish_shaping(&next)?;
+        *cfg = next;
+        Ok(())
+    }
+
+    /// Compiles `cfg` for the served interfaces and hands it to the
+    /// workers (counters of classes that stay carry over).
+    pub(super) fn publish_shaping(&self, cfg: &ShapeConfig) -> Result<(), ErrorReply> {
+        let table = self.build_shaping(cfg)?;
+        self.shaping.store(Arc::new(table));
+        Ok(())
+    }
+
+    pub(super) fn build_shaping(&self, cfg: &ShapeConfig) -> Result<ShapeTable, ErrorReply> {
+        let served = |dev: &str| {
+            self.interfaces
+                .iter()
+                .find(|i| i.name == dev)
+                .map(|i| i.ifindex)
+        };
+        let names: Vec<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
+        ShapeTable::build(
+            cfg,
+            served,
+            &self.shaping.load(),
+            self.epoch.elapsed().as_nanos() as u64,
+        )
+        .map_err(|e| {
+            let e = if e.contains("not one lvc serves") {
+                format!("{e} (lvc serves {})", names.join(", "))
+            } else {
+                e
+            };
+            err(ErrorCode::InvalidArgument, e)
+        })
+    }
+
+    pub(super) fn set_timeouts(
+        &self,
+        tcp: Option<u32>,
+        tcpfin: Option<u32>,
+        udp: Option<u32>,
+    ) -> Result<(), ErrorReply> {
+        let cur = self.timeouts();
+        let pick = |v: Option<u32>, old: u32| v.filter(|&v| v != 0).unwrap_or(old);
+        let next = Timeouts {
+            tcp: pick(tcp, cur.tcp),
+            tcpfin: pick(tcpfin, cur.tcpfin),
+            udp: pick(udp, cur.udp),
+        };
+        next.validate()
+            .map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+        self.store_timeouts(&next);
+        Ok(())
+    }
+
+    pub(super) fn store_timeouts(&self, t: &Timeouts) {
+        let old = self.timeouts();
+        let ct = &self.conntrack.timeouts;
+        ct.tcp.store(t.tcp, Relaxed);
+        ct.tcpfin.store(t.tcpfin, Relaxed);
+        ct.udp.store(t.udp, Relaxed);
+        // Connections are filed by expiry: a shorter timeout must move
+        // them forward now.
+        if t.tcp < old.tcp || t.tcpfin < old.tcpfin || t.udp < old.udp {
+            self.conntrack.refile_all();
+        }
+    }
+
+    pub(super) fn zero(&self, service: Option<&ServiceKey>) -> Result<(), ErrorReply> {
+        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let selected: Vec<&ServiceConf> = match service {
+            Some(k) => vec![cfg.get(k).ok_or_else(|| no_service(k))?],
+            None => cfg.values().collect(),
+        };
+        for s in selected {
+            s.stats.zero();
+            for r in &s.servers {
+                r.stats.zero();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every `nat` server endpoint of a configuration, with its counters.
+pub(super) fn nat_endpoints(
+    cfg: &Config,
+) -> impl Iterator<Item = (EndpointKey, &Arc<TrafficStats>)> {
+    cfg.iter().flat_map(|(key, s)| {
+        s.servers
+            .iter()
+            .filter(|r| r.method == Method::Nat)
+            .flat_map(move |r| {
+                // A server without a port answers from each listed port.
+                let ports: Vec<u16> = match r.addr.port() {
+                    0 => key.ports.ranges().iter().map(|&(p, _)| p).collect(),
+                    p => vec![p],
+                };
+                ports.into_iter().map(move |p| {
+                    (
+                        EndpointKey::new(r.addr.ip(), key.proto.number(), p),
+                        &r.stats,
+                    )
+                })
+            })
+    })
+}
+
+pub(super) fn has_conns(st: &TrafficStats) -> bool {
+    st.active() + st.inactive() > 0
+}
+
+/// What the XDP program needs to recognise every service's packets: the
+/// single ports (`vips`) and, per VIP and protocol, the port ranges.
+pub(super) fn vip_steering(
+    cfg: &Config,
+) -> Result<(HashSet<EndpointKey>, HashMap<AddrKey, PortRanges>), ErrorReply> {
+    let mut vips = HashSet::new();
+    let mut ranges: HashMap<AddrKey, Vec<(u16, u16)>> = HashMap::new();
+    for k in cfg.keys() {
+        for &(lo, hi) in k.ports.ranges() {
+            if lo == hi {
+                vips.insert(EndpointKey::new(k.vip, k.proto.number(), lo));
+            } else {
+                ranges
+                    .entry(AddrKey::with_proto(k.vip, k.proto.number()))
+                    .or_default()
+                    .push((lo, hi));
+            }
+        }
+    }
+    let ranges = ranges
+        .into_iter()
+        .map(|(key, r)| {
+            let v = PortRanges::new(&r).ok_or_else(|| {
+                err(
+                    ErrorCode::InvalidArgument,
+                    format!(
+                        "the services of one VIP and protocol may cover at most {} port ranges",
+                        lvc_ebpf::MAX_RANGES
+                    ),
+                )
+            })?;
+            Ok((key, v))
+        })
+        .collect::<Result<_, ErrorReply>>()?;
+    Ok((vips, ranges))
+}
+
+impl Control {
+    /// Applies a request of kind `Setting`.
+    pub(super) fn setting(&self, req: Request) -> Result<(), ErrorReply> {
+        match req {
+            Request::Restore { config } => {
+                let file = ConfigFile::parse(&config).map_err(|e| {
+                    err(
+                        ErrorCode::InvalidArgument,
+                        format!("configuration rejected: {e}"),
+                    )
+                })?;
+                self.replace(&file)
+            }
+            Request::SetTimeouts { tcp, tcpfin, udp } => self.set_timeouts(tcp, tcpfin, udp),
+            Request::Zero { service } => self.zero(service.as_ref()),
+            Request::SetLocalPool { addrs } => self.set_pool(&addrs),
+            other => Err(err(
+                ErrorCode::Internal,
+                format!("{:?} is not a setting", other.kind()),
+            )),
+        }
+    }
+}
