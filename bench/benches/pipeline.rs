@@ -8,7 +8,7 @@ use lvc_bench::{flow_key, frame, server, table};
 use lvc_dataplane::pipeline::checksum;
 use lvc_dataplane::pipeline::parse::{Addr, FlowKey, parse};
 use lvc_dataplane::pipeline::rewrite;
-use lvc_dataplane::pipeline::schedule::{self, SchedState};
+use lvc_dataplane::pipeline::schedule::SchedState;
 use lvc_dataplane::pipeline::services::Service;
 use lvc_dataplane::stats::TrafficStats;
 use lvc_proto::{Method, Scheduler};
@@ -46,7 +46,7 @@ fn stages(c: &mut Criterion) {
         c.bench_function(&format!("schedule/{}_8", kind.name()), |b| {
             b.iter(|| {
                 client = client.wrapping_add(0x9e37_79b9);
-                schedule::pick(black_box(&svc), Addr::v4(client)).is_some()
+                black_box(&svc).pick(Addr::v4(client)).is_some()
             })
         });
     }

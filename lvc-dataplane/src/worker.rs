@@ -17,7 +17,6 @@ use crate::pipeline::parse::{
     ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, Packet, parse,
 };
 use crate::pipeline::rewrite;
-use crate::pipeline::schedule;
 use crate::pipeline::services::{Persistence, Server, Service, ServiceTable, Template};
 use crate::shape::classify::{self, FlowMeta};
 use crate::shape::{Enqueued, MAX_HELD, PortShaper, ShapeTable};
@@ -752,7 +751,7 @@ fn new_conn(
         return Err(Drop::NoFlow);
     }
     let (server, template) = match &svc.persistence {
-        None => (schedule::pick(svc, k.src).ok_or(Drop::NoServer)?, None),
+        None => (svc.pick(k.src).ok_or(Drop::NoServer)?, None),
         Some(p) => persistent_pick(svc, p, k.src, now)?,
     };
     // A port-0 service keeps the client's destination port.
@@ -814,7 +813,7 @@ fn persistent_pick<'a>(
         t.last_used.store(now, Relaxed);
         return Ok((s, Some(t.clone())));
     }
-    let server = schedule::pick(svc, client).ok_or(Drop::NoServer)?;
+    let server = svc.pick(client).ok_or(Drop::NoServer)?;
     let t = Arc::new(Template {
         server: (server.addr, server.port),
         last_used: AtomicU32::new(now),

@@ -43,10 +43,14 @@ impl Default for IoConfig {
             ring_size: 2048,
             frame_size: 4096,
             skb_mode: false,
-            queue_frames: crate::shape::MAX_HELD as u32,
+            queue_frames: HELD_FRAMES as u32,
         }
     }
 }
+
+/// Frames a worker's UMEM has beyond what its rings need: what it may
+/// hold past one iteration (shaping queues), all interfaces together.
+pub const HELD_FRAMES: usize = 4096;
 
 /// A UMEM frame owned by userspace. Not `Clone`: exactly one owner.
 #[derive(Debug)]

@@ -7,10 +7,20 @@
 //! Weight 0 means quiescent everywhere: no new connections.
 
 use crate::addr::Addr;
-use crate::pipeline::services::{Server, Service};
-use lvc_proto::Scheduler;
+use crate::stats::TrafficStats;
+use lvc_proto::{Method, Scheduler};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+/// A real server as the workers see it.
+#[derive(Debug)]
+pub struct Server {
+    pub addr: Addr,
+    pub port: u16,
+    pub weight: u32,
+    pub method: Method,
+    pub stats: Arc<TrafficStats>,
+}
 
 /// Maglev lookup table size (a prime, as in Katran).
 pub const MAGLEV_SIZE: usize = 65537;
@@ -54,12 +64,15 @@ impl SchedState {
     }
 }
 
-/// Chooses the real server for a new connection from `client` to `svc`,
-/// or `None` if no server takes new connections.
+/// Chooses the real server for a new connection from `client` among a
+/// service's `servers` (scheduled by `st`, built for them), or `None` if
+/// no server takes new connections.
 #[inline]
-pub fn pick(svc: &Service, client: Addr) -> Option<&Arc<Server>> {
-    let servers = &svc.servers;
-    let st = &svc.sched;
+pub fn pick<'a>(
+    st: &SchedState,
+    servers: &'a [Arc<Server>],
+    client: Addr,
+) -> Option<&'a Arc<Server>> {
     match st.kind {
         Scheduler::Rr => {
             let n = servers.len();
@@ -255,8 +268,16 @@ pub fn maglev_table(ids: &[String], weights: &[u32], m: usize) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::TrafficStats;
-    use lvc_proto::Method;
+
+    /// A service's servers and scheduler.
+    struct Service {
+        sched: SchedState,
+        servers: Vec<Arc<Server>>,
+    }
+
+    fn pick(s: &Service, client: Addr) -> Option<&Arc<Server>> {
+        super::pick(&s.sched, &s.servers, client)
+    }
 
     fn server(i: usize, w: u32) -> Arc<Server> {
         Arc::new(Server {
@@ -275,11 +296,8 @@ mod tests {
             .map(|(i, &w)| server(i, w))
             .collect();
         Service {
-            key: "tcp:10.0.0.10:80".parse().unwrap(),
             sched: SchedState::build(kind, &servers, Arc::default()),
             servers,
-            stats: Arc::new(TrafficStats::default()),
-            persistence: None,
         }
     }
 

@@ -10,20 +10,12 @@ use crate::pipeline::schedule::SchedState;
 use crate::pipeline::snat::SnatPool;
 use crate::stats::TrafficStats;
 use dashmap::DashMap;
-use lvc_proto::{Method, ServiceKey};
+use lvc_proto::ServiceKey;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-/// A real server as the workers see it.
-#[derive(Debug)]
-pub struct Server {
-    pub addr: Addr,
-    pub port: u16,
-    pub weight: u32,
-    pub method: Method,
-    pub stats: Arc<TrafficStats>,
-}
+pub use crate::pipeline::schedule::Server;
 
 impl std::fmt::Debug for TrafficStats {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -40,6 +32,14 @@ pub struct Service {
     pub stats: Arc<TrafficStats>,
     /// Client affinity (`--persistent`), if configured.
     pub persistence: Option<Persistence>,
+}
+
+impl Service {
+    /// Its scheduler's choice for a new connection from `client`.
+    #[inline]
+    pub fn pick(&self, client: Addr) -> Option<&Arc<Server>> {
+        crate::pipeline::schedule::pick(&self.sched, &self.servers, client)
+    }
 }
 
 /// Persistence ("persistent port connections"): every connection from the

@@ -30,9 +30,9 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use tree::{Mode, Node, TreeState};
 
-/// Frames one worker may hold in shaping queues, all interfaces together
-/// (the UMEM has this many frames more than its rings need).
-pub const MAX_HELD: usize = 4096;
+/// Frames one worker may hold in shaping queues, all interfaces together:
+/// what its UMEM has beyond what the rings need.
+pub const MAX_HELD: usize = crate::io::xsk::HELD_FRAMES;
 
 /// One class's counters (the root's too), summed over workers.
 #[derive(Debug, Default)]
