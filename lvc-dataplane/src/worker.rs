@@ -11,21 +11,16 @@
 use crate::addr::Addr;
 use crate::io::xsk::{Frame, WorkerIo};
 use crate::net::route::{NeighRequest, NextHop, RouteTable};
-use crate::pipeline::conntrack::{Conn, Conntrack, Dir, opens_connection};
-use crate::pipeline::icmp;
-use crate::pipeline::parse::{
-    ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, Packet, parse,
-};
-use crate::pipeline::rewrite;
-use crate::pipeline::services::{Persistence, Server, Service, ServiceTable, Template};
+use crate::pipeline::conntrack::Conntrack;
+use crate::pipeline::services::ServiceTable;
+use crate::pipeline::{self, Decision, Tables, icmp, rewrite};
 use crate::shape::classify::{self, FlowMeta};
 use crate::shape::{Enqueued, MAX_HELD, PortShaper, ShapeTable};
 use crate::stats::{Drop, WorkerStats, bump};
 use arc_swap::ArcSwap;
 use crossbeam_channel::Sender;
-use lvc_proto::Method;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Frames taken from one RX ring per iteration.
@@ -46,21 +41,6 @@ struct Parked {
     asked: Instant,
 }
 
-/// What the pipeline decided for a frame.
-enum Verdict {
-    /// Send on this port.
-    Send(usize),
-    /// Routed to `next`, whose MAC is being resolved: hold the frame.
-    Park(Addr),
-    /// Answer the frame's source with this ICMP error instead.
-    Icmp(icmp::Originate),
-    /// Encapsulate in IPIP to this real server (tun).
-    Tunnel(Addr),
-    /// Send on this port, split into IPv4 fragments that fit this MTU
-    /// (DF clear, too big for the next link: a router fragments it).
-    Fragment(usize, u32),
-}
-
 /// Everything a worker shares with the rest of the daemon.
 #[derive(Clone)]
 pub struct Shared {
@@ -72,17 +52,6 @@ pub struct Shared {
     pub shutdown: Arc<AtomicBool>,
     /// The daemon's start: `now` is whole seconds since then.
     pub epoch: Instant,
-}
-
-/// What one iteration reads once: the clock and the snapshots.
-pub struct Snap<'a> {
-    /// Whole seconds since the epoch (connection ageing).
-    pub now: u32,
-    /// Nanoseconds since the epoch (token buckets).
-    pub now_ns: u64,
-    pub services: &'a ServiceTable,
-    pub routes: &'a RouteTable,
-    pub shaping: &'a ShapeTable,
 }
 
 /// Frames sent per shaped interface per iteration, at most.
@@ -156,6 +125,9 @@ impl Worker {
             table: Arc::new(ShapeTable::default()),
             ports: (0..nports).map(|_| None).collect(),
         };
+        // (Owned here, so that the tables an iteration reads do not borrow
+        // the worker the frames are handled by.)
+        let (conntrack, ports) = (self.shared.conntrack.clone(), self.port_ifindex.clone());
         while !self.shared.shutdown.load(Relaxed) {
             let elapsed = self.shared.epoch.elapsed();
             let now_ns = elapsed.as_nanos() as u64;
@@ -174,79 +146,23 @@ impl Worker {
                     std::mem::take(&mut shapers.dropped),
                 );
             }
-            let snap = Snap {
+            let tables = Tables {
                 now: elapsed.as_secs() as u32,
                 now_ns,
                 services: &services,
                 routes: &routes,
                 shaping: &shaping,
+                conntrack: &conntrack,
+                ports: &ports,
             };
             if !parked.is_empty() {
                 self.unpark(&mut parked, &routes, &mut out);
             }
             let mut received = 0;
             for port in 0..nports {
-                let n = self.io.recv(port, BATCH, &mut rx);
-                received += n;
-                for mut frame in rx.drain(..) {
-                    bump(&self.stats.rx_packets, 1);
-                    bump(&self.stats.rx_bytes, frame.len() as u64);
-                    let bytes = self.io.bytes_mut(&mut frame);
-                    let mut meta = FlowMeta::default();
-                    let verdict =
-                        match forward(bytes, &snap, &self.shared, &self.port_ifindex, &mut meta) {
-                            Ok(Verdict::Icmp(what)) => self.originate(&mut frame, what, &routes),
-                            Ok(Verdict::Tunnel(rip)) => self.encapsulate(&mut frame, rip, &routes),
-                            v => v,
-                        };
-                    match verdict {
-                        Ok(Verdict::Send(egress)) => {
-                            if let Some(why) =
-                                self.offer(&mut shapers, egress, frame, &meta, now_ns, &mut out)
-                            {
-                                self.stats.count_drop(why);
-                            }
-                        }
-                        Ok(Verdict::Fragment(egress, mtu)) => {
-                            match self.fragment(&mut frame, mtu) {
-                                Ok(rest) => {
-                                    for f in std::iter::once(frame).chain(rest) {
-                                        if let Some(why) = self.offer(
-                                            &mut shapers,
-                                            egress,
-                                            f,
-                                            &meta,
-                                            now_ns,
-                                            &mut out,
-                                        ) {
-                                            self.stats.count_drop(why);
-                                        }
-                                    }
-                                }
-                                Err(why) => {
-                                    self.stats.count_drop(why);
-                                    self.io.release(frame);
-                                }
-                            }
-                        }
-                        Ok(Verdict::Park(next)) if parked.len() < PARK_MAX => parked.push(Parked {
-                            frame,
-                            next,
-                            since: Instant::now(),
-                            asked: Instant::now(),
-                        }),
-                        Ok(Verdict::Park(_)) => {
-                            self.stats.count_drop(Drop::NeighPending);
-                            self.io.release(frame);
-                        }
-                        Ok(Verdict::Icmp(_) | Verdict::Tunnel(_)) => {
-                            unreachable!("originate and encapsulate only send or park")
-                        }
-                        Err(why) => {
-                            self.stats.count_drop(why);
-                            self.io.release(frame);
-                        }
-                    }
+                received += self.io.recv(port, BATCH, &mut rx);
+                for frame in rx.drain(..) {
+                    self.handle(frame, &tables, &mut shapers, &mut parked, &mut out);
                 }
             }
             let mut shaped_wait: Option<u64> = None;
@@ -344,29 +260,89 @@ impl Worker {
         }
     }
 
-    /// Turns `frame` into the ICMP error `what` back to its source, from
-    /// the director's address on the way there, and routes it.
+    /// Takes one received frame through the pipeline and does what it
+    /// decides: queue it for TX (through the shaper), split it, park it,
+    /// or drop it with a counted reason.
+    fn handle(
+        &mut self,
+        mut frame: Frame,
+        t: &Tables,
+        shapers: &mut Shapers,
+        parked: &mut Vec<Parked>,
+        out: &mut [Vec<Frame>],
+    ) {
+        bump(&self.stats.rx_packets, 1);
+        bump(&self.stats.rx_bytes, frame.len() as u64);
+        let mut meta = FlowMeta::default();
+        let decision = match pipeline::forward(self.io.bytes_mut(&mut frame), t, &mut meta) {
+            Ok(Decision::Icmp(what)) => self.originate(&mut frame, what, t),
+            Ok(Decision::Tunnel(rip)) => self.encapsulate(&mut frame, rip, t),
+            d => d,
+        };
+        let frames = match decision {
+            Ok(Decision::Send(egress)) => Ok((egress, vec![])),
+            Ok(Decision::Fragment(egress, mtu)) => {
+                self.fragment(&mut frame, mtu).map(|rest| (egress, rest))
+            }
+            Ok(Decision::Park(next, ask)) if parked.len() < PARK_MAX => {
+                let _ = self.shared.neigh_requests.try_send(ask);
+                let now = Instant::now();
+                parked.push(Parked {
+                    frame,
+                    next,
+                    since: now,
+                    asked: now,
+                });
+                return;
+            }
+            Ok(Decision::Park(..)) => Err(Drop::NeighPending),
+            Ok(Decision::Icmp(_) | Decision::Tunnel(_)) => {
+                unreachable!("originate and encapsulate only send, split or park")
+            }
+            Err(why) => Err(why),
+        };
+        match frames {
+            Ok((egress, rest)) => {
+                for f in std::iter::once(frame).chain(rest) {
+                    if let Some(why) = self.offer(shapers, egress, f, &meta, t.now_ns, out) {
+                        self.stats.count_drop(why);
+                    }
+                }
+            }
+            Err(why) => {
+                self.stats.count_drop(why);
+                self.io.release(frame);
+            }
+        }
+    }
+
+    /// Turns `frame` into the ICMP error `what` back to its source (the
+    /// frame made big enough first) and routes it.
     fn originate(
         &self,
         frame: &mut Frame,
         what: icmp::Originate,
-        routes: &RouteTable,
-    ) -> Result<Verdict, Drop> {
+        t: &Tables,
+    ) -> Result<Decision, Drop> {
         let need = icmp::error_len(self.io.bytes_mut(frame));
         let len = frame.len();
         if !self.io.set_len(frame, need.max(len)) {
             return Err(Drop::TooBig);
         }
-        let f = self.io.bytes_mut(frame);
-        let source = icmp::source_of(f);
-        let from = routes.source_for(source).ok_or(Drop::NoRoute)?;
-        let (n, to) = icmp::build(f, what, from);
-        let verdict = send_to(f, routes.next_hop(to), to, &self.shared, &self.port_ifindex);
+        let (decision, n) = pipeline::icmp_reply(self.io.bytes_mut(frame), what, t)?;
         self.io.set_len(frame, n);
-        if verdict.is_ok() {
-            bump(&self.stats.icmp_sent, 1);
+        bump(&self.stats.icmp_sent, 1);
+        Ok(decision)
+    }
+
+    /// Grows the frame by an IPIP header and has the pipeline wrap it to
+    /// `rip` (LVS-TUN).
+    fn encapsulate(&self, frame: &mut Frame, rip: Addr, t: &Tables) -> Result<Decision, Drop> {
+        let len = frame.len();
+        if !self.io.set_len(frame, len + rewrite::IPIP_HLEN) {
+            return Err(Drop::TooBig);
         }
-        verdict
+        pipeline::tunnel(self.io.bytes_mut(frame), len, rip, t)
     }
 
     /// Splits the frame's IPv4 packet into fragments that fit `mtu`: the
@@ -389,37 +365,6 @@ impl Worker {
         self.io.set_len(frame, first);
         bump(&self.stats.fragments_made, frames.len() as u64 + 1);
         Ok(frames)
-    }
-
-    /// Wraps the frame's IP packet in an IPIP header to `rip` (LVS-TUN).
-    /// A packet too big for the link once wrapped reaches here only with
-    /// DF clear (else the client got "fragmentation needed"): the outer
-    /// packet is fragmented, as IPVS's tunnel lets the kernel do.
-    fn encapsulate(
-        &self,
-        frame: &mut Frame,
-        rip: Addr,
-        routes: &RouteTable,
-    ) -> Result<Verdict, Drop> {
-        let len = frame.len();
-        let from = routes.source_for(rip).ok_or(Drop::NoRoute)?;
-        if !self.io.set_len(frame, len + rewrite::IPIP_HLEN) {
-            return Err(Drop::TooBig);
-        }
-        let f = self.io.bytes_mut(frame);
-        rewrite::encap_ipip(f, len, from, rip);
-        let hop = routes.next_hop(rip);
-        let outer = len - ETH_HLEN + rewrite::IPIP_HLEN;
-        let mtu = match hop {
-            NextHop::Ready(l2) if outer as u32 > l2.mtu => {
-                if !rewrite::may_fragment(f) {
-                    return Err(Drop::TooBig);
-                }
-                Some(l2.mtu)
-            }
-            _ => None,
-        };
-        fragmenting(send_to(f, hop, rip, &self.shared, &self.port_ifindex), mtu)
     }
 
     /// Sends parked frames whose neighbour got resolved; drops those that
@@ -483,461 +428,5 @@ impl Worker {
                 None => i += 1,
             }
         }
-    }
-}
-
-/// Takes one frame through the pipeline.
-#[inline]
-fn forward(
-    f: &mut [u8],
-    snap: &Snap,
-    shared: &Shared,
-    port_ifindex: &[u32],
-    meta: &mut FlowMeta,
-) -> Result<Verdict, Drop> {
-    let (now, services, routes) = (snap.now, snap.services, snap.routes);
-    let pkt = parse(f)?;
-    if let Some(fr) = pkt.frag
-        && !fr.first
-    {
-        return later_fragment(f, &pkt, fr.id, routes, shared, port_ifindex);
-    }
-    let found = shared.conntrack.lookup(&pkt.key);
-    // A policed service's client packets are policed before they cost
-    // anything (a connection entry, a fullnat port).
-    if !snap.shaping.services.is_empty() && pkt.icmp.is_none() {
-        let to = match &found {
-            Some((c, Dir::Original)) => Some((c.proto, c.vip)),
-            Some(_) => None,
-            None => Some((pkt.key.proto, (pkt.key.dst, pkt.key.dport))),
-        };
-        if let Some((proto, vip)) = to
-            && let Some(p) = snap.shaping.service_policer(proto, vip)
-            && !p.admit(f.len() as u32, snap.now_ns)
-        {
-            return Err(Drop::Policed);
-        }
-    }
-    let (conn, dir) = match found {
-        Some(found) => found,
-        // ICMP errors never open connections.
-        None if pkt.icmp.is_some() => return Err(Drop::NoFlow),
-        None => (
-            new_conn(&pkt, now, services, &shared.conntrack)?,
-            Dir::Original,
-        ),
-    };
-    *meta = FlowMeta {
-        proto: conn.proto,
-        vip: Some(conn.vip),
-        real: Some(conn.real),
-    };
-    conn.count(dir, f.len());
-    if let Some(e) = &pkt.icmp {
-        // An error about the flow: translated like the packet it quotes.
-        match conn.method {
-            Method::Dr => {
-                return send_to(
-                    f,
-                    routes.next_hop_onlink(conn.real.0),
-                    conn.real.0,
-                    shared,
-                    port_ifindex,
-                );
-            }
-            // The real server answered from the VIP itself: the error is
-            // for it as it is, through the tunnel.
-            Method::Tun => return Ok(Verdict::Tunnel(conn.real.0)),
-            _ => {}
-        }
-        let next = icmp::translate(f, &pkt, e, &conn, dir);
-        rewrite::decrement_ttl(f)?;
-        return send_to(f, routes.next_hop(next), next, shared, port_ifindex);
-    }
-    shared.conntrack.touch(&conn, now, dir, pkt.tcp_flags);
-    if let Some(fr) = pkt.frag {
-        shared
-            .conntrack
-            .remember_fragment(&pkt.key, fr.id, &conn, dir, now);
-    }
-    let (next, hop) = match dir {
-        Dir::Original if conn.method == Method::Dr => {
-            (conn.real.0, routes.next_hop_onlink(conn.real.0))
-        }
-        Dir::Original => (conn.real.0, routes.next_hop(conn.real.0)),
-        Dir::Reply => (conn.client.0, routes.next_hop(conn.client.0)),
-    };
-    // As a router would, before touching the packet (errors quote it as
-    // its sender sent it): too big for the next link, or out of hops.
-    let overhead = if conn.method == Method::Tun && dir == Dir::Original {
-        rewrite::IPIP_HLEN as u32
-    } else {
-        0
-    };
-    // The link's MTU, whatever the neighbour's state: a first packet whose
-    // next hop is still being resolved is checked too (the route is only
-    // looked up again in that rare case).
-    let mtu = match hop {
-        NextHop::Ready(l2) => Some(l2.mtu),
-        _ => routes.mtu_towards(next),
-    };
-    let mut split = None;
-    if let Some(mtu) = mtu
-        && pkt.ip_len as u32 + overhead > mtu
-    {
-        // IPv6 is never fragmented by routers: always "packet too big".
-        if pkt.v6 {
-            return Ok(Verdict::Icmp(icmp::Originate {
-                kind: icmp::ICMP6_PACKET_TOO_BIG,
-                code: 0,
-                mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
-            }));
-        }
-        if f[ETH_HLEN + 6] & 0x40 != 0 {
-            return Ok(Verdict::Icmp(icmp::Originate {
-                kind: ICMP_DEST_UNREACH,
-                code: ICMP_FRAG_NEEDED,
-                mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
-            }));
-        }
-        // DF clear: forwarded in fragments (tun: the outer packet).
-        split = Some(mtu);
-    }
-    if conn.method == Method::Tun && dir == Dir::Original {
-        // The inner packet travels as the client sent it.
-        return Ok(Verdict::Tunnel(conn.real.0));
-    }
-    if conn.method == Method::Dr {
-        // Direct routing: the frame goes on unchanged but for its MACs.
-        return fragmenting(send_to(f, hop, next, shared, port_ifindex), split);
-    }
-    if rewrite::hops(f) <= 1 {
-        return Ok(Verdict::Icmp(icmp::Originate {
-            kind: if pkt.v6 {
-                icmp::ICMP6_TIME_EXCEEDED
-            } else {
-                ICMP_TIME_EXCEEDED
-            },
-            code: 0,
-            mtu: 0,
-        }));
-    }
-    match dir {
-        Dir::Original => {
-            rewrite::set_dst(f, &pkt, conn.real.0, conn.real.1);
-            if conn.local != conn.client {
-                // fullnat: the real server sees a director address.
-                rewrite::set_src(f, &pkt, conn.local.0, conn.local.1);
-            }
-        }
-        Dir::Reply => {
-            rewrite::set_src(f, &pkt, conn.vip.0, conn.vip.1);
-            if conn.local != conn.client {
-                rewrite::set_dst(f, &pkt, conn.client.0, conn.client.1);
-            }
-        }
-    }
-    rewrite::decrement_ttl(f)?;
-    fragmenting(send_to(f, hop, next, shared, port_ifindex), split)
-}
-
-/// A `Send` that must be split to fit `mtu` becomes a `Fragment` (a
-/// parked frame is split when its neighbour resolves).
-#[inline]
-fn fragmenting(verdict: Result<Verdict, Drop>, mtu: Option<u32>) -> Result<Verdict, Drop> {
-    match (verdict, mtu) {
-        (Ok(Verdict::Send(port)), Some(mtu)) => Ok(Verdict::Fragment(port, mtu)),
-        (v, _) => v,
-    }
-}
-
-/// A fragment after the first: it goes where its datagram's first
-/// fragment went, with only the IP addresses translated.
-fn later_fragment(
-    f: &mut [u8],
-    pkt: &Packet,
-    id: u32,
-    routes: &RouteTable,
-    shared: &Shared,
-    port_ifindex: &[u32],
-) -> Result<Verdict, Drop> {
-    // Unknown: not ours, or it overtook its first fragment (counted).
-    let (conn, dir) = shared
-        .conntrack
-        .fragment(&pkt.key, id)
-        .ok_or(Drop::Fragment)?;
-    conn.count(dir, f.len());
-    let fullnat = conn.local != conn.client;
-    let (next, hop) = match dir {
-        // Direct routing: unchanged but for its MACs (no TTL decrement).
-        Dir::Original if conn.method == Method::Dr => {
-            (conn.real.0, routes.next_hop_onlink(conn.real.0))
-        }
-        Dir::Original if conn.method == Method::Tun => return Ok(Verdict::Tunnel(conn.real.0)),
-        Dir::Original => {
-            rewrite::set_dst_addr(f, conn.real.0);
-            if fullnat {
-                rewrite::set_src_addr(f, conn.local.0);
-            }
-            rewrite::decrement_ttl(f)?;
-            (conn.real.0, routes.next_hop(conn.real.0))
-        }
-        Dir::Reply => {
-            rewrite::set_src_addr(f, conn.vip.0);
-            if fullnat {
-                rewrite::set_dst_addr(f, conn.client.0);
-            }
-            rewrite::decrement_ttl(f)?;
-            (conn.client.0, routes.next_hop(conn.client.0))
-        }
-    };
-    // Too big for the next link: split again (IPv6 fragments are never
-    // split by routers: the sender learns the MTU from the first one's
-    // "packet too big"; a parked frame is checked when it leaves).
-    let split = match hop {
-        NextHop::Ready(l2) if pkt.ip_len as u32 > l2.mtu => {
-            if !rewrite::may_fragment(f) {
-                return Err(Drop::TooBig);
-            }
-            Some(l2.mtu)
-        }
-        _ => None,
-    };
-    fragmenting(send_to(f, hop, next, shared, port_ifindex), split)
-}
-
-/// Addresses the frame to `hop` and picks its egress port, or parks it
-/// while the neighbour resolves.
-#[inline]
-fn send_to(
-    f: &mut [u8],
-    hop: NextHop,
-    next: Addr,
-    shared: &Shared,
-    port_ifindex: &[u32],
-) -> Result<Verdict, Drop> {
-    match hop {
-        NextHop::Ready(l2) => {
-            let port = port_ifindex
-                .iter()
-                .position(|&i| i == l2.ifindex)
-                .ok_or(Drop::EgressNotServed)?;
-            rewrite::set_macs(f, l2.src_mac, l2.dst_mac);
-            Ok(Verdict::Send(port))
-        }
-        NextHop::Unresolved(req) => {
-            // The route thread asks the kernel to resolve it; the frame
-            // waits (bounded) instead of being lost.
-            let _ = shared.neigh_requests.try_send(req);
-            Ok(Verdict::Park(next))
-        }
-        NextHop::None => Err(Drop::NoRoute),
-    }
-}
-
-/// Schedules a new connection for a packet with no tracked flow.
-#[inline]
-fn new_conn(
-    pkt: &Packet,
-    now: u32,
-    services: &ServiceTable,
-    ct: &Conntrack,
-) -> Result<Arc<Conn>, Drop> {
-    let k = &pkt.key;
-    let svc = services
-        .lookup(k.proto, k.dst, k.dport)
-        .ok_or(Drop::NoService)?;
-    if !opens_connection(k.proto, pkt.tcp_flags) {
-        return Err(Drop::NoFlow);
-    }
-    let (server, template) = match &svc.persistence {
-        None => (svc.pick(k.src).ok_or(Drop::NoServer)?, None),
-        Some(p) => persistent_pick(svc, p, k.src, now)?,
-    };
-    // A port-0 service keeps the client's destination port.
-    let real_port = if server.port == 0 {
-        k.dport
-    } else {
-        server.port
-    };
-    let conn = Conn::new(
-        k.proto,
-        (k.src, k.sport),
-        (k.dst, k.dport),
-        server.clone(),
-        real_port,
-        svc.stats.clone(),
-        now,
-    );
-    let conn = match template {
-        Some(t) => conn.with_template(t),
-        None => conn,
-    };
-    let conn = if server.method == Method::Fullnat {
-        let pool = services.snat().ok_or(Drop::SnatExhausted)?;
-        let local = pool
-            .alloc(k.proto, server.addr)
-            .ok_or(Drop::SnatExhausted)?;
-        conn.with_local(local, pool.clone())
-    } else {
-        conn
-    };
-    // If the insert fails (table full), dropping `conn` is not enough to
-    // give a fullnat port back: do it here.
-    let snat = conn.snat.clone().map(|p| (p, conn.local));
-    ct.insert(conn).inspect_err(|_| {
-        if let Some((pool, (addr, port))) = snat {
-            pool.free(k.proto, addr, port);
-        }
-    })
-}
-
-/// The server a client network's template names, if it is still in the
-/// service and takes new connections; else a fresh pick, recorded.
-#[inline]
-fn persistent_pick<'a>(
-    svc: &'a Service,
-    p: &Persistence,
-    client: Addr,
-    now: u32,
-) -> Result<(&'a Arc<Server>, Option<Arc<Template>>), Drop> {
-    let net = p.network(client);
-    let find = |t: &Template| {
-        svc.servers
-            .iter()
-            .find(|s| (s.addr, s.port) == t.server && s.weight > 0)
-    };
-    if let Some(t) = p.templates.get(&net)
-        && let Some(s) = find(&t)
-    {
-        t.last_used.store(now, Relaxed);
-        return Ok((s, Some(t.clone())));
-    }
-    let server = svc.pick(client).ok_or(Drop::NoServer)?;
-    let t = Arc::new(Template {
-        server: (server.addr, server.port),
-        last_used: AtomicU32::new(now),
-        conns: AtomicU32::new(0),
-    });
-    // Two workers may race for the same client network: the first template
-    // in wins, and both connections follow it.
-    let t = p
-        .templates
-        .entry(net)
-        .and_modify(|old| {
-            if find(old).is_none() {
-                *old = t.clone();
-            }
-        })
-        .or_insert(t)
-        .clone();
-    let server = find(&t).unwrap_or(server);
-    Ok((server, Some(t)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::pipeline::schedule::SchedState;
-    use crate::stats::TrafficStats;
-    use lvc_proto::{Method, Scheduler};
-
-    fn service(weights: &[u32], persistence: Persistence) -> Service {
-        let servers: Vec<Arc<Server>> = weights
-            .iter()
-            .enumerate()
-            .map(|(i, &w)| {
-                Arc::new(Server {
-                    addr: Addr::v4_bytes([10, 2, 0, 11 + i as u8]),
-                    port: 80,
-                    weight: w,
-                    method: Method::Nat,
-                    stats: Arc::new(TrafficStats::default()),
-                })
-            })
-            .collect();
-        Service {
-            key: "tcp:10.9.0.10:80".parse().unwrap(),
-            sched: SchedState::build(Scheduler::Rr, &servers, Arc::default()),
-            servers,
-            stats: Arc::new(TrafficStats::default()),
-            persistence: Some(persistence),
-        }
-    }
-
-    fn pick(svc: &Service, client: u32, now: u32) -> u8 {
-        persistent_pick(
-            svc,
-            svc.persistence.as_ref().unwrap(),
-            Addr::v4(client),
-            now,
-        )
-        .unwrap()
-        .0
-        .addr
-        .0[15]
-    }
-
-    #[test]
-    fn persistence_sticks_per_client_network() {
-        let svc = service(&[1, 1], Persistence::new(360, 24));
-        let a = pick(&svc, 0x0a01_0002, 0);
-        // Same /24: same server, many times; round robin would alternate.
-        for host in 3..20 {
-            assert_eq!(pick(&svc, 0x0a01_0000 | host, 1), a);
-        }
-        // Another network gets the other server (rr moved on once).
-        assert_ne!(pick(&svc, 0x0a01_0102, 1), a);
-    }
-
-    #[test]
-    fn template_expires_and_follows_removed_or_quiesced_servers() {
-        let p = Persistence::new(10, 32);
-        let svc = service(&[1, 1], p.clone());
-        let first = pick(&svc, 7, 0);
-        assert_eq!(pick(&svc, 7, 5), first);
-        // No connections hold it: gone 10 s after its last use.
-        assert_eq!(p.sweep(14), 1);
-        assert_eq!(p.sweep(15), 0);
-        // A template whose server went quiescent is replaced.
-        let first = pick(&svc, 8, 20);
-        let weights: Vec<u32> = [11u8, 12]
-            .iter()
-            .map(|&o| if o == first { 0 } else { 1 })
-            .collect();
-        let mut svc2 = service(&weights, p.clone());
-        svc2.persistence = Some(p.clone());
-        assert_ne!(pick(&svc2, 8, 21), first);
-        assert_eq!(pick(&svc2, 8, 22), pick(&svc2, 8, 23));
-    }
-
-    #[test]
-    fn templates_live_while_connections_do() {
-        let ct = Conntrack::new(16);
-        let svc = service(&[1, 1], Persistence::new(10, 32));
-        let p = svc.persistence.clone().unwrap();
-        let table = ServiceTable::new([Arc::new(svc)]);
-        let pkt = Packet {
-            key: crate::pipeline::parse::FlowKey {
-                src: Addr::v4(7),
-                dst: Addr::v4(0x0a09_000a),
-                sport: 1000,
-                dport: 80,
-                proto: crate::pipeline::parse::PROTO_TCP,
-            },
-            l4_off: 34,
-            ip_len: 40,
-            tcp_flags: crate::pipeline::parse::TCP_SYN,
-            icmp: None,
-            frag: None,
-            v6: false,
-        };
-        let c = new_conn(&pkt, 0, &table, &ct).unwrap();
-        assert_eq!(c.template.as_ref().unwrap().conns.load(Relaxed), 1);
-        // Past the persistence timeout, but the handshake lives (60 s).
-        assert_eq!(p.sweep(50), 1);
-        assert_eq!(ct.sweep(60), 1);
-        assert_eq!(p.sweep(65), 1, "kept for 10 s after its last connection");
-        assert_eq!(p.sweep(70), 0);
     }
 }

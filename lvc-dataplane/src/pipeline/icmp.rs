@@ -11,21 +11,19 @@
 
 use crate::pipeline::checksum::{checksum, update_words, update16, update32};
 use crate::pipeline::conntrack::{Conn, Dir};
-use crate::pipeline::parse::{Addr, ETH_HLEN, IcmpError, PROTO_UDP, Packet, be16};
-
-const IP_CSUM: usize = 10;
-const IP_SRC: usize = 12;
-const IP_DST: usize = 16;
-const IP6_SRC: usize = 8;
-const IP6_DST: usize = 24;
+use crate::pipeline::parse::{Addr, IcmpError, Packet};
+use crate::pipeline::wire::{
+    ETH_HLEN, ICMP_HLEN, ICMP6_PACKET_TOO_BIG, Ip, PROTO_ICMPV6, PROTO_UDP, be16, be32, ipv4, ipv6,
+    is_v6, l4_csum_offset, put16,
+};
 
 /// Offsets of the source and destination address in an IP header of the
 /// family, and the address width.
 fn addr_offsets(v6: bool) -> (usize, usize, usize) {
     if v6 {
-        (IP6_SRC, IP6_DST, 16)
+        (ipv6::SRC, ipv6::DST, 16)
     } else {
-        (IP_SRC, IP_DST, 4)
+        (ipv4::SRC, ipv4::DST, 4)
     }
 }
 
@@ -40,18 +38,10 @@ fn read_addr(f: &[u8], at: usize, width: usize) -> Addr {
     }
 }
 
-fn get32(f: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]])
-}
-
 /// The host-order number of an IPv4 address (0 for IPv6: callers look
 /// at the family first).
 fn v4(a: Addr) -> u32 {
     u32::from_be_bytes(a.v4_octets().unwrap_or_default())
-}
-
-fn put16(f: &mut [u8], at: usize, v: u16) {
-    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
 /// Rewrites the quoted packet's address at `addr_at` (`width` bytes) and
@@ -71,11 +61,9 @@ fn quoted_endpoint(
     }
     f[addr_at..addr_at + width].copy_from_slice(to.0.wire());
     put16(f, port_at, to.1);
-    let (csum_at, present) = if proto == PROTO_UDP {
-        (e.inner_l4 + 6, e.inner_l4_len >= 8)
-    } else {
-        (e.inner_l4 + 16, e.inner_l4_len >= 18)
-    };
+    // Quoted far enough to hold the checksum?
+    let csum = l4_csum_offset(proto);
+    let (csum_at, present) = (e.inner_l4 + csum, e.inner_l4_len >= csum + 2);
     if present {
         let old = be16(f, csum_at);
         if !(proto == PROTO_UDP && old == 0) {
@@ -100,8 +88,8 @@ fn outer_addr(f: &mut [u8], at: usize, width: usize, to: Addr) {
     }
     f[at..at + width].copy_from_slice(to.wire());
     if width == 4 {
-        let c = update32(be16(f, ETH_HLEN + IP_CSUM), v4(old), v4(to));
-        put16(f, ETH_HLEN + IP_CSUM, c);
+        let c = update32(be16(f, ETH_HLEN + ipv4::CSUM), v4(old), v4(to));
+        put16(f, ETH_HLEN + ipv4::CSUM, c);
     }
 }
 
@@ -144,8 +132,8 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
         // The message's checksum covers the (changed) outer addresses.
         put16(f, pkt.l4_off + 2, 0);
         let (from, to) = (
-            read_addr(f, ETH_HLEN + IP6_SRC, 16),
-            read_addr(f, ETH_HLEN + IP6_DST, 16),
+            read_addr(f, ETH_HLEN + ipv6::SRC, 16),
+            read_addr(f, ETH_HLEN + ipv6::DST, 16),
         );
         let c = icmp6_checksum(&from, &to, &f[pkt.l4_off..end]);
         put16(f, pkt.l4_off + 2, c);
@@ -153,9 +141,9 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
     }
     // The quoted IP header and the whole ICMP message get fresh checksums.
     let ihl = usize::from(f[e.inner_ip] & 0x0f) * 4;
-    put16(f, e.inner_ip + IP_CSUM, 0);
+    put16(f, e.inner_ip + ipv4::CSUM, 0);
     let c = checksum(&f[e.inner_ip..e.inner_ip + ihl]);
-    put16(f, e.inner_ip + IP_CSUM, c);
+    put16(f, e.inner_ip + ipv4::CSUM, c);
     put16(f, pkt.l4_off + 2, 0);
     let c = checksum(&f[pkt.l4_off..end]);
     put16(f, pkt.l4_off + 2, c);
@@ -171,49 +159,37 @@ pub struct Originate {
     pub mtu: u16,
 }
 
-/// ICMPv6 type "packet too big" (RFC 4443 §3.2).
-pub const ICMP6_PACKET_TOO_BIG: u8 = 2;
-/// ICMPv6 type "time exceeded" (code 0: hop limit exceeded in transit).
-pub const ICMP6_TIME_EXCEEDED: u8 = 3;
-/// An ICMPv6 error must fit the IPv6 minimum MTU (RFC 4443 §2.4 (c)).
-const IPV6_MIN_MTU: usize = 1280;
 /// IPv6 header + ICMPv6 header.
-const ICMP6_OVERHEAD: usize = 40 + 8;
-
-fn is_v6(f: &[u8]) -> bool {
-    f[ETH_HLEN] >> 4 == 6
-}
+const ICMP6_OVERHEAD: usize = ipv6::HLEN + ICMP_HLEN;
 
 /// Bytes of the offending packet an error quotes: for IPv4 its header and
 /// 8 bytes, as RFC 792 asks and every stack matches on; for IPv6 as much
 /// as fits in the minimum MTU.
 fn quoted_len(f: &[u8]) -> usize {
-    if is_v6(f) {
-        let ip_len = 40 + usize::from(be16(f, ETH_HLEN + 4));
-        return ip_len
-            .min(IPV6_MIN_MTU - ICMP6_OVERHEAD)
+    // (An ICMPv6 error must fit the IPv6 minimum MTU, RFC 4443 §2.4 (c).)
+    let ip = Ip::of(f, ETH_HLEN);
+    if ip.v6() {
+        return ip
+            .len()
+            .min(ipv6::MIN_MTU - ICMP6_OVERHEAD)
             .min(f.len() - ETH_HLEN);
     }
-    let ihl = usize::from(f[ETH_HLEN] & 0x0f) * 4;
-    let ip_len = usize::from(be16(f, ETH_HLEN + 2));
-    (ihl + 8).min(ip_len)
+    (ip.header_len() + 8).min(ip.len())
 }
 
 /// Frame length the error built from `f` will have.
 pub fn error_len(f: &[u8]) -> usize {
-    let headers = if is_v6(f) { ICMP6_OVERHEAD } else { 20 + 8 };
+    let headers = if is_v6(f) {
+        ICMP6_OVERHEAD
+    } else {
+        ipv4::HLEN + ICMP_HLEN
+    };
     ETH_HLEN + headers + quoted_len(f)
 }
 
 /// The source address of the packet in `f`.
 pub fn source_of(f: &[u8]) -> Addr {
-    if is_v6(f) {
-        let mut a = [0u8; 16];
-        a.copy_from_slice(&f[ETH_HLEN + 8..ETH_HLEN + 24]);
-        Addr(a)
-    } else {
-        Addr::v4_bytes([f[26], f[27], f[28], f[29]])
-    }
+    Ip::of(f, ETH_HLEN).src()
 }
 
 /// Turns the frame `f` (already at least [`error_len`] long, original
@@ -225,7 +201,7 @@ pub fn build(f: &mut [u8], what: Originate, src: Addr) -> (usize, Addr) {
     }
     let src = v4(src);
     let q = quoted_len(f);
-    let to = get32(f, ETH_HLEN + IP_SRC);
+    let to = be32(f, ETH_HLEN + ipv4::SRC);
     f.copy_within(ETH_HLEN..ETH_HLEN + q, ETH_HLEN + 28);
     let ip_len = 28 + q;
     let ip = &mut f[ETH_HLEN..ETH_HLEN + 20];
@@ -256,7 +232,7 @@ fn build6(f: &mut [u8], what: Originate, src: Addr) -> (usize, Addr) {
     ip.fill(0);
     ip[0] = 0x60;
     ip[4..6].copy_from_slice(&(payload as u16).to_be_bytes());
-    ip[6] = 58;
+    ip[ipv6::NEXT] = PROTO_ICMPV6;
     ip[7] = 64;
     ip[8..24].copy_from_slice(&src.0);
     ip[24..40].copy_from_slice(&to.0);
@@ -276,7 +252,7 @@ fn icmp6_checksum(src: &Addr, dst: &Addr, msg: &[u8]) -> u16 {
     buf.extend_from_slice(&src.0);
     buf.extend_from_slice(&dst.0);
     buf.extend_from_slice(&(msg.len() as u32).to_be_bytes());
-    buf.extend_from_slice(&[0, 0, 0, 58]);
+    buf.extend_from_slice(&[0, 0, 0, PROTO_ICMPV6]);
     buf.extend_from_slice(msg);
     checksum(&buf)
 }
@@ -286,10 +262,11 @@ mod tests {
     use super::*;
     use crate::pipeline::conntrack::Conntrack;
     use crate::pipeline::parse::fixtures::{a, frame, frame6, icmp_error};
-    use crate::pipeline::parse::{
-        ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, TCP_SYN, parse,
-    };
+    use crate::pipeline::parse::parse;
     use crate::pipeline::services::Server;
+    use crate::pipeline::wire::{
+        ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, ICMP6_TIME_EXCEEDED, TCP_SYN,
+    };
     use crate::stats::TrafficStats;
     use lvc_proto::Method;
     use std::sync::Arc;

@@ -1,7 +1,16 @@
-//! What runs per packet, with no I/O: parse → conntrack → schedule →
-//! rewrite, plus ICMP errors and fragments. Frames arrive as `&mut [u8]`;
-//! the stages read tables (services, routes, connections) and return what
-//! to do with the frame.
+//! The pipeline: what happens to one frame, with no I/O.
+//!
+//! ```text
+//! parse → conntrack (lookup) → [policer] → schedule (new flows) →
+//!   rewrite (by method and direction, TTL, checksums) → next hop
+//! ```
+//!
+//! [`forward`] takes a received frame's bytes and the tables (services,
+//! routes, connections, shaping policers) and returns a [`Decision`]: send
+//! on a port, split into fragments, park while the next hop's MAC is
+//! resolved, answer with an ICMP error, or wrap in IPIP; or a [`Drop`]
+//! reason. The worker (`crate::worker`) owns the frames and does the I/O
+//! each decision implies; the stages here touch only bytes and tables.
 
 pub mod checksum;
 pub mod conntrack;
@@ -11,3 +20,516 @@ pub mod rewrite;
 pub mod schedule;
 pub mod services;
 pub mod snat;
+pub mod wire;
+
+use crate::addr::Addr;
+use crate::net::route::{NeighRequest, NextHop, RouteTable};
+use crate::shape::ShapeTable;
+use crate::shape::classify::FlowMeta;
+use crate::stats::Drop;
+use conntrack::{Conn, Conntrack, Dir, opens_connection};
+use lvc_proto::Method;
+use parse::{Packet, parse};
+use services::{Persistence, Server, Service, ServiceTable, Template};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+use wire::{
+    ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, ICMP6_PACKET_TOO_BIG,
+    ICMP6_TIME_EXCEEDED,
+};
+
+/// What the pipeline decided for a frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Send on this port (the frame is rewritten, MACs set).
+    Send(usize),
+    /// Routed to `.0`, whose MAC is being resolved: hold the frame, and
+    /// ask the route thread to resolve `.1`.
+    Park(Addr, NeighRequest),
+    /// Answer the frame's source with this ICMP error instead
+    /// ([`icmp_reply`], once the frame has room for it).
+    Icmp(icmp::Originate),
+    /// Encapsulate in IPIP to this real server (tun; [`tunnel`], once the
+    /// frame has grown by the outer header).
+    Tunnel(Addr),
+    /// Send on this port, split into IPv4 fragments that fit this MTU
+    /// (DF clear, too big for the next link: a router fragments it).
+    Fragment(usize, u32),
+}
+
+/// What one worker iteration reads once: the clock and the tables.
+pub struct Tables<'a> {
+    /// Whole seconds since the daemon's epoch (connection ageing).
+    pub now: u32,
+    /// Nanoseconds since the epoch (token buckets).
+    pub now_ns: u64,
+    pub services: &'a ServiceTable,
+    pub routes: &'a RouteTable,
+    pub shaping: &'a ShapeTable,
+    pub conntrack: &'a Conntrack,
+    /// The ifindex of each of the worker's ports, in port order.
+    pub ports: &'a [u32],
+}
+
+/// Turns the frame (already grown to [`icmp::error_len`] of the packet
+/// it holds) into the ICMP error `what`, from the director's address on
+/// the way back, and routes it. Returns the decision and the frame's new
+/// length.
+pub fn icmp_reply(
+    f: &mut [u8],
+    what: icmp::Originate,
+    t: &Tables,
+) -> Result<(Decision, usize), Drop> {
+    let source = icmp::source_of(f);
+    let from = t.routes.source_for(source).ok_or(Drop::NoRoute)?;
+    let (n, to) = icmp::build(f, what, from);
+    let d = send_to(f, t.routes.next_hop(to), to, t.ports)?;
+    Ok((d, n))
+}
+
+/// Wraps the IP packet of a frame of `len` bytes (the frame already grown
+/// by [`wire::IPIP_HLEN`]) in an IPIP header to `rip` (LVS-TUN) and routes
+/// it. A packet too big for the link once wrapped reaches here only with
+/// DF clear (else the client got "fragmentation needed"): the outer
+/// packet is fragmented, as IPVS's tunnel lets the kernel do.
+pub fn tunnel(f: &mut [u8], len: usize, rip: Addr, t: &Tables) -> Result<Decision, Drop> {
+    let from = t.routes.source_for(rip).ok_or(Drop::NoRoute)?;
+    rewrite::encap_ipip(f, len, from, rip);
+    let hop = t.routes.next_hop(rip);
+    let outer = len - ETH_HLEN + wire::IPIP_HLEN;
+    let mtu = match hop {
+        NextHop::Ready(l2) if outer as u32 > l2.mtu => {
+            if !rewrite::may_fragment(f) {
+                return Err(Drop::TooBig);
+            }
+            Some(l2.mtu)
+        }
+        _ => None,
+    };
+    fragmenting(send_to(f, hop, rip, t.ports), mtu)
+}
+
+/// Takes one frame through the pipeline.
+///
+/// `meta` receives the connection's service and real server (for the
+/// shaping classifier).
+#[inline]
+pub fn forward(f: &mut [u8], t: &Tables, meta: &mut FlowMeta) -> Result<Decision, Drop> {
+    let (now, services, routes) = (t.now, t.services, t.routes);
+    let pkt = parse(f)?;
+    if let Some(fr) = pkt.frag
+        && !fr.first
+    {
+        return later_fragment(f, &pkt, fr.id, t);
+    }
+    let found = t.conntrack.lookup(&pkt.key);
+    // A policed service's client packets are policed before they cost
+    // anything (a connection entry, a fullnat port).
+    if !t.shaping.services.is_empty() && pkt.icmp.is_none() {
+        let to = match &found {
+            Some((c, Dir::Original)) => Some((c.proto, c.vip)),
+            Some(_) => None,
+            None => Some((pkt.key.proto, (pkt.key.dst, pkt.key.dport))),
+        };
+        if let Some((proto, vip)) = to
+            && let Some(p) = t.shaping.service_policer(proto, vip)
+            && !p.admit(f.len() as u32, t.now_ns)
+        {
+            return Err(Drop::Policed);
+        }
+    }
+    let (conn, dir) = match found {
+        Some(found) => found,
+        // ICMP errors never open connections.
+        None if pkt.icmp.is_some() => return Err(Drop::NoFlow),
+        None => (new_conn(&pkt, now, services, t.conntrack)?, Dir::Original),
+    };
+    *meta = FlowMeta {
+        proto: conn.proto,
+        vip: Some(conn.vip),
+        real: Some(conn.real),
+    };
+    conn.count(dir, f.len());
+    if let Some(e) = &pkt.icmp {
+        // An error about the flow: translated like the packet it quotes.
+        match conn.method {
+            Method::Dr => {
+                return send_to(f, routes.next_hop_onlink(conn.real.0), conn.real.0, t.ports);
+            }
+            // The real server answered from the VIP itself: the error is
+            // for it as it is, through the tunnel.
+            Method::Tun => return Ok(Decision::Tunnel(conn.real.0)),
+            _ => {}
+        }
+        let next = icmp::translate(f, &pkt, e, &conn, dir);
+        rewrite::decrement_ttl(f)?;
+        return send_to(f, routes.next_hop(next), next, t.ports);
+    }
+    t.conntrack.touch(&conn, now, dir, pkt.tcp_flags);
+    if let Some(fr) = pkt.frag {
+        t.conntrack
+            .remember_fragment(&pkt.key, fr.id, &conn, dir, now);
+    }
+    let (next, hop) = match dir {
+        Dir::Original if conn.method == Method::Dr => {
+            (conn.real.0, routes.next_hop_onlink(conn.real.0))
+        }
+        Dir::Original => (conn.real.0, routes.next_hop(conn.real.0)),
+        Dir::Reply => (conn.client.0, routes.next_hop(conn.client.0)),
+    };
+    // As a router would, before touching the packet (errors quote it as
+    // its sender sent it): too big for the next link, or out of hops.
+    let overhead = if conn.method == Method::Tun && dir == Dir::Original {
+        rewrite::IPIP_HLEN as u32
+    } else {
+        0
+    };
+    // The link's MTU, whatever the neighbour's state: a first packet whose
+    // next hop is still being resolved is checked too (the route is only
+    // looked up again in that rare case).
+    let mtu = match hop {
+        NextHop::Ready(l2) => Some(l2.mtu),
+        _ => routes.mtu_towards(next),
+    };
+    let mut split = None;
+    if let Some(mtu) = mtu
+        && pkt.ip_len as u32 + overhead > mtu
+    {
+        // IPv6 is never fragmented by routers: always "packet too big".
+        if pkt.v6 {
+            return Ok(Decision::Icmp(icmp::Originate {
+                kind: ICMP6_PACKET_TOO_BIG,
+                code: 0,
+                mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
+            }));
+        }
+        if f[ETH_HLEN + 6] & 0x40 != 0 {
+            return Ok(Decision::Icmp(icmp::Originate {
+                kind: ICMP_DEST_UNREACH,
+                code: ICMP_FRAG_NEEDED,
+                mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
+            }));
+        }
+        // DF clear: forwarded in fragments (tun: the outer packet).
+        split = Some(mtu);
+    }
+    if conn.method == Method::Tun && dir == Dir::Original {
+        // The inner packet travels as the client sent it.
+        return Ok(Decision::Tunnel(conn.real.0));
+    }
+    if conn.method == Method::Dr {
+        // Direct routing: the frame goes on unchanged but for its MACs.
+        return fragmenting(send_to(f, hop, next, t.ports), split);
+    }
+    if rewrite::hops(f) <= 1 {
+        return Ok(Decision::Icmp(icmp::Originate {
+            kind: if pkt.v6 {
+                ICMP6_TIME_EXCEEDED
+            } else {
+                ICMP_TIME_EXCEEDED
+            },
+            code: 0,
+            mtu: 0,
+        }));
+    }
+    match dir {
+        Dir::Original => {
+            rewrite::set_dst(f, &pkt, conn.real.0, conn.real.1);
+            if conn.local != conn.client {
+                // fullnat: the real server sees a director address.
+                rewrite::set_src(f, &pkt, conn.local.0, conn.local.1);
+            }
+        }
+        Dir::Reply => {
+            rewrite::set_src(f, &pkt, conn.vip.0, conn.vip.1);
+            if conn.local != conn.client {
+                rewrite::set_dst(f, &pkt, conn.client.0, conn.client.1);
+            }
+        }
+    }
+    rewrite::decrement_ttl(f)?;
+    fragmenting(send_to(f, hop, next, t.ports), split)
+}
+
+/// A `Send` that must be split to fit `mtu` becomes a `Fragment` (a
+/// parked frame is split when its neighbour resolves).
+#[inline]
+fn fragmenting(verdict: Result<Decision, Drop>, mtu: Option<u32>) -> Result<Decision, Drop> {
+    match (verdict, mtu) {
+        (Ok(Decision::Send(port)), Some(mtu)) => Ok(Decision::Fragment(port, mtu)),
+        (v, _) => v,
+    }
+}
+
+/// A fragment after the first: it goes where its datagram's first
+/// fragment went, with only the IP addresses translated.
+fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Decision, Drop> {
+    let routes = t.routes;
+    // Unknown: not ours, or it overtook its first fragment (counted).
+    let (conn, dir) = t.conntrack.fragment(&pkt.key, id).ok_or(Drop::Fragment)?;
+    conn.count(dir, f.len());
+    let fullnat = conn.local != conn.client;
+    let (next, hop) = match dir {
+        // Direct routing: unchanged but for its MACs (no TTL decrement).
+        Dir::Original if conn.method == Method::Dr => {
+            (conn.real.0, routes.next_hop_onlink(conn.real.0))
+        }
+        Dir::Original if conn.method == Method::Tun => return Ok(Decision::Tunnel(conn.real.0)),
+        Dir::Original => {
+            rewrite::set_dst_addr(f, conn.real.0);
+            if fullnat {
+                rewrite::set_src_addr(f, conn.local.0);
+            }
+            rewrite::decrement_ttl(f)?;
+            (conn.real.0, routes.next_hop(conn.real.0))
+        }
+        Dir::Reply => {
+            rewrite::set_src_addr(f, conn.vip.0);
+            if fullnat {
+                rewrite::set_dst_addr(f, conn.client.0);
+            }
+            rewrite::decrement_ttl(f)?;
+            (conn.client.0, routes.next_hop(conn.client.0))
+        }
+    };
+    // Too big for the next link: split again (IPv6 fragments are never
+    // split by routers: the sender learns the MTU from the first one's
+    // "packet too big"; a parked frame is checked when it leaves).
+    let split = match hop {
+        NextHop::Ready(l2) if pkt.ip_len as u32 > l2.mtu => {
+            if !rewrite::may_fragment(f) {
+                return Err(Drop::TooBig);
+            }
+            Some(l2.mtu)
+        }
+        _ => None,
+    };
+    fragmenting(send_to(f, hop, next, t.ports), split)
+}
+
+/// Addresses the frame to `hop` and picks its egress port, or parks it
+/// while the neighbour resolves.
+#[inline]
+fn send_to(f: &mut [u8], hop: NextHop, next: Addr, ports: &[u32]) -> Result<Decision, Drop> {
+    match hop {
+        NextHop::Ready(l2) => {
+            let port = ports
+                .iter()
+                .position(|&i| i == l2.ifindex)
+                .ok_or(Drop::EgressNotServed)?;
+            rewrite::set_macs(f, l2.src_mac, l2.dst_mac);
+            Ok(Decision::Send(port))
+        }
+        // The route thread asks the kernel to resolve it; the frame
+        // waits (bounded) instead of being lost.
+        NextHop::Unresolved(ask) => Ok(Decision::Park(next, ask)),
+        NextHop::None => Err(Drop::NoRoute),
+    }
+}
+
+/// Schedules a new connection for a packet with no tracked flow.
+#[inline]
+fn new_conn(
+    pkt: &Packet,
+    now: u32,
+    services: &ServiceTable,
+    ct: &Conntrack,
+) -> Result<Arc<Conn>, Drop> {
+    let k = &pkt.key;
+    let svc = services
+        .lookup(k.proto, k.dst, k.dport)
+        .ok_or(Drop::NoService)?;
+    if !opens_connection(k.proto, pkt.tcp_flags) {
+        return Err(Drop::NoFlow);
+    }
+    let (server, template) = match &svc.persistence {
+        None => (svc.pick(k.src).ok_or(Drop::NoServer)?, None),
+        Some(p) => persistent_pick(svc, p, k.src, now)?,
+    };
+    // A port-0 service keeps the client's destination port.
+    let real_port = if server.port == 0 {
+        k.dport
+    } else {
+        server.port
+    };
+    let conn = Conn::new(
+        k.proto,
+        (k.src, k.sport),
+        (k.dst, k.dport),
+        server.clone(),
+        real_port,
+        svc.stats.clone(),
+        now,
+    );
+    let conn = match template {
+        Some(t) => conn.with_template(t),
+        None => conn,
+    };
+    let conn = if server.method == Method::Fullnat {
+        let pool = services.snat().ok_or(Drop::SnatExhausted)?;
+        let local = pool
+            .alloc(k.proto, server.addr)
+            .ok_or(Drop::SnatExhausted)?;
+        conn.with_local(local, pool.clone())
+    } else {
+        conn
+    };
+    // If the insert fails (table full), dropping `conn` is not enough to
+    // give a fullnat port back: do it here.
+    let snat = conn.snat.clone().map(|p| (p, conn.local));
+    ct.insert(conn).inspect_err(|_| {
+        if let Some((pool, (addr, port))) = snat {
+            pool.free(k.proto, addr, port);
+        }
+    })
+}
+
+/// The server a client network's template names, if it is still in the
+/// service and takes new connections; else a fresh pick, recorded.
+#[inline]
+fn persistent_pick<'a>(
+    svc: &'a Service,
+    p: &Persistence,
+    client: Addr,
+    now: u32,
+) -> Result<(&'a Arc<Server>, Option<Arc<Template>>), Drop> {
+    let net = p.network(client);
+    let find = |t: &Template| {
+        svc.servers
+            .iter()
+            .find(|s| (s.addr, s.port) == t.server && s.weight > 0)
+    };
+    if let Some(t) = p.templates.get(&net)
+        && let Some(s) = find(&t)
+    {
+        t.last_used.store(now, Relaxed);
+        return Ok((s, Some(t.clone())));
+    }
+    let server = svc.pick(client).ok_or(Drop::NoServer)?;
+    let t = Arc::new(Template {
+        server: (server.addr, server.port),
+        last_used: AtomicU32::new(now),
+        conns: AtomicU32::new(0),
+    });
+    // Two workers may race for the same client network: the first template
+    // in wins, and both connections follow it.
+    let t = p
+        .templates
+        .entry(net)
+        .and_modify(|old| {
+            if find(old).is_none() {
+                *old = t.clone();
+            }
+        })
+        .or_insert(t)
+        .clone();
+    let server = find(&t).unwrap_or(server);
+    Ok((server, Some(t)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pipeline::schedule::SchedState;
+    use crate::stats::TrafficStats;
+    use lvc_proto::{Method, Scheduler};
+
+    fn service(weights: &[u32], persistence: Persistence) -> Service {
+        let servers: Vec<Arc<Server>> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| {
+                Arc::new(Server {
+                    addr: Addr::v4_bytes([10, 2, 0, 11 + i as u8]),
+                    port: 80,
+                    weight: w,
+                    method: Method::Nat,
+                    stats: Arc::new(TrafficStats::default()),
+                })
+            })
+            .collect();
+        Service {
+            key: "tcp:10.9.0.10:80".parse().unwrap(),
+            sched: SchedState::build(Scheduler::Rr, &servers, Arc::default()),
+            servers,
+            stats: Arc::new(TrafficStats::default()),
+            persistence: Some(persistence),
+        }
+    }
+
+    fn pick(svc: &Service, client: u32, now: u32) -> u8 {
+        persistent_pick(
+            svc,
+            svc.persistence.as_ref().unwrap(),
+            Addr::v4(client),
+            now,
+        )
+        .unwrap()
+        .0
+        .addr
+        .0[15]
+    }
+
+    #[test]
+    fn persistence_sticks_per_client_network() {
+        let svc = service(&[1, 1], Persistence::new(360, 24));
+        let a = pick(&svc, 0x0a01_0002, 0);
+        // Same /24: same server, many times; round robin would alternate.
+        for host in 3..20 {
+            assert_eq!(pick(&svc, 0x0a01_0000 | host, 1), a);
+        }
+        // Another network gets the other server (rr moved on once).
+        assert_ne!(pick(&svc, 0x0a01_0102, 1), a);
+    }
+
+    #[test]
+    fn template_expires_and_follows_removed_or_quiesced_servers() {
+        let p = Persistence::new(10, 32);
+        let svc = service(&[1, 1], p.clone());
+        let first = pick(&svc, 7, 0);
+        assert_eq!(pick(&svc, 7, 5), first);
+        // No connections hold it: gone 10 s after its last use.
+        assert_eq!(p.sweep(14), 1);
+        assert_eq!(p.sweep(15), 0);
+        // A template whose server went quiescent is replaced.
+        let first = pick(&svc, 8, 20);
+        let weights: Vec<u32> = [11u8, 12]
+            .iter()
+            .map(|&o| if o == first { 0 } else { 1 })
+            .collect();
+        let mut svc2 = service(&weights, p.clone());
+        svc2.persistence = Some(p.clone());
+        assert_ne!(pick(&svc2, 8, 21), first);
+        assert_eq!(pick(&svc2, 8, 22), pick(&svc2, 8, 23));
+    }
+
+    #[test]
+    fn templates_live_while_connections_do() {
+        let ct = Conntrack::new(16);
+        let svc = service(&[1, 1], Persistence::new(10, 32));
+        let p = svc.persistence.clone().unwrap();
+        let table = ServiceTable::new([Arc::new(svc)]);
+        let pkt = Packet {
+            key: crate::pipeline::parse::FlowKey {
+                src: Addr::v4(7),
+                dst: Addr::v4(0x0a09_000a),
+                sport: 1000,
+                dport: 80,
+                proto: wire::PROTO_TCP,
+            },
+            l4_off: 34,
+            ip_len: 40,
+            tcp_flags: wire::TCP_SYN,
+            icmp: None,
+            frag: None,
+            v6: false,
+        };
+        let c = new_conn(&pkt, 0, &table, &ct).unwrap();
+        assert_eq!(c.template.as_ref().unwrap().conns.load(Relaxed), 1);
+        // Past the persistence timeout, but the handshake lives (60 s).
+        assert_eq!(p.sweep(50), 1);
+        assert_eq!(ct.sweep(60), 1);
+        assert_eq!(p.sweep(65), 1, "kept for 10 s after its last connection");
+        assert_eq!(p.sweep(70), 0);
+    }
+}

@@ -6,12 +6,12 @@
 //! header (etherparse's slices do the header-level checks).
 
 pub use crate::addr::Addr;
+use crate::pipeline::wire::{
+    ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED,
+    ICMP6_DEST_UNREACH, ICMP6_PARAM_PROBLEM, IPV6_FRAGMENT, PROTO_ICMPV6, be16, ipv6,
+};
 use crate::stats::Drop;
 use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice};
-
-pub const ETH_HLEN: usize = 14;
-/// Length of the fixed IPv6 header.
-pub const IPV6_HLEN: usize = 40;
 
 /// The flow 5-tuple of one direction; ports in host order.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -35,14 +35,6 @@ impl FlowKey {
         }
     }
 }
-
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-
-pub const TCP_FIN: u8 = 0x01;
-pub const TCP_SYN: u8 = 0x02;
-pub const TCP_RST: u8 = 0x04;
-pub const TCP_ACK: u8 = 0x10;
 
 /// What later stages need to know about a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,23 +79,6 @@ pub struct IcmpError {
     pub inner_l4_len: usize,
 }
 
-pub const PROTO_ICMP: u8 = 1;
-pub const ICMP_DEST_UNREACH: u8 = 3;
-pub const ICMP_TIME_EXCEEDED: u8 = 11;
-pub const ICMP_PARAM_PROBLEM: u8 = 12;
-/// Destination unreachable, code "fragmentation needed and DF set".
-pub const ICMP_FRAG_NEEDED: u8 = 4;
-/// ICMPv6 next header number.
-pub const PROTO_ICMPV6: u8 = 58;
-/// The IPv6 fragment header's next-header number.
-pub const IPV6_FRAGMENT: u8 = 44;
-/// Length of the IPv6 fragment header.
-pub const IPV6_FRAG_HLEN: usize = 8;
-/// ICMPv6 error types (RFC 4443): destination unreachable, packet too big,
-/// time exceeded, parameter problem.
-pub const ICMP6_DEST_UNREACH: u8 = 1;
-pub const ICMP6_PARAM_PROBLEM: u8 = 4;
-
 /// Parses an Ethernet/IPv4-or-IPv6/TCP-or-UDP frame.
 pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
     let eth = Ethernet2HeaderSlice::from_slice(frame).map_err(|_| Drop::Malformed)?;
@@ -137,7 +112,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
     }
     let l4 = &l3[ihl..ip_len];
     if proto == IpNumber::ICMP {
-        return parse_icmp_error(frame, ETH_HLEN + ihl, ip_len);
+        return parse_icmp_error(frame, false, ETH_HLEN + ihl, ip_len);
     }
     let (sport, dport, tcp_flags) = l4_ports(l4, proto, frag.is_some())?;
     Ok(Packet {
@@ -164,7 +139,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
 fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
     let l3 = &frame[ETH_HLEN..];
     let ip = Ipv6HeaderSlice::from_slice(l3).map_err(|_| Drop::Malformed)?;
-    let ip_len = IPV6_HLEN + usize::from(ip.payload_length());
+    let ip_len = ipv6::HLEN + usize::from(ip.payload_length());
     if ip_len > l3.len() {
         return Err(Drop::Malformed);
     }
@@ -173,15 +148,15 @@ fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
         return Err(Drop::Malformed);
     }
     let mut proto = ip.next_header();
-    let mut l4_off = ETH_HLEN + IPV6_HLEN;
+    let mut l4_off = ETH_HLEN + ipv6::HLEN;
     let mut frag = None;
     if proto.0 == PROTO_ICMPV6 {
-        return parse_icmp6_error(frame, ip_len);
+        return parse_icmp_error(frame, true, ETH_HLEN + ipv6::HLEN, ip_len);
     }
     if proto.0 == IPV6_FRAGMENT {
         let h = l3
-            .get(IPV6_HLEN..IPV6_HLEN + IPV6_FRAG_HLEN)
-            .filter(|_| ip_len >= IPV6_HLEN + IPV6_FRAG_HLEN)
+            .get(ipv6::HLEN..ipv6::HLEN + ipv6::FRAG_HLEN)
+            .filter(|_| ip_len >= ipv6::HLEN + ipv6::FRAG_HLEN)
             .ok_or(Drop::Malformed)?;
         proto = IpNumber(h[0]);
         let off_flags = be16(h, 2);
@@ -194,7 +169,7 @@ fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
                 first,
             });
         }
-        l4_off += IPV6_FRAG_HLEN;
+        l4_off += ipv6::FRAG_HLEN;
         if !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
             return Err(Drop::Protocol);
         }
@@ -225,54 +200,6 @@ fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
     })
 }
 
-/// An ICMPv6 error quoting a TCP or UDP packet (its fixed header directly
-/// followed by the L4 header, of which at least 8 bytes).
-fn parse_icmp6_error(frame: &[u8], ip_len: usize) -> Result<Packet, Drop> {
-    let l4_off = ETH_HLEN + IPV6_HLEN;
-    let end = ETH_HLEN + ip_len;
-    let icmp = &frame[l4_off..end];
-    if icmp.len() < 8 {
-        return Err(Drop::Malformed);
-    }
-    let (kind, code) = (icmp[0], icmp[1]);
-    if !(ICMP6_DEST_UNREACH..=ICMP6_PARAM_PROBLEM).contains(&kind) {
-        return Err(Drop::Protocol);
-    }
-    let inner_ip = l4_off + 8;
-    let inner = Ipv6HeaderSlice::from_slice(&frame[inner_ip..end]).map_err(|_| Drop::Malformed)?;
-    let inner_l4 = inner_ip + IPV6_HLEN;
-    let inner_l4_len = end.saturating_sub(inner_l4);
-    let proto = inner.next_header();
-    if !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
-        return Err(Drop::Protocol);
-    }
-    if inner_l4_len < 8 {
-        return Err(Drop::Malformed);
-    }
-    let q = &frame[inner_l4..];
-    Ok(Packet {
-        key: FlowKey {
-            src: Addr(inner.destination()),
-            dst: Addr(inner.source()),
-            sport: be16(q, 2),
-            dport: be16(q, 0),
-            proto: proto.0,
-        },
-        l4_off,
-        ip_len,
-        tcp_flags: 0,
-        frag: None,
-        v6: true,
-        icmp: Some(IcmpError {
-            kind,
-            code,
-            inner_ip,
-            inner_l4,
-            inner_l4_len,
-        }),
-    })
-}
-
 /// A fragment after the first: no L4 header, so no ports — the datagram's
 /// first fragment decided where the rest goes. `key` is (src, dst, proto).
 fn later_fragment(
@@ -297,6 +224,72 @@ fn later_fragment(
         frag: Some(frag),
         v6,
     }
+}
+
+/// An ICMP or ICMPv6 error (`v6`) at `l4_off` quoting a TCP or UDP packet:
+/// the quoted IP header (IPv6: its fixed header directly followed by the
+/// L4 header) and at least 8 bytes of its L4 header. The same rules for
+/// both families: a type that is not an error, or a quoted packet that is
+/// not TCP/UDP, is `Protocol`; anything truncated is `Malformed`.
+fn parse_icmp_error(frame: &[u8], v6: bool, l4_off: usize, ip_len: usize) -> Result<Packet, Drop> {
+    let end = ETH_HLEN + ip_len;
+    let icmp = &frame[l4_off..end];
+    if icmp.len() < ICMP_HLEN {
+        return Err(Drop::Malformed);
+    }
+    let (kind, code) = (icmp[0], icmp[1]);
+    let error = if v6 {
+        (ICMP6_DEST_UNREACH..=ICMP6_PARAM_PROBLEM).contains(&kind)
+    } else {
+        matches!(
+            kind,
+            ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
+        )
+    };
+    if !error {
+        return Err(Drop::Protocol);
+    }
+    let inner_ip = l4_off + ICMP_HLEN;
+    let quoted = &frame[inner_ip..end];
+    let (src, dst, proto, inner_l4) = if v6 {
+        let h = Ipv6HeaderSlice::from_slice(quoted).map_err(|_| Drop::Malformed)?;
+        let (src, dst) = (Addr(h.source()), Addr(h.destination()));
+        (src, dst, h.next_header(), inner_ip + ipv6::HLEN)
+    } else {
+        let h = Ipv4HeaderSlice::from_slice(quoted).map_err(|_| Drop::Malformed)?;
+        let (src, dst) = (Addr::v4_bytes(h.source()), Addr::v4_bytes(h.destination()));
+        (src, dst, h.protocol(), inner_ip + h.slice().len())
+    };
+    if !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
+        return Err(Drop::Protocol);
+    }
+    let inner_l4_len = end.saturating_sub(inner_l4);
+    if inner_l4_len < 8 {
+        return Err(Drop::Malformed);
+    }
+    let q = &frame[inner_l4..];
+    // The quoted packet went the other way: reverse it.
+    Ok(Packet {
+        key: FlowKey {
+            src: dst,
+            dst: src,
+            sport: be16(q, 2),
+            dport: be16(q, 0),
+            proto: proto.0,
+        },
+        l4_off,
+        ip_len,
+        tcp_flags: 0,
+        frag: None,
+        v6,
+        icmp: Some(IcmpError {
+            kind,
+            code,
+            inner_ip,
+            inner_l4,
+            inner_l4_len,
+        }),
+    })
 }
 
 /// Ports and TCP flags of a TCP or UDP header, its lengths checked.
@@ -326,58 +319,6 @@ fn l4_ports(l4: &[u8], proto: IpNumber, fragment: bool) -> Result<(u16, u16, u8)
         }
         _ => return Err(Drop::Protocol),
     })
-}
-
-/// An ICMP error quoting a TCP or UDP packet: header + at least 8 bytes.
-fn parse_icmp_error(frame: &[u8], l4_off: usize, ip_len: usize) -> Result<Packet, Drop> {
-    let end = ETH_HLEN + ip_len;
-    let icmp = &frame[l4_off..end];
-    if icmp.len() < 8 {
-        return Err(Drop::Malformed);
-    }
-    let (kind, code) = (icmp[0], icmp[1]);
-    if !matches!(
-        kind,
-        ICMP_DEST_UNREACH | ICMP_TIME_EXCEEDED | ICMP_PARAM_PROBLEM
-    ) {
-        return Err(Drop::Protocol);
-    }
-    let inner_ip = l4_off + 8;
-    let inner = Ipv4HeaderSlice::from_slice(&frame[inner_ip..end]).map_err(|_| Drop::Malformed)?;
-    let inner_l4 = inner_ip + inner.slice().len();
-    let inner_l4_len = end.saturating_sub(inner_l4);
-    let proto = inner.protocol();
-    if inner_l4_len < 8 || !(proto == IpNumber::TCP || proto == IpNumber::UDP) {
-        return Err(Drop::Malformed);
-    }
-    let q = &frame[inner_l4..];
-    // The quoted packet went the other way: reverse it.
-    Ok(Packet {
-        key: FlowKey {
-            src: Addr::v4_bytes(inner.destination()),
-            dst: Addr::v4_bytes(inner.source()),
-            sport: be16(q, 2),
-            dport: be16(q, 0),
-            proto: proto.0,
-        },
-        l4_off,
-        ip_len,
-        tcp_flags: 0,
-        frag: None,
-        v6: false,
-        icmp: Some(IcmpError {
-            kind,
-            code,
-            inner_ip,
-            inner_l4,
-            inner_l4_len,
-        }),
-    })
-}
-
-#[inline]
-pub fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
 }
 
 #[cfg(test)]
@@ -496,7 +437,7 @@ pub(crate) mod fixtures {
         f[56..58].copy_from_slice(&dport.to_be_bytes());
         if proto == 6 {
             f[66] = 5 << 4;
-            f[67] = super::TCP_SYN;
+            f[67] = crate::pipeline::wire::TCP_SYN;
         } else {
             f[58..60].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         }
@@ -566,6 +507,7 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::frame;
     use super::*;
+    use crate::pipeline::wire::*;
 
     #[test]
     fn parses_tcp_and_udp() {

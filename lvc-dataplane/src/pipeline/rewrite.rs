@@ -7,16 +7,14 @@
 //! covers addresses).
 
 use crate::pipeline::checksum::{update_words, update16, update32};
-use crate::pipeline::parse::{Addr, ETH_HLEN, PROTO_UDP, Packet, be16};
+use crate::pipeline::parse::{Addr, Packet};
+use crate::pipeline::wire::{ETH_HLEN, Ip, PROTO_UDP, be16, ipv4, l4_csum_offset, put16};
 use crate::stats::Drop;
 
-const IP_TTL: usize = ETH_HLEN + 8;
-const IP_CSUM: usize = ETH_HLEN + 10;
-const IP_SRC: usize = ETH_HLEN + 12;
-const IP_DST: usize = ETH_HLEN + 16;
-const IP6_HOPS: usize = ETH_HLEN + 7;
-const IP6_SRC: usize = ETH_HLEN + 8;
-const IP6_DST: usize = ETH_HLEN + 24;
+pub use crate::pipeline::wire::{IPIP_HLEN, ip_len};
+
+/// The IPv4 header checksum, in a frame.
+const IP_CSUM: usize = ETH_HLEN + ipv4::CSUM;
 
 /// Which address of the IP header.
 #[derive(Clone, Copy)]
@@ -25,31 +23,10 @@ enum Field {
     Dst,
 }
 
-/// Offset and width of an address in the frame's IP header.
-#[inline]
-fn addr_at(f: &[u8], which: Field) -> (usize, usize) {
-    match (is_v6(f), which) {
-        (false, Field::Src) => (IP_SRC, 4),
-        (false, Field::Dst) => (IP_DST, 4),
-        (true, Field::Src) => (IP6_SRC, 16),
-        (true, Field::Dst) => (IP6_DST, 16),
-    }
-}
-
-#[inline]
-fn is_v6(f: &[u8]) -> bool {
-    f[ETH_HLEN] >> 4 == 6
-}
-
-#[inline]
-fn put16(f: &mut [u8], at: usize, v: u16) {
-    f[at..at + 2].copy_from_slice(&v.to_be_bytes());
-}
-
 /// Offset of the L4 checksum field.
 #[inline]
 fn l4_csum_at(pkt: &Packet) -> usize {
-    pkt.l4_off + if pkt.key.proto == PROTO_UDP { 6 } else { 16 }
+    pkt.l4_off + l4_csum_offset(pkt.key.proto)
 }
 
 /// Replaces an address and the 16-bit port at `port_at`, fixing the IP
@@ -127,7 +104,11 @@ fn v4_of(a: &Addr) -> u32 {
 /// address (for the L4 checksum's pseudo-header, where there is one).
 #[inline]
 fn set_addr(f: &mut [u8], which: Field, addr: Addr) -> Old {
-    let (at, n) = addr_at(f, which);
+    let ip = Ip::of(&*f, ETH_HLEN);
+    let (at, n) = match which {
+        Field::Src => ip.src_field(),
+        Field::Dst => ip.dst_field(),
+    };
     if n == 4 {
         debug_assert!(addr.is_v4(), "address family of the packet");
         let old = u32::from_be_bytes([f[at], f[at + 1], f[at + 2], f[at + 3]]);
@@ -147,33 +128,28 @@ fn set_addr(f: &mut [u8], which: Field, addr: Addr) -> Old {
 /// The TTL (IPv4) or hop limit (IPv6) of the frame.
 #[inline]
 pub fn hops(f: &[u8]) -> u8 {
-    if is_v6(f) { f[IP6_HOPS] } else { f[IP_TTL] }
+    Ip::of(f, ETH_HLEN).hops()
 }
 
 /// Decrements the TTL or hop limit as a router must; a packet that runs
 /// out is dropped.
 #[inline]
 pub fn decrement_ttl(f: &mut [u8]) -> Result<(), Drop> {
-    if is_v6(f) {
-        if f[IP6_HOPS] <= 1 {
-            return Err(Drop::TtlExceeded);
-        }
-        f[IP6_HOPS] -= 1;
-        return Ok(());
-    }
-    let ttl = f[IP_TTL];
-    if ttl <= 1 {
+    let mut ip = Ip::of(&mut *f, ETH_HLEN);
+    let hops = ip.hops();
+    if hops <= 1 {
         return Err(Drop::TtlExceeded);
     }
-    let old = be16(f, IP_TTL);
-    f[IP_TTL] = ttl - 1;
-    let new = be16(f, IP_TTL);
-    put16(f, IP_CSUM, update16(be16(f, IP_CSUM), old, new));
+    ip.set_hops(hops - 1);
+    if !ip.v6() {
+        // The TTL shares a checksummed 16-bit word with the protocol.
+        let at = ETH_HLEN + ipv4::TTL;
+        let new = be16(f, at);
+        let old = new + 0x100;
+        put16(f, IP_CSUM, update16(be16(f, IP_CSUM), old, new));
+    }
     Ok(())
 }
-
-/// Length of the IPIP outer header.
-pub const IPIP_HLEN: usize = 20;
 
 /// IP ids of outer IPIP headers that may be fragmented (DF clear): every
 /// such packet from this director to a real server needs its own id, or
@@ -187,7 +163,7 @@ static IPIP_ID: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new
 pub fn encap_ipip(f: &mut [u8], len: usize, src: Addr, dst: Addr) {
     f.copy_within(ETH_HLEN..len, ETH_HLEN + IPIP_HLEN);
     let inner = ETH_HLEN + IPIP_HLEN;
-    let (tos, df) = (f[inner + 1], f[inner + 6] & 0x40);
+    let (tos, df) = (f[inner + ipv4::TOS], f[inner + ipv4::FRAG] & ipv4::DF);
     let total = (len - ETH_HLEN + IPIP_HLEN) as u16;
     let h = &mut f[ETH_HLEN..inner];
     h.copy_from_slice(&[
@@ -204,20 +180,10 @@ pub fn encap_ipip(f: &mut [u8], len: usize, src: Addr, dst: Addr) {
     h[10..12].copy_from_slice(&c.to_be_bytes());
 }
 
-/// Length of the frame's IP packet, from its header (IPv4 or IPv6).
-#[inline]
-pub fn ip_len(f: &[u8]) -> usize {
-    if is_v6(f) {
-        40 + usize::from(be16(f, ETH_HLEN + 4))
-    } else {
-        usize::from(be16(f, ETH_HLEN + 2))
-    }
-}
-
 /// True for an IPv4 packet with DF clear: a router may fragment it.
 #[inline]
 pub fn may_fragment(f: &[u8]) -> bool {
-    !is_v6(f) && f[ETH_HLEN + 6] & 0x40 == 0
+    Ip::of(f, ETH_HLEN).may_fragment()
 }
 
 /// The options of an IPv4 header that every fragment carries (those with
@@ -257,13 +223,13 @@ fn copied_options(opts: &[u8]) -> Vec<u8> {
 pub fn fragment_v4(f: &mut [u8], mtu: usize) -> Option<(usize, Vec<Vec<u8>>)> {
     let ip = ETH_HLEN;
     let ihl = usize::from(f[ip] & 0x0f) * 4;
-    let ip_len = usize::from(be16(f, ip + 2));
+    let ip_len = usize::from(be16(f, ip + ipv4::TOTAL_LEN));
     if ip_len <= mtu || ihl < 20 || ip_len < ihl || ip_len > f.len() - ip {
         return None;
     }
     let opts = copied_options(&f[ip + 20..ip + ihl]);
     let later_hlen = 20 + opts.len();
-    let flags = be16(f, ip + 6);
+    let flags = be16(f, ip + ipv4::FRAG);
     let (base, more_after) = (usize::from(flags & 0x1fff) * 8, flags & 0x2000 != 0);
     let payload = ip_len - ihl;
     if mtu < ihl.max(later_hlen) + 8 || base + payload > 0xffff {
@@ -296,10 +262,10 @@ pub fn fragment_v4(f: &mut [u8], mtu: usize) -> Option<(usize, Vec<Vec<u8>>)> {
 fn fragment_header(f: &mut [u8], ip_len: usize, offset: usize, more: bool) {
     let ip = ETH_HLEN;
     let ihl = usize::from(f[ip] & 0x0f) * 4;
-    put16(f, ip + 2, ip_len as u16);
+    put16(f, ip + ipv4::TOTAL_LEN, ip_len as u16);
     put16(
         f,
-        ip + 6,
+        ip + ipv4::FRAG,
         (offset / 8) as u16 | if more { 0x2000 } else { 0 },
     );
     put16(f, IP_CSUM, 0);
@@ -320,7 +286,8 @@ mod tests {
     use crate::pipeline::parse::fixtures::{
         a, checksums_ok, frame, frame6, l4_checksum6, reassemble6, split6,
     };
-    use crate::pipeline::parse::{TCP_SYN, parse};
+    use crate::pipeline::parse::parse;
+    use crate::pipeline::wire::TCP_SYN;
 
     #[test]
     fn dnat_and_snat_keep_checksums_valid() {
@@ -342,7 +309,7 @@ mod tests {
                 assert_eq!((p.key.dst, p.key.dport), (Addr::v4(0x0a00_0102), 8080));
                 decrement_ttl(&mut f).unwrap();
                 assert!(checksums_ok(&f));
-                assert_eq!(f[IP_TTL], 63);
+                assert_eq!(f[ETH_HLEN + ipv4::TTL], 63);
                 // And the reply path.
                 let mut r = frame(
                     proto,
@@ -431,7 +398,7 @@ mod tests {
     #[test]
     fn ttl_runs_out() {
         let mut f = frame(17, [1, 1, 1, 1], [2, 2, 2, 2], 1, 2, 0, b"x");
-        f[IP_TTL] = 1;
+        f[ETH_HLEN + ipv4::TTL] = 1;
         assert_eq!(decrement_ttl(&mut f), Err(Drop::TtlExceeded));
     }
 

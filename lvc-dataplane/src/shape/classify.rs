@@ -7,6 +7,9 @@
 //! so they match both directions.
 
 use crate::addr::Addr;
+use crate::pipeline::wire::{
+    ETH_HLEN, IPV6_FRAGMENT, PROTO_IPIP, PROTO_TCP, PROTO_UDP, be16, ipv4, ipv6,
+};
 use lvc_proto::Ports;
 use lvc_proto::shape::Match;
 use std::net::IpAddr;
@@ -34,8 +37,6 @@ pub struct Header {
     pub flow: u32,
 }
 
-const ETH_HLEN: usize = 14;
-
 fn addr(b: &[u8]) -> u128 {
     let mut a = [0u8; 16];
     if b.len() == 4 {
@@ -59,30 +60,31 @@ pub fn header(f: &[u8]) -> Option<Header> {
     let l4 = match ip.first()? >> 4 {
         4 => {
             let ihl = usize::from(ip[0] & 0x0f) * 4;
-            if ihl < 20 || ip.len() < ihl {
+            if ihl < ipv4::HLEN || ip.len() < ihl {
                 return None;
             }
-            h.tos = ip[1];
-            h.proto = ip[9];
-            h.src = addr(&ip[12..16]);
-            h.dst = addr(&ip[16..20]);
+            h.tos = ip[ipv4::TOS];
+            h.proto = ip[ipv4::PROTO];
+            h.src = addr(&ip[ipv4::SRC..ipv4::SRC + 4]);
+            h.dst = addr(&ip[ipv4::DST..ipv4::DST + 4]);
             // Only a first fragment has ports.
-            let frag_off = u16::from_be_bytes([ip[6], ip[7]]) & 0x1fff;
+            let frag_off = be16(ip, ipv4::FRAG) & 0x1fff;
             (frag_off == 0).then_some(ihl)
         }
-        6 if ip.len() >= 40 => {
+        6 if ip.len() >= ipv6::HLEN => {
             h.tos = (ip[0] << 4) | (ip[1] >> 4);
-            h.proto = ip[6];
-            h.src = addr(&ip[8..24]);
-            h.dst = addr(&ip[24..40]);
-            match ip.get(40..48) {
+            h.proto = ip[ipv6::NEXT];
+            h.src = addr(&ip[ipv6::SRC..ipv6::SRC + 16]);
+            h.dst = addr(&ip[ipv6::DST..ipv6::DST + 16]);
+            let frag_end = ipv6::HLEN + ipv6::FRAG_HLEN;
+            match ip.get(ipv6::HLEN..frag_end) {
                 // A fragment header: the protocol is behind it, and only
                 // a first fragment has ports.
-                Some(fh) if h.proto == 44 => {
+                Some(fh) if h.proto == IPV6_FRAGMENT => {
                     h.proto = fh[0];
-                    (u16::from_be_bytes([fh[2], fh[3]]) & 0xfff8 == 0).then_some(48)
+                    (be16(fh, 2) & 0xfff8 == 0).then_some(frag_end)
                 }
-                _ => Some(40),
+                _ => Some(ipv6::HLEN),
             }
         }
         _ => return None,
@@ -91,24 +93,21 @@ pub fn header(f: &[u8]) -> Option<Header> {
     if let Some(l4) = l4 {
         let mut ports_at = Some(l4);
         // IPIP (lvc-tun): the flow is the inner packet's.
-        if h.proto == 4
-            && let Some(inner) = ip.get(l4..l4 + 20)
+        if h.proto == PROTO_IPIP
+            && let Some(inner) = ip.get(l4..l4 + ipv4::HLEN)
             && inner[0] >> 4 == 4
         {
             let ihl = usize::from(inner[0] & 0x0f) * 4;
-            fsrc = addr(&inner[12..16]);
-            fdst = addr(&inner[16..20]);
-            fproto = inner[9];
+            fsrc = addr(&inner[ipv4::SRC..ipv4::SRC + 4]);
+            fdst = addr(&inner[ipv4::DST..ipv4::DST + 4]);
+            fproto = inner[ipv4::PROTO];
             ports_at = Some(l4 + ihl);
         }
         if let Some(at) = ports_at
-            && matches!(fproto, 6 | 17)
+            && matches!(fproto, PROTO_TCP | PROTO_UDP)
             && let Some(p) = ip.get(at..at + 4)
         {
-            let (sp, dp) = (
-                u16::from_be_bytes([p[0], p[1]]),
-                u16::from_be_bytes([p[2], p[3]]),
-            );
+            let (sp, dp) = (be16(p, 0), be16(p, 2));
             if fproto == h.proto {
                 (h.sport, h.dport) = (sp, dp);
             }
