@@ -25,4 +25,5 @@ pub mod net;
 pub mod pipeline;
 pub mod shape;
 pub mod stats;
+pub mod wire;
 pub mod worker;

@@ -13,8 +13,8 @@
 use crate::pipeline::parse::{Addr, FlowKey};
 use crate::pipeline::services::{Server, Template};
 use crate::pipeline::snat::SnatPool;
-use crate::pipeline::wire::{PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crate::stats::{Drop, TrafficStats};
+use crate::wire::{PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
@@ -979,7 +979,7 @@ mod tests {
         assert_eq!(ct.sweep(101), 1, "expired under the new timeout");
     }
 
-    const PROTO_UDP_FOR_TEST: u8 = crate::pipeline::wire::PROTO_UDP;
+    const PROTO_UDP_FOR_TEST: u8 = crate::wire::PROTO_UDP;
 
     #[test]
     fn only_a_bare_syn_opens_tcp() {

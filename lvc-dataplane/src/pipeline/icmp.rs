@@ -12,7 +12,7 @@
 use crate::pipeline::checksum::{checksum, update_words, update16, update32};
 use crate::pipeline::conntrack::{Conn, Dir};
 use crate::pipeline::parse::{Addr, IcmpError, Packet};
-use crate::pipeline::wire::{
+use crate::wire::{
     ETH_HLEN, ICMP_HLEN, ICMP6_PACKET_TOO_BIG, Ip, PROTO_ICMPV6, PROTO_UDP, be16, be32, ipv4, ipv6,
     is_v6, l4_csum_offset, put16,
 };
@@ -264,10 +264,10 @@ mod tests {
     use crate::pipeline::parse::fixtures::{a, frame, frame6, icmp_error};
     use crate::pipeline::parse::parse;
     use crate::pipeline::services::Server;
-    use crate::pipeline::wire::{
+    use crate::stats::TrafficStats;
+    use crate::wire::{
         ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, ICMP6_TIME_EXCEEDED, TCP_SYN,
     };
-    use crate::stats::TrafficStats;
     use lvc_proto::Method;
     use std::sync::Arc;
 

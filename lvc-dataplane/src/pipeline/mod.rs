@@ -20,23 +20,22 @@ pub mod rewrite;
 pub mod schedule;
 pub mod services;
 pub mod snat;
-pub mod wire;
 
 use crate::addr::Addr;
 use crate::net::route::{NeighRequest, NextHop, RouteTable};
 use crate::shape::ShapeTable;
 use crate::shape::classify::FlowMeta;
 use crate::stats::Drop;
+use crate::wire::{
+    self, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, ICMP6_PACKET_TOO_BIG,
+    ICMP6_TIME_EXCEEDED,
+};
 use conntrack::{Conn, Conntrack, Dir, opens_connection};
 use lvc_proto::Method;
 use parse::{Packet, parse};
 use services::{Persistence, Server, Service, ServiceTable, Template};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
-use wire::{
-    ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, ICMP6_PACKET_TOO_BIG,
-    ICMP6_TIME_EXCEEDED,
-};
 
 /// What the pipeline decided for a frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -515,11 +514,11 @@ mod tests {
                 dst: Addr::v4(0x0a09_000a),
                 sport: 1000,
                 dport: 80,
-                proto: wire::PROTO_TCP,
+                proto: crate::wire::PROTO_TCP,
             },
             l4_off: 34,
             ip_len: 40,
-            tcp_flags: wire::TCP_SYN,
+            tcp_flags: crate::wire::TCP_SYN,
             icmp: None,
             frag: None,
             v6: false,

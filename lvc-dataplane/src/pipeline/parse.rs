@@ -6,11 +6,11 @@
 //! header (etherparse's slices do the header-level checks).
 
 pub use crate::addr::Addr;
-use crate::pipeline::wire::{
+use crate::stats::Drop;
+use crate::wire::{
     ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED,
     ICMP6_DEST_UNREACH, ICMP6_PARAM_PROBLEM, IPV6_FRAGMENT, PROTO_ICMPV6, be16, ipv6,
 };
-use crate::stats::Drop;
 use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice};
 
 /// The flow 5-tuple of one direction; ports in host order.
@@ -437,7 +437,7 @@ pub(crate) mod fixtures {
         f[56..58].copy_from_slice(&dport.to_be_bytes());
         if proto == 6 {
             f[66] = 5 << 4;
-            f[67] = crate::pipeline::wire::TCP_SYN;
+            f[67] = crate::wire::TCP_SYN;
         } else {
             f[58..60].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
         }
@@ -507,7 +507,7 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::frame;
     use super::*;
-    use crate::pipeline::wire::*;
+    use crate::wire::*;
 
     #[test]
     fn parses_tcp_and_udp() {

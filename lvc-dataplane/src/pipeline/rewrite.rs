@@ -8,10 +8,10 @@
 
 use crate::pipeline::checksum::{update_words, update16, update32};
 use crate::pipeline::parse::{Addr, Packet};
-use crate::pipeline::wire::{ETH_HLEN, Ip, PROTO_UDP, be16, ipv4, l4_csum_offset, put16};
 use crate::stats::Drop;
+use crate::wire::{ETH_HLEN, Ip, PROTO_UDP, be16, ipv4, l4_csum_offset, put16};
 
-pub use crate::pipeline::wire::{IPIP_HLEN, ip_len};
+pub use crate::wire::{IPIP_HLEN, ip_len};
 
 /// The IPv4 header checksum, in a frame.
 const IP_CSUM: usize = ETH_HLEN + ipv4::CSUM;
@@ -287,7 +287,7 @@ mod tests {
         a, checksums_ok, frame, frame6, l4_checksum6, reassemble6, split6,
     };
     use crate::pipeline::parse::parse;
-    use crate::pipeline::wire::TCP_SYN;
+    use crate::wire::TCP_SYN;
 
     #[test]
     fn dnat_and_snat_keep_checksums_valid() {

@@ -77,7 +77,7 @@ impl std::fmt::Debug for SnatPool {
 }
 
 fn proto_index(proto: u8) -> usize {
-    usize::from(proto != crate::pipeline::wire::PROTO_TCP)
+    usize::from(proto != crate::wire::PROTO_TCP)
 }
 
 impl SnatPool {

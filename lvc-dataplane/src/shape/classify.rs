@@ -7,9 +7,7 @@
 //! so they match both directions.
 
 use crate::addr::Addr;
-use crate::pipeline::wire::{
-    ETH_HLEN, IPV6_FRAGMENT, PROTO_IPIP, PROTO_TCP, PROTO_UDP, be16, ipv4, ipv6,
-};
+use crate::wire::{ETH_HLEN, IPV6_FRAGMENT, PROTO_IPIP, PROTO_TCP, PROTO_UDP, be16, ipv4, ipv6};
 use lvc_proto::Ports;
 use lvc_proto::shape::Match;
 use std::net::IpAddr;

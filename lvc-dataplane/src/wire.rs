@@ -1,6 +1,7 @@
 //! The wire: header lengths, field offsets, protocol numbers and the few
 //! byte accessors that parse, rewrite, icmp, fragmentation and the shaping
-//! classifier share — each defined once, here.
+//! classifier share — each defined once, here (beside `addr`, since both
+//! `pipeline` and `shape` read headers).
 //!
 //! Offsets in [`ipv4`] and [`ipv6`] are relative to the start of the IP
 //! header (so they serve an outer header at [`ETH_HLEN`] and a quoted one
