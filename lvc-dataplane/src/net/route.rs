@@ -129,6 +129,14 @@ impl RouteTable {
         }
     }
 
+    /// The same table with `addr` as the director's address on `ifindex`
+    /// (tests; the route thread reads them from the kernel).
+    #[cfg(test)]
+    pub(crate) fn with_if_addr(mut self, ifindex: u32, addr: Addr) -> Self {
+        self.if_addrs.insert((ifindex, addr.is_v4()), addr);
+        self
+    }
+
     /// Where a packet to `dst` goes next.
     #[inline]
     pub fn next_hop(&self, dst: Addr) -> NextHop {

@@ -532,3 +532,493 @@ mod tests {
         assert_eq!(p.sweep(70), 0);
     }
 }
+
+/// The pipeline's decisions over method × direction × {fits, too big
+/// with and without DF, TTL ≤ 1, unresolved neighbour, fragments} for
+/// both families — with no socket, no thread, no kernel.
+#[cfg(test)]
+mod decisions {
+    use super::*;
+    use crate::net::route::{Link, Route};
+    use crate::pipeline::checksum::checksum;
+    use crate::pipeline::icmp::Originate;
+    use crate::pipeline::parse::fixtures::{a, checksums_ok, frame, frame6, l4_checksum6, split6};
+    use crate::pipeline::schedule::SchedState;
+    use crate::pipeline::snat::SnatPool;
+    use crate::stats::TrafficStats;
+    use crate::wire::{Ip, TCP_ACK, TCP_SYN, ipv4};
+    use lvc_proto::Scheduler;
+    use std::collections::HashMap;
+
+    const CLIENT_IF: u32 = 10;
+    const SERVER_IF: u32 = 20;
+    const CLIENT_MAC: [u8; 6] = [0xc1; 6];
+    const SERVER_MAC: [u8; 6] = [0x51; 6];
+
+    /// Addresses of one family: client, VIP, resolved real server,
+    /// unresolved real server, the director on each side.
+    struct Family {
+        client: Addr,
+        vip: Addr,
+        rip: Addr,
+        unresolved: Addr,
+        dir_client: Addr,
+        dir_server: Addr,
+    }
+
+    fn family(v6: bool) -> Family {
+        if v6 {
+            Family {
+                client: a("fd00:1::2"),
+                vip: a("fd00:9::10"),
+                rip: a("fd00:2::11"),
+                unresolved: a("fd00:2::12"),
+                dir_client: a("fd00:1::1"),
+                dir_server: a("fd00:2::1"),
+            }
+        } else {
+            Family {
+                client: a("10.1.0.2"),
+                vip: a("10.9.0.10"),
+                rip: a("10.2.0.11"),
+                unresolved: a("10.2.0.12"),
+                dir_client: a("10.1.0.1"),
+                dir_server: a("10.2.0.1"),
+            }
+        }
+    }
+
+    /// A two-armed director: port 0 = client side, port 1 = server side.
+    struct Lab {
+        fam: Family,
+        services: ServiceTable,
+        routes: RouteTable,
+        shaping: ShapeTable,
+        ct: Conntrack,
+        ports: [u32; 2],
+    }
+
+    impl Lab {
+        fn new(method: Method, v6: bool, server_mtu: u32, rip: fn(&Family) -> Addr) -> Self {
+            let fam = family(v6);
+            let server = Arc::new(Server {
+                addr: rip(&fam),
+                port: 80,
+                weight: 1,
+                method,
+                stats: Arc::default(),
+            });
+            let svc = |proto: &str| {
+                let servers = vec![server.clone()];
+                Arc::new(Service {
+                    key: format!("{proto}:{}", std::net::SocketAddr::new(fam.vip.ip(), 80))
+                        .parse()
+                        .unwrap(),
+                    sched: SchedState::build(Scheduler::Rr, &servers, Arc::default()),
+                    servers,
+                    stats: Arc::new(TrafficStats::default()),
+                    persistence: None,
+                })
+            };
+            let pool = SnatPool::new(&[fam.dir_server.ip()]);
+            let services =
+                ServiceTable::new([svc("tcp"), svc("udp")]).with_snat(Some(Arc::new(pool)));
+            let on_link = |dst: &str, prefix, oif| Route {
+                dst: a(dst),
+                prefix,
+                gateway: None,
+                oif,
+                metric: 0,
+            };
+            let routes = vec![
+                on_link("10.1.0.0", 96 + 24, CLIENT_IF),
+                on_link("10.2.0.0", 96 + 24, SERVER_IF),
+                on_link("fd00:1::", 64, CLIENT_IF),
+                on_link("fd00:2::", 64, SERVER_IF),
+            ];
+            let mut neigh = HashMap::new();
+            neigh.insert((CLIENT_IF, fam.client), CLIENT_MAC);
+            neigh.insert((SERVER_IF, fam.rip), SERVER_MAC);
+            let link = |ifindex, mac, mtu| Link {
+                ifindex,
+                name: format!("if{ifindex}"),
+                mac,
+                mtu,
+            };
+            let links = vec![
+                link(CLIENT_IF, [0xd0; 6], 1500),
+                link(SERVER_IF, [0xd1; 6], server_mtu),
+            ];
+            let routes = RouteTable::new(routes, neigh, links, Vec::new())
+                .with_if_addr(CLIENT_IF, fam.dir_client)
+                .with_if_addr(SERVER_IF, fam.dir_server);
+            Self {
+                fam,
+                services,
+                routes,
+                shaping: ShapeTable::default(),
+                ct: Conntrack::new(64),
+                ports: [CLIENT_IF, SERVER_IF],
+            }
+        }
+
+        fn run(&self, f: &mut [u8]) -> Result<Decision, Drop> {
+            let t = Tables {
+                now: 1,
+                now_ns: 1_000_000_000,
+                services: &self.services,
+                routes: &self.routes,
+                shaping: &self.shaping,
+                conntrack: &self.ct,
+                ports: &self.ports,
+            };
+            forward(f, &t, &mut FlowMeta::default())
+        }
+
+        /// A client packet to the VIP.
+        fn request(&self, proto: u8, flags: u8, payload: usize) -> Vec<u8> {
+            packet(
+                proto,
+                self.fam.client,
+                self.fam.vip,
+                40000,
+                80,
+                flags,
+                payload,
+            )
+        }
+    }
+
+    fn packet(proto: u8, src: Addr, dst: Addr, sp: u16, dp: u16, flags: u8, n: usize) -> Vec<u8> {
+        let payload = vec![0x5a; n];
+        match (src.v4_octets(), dst.v4_octets()) {
+            (Some(s), Some(d)) => frame(proto, s, d, sp, dp, flags, &payload),
+            _ => {
+                let mut f = frame6(proto, src, dst, sp, dp, &payload);
+                if proto == PROTO_TCP_NUM {
+                    f[67] = flags;
+                    let c = l4_checksum6(&f);
+                    f[70..72].copy_from_slice(&c.to_be_bytes());
+                }
+                f
+            }
+        }
+    }
+    const PROTO_TCP_NUM: u8 = 6;
+
+    /// Rewrites the IPv4 header's byte at `at` and fixes its checksum.
+    fn set_v4(f: &mut [u8], at: usize, v: u8) {
+        f[ETH_HLEN + at] = v;
+        f[ETH_HLEN + ipv4::CSUM..ETH_HLEN + ipv4::CSUM + 2].fill(0);
+        let c = checksum(&f[ETH_HLEN..ETH_HLEN + 20]);
+        f[ETH_HLEN + ipv4::CSUM..ETH_HLEN + ipv4::CSUM + 2].copy_from_slice(&c.to_be_bytes());
+    }
+
+    fn set_hops(f: &mut [u8], v6: bool, hops: u8) {
+        if v6 {
+            f[ETH_HLEN + 7] = hops;
+        } else {
+            set_v4(f, ipv4::TTL, hops);
+        }
+    }
+
+    /// Splits an IPv4 UDP frame into two fragments (`first` bytes of its
+    /// L4 segment, a multiple of 8, in the first), checksums fixed.
+    fn split4(f: &[u8], first: usize, id: u16) -> (Vec<u8>, Vec<u8>) {
+        let l4 = ETH_HLEN + 20;
+        let frag = |part: &[u8], off: usize, more: bool| {
+            let mut g = f[..l4].to_vec();
+            g.extend_from_slice(part);
+            let len = (20 + part.len()) as u16;
+            g[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&len.to_be_bytes());
+            g[ETH_HLEN + 4..ETH_HLEN + 6].copy_from_slice(&id.to_be_bytes());
+            let flags = (off / 8) as u16 | if more { 0x2000 } else { 0 };
+            g[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&flags.to_be_bytes());
+            set_v4(&mut g, ipv4::TTL, 64);
+            g
+        };
+        (
+            frag(&f[l4..l4 + first], 0, true),
+            frag(&f[l4 + first..], first, false),
+        )
+    }
+
+    /// What a frame that left says about itself: (src, sport, dst, dport).
+    fn endpoints(f: &[u8]) -> (Addr, u16, Addr, u16) {
+        let p = parse(f).expect("a valid frame leaves");
+        (p.key.src, p.key.sport, p.key.dst, p.key.dport)
+    }
+
+    fn l4_ok(f: &[u8], v6: bool) -> bool {
+        if v6 {
+            let at = ETH_HLEN + 40 + if f[20] == 6 { 16 } else { 6 };
+            u16::from_be_bytes([f[at], f[at + 1]]) == l4_checksum6(f)
+        } else {
+            checksums_ok(f)
+        }
+    }
+
+    const METHODS: [Method; 5] = [
+        Method::Nat,
+        Method::Dnat,
+        Method::Dr,
+        Method::Tun,
+        Method::Fullnat,
+    ];
+
+    /// Every method and family that lvc serves (IPIP is IPv4 only).
+    fn each(mut check: impl FnMut(Method, bool)) {
+        for v6 in [false, true] {
+            for m in METHODS {
+                if !(m == Method::Tun && v6) {
+                    check(m, v6);
+                }
+            }
+        }
+    }
+
+    fn rip(f: &Family) -> Addr {
+        f.rip
+    }
+
+    #[test]
+    fn a_packet_that_fits_is_rewritten_for_its_method() {
+        each(|m, v6| {
+            let lab = Lab::new(m, v6, 1500, rip);
+            let fam = &lab.fam;
+            let mut f = lab.request(6, TCP_SYN, 100);
+            let before = f.clone();
+            let d = lab.run(&mut f);
+            let case = format!("{m:?} v6={v6}");
+            if m == Method::Tun {
+                // Wrapped by the worker once the frame has grown.
+                assert_eq!(d, Ok(Decision::Tunnel(fam.rip)), "{case}");
+                assert_eq!(f, before, "{case}: the inner packet travels as sent");
+                let len = f.len();
+                f.resize(len + wire::IPIP_HLEN, 0);
+                let t = Tables {
+                    now: 1,
+                    now_ns: 0,
+                    services: &lab.services,
+                    routes: &lab.routes,
+                    shaping: &lab.shaping,
+                    conntrack: &lab.ct,
+                    ports: &lab.ports,
+                };
+                assert_eq!(tunnel(&mut f, len, fam.rip, &t), Ok(Decision::Send(1)));
+                assert_eq!(f[ETH_HLEN + ipv4::PROTO], wire::PROTO_IPIP);
+                assert_eq!(f[..6], SERVER_MAC, "{case}");
+                assert_eq!(
+                    f[ETH_HLEN + 20..],
+                    before[ETH_HLEN..],
+                    "{case}: inner intact"
+                );
+                return;
+            }
+            assert_eq!(d, Ok(Decision::Send(1)), "{case}");
+            assert_eq!(f[..6], SERVER_MAC, "{case}: next hop's MAC");
+            assert_eq!(f[6..12], [0xd1; 6], "{case}: the server side's MAC");
+            let (src, sport, dst, dport) = endpoints(&f);
+            let hops = Ip::of(&f[..], ETH_HLEN).hops();
+            match m {
+                Method::Dr => {
+                    assert_eq!((src, dst), (fam.client, fam.vip), "{case}");
+                    assert_eq!(f[12..], before[12..], "{case}: only MACs change");
+                    assert_eq!(hops, 64, "{case}: DR keeps the TTL");
+                }
+                Method::Nat | Method::Dnat => {
+                    assert_eq!((src, sport), (fam.client, 40000), "{case}");
+                    assert_eq!((dst, dport), (fam.rip, 80), "{case}");
+                    assert_eq!(hops, 63, "{case}");
+                }
+                Method::Fullnat => {
+                    assert_eq!(src, fam.dir_server, "{case}: a pool address");
+                    assert_eq!((dst, dport), (fam.rip, 80), "{case}");
+                    assert_eq!(hops, 63, "{case}");
+                }
+                Method::Tun => unreachable!(),
+            }
+            assert!(l4_ok(&f, v6), "{case}: checksums valid");
+        });
+    }
+
+    #[test]
+    fn replies_are_translated_back_only_where_the_method_sees_them() {
+        each(|m, v6| {
+            let lab = Lab::new(m, v6, 1500, rip);
+            let fam = &lab.fam;
+            let case = format!("{m:?} v6={v6}");
+            let mut f = lab.request(6, TCP_SYN, 0);
+            lab.run(&mut f).unwrap();
+            // The reply as the real server sends it: to whoever the
+            // request reached it from.
+            let (src, sport, _, _) = endpoints(&f);
+            let (to, to_port) = if m == Method::Fullnat {
+                (src, sport)
+            } else {
+                (fam.client, 40000)
+            };
+            let mut r = packet(6, fam.rip, to, 80, to_port, TCP_SYN | TCP_ACK, 10);
+            let d = lab.run(&mut r);
+            match m {
+                Method::Nat | Method::Fullnat => {
+                    assert_eq!(d, Ok(Decision::Send(0)), "{case}");
+                    assert_eq!(r[..6], CLIENT_MAC, "{case}");
+                    assert_eq!(
+                        endpoints(&r),
+                        (fam.vip, 80, fam.client, 40000),
+                        "{case}: from the VIP to the client"
+                    );
+                    assert!(l4_ok(&r, v6), "{case}");
+                }
+                // Replies bypass the director: one that came here anyway
+                // belongs to no flow and no service.
+                _ => assert_eq!(d, Err(Drop::NoService), "{case}"),
+            }
+        });
+    }
+
+    #[test]
+    fn too_big_for_the_next_link() {
+        each(|m, v6| {
+            let lab = Lab::new(m, v6, 1400, rip);
+            let case = format!("{m:?} v6={v6}");
+            // 1500-byte IP packets (DF set: the fixture's default).
+            let payload = 1500 - if v6 { 40 } else { 20 } - 8;
+            let mut f = lab.request(17, 0, payload);
+            let overhead = if m == Method::Tun { 20 } else { 0 };
+            let expect = Originate {
+                kind: if v6 {
+                    ICMP6_PACKET_TOO_BIG
+                } else {
+                    ICMP_DEST_UNREACH
+                },
+                code: if v6 { 0 } else { ICMP_FRAG_NEEDED },
+                mtu: 1400 - overhead,
+            };
+            assert_eq!(lab.run(&mut f), Ok(Decision::Icmp(expect)), "{case}");
+            if v6 {
+                return;
+            }
+            // DF clear: forwarded in fragments (tun: the outer packet,
+            // split once wrapped).
+            let mut f = lab.request(17, 0, payload);
+            set_v4(&mut f, ipv4::FRAG, 0);
+            let d = lab.run(&mut f);
+            if m == Method::Tun {
+                assert_eq!(d, Ok(Decision::Tunnel(lab.fam.rip)), "{case}");
+            } else {
+                assert_eq!(d, Ok(Decision::Fragment(1, 1400)), "{case}");
+            }
+        });
+    }
+
+    #[test]
+    fn out_of_hops_is_time_exceeded_where_the_method_routes() {
+        each(|m, v6| {
+            let lab = Lab::new(m, v6, 1500, rip);
+            let case = format!("{m:?} v6={v6}");
+            let mut f = lab.request(6, TCP_SYN, 0);
+            set_hops(&mut f, v6, 1);
+            let d = lab.run(&mut f);
+            match m {
+                // DR forwards without decrementing; tun wraps the packet
+                // as it came.
+                Method::Dr => assert_eq!(d, Ok(Decision::Send(1)), "{case}"),
+                Method::Tun => assert_eq!(d, Ok(Decision::Tunnel(lab.fam.rip)), "{case}"),
+                _ => {
+                    let kind = if v6 {
+                        ICMP6_TIME_EXCEEDED
+                    } else {
+                        ICMP_TIME_EXCEEDED
+                    };
+                    let expect = Originate {
+                        kind,
+                        code: 0,
+                        mtu: 0,
+                    };
+                    assert_eq!(d, Ok(Decision::Icmp(expect)), "{case}");
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn an_unresolved_next_hop_parks_the_frame_and_asks_for_it() {
+        each(|m, v6| {
+            let lab = Lab::new(m, v6, 1500, |f| f.unresolved);
+            let case = format!("{m:?} v6={v6}");
+            let mut f = lab.request(6, TCP_SYN, 0);
+            let d = lab.run(&mut f);
+            let rip = lab.fam.unresolved;
+            if m == Method::Tun {
+                assert_eq!(d, Ok(Decision::Tunnel(rip)), "{case}");
+                return;
+            }
+            let ask = NeighRequest {
+                ifindex: SERVER_IF,
+                ip: rip,
+            };
+            assert_eq!(d, Ok(Decision::Park(rip, ask)), "{case}");
+        });
+    }
+
+    #[test]
+    fn later_fragments_follow_their_first() {
+        each(|m, v6| {
+            let lab = Lab::new(m, v6, 1500, rip);
+            let case = format!("{m:?} v6={v6}");
+            let whole = lab.request(17, 0, 200);
+            let (mut first, mut later) = if v6 {
+                split6(&whole, 64, 7)
+            } else {
+                split4(&whole, 64, 7)
+            };
+            // A later fragment that overtakes its first is not ours yet.
+            assert_eq!(lab.run(&mut later.clone()), Err(Drop::Fragment), "{case}");
+            let d1 = lab.run(&mut first);
+            let d2 = lab.run(&mut later);
+            if m == Method::Tun {
+                assert_eq!((d1, d2), (Ok(Decision::Tunnel(lab.fam.rip)), d1), "{case}");
+                return;
+            }
+            assert_eq!(
+                (d1, d2),
+                (Ok(Decision::Send(1)), Ok(Decision::Send(1))),
+                "{case}"
+            );
+            let dst = |f: &[u8]| Ip::of(f, ETH_HLEN).dst();
+            let src = |f: &[u8]| Ip::of(f, ETH_HLEN).src();
+            assert_eq!(dst(&later), dst(&first), "{case}: same destination");
+            assert_eq!(src(&later), src(&first), "{case}: same source");
+            let expect_dst = if m == Method::Dr {
+                lab.fam.vip
+            } else {
+                lab.fam.rip
+            };
+            assert_eq!(dst(&later), expect_dst, "{case}");
+        });
+    }
+
+    #[test]
+    fn packets_that_open_nothing_are_dropped_with_a_reason() {
+        each(|m, v6| {
+            let lab = Lab::new(m, v6, 1500, rip);
+            let case = format!("{m:?} v6={v6}");
+            // A bare ACK opens no TCP connection.
+            assert_eq!(
+                lab.run(&mut lab.request(6, TCP_ACK, 0)),
+                Err(Drop::NoFlow),
+                "{case}"
+            );
+            // Another port: no service.
+            let mut f = packet(6, lab.fam.client, lab.fam.vip, 40000, 81, TCP_SYN, 0);
+            assert_eq!(lab.run(&mut f), Err(Drop::NoService), "{case}");
+            // Truncated, and not IP at all.
+            let mut cut = lab.request(6, TCP_SYN, 0);
+            cut.truncate(ETH_HLEN + 10);
+            assert_eq!(lab.run(&mut cut), Err(Drop::Malformed), "{case}");
+            assert_eq!(lab.run(&mut [0u8; 20]), Err(Drop::NotIp), "{case}");
+        });
+    }
+}
