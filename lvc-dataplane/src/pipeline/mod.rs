@@ -202,7 +202,7 @@ pub fn forward(f: &mut [u8], t: &Tables, meta: &mut FlowMeta) -> Result<Decision
                 mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
             }));
         }
-        if f[ETH_HLEN + 6] & 0x40 != 0 {
+        if wire::Ip::of(&*f, ETH_HLEN).dont_fragment() {
             return Ok(Decision::Icmp(icmp::Originate {
                 kind: ICMP_DEST_UNREACH,
                 code: ICMP_FRAG_NEEDED,
