@@ -69,6 +69,15 @@ impl Frame {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// A frame of no UMEM, with no bytes (`len()` is 0), for unit tests
+    /// of what holds frames (the shaping queues). Never given to a ring.
+    #[cfg(test)]
+    pub(crate) fn for_test() -> Self {
+        Self {
+            desc: FrameDesc::default(),
+        }
+    }
 }
 
 /// One AF_XDP socket: an (interface, queue) with its four rings.

@@ -673,3 +673,670 @@ impl PortShaper {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! [`PortShaper`] over simulated time (the clock is passed in, ns).
+    //! A test frame has no UMEM and so no bytes: where bytes matter
+    //! (rates, waits) frames are queued with [`hold`], which gives the
+    //! length `queue` would read from the frame.
+
+    use super::*;
+    use lvc_proto::shape::{ClassSpec, Rate, Size};
+
+    /// The shaped interface the tests use, and one shaped without classes.
+    const DEV: &str = "eth0";
+    const BARE: &str = "eth1";
+    const MS: u64 = 1_000_000;
+
+    fn id(s: &str) -> ClassId {
+        s.parse().unwrap()
+    }
+
+    fn rate(s: &str) -> Rate {
+        s.parse().unwrap()
+    }
+
+    /// A fifo class of `r` under the root, ceil = rate.
+    fn class(classid: &str, r: &str) -> ClassSpec {
+        ClassSpec {
+            classid: id(classid),
+            parent: None,
+            rate: rate(r),
+            ceil: None,
+            burst: None,
+            prio: 0,
+            bounded: false,
+            isolated: false,
+            qdisc: Qdisc::default(),
+        }
+    }
+
+    fn under(parent: &str, c: ClassSpec) -> ClassSpec {
+        ClassSpec {
+            parent: Some(id(parent)),
+            ..c
+        }
+    }
+
+    fn ceil(r: &str, c: ClassSpec) -> ClassSpec {
+        ClassSpec {
+            ceil: Some(rate(r)),
+            ..c
+        }
+    }
+
+    fn fifo(limit: u32, c: ClassSpec) -> ClassSpec {
+        ClassSpec {
+            qdisc: Qdisc::Fifo { limit: Some(limit) },
+            ..c
+        }
+    }
+
+    /// `DEV` at 100mbit with these classes.
+    fn dev(classes: Vec<ClassSpec>) -> DevShape {
+        DevShape {
+            classes,
+            ..DevShape::new(DEV, rate("100mbit"))
+        }
+    }
+
+    /// Compiled as the daemon does (counters carried over from `old`).
+    fn build(devs: Vec<DevShape>, police: Vec<PoliceSpec>, old: &ShapeTable) -> ShapeTable {
+        let cfg = ShapeConfig { devs, police };
+        let ifindex = |d: &str| {
+            [DEV, BARE]
+                .iter()
+                .position(|x| *x == d)
+                .map(|i| i as u32 + 2)
+        };
+        ShapeTable::build(&cfg, ifindex, old, 0).expect("a valid configuration")
+    }
+
+    /// Worker 0's queues for interface `name`.
+    fn shaper(t: &ShapeTable, name: &str) -> PortShaper {
+        let d = t.devs.iter().find(|d| d.spec.dev == name).expect("shaped");
+        PortShaper::new(Arc::clone(d), 0, 1)
+    }
+
+    /// The node of `classid` (`1:` is the root).
+    fn node(ps: &PortShaper, classid: &str) -> usize {
+        let want = id(classid);
+        ps.dev
+            .ids
+            .iter()
+            .position(|c| *c == want)
+            .unwrap_or_else(|| panic!("no class {classid}"))
+    }
+
+    /// Frames queued in `classid` (none if it has no queue).
+    fn queued(ps: &PortShaper, classid: &str) -> usize {
+        ps.leaves[node(ps, classid)]
+            .as_ref()
+            .map_or(0, Leaf::packets)
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    enum Outcome {
+        Direct,
+        Queued,
+        Policed,
+        Dropped,
+    }
+
+    /// Offers a (bytes-less) frame classified into `classid`.
+    fn offer(ps: &mut PortShaper, classid: &str, now: u64, room: bool) -> Outcome {
+        let leaf = node(ps, classid);
+        match ps.enqueue(Frame::for_test(), leaf, &Header::default(), now, room) {
+            Enqueued::Direct(_) => Outcome::Direct,
+            Enqueued::Queued => Outcome::Queued,
+            Enqueued::Policed(_) => Outcome::Policed,
+            Enqueued::Dropped(_) => Outcome::Dropped,
+        }
+    }
+
+    /// Queues a `len`-byte frame into `classid` as `queue` does.
+    fn hold(ps: &mut PortShaper, classid: &str, len: u32, now: u64) {
+        let leaf = node(ps, classid);
+        let q = ps.leaves[leaf].as_mut().expect("a leaf");
+        if q.is_empty() {
+            ps.vtime[leaf] = ps.vtime[leaf].max(ps.vclock);
+        }
+        let item = Queued {
+            frame: Frame::for_test(),
+            len,
+            flow: 0,
+            tos: 0,
+        };
+        assert!(q.enqueue(item, now).is_none(), "{classid} has room");
+        let c = &ps.dev.counters[leaf];
+        c.backlog_packets.fetch_add(1, Relaxed);
+        c.backlog_bytes.fetch_add(i64::from(len), Relaxed);
+        ps.held += 1;
+    }
+
+    fn counters<'a>(ps: &'a PortShaper, classid: &str) -> &'a ClassCounters {
+        &ps.dev.counters[node(ps, classid)]
+    }
+
+    /// Fails listing every message in `wrong`.
+    fn report(wrong: &[String], of: usize) {
+        assert!(
+            wrong.is_empty(),
+            "{} wrong (of {of} cases):\n  {}",
+            wrong.len(),
+            wrong.join("\n  ")
+        );
+    }
+
+    /// A frame offered to a class: queued, sent direct, policed or
+    /// dropped, as `enqueue` says.
+    struct Offer {
+        name: &'static str,
+        dev: &'static str,
+        class: &'static str,
+        /// Frames queued there first.
+        before: usize,
+        room: bool,
+        /// Bytes the class's policer is overdrawn by at time 0 (a test
+        /// frame has no bytes: it cannot overdraw it itself).
+        overdrawn: u32,
+        /// When the frame is offered (ns).
+        at: u64,
+        expect: Outcome,
+        /// Frames queued in the class afterwards, and its drops.
+        queued: usize,
+        drops: u64,
+    }
+
+    fn offers() -> Vec<Offer> {
+        let o = |name, class, expect, queued, drops| Offer {
+            name,
+            dev: DEV,
+            class,
+            before: 0,
+            room: true,
+            overdrawn: 0,
+            at: 0,
+            expect,
+            queued,
+            drops,
+        };
+        use Outcome::*;
+        vec![
+            o("a leaf with room queues", "1:10", Queued, 1, 0),
+            Offer {
+                room: false,
+                ..o("no room in the worker: dropped", "1:10", Dropped, 0, 1)
+            },
+            Offer {
+                before: 2,
+                ..o("a full fifo drops the newcomer", "1:10", Dropped, 2, 1)
+            },
+            o("an inner class has no queue: direct", "1:1", Direct, 0, 0),
+            o(
+                "the root of a tree has no queue: direct",
+                "1:",
+                Direct,
+                0,
+                0,
+            ),
+            Offer {
+                dev: BARE,
+                ..o(
+                    "an interface without classes queues at its root",
+                    "1:",
+                    Queued,
+                    1,
+                    0,
+                )
+            },
+            o("within the policer's rate: queued", "1:20", Queued, 1, 0),
+            Offer {
+                overdrawn: 1500,
+                at: MS,
+                ..o("above the policer's rate: policed", "1:20", Policed, 0, 1)
+            },
+            Offer {
+                overdrawn: 1500,
+                at: MS,
+                room: false,
+                ..o("policed before room is looked at", "1:20", Policed, 0, 1)
+            },
+            // 8mbit: 1500 bytes of debt are paid back in 1.5 ms.
+            Offer {
+                overdrawn: 1500,
+                at: 3 * MS / 2,
+                ..o("the policer refilled: queued", "1:20", Queued, 1, 0)
+            },
+            Offer {
+                room: false,
+                ..o(
+                    "within the policer, no room: dropped",
+                    "1:20",
+                    Dropped,
+                    0,
+                    1,
+                )
+            },
+        ]
+    }
+
+    #[test]
+    fn enqueue_queues_sends_direct_polices_or_drops() {
+        let devs = vec![
+            dev(vec![
+                class("1:1", "100mbit"),
+                fifo(2, under("1:1", class("1:10", "10mbit"))),
+                under("1:1", class("1:20", "10mbit")),
+            ]),
+            DevShape::new(BARE, rate("100mbit")),
+        ];
+        let police = vec![PoliceSpec {
+            target: PoliceTarget::Class {
+                dev: DEV.into(),
+                classid: id("1:20"),
+            },
+            rate: rate("8mbit"),
+            burst: Size(1600),
+        }];
+        let cases = offers();
+        let mut wrong = Vec::new();
+        for c in &cases {
+            let t = build(devs.clone(), police.clone(), &ShapeTable::default());
+            let mut ps = shaper(&t, c.dev);
+            for _ in 0..c.before {
+                assert_eq!(offer(&mut ps, c.class, 0, true), Outcome::Queued);
+            }
+            let policer = ps.dev.police[node(&ps, c.class)].clone();
+            if let Some(p) = &policer
+                && c.overdrawn > 0
+            {
+                let mut b = p.bucket.lock().unwrap();
+                let full = b.balance_bytes() as u32;
+                b.charge(full + c.overdrawn);
+            }
+            let got = offer(&mut ps, c.class, c.at, c.room);
+            let k = counters(&ps, c.class);
+            let found = (
+                got,
+                queued(&ps, c.class),
+                ps.held,
+                k.backlog_packets.load(Relaxed),
+                k.drops.load(Relaxed),
+            );
+            let want = (c.expect, c.queued, c.queued, c.queued as i64, c.drops);
+            if found != want {
+                wrong.push(format!(
+                    "{}: (outcome, queued, held, backlog, drops) {found:?}, expected {want:?}",
+                    c.name
+                ));
+            }
+            if let Some(p) = &policer {
+                let pc = &p.counters;
+                let policed = u64::from(c.expect == Outcome::Policed);
+                let found = (
+                    pc.passed_packets.load(Relaxed),
+                    pc.dropped_packets.load(Relaxed),
+                );
+                if found != (1 - policed, policed) {
+                    wrong.push(format!(
+                        "{}: policer (passed, dropped) {found:?}, expected {:?}",
+                        c.name,
+                        (1 - policed, policed)
+                    ));
+                }
+            }
+        }
+        report(&wrong, cases.len());
+    }
+
+    /// Runs `secs` of simulated time in 100 µs rounds, the `busy` classes
+    /// always backlogged with 1500-byte frames; mbit/s each class sent.
+    fn send_rates(t: &ShapeTable, busy: &[&str], secs: u64) -> Vec<f64> {
+        let mut ps = shaper(t, DEV);
+        let mut out = Vec::new();
+        let mut now = 0;
+        while now < secs * 1_000 * MS {
+            now += MS / 10;
+            for c in busy {
+                while queued(&ps, c) < 4 {
+                    hold(&mut ps, c, 1500, now);
+                }
+            }
+            ps.dequeue(now, 64, &mut out);
+            out.clear();
+        }
+        busy.iter()
+            .map(|c| counters(&ps, c).bytes.load(Relaxed) as f64 * 8.0 / secs as f64 / 1e6)
+            .collect()
+    }
+
+    #[test]
+    fn dequeue_keeps_class_rates_over_time() {
+        let tbf = Qdisc::Tbf {
+            rate: rate("7mbit"),
+            burst: Size(5000),
+            limit: None,
+            latency: None,
+        };
+        let bounded = |c: ClassSpec| ClassSpec { bounded: true, ..c };
+        let prio = |p: u8, c: ClassSpec| ClassSpec { prio: p, ..c };
+        let split = || {
+            vec![
+                ceil("100mbit", class("1:10", "70mbit")),
+                ceil("100mbit", class("1:20", "30mbit")),
+            ]
+        };
+        // (name, classes, busy classes, mbit/s each sends)
+        type Case = (
+            &'static str,
+            Vec<ClassSpec>,
+            &'static [&'static str],
+            &'static [f64],
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "a bounded class sends at its rate",
+                vec![bounded(ceil("100mbit", class("1:10", "10mbit")))],
+                &["1:10"],
+                &[10.0],
+            ),
+            (
+                "a class borrows up to its ceil",
+                vec![ceil("60mbit", class("1:10", "10mbit"))],
+                &["1:10"],
+                &[60.0],
+            ),
+            (
+                "guarantees split the link",
+                split(),
+                &["1:10", "1:20"],
+                &[70.0, 30.0],
+            ),
+            ("an idle class's rate is lent", split(), &["1:20"], &[100.0]),
+            (
+                "the spare goes to the lower prio first",
+                vec![
+                    prio(1, ceil("60mbit", class("1:10", "10mbit"))),
+                    prio(5, ceil("100mbit", class("1:20", "10mbit"))),
+                ],
+                &["1:10", "1:20"],
+                &[60.0, 40.0],
+            ),
+            (
+                "a bounded parent caps its children",
+                vec![
+                    bounded(class("1:1", "50mbit")),
+                    ceil("50mbit", under("1:1", class("1:10", "10mbit"))),
+                ],
+                &["1:10"],
+                &[50.0],
+            ),
+            (
+                "a tbf leaf keeps its own rate",
+                vec![ClassSpec {
+                    qdisc: tbf,
+                    ..class("1:10", "100mbit")
+                }],
+                &["1:10"],
+                &[7.0],
+            ),
+        ];
+        let mut wrong = Vec::new();
+        for (name, classes, busy, expect) in &cases {
+            let t = build(vec![dev(classes.clone())], vec![], &ShapeTable::default());
+            let got = send_rates(&t, busy, 2);
+            // Within 2 % (the first bursts are a fraction of that).
+            let ok = got
+                .iter()
+                .zip(*expect)
+                .all(|(g, e)| (g - e).abs() <= e * 0.02);
+            if !ok {
+                wrong.push(format!("{name}: {got:.2?} mbit/s, expected {expect:?}"));
+            }
+        }
+        report(&wrong, cases.len());
+    }
+
+    /// What one dequeue round sends and returns, from a 1mbit bounded
+    /// class with a 1600-byte burst holding 1500-byte frames.
+    #[test]
+    fn dequeue_says_when_to_come_back() {
+        // (name, frames held, budget, frames sent, returned)
+        let cases: [(&str, usize, usize, usize, Option<u64>); 5] = [
+            ("nothing held: no wait", 0, 8, 0, None),
+            ("all sent: no wait", 2, 8, 2, None),
+            ("stopped by the budget: at once", 2, 1, 1, Some(0)),
+            (
+                "the TX ring is full (budget 0): a kick",
+                2,
+                0,
+                0,
+                Some(20_000),
+            ),
+            // Two fit the burst (the second overdraws it by 1400 bytes,
+            // 11.2 ms at 1mbit); the third waits for those.
+            (
+                "out of tokens: until green again",
+                3,
+                8,
+                2,
+                Some(11_200 * 1_000),
+            ),
+        ];
+        let c = ClassSpec {
+            bounded: true,
+            burst: Some(Size(1600)),
+            ..class("1:10", "1mbit")
+        };
+        let mut wrong = Vec::new();
+        for (name, held, budget, sent, wait) in cases {
+            let t = build(vec![dev(vec![c.clone()])], vec![], &ShapeTable::default());
+            let mut ps = shaper(&t, DEV);
+            for _ in 0..held {
+                hold(&mut ps, "1:10", 1500, 0);
+            }
+            let mut out = Vec::new();
+            let got = ps.dequeue(0, budget, &mut out);
+            let found = (out.len(), got, ps.held);
+            if found != (sent, wait, held - sent) {
+                wrong.push(format!(
+                    "{name}: (sent, returned, held) {found:?}, expected {:?}",
+                    (sent, wait, held - sent)
+                ));
+            }
+        }
+        report(&wrong, cases.len());
+        // The wait is exact: a nanosecond early is too early.
+        let t = build(vec![dev(vec![c])], vec![], &ShapeTable::default());
+        let mut ps = shaper(&t, DEV);
+        for _ in 0..3 {
+            hold(&mut ps, "1:10", 1500, 0);
+        }
+        let mut out = Vec::new();
+        let wait = ps.dequeue(0, 8, &mut out).expect("a frame left");
+        assert_eq!(ps.dequeue(wait - 1, 8, &mut out), Some(1_000));
+        assert_eq!((out.len(), ps.held), (2, 1));
+        assert!(counters(&ps, "1:10").overlimits.load(Relaxed) >= 2);
+        assert_eq!(ps.dequeue(wait, 8, &mut out), None);
+        assert_eq!((out.len(), ps.held), (3, 0));
+        assert_eq!(counters(&ps, "1:10").packets.load(Relaxed), 3);
+    }
+
+    #[test]
+    fn adopt_carries_frames_into_the_same_class() {
+        // (what became of the class, class, frames it held, frames carried
+        // into the new shaper, frames dropped)
+        let cases = [
+            ("unchanged: all carried", "1:10", 2, 2, 0),
+            ("gone: all dropped", "1:20", 1, 0, 1),
+            ("now has a child (no queue): all dropped", "1:30", 3, 0, 3),
+            ("its new fifo holds one: one carried", "1:40", 2, 1, 1),
+        ];
+        let old_t = build(
+            vec![dev(vec![
+                class("1:10", "10mbit"),
+                class("1:20", "10mbit"),
+                class("1:30", "10mbit"),
+                class("1:40", "10mbit"),
+            ])],
+            vec![],
+            &ShapeTable::default(),
+        );
+        let new_t = build(
+            vec![dev(vec![
+                class("1:10", "10mbit"),
+                class("1:30", "10mbit"),
+                under("1:30", class("1:31", "10mbit")),
+                fifo(1, class("1:40", "10mbit")),
+                class("1:50", "10mbit"),
+            ])],
+            vec![],
+            &old_t,
+        );
+        let mut old = shaper(&old_t, DEV);
+        for (_, class, held, ..) in cases {
+            for _ in 0..held {
+                assert_eq!(offer(&mut old, class, 0, true), Outcome::Queued);
+            }
+        }
+        assert_eq!(old.held, 8);
+        let old_dev = Arc::clone(&old.dev);
+        let mut new = shaper(&new_t, DEV);
+        let mut dropped = Vec::new();
+        new.adopt(old, MS, &mut dropped);
+        let mut wrong = Vec::new();
+        for (name, class, _, carried, lost) in cases {
+            let at = old_dev.ids.iter().position(|c| *c == id(class)).unwrap();
+            // (A class that stays keeps its counters: its backlog is then
+            // the new queue's.)
+            let oc = &old_dev.counters[at];
+            let now_queued = if new.dev.ids.contains(&id(class)) {
+                queued(&new, class)
+            } else {
+                0
+            };
+            let found = (
+                now_queued,
+                oc.backlog_packets.load(Relaxed),
+                oc.drops.load(Relaxed),
+            );
+            let want = (carried, carried as i64, lost);
+            if found != want {
+                wrong.push(format!(
+                    "{class} {name}: (queued in the new shaper, backlog, drops) {found:?}, expected {want:?}"
+                ));
+            }
+        }
+        report(&wrong, cases.len());
+        assert_eq!((new.held, dropped.len()), (3, 5));
+        assert_eq!(queued(&new, "1:31") + queued(&new, "1:50"), 0);
+        // And the new shaper sends them.
+        let mut out = Vec::new();
+        assert_eq!(new.dequeue(MS, 64, &mut out), None);
+        assert_eq!((out.len(), new.held), (3, 0));
+    }
+
+    #[test]
+    fn drain_returns_every_frame_as_dropped() {
+        let t = build(
+            vec![dev(vec![
+                class("1:10", "10mbit"),
+                ClassSpec {
+                    qdisc: Qdisc::Sfq {
+                        quantum: None,
+                        perturb: None,
+                        flows: None,
+                        limit: None,
+                    },
+                    ..class("1:20", "10mbit")
+                },
+            ])],
+            vec![],
+            &ShapeTable::default(),
+        );
+        let mut ps = shaper(&t, DEV);
+        for (class, n) in [("1:10", 3), ("1:20", 2)] {
+            for _ in 0..n {
+                assert_eq!(offer(&mut ps, class, 0, true), Outcome::Queued);
+            }
+        }
+        assert_eq!(ps.held, 5);
+        assert_eq!(ps.drain().len(), 5);
+        assert_eq!(ps.held, 0);
+        for (class, n) in [("1:10", 3), ("1:20", 2)] {
+            let k = counters(&ps, class);
+            assert_eq!(queued(&ps, class), 0, "{class}");
+            assert_eq!(k.backlog_packets.load(Relaxed), 0, "{class}");
+            assert_eq!(k.drops.load(Relaxed), n, "{class}");
+        }
+        assert!(ps.drain().is_empty());
+        assert_eq!(ps.dequeue(MS, 64, &mut Vec::new()), None);
+    }
+
+    /// `held` counts the frames the shaper holds through every path.
+    #[test]
+    fn held_counts_the_frames_held() {
+        enum Step {
+            Enqueue(&'static str, bool),
+            Send(usize),
+            Drain,
+        }
+        use Step::*;
+        // (step, frames held after it)
+        let steps = [
+            (Enqueue("1:10", true), 1),
+            (Enqueue("1:20", true), 2),
+            (Enqueue("1:10", true), 3),
+            (Enqueue("1:10", false), 3),
+            (Enqueue("1:10", true), 3), // the fifo holds two
+            (Enqueue("1:1", true), 3),  // direct
+            (Send(1), 2),
+            (Enqueue("1:20", true), 3),
+            (Send(0), 3),
+            (Send(64), 0),
+            (Enqueue("1:10", true), 1),
+            (Enqueue("1:20", true), 2),
+            (Drain, 0),
+        ];
+        let t = build(
+            vec![dev(vec![
+                class("1:1", "100mbit"),
+                fifo(2, under("1:1", class("1:10", "10mbit"))),
+                under("1:1", class("1:20", "10mbit")),
+            ])],
+            vec![],
+            &ShapeTable::default(),
+        );
+        let mut ps = shaper(&t, DEV);
+        let mut wrong = Vec::new();
+        for (i, (step, held)) in steps.iter().enumerate() {
+            let what = match step {
+                Enqueue(class, room) => {
+                    let got = offer(&mut ps, class, 0, *room);
+                    format!("offer to {class} (room: {room}): {got:?}")
+                }
+                Send(budget) => {
+                    let mut out = Vec::new();
+                    ps.dequeue(0, *budget, &mut out);
+                    format!("send {budget}: sent {}", out.len())
+                }
+                Drain => format!("drain: {}", ps.drain().len()),
+            };
+            let backlog: i64 = ps
+                .dev
+                .counters
+                .iter()
+                .map(|c| c.backlog_packets.load(Relaxed))
+                .sum();
+            if (ps.held, backlog) != (*held, *held as i64) {
+                wrong.push(format!(
+                    "step {i}, {what}: held {}, backlog {backlog}, expected {held}",
+                    ps.held
+                ));
+            }
+        }
+        report(&wrong, steps.len());
+    }
+}
