@@ -96,8 +96,23 @@ pub fn tunnel(f: &mut [u8], len: usize, rip: Addr, t: &Tables) -> Result<Decisio
     rewrite::encap_ipip(f, len, from, rip);
     let hop = t.routes.next_hop(rip);
     let outer = len - ETH_HLEN + wire::IPIP_HLEN;
-    let mtu = match hop {
-        NextHop::Ready(l2) if outer as u32 > l2.mtu => {
+    send_split(f, hop, rip, outer, t.ports)
+}
+
+/// Sends an already-rewritten packet of `ip_len` bytes towards `next`,
+/// split into fragments if it is too big for the link (DF clear; with DF
+/// set it is dropped: the sender was told by the packet's first piece or
+/// before it was wrapped). A parked frame is checked when it leaves.
+#[inline]
+fn send_split(
+    f: &mut [u8],
+    hop: NextHop,
+    next: Addr,
+    ip_len: usize,
+    ports: &[u32],
+) -> Result<Decision, Drop> {
+    let split = match hop {
+        NextHop::Ready(l2) if ip_len as u32 > l2.mtu => {
             if !rewrite::may_fragment(f) {
                 return Err(Drop::TooBig);
             }
@@ -105,7 +120,7 @@ pub fn tunnel(f: &mut [u8], len: usize, rip: Addr, t: &Tables) -> Result<Decisio
         }
         _ => None,
     };
-    fragmenting(send_to(f, hop, rip, t.ports), mtu)
+    fragmenting(send_to(f, hop, next, ports), split)
 }
 
 /// Takes one frame through the pipeline.
@@ -293,17 +308,8 @@ fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Dec
     };
     // Too big for the next link: split again (IPv6 fragments are never
     // split by routers: the sender learns the MTU from the first one's
-    // "packet too big"; a parked frame is checked when it leaves).
-    let split = match hop {
-        NextHop::Ready(l2) if pkt.ip_len as u32 > l2.mtu => {
-            if !rewrite::may_fragment(f) {
-                return Err(Drop::TooBig);
-            }
-            Some(l2.mtu)
-        }
-        _ => None,
-    };
-    fragmenting(send_to(f, hop, next, t.ports), split)
+    // "packet too big").
+    send_split(f, hop, next, pkt.ip_len, t.ports)
 }
 
 /// Addresses the frame to `hop` and picks its egress port, or parks it
