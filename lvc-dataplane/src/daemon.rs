@@ -12,6 +12,7 @@ use crate::control::{Control, ControlDeps, ControlSocket, ServedInterface, house
 use crate::io::steer::Steering;
 use crate::io::xsk::{IoConfig, WorkerIo};
 use crate::net::route::RouteMonitor;
+use crate::offload::{OffloadStats, Offloader};
 use crate::pipeline::conntrack::Conntrack;
 use crate::pipeline::services::ServiceTable;
 use crate::shape::ShapeTable;
@@ -37,6 +38,8 @@ pub struct Options {
     pub socket_group: Option<String>,
     /// Where to serve Prometheus metrics.
     pub metrics: Option<std::net::SocketAddr>,
+    /// Forward established flows in the XDP program (`--offload on`).
+    pub offload: bool,
 }
 
 /// Number of active rx queues of an interface (from sysfs).
@@ -193,7 +196,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let services = Arc::new(ArcSwap::from_pointee(ServiceTable::default()));
     let shaping = Arc::new(ArcSwap::from_pointee(ShapeTable::default()));
     let (neigh_tx, neigh_rx) = crossbeam_channel::bounded(4096);
+    let (offload_tx, offload_rx) = crossbeam_channel::bounded(65536);
     let shared = Shared {
+        offload: opts.offload.then_some(offload_tx),
         services: services.clone(),
         shaping: shaping.clone(),
         routes: routes.table.clone(),
@@ -204,6 +209,25 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
     let (workers, served) = open_workers(&opts, plan.queues, &ifindexes, &mut steering, &shared)?;
     let worker_stats = workers.iter().map(|w| w.stats.clone()).collect();
+    let offload_stats = Arc::new(OffloadStats::default());
+    let offloader = if opts.offload {
+        for (slot, &ifindex) in ifindexes.iter().enumerate() {
+            steering.set_egress(slot as u32, ifindex)?;
+        }
+        let map = steering
+            .take_flows()
+            .context("the XDP program's flow map is gone")?;
+        Some(Offloader {
+            map,
+            rx: offload_rx,
+            routes: routes.table.clone(),
+            shaping: shaping.clone(),
+            epoch: shared.epoch,
+            stats: offload_stats.clone(),
+        })
+    } else {
+        None
+    };
     let steering = Arc::new(Mutex::new(steering));
 
     let mut threads = Vec::new();
@@ -219,6 +243,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 shutdown.store(true, Relaxed);
             }
         })?;
+    }
+    if let Some(o) = offloader {
+        let shutdown = shutdown.clone();
+        spawn(&mut threads, "lvc-offload", move || o.run(&shutdown))?;
     }
     {
         let (steering, shutdown) = (steering.clone(), shutdown.clone());
@@ -241,6 +269,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         routes: routes.table.clone(),
         neigh_requests: shared.neigh_requests.clone(),
         epoch: shared.epoch,
+        offload: offload_stats,
     }));
     if let Some(file) = &plan.initial {
         control

@@ -12,6 +12,7 @@
 //! control/   never per packet: config edits, publication, queries, the
 //!            control socket, metrics, housekeeping
 //! worker     the loop that drives io → pipeline → shape → io
+//! offload    puts established flows into XDP's flow map and back
 //! daemon     start-up and thread wiring
 //! ```
 
@@ -22,6 +23,7 @@ pub mod control;
 pub mod daemon;
 pub mod io;
 pub mod net;
+pub mod offload;
 pub mod pipeline;
 pub mod shape;
 pub mod stats;

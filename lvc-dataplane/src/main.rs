@@ -28,9 +28,21 @@ struct Args {
     /// Serve Prometheus metrics on this address (e.g. 127.0.0.1:9108).
     #[arg(long, value_name = "ADDR")]
     metrics: Option<std::net::SocketAddr>,
+    /// Forward established flows in the XDP program itself (on), or every
+    /// packet through lvc's workers (off).
+    #[arg(long, value_name = "on|off", default_value = "off", value_parser = on_off)]
+    offload: bool,
     /// Most connections tracked at once.
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     conntrack_size: usize,
+}
+
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}`: say on or off")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -50,6 +62,7 @@ fn main() -> ExitCode {
         conntrack_size: a.conntrack_size,
         socket_group: a.socket_group,
         metrics: a.metrics,
+        offload: a.offload,
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

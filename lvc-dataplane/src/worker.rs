@@ -13,6 +13,7 @@ use crate::io::xsk::{Frame, WorkerIo};
 use crate::net::route::{NeighRequest, NextHop, RouteTable};
 use crate::pipeline::conntrack::Conntrack;
 use crate::pipeline::services::ServiceTable;
+use crate::pipeline::translate::OffloadMsg;
 use crate::pipeline::{self, Decision, Tables, icmp, rewrite};
 use crate::shape::classify::{self, FlowMeta};
 use crate::shape::{Enqueued, MAX_HELD, PortShaper, ShapeTable};
@@ -49,6 +50,8 @@ pub struct Shared {
     pub conntrack: Arc<Conntrack>,
     pub neigh_requests: Sender<NeighRequest>,
     pub shaping: Arc<ArcSwap<ShapeTable>>,
+    /// The offload thread's queue, with `--offload on`.
+    pub offload: Option<Sender<OffloadMsg>>,
     pub shutdown: Arc<AtomicBool>,
     /// The daemon's start: `now` is whole seconds since then.
     pub epoch: Instant,
@@ -154,6 +157,7 @@ impl Worker {
                 shaping: &shaping,
                 conntrack: &conntrack,
                 ports: &ports,
+                offload: self.shared.offload.is_some(),
             };
             if !parked.is_empty() {
                 self.unpark(&mut parked, &routes, &mut out);
@@ -274,7 +278,12 @@ impl Worker {
         bump(&self.stats.rx_packets, 1);
         bump(&self.stats.rx_bytes, frame.len() as u64);
         let mut meta = FlowMeta::default();
-        let decision = match pipeline::forward(self.io.bytes_mut(&mut frame), t, &mut meta) {
+        let mut offload = None;
+        let decision = pipeline::forward(self.io.bytes_mut(&mut frame), t, &mut meta, &mut offload);
+        if let Some(msg) = offload {
+            self.offload(msg);
+        }
+        let decision = match decision {
             Ok(Decision::Icmp(what)) => self.originate(&mut frame, what, t),
             Ok(Decision::Tunnel(rip)) => self.encapsulate(&mut frame, rip, t),
             d => d,
@@ -313,6 +322,19 @@ impl Worker {
                 self.stats.count_drop(why);
                 self.io.release(frame);
             }
+        }
+    }
+
+    /// Hands a flow to the offload thread (never waits: if its queue is
+    /// full the connection stays with lvc and is offered again later).
+    fn offload(&self, msg: OffloadMsg) {
+        let Some(tx) = &self.shared.offload else {
+            return;
+        };
+        if let Err(e) = tx.try_send(msg)
+            && let OffloadMsg::Install(o) = e.into_inner()
+        {
+            o.conn.release_offload();
         }
     }
 

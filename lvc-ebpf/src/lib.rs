@@ -37,6 +37,8 @@ pub mod maps {
     pub const XSKS: &str = "xsks";
     /// Per-CPU counters, indexed by [`Stat`](super::Stat).
     pub const STATS: &str = "stats";
+    pub const FLOWS: &str = "flows";
+    pub const EGRESS: &str = "egress";
 }
 
 /// Address family tags used in keys (not the libc `AF_*` numbers).
@@ -108,6 +110,73 @@ impl AddrKey {
 }
 
 /// Value of the `vips` and `reals` maps.
+/// An offloaded flow's key: one direction's 5-tuple as it arrives
+/// (`struct flow_key`; ports in network order, addresses as in
+/// [`EndpointKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub family: u8,
+    pub proto: u8,
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub pad: u16,
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+}
+
+impl FlowKey {
+    pub fn new(proto: u8, (src, sport): (IpAddr, u16), (dst, dport): (IpAddr, u16)) -> Self {
+        let (family, saddr) = addr_words(src);
+        Self {
+            family,
+            proto,
+            sport_be: sport.to_be(),
+            dport_be: dport.to_be(),
+            pad: 0,
+            saddr,
+            daddr: addr_words(dst).1,
+        }
+    }
+}
+
+/// `flow_value.flags`: TTL / hop limit decremented (routed).
+pub const FLOW_DEC_TTL: u8 = 1;
+/// The source becomes (`saddr`, `sport`).
+pub const FLOW_SNAT: u8 = 2;
+/// The destination becomes (`daddr`, `dport`).
+pub const FLOW_DNAT: u8 = 4;
+/// Wrapped in IPIP from `saddr` to `daddr` (IPv4).
+pub const FLOW_TUN: u8 = 8;
+
+/// What XDP does with an offloaded flow's packets (`struct flow_value`),
+/// and the counters it keeps: `packets`, `bytes`, `last_seen`
+/// (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowValue {
+    pub saddr: [u32; 4],
+    pub daddr: [u32; 4],
+    pub sport_be: u16,
+    pub dport_be: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    /// Slot of the egress interface (its index in the `egress` devmap).
+    pub egress: u32,
+    pub egress_ifindex: u32,
+    pub mtu: u16,
+    pub flags: u8,
+    pub pad: [u8; 5],
+    pub packets: u64,
+    pub bytes: u64,
+    pub last_seen: u64,
+}
+
+/// An address as the maps hold it: (family, four words in wire order).
+pub fn addr_key_words(addr: IpAddr) -> (u8, [u32; 4]) {
+    addr_words(addr)
+}
+
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {
@@ -160,11 +229,17 @@ unsafe impl aya::Pod for AddrKey {}
 unsafe impl aya::Pod for ServiceValue {}
 // SAFETY: as above (a u32 then u16 pairs: no padding).
 unsafe impl aya::Pod for PortRanges {}
+// SAFETY: as above (field sizes add up to the struct's, asserted below).
+unsafe impl aya::Pod for FlowKey {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FlowValue {}
 
 const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(size_of::<AddrKey>() == 20);
 const _: () = assert!(size_of::<ServiceValue>() == 8);
 const _: () = assert!(size_of::<PortRanges>() == 4 + 4 * MAX_RANGES);
+const _: () = assert!(size_of::<FlowKey>() == 40);
+const _: () = assert!(size_of::<FlowValue>() == 16 + 16 + 4 + 12 + 8 + 2 + 1 + 5 + 24);
 
 /// Indexes of the program's per-CPU counters (`enum lvc_stat` in the C source).
 #[repr(u32)]
@@ -179,11 +254,13 @@ pub enum Stat {
     PassNoSocket,
     RedirectVip,
     RedirectReal,
+    FlowForwarded,
+    FlowToLvc,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 9] = [
+    pub const ALL: [Stat; 11] = [
         Stat::Rx,
         Stat::PassNotIp,
         Stat::PassMalformed,
@@ -193,6 +270,8 @@ impl Stat {
         Stat::PassNoSocket,
         Stat::RedirectVip,
         Stat::RedirectReal,
+        Stat::FlowForwarded,
+        Stat::FlowToLvc,
     ];
 
     /// A stable snake_case name for listings and metrics.
@@ -207,6 +286,8 @@ impl Stat {
             Stat::PassNoSocket => "pass_no_socket",
             Stat::RedirectVip => "redirect_vip",
             Stat::RedirectReal => "redirect_real",
+            Stat::FlowForwarded => "flow_forwarded",
+            Stat::FlowToLvc => "flow_to_lvc",
         }
     }
 }

@@ -600,6 +600,8 @@ lvc_xdp_packets_total{decision="pass_no_match"} 505
 lvc_xdp_packets_total{decision="pass_no_socket"} 506
 lvc_xdp_packets_total{decision="redirect_vip"} 507
 lvc_xdp_packets_total{decision="redirect_real"} 508
+lvc_xdp_packets_total{decision="flow_forwarded"} 509
+lvc_xdp_packets_total{decision="flow_to_lvc"} 510
 # HELP lvc_conntrack_entries Connections tracked.
 # TYPE lvc_conntrack_entries gauge
 lvc_conntrack_entries 7

@@ -27,6 +27,7 @@ pub use socket::{ControlSocket, answer};
 
 use crate::io::steer::{AttachMode, Steering};
 use crate::net::route::{NeighRequest, RouteTable};
+use crate::offload::OffloadStats;
 use crate::pipeline::conntrack::Conntrack;
 use crate::pipeline::services::ServiceTable;
 use crate::shape::ShapeTable;
@@ -70,6 +71,7 @@ pub struct Control {
     /// The fullnat local pool, and replaced pools whose ports are still in
     /// use (their addresses stay steered to lvc until drained).
     pool: Mutex<Pools>,
+    offload: Arc<OffloadStats>,
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -84,6 +86,8 @@ pub struct ControlDeps {
     pub neigh_requests: crossbeam_channel::Sender<NeighRequest>,
     /// The workers' clock origin (connection times are seconds since it).
     pub epoch: Instant,
+    /// The offload thread's counters.
+    pub offload: Arc<OffloadStats>,
 }
 
 impl Control {
@@ -101,6 +105,7 @@ impl Control {
             routes: d.routes,
             neigh_requests: d.neigh_requests,
             epoch: d.epoch,
+            offload: d.offload,
             retired: Mutex::new(Vec::new()),
             pool: Mutex::new(Pools::default()),
         }

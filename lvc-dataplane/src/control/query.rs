@@ -169,6 +169,12 @@ impl Control {
             sum(&|w| w.fragments_made.load(Relaxed)),
         ));
         counters.push(("conntrack_evicted".into(), self.conntrack.evicted()));
+        let o = &self.offload;
+        counters.push(("offload_connections".into(), o.connections.load(Relaxed)));
+        counters.push(("offload_flows".into(), o.flows.load(Relaxed)));
+        counters.push(("offload_installed".into(), o.installed.load(Relaxed)));
+        counters.push(("offload_retired".into(), o.retired.load(Relaxed)));
+        counters.push(("offload_failed".into(), o.failed.load(Relaxed)));
         for d in Drop::ALL {
             counters.push((format!("drop_{}", d.name()), sum(&|w| w.drops(d))));
         }

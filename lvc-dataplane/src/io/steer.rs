@@ -7,10 +7,10 @@
 //! a clean exit, an error, a panic, SIGKILL. A stopped dataplane never leaves
 //! a program behind that would black-hole VIP traffic.
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::{DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, TestRun, TestRunOptions};
-use lvc_ebpf::{AddrKey, EndpointKey, PortRanges, ServiceValue, Stat};
+use lvc_ebpf::{AddrKey, EndpointKey, FlowKey, FlowValue, PortRanges, ServiceValue, Stat};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 
@@ -52,6 +52,9 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> SteerError {
 }
 
 /// The loaded program and its maps. Dropping it detaches the program.
+/// The XDP program's offloaded flows (`flows`).
+pub type FlowMap = BpfHashMap<MapData, FlowKey, FlowValue>;
+
 pub struct Steering {
     ebpf: Ebpf,
     vips: BpfHashMap<MapData, EndpointKey, ServiceValue>,
@@ -63,6 +66,9 @@ pub struct Steering {
     ifslots: BpfHashMap<MapData, u32, u32>,
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
+    egress: DevMap<MapData>,
+    /// The offloaded flows, until the dataplane's offload thread takes them.
+    flows: Option<FlowMap>,
     current_vips: HashSet<EndpointKey>,
     current_reals: HashSet<EndpointKey>,
     current_locals: HashSet<AddrKey>,
@@ -101,6 +107,8 @@ impl Steering {
         let ifslots = BpfHashMap::try_from(take(maps::IFSLOTS)?).map_err(map_err(maps::IFSLOTS))?;
         let xsks = XskMap::try_from(take(maps::XSKS)?).map_err(map_err(maps::XSKS))?;
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
+        let egress = DevMap::try_from(take(maps::EGRESS)?).map_err(map_err(maps::EGRESS))?;
+        let flows = BpfHashMap::try_from(take(maps::FLOWS)?).map_err(map_err(maps::FLOWS))?;
         Ok(Self {
             ebpf,
             vips,
@@ -112,6 +120,8 @@ impl Steering {
             ifslots,
             xsks,
             stats,
+            egress,
+            flows: Some(flows),
             current_vips: HashSet::new(),
             current_reals: HashSet::new(),
             current_locals: HashSet::new(),
@@ -158,6 +168,21 @@ impl Steering {
         self.ifslots
             .insert(ifindex, slot, 0)
             .map_err(map_err(lvc_ebpf::maps::IFSLOTS))
+    }
+
+    /// Lets XDP redirect offloaded flows to interface `ifindex` by its slot.
+    pub fn set_egress(&mut self, slot: u32, ifindex: u32) -> Result<(), SteerError> {
+        self.egress
+            .set(slot, ifindex, None, 0)
+            .map_err(|e| SteerError::Map {
+                map: lvc_ebpf::maps::EGRESS,
+                reason: e.to_string(),
+            })
+    }
+
+    /// The offloaded-flow map, handed over once (to the offload thread).
+    pub fn take_flows(&mut self) -> Option<FlowMap> {
+        self.flows.take()
     }
 
     /// Puts the AF_XDP socket of (interface slot, rx queue) into the XSKMAP.
@@ -262,6 +287,19 @@ impl Steering {
     /// Runs the program on one frame with BPF_PROG_TEST_RUN, as if received
     /// on `ifindex` rx queue `queue`; returns the XDP action.
     pub fn test_run(&mut self, frame: &[u8], ifindex: u32, queue: u32) -> Result<u32, SteerError> {
+        self.test_run_out(frame, ifindex, queue, None)
+            .map(|(r, _)| r)
+    }
+
+    /// Like [`test_run`](Self::test_run), also returning the frame as the
+    /// program left it (written to `out`; its length is returned).
+    pub fn test_run_out(
+        &mut self,
+        frame: &[u8],
+        ifindex: u32,
+        queue: u32,
+        out: Option<&mut [u8]>,
+    ) -> Result<(u32, usize), SteerError> {
         // struct xdp_md { data, data_end, data_meta, ingress_ifindex, rx_queue_index, egress_ifindex }
         let mut ctx = [0u8; 24];
         ctx[4..8].copy_from_slice(&(frame.len() as u32).to_ne_bytes());
@@ -272,11 +310,12 @@ impl Steering {
             .prog()
             .test_run(TestRunOptions {
                 data_in: Some(frame),
+                data_out: out,
                 ctx_in,
                 ..Default::default()
             })
             .map_err(|e| SteerError::Load(program_error(&e)))?;
-        Ok(r.return_value)
+        Ok((r.return_value, r.data_size_out as usize))
     }
 }
 

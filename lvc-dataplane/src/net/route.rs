@@ -130,9 +130,8 @@ impl RouteTable {
     }
 
     /// The same table with `addr` as the director's address on `ifindex`
-    /// (tests; the route thread reads them from the kernel).
-    #[cfg(test)]
-    pub(crate) fn with_if_addr(mut self, ifindex: u32, addr: Addr) -> Self {
+    /// (for tests and tools; the route thread reads them from the kernel).
+    pub fn with_if_addr(mut self, ifindex: u32, addr: Addr) -> Self {
         self.if_addrs.insert((ifindex, addr.is_v4()), addr);
         self
     }

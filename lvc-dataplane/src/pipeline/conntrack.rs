@@ -19,7 +19,9 @@ use crossbeam_queue::{ArrayQueue, SegQueue};
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use lvc_proto::Method;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
 use std::sync::{Arc, Weak};
 
 /// Connection states, as IPVS names and moves them (its `tcp_states`
@@ -132,6 +134,11 @@ pub struct Conn {
     pub local: (Addr, u16),
     state: AtomicU8,
     last_seen: AtomicU32,
+    /// Offered to (or forwarded by) the XDP program's flow map.
+    offloaded: AtomicBool,
+    /// Packets seen, saturating (bits 0–3), and whether a reply was seen
+    /// (bit 7): a UDP flow is offloaded once it is not a one-packet flow.
+    seen: AtomicU8,
     pub server: Arc<Server>,
     pub service: Arc<TrafficStats>,
     /// The persistence template that chose the server, if any.
@@ -164,6 +171,8 @@ impl Conn {
             local: client,
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
+            offloaded: AtomicBool::new(false),
+            seen: AtomicU8::new(0),
             server,
             service,
             template: None,
@@ -191,6 +200,55 @@ impl Conn {
                 self.server.stats.count_out(len);
             }
         }
+    }
+
+    /// Counts `packets` packets of `bytes` bytes in all (forwarded by XDP).
+    pub fn count_many(&self, dir: Dir, packets: u64, bytes: u64) {
+        let (a, b) = (&self.service, &self.server.stats);
+        for st in [a, b] {
+            match dir {
+                Dir::Original => {
+                    st.packets_in.fetch_add(packets, Relaxed);
+                    st.bytes_in.fetch_add(bytes, Relaxed);
+                }
+                Dir::Reply => {
+                    st.packets_out.fetch_add(packets, Relaxed);
+                    st.bytes_out.fetch_add(bytes, Relaxed);
+                }
+            }
+        }
+    }
+
+    /// Refreshes the idle timer for packets lvc did not see itself (XDP
+    /// forwarded them); the expiry wheel finds the new time when the old
+    /// one comes due.
+    pub fn saw(&self, now: u32) {
+        self.last_seen.fetch_max(now, Relaxed);
+    }
+
+    /// True if the XDP program forwards this connection (or was asked to).
+    pub fn offloaded(&self) -> bool {
+        self.offloaded.load(Relaxed)
+    }
+
+    /// Marks the connection offloaded; false if it already was.
+    pub fn claim_offload(&self) -> bool {
+        !self.offloaded.swap(true, Relaxed)
+    }
+
+    /// Back to lvc alone (the flow left the XDP map, or never got in).
+    pub fn release_offload(&self) {
+        self.offloaded.store(false, Relaxed);
+    }
+
+    /// Whether the connection qualifies for offload: TCP once established,
+    /// UDP once a reply or a few packets were seen.
+    pub fn offload_ready(&self) -> bool {
+        if self.proto == PROTO_TCP {
+            return self.state() == State::Established;
+        }
+        let s = self.seen.load(Relaxed);
+        s & 0x80 != 0 || s & 0x0f >= 4
     }
 
     /// Marks the connection as controlled by a persistence template.
@@ -243,6 +301,12 @@ impl Conn {
             self.last_seen.store(now, Relaxed);
         }
         if self.proto != PROTO_TCP {
+            // (Written only until the flow qualifies for offload.)
+            let s = self.seen.load(Relaxed);
+            if s & 0x80 == 0 && s & 0x0f < 4 {
+                let reply = if dir == Dir::Reply { 0x80 } else { 0 };
+                self.seen.store(reply | (s + 1), Relaxed);
+            }
             return None;
         }
         let mut cur = self.state.load(Relaxed);

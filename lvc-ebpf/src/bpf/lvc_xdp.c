@@ -19,6 +19,16 @@
 // or a fragment of a datagram to a VIP or pool address, or an ICMP/ICMPv6
 // error about such a flow (see icmp_steer).
 //
+// Before any of that, a TCP/UDP packet of an established flow that the
+// dataplane offloaded (`flows`, keyed by the packet's 5-tuple) is rewritten
+// here from the flow's translation — addresses, ports, TTL, MACs, IPIP for
+// `tun` — and sent on (XDP_TX, or a redirect through `egress` to another
+// served interface), never reaching userspace. Anything unusual goes the
+// usual way to lvc: TCP SYN/FIN/RST (lvc sees a connection's start and
+// end), TTL/hop limit ≤ 1, too big for the egress MTU, IPv4 options,
+// fragments, a tunnelled packet with DF clear (its outer header needs a
+// fresh IP id).
+//
 // If no socket is bound on the rx queue the frame is passed, never dropped:
 // a dataplane that is starting or stopping must not black-hole VIP traffic.
 //
@@ -65,6 +75,8 @@ enum lvc_stat {
 	STAT_PASS_NO_SOCKET,    // matched, but no AF_XDP socket on this queue
 	STAT_REDIRECT_VIP,      // matched a VIP, redirected
 	STAT_REDIRECT_REAL,     // matched a real-server endpoint, redirected
+	STAT_FLOW_FORWARDED,    // an offloaded flow's packet, sent on by XDP
+	STAT_FLOW_TO_LVC,       // an offloaded flow's packet that lvc must see
 	STAT_MAX,
 };
 
@@ -137,6 +149,56 @@ struct {
 	__type(key, struct addr_key);
 	__type(value, __u32);
 } fragvips SEC(".maps");
+
+// An offloaded flow: the 5-tuple of one direction as it arrives.
+struct flow_key {
+	__u8 family;
+	__u8 proto;
+	__be16 sport;
+	__be16 dport;
+	__u16 pad;
+	__u32 saddr[4];
+	__u32 daddr[4];
+};
+
+#define FLOW_DEC_TTL 1 // routed: TTL / hop limit decremented
+#define FLOW_SNAT 2    // source becomes (saddr, sport)
+#define FLOW_DNAT 4    // destination becomes (daddr, dport)
+#define FLOW_TUN 8     // wrapped in IPIP from saddr[0] to daddr[0]
+
+// What XDP does with an offloaded flow's packets (mirrored by `FlowValue`
+// in ../lib.rs), and the counters it keeps for the dataplane.
+struct flow_value {
+	__u32 saddr[4];
+	__u32 daddr[4];
+	__be16 sport;
+	__be16 dport;
+	__u8 smac[6];
+	__u8 dmac[6];
+	__u32 egress;         // slot of the egress interface in `egress`
+	__u32 egress_ifindex; // the same interface (XDP_TX when it is the ingress)
+	__u16 mtu;            // the egress link's MTU
+	__u8 flags;
+	__u8 pad[5];
+	__u64 packets;
+	__u64 bytes;
+	__u64 last_seen; // bpf_ktime_get_ns() of the last packet
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__type(key, struct flow_key);
+	__type(value, struct flow_value);
+} flows SEC(".maps");
+
+// Interface slot -> ifindex, for redirects between served interfaces.
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP);
+	__uint(max_entries, LVC_MAX_IFACES);
+	__type(key, __u32);
+	__type(value, struct bpf_devmap_val);
+} egress SEC(".maps");
 
 // The fullnat local address pool: replies to these addresses are lvc's
 // (the addresses are dedicated to lvc; the kernel still answers ARP).
@@ -373,6 +435,238 @@ static __always_inline int steer_fragment(struct xdp_md *ctx, __u8 family, __u8 
 	return pass(STAT_PASS_FRAGMENT);
 }
 
+#define TCP_FLAG_FIN 0x01
+#define TCP_FLAG_SYN 0x02
+#define TCP_FLAG_RST 0x04
+#define IP_DF 0x4000
+
+// One's-complement helpers for incremental checksum updates (RFC 1624,
+// eqn. 3: HC' = ~(~HC + ~m + m')). Words are summed as they lie in memory,
+// which is what the checksum field holds too, so byte order cancels out.
+static __always_inline __u16 csum_fold(__u32 s)
+{
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)s;
+}
+
+static __always_inline __u32 csum_diff32(__u32 s, __u32 from, __u32 to)
+{
+	s += (~from & 0xffff) + (~from >> 16);
+	s += (to & 0xffff) + (to >> 16);
+	return s;
+}
+
+static __always_inline __u32 csum_diff16(__u32 s, __u16 from, __u16 to)
+{
+	return s + (__u16)~from + to;
+}
+
+static __always_inline __u16 csum_apply(__u16 check, __u32 diff)
+{
+	return ~csum_fold((__u16)~check + diff);
+}
+
+// Sends a rewritten frame on: back out of the interface it came in on, or
+// to another served interface.
+static __always_inline int flow_send(struct xdp_md *ctx, struct flow_value *v, __u64 len)
+{
+	__sync_fetch_and_add(&v->packets, 1);
+	__sync_fetch_and_add(&v->bytes, len);
+	v->last_seen = bpf_ktime_get_ns();
+	count(STAT_FLOW_FORWARDED);
+	if (v->egress_ifindex == ctx->ingress_ifindex)
+		return XDP_TX;
+	return bpf_redirect_map(&egress, v->egress, 0);
+}
+
+static __always_inline void set_macs(struct ethhdr *eth, struct flow_value *v)
+{
+	__builtin_memcpy(eth->h_dest, v->dmac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, v->smac, ETH_ALEN);
+}
+
+// TCP flags that make lvc see the packet (a connection's start or end).
+static __always_inline int tcp_control(__u8 proto, const struct l4_ports *ports, void *data_end)
+{
+	if (proto != IPPROTO_TCP)
+		return 0;
+	const __u8 *tcp = (const __u8 *)ports;
+	if ((void *)(tcp + 14) > data_end)
+		return 1;
+	__u8 flags = tcp[13];
+	return flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST);
+}
+
+// The IPv4 fast path: returns 1 with the XDP action in *act if it handled
+// the frame, 0 to steer it as usual. The caller checked the IP header,
+// that this is no fragment, and that the L4 header's first `l4_min` bytes
+// are there.
+static __always_inline int flow_v4(struct xdp_md *ctx, struct ethhdr *eth, struct iphdr *ip,
+				   struct l4_ports *ports, void *data_end, int *act)
+{
+	struct flow_key k = {};
+	k.family = LVC_AF_INET;
+	k.proto = ip->protocol;
+	k.sport = ports->source;
+	k.dport = ports->dest;
+	k.saddr[0] = ip->saddr;
+	k.daddr[0] = ip->daddr;
+	struct flow_value *v = bpf_map_lookup_elem(&flows, &k);
+	if (!v)
+		return 0;
+	__u64 len = (__u64)(data_end - (void *)eth);
+	__u32 ip_len = bpf_ntohs(ip->tot_len);
+	int tun = v->flags & FLOW_TUN;
+	if (tcp_control(ip->protocol, ports, data_end) || ip->ihl != 5 ||
+	    ip_len + (tun ? sizeof(struct iphdr) : 0) > v->mtu ||
+	    ((v->flags & FLOW_DEC_TTL) && ip->ttl <= 1) ||
+	    (tun && !(ip->frag_off & bpf_htons(IP_DF)))) {
+		count(STAT_FLOW_TO_LVC);
+		return 0;
+	}
+	if (tun) {
+		// The inner packet travels as the client sent it.
+		__u8 tos = ip->tos;
+		__u32 saddr = v->saddr[0], daddr = v->daddr[0];
+		// (Packet pointers are void after this call, whatever its result:
+		// from here on the frame is handled here.)
+		if (bpf_xdp_adjust_head(ctx, -(int)sizeof(struct iphdr))) {
+			*act = XDP_DROP;
+			return 1;
+		}
+		void *data = (void *)(long)ctx->data;
+		data_end = (void *)(long)ctx->data_end;
+		struct ethhdr *e = data;
+		struct iphdr *outer = (void *)(e + 1);
+		if ((void *)(outer + 1) > data_end) {
+			*act = XDP_DROP;
+			return 1;
+		}
+		e->h_proto = bpf_htons(ETH_P_IP);
+		set_macs(e, v);
+		outer->version = 4;
+		outer->ihl = 5;
+		outer->tos = tos;
+		outer->tot_len = bpf_htons(ip_len + sizeof(struct iphdr));
+		outer->id = 0;
+		outer->frag_off = bpf_htons(IP_DF);
+		outer->ttl = 64;
+		outer->protocol = IPPROTO_IPIP;
+		outer->check = 0;
+		outer->saddr = saddr;
+		outer->daddr = daddr;
+		__u32 sum = 0;
+		__u16 *w = (__u16 *)outer;
+#pragma unroll
+		for (int i = 0; i < 10; i++)
+			sum += w[i];
+		outer->check = ~csum_fold(sum);
+		*act = flow_send(ctx, v, len + sizeof(struct iphdr));
+		return 1;
+	}
+	__u16 *l4sum;
+	if (ip->protocol == IPPROTO_TCP)
+		l4sum = (void *)ports + 16;
+	else
+		l4sum = (void *)ports + 6;
+	if ((void *)(l4sum + 1) > data_end)
+		return 0;
+	__u32 ipd = 0, l4d = 0;
+	if (v->flags & FLOW_SNAT) {
+		ipd = csum_diff32(ipd, ip->saddr, v->saddr[0]);
+		l4d = csum_diff32(l4d, ip->saddr, v->saddr[0]);
+		l4d = csum_diff16(l4d, ports->source, v->sport);
+		ip->saddr = v->saddr[0];
+		ports->source = v->sport;
+	}
+	if (v->flags & FLOW_DNAT) {
+		ipd = csum_diff32(ipd, ip->daddr, v->daddr[0]);
+		l4d = csum_diff32(l4d, ip->daddr, v->daddr[0]);
+		l4d = csum_diff16(l4d, ports->dest, v->dport);
+		ip->daddr = v->daddr[0];
+		ports->dest = v->dport;
+	}
+	if (v->flags & FLOW_DEC_TTL) {
+		// TTL and protocol share a 16-bit word of the header.
+		__u16 *word = (__u16 *)&ip->ttl;
+		__u16 old = *word;
+		ip->ttl--;
+		ipd = csum_diff16(ipd, old, *word);
+	}
+	ip->check = csum_apply(ip->check, ipd);
+	// A zero UDP checksum means "none": it stays so.
+	if (ip->protocol == IPPROTO_TCP || *l4sum != 0) {
+		__u16 c = csum_apply(*l4sum, l4d);
+		if (ip->protocol == IPPROTO_UDP && c == 0)
+			c = 0xffff;
+		*l4sum = c;
+	}
+	set_macs(eth, v);
+	*act = flow_send(ctx, v, len);
+	return 1;
+}
+
+// The IPv6 fast path (no tunnels: IPIP is IPv4 only); as flow_v4.
+static __always_inline int flow_v6(struct xdp_md *ctx, struct ethhdr *eth, struct ipv6hdr *ip6,
+				   struct l4_ports *ports, void *data_end, int *act)
+{
+	struct flow_key k = {};
+	k.family = LVC_AF_INET6;
+	k.proto = ip6->nexthdr;
+	k.sport = ports->source;
+	k.dport = ports->dest;
+	__builtin_memcpy(k.saddr, &ip6->saddr, sizeof(k.saddr));
+	__builtin_memcpy(k.daddr, &ip6->daddr, sizeof(k.daddr));
+	struct flow_value *v = bpf_map_lookup_elem(&flows, &k);
+	if (!v)
+		return 0;
+	__u64 len = (__u64)(data_end - (void *)eth);
+	__u32 ip_len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
+	if (tcp_control(ip6->nexthdr, ports, data_end) || (v->flags & FLOW_TUN) || ip_len > v->mtu ||
+	    ((v->flags & FLOW_DEC_TTL) && ip6->hop_limit <= 1)) {
+		count(STAT_FLOW_TO_LVC);
+		return 0;
+	}
+	__u16 *l4sum;
+	if (ip6->nexthdr == IPPROTO_TCP)
+		l4sum = (void *)ports + 16;
+	else
+		l4sum = (void *)ports + 6;
+	if ((void *)(l4sum + 1) > data_end)
+		return 0;
+	__u32 l4d = 0;
+	if (v->flags & FLOW_SNAT) {
+		__u32 *a = (__u32 *)&ip6->saddr;
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			l4d = csum_diff32(l4d, a[i], v->saddr[i]);
+			a[i] = v->saddr[i];
+		}
+		l4d = csum_diff16(l4d, ports->source, v->sport);
+		ports->source = v->sport;
+	}
+	if (v->flags & FLOW_DNAT) {
+		__u32 *a = (__u32 *)&ip6->daddr;
+#pragma unroll
+		for (int i = 0; i < 4; i++) {
+			l4d = csum_diff32(l4d, a[i], v->daddr[i]);
+			a[i] = v->daddr[i];
+		}
+		l4d = csum_diff16(l4d, ports->dest, v->dport);
+		ports->dest = v->dport;
+	}
+	if (v->flags & FLOW_DEC_TTL)
+		ip6->hop_limit--;
+	__u16 c = csum_apply(*l4sum, l4d);
+	if (ip6->nexthdr == IPPROTO_UDP && c == 0)
+		c = 0xffff;
+	*l4sum = c;
+	set_macs(eth, v);
+	*act = flow_send(ctx, v, len);
+	return 1;
+}
+
 // The decision for a TCP/UDP packet of either family (addresses as in
 // keys): a VIP, a fullnat pool address, or a nat real server's reply that
 // is not for the director itself goes to lvc.
@@ -398,7 +692,8 @@ static __always_inline int steer_l4(struct xdp_md *ctx, __u8 family, __u8 proto,
 // fragment header, then TCP or UDP) and ICMPv6 errors. Other extension
 // headers, the rest of ICMPv6 (neighbour discovery!) and everything else
 // stay with the kernel.
-static __always_inline int try_ipv6(struct xdp_md *ctx, struct ipv6hdr *ip6, void *data_end)
+static __always_inline int try_ipv6(struct xdp_md *ctx, struct ethhdr *eth, struct ipv6hdr *ip6,
+				    void *data_end)
 {
 	if ((void *)(ip6 + 1) > data_end)
 		return pass(STAT_PASS_MALFORMED);
@@ -425,6 +720,9 @@ static __always_inline int try_ipv6(struct xdp_md *ctx, struct ipv6hdr *ip6, voi
 	if (bpf_ntohs(ip6->payload_len) < l4_min)
 		return pass(STAT_PASS_MALFORMED);
 
+	int act;
+	if (flow_v6(ctx, eth, ip6, ports, data_end, &act))
+		return act;
 	__u32 daddr[4], saddr[4];
 	__builtin_memcpy(daddr, &ip6->daddr, sizeof(daddr));
 	__builtin_memcpy(saddr, &ip6->saddr, sizeof(saddr));
@@ -442,7 +740,7 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	if ((void *)(eth + 1) > data_end)
 		return pass(STAT_PASS_MALFORMED);
 	if (eth->h_proto == bpf_htons(ETH_P_IPV6))
-		return try_ipv6(ctx, (void *)(eth + 1), data_end);
+		return try_ipv6(ctx, eth, (void *)(eth + 1), data_end);
 	// VLAN-tagged frames, ARP and the rest: the kernel's.
 	if (eth->h_proto != bpf_htons(ETH_P_IP))
 		return pass(STAT_PASS_NOT_IP);
@@ -474,6 +772,9 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	if (bpf_ntohs(ip->tot_len) < ihl + l4_min)
 		return pass(STAT_PASS_MALFORMED);
 
+	int act;
+	if (flow_v4(ctx, eth, ip, ports, data_end, &act))
+		return act;
 	__u32 saddr[4] = {ip->saddr, 0, 0, 0};
 	__u32 daddr[4] = {ip->daddr, 0, 0, 0};
 	return steer_l4(ctx, LVC_AF_INET, ip->protocol, saddr, daddr, ports);

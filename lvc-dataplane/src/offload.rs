@@ -1,0 +1,229 @@
+//! The offload thread: puts established flows into the XDP program's flow
+//! map, folds what XDP forwarded back into the connections (counters, idle
+//! timers), and takes flows out again when lvc must see their packets.
+//!
+//! Workers offer a connection once it qualifies (`pipeline::translate`)
+//! and never wait: the offers come over a bounded queue, and every map
+//! write is a syscall made here, off the packet path. Once a second the
+//! thread reads every offloaded flow's counters and checks that the flow
+//! may stay in XDP:
+//!
+//! - the connection is still tracked (not swept) and, for TCP, still
+//!   ESTABLISHED (XDP sends SYN/FIN/RST to lvc, which retires the flow at
+//!   once when a connection closes);
+//! - its next hop is unchanged (a MAC or route that changed takes the flow
+//!   back to lvc, which offers it again with the new one);
+//! - no shaping now covers its egress interface and no policer its
+//!   service (shaped flows are lvc's).
+//!
+//! A flow that leaves the map is forwarded by lvc again: nothing is lost
+//! between the two paths, since both translate the same way.
+
+use crate::io::steer::FlowMap;
+use crate::net::route::{NextHop, RouteTable};
+use crate::pipeline::conntrack::{Conn, Dir, State};
+use crate::pipeline::translate::{Flow, Offer, OffloadMsg};
+use crate::shape::ShapeTable;
+use arc_swap::ArcSwap;
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// How often offloaded flows are read and checked.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// The offload thread's counters (for `status` and metrics).
+#[derive(Debug, Default)]
+pub struct OffloadStats {
+    /// Connections whose flows are in the XDP map now.
+    pub connections: AtomicU64,
+    /// Flows (directions) in the XDP map now.
+    pub flows: AtomicU64,
+    /// Connections put into the map, ever.
+    pub installed: AtomicU64,
+    /// Connections taken out again (closed, expired, next hop changed,
+    /// shaping or a policer now covering them).
+    pub retired: AtomicU64,
+    /// Offers the map refused (full).
+    pub failed: AtomicU64,
+}
+
+/// One offloaded flow and what was last read of its counters.
+struct Installed {
+    flow: Flow,
+    packets: u64,
+    bytes: u64,
+    last_seen: u64,
+}
+
+struct Entry {
+    conn: Arc<Conn>,
+    flows: Vec<Installed>,
+}
+
+pub struct Offloader {
+    pub map: FlowMap,
+    pub rx: Receiver<OffloadMsg>,
+    pub routes: Arc<ArcSwap<RouteTable>>,
+    pub shaping: Arc<ArcSwap<ShapeTable>>,
+    /// The workers' clock origin (connection times are seconds since it).
+    pub epoch: Instant,
+    pub stats: Arc<OffloadStats>,
+}
+
+impl Offloader {
+    /// Runs until `shutdown`.
+    pub fn run(mut self, shutdown: &AtomicBool) {
+        let mut entries: HashMap<usize, Entry> = HashMap::new();
+        let mut next_sync = Instant::now() + SYNC_EVERY;
+        while !shutdown.load(Relaxed) {
+            let wait = next_sync.saturating_duration_since(Instant::now());
+            match self.rx.recv_timeout(wait.min(Duration::from_millis(100))) {
+                Ok(OffloadMsg::Install(o)) => self.install(&mut entries, o),
+                Ok(OffloadMsg::Retire(conn)) => {
+                    if let Some(e) = entries.remove(&key_of(&conn)) {
+                        self.retire(e);
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+            if Instant::now() >= next_sync {
+                next_sync = Instant::now() + SYNC_EVERY;
+                self.sync(&mut entries);
+            }
+        }
+    }
+
+    fn install(&mut self, entries: &mut HashMap<usize, Entry>, o: Offer) {
+        let k = key_of(&o.conn);
+        if entries.contains_key(&k) {
+            return;
+        }
+        let mut flows = Vec::with_capacity(o.flows.len());
+        for flow in o.flows {
+            if let Err(e) = self.map.insert(flow.key, flow.value, 0) {
+                tracing::debug!(error = %e, "flow map refused an offload");
+                self.stats.failed.fetch_add(1, Relaxed);
+                for f in &flows {
+                    self.remove(f);
+                }
+                o.conn.release_offload();
+                return;
+            }
+            flows.push(Installed {
+                flow,
+                packets: 0,
+                bytes: 0,
+                last_seen: 0,
+            });
+        }
+        self.stats.installed.fetch_add(1, Relaxed);
+        self.stats.connections.fetch_add(1, Relaxed);
+        self.stats.flows.fetch_add(flows.len() as u64, Relaxed);
+        entries.insert(
+            k,
+            Entry {
+                conn: o.conn,
+                flows,
+            },
+        );
+    }
+
+    /// Takes a connection's flows out of the map, counting what XDP
+    /// forwarded since the last read; lvc forwards it from now on.
+    fn retire(&mut self, mut e: Entry) {
+        let now = self.now();
+        self.fold(&mut e, now);
+        for f in &e.flows {
+            self.remove(f);
+        }
+        self.stats.retired.fetch_add(1, Relaxed);
+        self.stats.connections.fetch_sub(1, Relaxed);
+        self.stats.flows.fetch_sub(e.flows.len() as u64, Relaxed);
+        e.conn.release_offload();
+    }
+
+    fn remove(&mut self, f: &Installed) {
+        let _ = self.map.remove(&f.flow.key);
+    }
+
+    fn now(&self) -> u32 {
+        self.epoch.elapsed().as_secs() as u32
+    }
+
+    /// Adds what XDP forwarded since the last read to the connection's
+    /// counters and refreshes its idle timer if anything went through.
+    fn fold(&self, e: &mut Entry, now: u32) {
+        for f in &mut e.flows {
+            let Ok(v) = self.map.get(&f.flow.key, 0) else {
+                continue;
+            };
+            let (dp, db) = (
+                v.packets.saturating_sub(f.packets),
+                v.bytes.saturating_sub(f.bytes),
+            );
+            if dp > 0 {
+                e.conn.count_many(f.flow.dir, dp, db);
+            }
+            if v.last_seen != f.last_seen {
+                e.conn.saw(now);
+            }
+            (f.packets, f.bytes, f.last_seen) = (v.packets, v.bytes, v.last_seen);
+        }
+    }
+
+    /// Reads every offloaded flow and retires those that may not stay.
+    fn sync(&mut self, entries: &mut HashMap<usize, Entry>) {
+        let now = self.now();
+        let routes = self.routes.load();
+        let shaping = self.shaping.load();
+        let mut leaving = Vec::new();
+        for (k, e) in entries.iter_mut() {
+            self.fold(e, now);
+            if !may_stay(e, &routes, &shaping) {
+                leaving.push(*k);
+            }
+        }
+        for k in leaving {
+            if let Some(e) = entries.remove(&k) {
+                self.retire(e);
+            }
+        }
+    }
+}
+
+/// Whether a connection's flows may stay in XDP (see the module's list).
+fn may_stay(e: &Entry, routes: &RouteTable, shaping: &ShapeTable) -> bool {
+    let c = &e.conn;
+    let state = c.state();
+    if state == State::Removed || (c.proto == crate::wire::PROTO_TCP && state != State::Established)
+    {
+        return false;
+    }
+    if shaping.service_policer(c.proto, c.vip).is_some() {
+        return false;
+    }
+    e.flows.iter().all(|f| {
+        let v = &f.flow.value;
+        let hop = match f.flow.dir {
+            Dir::Original if c.method == lvc_proto::Method::Dr => {
+                routes.next_hop_onlink(f.flow.next)
+            }
+            _ => routes.next_hop(f.flow.next),
+        };
+        matches!(hop, NextHop::Ready(l2)
+            if l2.ifindex == v.egress_ifindex
+                && l2.dst_mac == v.dmac
+                && l2.src_mac == v.smac
+                && l2.mtu.min(u32::from(u16::MAX)) as u16 == v.mtu)
+            && shaping.dev(v.egress_ifindex).is_none()
+    })
+}
+
+/// A connection's identity while it is offloaded.
+fn key_of(c: &Arc<Conn>) -> usize {
+    Arc::as_ptr(c) as usize
+}
