@@ -1,6 +1,7 @@
 //! Compiles `src/bpf/lvc_xdp.c` (lvc's steering program) and
 //! `src/bpf/bench_xdp.c` (lvc-bench's generator, sink and reference
-//! forwarders) into BPF objects that `lib.rs` embeds.
+//! forwarders) and `src/bpf/pass_xdp.c` (an XDP_PASS program for veth
+//! peers in test labs) into BPF objects that `lib.rs` embeds.
 //!
 //! The compiler is `clang-19` unless `LVC_BPF_CLANG` names another one.
 
@@ -10,7 +11,7 @@ use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-env-changed=LVC_BPF_CLANG");
-    for name in ["lvc_xdp", "bench_xdp"] {
+    for name in ["lvc_xdp", "bench_xdp", "pass_xdp"] {
         compile(name);
     }
 }

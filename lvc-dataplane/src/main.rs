@@ -30,7 +30,7 @@ struct Args {
     metrics: Option<std::net::SocketAddr>,
     /// Forward established flows in the XDP program itself (on), or every
     /// packet through lvc's workers (off).
-    #[arg(long, value_name = "on|off", default_value = "off", value_parser = on_off)]
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     offload: bool,
     /// Most connections tracked at once.
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]

@@ -16,6 +16,11 @@ pub static XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR
 /// Name of the XDP program inside [`XDP_OBJECT`].
 pub const PROGRAM_NAME: &str = "lvc_xdp";
 
+/// A program that passes every frame (section `xdp`): what a veth peer
+/// needs before frames redirected into its veth by XDP arrive (test labs).
+pub static PASS_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/pass_xdp.o"));
+
 /// Map names inside [`XDP_OBJECT`].
 pub mod maps {
     /// Virtual services: [`EndpointKey`](super::EndpointKey) → [`ServiceValue`](super::ServiceValue).

@@ -259,6 +259,26 @@ impl Lab {
         }
     }
 
+    /// Attaches an XDP program that passes everything to `dev` in namespace
+    /// `short`: frames that the director's XDP program redirects or
+    /// transmits into a veth arrive at its peer only if the peer has one.
+    pub fn xdp_pass(&self, short: &str, dev: &str) {
+        static OBJECT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+        let obj = OBJECT.get_or_init(|| {
+            let p =
+                std::env::temp_dir().join(format!("lvc-tests-xdp-pass-{}.o", std::process::id()));
+            std::fs::write(&p, lvc_ebpf::PASS_OBJECT).expect("write the XDP_PASS object");
+            p
+        });
+        let obj = obj.to_string_lossy().into_owned();
+        self.ip(
+            short,
+            &[
+                "link", "set", "dev", dev, "xdpdrv", "obj", &obj, "sec", "xdp",
+            ],
+        );
+    }
+
     /// A bridge `name` in namespace `short`.
     /// (Multicast snooping off: until the bridge has heard a host's MLD
     /// report it may not pass it IPv6 neighbour solicitations, which makes

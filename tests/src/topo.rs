@@ -46,6 +46,15 @@ pub enum Arms {
     Two,
 }
 
+/// `--offload` for the daemons the labs start: `LVC_TEST_OFFLOAD` (on or
+/// off), on by default.
+pub fn offload_mode() -> &'static str {
+    match std::env::var("LVC_TEST_OFFLOAD").as_deref() {
+        Ok("off") => "off",
+        _ => "on",
+    }
+}
+
 /// A director lab: client, director, real servers.
 pub struct Topo {
     pub lab: Lab,
@@ -68,6 +77,9 @@ impl Topo {
                 lab.veth(("client", "c0"), ("dir", "d0"), queues);
                 lab.veth(("dir", "d1"), ("sw", "p0"), queues);
                 lab.attach("sw", "p0", "br0");
+                // Offloaded flows leave the director by XDP.
+                lab.xdp_pass("client", "c0");
+                lab.xdp_pass("sw", "p0");
                 lab.ip("dir", &["addr", "add", "10.1.0.1/24", "dev", "d0"]);
                 lab.ip("dir", &["addr", "add", "10.2.0.1/24", "dev", "d1"]);
                 lab.ip(
@@ -84,6 +96,7 @@ impl Topo {
                 lab.veth(("dir", "d0"), ("sw", "p0"), queues);
                 lab.attach("sw", "pc", "br0");
                 lab.attach("sw", "p0", "br0");
+                lab.xdp_pass("sw", "p0");
                 lab.ip("dir", &["addr", "add", "10.1.0.1/24", "dev", "d0"]);
                 lab.ip("dir", &["addr", "add", "10.2.0.1/24", "dev", "d0"]);
                 lab.ip(
@@ -347,6 +360,11 @@ impl Topo {
         let mut cmd = vec![dp.as_str(), "--socket", &sock, "--queues", &q];
         for i in self.director_ifaces() {
             cmd.extend(["--iface", i]);
+        }
+        // The suite runs with XDP offload on and off (LVC_TEST_OFFLOAD).
+        let offload = offload_mode();
+        if !extra.contains(&"--offload") {
+            cmd.extend(["--offload", offload]);
         }
         cmd.extend_from_slice(extra);
         self.lab.spawn("dir", "lvc", &cmd);

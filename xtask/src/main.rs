@@ -2,7 +2,8 @@
 //!
 //! - `deps`  installs the Debian packages lvc needs (apt-get), if missing
 //! - `test`  deps, `cargo fmt --check`, clippy `-D warnings`, build, unit and
-//!   privileged integration tests (under `CI=true` a privileged test that
+//!   privileged integration tests with XDP offload on, then the namespace
+//!   suites again with it off (under `CI=true` a privileged test that
 //!   cannot run fails)
 //! - `demo`  deps, build, a namespace lab with a client, the director and
 //!   real servers, real HTTP requests through lvc, `lvc-ctl list --stats`,
@@ -129,48 +130,81 @@ fn test(extra: &[String]) -> Result {
     sh(cargo().args(["build", "--workspace", "--bins"]))?;
     // Two test threads: the privileged tests each build a namespace lab and
     // run a dataplane; more at once only contend for this machine's 2 cores.
-    let mut c = cargo();
-    c.args(["test", "--workspace", "--", "--test-threads", "2"]);
-    c.args(extra.iter().filter(|a| *a != "--"));
-    run_tests(&mut c)
+    // Everything with XDP offload on (the default), then the namespace
+    // suites again with it off: both paths must do what users expect.
+    let mut total = Counts::default();
+    let mut ok = true;
+    for (offload, scope) in [
+        ("on", &["--workspace"][..]),
+        ("off", &["-p", "lvc-tests", "--tests"][..]),
+    ] {
+        eprintln!("xtask: tests with LVC_TEST_OFFLOAD={offload}");
+        let mut c = cargo();
+        c.env("LVC_TEST_OFFLOAD", offload).arg("test").args(scope);
+        c.args(["--", "--test-threads", "2"]);
+        c.args(extra.iter().filter(|a| *a != "--"));
+        let (counts, passed) = run_tests(&mut c)?;
+        total.add(&counts);
+        ok &= passed;
+    }
+    println!(
+        "\ntests: {} passed, {} failed, {} skipped",
+        total.passed, total.failed, total.ignored
+    );
+    if ok {
+        Ok(())
+    } else {
+        Err("cargo test failed".into())
+    }
 }
 
-/// Runs `cargo test`, echoing its output, and ends with one summary line
-/// over every test binary (`N passed, N failed`).
-fn run_tests(cmd: &mut Command) -> Result {
+/// Test counts summed over test binaries.
+#[derive(Default)]
+struct Counts {
+    passed: u64,
+    failed: u64,
+    ignored: u64,
+}
+
+impl Counts {
+    fn add(&mut self, o: &Counts) {
+        self.passed += o.passed;
+        self.failed += o.failed;
+        self.ignored += o.ignored;
+    }
+}
+
+/// Runs `cargo test`, echoing its output; returns the counts over every
+/// test binary and whether it succeeded.
+fn run_tests(cmd: &mut Command) -> std::result::Result<(Counts, bool), String> {
     use std::io::{BufRead, BufReader};
     eprintln!("+ {cmd:?}");
     let mut child = cmd
         .stdout(std::process::Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
-    let (mut passed, mut failed, mut ignored) = (0u64, 0u64, 0u64);
+    let mut n = Counts::default();
     for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
         let line = line.map_err(|e| e.to_string())?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test result: ") {
             for part in rest.split(';') {
                 let mut words = part.split_whitespace().rev();
-                let (Some(what), Some(n)) = (words.next(), words.next()) else {
+                let (Some(what), Some(k)) = (words.next(), words.next()) else {
                     continue;
                 };
-                let n: u64 = n.parse().unwrap_or(0);
+                let k: u64 = k.parse().unwrap_or(0);
                 match what {
-                    "passed" => passed += n,
-                    "failed" => failed += n,
-                    "ignored" => ignored += n,
+                    "passed" => n.passed += k,
+                    "failed" => n.failed += k,
+                    "ignored" => n.ignored += k,
                     _ => {}
                 }
             }
         }
     }
     let st = child.wait().map_err(|e| e.to_string())?;
-    println!("\ntests: {passed} passed, {failed} failed, {ignored} skipped");
-    if st.success() {
-        Ok(())
-    } else {
-        Err(format!("cargo test failed ({st})"))
-    }
+    Ok((n, st.success()))
 }
 
 /// Builds everything in release mode and runs the load-test harness.

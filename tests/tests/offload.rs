@@ -1,0 +1,214 @@
+//! XDP offload end to end: established flows move from lvc's workers to
+//! the XDP program and nothing a user sees changes — bytes arrive intact
+//! through drains, reloads and a real server's MAC changing, and the
+//! counters add both paths up exactly. (These tests start lvc with
+//! `--offload on` whatever `LVC_TEST_OFFLOAD` says.)
+
+use lvc_tests::privileged;
+use lvc_tests::topo::{Arms, Topo, VIP, server_ip};
+use std::time::{Duration, Instant};
+
+fn lab(tag: &str, method: &str) -> Topo {
+    let mut t = Topo::build(tag, Arms::Two, 2, 2);
+    t.start_servers();
+    match method {
+        "dnat" => t.snat_at_servers(),
+        "dr" => t.dr_at_servers(),
+        _ => {}
+    }
+    t.start_lvc_with(&["--offload", "on"]);
+    if method == "fullnat" {
+        t.fullnat_pool();
+    }
+    t.add_service("tcp", 7, method);
+    t.add_service("udp", 7, method);
+    t
+}
+
+/// The named counters of `lvc-ctl status --json`.
+fn counter(t: &Topo, name: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&t.ctl_ok(&["status", "--json"])).expect("status is JSON");
+    v["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .find(|c| c[0] == name)
+        .and_then(|c| c[1].as_u64())
+        .unwrap_or(0)
+}
+
+/// Echoes numbered lines over one TCP connection for `secs` seconds,
+/// calling `during` once halfway; every line must come back unchanged.
+fn stream(t: &Topo, secs: u64, during: impl FnOnce()) -> usize {
+    let mut s = t.echo_session(7);
+    let start = Instant::now();
+    let mut during = Some(during);
+    let mut n = 0;
+    while start.elapsed() < Duration::from_secs(secs) {
+        let line = format!("line {n} {}\n", "x".repeat(n % 700));
+        assert_eq!(s.echo(&line), line, "line {n} came back changed");
+        n += 1;
+        if start.elapsed() > Duration::from_secs(secs / 2)
+            && let Some(f) = during.take()
+        {
+            f();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    n
+}
+
+/// A long TCP stream crosses from lvc's workers to XDP (the offload thread
+/// installs it within a second of its handshake) and every byte arrives.
+fn stream_moves_to_xdp(tag: &str, method: &str) {
+    if !privileged(tag) {
+        return;
+    }
+    let t = lab(tag, method);
+    let lines = stream(&t, 4, || {});
+    let forwarded = counter(&t, "xdp_flow_forwarded");
+    eprintln!(
+        "{method}: {lines} lines echoed, {forwarded} packets forwarded by XDP\n{}",
+        t.ctl_ok(&["status"])
+    );
+    assert!(
+        counter(&t, "offload_installed") >= 1 && forwarded > lines as u64 / 2,
+        "{method}: the stream's packets should be XDP's ({forwarded} of {lines} lines' worth):\n{}",
+        t.ctl_ok(&["status"])
+    );
+}
+
+#[test]
+fn offload_nat() {
+    stream_moves_to_xdp("offnat", "nat");
+}
+
+#[test]
+fn offload_fullnat() {
+    stream_moves_to_xdp("offfnat", "fullnat");
+}
+
+#[test]
+fn offload_dnat() {
+    stream_moves_to_xdp("offdnat", "dnat");
+}
+
+#[test]
+fn offload_dr() {
+    stream_moves_to_xdp("offdr", "dr");
+}
+
+/// Draining the stream's server (weight 0) and reloading the saved
+/// configuration keep an offloaded connection going, byte for byte.
+#[test]
+fn offloaded_stream_survives_drain_and_reload() {
+    if !privileged("offloaded_stream_survives_drain_and_reload") {
+        return;
+    }
+    let t = lab("offdrain", "nat");
+    let saved = t.ctl_ok(&["save"]);
+    let svc = format!("{VIP}:7");
+    stream(&t, 6, || {
+        for i in 0..2 {
+            t.ctl_ok(&[
+                "edit-server",
+                "--tcp",
+                &svc,
+                "--real",
+                &server_ip(i),
+                "--weight",
+                "0",
+            ]);
+        }
+        t.lab.exec_input(
+            "dir",
+            &[
+                &lvc_tests::bin("lvc-ctl").to_string_lossy(),
+                "--socket",
+                &t.socket.to_string_lossy(),
+                "restore",
+            ],
+            saved.as_bytes(),
+        );
+    });
+    assert!(counter(&t, "xdp_flow_forwarded") > 0);
+}
+
+/// The real server's MAC changes under an offloaded stream: the director
+/// learns it, the flow leaves XDP (its MAC is stale), lvc forwards it with
+/// the new one and offers it again; no line is lost.
+#[test]
+fn offloaded_stream_follows_a_mac_change() {
+    if !privileged("offloaded_stream_follows_a_mac_change") {
+        return;
+    }
+    let t = lab("offmac", "nat");
+    let mac = "02:00:00:00:aa:01";
+    let retired = counter(&t, "offload_retired");
+    stream(&t, 6, || {
+        for i in 0..2 {
+            let ns = format!("rs{}", i + 1);
+            t.lab.ip(&ns, &["link", "set", "dev", "e0", "address", mac]);
+            t.lab.ip(
+                "dir",
+                &[
+                    "neigh",
+                    "replace",
+                    &server_ip(i),
+                    "lladdr",
+                    mac,
+                    "dev",
+                    "d1",
+                ],
+            );
+        }
+    });
+    assert!(
+        counter(&t, "offload_retired") > retired,
+        "the flow with the old MAC left XDP:\n{}",
+        t.ctl_ok(&["status"])
+    );
+}
+
+/// UDP datagrams of one flow, most of them forwarded by XDP: the service's
+/// packet counters count each one exactly once, whichever path took it.
+#[test]
+fn counters_add_both_paths_up() {
+    if !privileged("counters_add_both_paths_up") {
+        return;
+    }
+    let t = lab("offcount", "nat");
+    let n = 80;
+    let srv = lvc_tests::bin("lvc-testsrv").to_string_lossy().into_owned();
+    let out = t.lab.exec(
+        "client",
+        &[&srv, "probe", &format!("{VIP}:7"), "0", &n.to_string()],
+    );
+    let answered = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("median"))
+        .count();
+    assert_eq!(answered, n, "every datagram is echoed");
+    // The offload thread folds XDP's counters in once a second.
+    std::thread::sleep(Duration::from_millis(2500));
+    let v: serde_json::Value =
+        serde_json::from_str(&t.ctl_ok(&["list", "--stats", "--json"])).unwrap();
+    let svc = v["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"].as_str().is_some_and(|k| k.starts_with("udp")))
+        .expect("the udp service")
+        .clone();
+    let st = &svc["stats"];
+    assert_eq!(
+        (st["packets_in"].as_u64(), st["packets_out"].as_u64()),
+        (Some(n as u64), Some(n as u64)),
+        "{svc}"
+    );
+    assert!(
+        counter(&t, "xdp_flow_forwarded") >= n as u64,
+        "most went through XDP"
+    );
+}
