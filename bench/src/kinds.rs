@@ -14,8 +14,10 @@ pub const HTTP_PORT: u16 = 80;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Kind {
-    /// lvc with one forwarding method.
+    /// lvc with one forwarding method (XDP offload on, the default).
     Lvc(LvcMethod),
+    /// lvc with `--offload off`: every packet through the AF_XDP workers.
+    LvcNoOffload(LvcMethod),
     /// lvc-nat with traffic shaping configured on the director's
     /// server-side interface that never limits (`shape_not_limiting`):
     /// what the shaping stage costs when it only classifies and queues.
@@ -58,6 +60,7 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Kind::Lvc(m) => write!(f, "lvc-{}", m.name()),
+            Kind::LvcNoOffload(m) => write!(f, "lvc-{}-no-offload", m.name()),
             Kind::LvcNatShaped => f.write_str("lvc-nat-shaped"),
             Kind::Iptables => f.write_str("iptables"),
             Kind::Nftables => f.write_str("nftables"),
@@ -83,13 +86,18 @@ impl std::str::FromStr for Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Lvc(LvcMethod::Nat),
         Kind::LvcNatShaped,
         Kind::Lvc(LvcMethod::Dnat),
         Kind::Lvc(LvcMethod::Dr),
         Kind::Lvc(LvcMethod::Tun),
         Kind::Lvc(LvcMethod::Fullnat),
+        Kind::LvcNoOffload(LvcMethod::Nat),
+        Kind::LvcNoOffload(LvcMethod::Dnat),
+        Kind::LvcNoOffload(LvcMethod::Dr),
+        Kind::LvcNoOffload(LvcMethod::Tun),
+        Kind::LvcNoOffload(LvcMethod::Fullnat),
         Kind::Iptables,
         Kind::Nftables,
         Kind::XdpRedirect,
@@ -113,7 +121,7 @@ impl Kind {
     /// is lvc-nat plus shaping), None for the others.
     pub fn lvc_method(self) -> Option<LvcMethod> {
         match self {
-            Kind::Lvc(m) => Some(m),
+            Kind::Lvc(m) | Kind::LvcNoOffload(m) => Some(m),
             Kind::LvcNatShaped => Some(LvcMethod::Nat),
             _ => None,
         }
@@ -160,7 +168,7 @@ pub fn start(lab: &mut BenchLab, kind: Kind) -> Result<Running> {
     let rips: Vec<String> = (0..servers).map(|i| rip(i).to_string()).collect();
     let mut agent = None;
     match kind {
-        Kind::Lvc(m) => start_lvc(lab, kind, m, &rips)?,
+        Kind::Lvc(m) | Kind::LvcNoOffload(m) => start_lvc(lab, kind, m, &rips)?,
         Kind::LvcNatShaped => {
             start_lvc(lab, kind, LvcMethod::Nat, &rips)?;
             shape_not_limiting(lab, &rips[0])?;
@@ -245,12 +253,29 @@ fn start_lvc(lab: &mut BenchLab, kind: Kind, m: LvcMethod, rips: &[String]) -> R
     let sock = lvc_socket(lab).to_string_lossy().into_owned();
     let cpu = lab.placement.director_cpu.to_string();
     let _ = std::fs::remove_file(&sock);
+    let offload = if matches!(kind, Kind::LvcNoOffload(_)) {
+        "off"
+    } else {
+        "on"
+    };
     lab.lab.spawn(
         "dir",
         "lvc",
         &[
-            "taskset", "-c", &cpu, &dp, "--socket", &sock, "--queues", "1", "--iface", DIR_IN,
-            "--iface", DIR_OUT,
+            "taskset",
+            "-c",
+            &cpu,
+            &dp,
+            "--socket",
+            &sock,
+            "--queues",
+            "1",
+            "--iface",
+            DIR_IN,
+            "--iface",
+            DIR_OUT,
+            "--offload",
+            offload,
         ],
     );
     let deadline = Instant::now() + Duration::from_secs(20);

@@ -46,14 +46,17 @@ enum Cmd {
 
 #[derive(clap::Args, Debug)]
 struct RunArgs {
-    /// A sanity check in under two minutes: lvc-nat, lvc-nat-shaped,
-    /// iptables, xdp-redirect and afxdp-raw; udp64, latency, tcp-bulk, http-close; 1 run of 2 s;
+    /// A sanity check in a few minutes: lvc-nat (offload on and off),
+    /// lvc-nat-shaped, iptables, xdp-redirect and afxdp-raw; udp64, latency,
+    /// tcp-bulk, http-close; 1 run of 2 s;
     /// the connection table at 1M flows.
     #[arg(long)]
     quick: bool,
     /// Director kinds (comma-separated): lvc-nat, lvc-nat-shaped (lvc-nat
     /// with shaping configured but not limiting), lvc-dnat, lvc-dr, lvc-tun,
-    /// lvc-fullnat, iptables, nftables, xdp-redirect, afxdp-raw, direct.
+    /// lvc-fullnat, the same with `-no-offload` (every packet through the
+    /// AF_XDP workers: lvc-nat-no-offload, …), iptables, nftables,
+    /// xdp-redirect, afxdp-raw, direct.
     #[arg(long, value_delimiter = ',')]
     kinds: Option<Vec<Kind>>,
     /// Scenarios (comma-separated): udp64, udp1500, new-flows, latency,
@@ -218,6 +221,7 @@ fn run(a: RunArgs) -> Result<()> {
         if a.quick {
             vec![
                 Kind::Lvc(LvcMethod::Nat),
+                Kind::LvcNoOffload(LvcMethod::Nat),
                 Kind::LvcNatShaped,
                 Kind::Iptables,
                 Kind::XdpRedirect,
