@@ -393,7 +393,7 @@ impl Running {
     pub fn stop(mut self, lab: &mut BenchLab) -> Result<()> {
         self.agent.take();
         match self.kind {
-            Kind::Lvc(_) | Kind::LvcNatShaped => {
+            k if k.is_lvc() => {
                 lab.lab.stop("lvc", 15);
             }
             Kind::Iptables => {

@@ -94,19 +94,20 @@ pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
 /// `ipvsadm -L -c -n` layout.
 pub fn conns(c: &ConnListing) -> String {
     let mut s = String::from(
-        "pro expire state       source                 virtual                destination\n",
+        "pro expire state       source                 virtual                destination            path\n",
     );
     for e in &c.conns {
         let _ = writeln!(
             s,
-            "{:<3} {:02}:{:02}  {:<11} {:<22} {:<22} {}",
+            "{:<3} {:02}:{:02}  {:<11} {:<22} {:<22} {:<22} {}",
             e.proto.name().to_uppercase(),
             e.expires_in / 60,
             e.expires_in % 60,
             e.state,
             e.client.to_string(),
             e.vip.to_string(),
-            e.real
+            e.real.to_string(),
+            if e.offloaded { "xdp" } else { "lvc" }
         );
     }
     if c.truncated {
@@ -453,13 +454,14 @@ TCP  10.0.0.10:80                        1       10        7      700     125K
                 method: Method::Nat,
                 state: "ESTABLISHED".into(),
                 expires_in: 899,
+                offloaded: true,
             }],
             truncated: false,
         };
         assert_eq!(
             conns(&c),
-            "pro expire state       source                 virtual                destination
-TCP 14:59  ESTABLISHED 10.1.0.2:40000         10.0.0.10:80           10.0.1.1:80
+            "pro expire state       source                 virtual                destination            path
+TCP 14:59  ESTABLISHED 10.1.0.2:40000         10.0.0.10:80           10.0.1.1:80            xdp
 "
         );
     }

@@ -737,6 +737,9 @@ pub struct ConnInfo {
     pub state: String,
     /// Seconds until the connection expires if idle.
     pub expires_in: u32,
+    /// Forwarded by the XDP program (offloaded), not by lvc's workers.
+    #[serde(default)]
+    pub offloaded: bool,
 }
 
 /// Answer to `conns`.

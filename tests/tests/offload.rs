@@ -66,7 +66,16 @@ fn stream_moves_to_xdp(tag: &str, method: &str) {
         return;
     }
     let t = lab(tag, method);
-    let lines = stream(&t, 4, || {});
+    let lines = stream(&t, 4, || {
+        // While it streams, `conns` says where the connection lives.
+        let conns = t.ctl_ok(&["conns"]);
+        assert!(
+            conns
+                .lines()
+                .any(|l| l.contains(":7 ") && l.ends_with("xdp")),
+            "{method}: the stream is listed on the XDP path:\n{conns}"
+        );
+    });
     let forwarded = counter(&t, "xdp_flow_forwarded");
     eprintln!(
         "{method}: {lines} lines echoed, {forwarded} packets forwarded by XDP\n{}",

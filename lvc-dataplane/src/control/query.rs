@@ -95,6 +95,7 @@ impl Control {
                 method: c.method,
                 state: c.state().name().to_owned(),
                 expires_in: c.expires_in(now, &self.conntrack.timeouts),
+                offloaded: c.offloaded(),
             });
         });
         out.conns.sort_by_key(|c| (c.vip, c.client));

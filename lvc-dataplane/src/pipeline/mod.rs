@@ -1155,6 +1155,28 @@ mod decisions {
                     to_lvc.push(lab.request(6, TCP_ACK | 0x01, 0));
                     to_lvc.push(lab.request(6, 0x04, 0));
                 }
+                if !v6 {
+                    // IPv4 options (a 4-byte NOP word: IHL 6).
+                    let f = lab.request(proto, flags, 40);
+                    let mut o = f[..ETH_HLEN + 20].to_vec();
+                    o.extend_from_slice(&[1, 1, 1, 0]);
+                    o.extend_from_slice(&f[ETH_HLEN + 20..]);
+                    o[ETH_HLEN] = 0x46;
+                    let len = (f.len() - ETH_HLEN + 4) as u16;
+                    o[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&len.to_be_bytes());
+                    set_v4(&mut o, ipv4::TTL, 64);
+                    to_lvc.push(o);
+                    // A first fragment (MF set).
+                    let mut frag = lab.request(proto, flags, 40);
+                    set_v4(&mut frag, ipv4::FRAG, ipv4::DF | ipv4::MF);
+                    to_lvc.push(frag);
+                    if m == Method::Tun {
+                        // DF clear: the outer header would need a fresh id.
+                        let mut df0 = lab.request(proto, flags, 40);
+                        set_v4(&mut df0, ipv4::FRAG, 0);
+                        to_lvc.push(df0);
+                    }
+                }
                 for p in &to_lvc {
                     let (action, _) = xdp(&mut st, p);
                     assert_eq!(action, XDP_PASS, "{case}");
