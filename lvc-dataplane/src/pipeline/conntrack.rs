@@ -136,6 +136,10 @@ pub struct Conn {
     last_seen: AtomicU32,
     /// Offered to (or forwarded by) the XDP program's flow map.
     offloaded: AtomicBool,
+    /// When (seconds) an offer was last found impossible (shaped egress,
+    /// policed service, unresolved next hop): tried again a second later,
+    /// not on every packet.
+    declined: AtomicU32,
     /// Packets seen, saturating (bits 0–3), and whether a reply was seen
     /// (bit 7): a UDP flow is offloaded once it is not a one-packet flow.
     seen: AtomicU8,
@@ -172,6 +176,7 @@ impl Conn {
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
             offloaded: AtomicBool::new(false),
+            declined: AtomicU32::new(u32::MAX),
             seen: AtomicU8::new(0),
             server,
             service,
@@ -239,6 +244,17 @@ impl Conn {
     /// Back to lvc alone (the flow left the XDP map, or never got in).
     pub fn release_offload(&self) {
         self.offloaded.store(false, Relaxed);
+    }
+
+    /// Notes that the connection could not be offloaded at `now`.
+    pub fn decline_offload(&self, now: u32) {
+        self.declined.store(now, Relaxed);
+    }
+
+    /// Whether an offer may be tried at `now` (never declined, or not in
+    /// this second).
+    pub fn offload_due(&self, now: u32) -> bool {
+        self.declined.load(Relaxed) != now
     }
 
     /// Whether the connection qualifies for offload: TCP once established,

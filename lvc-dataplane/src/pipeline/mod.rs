@@ -197,12 +197,13 @@ pub fn forward(
             if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
                 *offload = Some(OffloadMsg::Retire(conn.clone()));
             }
-        } else if pkt.frag.is_none()
-            && conn.offload_ready()
-            && let Some(o) = translate::offer(&conn, t)
-            && conn.claim_offload()
-        {
-            *offload = Some(OffloadMsg::Install(o));
+        } else if pkt.frag.is_none() && conn.offload_ready() && conn.offload_due(now) {
+            match translate::offer(&conn, t) {
+                Some(o) if conn.claim_offload() => *offload = Some(OffloadMsg::Install(o)),
+                Some(_) => {}
+                // (Shaped, policed or unresolved: asked again next second.)
+                None => conn.decline_offload(now),
+            }
         }
     }
     if let Some(fr) = pkt.frag {
