@@ -135,14 +135,35 @@ pub fn bump(c: &AtomicU64, n: u64) {
     c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
 }
 
+/// Slots of a [`TrafficStats`]'s packet and byte counters: each thread
+/// adds to its own (one cache line each), so workers counting packets of
+/// one service never write the same line; readers sum them.
+const SHARDS: usize = 16;
+
+/// One thread's share of a service's or server's packet/byte counters.
+#[derive(Default)]
+#[repr(align(64))]
+struct Shard {
+    packets_in: AtomicU64,
+    packets_out: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+}
+
+/// This thread's slot.
+fn shard() -> usize {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: usize = NEXT.fetch_add(1, Relaxed) % SHARDS;
+    }
+    SLOT.with(|s| *s)
+}
+
 /// Traffic counters of one service or one real server, shared by workers.
 #[derive(Default)]
 pub struct TrafficStats {
     pub conns: AtomicU64,
-    pub packets_in: AtomicU64,
-    pub packets_out: AtomicU64,
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
+    shards: [Shard; SHARDS],
     /// Established TCP connections (servers only).
     pub active: AtomicI64,
     /// Other tracked connections (servers only).
@@ -152,38 +173,55 @@ pub struct TrafficStats {
 }
 
 impl TrafficStats {
+    /// Counts `packets` client → server packets of `bytes` bytes in all.
+    #[inline]
+    pub fn add_in(&self, packets: u64, bytes: u64) {
+        let s = &self.shards[shard()];
+        s.packets_in.fetch_add(packets, Relaxed);
+        s.bytes_in.fetch_add(bytes, Relaxed);
+    }
+
+    /// Counts `packets` server → client packets of `bytes` bytes in all.
+    #[inline]
+    pub fn add_out(&self, packets: u64, bytes: u64) {
+        let s = &self.shards[shard()];
+        s.packets_out.fetch_add(packets, Relaxed);
+        s.bytes_out.fetch_add(bytes, Relaxed);
+    }
+
     #[inline]
     pub fn count_in(&self, bytes: usize) {
-        self.packets_in.fetch_add(1, Relaxed);
-        self.bytes_in.fetch_add(bytes as u64, Relaxed);
+        self.add_in(1, bytes as u64);
     }
 
     #[inline]
     pub fn count_out(&self, bytes: usize) {
-        self.packets_out.fetch_add(1, Relaxed);
-        self.bytes_out.fetch_add(bytes as u64, Relaxed);
+        self.add_out(1, bytes as u64);
     }
 
     pub fn snapshot(&self) -> Counters {
+        let sum = |f: fn(&Shard) -> &AtomicU64| {
+            self.shards
+                .iter()
+                .map(|s| f(s).load(Relaxed))
+                .fold(0u64, u64::wrapping_add)
+        };
         Counters {
             conns: self.conns.load(Relaxed),
-            packets_in: self.packets_in.load(Relaxed),
-            packets_out: self.packets_out.load(Relaxed),
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
+            packets_in: sum(|s| &s.packets_in),
+            packets_out: sum(|s| &s.packets_out),
+            bytes_in: sum(|s| &s.bytes_in),
+            bytes_out: sum(|s| &s.bytes_out),
         }
     }
 
     /// Zeroes the counters (not the connection gauges), as `ipvsadm -Z`.
     pub fn zero(&self) {
-        for c in [
-            &self.conns,
-            &self.packets_in,
-            &self.packets_out,
-            &self.bytes_in,
-            &self.bytes_out,
-        ] {
-            c.store(0, Relaxed);
+        self.conns.store(0, Relaxed);
+        for s in &self.shards {
+            for c in [&s.packets_in, &s.packets_out, &s.bytes_in, &s.bytes_out] {
+                c.store(0, Relaxed);
+            }
         }
         *self.rates.lock().unwrap_or_else(|p| p.into_inner()) = Default::default();
     }
@@ -215,5 +253,45 @@ impl TrafficStats {
 
     pub fn inactive(&self) -> u64 {
         self.inactive.load(Relaxed).max(0) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn threads_count_into_their_own_slots_and_readers_sum_them() {
+        let st = Arc::new(TrafficStats::default());
+        // More threads than slots: some share one, nothing is lost.
+        let threads: Vec<_> = (0..SHARDS + 5)
+            .map(|i| {
+                let st = st.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..1000 {
+                        st.count_in(100);
+                        st.count_out(10 + i);
+                    }
+                    st.add_in(5, 50);
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let n = (SHARDS + 5) as u64;
+        let c = st.snapshot();
+        assert_eq!(c.packets_in, n * 1005);
+        assert_eq!(c.bytes_in, n * (100_000 + 50));
+        assert_eq!(c.packets_out, n * 1000);
+        let out: u64 = (0..n).map(|i| 1000 * (10 + i)).sum();
+        assert_eq!(c.bytes_out, out);
+        st.zero();
+        let z = st.snapshot();
+        assert_eq!(
+            (z.packets_in, z.bytes_in, z.packets_out, z.bytes_out),
+            (0, 0, 0, 0)
+        );
     }
 }

@@ -209,17 +209,10 @@ impl Conn {
 
     /// Counts `packets` packets of `bytes` bytes in all (forwarded by XDP).
     pub fn count_many(&self, dir: Dir, packets: u64, bytes: u64) {
-        let (a, b) = (&self.service, &self.server.stats);
-        for st in [a, b] {
+        for st in [&self.service, &self.server.stats] {
             match dir {
-                Dir::Original => {
-                    st.packets_in.fetch_add(packets, Relaxed);
-                    st.bytes_in.fetch_add(bytes, Relaxed);
-                }
-                Dir::Reply => {
-                    st.packets_out.fetch_add(packets, Relaxed);
-                    st.bytes_out.fetch_add(bytes, Relaxed);
-                }
+                Dir::Original => st.add_in(packets, bytes),
+                Dir::Reply => st.add_out(packets, bytes),
             }
         }
     }
