@@ -9,7 +9,7 @@
 //! ```
 
 use crate::control::{Control, ControlDeps, ControlSocket, ServedInterface, housekeeping, metrics};
-use crate::io::steer::Steering;
+use crate::io::steer::{AttachMode, Steering};
 use crate::io::xsk::{IoConfig, WorkerIo};
 use crate::net::route::RouteMonitor;
 use crate::offload::{OffloadStats, Offloader};
@@ -178,7 +178,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let (routes, route_sync) =
         RouteMonitor::start().context("cannot read routes and neighbours over rtnetlink")?;
-    let mut steering = Steering::load()?;
+    // Room for both directions of every connection the table may hold.
+    let flows = u32::try_from(opts.conntrack_size.saturating_mul(2)).unwrap_or(u32::MAX);
+    let mut steering = Steering::load_with_flows(flows.max(1024))?;
     let mut ifindexes = Vec::new();
     for (slot, iface) in opts.ifaces.iter().enumerate() {
         let link = routes
@@ -207,10 +209,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         epoch: Instant::now(),
     };
-    let (workers, served) = open_workers(&opts, plan.queues, &ifindexes, &mut steering, &shared)?;
+    let (mut workers, served) =
+        open_workers(&opts, plan.queues, &ifindexes, &mut steering, &shared)?;
     let worker_stats = workers.iter().map(|w| w.stats.clone()).collect();
     let offload_stats = Arc::new(OffloadStats::default());
-    let offloader = if opts.offload {
+    // XDP_TX and redirects need driver-mode XDP on every served interface
+    // (a generic-mode egress drops them silently): no offload otherwise.
+    let offload = opts.offload && served.iter().all(|i| i.mode == AttachMode::Driver);
+    if opts.offload && !offload {
+        tracing::warn!(
+            "an interface runs XDP in skb (generic) mode: offload off, every packet goes through lvc's workers"
+        );
+    }
+    if !offload {
+        for w in &mut workers {
+            w.shared.offload = None;
+        }
+    }
+    let offloader = if offload {
         for (slot, &ifindex) in ifindexes.iter().enumerate() {
             steering.set_egress(slot as u32, ifindex)?;
         }
@@ -222,6 +238,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             rx: offload_rx,
             routes: routes.table.clone(),
             shaping: shaping.clone(),
+            services: services.clone(),
             epoch: shared.epoch,
             stats: offload_stats.clone(),
         })

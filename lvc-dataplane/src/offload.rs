@@ -22,6 +22,7 @@
 use crate::io::steer::FlowMap;
 use crate::net::route::{NextHop, RouteTable};
 use crate::pipeline::conntrack::{Conn, Dir, State};
+use crate::pipeline::services::ServiceTable;
 use crate::pipeline::translate::{Flow, Offer, OffloadMsg};
 use crate::shape::ShapeTable;
 use arc_swap::ArcSwap;
@@ -30,6 +31,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
+
+/// `bpf_map_update_elem` flag: only if the key is not there yet.
+const BPF_NOEXIST: u64 = 1;
 
 /// How often offloaded flows are read and checked.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
@@ -68,6 +72,7 @@ pub struct Offloader {
     pub rx: Receiver<OffloadMsg>,
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub shaping: Arc<ArcSwap<ShapeTable>>,
+    pub services: Arc<ArcSwap<ServiceTable>>,
     /// The workers' clock origin (connection times are seconds since it).
     pub epoch: Instant,
     pub stats: Arc<OffloadStats>,
@@ -104,13 +109,17 @@ impl Offloader {
         }
         let mut flows = Vec::with_capacity(o.flows.len());
         for flow in o.flows {
-            if let Err(e) = self.map.insert(flow.key, flow.value, 0) {
+            // BPF_NOEXIST: a key still held by another (closing)
+            // connection is not taken over; this one is offered again a
+            // second later, once the other is retired.
+            if let Err(e) = self.map.insert(flow.key, flow.value, BPF_NOEXIST) {
                 tracing::debug!(error = %e, "flow map refused an offload");
                 self.stats.failed.fetch_add(1, Relaxed);
                 for f in &flows {
                     self.remove(f);
                 }
                 o.conn.release_offload();
+                o.conn.decline_offload(self.now());
                 return;
             }
             flows.push(Installed {
@@ -143,6 +152,14 @@ impl Offloader {
         self.stats.retired.fetch_add(1, Relaxed);
         self.stats.connections.fetch_sub(1, Relaxed);
         self.stats.flows.fetch_sub(e.flows.len() as u64, Relaxed);
+        if e.conn.state() == State::Removed {
+            // The table let it go while XDP still forwarded it: its
+            // fullnat port was kept for it until now (see
+            // Conntrack::release), so no new connection reused the tuple.
+            if let Some(pool) = &e.conn.snat {
+                pool.free(e.conn.proto, e.conn.local.0, e.conn.local.1);
+            }
+        }
         e.conn.release_offload();
     }
 
@@ -180,10 +197,11 @@ impl Offloader {
         let now = self.now();
         let routes = self.routes.load();
         let shaping = self.shaping.load();
+        let services = self.services.load();
         let mut leaving = Vec::new();
         for (k, e) in entries.iter_mut() {
             self.fold(e, now);
-            if !may_stay(e, &routes, &shaping) {
+            if !may_stay(e, &routes, &shaping, &services) {
                 leaving.push(*k);
             }
         }
@@ -196,11 +214,16 @@ impl Offloader {
 }
 
 /// Whether a connection's flows may stay in XDP (see the module's list).
-fn may_stay(e: &Entry, routes: &RouteTable, shaping: &ShapeTable) -> bool {
+fn may_stay(e: &Entry, routes: &RouteTable, shaping: &ShapeTable, services: &ServiceTable) -> bool {
     let c = &e.conn;
     let state = c.state();
     if state == State::Removed || (c.proto == crate::wire::PROTO_TCP && state != State::Established)
     {
+        return false;
+    }
+    // A deleted service's connections are lvc's again: without offload
+    // its packets no longer reach lvc either.
+    if services.lookup(c.proto, c.vip.0, c.vip.1).is_none() {
         return false;
     }
     if shaping.service_policer(c.proto, c.vip).is_some() {
@@ -218,7 +241,10 @@ fn may_stay(e: &Entry, routes: &RouteTable, shaping: &ShapeTable) -> bool {
             if l2.ifindex == v.egress_ifindex
                 && l2.dst_mac == v.dmac
                 && l2.src_mac == v.smac
-                && l2.mtu.min(u32::from(u16::MAX)) as u16 == v.mtu)
+                && l2.mtu.min(u32::from(u16::MAX)) as u16 == v.mtu
+                // (A tunnel's outer source: the director's address there.)
+                && (v.flags & lvc_ebpf::FLOW_TUN == 0
+                    || lvc_ebpf::addr_key_words(l2.src_ip.ip()).1 == v.saddr))
             && shaping.dev(v.egress_ifindex).is_none()
     })
 }

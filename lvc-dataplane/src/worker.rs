@@ -281,7 +281,7 @@ impl Worker {
         let mut offload = None;
         let decision = pipeline::forward(self.io.bytes_mut(&mut frame), t, &mut meta, &mut offload);
         if let Some(msg) = offload {
-            self.offload(msg);
+            self.offload(msg, t.now);
         }
         let decision = match decision {
             Ok(Decision::Icmp(what)) => self.originate(&mut frame, what, t),
@@ -327,7 +327,7 @@ impl Worker {
 
     /// Hands a flow to the offload thread (never waits: if its queue is
     /// full the connection stays with lvc and is offered again later).
-    fn offload(&self, msg: OffloadMsg) {
+    fn offload(&self, msg: OffloadMsg, now: u32) {
         let Some(tx) = &self.shared.offload else {
             return;
         };
@@ -335,6 +335,7 @@ impl Worker {
             && let OffloadMsg::Install(o) = e.into_inner()
         {
             o.conn.release_offload();
+            o.conn.decline_offload(now);
         }
     }
 

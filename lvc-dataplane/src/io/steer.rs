@@ -78,10 +78,19 @@ pub struct Steering {
 }
 
 impl Steering {
-    /// Loads (but does not attach) the program.
+    /// Loads (but does not attach) the program, with room for 1M
+    /// offloaded flows.
     pub fn load() -> Result<Self, SteerError> {
-        let mut ebpf =
-            Ebpf::load(lvc_ebpf::XDP_OBJECT).map_err(|e| SteerError::Load(e.to_string()))?;
+        Self::load_with_flows(1 << 20)
+    }
+
+    /// Loads the program with room for `flows` offloaded flows (one per
+    /// direction of a connection).
+    pub fn load_with_flows(flows: u32) -> Result<Self, SteerError> {
+        let mut ebpf = aya::EbpfLoader::new()
+            .map_max_entries(lvc_ebpf::maps::FLOWS, flows)
+            .load(lvc_ebpf::XDP_OBJECT)
+            .map_err(|e| SteerError::Load(e.to_string()))?;
         let prog: &mut Xdp = ebpf
             .program_mut(lvc_ebpf::PROGRAM_NAME)
             .ok_or_else(|| SteerError::Load("program missing from object".into()))?

@@ -730,7 +730,11 @@ impl Conntrack {
         if c.two_way() {
             self.map.remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, c));
         }
-        if let Some(pool) = &c.snat {
+        // An offloaded connection's port is freed by the offload thread
+        // when it takes the flow out of XDP (which forwards it until then).
+        if let Some(pool) = &c.snat
+            && !c.offloaded()
+        {
             pool.free(c.proto, c.local.0, c.local.1);
         }
         // Take the final state atomically: a worker still holding the

@@ -1129,6 +1129,13 @@ mod decisions {
                     let (to, port) = conn.local;
                     packets.push(packet(proto, lab.fam.rip, to, 80, port, flags, 77));
                 }
+                if proto == 17 {
+                    // A zero UDP checksum ("none") stays zero on both paths.
+                    let mut z = lab.request(17, 0, 33);
+                    let at = ETH_HLEN + if v6 { 40 } else { 20 } + 6;
+                    z[at..at + 2].fill(0);
+                    packets.push(z);
+                }
                 for p in &packets {
                     let (d, user) = lab.sent(p);
                     assert!(matches!(d, Ok(Decision::Send(_))), "{case}: {d:?}");

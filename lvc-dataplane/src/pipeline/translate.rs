@@ -132,6 +132,11 @@ pub fn offer(conn: &Arc<Conn>, t: &Tables) -> Option<Offer> {
             return None;
         };
         let slot = t.ports.iter().position(|&i| i == l2.ifindex)?;
+        // A tunnel needs the director's address on the way (lvc drops the
+        // packet without one: so does nobody in XDP).
+        if conn.method == Method::Tun && dir == Dir::Original && l2.src_ip.ip().is_unspecified() {
+            return None;
+        }
         if t.shaping.dev(l2.ifindex).is_some() {
             return None;
         }

@@ -562,7 +562,8 @@ static __always_inline int flow_v4(struct xdp_md *ctx, struct ethhdr *eth, struc
 		for (int i = 0; i < 10; i++)
 			sum += w[i];
 		outer->check = ~csum_fold(sum);
-		*act = flow_send(ctx, v, len + sizeof(struct iphdr));
+		// (Counted as received, as lvc counts a packet it tunnels.)
+		*act = flow_send(ctx, v, len);
 		return 1;
 	}
 	__u16 *l4sum;
@@ -658,10 +659,14 @@ static __always_inline int flow_v6(struct xdp_md *ctx, struct ethhdr *eth, struc
 	}
 	if (v->flags & FLOW_DEC_TTL)
 		ip6->hop_limit--;
-	__u16 c = csum_apply(*l4sum, l4d);
-	if (ip6->nexthdr == IPPROTO_UDP && c == 0)
-		c = 0xffff;
-	*l4sum = c;
+	// As lvc does for both families: a zero UDP checksum stays zero (RFC
+	// 6935 tunnels send them).
+	if (ip6->nexthdr == IPPROTO_TCP || *l4sum != 0) {
+		__u16 c = csum_apply(*l4sum, l4d);
+		if (ip6->nexthdr == IPPROTO_UDP && c == 0)
+			c = 0xffff;
+		*l4sum = c;
+	}
 	set_macs(eth, v);
 	*act = flow_send(ctx, v, len);
 	return 1;
