@@ -185,9 +185,13 @@ struct flow_value {
 	__u64 last_seen; // bpf_ktime_get_ns() of the last packet
 };
 
+// Sized by the dataplane at load time (2 x its connection table); entries
+// are allocated as flows are offloaded, not preallocated: the map costs
+// memory in proportion to the flows it holds.
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
 } flows SEC(".maps");
