@@ -21,9 +21,9 @@
 
 use crate::io::steer::FlowMap;
 use crate::net::route::{NextHop, RouteTable};
-use crate::pipeline::conntrack::{Conn, Dir, State};
+use crate::pipeline::conntrack::{Conn, State};
 use crate::pipeline::services::ServiceTable;
-use crate::pipeline::translate::{Flow, Offer, OffloadMsg};
+use crate::pipeline::translate::{self, Flow, Offer, OffloadMsg};
 use crate::shape::ShapeTable;
 use arc_swap::ArcSwap;
 use crossbeam_channel::{Receiver, RecvTimeoutError};
@@ -231,12 +231,7 @@ fn may_stay(e: &Entry, routes: &RouteTable, shaping: &ShapeTable, services: &Ser
     }
     e.flows.iter().all(|f| {
         let v = &f.flow.value;
-        let hop = match f.flow.dir {
-            Dir::Original if c.method == lvc_proto::Method::Dr => {
-                routes.next_hop_onlink(f.flow.next)
-            }
-            _ => routes.next_hop(f.flow.next),
-        };
+        let (_, hop) = translate::next_hop(c, f.flow.dir, routes);
         matches!(hop, NextHop::Ready(l2)
             if l2.ifindex == v.egress_ifindex
                 && l2.dst_mac == v.dmac

@@ -210,13 +210,7 @@ pub fn forward(
         t.conntrack
             .remember_fragment(&pkt.key, fr.id, &conn, dir, now);
     }
-    let (next, hop) = match dir {
-        Dir::Original if conn.method == Method::Dr => {
-            (conn.real.0, routes.next_hop_onlink(conn.real.0))
-        }
-        Dir::Original => (conn.real.0, routes.next_hop(conn.real.0)),
-        Dir::Reply => (conn.client.0, routes.next_hop(conn.client.0)),
-    };
+    let (next, hop) = translate::next_hop(&conn, dir, routes);
     // As a router would, before touching the packet (errors quote it as
     // its sender sent it): too big for the next link, or out of hops.
     let overhead = if conn.method == Method::Tun && dir == Dir::Original {
@@ -304,16 +298,13 @@ fn fragmenting(verdict: Result<Decision, Drop>, mtu: Option<u32>) -> Result<Deci
 /// A fragment after the first: it goes where its datagram's first
 /// fragment went, with only the IP addresses translated.
 fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Decision, Drop> {
-    let routes = t.routes;
     // Unknown: not ours, or it overtook its first fragment (counted).
     let (conn, dir) = t.conntrack.fragment(&pkt.key, id).ok_or(Drop::Fragment)?;
     conn.count(dir, f.len());
     let fullnat = conn.local != conn.client;
-    let (next, hop) = match dir {
+    match dir {
         // Direct routing: unchanged but for its MACs (no TTL decrement).
-        Dir::Original if conn.method == Method::Dr => {
-            (conn.real.0, routes.next_hop_onlink(conn.real.0))
-        }
+        Dir::Original if conn.method == Method::Dr => {}
         Dir::Original if conn.method == Method::Tun => return Ok(Decision::Tunnel(conn.real.0)),
         Dir::Original => {
             rewrite::set_dst_addr(f, conn.real.0);
@@ -321,7 +312,6 @@ fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Dec
                 rewrite::set_src_addr(f, conn.local.0);
             }
             rewrite::decrement_ttl(f)?;
-            (conn.real.0, routes.next_hop(conn.real.0))
         }
         Dir::Reply => {
             rewrite::set_src_addr(f, conn.vip.0);
@@ -329,9 +319,9 @@ fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Dec
                 rewrite::set_dst_addr(f, conn.client.0);
             }
             rewrite::decrement_ttl(f)?;
-            (conn.client.0, routes.next_hop(conn.client.0))
         }
-    };
+    }
+    let (next, hop) = translate::next_hop(&conn, dir, t.routes);
     // Too big for the next link: split again (IPv6 fragments are never
     // split by routers: the sender learns the MTU from the first one's
     // "packet too big").

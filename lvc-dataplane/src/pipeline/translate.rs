@@ -8,7 +8,7 @@
 use super::Tables;
 use super::conntrack::{Conn, Dir};
 use crate::addr::Addr;
-use crate::net::route::{L2, NextHop};
+use crate::net::route::{L2, NextHop, RouteTable};
 use lvc_ebpf::{FLOW_DEC_TTL, FLOW_DNAT, FLOW_SNAT, FLOW_TUN, FlowKey, FlowValue};
 use lvc_proto::Method;
 use std::sync::Arc;
@@ -27,9 +27,6 @@ pub struct Flow {
     pub dir: Dir,
     pub key: FlowKey,
     pub value: FlowValue,
-    /// The next hop's address (what the route thread resolves), so that a
-    /// changed MAC or route can be noticed.
-    pub next: Addr,
 }
 
 /// What the offload thread is asked.
@@ -41,14 +38,17 @@ pub enum OffloadMsg {
     Retire(Arc<Conn>),
 }
 
-/// Where the packets of `dir` go: the next-hop address and the lookup.
-pub fn next_hop(conn: &Conn, dir: Dir, t: &Tables) -> (Addr, NextHop) {
+/// Where the packets of `dir` go: the next-hop address and the lookup
+/// (direct routing: on a connected network only — the frame keeps the
+/// VIP as destination, so a gateway would route it straight back).
+/// The one rule for the pipeline, offers and the offload thread's checks.
+pub fn next_hop(conn: &Conn, dir: Dir, routes: &RouteTable) -> (Addr, NextHop) {
     match dir {
         Dir::Original if conn.method == Method::Dr => {
-            (conn.real.0, t.routes.next_hop_onlink(conn.real.0))
+            (conn.real.0, routes.next_hop_onlink(conn.real.0))
         }
-        Dir::Original => (conn.real.0, t.routes.next_hop(conn.real.0)),
-        Dir::Reply => (conn.client.0, t.routes.next_hop(conn.client.0)),
+        Dir::Original => (conn.real.0, routes.next_hop(conn.real.0)),
+        Dir::Reply => (conn.client.0, routes.next_hop(conn.client.0)),
     }
 }
 
@@ -128,7 +128,7 @@ pub fn offer(conn: &Arc<Conn>, t: &Tables) -> Option<Offer> {
     };
     let mut flows = Vec::with_capacity(dirs.len());
     for &dir in dirs {
-        let (next, NextHop::Ready(l2)) = next_hop(conn, dir, t) else {
+        let (_, NextHop::Ready(l2)) = next_hop(conn, dir, t.routes) else {
             return None;
         };
         let slot = t.ports.iter().position(|&i| i == l2.ifindex)?;
@@ -144,7 +144,6 @@ pub fn offer(conn: &Arc<Conn>, t: &Tables) -> Option<Offer> {
             dir,
             key: flow_key(conn, dir),
             value: translation(conn, dir, &l2, slot as u32),
-            next,
         });
     }
     Some(Offer {
