@@ -75,8 +75,10 @@ struct RunArgs {
     /// Flows of the UDP scenarios (except new-flows).
     #[arg(long, default_value_t = 256)]
     flows: u32,
-    /// Pace of the latency scenario; default: half of lvc-nat's udp64
-    /// median of the first round (200 kpps if lvc-nat is not measured).
+    /// Pace of the latency scenario; default: half of the first round's
+    /// udp64 of iptables — a pace every kind here carries — or of lvc-nat
+    /// if iptables is not measured (200 kpps if neither is). That kind
+    /// runs first in each round.
     #[arg(long)]
     latency_pps: Option<u64>,
     /// Connection-table sizes to measure (0 to skip).
@@ -231,6 +233,15 @@ fn run(a: RunArgs) -> Result<()> {
             Kind::ALL.to_vec()
         }
     });
+    // The kind whose udp64 sets the latency pace runs first.
+    let pace_kind = [Kind::Iptables, Kind::Lvc(LvcMethod::Nat)]
+        .into_iter()
+        .find(|k| kinds.contains(k));
+    let mut kinds = kinds;
+    if let Some(p) = pace_kind {
+        kinds.retain(|&k| k != p);
+        kinds.insert(0, p);
+    }
     let scenarios = a.scenarios.clone().unwrap_or_else(|| {
         if a.quick {
             vec![
@@ -336,7 +347,7 @@ fn run(a: RunArgs) -> Result<()> {
                     }
                     if round == 0
                         && s == Scenario::Udp64
-                        && kind == Kind::Lvc(LvcMethod::Nat)
+                        && Some(kind) == pace_kind
                         && a.latency_pps.is_none()
                         && let Ok(x) = &r
                     {

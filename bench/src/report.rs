@@ -274,7 +274,7 @@ impl Report {
         if self.cells.iter().any(|c| c.scenario == Scenario::Latency) {
             let _ = writeln!(
                 md,
-                "\n### One-way latency at {:.0} kpps (half of lvc-nat's 64-byte peak), µs\n",
+                "\n### One-way latency at {:.0} kpps (half of iptables' 64-byte peak, or lvc-nat's without iptables), µs\n",
                 self.params.latency_pps as f64 / 1e3
             );
             let _ = writeln!(

@@ -20,8 +20,8 @@ pub enum Scenario {
     Udp1500,
     /// 64-byte UDP, every packet a new flow.
     NewFlows,
-    /// 64-byte UDP, 256 flows, paced at half of lvc-nat's peak rate:
-    /// one-way latency.
+    /// 64-byte UDP, 256 flows, paced at half of iptables' peak rate (or
+    /// lvc-nat's): one-way latency.
     Latency,
     /// One iperf3 TCP stream for the duration.
     TcpBulk,
