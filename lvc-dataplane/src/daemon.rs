@@ -136,6 +136,7 @@ fn open_workers(
         }
         workers.push(Worker {
             io,
+            replies: steering.replies()?,
             port_ifindex: ifindexes.to_vec(),
             shared: shared.clone(),
             stats: Arc::new(WorkerStats::default()),
@@ -178,9 +179,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
 
     let (routes, route_sync) =
         RouteMonitor::start().context("cannot read routes and neighbours over rtnetlink")?;
-    // Room for both directions of every connection the table may hold.
-    let flows = u32::try_from(opts.conntrack_size.saturating_mul(2)).unwrap_or(u32::MAX);
-    let mut steering = Steering::load_with_flows(flows.max(1024))?;
+    // Room for the flows of every connection the table may hold.
+    let conns = u32::try_from(opts.conntrack_size).unwrap_or(u32::MAX / 2);
+    let mut steering = Steering::load_for(conns.max(1024))?;
     let mut ifindexes = Vec::new();
     for (slot, iface) in opts.ifaces.iter().enumerate() {
         let link = routes
@@ -192,7 +193,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         steering.set_slot(link.ifindex, slot as u32)?;
         ifindexes.push(link.ifindex);
     }
-    steering.sync_locals(routes.table.load().locals())?;
 
     let conntrack = Arc::new(Conntrack::new(opts.conntrack_size));
     let services = Arc::new(ArcSwap::from_pointee(ServiceTable::default()));
@@ -266,14 +266,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         spawn(&mut threads, "lvc-offload", move || o.run(&shutdown))?;
     }
     {
-        let (steering, shutdown) = (steering.clone(), shutdown.clone());
+        let shutdown = shutdown.clone();
         spawn(&mut threads, "lvc-route", move || {
-            route_sync.run(neigh_rx, shutdown, |t| {
-                let mut s = steering.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = s.sync_locals(t.locals()) {
-                    tracing::warn!(error = %e, "cannot update the director's addresses in XDP");
-                }
-            })
+            route_sync.run(neigh_rx, shutdown)
         })?;
     }
     let control = Arc::new(Control::new(ControlDeps {
@@ -295,8 +290,12 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     {
         let (control, shutdown, epoch) = (control.clone(), shutdown.clone(), shared.epoch);
+        let mut replies = steering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replies()?;
         spawn(&mut threads, "lvc-housekeeping", move || {
-            housekeeping::run(&conntrack, &control, &shutdown, epoch)
+            housekeeping::run(&conntrack, &mut replies, &control, &shutdown, epoch)
         })?;
     }
     if let Some(addr) = opts.metrics {

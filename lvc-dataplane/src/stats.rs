@@ -53,10 +53,13 @@ pub enum Drop {
     /// A shaping queue was full (its limit, or the worker's frames for
     /// queues), or RED dropped it.
     ShapeQueue,
+    /// A new `nat` connection's reply key could not be put into the XDP
+    /// program's `replies` map (full): its packet waits for a retry.
+    ReplySteering,
 }
 
 impl Drop {
-    pub const COUNT: usize = 17;
+    pub const COUNT: usize = 18;
     pub const ALL: [Drop; Drop::COUNT] = [
         Drop::Malformed,
         Drop::NotIp,
@@ -75,6 +78,7 @@ impl Drop {
         Drop::SnatExhausted,
         Drop::Policed,
         Drop::ShapeQueue,
+        Drop::ReplySteering,
     ];
 
     pub fn name(self) -> &'static str {
@@ -96,6 +100,7 @@ impl Drop {
             Drop::SnatExhausted => "snat_exhausted",
             Drop::Policed => "policed",
             Drop::ShapeQueue => "shape_queue",
+            Drop::ReplySteering => "reply_steering",
         }
     }
 }

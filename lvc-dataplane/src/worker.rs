@@ -9,12 +9,14 @@
 //! finally kick TX, reap completions and refill the fill rings.
 
 use crate::addr::Addr;
+use crate::io::steer::Replies;
 use crate::io::xsk::{Frame, WorkerIo};
 use crate::net::route::{NeighRequest, NextHop, RouteTable};
 use crate::pipeline::conntrack::Conntrack;
+use crate::pipeline::conntrack::Dir;
 use crate::pipeline::services::ServiceTable;
 use crate::pipeline::translate::OffloadMsg;
-use crate::pipeline::{self, Decision, Tables, icmp, rewrite};
+use crate::pipeline::{self, Decision, Effects, Tables, icmp, rewrite, translate};
 use crate::shape::classify::{self, FlowMeta};
 use crate::shape::{Enqueued, MAX_HELD, PortShaper, ShapeTable};
 use crate::stats::{Drop, WorkerStats, bump};
@@ -107,6 +109,8 @@ impl Shapers {
 
 pub struct Worker {
     pub io: WorkerIo,
+    /// The XDP program's `replies` map (this worker's handle).
+    pub replies: Replies,
     /// ifindex of each of `io`'s ports, in port order.
     pub port_ifindex: Vec<u32>,
     pub shared: Shared,
@@ -278,10 +282,21 @@ impl Worker {
         bump(&self.stats.rx_packets, 1);
         bump(&self.stats.rx_bytes, frame.len() as u64);
         let mut meta = FlowMeta::default();
-        let mut offload = None;
-        let decision = pipeline::forward(self.io.bytes_mut(&mut frame), t, &mut meta, &mut offload);
-        if let Some(msg) = offload {
+        let mut fx = Effects::default();
+        let mut decision = pipeline::forward(self.io.bytes_mut(&mut frame), t, &mut meta, &mut fx);
+        if let Some(msg) = fx.offload {
             self.offload(msg, t.now);
+        }
+        if let Some(conn) = fx.steer_replies {
+            // Before the connection's first packet leaves: its replies
+            // must come back to lvc.
+            match self.replies.add(translate::flow_key(&conn, Dir::Reply)) {
+                Ok(()) => conn.replies_steered(),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot steer a nat connection's replies");
+                    decision = Err(Drop::ReplySteering);
+                }
+            }
         }
         let decision = match decision {
             Ok(Decision::Icmp(what)) => self.originate(&mut frame, what, t),

@@ -25,10 +25,6 @@ pub static PASS_OBJECT: &[u8] =
 pub mod maps {
     /// Virtual services: [`EndpointKey`](super::EndpointKey) → [`ServiceValue`](super::ServiceValue).
     pub const VIPS: &str = "vips";
-    /// Real-server endpoints whose replies come back through the director.
-    pub const REALS: &str = "reals";
-    /// The director's own addresses: replies to these stay with the kernel.
-    pub const LOCALS: &str = "locals";
     /// The fullnat local address pool: traffic to these is lvc's.
     pub const SNAT: &str = "snat";
     /// Port ranges of the services of a VIP: [`AddrKey::with_proto`] →
@@ -42,8 +38,15 @@ pub mod maps {
     pub const XSKS: &str = "xsks";
     /// Per-CPU counters, indexed by [`Stat`](super::Stat).
     pub const STATS: &str = "stats";
+    /// Offloaded flows: [`FlowKey`](super::FlowKey) → [`FlowValue`](super::FlowValue).
     pub const FLOWS: &str = "flows";
+    /// Interface slot → ifindex, for redirects between served interfaces.
     pub const EGRESS: &str = "egress";
+    /// Replies of tracked `nat` connections: [`FlowKey`](super::FlowKey) →
+    /// `u32` (unused).
+    pub const REPLIES: &str = "replies";
+    /// Fragmented `nat` replies whose later fragments follow their first.
+    pub const FRAGREPLIES: &str = "fragreplies";
 }
 
 /// Address family tags used in keys (not the libc `AF_*` numbers).
@@ -114,8 +117,7 @@ impl AddrKey {
     }
 }
 
-/// Value of the `vips` and `reals` maps.
-/// An offloaded flow's key: one direction's 5-tuple as it arrives
+/// An offloaded flow's key (and a `nat` reply's, in `replies`): one direction's 5-tuple as it arrives
 /// (`struct flow_key`; ports in network order, addresses as in
 /// [`EndpointKey`]).
 #[repr(C)]
@@ -182,6 +184,7 @@ pub fn addr_key_words(addr: IpAddr) -> (u8, [u32; 4]) {
     addr_words(addr)
 }
 
+/// Value of the `vips` map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ServiceValue {

@@ -253,6 +253,18 @@ fn ipv6_fragments() -> Vec<Case> {
     let mut c = vec![
         redirect("first IPv6 fragment to a VIP", frag6(&whole6, 0, true)),
         redirect("later IPv6 fragment to a VIP", frag6(&whole6, 1448, false)),
+        redirect(
+            "first IPv6 fragment of a nat reply",
+            frag6(&frame6(6, RIP6, CLIENT6, 8080, 40000), 0, true),
+        ),
+        redirect(
+            "later IPv6 fragment of that nat reply",
+            frag6(&frame6(6, RIP6, CLIENT6, 8080, 40000), 1448, false),
+        ),
+        pass(
+            "first IPv6 fragment of a nat server's own datagram",
+            frag6(&frame6(6, RIP6, CLIENT6, 8080, 40001), 0, true),
+        ),
         pass(
             "IPv6 fragment to another address",
             frag6(&frame6(6, CLIENT6, "fd00:20::11", 40000, 80), 8, false),
@@ -301,6 +313,14 @@ fn to_kernel() -> Vec<Case> {
             "real server, other port",
             frame(6, RIP, CLIENT, 8081, 40000),
         ),
+        pass(
+            "nat real server's own traffic from its service port",
+            frame(6, RIP, CLIENT, 8080, 40001),
+        ),
+        pass(
+            "nat real server's own UDP from its service port",
+            frame(17, RIP, [10, 20, 2, 53], 8080, 40000),
+        ),
         pass("ARP", arp),
         pass(
             "VLAN-tagged",
@@ -331,6 +351,10 @@ fn to_kernel() -> Vec<Case> {
             "IPv6 real server, other port",
             frame6(6, RIP6, CLIENT6, 8081, 40000),
         ),
+        pass(
+            "IPv6 nat real server's own traffic from its service port",
+            frame6(6, RIP6, CLIENT6, 8080, 40001),
+        ),
     ]);
     c.extend(truncations(
         "IPv6",
@@ -344,9 +368,12 @@ fn to_kernel() -> Vec<Case> {
     c
 }
 
-/// IPv4 fragments to a VIP address (any port, this protocol) are lvc's;
-/// any other goes to the kernel.
+/// IPv4 fragments to a VIP address (any port, this protocol) are lvc's,
+/// and so are a tracked nat reply's (the later ones follow the first); any
+/// other goes to the kernel.
 fn ipv4_fragments() -> Vec<Case> {
+    let reply = frame(17, RIP, CLIENT, 8080, 40000);
+    let other_id = |f: Vec<u8>| with(f, 18, &[0x12, 0x34]);
     vec![
         redirect(
             "later fragment to a VIP",
@@ -360,9 +387,21 @@ fn ipv4_fragments() -> Vec<Case> {
             "fragment to another address",
             fragment(frame(17, CLIENT, [10, 20, 0, 11], 40000, 53), 0x0010),
         ),
+        redirect(
+            "first fragment of a nat reply",
+            fragment(reply.clone(), 0x2000),
+        ),
+        redirect(
+            "later fragment of that nat reply",
+            fragment(reply.clone(), 0x0010),
+        ),
         pass(
-            "fragmented reply of a nat server",
-            fragment(frame(17, RIP, CLIENT, 8080, 40000), 0x2000),
+            "later fragment of another datagram from the nat server",
+            other_id(fragment(reply, 0x0010)),
+        ),
+        pass(
+            "first fragment of a nat server's own datagram",
+            other_id(fragment(frame(17, RIP, CLIENT, 8080, 40001), 0x2000)),
         ),
     ]
 }
@@ -454,12 +493,17 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             lvc_ebpf::AddrKey::with_proto(ip6(VIP6), 6),
         ]))
         .unwrap();
-        st.sync_reals(&HashSet::from([
-            EndpointKey::new(ip(RIP), 6, 8080),
-            EndpointKey::new(ip6(RIP6), 6, 8080),
-        ]))
-        .unwrap();
-        st.sync_locals(&[ip(LOCAL), ip(POOL)]).unwrap();
+        // The replies of three tracked nat connections.
+        let mut replies = st.replies().unwrap();
+        for (proto, rip, client) in [
+            (6, ip(RIP), ip(CLIENT)),
+            (17, ip(RIP), ip(CLIENT)),
+            (6, ip6(RIP6), ip6(CLIENT6)),
+        ] {
+            replies
+                .add(lvc_ebpf::FlowKey::new(proto, (rip, 8080), (client, 40000)))
+                .unwrap();
+        }
         st.sync_snat(&[ip(POOL)]).unwrap();
 
         let before = st.counters();
@@ -495,9 +539,9 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         };
         for (stat, want) in [
             (Stat::RedirectVip, 14),
-            (Stat::RedirectReal, 5),
+            (Stat::RedirectReal, 9),
             (Stat::PassNoSocket, 1),
-            (Stat::PassFragment, 4),
+            (Stat::PassFragment, 6),
         ] {
             if delta(stat) != want {
                 wrong.push(format!(

@@ -288,22 +288,6 @@ pub(super) fn check_method(
             ),
         ));
     }
-    if method == Method::Nat
-        && service
-            .ports
-            .ranges()
-            .iter()
-            .any(|&(lo, hi)| lo == 0 || lo != hi)
-    {
-        return Err(err(
-            ErrorCode::InvalidArgument,
-            format!(
-                "service {service} covers every port or a port range: the nat method cannot be \
-                 used there yet (it would capture the real server's own traffic from those \
-                 ports); use --method dnat, fullnat or dr, or list single ports"
-            ),
-        ));
-    }
     Ok(())
 }
 

@@ -1,15 +1,23 @@
-//! Housekeeping: once a second, ages the connection table, forgets
-//! drained `nat` endpoints and fullnat pools, expires persistence
-//! templates; every two seconds, refreshes rates. Never per packet.
+//! Housekeeping: once a second, ages the connection table, leaves the
+//! replies of the `nat` connections it forgot to the kernel again, forgets
+//! drained fullnat pools, expires persistence templates; every two seconds,
+//! refreshes rates. Never per packet.
 
 use super::Control;
+use crate::io::steer::Replies;
 use crate::pipeline::conntrack::Conntrack;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 /// Runs until `shutdown`, looking at it more often than once a second.
-pub fn run(ct: &Conntrack, control: &Control, shutdown: &Arc<AtomicBool>, epoch: Instant) {
+pub fn run(
+    ct: &Conntrack,
+    replies: &mut Replies,
+    control: &Control,
+    shutdown: &Arc<AtomicBool>,
+    epoch: Instant,
+) {
     let mut last = 0;
     while !shutdown.load(Relaxed) {
         std::thread::sleep(Duration::from_millis(200));
@@ -19,6 +27,13 @@ pub fn run(ct: &Conntrack, control: &Control, shutdown: &Arc<AtomicBool>, epoch:
         }
         last = now;
         ct.sweep(now);
+        for k in ct.take_released_replies() {
+            replies.remove(&lvc_ebpf::FlowKey::new(
+                k.proto,
+                (k.src.ip(), k.sport),
+                (k.dst.ip(), k.dport),
+            ));
+        }
         control.drain_retired();
         control.sweep_templates(now);
         if now.is_multiple_of(2) {

@@ -31,10 +31,9 @@ use crate::offload::OffloadStats;
 use crate::pipeline::conntrack::Conntrack;
 use crate::pipeline::services::ServiceTable;
 use crate::shape::ShapeTable;
-use crate::stats::{TrafficStats, WorkerStats};
+use crate::stats::WorkerStats;
 use arc_swap::ArcSwap;
 use config::Config;
-use lvc_ebpf::EndpointKey;
 use lvc_proto::shape::ShapeConfig;
 use lvc_proto::{ErrorCode, ErrorReply, Request, RequestKind, Response};
 use publish::Pools;
@@ -66,8 +65,6 @@ pub struct Control {
     routes: Arc<ArcSwap<RouteTable>>,
     neigh_requests: crossbeam_channel::Sender<NeighRequest>,
     epoch: Instant,
-    /// Removed `nat` endpoints that still have connections.
-    retired: Mutex<Vec<(EndpointKey, Arc<TrafficStats>)>>,
     /// The fullnat local pool, and replaced pools whose ports are still in
     /// use (their addresses stay steered to lvc until drained).
     pool: Mutex<Pools>,
@@ -106,7 +103,6 @@ impl Control {
             neigh_requests: d.neigh_requests,
             epoch: d.epoch,
             offload: d.offload,
-            retired: Mutex::new(Vec::new()),
             pool: Mutex::new(Pools::default()),
         }
     }

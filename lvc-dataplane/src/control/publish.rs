@@ -9,7 +9,6 @@ use crate::pipeline::schedule::SchedState;
 use crate::pipeline::services::{Server, Service, ServiceTable};
 use crate::pipeline::snat::SnatPool;
 use crate::shape::ShapeTable;
-use crate::stats::TrafficStats;
 use lvc_ebpf::{AddrKey, EndpointKey, PortRanges};
 use lvc_proto::config::{ConfigFile, Timeouts};
 use lvc_proto::shape::ShapeConfig;
@@ -69,21 +68,9 @@ impl Control {
     /// Publishes `next` and makes it the configuration, or puts `cfg` back
     /// in place everywhere if that fails.
     pub(super) fn commit(&self, cfg: &mut Config, next: Config) -> Result<(), ErrorReply> {
-        // nat endpoints leaving the configuration keep steering their
-        // replies to lvc while they have connections.
-        let staying: HashSet<EndpointKey> = nat_endpoints(&next).map(|(k, _)| k).collect();
-        let leaving: Vec<(EndpointKey, Arc<TrafficStats>)> = nat_endpoints(cfg)
-            .filter(|(k, st)| !staying.contains(k) && has_conns(st))
-            .map(|(k, st)| (k, st.clone()))
-            .collect();
-        let mark = {
-            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-            let mark = retired.len();
-            retired.extend(leaving);
-            mark
-        };
+        // (A removed nat server's connections keep their replies steered
+        // to lvc: the keys are the connections', not the server's.)
         self.publish(&next).inspect_err(|e| {
-            self.retired.lock().unwrap_or_else(|p| p.into_inner()).truncate(mark);
             if let Err(again) = self.publish(cfg) {
                 tracing::error!(error = %e.message, rollback = %again.message, "configuration rollback failed");
             }
@@ -227,7 +214,6 @@ impl Control {
             .keys()
             .map(|k| AddrKey::with_proto(k.vip, k.proto.number()))
             .collect();
-        let reals = self.reals(cfg);
         let (table, steered) = {
             let pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             (table.with_snat(pools.current.clone()), pools.steered())
@@ -239,31 +225,14 @@ impl Control {
         steering
             .sync_vips(&vips)
             .and_then(|_| steering.sync_vipranges(&vipranges))
-            .and_then(|_| steering.sync_reals(&reals))
             .and_then(|_| steering.sync_snat(&steered))
             .and_then(|_| steering.sync_fragvips(&fragvips))
             .map_err(|e| err(ErrorCode::Internal, e.to_string()))
     }
 
-    /// `nat` endpoints whose replies XDP must hand to lvc: those configured,
-    /// plus removed ones that still have connections (so deleting a server
-    /// does not cut its live connections off).
-    pub(super) fn reals(&self, cfg: &Config) -> HashSet<EndpointKey> {
-        let mut reals: HashSet<EndpointKey> = nat_endpoints(cfg).map(|(k, _)| k).collect();
-        let retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-        reals.extend(
-            retired
-                .iter()
-                .filter(|(_, st)| has_conns(st))
-                .map(|(k, _)| *k),
-        );
-        reals
-    }
-
-    /// Forgets removed `nat` endpoints whose last connection is gone
+    /// Forgets replaced fullnat pools whose last port is free again
     /// (housekeeping calls this every second).
     pub fn drain_retired(&self) {
-        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let drained_pool = {
             let mut pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             let before = pools.retired.len();
@@ -275,19 +244,6 @@ impl Control {
             if let Err(e) = steering.sync_snat(&addrs) {
                 tracing::warn!(error = %e, "cannot update the XDP snat map");
             }
-        }
-        {
-            let mut retired = self.retired.lock().unwrap_or_else(|p| p.into_inner());
-            let before = retired.len();
-            retired.retain(|(_, st)| has_conns(st));
-            if retired.len() == before {
-                return;
-            }
-        }
-        let reals = self.reals(&cfg);
-        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = steering.sync_reals(&reals) {
-            tracing::warn!(error = %e, "cannot update the XDP reals map");
         }
     }
 
@@ -391,33 +347,6 @@ impl Control {
 }
 
 /// Every `nat` server endpoint of a configuration, with its counters.
-pub(super) fn nat_endpoints(
-    cfg: &Config,
-) -> impl Iterator<Item = (EndpointKey, &Arc<TrafficStats>)> {
-    cfg.iter().flat_map(|(key, s)| {
-        s.servers
-            .iter()
-            .filter(|r| r.method == Method::Nat)
-            .flat_map(move |r| {
-                // A server without a port answers from each listed port.
-                let ports: Vec<u16> = match r.addr.port() {
-                    0 => key.ports.ranges().iter().map(|&(p, _)| p).collect(),
-                    p => vec![p],
-                };
-                ports.into_iter().map(move |p| {
-                    (
-                        EndpointKey::new(r.addr.ip(), key.proto.number(), p),
-                        &r.stats,
-                    )
-                })
-            })
-    })
-}
-
-pub(super) fn has_conns(st: &TrafficStats) -> bool {
-    st.active() + st.inactive() > 0
-}
-
 /// What the XDP program needs to recognise every service's packets: the
 /// single ports (`vips`) and, per VIP and protocol, the port ranges.
 pub(super) fn vip_steering(

@@ -13,6 +13,7 @@ use aya::{Ebpf, TestRun, TestRunOptions};
 use lvc_ebpf::{AddrKey, EndpointKey, FlowKey, FlowValue, PortRanges, ServiceValue, Stat};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
+use std::os::fd::{AsFd, OwnedFd};
 
 /// How the program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,15 +52,41 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> SteerError {
     }
 }
 
-/// The loaded program and its maps. Dropping it detaches the program.
 /// The XDP program's offloaded flows (`flows`).
 pub type FlowMap = BpfHashMap<MapData, FlowKey, FlowValue>;
 
+type RepliesMap = BpfHashMap<MapData, FlowKey, u32>;
+
+/// The replies of tracked `nat` connections that XDP hands to lvc
+/// (`replies`): a worker adds a connection's reply key before it sends the
+/// connection's first packet on; the key goes when the connection does.
+pub struct Replies(RepliesMap);
+
+impl Replies {
+    /// Steers the replies `key` to lvc (a key that is there already stays).
+    pub fn add(&mut self, key: FlowKey) -> Result<(), SteerError> {
+        self.0
+            .insert(key, 0, 0)
+            .map_err(map_err(lvc_ebpf::maps::REPLIES))
+    }
+
+    /// Leaves replies `key` to the kernel again (a missing key is no error).
+    pub fn remove(&mut self, key: &FlowKey) {
+        let _ = self.0.remove(key);
+    }
+
+    /// Whether replies `key` are steered to lvc.
+    pub fn contains(&self, key: &FlowKey) -> bool {
+        self.0.get(key, 0).is_ok()
+    }
+}
+
+/// The loaded program and its maps. Dropping it detaches the program.
 pub struct Steering {
     ebpf: Ebpf,
     vips: BpfHashMap<MapData, EndpointKey, ServiceValue>,
-    reals: BpfHashMap<MapData, EndpointKey, ServiceValue>,
-    locals: BpfHashMap<MapData, AddrKey, u32>,
+    /// The `replies` map, for handles of their own ([`Steering::replies`]).
+    replies: OwnedFd,
     snat: BpfHashMap<MapData, AddrKey, u32>,
     fragvips: BpfHashMap<MapData, AddrKey, u32>,
     vipranges: BpfHashMap<MapData, AddrKey, PortRanges>,
@@ -70,8 +97,6 @@ pub struct Steering {
     /// The offloaded flows, until the dataplane's offload thread takes them.
     flows: Option<FlowMap>,
     current_vips: HashSet<EndpointKey>,
-    current_reals: HashSet<EndpointKey>,
-    current_locals: HashSet<AddrKey>,
     current_snat: HashSet<AddrKey>,
     current_fragvips: HashSet<AddrKey>,
     current_vipranges: HashMap<AddrKey, PortRanges>,
@@ -79,16 +104,17 @@ pub struct Steering {
 
 impl Steering {
     /// Loads (but does not attach) the program, with room for 1M
-    /// offloaded flows.
+    /// connections.
     pub fn load() -> Result<Self, SteerError> {
-        Self::load_with_flows(1 << 20)
+        Self::load_for(1 << 20)
     }
 
-    /// Loads the program with room for `flows` offloaded flows (one per
-    /// direction of a connection).
-    pub fn load_with_flows(flows: u32) -> Result<Self, SteerError> {
+    /// Loads the program with room for the flows of `conns` connections:
+    /// a `nat` reply key each, and both directions offloaded.
+    pub fn load_for(conns: u32) -> Result<Self, SteerError> {
         let mut ebpf = aya::EbpfLoader::new()
-            .map_max_entries(lvc_ebpf::maps::FLOWS, flows)
+            .map_max_entries(lvc_ebpf::maps::FLOWS, conns.saturating_mul(2))
+            .map_max_entries(lvc_ebpf::maps::REPLIES, conns)
             .load(lvc_ebpf::XDP_OBJECT)
             .map_err(|e| SteerError::Load(e.to_string()))?;
         let prog: &mut Xdp = ebpf
@@ -106,8 +132,23 @@ impl Steering {
             })
         };
         let vips = BpfHashMap::try_from(take(maps::VIPS)?).map_err(map_err(maps::VIPS))?;
-        let reals = BpfHashMap::try_from(take(maps::REALS)?).map_err(map_err(maps::REALS))?;
-        let locals = BpfHashMap::try_from(take(maps::LOCALS)?).map_err(map_err(maps::LOCALS))?;
+        let replies = match take(maps::REPLIES)? {
+            aya::maps::Map::HashMap(data) => data,
+            _ => {
+                return Err(SteerError::Map {
+                    map: maps::REPLIES,
+                    reason: "not a hash map".into(),
+                });
+            }
+        };
+        let replies = replies
+            .fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| SteerError::Map {
+                map: maps::REPLIES,
+                reason: e.to_string(),
+            })?;
         let snat = BpfHashMap::try_from(take(maps::SNAT)?).map_err(map_err(maps::SNAT))?;
         let fragvips =
             BpfHashMap::try_from(take(maps::FRAGVIPS)?).map_err(map_err(maps::FRAGVIPS))?;
@@ -121,8 +162,7 @@ impl Steering {
         Ok(Self {
             ebpf,
             vips,
-            reals,
-            locals,
+            replies,
             snat,
             fragvips,
             vipranges,
@@ -132,8 +172,6 @@ impl Steering {
             egress,
             flows: Some(flows),
             current_vips: HashSet::new(),
-            current_reals: HashSet::new(),
-            current_locals: HashSet::new(),
             current_snat: HashSet::new(),
             current_fragvips: HashSet::new(),
             current_vipranges: HashMap::new(),
@@ -189,6 +227,20 @@ impl Steering {
             })
     }
 
+    /// A handle on the `replies` map of its own (for a worker or the
+    /// housekeeping thread: one file descriptor each, no shared lock).
+    pub fn replies(&self) -> Result<Replies, SteerError> {
+        let name = lvc_ebpf::maps::REPLIES;
+        let fd = self.replies.try_clone().map_err(|e| SteerError::Map {
+            map: name,
+            reason: e.to_string(),
+        })?;
+        let data = MapData::from_fd(fd).map_err(map_err(name))?;
+        Ok(Replies(
+            BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err(name))?,
+        ))
+    }
+
     /// The offloaded-flow map, handed over once (to the offload thread).
     pub fn take_flows(&mut self) -> Option<FlowMap> {
         self.flows.take()
@@ -208,27 +260,6 @@ impl Steering {
             &mut self.current_vips,
             want,
             lvc_ebpf::maps::VIPS,
-        )
-    }
-
-    /// Makes the `reals` map hold exactly `want`.
-    pub fn sync_reals(&mut self, want: &HashSet<EndpointKey>) -> Result<(), SteerError> {
-        sync(
-            &mut self.reals,
-            &mut self.current_reals,
-            want,
-            lvc_ebpf::maps::REALS,
-        )
-    }
-
-    /// Makes the `locals` map hold exactly the director's addresses.
-    pub fn sync_locals(&mut self, addrs: &[IpAddr]) -> Result<(), SteerError> {
-        let want = addrs.iter().map(|&a| AddrKey::new(a)).collect();
-        sync_keys(
-            &mut self.locals,
-            &mut self.current_locals,
-            &want,
-            lvc_ebpf::maps::LOCALS,
         )
     }
 

@@ -563,14 +563,8 @@ pub struct RouteSync {
 }
 
 impl RouteSync {
-    /// Runs until `shutdown`; `on_change` sees every new snapshot (the
-    /// daemon mirrors the director's addresses into the XDP program).
-    pub fn run(
-        mut self,
-        requests: Receiver<NeighRequest>,
-        shutdown: Arc<AtomicBool>,
-        mut on_change: impl FnMut(&RouteTable),
-    ) {
+    /// Runs until `shutdown`.
+    pub fn run(mut self, requests: Receiver<NeighRequest>, shutdown: Arc<AtomicBool>) {
         let mut last_refresh = Instant::now();
         let mut last_reprobe = Instant::now();
         let mut dirty = false;
@@ -611,7 +605,6 @@ impl RouteSync {
             if dirty || last_refresh.elapsed() >= REFRESH {
                 match self.nl.snapshot() {
                     Ok(t) => {
-                        on_change(&t);
                         self.table.store(Arc::new(t));
                         dirty = false;
                         last_refresh = Instant::now();

@@ -136,6 +136,9 @@ pub struct Conn {
     last_seen: AtomicU32,
     /// Offered to (or forwarded by) the XDP program's flow map.
     offloaded: AtomicBool,
+    /// Its replies are steered to lvc by XDP (`nat`: the reply key is in
+    /// the program's `replies` map).
+    steered: AtomicBool,
     /// When (seconds) an offer was last found impossible (shaped egress,
     /// policed service, unresolved next hop): tried again a second later,
     /// not on every packet.
@@ -176,6 +179,7 @@ impl Conn {
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
             offloaded: AtomicBool::new(false),
+            steered: AtomicBool::new(false),
             declined: AtomicU32::new(u32::MAX),
             seen: AtomicU8::new(0),
             server,
@@ -237,6 +241,18 @@ impl Conn {
     /// Back to lvc alone (the flow left the XDP map, or never got in).
     pub fn release_offload(&self) {
         self.offloaded.store(false, Relaxed);
+    }
+
+    /// Whether XDP hands this connection's replies to lvc: a `nat`
+    /// connection whose reply key is not in the `replies` map yet must not
+    /// send a packet on (its replies would reach the client untranslated).
+    pub fn needs_reply_steering(&self) -> bool {
+        self.method == Method::Nat && !self.steered.load(Relaxed)
+    }
+
+    /// Notes that the reply key is in the `replies` map.
+    pub fn replies_steered(&self) {
+        self.steered.store(true, Relaxed);
     }
 
     /// Notes that the connection could not be offloaded at `now`.
@@ -539,6 +555,10 @@ pub struct Conntrack {
     /// Fragmented datagrams in flight: (src, dst, proto, IP id) of the
     /// first fragment → its connection, so later fragments follow it.
     frags: DashMap<(Addr, Addr, u8, u32), FragEntry, Hasher>,
+    /// Reply keys of removed connections whose replies XDP still steers
+    /// to lvc: the housekeeping thread takes them out of the `replies`
+    /// map ([`Conntrack::take_released_replies`]).
+    released_replies: SegQueue<FlowKey>,
     wheel: Wheel,
     pub timeouts: Timeouts,
 }
@@ -552,6 +572,7 @@ impl Conntrack {
             embryonic: ArrayQueue::new(capacity.max(1)),
             evicted: AtomicU64::new(0),
             frags: DashMap::with_hasher(Hasher::new()),
+            released_replies: SegQueue::new(),
             wheel: Wheel::new(),
             timeouts: Timeouts::default(),
         }
@@ -659,6 +680,19 @@ impl Conntrack {
         self.evicted.load(Relaxed)
     }
 
+    /// The reply keys of connections removed since the last call that
+    /// XDP still steers to lvc, but for keys a new connection holds again
+    /// (its worker keeps the key in the map).
+    pub fn take_released_replies(&self) -> Vec<FlowKey> {
+        let mut out = Vec::with_capacity(self.released_replies.len());
+        while let Some(k) = self.released_replies.pop() {
+            if !self.map.contains_key(&k) {
+                out.push(k);
+            }
+        }
+        out
+    }
+
     /// Number of connections.
     pub fn len(&self) -> usize {
         self.conns.load(Relaxed)
@@ -729,6 +763,9 @@ impl Conntrack {
     fn release(&self, c: &Arc<Conn>, now: u32) {
         if c.two_way() {
             self.map.remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, c));
+        }
+        if c.steered.load(Relaxed) {
+            self.released_replies.push(c.reply_key());
         }
         // An offloaded connection's port is freed by the offload thread
         // when it takes the flow out of XDP (which forwards it until then).

@@ -127,17 +127,28 @@ fn send_split(
     fragmenting(send_to(f, hop, next, ports), split)
 }
 
+/// What the worker must do besides the frame's decision.
+#[derive(Debug, Default)]
+pub struct Effects {
+    /// Tell the offload thread: an established flow to put in the XDP
+    /// map, or an offloaded one closing.
+    pub offload: Option<OffloadMsg>,
+    /// Put this `nat` connection's reply key into the XDP program's
+    /// `replies` map before the frame is sent (else drop the frame: its
+    /// reply would reach the client untranslated).
+    pub steer_replies: Option<Arc<Conn>>,
+}
+
 /// Takes one frame through the pipeline.
 ///
 /// `meta` receives the connection's service and real server (for the
-/// shaping classifier). `offload` receives what to tell the offload thread, if anything: an
-/// established flow to put in the XDP map, or an offloaded one closing.
+/// shaping classifier); `fx` what the worker must do besides the decision.
 #[inline]
 pub fn forward(
     f: &mut [u8],
     t: &Tables,
     meta: &mut FlowMeta,
-    offload: &mut Option<OffloadMsg>,
+    fx: &mut Effects,
 ) -> Result<Decision, Drop> {
     let (now, services, routes) = (t.now, t.services, t.routes);
     let pkt = parse(f)?;
@@ -173,6 +184,9 @@ pub fn forward(
         vip: Some(conn.vip),
         real: Some(conn.real),
     };
+    if conn.needs_reply_steering() {
+        fx.steer_replies = Some(conn.clone());
+    }
     conn.count(dir, f.len());
     if let Some(e) = &pkt.icmp {
         // An error about the flow: translated like the packet it quotes.
@@ -195,11 +209,11 @@ pub fn forward(
             // XDP sends a connection's FIN and RST here: lvc follows the
             // close itself.
             if pkt.tcp_flags & (TCP_FIN | TCP_RST) != 0 {
-                *offload = Some(OffloadMsg::Retire(conn.clone()));
+                fx.offload = Some(OffloadMsg::Retire(conn.clone()));
             }
         } else if pkt.frag.is_none() && conn.offload_ready() && conn.offload_due(now) {
             match translate::offer(&conn, t) {
-                Some(o) if conn.claim_offload() => *offload = Some(OffloadMsg::Install(o)),
+                Some(o) if conn.claim_offload() => fx.offload = Some(OffloadMsg::Install(o)),
                 Some(_) => {}
                 // (Shaped, policed or unresolved: asked again next second.)
                 None => conn.decline_offload(now),
@@ -698,7 +712,12 @@ mod decisions {
         }
 
         fn run(&self, f: &mut [u8]) -> Result<Decision, Drop> {
-            forward(f, &self.tables(), &mut FlowMeta::default(), &mut None)
+            forward(
+                f,
+                &self.tables(),
+                &mut FlowMeta::default(),
+                &mut Effects::default(),
+            )
         }
 
         /// What the worker would send for `f`: the pipeline's decision

@@ -12,12 +12,13 @@
 //     (`vips` for the exact port first, then the VIP's port ranges in
 //     `vipranges`, then port 0 = "every port of this VIP" in `vips`), or
 //   * its destination is a fullnat local pool address (`snat`), or
-//   * its source (address, port, protocol) is a real-server endpoint whose
-//     replies lvc must translate back (`reals`, the `nat` method), and its
-//     destination is not one of the director's own addresses (`locals`), so
-//     the director's own connections to a real server stay with the kernel,
-// or a fragment of a datagram to a VIP or pool address, or an ICMP/ICMPv6
-// error about such a flow (see icmp_steer).
+//   * it is the reply of a `nat` connection lvc tracks (`replies`, keyed by
+//     the reply's 5-tuple: the worker that schedules a connection puts its
+//     reply key there before it sends the first packet on), so a real
+//     server's other traffic from the same port — its own DNS queries from
+//     port 53, the director's own connections to it — stays the kernel's,
+// or a fragment of a datagram to a VIP or pool address or of such a reply,
+// or an ICMP/ICMPv6 error about such a flow (see icmp_steer).
 //
 // Before any of that, a TCP/UDP packet of an established flow that the
 // dataplane offloaded (`flows`, keyed by the packet's 5-tuple) is rewritten
@@ -71,10 +72,10 @@ enum lvc_stat {
 	STAT_PASS_OTHER_PROTO,  // neither TCP nor UDP nor an ICMP error (IPv6:
 	                        // also extension headers other than one fragment
 	                        // header, and ICMPv6 but errors — NDP included)
-	STAT_PASS_NO_MATCH,     // TCP/UDP not for a VIP and not from a real
+	STAT_PASS_NO_MATCH,     // TCP/UDP not for a VIP and no tracked reply
 	STAT_PASS_NO_SOCKET,    // matched, but no AF_XDP socket on this queue
 	STAT_REDIRECT_VIP,      // matched a VIP, redirected
-	STAT_REDIRECT_REAL,     // matched a real-server endpoint, redirected
+	STAT_REDIRECT_REAL,     // a nat reply or to a pool address, redirected
 	STAT_FLOW_FORWARDED,    // an offloaded flow's packet, sent on by XDP
 	STAT_FLOW_TO_LVC,       // an offloaded flow's packet that lvc must see
 	STAT_MAX,
@@ -117,19 +118,6 @@ struct {
 	__type(value, struct service_value);
 } vips SEC(".maps");
 
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, struct endpoint_key);
-	__type(value, struct service_value);
-} reals SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct addr_key);
-	__type(value, __u32);
-} locals SEC(".maps");
 
 // Services that cover port ranges (`VIP:1024-65535`), by VIP address and
 // protocol (addr_key with pad[0] = protocol).
@@ -195,6 +183,39 @@ struct {
 	__type(key, struct flow_key);
 	__type(value, struct flow_value);
 } flows SEC(".maps");
+
+// Replies of the `nat` connections lvc tracks, by their 5-tuple as they
+// arrive from the real server (value unused). Sized by the dataplane at load
+// time (its connection table); entries are allocated as connections are
+// made, and removed when lvc forgets the connection.
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1 << 20);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct flow_key);
+	__type(value, __u32);
+} replies SEC(".maps");
+
+// A fragmented datagram: source, destination, protocol and IP id (IPv6:
+// the fragment header's id).
+struct frag_key {
+	__u8 family;
+	__u8 proto;
+	__u16 pad;
+	__u32 id;
+	__u32 saddr[4];
+	__u32 daddr[4];
+};
+
+// Fragmented `nat` replies whose first fragment matched `replies`: their
+// later fragments (which carry no ports) follow it to lvc. Least recently
+// used entries make room (a datagram's fragments arrive within moments).
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct frag_key);
+	__type(value, __u32);
+} fragreplies SEC(".maps");
 
 // Interface slot -> ifindex, for redirects between served interfaces.
 struct {
@@ -295,20 +316,19 @@ static __always_inline int is_vip(__u8 family, __u8 proto, const __u32 *addr, __
 	return bpf_map_lookup_elem(&vips, &key) != NULL;
 }
 
-// Whether (proto, addr, port) is a real-server endpoint whose replies lvc
-// translates (`reals`; real servers of port-0 services answer from every
-// port, so port 0 matches too).
-static __always_inline int is_real(__u8 family, __u8 proto, const __u32 *addr, __be16 port)
+// Whether (saddr, sport) -> (daddr, dport) is the reply of a tracked `nat`
+// connection. Addresses as in keys, ports in network order.
+static __always_inline int is_reply(__u8 family, __u8 proto, const __u32 *saddr, __be16 sport,
+				    const __u32 *daddr, __be16 dport)
 {
-	struct endpoint_key key = {};
-	key.family = family;
-	key.proto = proto;
-	key.port = port;
-	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
-	if (bpf_map_lookup_elem(&reals, &key))
-		return 1;
-	key.port = 0;
-	return bpf_map_lookup_elem(&reals, &key) != NULL;
+	struct flow_key k = {};
+	k.family = family;
+	k.proto = proto;
+	k.sport = sport;
+	k.dport = dport;
+	__builtin_memcpy(k.saddr, saddr, sizeof(k.saddr));
+	__builtin_memcpy(k.daddr, daddr, sizeof(k.daddr));
+	return bpf_map_lookup_elem(&replies, &k) != NULL;
 }
 
 // Type and code of an ICMP header; the rest is not read here.
@@ -326,7 +346,7 @@ struct icmp_head {
 // ICMP errors about a flow lvc tracks go to lvc, which translates them:
 // errors about replies that left from a VIP (the quoted source is a VIP
 // endpoint), errors from nat real servers about requests (the quoted
-// destination is a real-server endpoint), and errors to a fullnat pool
+// packet, turned round, is a tracked reply), and errors to a fullnat pool
 // address. Addresses as in keys; `daddr` is the error's destination.
 static __always_inline int icmp_steer(struct xdp_md *ctx, __u8 family, __u8 proto,
 				      const __u32 *daddr, const __u32 *inner_saddr,
@@ -341,8 +361,7 @@ static __always_inline int icmp_steer(struct xdp_md *ctx, __u8 family, __u8 prot
 	if (is_vip(family, proto, inner_saddr, ports->source))
 		return to_socket(ctx, STAT_REDIRECT_VIP);
 
-	if (is_real(family, proto, inner_daddr, ports->dest) &&
-	    !bpf_map_lookup_elem(&locals, &dst))
+	if (is_reply(family, proto, inner_daddr, ports->dest, inner_saddr, ports->source))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
 	return pass(STAT_PASS_NO_MATCH);
 }
@@ -421,11 +440,16 @@ static __always_inline int icmp6_error(struct xdp_md *ctx, struct ipv6hdr *ip6, 
 
 // A fragment of a datagram to a VIP address (any port, this protocol) or
 // to a fullnat pool address is lvc's; lvc remembers where each datagram's
-// first fragment went and sends the rest after it. Every other fragment is
-// the kernel's (including fragmented replies of nat servers, which lvc
-// cannot tell by port). Addresses as in keys.
+// first fragment went and sends the rest after it. So is a fragmented nat
+// reply: its first fragment (offset 0, which carries the ports, `ports`
+// non-NULL) matches `replies`, and its datagram is remembered in
+// `fragreplies` for the later ones. Every other fragment is the kernel's
+// (a later fragment that overtakes its first too: the kernel forwards it
+// untranslated and the client cannot reassemble the datagram — as when any
+// fragment is lost). Addresses as in keys.
 static __always_inline int steer_fragment(struct xdp_md *ctx, __u8 family, __u8 proto,
-					  const __u32 *daddr)
+					  const __u32 *saddr, const __u32 *daddr, __u32 id,
+					  const struct l4_ports *ports)
 {
 	struct addr_key vip = {};
 	vip.family = family;
@@ -435,6 +459,21 @@ static __always_inline int steer_fragment(struct xdp_md *ctx, __u8 family, __u8 
 		return to_socket(ctx, STAT_REDIRECT_VIP);
 	vip.pad[0] = 0;
 	if (bpf_map_lookup_elem(&snat, &vip))
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+	struct frag_key fk = {};
+	fk.family = family;
+	fk.proto = proto;
+	fk.id = id;
+	__builtin_memcpy(fk.saddr, saddr, sizeof(fk.saddr));
+	__builtin_memcpy(fk.daddr, daddr, sizeof(fk.daddr));
+	if (ports) {
+		if (!is_reply(family, proto, saddr, ports->source, daddr, ports->dest))
+			return pass(STAT_PASS_FRAGMENT);
+		__u32 one = 1;
+		bpf_map_update_elem(&fragreplies, &fk, &one, BPF_ANY);
+		return to_socket(ctx, STAT_REDIRECT_REAL);
+	}
+	if (bpf_map_lookup_elem(&fragreplies, &fk))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
 	return pass(STAT_PASS_FRAGMENT);
 }
@@ -677,8 +716,8 @@ static __always_inline int flow_v6(struct xdp_md *ctx, struct ethhdr *eth, struc
 }
 
 // The decision for a TCP/UDP packet of either family (addresses as in
-// keys): a VIP, a fullnat pool address, or a nat real server's reply that
-// is not for the director itself goes to lvc.
+// keys): a VIP, a fullnat pool address, or the reply of a tracked nat
+// connection goes to lvc.
 static __always_inline int steer_l4(struct xdp_md *ctx, __u8 family, __u8 proto,
 				    const __u32 *saddr, const __u32 *daddr,
 				    const struct l4_ports *ports)
@@ -692,7 +731,7 @@ static __always_inline int steer_l4(struct xdp_md *ctx, __u8 family, __u8 proto,
 	if (bpf_map_lookup_elem(&snat, &dst))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
 
-	if (is_real(family, proto, saddr, ports->source) && !bpf_map_lookup_elem(&locals, &dst))
+	if (is_reply(family, proto, saddr, ports->source, daddr, ports->dest))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
 	return pass(STAT_PASS_NO_MATCH);
 }
@@ -716,9 +755,17 @@ static __always_inline int try_ipv6(struct xdp_md *ctx, struct ethhdr *eth, stru
 			return pass(STAT_PASS_MALFORMED);
 		if (fh->nexthdr != IPPROTO_TCP && fh->nexthdr != IPPROTO_UDP)
 			return pass(STAT_PASS_OTHER_PROTO);
-		__u32 daddr[4];
+		__u32 daddr[4], saddr[4];
 		__builtin_memcpy(daddr, &ip6->daddr, sizeof(daddr));
-		return steer_fragment(ctx, LVC_AF_INET6, fh->nexthdr, daddr);
+		__builtin_memcpy(saddr, &ip6->saddr, sizeof(saddr));
+		struct l4_ports *ports = NULL;
+		// Offset 0: the first fragment, with the ports.
+		if (!(fh->frag_off & bpf_htons(0xfff8))) {
+			ports = (void *)(fh + 1);
+			if ((void *)(ports + 1) > data_end)
+				return pass(STAT_PASS_MALFORMED);
+		}
+		return steer_fragment(ctx, LVC_AF_INET6, fh->nexthdr, saddr, daddr, fh->id, ports);
 	}
 	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP)
 		return pass(STAT_PASS_OTHER_PROTO);
@@ -770,7 +817,14 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	// lost.
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
 		__u32 daddr[4] = {ip->daddr, 0, 0, 0};
-		return steer_fragment(ctx, LVC_AF_INET, ip->protocol, daddr);
+		__u32 saddr[4] = {ip->saddr, 0, 0, 0};
+		struct l4_ports *ports = NULL;
+		if (!(ip->frag_off & bpf_htons(IP_OFFSET))) {
+			ports = (void *)ip + ihl;
+			if ((void *)(ports + 1) > data_end)
+				return pass(STAT_PASS_MALFORMED);
+		}
+		return steer_fragment(ctx, LVC_AF_INET, ip->protocol, saddr, daddr, ip->id, ports);
 	}
 
 	__u32 l4_min = ip->protocol == IPPROTO_TCP ? TCP_MIN_HLEN : UDP_HLEN;
