@@ -2,7 +2,7 @@
 //! in namespaces, for both forwarding methods, one- and two-armed.
 
 use lvc_tests::privileged;
-use lvc_tests::topo::{Arms, DIRECTOR_CLIENT_SIDE, Topo, VIP, server_ip};
+use lvc_tests::topo::{Arms, CLIENT, DIRECTOR_CLIENT_SIDE, Topo, VIP, server_ip};
 use std::time::Duration;
 
 /// Random-looking bytes (deterministic, no crate needed).
@@ -408,4 +408,100 @@ fn fragmented_udp_dnat() {
 #[test]
 fn fragmented_udp_fullnat() {
     fragmented_datagrams("fragfnat", "fullnat");
+}
+
+/// 3000-byte (and bigger) datagrams through a `nat` VIP: the real
+/// server's fragmented echo comes back whole and from the VIP.
+#[test]
+fn fragmented_udp_nat() {
+    fragmented_datagrams("fragnat", "nat");
+}
+
+/// A `nat` real server serving the VIP on UDP port 53 resolves names
+/// itself from port 53 (a resolver on the client side answers): lvc takes
+/// only the replies of its own connections, the director's kernel routes
+/// the rest — nothing is black-holed.
+#[test]
+fn nat_server_resolves_names_from_its_service_port() {
+    if !privileged("nat_server_resolves_names_from_its_service_port") {
+        return;
+    }
+    let mut t = Topo::build("natdns", Arms::Two, 1, 2);
+    let srv = lvc_tests::bin("lvc-testsrv").to_string_lossy().into_owned();
+    // The "resolver": a UDP echo on the client side, port 53.
+    t.lab.spawn(
+        "client",
+        "resolver",
+        &[&srv, "resolver", "--udp-echo", "53"],
+    );
+    t.start_lvc();
+    t.add_service("udp", 53, "nat");
+    // The real server: one socket on port 53 that answers what it gets
+    // (the VIP's queries) and sends its own queries to the resolver.
+    let script = format!(
+        r#"
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 53))
+s.settimeout(0.05)
+print("ready", flush=True)
+resolved = served = 0
+end = time.time() + 20
+while time.time() < end and (resolved < 10 or served < 10):
+    if resolved < 10:
+        s.sendto(b"query from rs1", ("{CLIENT}", 53))
+    try:
+        data, peer = s.recvfrom(2048)
+    except socket.timeout:
+        continue
+    if peer == ("{CLIENT}", 53) and data == b"query from rs1":
+        resolved += 1
+    else:
+        s.sendto(b"answer to " + data, peer)
+        served += 1
+print("resolved", resolved, "served", served, flush=True)
+"#
+    );
+    t.lab
+        .spawn("rs1", "dns-rs1", &["/usr/bin/python3", "-c", &script]);
+    assert!(
+        t.lab.wait_until(Duration::from_secs(10), || t
+            .lab
+            .log("dns-rs1")
+            .contains("ready")),
+        "the real server's script did not start: {}",
+        t.lab.log("dns-rs1")
+    );
+    let mut answers = 0;
+    for i in 0..10 {
+        let q = format!("name {i}");
+        let out = t.lab.exec_input(
+            "client",
+            &["socat", "-t", "0.5", "-", &format!("UDP:{VIP}:53")],
+            q.as_bytes(),
+        );
+        if out.stdout == format!("answer to {q}").as_bytes() {
+            answers += 1;
+        }
+    }
+    assert!(
+        t.lab.wait_until(Duration::from_secs(25), || t
+            .lab
+            .log("dns-rs1")
+            .contains("resolved")),
+        "the real server's script did not finish: {}",
+        t.lab.log("dns-rs1")
+    );
+    let log = t.lab.log("dns-rs1");
+    let resolved: u32 = log
+        .split_whitespace()
+        .skip_while(|w| *w != "resolved")
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    assert!(
+        answers == 10 && resolved >= 10,
+        "VIP queries answered: {answers} of 10; the server's own queries resolved: {resolved} ({log})\n{}",
+        t.ctl_ok(&["status"])
+    );
 }

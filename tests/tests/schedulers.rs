@@ -224,25 +224,52 @@ fn tc2_per_service_direction() {
 /// on the same real server as the control connection.
 #[test]
 fn ftp_through_a_persistent_port_zero_service() {
-    if !privileged("ftp_through_a_persistent_port_zero_service") {
+    ftp_through_port_zero("ftp", "dr");
+}
+
+/// The paper's FTP through the director-as-gateway (figure 5): a
+/// persistent port-0 `nat` service; files arrive intact and the data
+/// connection lands on the control connection's server.
+#[test]
+fn ftp_through_a_persistent_port_zero_nat_service() {
+    ftp_through_port_zero("ftpnat", "nat");
+}
+
+fn ftp_through_port_zero(tag: &str, method: &str) {
+    if !privileged(tag) {
         return;
     }
-    let mut t = Topo::build("ftp", Arms::Two, 2, 2);
-    t.dr_at_servers();
+    let mut t = Topo::build(tag, Arms::Two, 2, 2);
+    if method == "dr" {
+        t.dr_at_servers();
+    }
+    // A file big enough to take many round trips (and, with offload, to
+    // move to XDP mid-transfer).
+    let big: Vec<u8> = (0..400_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
     for i in 0..2 {
         let ns = format!("rs{}", i + 1);
         let root = t.lab.log_path(&format!("ftp-{ns}"));
         let empty = root.join("empty");
         std::fs::create_dir_all(&empty).unwrap();
         std::fs::write(root.join("who"), format!("{ns}\n")).unwrap();
+        std::fs::write(root.join("big"), &big).unwrap();
         let conf = t.lab.log_path(&format!("vsftpd-{ns}.conf"));
+        // Behind nat the server announces the VIP for passive data
+        // connections (as an LVS-NAT FTP server is set up).
+        let pasv_address = if method == "nat" {
+            format!("pasv_address={VIP}\npasv_addr_resolve=NO\n")
+        } else {
+            String::new()
+        };
         std::fs::write(
             &conf,
             format!(
                 "listen=YES\nlisten_ipv6=NO\nbackground=NO\nanonymous_enable=YES\nno_anon_password=YES\n\
                  local_enable=NO\nwrite_enable=NO\nanon_root={}\nsecure_chroot_dir={}\npasv_enable=YES\n\
                  pasv_min_port=30000\npasv_max_port=30100\nseccomp_sandbox=NO\nisolate=NO\n\
-                 isolate_network=NO\nftp_username=ftp\nuse_localtime=NO\n",
+                 isolate_network=NO\nftp_username=ftp\nuse_localtime=NO\n{pasv_address}",
                 root.display(),
                 empty.display()
             ),
@@ -265,7 +292,7 @@ fn ftp_through_a_persistent_port_zero_service() {
             "--real",
             &server_ip(i),
             "--method",
-            "dr",
+            method,
         ]);
     }
     let fetch = || {
@@ -328,6 +355,24 @@ fn ftp_through_a_persistent_port_zero_service() {
         })
         .collect();
     assert_eq!(reals.len(), 1, "{conns}");
+    // A bigger file arrives byte for byte.
+    let out = t.lab.exec(
+        "client",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "20",
+            "--ftp-pasv",
+            &format!("ftp://{VIP}/big"),
+        ],
+    );
+    assert!(
+        out.stdout == big,
+        "{method}: the 400 kB file came back as {} bytes (intact: false)\n{}",
+        out.stdout.len(),
+        t.ctl_ok(&["status"])
+    );
 }
 
 /// Services over a port list and a port range: one scheduler and one
