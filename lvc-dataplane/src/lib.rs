@@ -3,8 +3,9 @@
 //! The folders are the architecture:
 //!
 //! ```text
-//! io/        rx/tx: AF_XDP sockets and UMEM (xsk, the only `unsafe`),
-//!            the XDP program and its maps (steer)
+//! io/        rx/tx: AF_XDP sockets and UMEM (xsk), the XDP program and
+//!            its maps (steer), the reply table shared with it (replymap);
+//!            xsk and replymap are the only `unsafe`
 //! pipeline/  what runs per packet, no I/O:
 //!            parse → conntrack → schedule → rewrite (+ icmp, fragments)
 //! shape/     the shape stage between rewrite and tx

@@ -42,9 +42,14 @@ pub mod maps {
     pub const FLOWS: &str = "flows";
     /// Interface slot → ifindex, for redirects between served interfaces.
     pub const EGRESS: &str = "egress";
-    /// Replies of tracked `nat` connections: [`FlowKey`](super::FlowKey) →
-    /// `u32` (unused).
+    /// Replies of tracked `nat` connections: fingerprints of their
+    /// [`FlowKey`](super::FlowKey)s, an mmapped array the workers write.
+    pub const REPLYSLOTS: &str = "replyslots";
+    /// Replies of tracked `nat` connections that found no slot in
+    /// `replyslots`: [`FlowKey`](super::FlowKey) → `u32` (unused).
     pub const REPLIES: &str = "replies";
+    /// The program's global holding `replyslots`' size - 1.
+    pub const REPLY_MASK: &str = "reply_mask";
     /// Fragmented `nat` replies whose later fragments follow their first.
     pub const FRAGREPLIES: &str = "fragreplies";
 }

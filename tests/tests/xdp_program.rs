@@ -568,3 +568,62 @@ fn xdp_program_steers_exactly_lvc_traffic() {
     .join()
     .expect("test thread");
 }
+
+/// More nat connections than the shared reply table has slots: the keys
+/// that find their window full go to the `replies` hash map, and XDP finds
+/// every one of them either way (and none once removed).
+#[test]
+fn every_steered_reply_is_found_in_the_table_or_its_overflow() {
+    if !privileged("every_steered_reply_is_found_in_the_table_or_its_overflow") {
+        return;
+    }
+    let mut lab = Lab::new("xdprep");
+    lab.add_ns("a");
+    lab.add_ns("b");
+    lab.veth(("a", "v0"), ("b", "v1"), 1);
+    let ns = lab.ns("a");
+    std::thread::spawn(move || {
+        netns::enter(&ns).expect("enter namespace");
+        let (routes, _) = lvc_dataplane::net::route::RouteMonitor::start().expect("rtnetlink");
+        let ifindex = routes.table.load().link_by_name("v0").expect("v0").ifindex;
+        // The smallest table: 2048 slots.
+        let mut st = Steering::load_for(1024).expect("program loads");
+        let io = WorkerIo::open(&["v0".to_owned()], 0, IoConfig::default()).expect("socket");
+        st.set_slot(ifindex, 0).unwrap();
+        st.set_socket(0, 0, io.socket_fd(0)).unwrap();
+        let mut replies = st.replies().unwrap();
+        let client = |i: u32| [10, 20, 2 + (i >> 8) as u8, i as u8];
+        let n = 2500;
+        for i in 0..n {
+            replies
+                .add(lvc_ebpf::FlowKey::new(
+                    17,
+                    (ip(RIP), 8080),
+                    (ip(client(i)), 40000),
+                ))
+                .unwrap();
+        }
+        let verdict = |st: &mut Steering, i: u32| {
+            st.test_run(&frame(17, RIP, client(i), 8080, 40000), ifindex, 0)
+                .unwrap()
+        };
+        let missed: Vec<u32> = (0..n)
+            .filter(|&i| verdict(&mut st, i) != XDP_REDIRECT)
+            .collect();
+        assert!(missed.is_empty(), "replies not steered: {missed:?}");
+        for i in 0..n {
+            replies.remove(&lvc_ebpf::FlowKey::new(
+                17,
+                (ip(RIP), 8080),
+                (ip(client(i)), 40000),
+            ));
+        }
+        let kept: Vec<u32> = (0..n)
+            .filter(|&i| verdict(&mut st, i) != XDP_PASS)
+            .collect();
+        assert!(kept.is_empty(), "replies still steered: {kept:?}");
+        drop(io);
+    })
+    .join()
+    .expect("test thread");
+}

@@ -7,6 +7,7 @@
 //! a clean exit, an error, a panic, SIGKILL. A stopped dataplane never leaves
 //! a program behind that would black-hole VIP traffic.
 
+use super::replymap::ReplyMap;
 use aya::maps::{DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, TestRun, TestRunOptions};
@@ -14,6 +15,8 @@ use lvc_ebpf::{AddrKey, EndpointKey, FlowKey, FlowValue, PortRanges, ServiceValu
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 /// How the program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,27 +60,44 @@ pub type FlowMap = BpfHashMap<MapData, FlowKey, FlowValue>;
 
 type RepliesMap = BpfHashMap<MapData, FlowKey, u32>;
 
-/// The replies of tracked `nat` connections that XDP hands to lvc
-/// (`replies`): a worker adds a connection's reply key before it sends the
-/// connection's first packet on; the key goes when the connection does.
-pub struct Replies(RepliesMap);
+/// The replies of tracked `nat` connections that XDP hands to lvc: a
+/// worker adds a connection's reply key before it sends the connection's
+/// first packet on; the key goes when the connection does. Keys live in
+/// the shared table (`replymap`, no syscall) or, when their window there
+/// is full, in the `replies` hash map.
+pub struct Replies {
+    table: Arc<ReplyMap>,
+    overflow: RepliesMap,
+    /// Keys in `overflow` now (across every handle).
+    overflowed: Arc<AtomicU64>,
+}
 
 impl Replies {
     /// Steers the replies `key` to lvc (a key that is there already stays).
     pub fn add(&mut self, key: FlowKey) -> Result<(), SteerError> {
-        self.0
+        if self.table.insert(&key) {
+            return Ok(());
+        }
+        self.overflow
             .insert(key, 0, 0)
-            .map_err(map_err(lvc_ebpf::maps::REPLIES))
+            .map_err(map_err(lvc_ebpf::maps::REPLIES))?;
+        self.overflowed.fetch_add(1, Relaxed);
+        Ok(())
     }
 
     /// Leaves replies `key` to the kernel again (a missing key is no error).
     pub fn remove(&mut self, key: &FlowKey) {
-        let _ = self.0.remove(key);
+        if !self.table.remove(key)
+            && self.overflowed.load(Relaxed) > 0
+            && self.overflow.remove(key).is_ok()
+        {
+            self.overflowed.fetch_sub(1, Relaxed);
+        }
     }
 
     /// Whether replies `key` are steered to lvc.
     pub fn contains(&self, key: &FlowKey) -> bool {
-        self.0.get(key, 0).is_ok()
+        self.table.contains(key) || self.overflow.get(key, 0).is_ok()
     }
 }
 
@@ -85,8 +105,11 @@ impl Replies {
 pub struct Steering {
     ebpf: Ebpf,
     vips: BpfHashMap<MapData, EndpointKey, ServiceValue>,
-    /// The `replies` map, for handles of their own ([`Steering::replies`]).
+    /// The shared reply table and the `replies` map (its overflow), for
+    /// handles of their own ([`Steering::replies`]).
+    reply_table: Arc<ReplyMap>,
     replies: OwnedFd,
+    overflowed: Arc<AtomicU64>,
     snat: BpfHashMap<MapData, AddrKey, u32>,
     fragvips: BpfHashMap<MapData, AddrKey, u32>,
     vipranges: BpfHashMap<MapData, AddrKey, PortRanges>,
@@ -110,11 +133,20 @@ impl Steering {
     }
 
     /// Loads the program with room for the flows of `conns` connections:
-    /// a `nat` reply key each, and both directions offloaded.
+    /// a `nat` reply key each (in a table of twice as many slots), and
+    /// both directions offloaded.
     pub fn load_for(conns: u32) -> Result<Self, SteerError> {
+        let slots = conns
+            .max(1024)
+            .saturating_mul(2)
+            .checked_next_power_of_two()
+            .unwrap_or(1 << 31);
+        let mask = slots - 1;
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries(lvc_ebpf::maps::FLOWS, conns.saturating_mul(2))
-            .map_max_entries(lvc_ebpf::maps::REPLIES, conns)
+            .map_max_entries(lvc_ebpf::maps::REPLYSLOTS, slots)
+            .map_max_entries(lvc_ebpf::maps::REPLIES, (conns / 4).max(4096))
+            .override_global(lvc_ebpf::maps::REPLY_MASK, &mask, true)
             .load(lvc_ebpf::XDP_OBJECT)
             .map_err(|e| SteerError::Load(e.to_string()))?;
         let prog: &mut Xdp = ebpf
@@ -132,6 +164,19 @@ impl Steering {
             })
         };
         let vips = BpfHashMap::try_from(take(maps::VIPS)?).map_err(map_err(maps::VIPS))?;
+        let reply_table = match take(maps::REPLYSLOTS)? {
+            aya::maps::Map::Array(data) => ReplyMap::map(data.fd().as_fd(), slots as usize)
+                .map_err(|e| SteerError::Map {
+                    map: maps::REPLYSLOTS,
+                    reason: format!("mmap: {e}"),
+                })?,
+            _ => {
+                return Err(SteerError::Map {
+                    map: maps::REPLYSLOTS,
+                    reason: "not an array".into(),
+                });
+            }
+        };
         let replies = match take(maps::REPLIES)? {
             aya::maps::Map::HashMap(data) => data,
             _ => {
@@ -162,7 +207,9 @@ impl Steering {
         Ok(Self {
             ebpf,
             vips,
+            reply_table: Arc::new(reply_table),
             replies,
+            overflowed: Arc::new(AtomicU64::new(0)),
             snat,
             fragvips,
             vipranges,
@@ -236,9 +283,11 @@ impl Steering {
             reason: e.to_string(),
         })?;
         let data = MapData::from_fd(fd).map_err(map_err(name))?;
-        Ok(Replies(
-            BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err(name))?,
-        ))
+        Ok(Replies {
+            table: self.reply_table.clone(),
+            overflow: BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err(name))?,
+            overflowed: self.overflowed.clone(),
+        })
     }
 
     /// The offloaded-flow map, handed over once (to the offload thread).

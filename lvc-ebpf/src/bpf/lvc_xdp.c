@@ -185,12 +185,32 @@ struct {
 } flows SEC(".maps");
 
 // Replies of the `nat` connections lvc tracks, by their 5-tuple as they
-// arrive from the real server (value unused). Sized by the dataplane at load
-// time (its connection table); entries are allocated as connections are
-// made, and removed when lvc forgets the connection.
+// arrive from the real server. Workers write new connections' reply keys
+// straight into `replyslots`, memory they share with this program (no
+// syscall per connection): an open-addressing table of 64-bit fingerprints
+// of the key (flow_hash), probed linearly for at most REPLY_PROBES slots
+// from the fingerprint's index. 0 is an empty slot, 1 a deleted one. A key
+// that finds no free slot in its window goes to `replies`, a hash map
+// written by syscall (rare: the table has twice the slots of the
+// connection table). Mirrored by `io::replymap` in the dataplane.
+#define REPLY_PROBES 8
+#define REPLY_EMPTY 0
+#define REPLY_DELETED 1
+
+// Slots in `replyslots` - 1 (a power of two - 1), set by the loader.
+const volatile __u32 reply_mask = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 21);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, __u64);
+} replyslots SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 1 << 20);
+	__uint(max_entries, 1 << 16);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct flow_key);
 	__type(value, __u32);
@@ -316,6 +336,24 @@ static __always_inline int is_vip(__u8 family, __u8 proto, const __u32 *addr, __
 	return bpf_map_lookup_elem(&vips, &key) != NULL;
 }
 
+// The 64-bit hash of a flow key, over its ten 32-bit words as they lie in
+// memory (word-wise FNV-1a, then murmur3's finaliser); the dataplane
+// computes the same (`replymap::flow_hash`).
+static __always_inline __u64 flow_hash(const struct flow_key *k)
+{
+	const __u32 *w = (const __u32 *)k;
+	__u64 h = 0xcbf29ce484222325ULL;
+#pragma unroll
+	for (int i = 0; i < (int)(sizeof(*k) / 4); i++) {
+		h ^= w[i];
+		h *= 0x100000001b3ULL;
+	}
+	h ^= h >> 33;
+	h *= 0xff51afd7ed558ccdULL;
+	h ^= h >> 33;
+	return h;
+}
+
 // Whether (saddr, sport) -> (daddr, dport) is the reply of a tracked `nat`
 // connection. Addresses as in keys, ports in network order.
 static __always_inline int is_reply(__u8 family, __u8 proto, const __u32 *saddr, __be16 sport,
@@ -328,6 +366,20 @@ static __always_inline int is_reply(__u8 family, __u8 proto, const __u32 *saddr,
 	k.dport = dport;
 	__builtin_memcpy(k.saddr, saddr, sizeof(k.saddr));
 	__builtin_memcpy(k.daddr, daddr, sizeof(k.daddr));
+	__u64 h = flow_hash(&k);
+	// Never 0 or 1 (empty, deleted).
+	__u64 fp = h | 2;
+	for (__u32 i = 0; i < REPLY_PROBES; i++) {
+		__u32 idx = ((__u32)h + i) & reply_mask;
+		__u64 *slot = bpf_map_lookup_elem(&replyslots, &idx);
+		if (!slot)
+			break;
+		__u64 v = *(volatile __u64 *)slot;
+		if (v == fp)
+			return 1;
+		if (v == REPLY_EMPTY)
+			break;
+	}
 	return bpf_map_lookup_elem(&replies, &k) != NULL;
 }
 
