@@ -26,7 +26,7 @@ use crate::pipeline::services::ServiceTable;
 use crate::pipeline::translate::{self, Flow, Offer, OffloadMsg};
 use crate::shape::ShapeTable;
 use arc_swap::ArcSwap;
-use crossbeam_channel::{Receiver, RecvTimeoutError};
+use crossbeam_channel::{Receiver, TryRecvError};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -37,6 +37,9 @@ const BPF_NOEXIST: u64 = 1;
 
 /// How often offloaded flows are read and checked.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// How often the workers' offers and retirements are taken.
+const DRAIN_EVERY: Duration = Duration::from_millis(10);
 
 /// The offload thread's counters (for `status` and metrics).
 #[derive(Debug, Default)]
@@ -84,16 +87,21 @@ impl Offloader {
         let mut entries: HashMap<usize, Entry> = HashMap::new();
         let mut next_sync = Instant::now() + SYNC_EVERY;
         while !shutdown.load(Relaxed) {
-            let wait = next_sync.saturating_duration_since(Instant::now());
-            match self.rx.recv_timeout(wait.min(Duration::from_millis(100))) {
-                Ok(OffloadMsg::Install(o)) => self.install(&mut entries, o),
-                Ok(OffloadMsg::Retire(conn)) => {
-                    if let Some(e) = entries.remove(&key_of(&conn)) {
-                        self.retire(e);
+            // Offers and retirements are taken in batches, DRAIN_EVERY
+            // apart: none is urgent (lvc forwards the flow meanwhile), and a
+            // thread woken per message spends more on waking than on work.
+            std::thread::sleep(DRAIN_EVERY);
+            loop {
+                match self.rx.try_recv() {
+                    Ok(OffloadMsg::Install(o)) => self.install(&mut entries, o),
+                    Ok(OffloadMsg::Retire(conn)) => {
+                        if let Some(e) = entries.remove(&key_of(&conn)) {
+                            self.retire(e);
+                        }
                     }
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => return,
                 }
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => break,
             }
             if Instant::now() >= next_sync {
                 next_sync = Instant::now() + SYNC_EVERY;

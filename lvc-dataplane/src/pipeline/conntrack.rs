@@ -143,8 +143,9 @@ pub struct Conn {
     /// policed service, unresolved next hop): tried again a second later,
     /// not on every packet.
     declined: AtomicU32,
-    /// Packets seen, saturating (bits 0–3), and whether a reply was seen
-    /// (bit 7): a UDP flow is offloaded once it is not a one-packet flow.
+    /// Packets lvc saw, counted up to [`OFFLOAD_AFTER`]: only a flow
+    /// that carries more than a handful of packets is worth the map writes
+    /// of an offload.
     seen: AtomicU8,
     pub server: Arc<Server>,
     pub service: Arc<TrafficStats>,
@@ -266,14 +267,11 @@ impl Conn {
         self.declined.load(Relaxed) != now
     }
 
-    /// Whether the connection qualifies for offload: TCP once established,
-    /// UDP once a reply or a few packets were seen.
+    /// Whether the connection qualifies for offload: [`OFFLOAD_AFTER`]
+    /// packets seen and, for TCP, ESTABLISHED.
     pub fn offload_ready(&self) -> bool {
-        if self.proto == PROTO_TCP {
-            return self.state() == State::Established;
-        }
-        let s = self.seen.load(Relaxed);
-        s & 0x80 != 0 || s & 0x0f >= 4
+        self.seen.load(Relaxed) >= OFFLOAD_AFTER
+            && (self.proto != PROTO_TCP || self.state() == State::Established)
     }
 
     /// Marks the connection as controlled by a persistence template.
@@ -325,13 +323,12 @@ impl Conn {
         if self.last_seen.load(Relaxed) != now {
             self.last_seen.store(now, Relaxed);
         }
+        // (Written only until the flow qualifies for offload.)
+        let s = self.seen.load(Relaxed);
+        if s < OFFLOAD_AFTER {
+            self.seen.store(s + 1, Relaxed);
+        }
         if self.proto != PROTO_TCP {
-            // (Written only until the flow qualifies for offload.)
-            let s = self.seen.load(Relaxed);
-            if s & 0x80 == 0 && s & 0x0f < 4 {
-                let reply = if dir == Dir::Reply { 0x80 } else { 0 };
-                self.seen.store(reply | (s + 1), Relaxed);
-            }
             return None;
         }
         let mut cur = self.state.load(Relaxed);
@@ -492,6 +489,13 @@ fn next_state(cur: State, flags: u8, dir: Dir, two_way: bool) -> State {
     };
     table[row][col]
 }
+
+/// Packets lvc sees of a connection before it is offloaded to XDP. An
+/// offload costs the offload thread about five map syscalls (two inserts,
+/// and at the end two reads and two deletes); a short request/response
+/// connection (HTTP with `Connection: close`, a DNS query) is over before
+/// they pay off, so it stays with the workers.
+pub const OFFLOAD_AFTER: u8 = 12;
 
 /// True if a packet with these flags may open a new connection.
 #[inline]

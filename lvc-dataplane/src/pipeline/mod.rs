@@ -1103,7 +1103,7 @@ mod decisions {
                 let lab = Lab::new(m, v6, 1500, rip);
                 if proto == 17 {
                     // A UDP flow qualifies after a few packets.
-                    for _ in 0..4 {
+                    for _ in 0..conntrack::OFFLOAD_AFTER {
                         lab.run(&mut lab.request(17, 0, 100)).unwrap();
                     }
                 } else {
@@ -1121,6 +1121,10 @@ mod decisions {
                         lab.run(&mut sa).unwrap();
                     }
                     lab.run(&mut lab.request(6, TCP_ACK, 0)).unwrap();
+                    // ... and a few packets more.
+                    for _ in 0..conntrack::OFFLOAD_AFTER {
+                        lab.run(&mut lab.request(6, PSH_ACK, 100)).unwrap();
+                    }
                 }
                 let flags = if proto == 6 { PSH_ACK } else { 0 };
                 let key = parse(&lab.request(proto, flags, 100)).unwrap().key;
