@@ -132,8 +132,16 @@ pub fn status(st: &Status) -> String {
     for i in &st.interfaces {
         let _ = writeln!(
             s,
-            "interface {} (ifindex {}): {} queue(s), XDP {} mode",
-            i.name, i.ifindex, i.queues, i.xdp_mode
+            "interface {} (ifindex {}): {} queue(s), XDP {} mode, AF_XDP {}",
+            i.name,
+            i.ifindex,
+            i.queues,
+            i.xdp_mode,
+            if i.zero_copy {
+                "zero-copy"
+            } else {
+                "copy mode"
+            }
         );
     }
     let _ = writeln!(

@@ -10,7 +10,7 @@
 
 use crate::control::{Control, ControlDeps, ControlSocket, ServedInterface, housekeeping, metrics};
 use crate::io::steer::{AttachMode, Steering};
-use crate::io::xsk::{IoConfig, WorkerIo};
+use crate::io::xsk::{IoConfig, WorkerIo, ZeroCopy};
 use crate::net::route::RouteMonitor;
 use crate::offload::{OffloadStats, Offloader};
 use crate::pipeline::conntrack::Conntrack;
@@ -40,6 +40,8 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// Forward established flows in the XDP program (`--offload on`).
     pub offload: bool,
+    /// AF_XDP zero-copy binding (`--zero-copy`).
+    pub zero_copy: ZeroCopy,
 }
 
 /// Number of active rx queues of an interface (from sysfs).
@@ -130,7 +132,14 @@ fn open_workers(
 ) -> anyhow::Result<(Vec<Worker>, Vec<ServedInterface>)> {
     let mut workers = Vec::new();
     for q in 0..queues {
-        let io = WorkerIo::open(&opts.ifaces, q, IoConfig::default())?;
+        let io = WorkerIo::open(
+            &opts.ifaces,
+            q,
+            IoConfig {
+                zero_copy: opts.zero_copy,
+                ..IoConfig::default()
+            },
+        )?;
         for slot in 0..io.ports() {
             steering.set_socket(slot as u32, q, io.socket_fd(slot))?;
         }
@@ -157,6 +166,10 @@ fn open_workers(
             ifindex,
             queues,
             mode,
+            // (Every queue binds alike: the first worker's socket says.)
+            zero_copy: workers
+                .first()
+                .is_some_and(|w| w.io.zero_copy(served.len())),
         });
     }
     Ok((workers, served))

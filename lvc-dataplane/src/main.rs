@@ -2,6 +2,7 @@
 
 use clap::Parser;
 use lvc_dataplane::daemon::{self, Options};
+use lvc_dataplane::io::xsk::ZeroCopy;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +36,19 @@ struct Args {
     /// Most connections tracked at once.
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     conntrack_size: usize,
+    /// AF_XDP zero-copy: where the driver supports it (auto; copy mode
+    /// elsewhere, as on veth), required (on), or never (off).
+    #[arg(long, value_name = "auto|on|off", default_value = "auto", value_parser = zero_copy)]
+    zero_copy: ZeroCopy,
+}
+
+fn zero_copy(s: &str) -> Result<ZeroCopy, String> {
+    match s {
+        "auto" => Ok(ZeroCopy::Auto),
+        "on" => Ok(ZeroCopy::On),
+        "off" => Ok(ZeroCopy::Off),
+        _ => Err(format!("`{s}`: say auto, on or off")),
+    }
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -63,6 +77,7 @@ fn main() -> ExitCode {
         socket_group: a.socket_group,
         metrics: a.metrics,
         offload: a.offload,
+        zero_copy: a.zero_copy,
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -795,6 +795,9 @@ pub struct InterfaceStatus {
     pub queues: u32,
     /// `driver` or `skb`.
     pub xdp_mode: String,
+    /// Whether its AF_XDP sockets are bound in zero-copy mode (else copy).
+    #[serde(default)]
+    pub zero_copy: bool,
 }
 
 /// Answer to `status`.

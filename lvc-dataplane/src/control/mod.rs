@@ -47,6 +47,8 @@ pub struct ServedInterface {
     pub ifindex: u32,
     pub queues: u32,
     pub mode: AttachMode,
+    /// Its sockets are bound in zero-copy mode.
+    pub zero_copy: bool,
 }
 
 /// The control plane's state.

@@ -190,6 +190,7 @@ impl Control {
                     ifindex: i.ifindex,
                     queues: i.queues,
                     xdp_mode: i.mode.name().into(),
+                    zero_copy: i.zero_copy,
                 })
                 .collect(),
             workers: self.workers.len() as u32,

@@ -35,6 +35,21 @@ pub struct IoConfig {
     pub skb_mode: bool,
     /// Frames beyond what the rings need: what shaping queues may hold.
     pub queue_frames: u32,
+    /// Zero-copy binding: where the driver supports it (`Auto`), required
+    /// (`On`: the bind fails elsewhere), or never (`Off`: copy mode).
+    pub zero_copy: ZeroCopy,
+}
+
+/// `--zero-copy`: how the sockets bind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ZeroCopy {
+    /// Zero-copy where the driver supports it, copy mode elsewhere (veth).
+    #[default]
+    Auto,
+    /// Zero-copy or fail.
+    On,
+    /// Copy mode always.
+    Off,
 }
 
 impl Default for IoConfig {
@@ -44,6 +59,7 @@ impl Default for IoConfig {
             frame_size: 4096,
             skb_mode: false,
             queue_frames: HELD_FRAMES as u32,
+            zero_copy: ZeroCopy::Auto,
         }
     }
 }
@@ -151,7 +167,15 @@ impl WorkerIo {
             // socket into its XSKMAP; libxdp must not load its dispatcher.
             .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
             .xdp_flags(xdp_flags)
-            .bind_flags(BindFlags::XDP_USE_NEED_WAKEUP)
+            .bind_flags(
+                BindFlags::XDP_USE_NEED_WAKEUP
+                    | match cfg.zero_copy {
+                        // (Neither flag: the kernel tries zero-copy first.)
+                        ZeroCopy::Auto => BindFlags::empty(),
+                        ZeroCopy::On => BindFlags::XDP_ZEROCOPY,
+                        ZeroCopy::Off => BindFlags::XDP_COPY,
+                    },
+            )
             .build();
         let mut ports = Vec::with_capacity(ifaces.len());
         for name in ifaces {
@@ -239,6 +263,25 @@ impl WorkerIo {
     /// Largest packet a frame can hold.
     pub fn mtu(&self) -> usize {
         self.mtu
+    }
+
+    /// Whether a port's socket was bound in zero-copy mode (the kernel's
+    /// answer: `XDP_OPTIONS`).
+    pub fn zero_copy(&self, port: usize) -> bool {
+        let mut opts = libc::xdp_options { flags: 0 };
+        let mut len = std::mem::size_of::<libc::xdp_options>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `opts`, which
+        // is that large, on a socket this worker owns.
+        let r = unsafe {
+            libc::getsockopt(
+                self.socket_fd(port),
+                libc::SOL_XDP,
+                libc::XDP_OPTIONS,
+                (&mut opts as *mut libc::xdp_options).cast(),
+                &mut len,
+            )
+        };
+        r == 0 && opts.flags & libc::XDP_OPTIONS_ZEROCOPY != 0
     }
 
     /// The raw fd of a port's socket, for the XSKMAP.

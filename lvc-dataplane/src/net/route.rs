@@ -86,21 +86,79 @@ pub struct Route {
 }
 
 impl Route {
+    #[cfg(test)]
     fn covers(&self, ip: Addr) -> bool {
-        let mask = u128::MAX
-            .checked_shl(128 - u32::from(self.prefix))
-            .unwrap_or(0);
+        let mask = prefix_mask(self.prefix);
         // (An IPv6 default route must not cover IPv4 destinations.)
         ip.is_v4() == self.dst.is_v4()
             && u128::from_be_bytes(ip.0) & mask == u128::from_be_bytes(self.dst.0) & mask
     }
 }
 
+/// Routes of one family and prefix length, by their masked destination
+/// (the lowest metric of each destination).
+#[derive(Clone, Debug)]
+struct Level {
+    mask: u128,
+    routes: HashMap<u128, Route, ahash::RandomState>,
+}
+
+/// Longest-prefix match: one hash lookup per prefix length in use
+/// (a handful on a director; a few dozen with a full BGP table), instead
+/// of a scan over every route.
+#[derive(Clone, Debug, Default)]
+struct Lpm {
+    /// IPv4 and IPv6 levels, longest prefix first.
+    v4: Vec<Level>,
+    v6: Vec<Level>,
+}
+
+impl Lpm {
+    /// `routes` sorted longest prefix first, then lowest metric.
+    fn new(routes: &[Route]) -> Self {
+        let mut lpm = Lpm::default();
+        for r in routes {
+            let levels = if r.dst.is_v4() {
+                &mut lpm.v4
+            } else {
+                &mut lpm.v6
+            };
+            let mask = prefix_mask(r.prefix);
+            if levels.last().is_none_or(|l| l.mask != mask) {
+                levels.push(Level {
+                    mask,
+                    routes: HashMap::with_hasher(ahash::RandomState::new()),
+                });
+            }
+            let level = levels.last_mut().expect("pushed");
+            level
+                .routes
+                .entry(u128::from_be_bytes(r.dst.0) & mask)
+                .or_insert(*r);
+        }
+        lpm
+    }
+
+    #[inline]
+    fn lookup(&self, ip: Addr) -> Option<&Route> {
+        let levels = if ip.is_v4() { &self.v4 } else { &self.v6 };
+        let bits = u128::from_be_bytes(ip.0);
+        levels.iter().find_map(|l| l.routes.get(&(bits & l.mask)))
+    }
+}
+
+/// The mask of a prefix length over the 128-bit [`Addr`].
+fn prefix_mask(prefix: u8) -> u128 {
+    u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
+}
+
 /// A snapshot of the kernel's tables, as the workers use it.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    /// Longest prefix first, then lowest metric.
+    /// Longest prefix first, then lowest metric (the tests' reference).
+    #[cfg(test)]
     routes: Vec<Route>,
+    lpm: Lpm,
     neighbours: HashMap<(u32, Addr), [u8; 6]>,
     links: HashMap<u32, Link>,
     locals: Vec<IpAddr>,
@@ -120,6 +178,8 @@ impl RouteTable {
     ) -> Self {
         routes.sort_by(|a, b| b.prefix.cmp(&a.prefix).then(a.metric.cmp(&b.metric)));
         Self {
+            lpm: Lpm::new(&routes),
+            #[cfg(test)]
             routes,
             neighbours,
             links: links.into_iter().map(|l| (l.ifindex, l)).collect(),
@@ -156,10 +216,10 @@ impl RouteTable {
         }
     }
 
-    /// The longest-prefix route to `dst`.
+    /// The longest-prefix route to `dst` (the lowest metric among equals).
     #[inline]
     fn route(&self, dst: Addr) -> Option<&Route> {
-        self.routes.iter().find(|r| r.covers(dst))
+        self.lpm.lookup(dst)
     }
 
     /// The next hop to `dst` along `route`.
@@ -792,5 +852,53 @@ mod tests {
             vec![],
         );
         assert_eq!(only4.next_hop(ip("2001:db8::1")), NextHop::None);
+    }
+
+    /// The longest-prefix match agrees with a scan of the sorted routes
+    /// (the first that covers the address) over many routes and addresses.
+    #[test]
+    fn lpm_agrees_with_a_scan() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut routes = Vec::new();
+        for i in 0..2000 {
+            let v4 = i % 3 != 0;
+            let (dst, prefix) = if v4 {
+                let a = std::net::Ipv4Addr::from((next() as u32) & 0x0aff_ffff);
+                (Addr::from(IpAddr::V4(a)), 96 + (next() % 33) as u8)
+            } else {
+                let a = std::net::Ipv6Addr::from(u128::from(next()) << 64);
+                (Addr::from(IpAddr::V6(a)), (next() % 65) as u8)
+            };
+            let mask = prefix_mask(prefix);
+            routes.push(Route {
+                dst: Addr(
+                    (u128::from_be_bytes(dst.0) & mask | if v4 { 0xffff << 32 } else { 0 })
+                        .to_be_bytes(),
+                ),
+                prefix,
+                gateway: None,
+                oif: i,
+                metric: (next() % 4) as u32,
+            });
+        }
+        let t = RouteTable::new(routes, HashMap::new(), vec![], vec![]);
+        for _ in 0..20_000 {
+            let v4 = next() % 2 == 0;
+            let ip = if v4 {
+                Addr::from(IpAddr::V4(((next() as u32) & 0x0aff_ffff).into()))
+            } else {
+                Addr::from(IpAddr::V6(
+                    (u128::from(next()) << 64 | u128::from(next())).into(),
+                ))
+            };
+            let scan = t.routes.iter().find(|r| r.covers(ip));
+            assert_eq!(t.route(ip), scan, "{ip:?}");
+        }
     }
 }
