@@ -145,6 +145,7 @@ fn open_workers(
         }
         workers.push(Worker {
             io,
+            pieces: Vec::with_capacity(64),
             replies: steering.replies()?,
             port_ifindex: ifindexes.to_vec(),
             shared: shared.clone(),

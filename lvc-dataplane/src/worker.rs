@@ -109,6 +109,8 @@ impl Shapers {
 
 pub struct Worker {
     pub io: WorkerIo,
+    /// A split packet's later fragments, on their way to TX (reused).
+    pub pieces: Vec<Frame>,
     /// The XDP program's `replies` map (this worker's handle).
     pub replies: Replies,
     /// ifindex of each of `io`'s ports, in port order.
@@ -303,11 +305,9 @@ impl Worker {
             Ok(Decision::Tunnel(rip)) => self.encapsulate(&mut frame, rip, t),
             d => d,
         };
-        let frames = match decision {
-            Ok(Decision::Send(egress)) => Ok((egress, vec![])),
-            Ok(Decision::Fragment(egress, mtu)) => {
-                self.fragment(&mut frame, mtu).map(|rest| (egress, rest))
-            }
+        let egress = match decision {
+            Ok(Decision::Send(egress)) => Ok(egress),
+            Ok(Decision::Fragment(egress, mtu)) => self.fragment(&mut frame, mtu).map(|()| egress),
             Ok(Decision::Park(next, ask)) if parked.len() < PARK_MAX => {
                 let _ = self.shared.neigh_requests.try_send(ask);
                 let now = Instant::now();
@@ -325,13 +325,15 @@ impl Worker {
             }
             Err(why) => Err(why),
         };
-        match frames {
-            Ok((egress, rest)) => {
-                for f in std::iter::once(frame).chain(rest) {
+        match egress {
+            Ok(egress) => {
+                let mut pieces = std::mem::take(&mut self.pieces);
+                for f in std::iter::once(frame).chain(pieces.drain(..)) {
                     if let Some(why) = self.offer(shapers, egress, f, &meta, t.now_ns, out) {
                         self.stats.count_drop(why);
                     }
                 }
+                self.pieces = pieces;
             }
             Err(why) => {
                 self.stats.count_drop(why);
@@ -384,25 +386,29 @@ impl Worker {
     }
 
     /// Splits the frame's IPv4 packet into fragments that fit `mtu`: the
-    /// frame becomes the first, the others are new frames.
-    fn fragment(&mut self, frame: &mut Frame, mtu: u32) -> Result<Vec<Frame>, Drop> {
-        let bytes = self.io.bytes_mut(frame);
-        let (first, rest) = rewrite::fragment_v4(bytes, mtu as usize).ok_or(Drop::TooBig)?;
-        let mut frames = Vec::with_capacity(rest.len());
-        for piece in &rest {
-            match self.io.alloc(piece) {
-                Some(f) => frames.push(f),
+    /// frame becomes the first, the others are new frames, in
+    /// `self.pieces` (kept from call to call: nothing is allocated).
+    fn fragment(&mut self, frame: &mut Frame, mtu: u32) -> Result<(), Drop> {
+        let split =
+            rewrite::Split::of(self.io.bytes_mut(frame), mtu as usize).ok_or(Drop::TooBig)?;
+        for (at, n, len) in split.later() {
+            let piece = self
+                .io
+                .alloc_from(frame, len, |src, out| split.write_later(src, at, n, out));
+            match piece {
+                Some(f) => self.pieces.push(f),
                 None => {
-                    for f in frames {
+                    for f in self.pieces.drain(..) {
                         self.io.release(f);
                     }
                     return Err(Drop::TxFull);
                 }
             }
         }
+        let first = split.cut_first(self.io.bytes_mut(frame));
         self.io.set_len(frame, first);
-        bump(&self.stats.fragments_made, frames.len() as u64 + 1);
-        Ok(frames)
+        bump(&self.stats.fragments_made, self.pieces.len() as u64 + 1);
+        Ok(())
     }
 
     /// Sends parked frames whose neighbour got resolved; drops those that
@@ -426,9 +432,9 @@ impl Worker {
                                 Err(Drop::TooBig)
                             };
                             match split {
-                                Ok(rest) => {
+                                Ok(()) => {
                                     out[port].push(p.frame);
-                                    out[port].extend(rest);
+                                    out[port].append(&mut self.pieces);
                                 }
                                 Err(why) => {
                                     self.stats.count_drop(why);

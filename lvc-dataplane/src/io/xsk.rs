@@ -329,22 +329,32 @@ impl WorkerIo {
         true
     }
 
-    /// Takes a free frame and fills it with `bytes` (for packets the
-    /// dataplane originates). `None` when no frame is free or `bytes` is
-    /// larger than a frame.
-    pub fn alloc(&mut self, bytes: &[u8]) -> Option<Frame> {
-        if bytes.len() > self.mtu {
+    /// Takes a free frame of `len` bytes and has `fill` write it from the
+    /// bytes of frame `src` (a packet split into fragments: each piece is
+    /// copied once, straight from the packet, and nothing is zeroed).
+    /// `None` when no frame is free or `len` is larger than a frame.
+    pub fn alloc_from(
+        &mut self,
+        src: &mut Frame,
+        len: usize,
+        fill: impl FnOnce(&[u8], &mut [u8]),
+    ) -> Option<Frame> {
+        if len > self.mtu {
             return None;
         }
         let mut desc = self.free.pop()?;
         // SAFETY: `desc` came from the free list, so no ring holds it and
         // nothing else accesses it.
         let mut data = unsafe { self.umem.data_mut(&mut desc) };
-        let mut cur = data.cursor();
-        cur.zero_out();
-        cur.set_pos(0);
-        use std::io::Write;
-        cur.write_all(bytes).ok()?;
+        data.cursor().set_pos(len);
+        let out = data.contents_mut();
+        let (out_ptr, out_len) = (out.as_mut_ptr(), out.len());
+        let from = self.bytes_mut(src);
+        // SAFETY: `desc` is a free frame and `src` a frame userspace owns
+        // exclusively (`&mut Frame`): two distinct frames of the UMEM
+        // mapping, which `self.umem` keeps alive for this call.
+        let to = unsafe { std::slice::from_raw_parts_mut(out_ptr, out_len) };
+        fill(from, to);
         Some(Frame { desc })
     }
 

@@ -186,11 +186,11 @@ pub fn may_fragment(f: &[u8]) -> bool {
     Ip::of(f, ETH_HLEN).may_fragment()
 }
 
-/// The options of an IPv4 header that every fragment carries (those with
-/// the copy flag: source routes, security), padded to 4 bytes. A
-/// malformed option list ends the copy.
-fn copied_options(opts: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
+/// The options of an IPv4 header that every fragment repeats (those with
+/// the copy flag: source routes, security), padded to whole words, into
+/// `out`; returns their length. A malformed option list ends the copy.
+fn copied_options(opts: &[u8], out: &mut [u8; 40]) -> usize {
+    let mut n = 0;
     let mut i = 0;
     while i < opts.len() {
         match opts[i] {
@@ -202,59 +202,117 @@ fn copied_options(opts: &[u8]) -> Vec<u8> {
                     break;
                 }
                 if kind & 0x80 != 0 {
-                    out.extend_from_slice(&opts[i..i + len]);
+                    out[n..n + len].copy_from_slice(&opts[i..i + len]);
+                    n += len;
                 }
                 i += len;
             }
         }
     }
-    out.resize(out.len().next_multiple_of(4), 0);
-    out
+    let padded = n.next_multiple_of(4);
+    out[n..padded].fill(0);
+    padded
 }
 
-/// Splits the IPv4 packet of frame `f` (longer than `mtu`, DF clear) into
-/// fragments of at most `mtu` bytes, as a router does (RFC 791): `f` is
-/// cut to the first fragment (its new frame length is returned) and the
-/// others come back as whole frames (Ethernet header copied; their IP
-/// header carries only the options with the copy flag). A packet that is
-/// itself a fragment is split at its own offset, keeping its last piece's
-/// more-fragments flag. None if the MTU cannot carry 8 bytes of payload
-/// per fragment or the offsets would overflow.
+/// How an IPv4 packet (longer than the MTU, DF clear) splits into
+/// fragments of at most `mtu` bytes, as a router does (RFC 791): the
+/// frame keeps the first fragment ([`Split::cut_first`]); each later one
+/// ([`Split::later`]) is written into a frame of its own
+/// ([`Split::write_later`]) with the Ethernet header, the IP header and
+/// only the options with the copy flag. A packet that is itself a fragment
+/// is split at its own offset, keeping its last piece's more-fragments
+/// flag. Nothing is allocated.
+#[derive(Clone, Copy, Debug)]
+pub struct Split {
+    ihl: usize,
+    opts: [u8; 40],
+    later_hlen: usize,
+    /// Payload bytes in the first fragment, then in each later one.
+    first: usize,
+    step: usize,
+    payload: usize,
+    /// The packet's own fragment offset (bytes) and MF flag.
+    base: usize,
+    more_after: bool,
+}
+
+impl Split {
+    /// The split of frame `f`'s packet for `mtu`; None if it fits, if the
+    /// MTU cannot carry 8 bytes of payload per fragment or the offsets
+    /// would overflow.
+    pub fn of(f: &[u8], mtu: usize) -> Option<Split> {
+        let ip = ETH_HLEN;
+        let ihl = usize::from(f[ip] & 0x0f) * 4;
+        let ip_len = usize::from(be16(f, ip + ipv4::TOTAL_LEN));
+        if ip_len <= mtu || ihl < 20 || ip_len < ihl || ip_len > f.len() - ip {
+            return None;
+        }
+        let mut opts = [0u8; 40];
+        let later_hlen = 20 + copied_options(&f[ip + 20..ip + ihl], &mut opts);
+        let flags = be16(f, ip + ipv4::FRAG);
+        let (base, more_after) = (usize::from(flags & 0x1fff) * 8, flags & 0x2000 != 0);
+        let payload = ip_len - ihl;
+        if mtu < ihl.max(later_hlen) + 8 || base + payload > 0xffff {
+            return None;
+        }
+        Some(Split {
+            ihl,
+            opts,
+            later_hlen,
+            first: (mtu - ihl) & !7,
+            step: (mtu - later_hlen) & !7,
+            payload,
+            base,
+            more_after,
+        })
+    }
+
+    /// The later fragments: (payload offset, payload bytes, frame length).
+    pub fn later(&self) -> impl Iterator<Item = (usize, usize, usize)> + use<> {
+        let (step, payload, hlen) = (self.step, self.payload, self.later_hlen);
+        (self.first..payload).step_by(step).map(move |at| {
+            let n = step.min(payload - at);
+            (at, n, ETH_HLEN + hlen + n)
+        })
+    }
+
+    /// Writes the later fragment at payload offset `at` of `n` bytes of
+    /// packet `src` (the whole frame, before [`cut_first`](Self::cut_first))
+    /// into `out`, a frame of the length [`later`](Self::later) gave.
+    pub fn write_later(&self, src: &[u8], at: usize, n: usize, out: &mut [u8]) {
+        let ip = ETH_HLEN;
+        let h = self.later_hlen;
+        out[..ETH_HLEN].copy_from_slice(&src[..ETH_HLEN]);
+        out[ip..ip + 20].copy_from_slice(&src[ip..ip + 20]);
+        out[ip + 20..ip + h].copy_from_slice(&self.opts[..h - 20]);
+        out[ip] = 0x40 | (h / 4) as u8;
+        let start = ip + self.ihl + at;
+        out[ip + h..ip + h + n].copy_from_slice(&src[start..start + n]);
+        let more = at + n < self.payload || self.more_after;
+        fragment_header(out, h + n, self.base + at, more);
+    }
+
+    /// Turns `f` into the first fragment; returns its frame length.
+    pub fn cut_first(&self, f: &mut [u8]) -> usize {
+        fragment_header(f, self.ihl + self.first, self.base, true);
+        ETH_HLEN + self.ihl + self.first
+    }
+}
+
+/// Splits the packet of frame `f` as [`Split`] says, the later fragments
+/// as new buffers (for tests; the worker writes them into frames).
+#[cfg(test)]
 pub fn fragment_v4(f: &mut [u8], mtu: usize) -> Option<(usize, Vec<Vec<u8>>)> {
-    let ip = ETH_HLEN;
-    let ihl = usize::from(f[ip] & 0x0f) * 4;
-    let ip_len = usize::from(be16(f, ip + ipv4::TOTAL_LEN));
-    if ip_len <= mtu || ihl < 20 || ip_len < ihl || ip_len > f.len() - ip {
-        return None;
-    }
-    let opts = copied_options(&f[ip + 20..ip + ihl]);
-    let later_hlen = 20 + opts.len();
-    let flags = be16(f, ip + ipv4::FRAG);
-    let (base, more_after) = (usize::from(flags & 0x1fff) * 8, flags & 0x2000 != 0);
-    let payload = ip_len - ihl;
-    if mtu < ihl.max(later_hlen) + 8 || base + payload > 0xffff {
-        return None;
-    }
-    let first = (mtu - ihl) & !7;
-    let step = (mtu - later_hlen) & !7;
-    let mut rest = Vec::new();
-    let mut at = first;
-    while at < payload {
-        let n = step.min(payload - at);
-        let more = at + n < payload || more_after;
-        let mut g = Vec::with_capacity(ETH_HLEN + later_hlen + n);
-        g.extend_from_slice(&f[..ETH_HLEN]);
-        g.extend_from_slice(&f[ip..ip + 20]);
-        g.extend_from_slice(&opts);
-        g[ip] = 0x40 | (later_hlen / 4) as u8;
-        let start = ip + ihl + at;
-        g.extend_from_slice(&f[start..start + n]);
-        fragment_header(&mut g, later_hlen + n, base + at, more);
-        rest.push(g);
-        at += n;
-    }
-    fragment_header(f, ihl + first, base, true);
-    Some((ETH_HLEN + ihl + first, rest))
+    let split = Split::of(f, mtu)?;
+    let rest = split
+        .later()
+        .map(|(at, n, len)| {
+            let mut g = vec![0u8; len];
+            split.write_later(f, at, n, &mut g);
+            g
+        })
+        .collect();
+    Some((split.cut_first(f), rest))
 }
 
 /// Sets a fragment's total length, offset and MF flag (DF clear) and its
