@@ -255,6 +255,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             services: services.clone(),
             epoch: shared.epoch,
             stats: offload_stats.clone(),
+            conntrack: conntrack.clone(),
+            installs: 0,
+            syncs: 0,
         })
     } else {
         None

@@ -21,7 +21,7 @@
 
 use crate::io::steer::FlowMap;
 use crate::net::route::{NextHop, RouteTable};
-use crate::pipeline::conntrack::{Conn, State};
+use crate::pipeline::conntrack::{Conn, Conntrack, State};
 use crate::pipeline::services::ServiceTable;
 use crate::pipeline::translate::{self, Flow, Offer, OffloadMsg};
 use crate::shape::ShapeTable;
@@ -37,6 +37,13 @@ const BPF_NOEXIST: u64 = 1;
 
 /// How often offloaded flows are read and checked.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// Flows whose counters are read (one syscall each) per second at most:
+/// with more offloaded flows, each is read every few seconds — never less
+/// often than a quarter of the shortest idle timeout, so no active flow
+/// expires. (The next-hop and shaping checks cost no syscall and cover
+/// every flow every second.)
+const FOLD_BUDGET: usize = 50_000;
 
 /// How often the workers' offers and retirements are taken.
 const DRAIN_EVERY: Duration = Duration::from_millis(10);
@@ -68,6 +75,8 @@ struct Installed {
 struct Entry {
     conn: Arc<Conn>,
     flows: Vec<Installed>,
+    /// Spreads the counter reads over seconds (see [`FOLD_BUDGET`]).
+    phase: u32,
 }
 
 pub struct Offloader {
@@ -79,6 +88,12 @@ pub struct Offloader {
     /// The workers' clock origin (connection times are seconds since it).
     pub epoch: Instant,
     pub stats: Arc<OffloadStats>,
+    /// The connection table (for its idle timeouts).
+    pub conntrack: Arc<Conntrack>,
+    /// Entries installed, ever (their read phases).
+    pub installs: u32,
+    /// Syncs done (which phase is read now).
+    pub syncs: u32,
 }
 
 impl Offloader {
@@ -140,11 +155,13 @@ impl Offloader {
         self.stats.installed.fetch_add(1, Relaxed);
         self.stats.connections.fetch_add(1, Relaxed);
         self.stats.flows.fetch_add(flows.len() as u64, Relaxed);
+        self.installs = self.installs.wrapping_add(1);
         entries.insert(
             k,
             Entry {
                 conn: o.conn,
                 flows,
+                phase: self.installs,
             },
         );
     }
@@ -206,9 +223,17 @@ impl Offloader {
         let routes = self.routes.load();
         let shaping = self.shaping.load();
         let services = self.services.load();
+        let t = &self.conntrack.timeouts;
+        let shortest = t.tcp.load(Relaxed).min(t.udp.load(Relaxed));
+        let period = (entries.len().div_ceil(FOLD_BUDGET) as u32)
+            .min(shortest / 4)
+            .max(1);
+        self.syncs = self.syncs.wrapping_add(1);
         let mut leaving = Vec::new();
         for (k, e) in entries.iter_mut() {
-            self.fold(e, now);
+            if e.phase.wrapping_add(self.syncs).is_multiple_of(period) {
+                self.fold(e, now);
+            }
             if !may_stay(e, &routes, &shaping, &services) {
                 leaving.push(*k);
             }
