@@ -10,6 +10,7 @@
 //! Time is passed in (`now`, seconds since the daemon started, read once per
 //! batch); nothing here reads a clock.
 
+use super::conntable::{ConnTable, Inserted};
 use crate::pipeline::parse::{Addr, FlowKey};
 use crate::pipeline::services::{Server, Template};
 use crate::pipeline::snat::SnatPool;
@@ -17,7 +18,6 @@ use crate::stats::{Drop, TrafficStats};
 use crate::wire::{PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use dashmap::DashMap;
-use dashmap::mapref::entry::Entry;
 use lvc_proto::Method;
 use std::sync::atomic::{
     AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
@@ -519,6 +519,11 @@ struct FragEntry {
     seen: u32,
 }
 
+/// Eviction candidates remembered: the newest connections. (A queue as
+/// long as the table would cost 16 bytes per tracked flow; a flood's
+/// embryonic connections are the newest anyway.)
+const EVICTION_CANDIDATES: usize = 1 << 16;
+
 /// Seconds the expiry wheel spans; later expiries go round it again.
 const WHEEL_SLOTS: u32 = 1024;
 
@@ -550,10 +555,11 @@ impl Wheel {
 
 /// The connection table.
 pub struct Conntrack {
-    map: DashMap<FlowKey, Arc<Conn>, Hasher>,
+    map: ConnTable,
     conns: AtomicUsize,
     capacity: usize,
-    /// New connections, oldest first: eviction candidates when full.
+    /// The newest connections (at most [`EVICTION_CANDIDATES`]), oldest
+    /// first: eviction candidates when the table is full.
     embryonic: ArrayQueue<Weak<Conn>>,
     evicted: AtomicU64,
     /// Fragmented datagrams in flight: (src, dst, proto, IP id) of the
@@ -570,10 +576,10 @@ pub struct Conntrack {
 impl Conntrack {
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: DashMap::with_hasher(Hasher::new()),
+            map: ConnTable::new(),
             conns: AtomicUsize::new(0),
             capacity,
-            embryonic: ArrayQueue::new(capacity.max(1)),
+            embryonic: ArrayQueue::new(capacity.clamp(1, EVICTION_CANDIDATES)),
             evicted: AtomicU64::new(0),
             frags: DashMap::with_hasher(Hasher::new()),
             released_replies: SegQueue::new(),
@@ -585,13 +591,7 @@ impl Conntrack {
     /// The connection a packet with `key` belongs to, and its direction.
     #[inline]
     pub fn lookup(&self, key: &FlowKey) -> Option<(Arc<Conn>, Dir)> {
-        let c = self.map.get(key)?.value().clone();
-        let dir = if key.src == c.client.0 && key.sport == c.client.1 {
-            Dir::Original
-        } else {
-            Dir::Reply
-        };
-        Some((c, dir))
+        self.map.get(key)
     }
 
     /// Inserts a new connection under its key(s). If another worker inserted
@@ -601,12 +601,11 @@ impl Conntrack {
             return Err(Drop::TableFull);
         }
         let conn = Arc::new(conn);
-        let conn = match self.map.entry(conn.original_key()) {
-            Entry::Occupied(o) => return Ok(o.get().clone()),
-            Entry::Vacant(v) => v.insert(conn).value().clone(),
-        };
+        if let Inserted::Exists(other) = self.map.insert_new(&conn, Dir::Original) {
+            return Ok(other);
+        }
         if conn.two_way() {
-            self.map.insert(conn.reply_key(), conn.clone());
+            self.map.insert(&conn, Dir::Reply);
         }
         self.conns.fetch_add(1, Relaxed);
         if let Some(t) = &conn.template {
@@ -642,10 +641,7 @@ impl Conntrack {
             };
             let Some(c) = weak.upgrade() else { continue };
             if matches!(c.state(), State::SynRecv | State::Udp)
-                && self
-                    .map
-                    .remove_if(&c.original_key(), |_, v| Arc::ptr_eq(v, &c))
-                    .is_some()
+                && self.map.remove_if(&c.original_key(), &c, || true)
             {
                 self.release(&c, now);
                 self.evicted.fetch_add(1, Relaxed);
@@ -690,7 +686,7 @@ impl Conntrack {
     pub fn take_released_replies(&self) -> Vec<FlowKey> {
         let mut out = Vec::with_capacity(self.released_replies.len());
         while let Some(k) = self.released_replies.pop() {
-            if !self.map.contains_key(&k) {
+            if !self.map.contains(&k) {
                 out.push(k);
             }
         }
@@ -738,10 +734,10 @@ impl Conntrack {
                     self.wheel.file(&c, c.expiry(&self.timeouts));
                     continue;
                 }
-                let gone = self.map.remove_if(&c.original_key(), |_, v| {
-                    Arc::ptr_eq(v, &c) && v.expired(now, &self.timeouts)
-                });
-                if gone.is_some() {
+                let gone = self
+                    .map
+                    .remove_if(&c.original_key(), &c, || c.expired(now, &self.timeouts));
+                if gone {
                     self.release(&c, now);
                     removed += 1;
                 }
@@ -754,11 +750,8 @@ impl Conntrack {
     /// timeouts changed (a shorter one must take effect now). Walks the
     /// whole table once; an operator action, not per-packet work.
     pub fn refile_all(&self) {
-        for r in self.map.iter() {
-            if *r.key() == r.value().original_key() {
-                self.wheel.file(r.value(), r.value().expiry(&self.timeouts));
-            }
-        }
+        self.map
+            .for_each(|c| self.wheel.file(c, c.expiry(&self.timeouts)));
     }
 
     /// Everything but the original-direction key of a connection that was
@@ -766,7 +759,7 @@ impl Conntrack {
     /// Called exactly once per connection (by whoever removed its key).
     fn release(&self, c: &Arc<Conn>, now: u32) {
         if c.two_way() {
-            self.map.remove_if(&c.reply_key(), |_, v| Arc::ptr_eq(v, c));
+            self.map.remove_if(&c.reply_key(), c, || true);
         }
         if c.steered.load(Relaxed) {
             self.released_replies.push(c.reply_key());
@@ -796,11 +789,7 @@ impl Conntrack {
 
     /// Every connection once (for listings).
     pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
-        for r in self.map.iter() {
-            if *r.key() == r.value().original_key() {
-                f(r.value());
-            }
-        }
+        self.map.for_each(|c| f(c));
     }
 }
 
@@ -828,6 +817,46 @@ mod tests {
             Arc::new(TrafficStats::default()),
             now,
         )
+    }
+
+    /// A nat connection is found under both keys, each with its direction,
+    /// listed once; a second connection with the same client key finds the
+    /// first; removal under the reply key leaves no trace.
+    #[test]
+    fn both_keys_one_connection() {
+        let ct = Conntrack::new(16);
+        let s = server(Method::Nat);
+        let c = ct.insert(conn(17, &s, 0)).unwrap();
+        let (o, dir) = ct.lookup(&c.original_key()).unwrap();
+        assert!(Arc::ptr_eq(&o, &c) && dir == Dir::Original);
+        let (r, dir) = ct.lookup(&c.reply_key()).unwrap();
+        assert!(Arc::ptr_eq(&r, &c) && dir == Dir::Reply);
+        let again = ct.insert(conn(17, &s, 0)).unwrap();
+        assert!(
+            Arc::ptr_eq(&again, &c),
+            "the same flow: the first connection"
+        );
+        assert_eq!(ct.len(), 1);
+        let mut n = 0;
+        ct.for_each(|_| n += 1);
+        assert_eq!(n, 1, "listed once");
+        // A dr connection has no reply key.
+        let d = ct
+            .insert(Conn::new(
+                6,
+                (Addr::v4(0x0a00_0003), 40000),
+                (Addr::v4(0x0a00_000a), 80),
+                server(Method::Dr),
+                8080,
+                Arc::new(TrafficStats::default()),
+                0,
+            ))
+            .unwrap();
+        assert!(ct.lookup(&d.reply_key()).is_none());
+        assert_eq!(ct.sweep(1000), 2, "both expire");
+        assert!(ct.lookup(&c.original_key()).is_none());
+        assert!(ct.lookup(&c.reply_key()).is_none());
+        assert!(ct.is_empty());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! each decision implies; the stages here touch only bytes and tables.
 
 pub mod checksum;
+pub mod conntable;
 pub mod conntrack;
 pub mod icmp;
 pub mod parse;
