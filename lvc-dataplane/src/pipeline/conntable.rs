@@ -4,8 +4,9 @@
 //! A connection is reachable under the key of each direction the director
 //! sees (client → VIP always, real server → client for `nat` and
 //! `fullnat`). The index does not store keys: an entry is the connection
-//! and which of its keys it stands for (16 bytes), and the key is read from
-//! the connection when a probe needs it — the connection is what a lookup
+//! and which of its keys it stands for, with the bits of the key's hash
+//! the table uses (16 bytes); the key is read from the connection when a
+//! probe needs it — the connection is what a lookup
 //! wants anyway. (A map of `FlowKey → Arc<Conn>` holds 48-byte entries, two
 //! per `nat` connection.) 64 shards, each a `hashbrown` table behind its
 //! own lock, keep workers from contending.
@@ -17,13 +18,34 @@ use std::sync::{Arc, RwLock};
 
 const SHARDS: usize = 64;
 
-/// One key of a connection.
+/// One key of a connection, and the key's hash (kept in what would be
+/// padding, so growing a table never reads the connections).
 struct Entry {
     conn: Arc<Conn>,
+    hash_lo: u32,
+    hash_top: u8,
     dir: Dir,
 }
 
+/// The bits of a key's hash the tables use: the low 32 (bucket index) and
+/// the top 7 (control bytes). Lookups and rehashing both use exactly these,
+/// so an entry's stored bits rebuild its hash.
+const TABLE_BITS: u64 = 0xfe00_0000_ffff_ffff;
+
 impl Entry {
+    fn new(conn: &Arc<Conn>, dir: Dir, h: u64) -> Self {
+        Entry {
+            conn: conn.clone(),
+            hash_lo: h as u32,
+            hash_top: (h >> 57) as u8,
+            dir,
+        }
+    }
+
+    fn hash(&self) -> u64 {
+        (u64::from(self.hash_top) << 57) | u64::from(self.hash_lo)
+    }
+
     fn key(&self) -> FlowKey {
         match self.dir {
             Dir::Original => self.conn.original_key(),
@@ -53,23 +75,19 @@ impl ConnTable {
         }
     }
 
+    /// A key's shard, and its hash within the shard's table.
     #[inline]
-    fn hash(&self, key: &FlowKey) -> u64 {
-        self.hasher.hash_one(key)
-    }
-
-    /// The shard of a hash: bits the tables' bucket index (low bits) and
-    /// control bytes (top 7 bits) do not use.
-    #[inline]
-    fn shard(&self, h: u64) -> &RwLock<HashTable<Entry>> {
-        &self.shards[(h >> 32) as usize % SHARDS]
+    fn locate(&self, key: &FlowKey) -> (&RwLock<HashTable<Entry>>, u64) {
+        let h = self.hasher.hash_one(key);
+        // (The shard from bits the tables do not use.)
+        (&self.shards[(h >> 32) as usize % SHARDS], h & TABLE_BITS)
     }
 
     /// The connection under `key`, and the direction `key` stands for.
     #[inline]
     pub fn get(&self, key: &FlowKey) -> Option<(Arc<Conn>, Dir)> {
-        let h = self.hash(key);
-        let shard = self.shard(h).read().unwrap_or_else(|p| p.into_inner());
+        let (shard, h) = self.locate(key);
+        let shard = shard.read().unwrap_or_else(|p| p.into_inner());
         shard
             .find(h, |e| e.key() == *key)
             .map(|e| (e.conn.clone(), e.dir))
@@ -90,18 +108,18 @@ impl ConnTable {
     }
 
     fn file(&self, conn: &Arc<Conn>, dir: Dir, replace: bool) -> Inserted {
-        let e = Entry {
-            conn: conn.clone(),
-            dir,
+        let key = match dir {
+            Dir::Original => conn.original_key(),
+            Dir::Reply => conn.reply_key(),
         };
-        let key = e.key();
-        let h = self.hash(&key);
-        let mut shard = self.shard(h).write().unwrap_or_else(|p| p.into_inner());
+        let (shard, h) = self.locate(&key);
+        let e = Entry::new(conn, dir, h);
+        let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
         match shard.find_mut(h, |x| x.key() == key) {
             Some(old) if replace => *old = e,
             Some(old) => return Inserted::Exists(old.conn.clone()),
             None => {
-                shard.insert_unique(h, e, |x| self.hash(&x.key()));
+                shard.insert_unique(h, e, Entry::hash);
             }
         }
         Inserted::New
@@ -110,8 +128,8 @@ impl ConnTable {
     /// Removes the entry under `key` if it is `conn`'s and `cond` holds;
     /// true if it did.
     pub fn remove_if(&self, key: &FlowKey, conn: &Arc<Conn>, cond: impl FnOnce() -> bool) -> bool {
-        let h = self.hash(key);
-        let mut shard = self.shard(h).write().unwrap_or_else(|p| p.into_inner());
+        let (shard, h) = self.locate(key);
+        let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
         match shard.find_entry(h, |x| x.key() == *key) {
             Ok(e) if Arc::ptr_eq(&e.get().conn, conn) && cond() => {
                 e.remove();
