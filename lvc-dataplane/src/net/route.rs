@@ -159,11 +159,12 @@ pub struct RouteTable {
     #[cfg(test)]
     routes: Vec<Route>,
     lpm: Lpm,
-    neighbours: HashMap<(u32, Addr), [u8; 6]>,
-    links: HashMap<u32, Link>,
+    // (ahash: these are read per packet; SipHash showed in profiles.)
+    neighbours: HashMap<(u32, Addr), [u8; 6], ahash::RandomState>,
+    links: HashMap<u32, Link, ahash::RandomState>,
     locals: Vec<IpAddr>,
     /// First address of each family of each interface: (ifindex, is IPv4).
-    if_addrs: HashMap<(u32, bool), Addr>,
+    if_addrs: HashMap<(u32, bool), Addr, ahash::RandomState>,
     /// Neighbours the kernel holds as STALE. lvc's own transmissions never
     /// confirm them (the kernel does not see them), so they are re-probed.
     stale: Vec<NeighRequest>,
@@ -181,10 +182,10 @@ impl RouteTable {
             lpm: Lpm::new(&routes),
             #[cfg(test)]
             routes,
-            neighbours,
+            neighbours: neighbours.into_iter().collect(),
             links: links.into_iter().map(|l| (l.ifindex, l)).collect(),
             locals,
-            if_addrs: HashMap::new(),
+            if_addrs: HashMap::default(),
             stale: Vec::new(),
         }
     }
@@ -435,7 +436,7 @@ impl Netlink {
         }
         let mut t = RouteTable::new(routes, neighbours, links, locals);
         t.stale = stale;
-        t.if_addrs = if_addrs;
+        t.if_addrs = if_addrs.into_iter().collect();
         Ok(t)
     }
 

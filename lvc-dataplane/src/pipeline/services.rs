@@ -106,10 +106,11 @@ type PortRange = (u16, u16, Arc<Service>);
 #[derive(Debug, Default)]
 pub struct ServiceTable {
     /// Services by each single port they list (port 0: every port).
-    services: HashMap<VipKey, Arc<Service>>,
+    /// (ahash: looked up for every new connection.)
+    services: HashMap<VipKey, Arc<Service>, ahash::RandomState>,
     /// Services that list port ranges, by (protocol, VIP): consulted only
     /// when no single port matches (and only if any exist).
-    ranges: HashMap<(u8, Addr), Vec<PortRange>>,
+    ranges: HashMap<(u8, Addr), Vec<PortRange>, ahash::RandomState>,
     /// The fullnat local address pool, if one is configured.
     snat: Option<Arc<SnatPool>>,
 }
