@@ -121,6 +121,8 @@ pub struct WorkerIo {
     completions: Vec<FrameDesc>,
     ring_size: u32,
     mtu: usize,
+    /// One pollfd per port, for `wait` (built once).
+    pollfds: Vec<libc::pollfd>,
 }
 
 /// Why a socket could not be set up, worded for the operator.
@@ -248,7 +250,17 @@ impl WorkerIo {
             completions: vec![FrameDesc::default(); cfg.ring_size as usize],
             ring_size: cfg.ring_size,
             mtu,
+            pollfds: Vec::new(),
         };
+        io.pollfds = io
+            .ports
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.rx.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         for p in 0..io.ports.len() {
             io.refill(p);
         }
@@ -460,16 +472,8 @@ impl WorkerIo {
 
     /// Waits until a port has received frames or `timeout` passes
     /// (microsecond resolution: shaping wakes up for its next tokens).
-    pub fn wait(&self, timeout: Duration) {
-        let mut fds: Vec<libc::pollfd> = self
-            .ports
-            .iter()
-            .map(|p| libc::pollfd {
-                fd: p.rx.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+    pub fn wait(&mut self, timeout: Duration) {
+        let fds = &mut self.pollfds;
         let ts = libc::timespec {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
