@@ -269,6 +269,141 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ip<T> {
     }
 }
 
+/// A TCP or UDP header at `at` of `buf` (smoltcp's `Packet<T>` style):
+/// ports, checksum and TCP flags by name instead of offsets. Callers have
+/// checked that the header is there (parse did).
+pub struct L4<T> {
+    buf: T,
+    at: usize,
+    proto: u8,
+}
+
+impl<T: AsRef<[u8]>> L4<T> {
+    #[inline]
+    pub fn of(buf: T, at: usize, proto: u8) -> Self {
+        Self { buf, at, proto }
+    }
+
+    /// Offset of the source port.
+    #[inline]
+    pub fn src_port_field(&self) -> usize {
+        self.at
+    }
+
+    /// Offset of the destination port.
+    #[inline]
+    pub fn dst_port_field(&self) -> usize {
+        self.at + 2
+    }
+
+    /// Offset of the checksum (TCP or UDP).
+    #[inline]
+    pub fn checksum_field(&self) -> usize {
+        self.at + l4_csum_offset(self.proto)
+    }
+
+    #[inline]
+    pub fn src_port(&self) -> u16 {
+        be16(self.buf.as_ref(), self.src_port_field())
+    }
+
+    #[inline]
+    pub fn dst_port(&self) -> u16 {
+        be16(self.buf.as_ref(), self.dst_port_field())
+    }
+
+    #[inline]
+    pub fn checksum(&self) -> u16 {
+        be16(self.buf.as_ref(), self.checksum_field())
+    }
+
+    /// TCP flags; 0 for UDP.
+    #[inline]
+    pub fn tcp_flags(&self) -> u8 {
+        if self.proto == PROTO_TCP {
+            self.buf.as_ref()[self.at + TCP_FLAGS]
+        } else {
+            0
+        }
+    }
+
+    /// TCP: the header's length (data offset), in bytes.
+    #[inline]
+    pub fn tcp_header_len(&self) -> usize {
+        usize::from(self.buf.as_ref()[self.at + 12] >> 4) * 4
+    }
+
+    /// UDP: the length field (header + data).
+    #[inline]
+    pub fn udp_len(&self) -> u16 {
+        be16(self.buf.as_ref(), self.at + 4)
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> L4<T> {
+    #[inline]
+    pub fn set_src_port(&mut self, port: u16) {
+        let at = self.src_port_field();
+        put16(self.buf.as_mut(), at, port);
+    }
+
+    #[inline]
+    pub fn set_dst_port(&mut self, port: u16) {
+        let at = self.dst_port_field();
+        put16(self.buf.as_mut(), at, port);
+    }
+
+    #[inline]
+    pub fn set_checksum(&mut self, c: u16) {
+        let at = self.checksum_field();
+        put16(self.buf.as_mut(), at, c);
+    }
+}
+
+/// An ICMP or ICMPv6 header at `at` of `buf`: type, code, checksum and
+/// the four bytes after it (the MTU of "fragmentation needed" and
+/// "packet too big").
+pub struct Icmp<T> {
+    buf: T,
+    at: usize,
+}
+
+impl<T: AsRef<[u8]>> Icmp<T> {
+    #[inline]
+    pub fn of(buf: T, at: usize) -> Self {
+        Self { buf, at }
+    }
+
+    #[inline]
+    pub fn kind(&self) -> u8 {
+        self.buf.as_ref()[self.at]
+    }
+
+    #[inline]
+    pub fn code(&self) -> u8 {
+        self.buf.as_ref()[self.at + 1]
+    }
+
+    #[inline]
+    pub fn checksum(&self) -> u16 {
+        be16(self.buf.as_ref(), self.at + 2)
+    }
+
+    /// Offset of the message the header starts (for checksumming it).
+    #[inline]
+    pub fn start(&self) -> usize {
+        self.at
+    }
+}
+
+impl<T: AsRef<[u8]> + AsMut<[u8]>> Icmp<T> {
+    #[inline]
+    pub fn set_checksum(&mut self, c: u16) {
+        let at = self.at + 2;
+        put16(self.buf.as_mut(), at, c);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,5 +511,61 @@ mod tests {
         assert_eq!(be32(&[1, 2, 3, 4], 0), 0x0102_0304);
         assert_eq!(l4_csum_offset(PROTO_UDP), 6);
         assert_eq!(l4_csum_offset(PROTO_TCP), 16);
+    }
+
+    /// The L4 view reads and writes exactly the fields it names, for TCP
+    /// and UDP at any offset, and nothing else.
+    #[test]
+    fn l4_view_fields() {
+        let mut seed = 3;
+        for _ in 0..2000 {
+            let r = lcg(&mut seed);
+            let at = (r % 60) as usize;
+            let proto = if r & 0x100 == 0 { PROTO_TCP } else { PROTO_UDP };
+            let mut f: Vec<u8> = (0..at + 24).map(|_| lcg(&mut seed) as u8).collect();
+            let before = f.clone();
+            let l4 = L4::of(&f[..], at, proto);
+            assert_eq!(l4.src_port(), be16(&before, at));
+            assert_eq!(l4.dst_port(), be16(&before, at + 2));
+            let csum_at = at + if proto == PROTO_UDP { 6 } else { 16 };
+            assert_eq!(l4.checksum(), be16(&before, csum_at));
+            let flags = if proto == PROTO_TCP {
+                before[at + 13]
+            } else {
+                0
+            };
+            assert_eq!(l4.tcp_flags(), flags);
+            let (sp, dp, c) = ((r >> 16) as u16, (r >> 32) as u16, (r >> 48) as u16);
+            let mut l4 = L4::of(&mut f[..], at, proto);
+            l4.set_src_port(sp);
+            l4.set_dst_port(dp);
+            l4.set_checksum(c);
+            let l4 = L4::of(&f[..], at, proto);
+            assert_eq!((l4.src_port(), l4.dst_port(), l4.checksum()), (sp, dp, c));
+            for (i, (a, b)) in f.iter().zip(&before).enumerate() {
+                let touched = (at..at + 4).contains(&i) || (csum_at..csum_at + 2).contains(&i);
+                if !touched {
+                    assert_eq!(a, b, "byte {i}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn icmp_view_fields() {
+        let mut seed = 5;
+        for _ in 0..1000 {
+            let r = lcg(&mut seed);
+            let at = (r % 60) as usize;
+            let mut f: Vec<u8> = (0..at + 8).map(|_| lcg(&mut seed) as u8).collect();
+            let before = f.clone();
+            let m = Icmp::of(&f[..], at);
+            assert_eq!((m.kind(), m.code()), (before[at], before[at + 1]));
+            assert_eq!(m.checksum(), be16(&before, at + 2));
+            Icmp::of(&mut f[..], at).set_checksum(r as u16);
+            assert_eq!(Icmp::of(&f[..], at).checksum(), r as u16);
+            assert_eq!(f[..at + 2], before[..at + 2]);
+            assert_eq!(f[at + 4..], before[at + 4..]);
+        }
     }
 }

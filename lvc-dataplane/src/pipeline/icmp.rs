@@ -13,8 +13,8 @@ use crate::pipeline::checksum::{checksum, update_words, update16, update32};
 use crate::pipeline::conntrack::{Conn, Dir};
 use crate::pipeline::parse::{Addr, IcmpError, Packet};
 use crate::wire::{
-    ETH_HLEN, ICMP_HLEN, ICMP6_PACKET_TOO_BIG, Ip, PROTO_ICMPV6, PROTO_UDP, be16, be32, ipv4, ipv6,
-    is_v6, l4_csum_offset, put16,
+    ETH_HLEN, ICMP_HLEN, ICMP6_PACKET_TOO_BIG, Icmp, Ip, L4, PROTO_ICMPV6, PROTO_UDP, be16, be32,
+    ipv4, ipv6, is_v6, put16,
 };
 
 /// Offsets of the source and destination address in an IP header of the
@@ -44,38 +44,51 @@ fn v4(a: Addr) -> u32 {
     u32::from_be_bytes(a.v4_octets().unwrap_or_default())
 }
 
-/// Rewrites the quoted packet's address at `addr_at` (`width` bytes) and
-/// port at `port_at` (offsets in the frame), keeping its L4 checksum
-/// consistent if quoted.
+/// Which end of the quoted packet [`quoted_endpoint`] rewrites.
+#[derive(Clone, Copy)]
+enum End {
+    Src,
+    Dst,
+}
+
+/// Rewrites the quoted packet's source or destination address (at
+/// `addr_at`, `width` bytes) and port, keeping its L4 checksum consistent
+/// if quoted.
 fn quoted_endpoint(
     f: &mut [u8],
     e: &IcmpError,
     proto: u8,
     (addr_at, width): (usize, usize),
-    port_at: usize,
+    end: End,
     to: (Addr, u16),
 ) {
-    let (old_addr, old_port) = (read_addr(f, addr_at, width), be16(f, port_at));
+    let old_addr = read_addr(f, addr_at, width);
+    let mut l4 = L4::of(&mut *f, e.inner_l4, proto);
+    let old_port = match end {
+        End::Src => l4.src_port(),
+        End::Dst => l4.dst_port(),
+    };
     if (old_addr, old_port) == to {
         return;
     }
-    f[addr_at..addr_at + width].copy_from_slice(to.0.wire());
-    put16(f, port_at, to.1);
+    match end {
+        End::Src => l4.set_src_port(to.1),
+        End::Dst => l4.set_dst_port(to.1),
+    }
     // Quoted far enough to hold the checksum?
-    let csum = l4_csum_offset(proto);
-    let (csum_at, present) = (e.inner_l4 + csum, e.inner_l4_len >= csum + 2);
+    let present = e.inner_l4_len >= l4.checksum_field() - e.inner_l4 + 2;
     if present {
-        let old = be16(f, csum_at);
+        let old = l4.checksum();
         if !(proto == PROTO_UDP && old == 0) {
             let c = if width == 4 {
                 update32(old, v4(old_addr), v4(to.0))
             } else {
                 update_words(old, &old_addr.0, &to.0.0)
             };
-            let c = update16(c, old_port, to.1);
-            put16(f, csum_at, c);
+            l4.set_checksum(update16(c, old_port, to.1));
         }
     }
+    f[addr_at..addr_at + width].copy_from_slice(to.0.wire());
 }
 
 /// Rewrites the outer header's address at `at` (its offset in the IP
@@ -100,15 +113,14 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
     let proto = conn.proto;
     let (src, dst, width) = addr_offsets(pkt.v6);
     let (src_at, dst_at) = ((e.inner_ip + src, width), (e.inner_ip + dst, width));
-    let (sport_at, dport_at) = (e.inner_l4, e.inner_l4 + 2);
     let fullnat = conn.local != conn.client;
     let next = match dir {
         Dir::Original => {
             // The quoted packet is a reply as lvc sent it (from the VIP):
             // show it as the real server sent it.
-            quoted_endpoint(f, e, proto, src_at, sport_at, conn.real);
+            quoted_endpoint(f, e, proto, src_at, End::Src, conn.real);
             if fullnat {
-                quoted_endpoint(f, e, proto, dst_at, dport_at, conn.local);
+                quoted_endpoint(f, e, proto, dst_at, End::Dst, conn.local);
             }
             outer_addr(f, dst, width, conn.real.0);
             conn.real.0
@@ -116,9 +128,9 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
         Dir::Reply => {
             // The quoted packet is a request as lvc sent it (to the real
             // server): show it as the client sent it.
-            quoted_endpoint(f, e, proto, dst_at, dport_at, conn.vip);
+            quoted_endpoint(f, e, proto, dst_at, End::Dst, conn.vip);
             if fullnat {
-                quoted_endpoint(f, e, proto, src_at, sport_at, conn.client);
+                quoted_endpoint(f, e, proto, src_at, End::Src, conn.client);
                 outer_addr(f, dst, width, conn.client.0);
             }
             if read_addr(f, ETH_HLEN + src, width) == conn.real.0 {
@@ -130,13 +142,13 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
     let end = ETH_HLEN + pkt.ip_len;
     if pkt.v6 {
         // The message's checksum covers the (changed) outer addresses.
-        put16(f, pkt.l4_off + 2, 0);
+        Icmp::of(&mut *f, pkt.l4_off).set_checksum(0);
         let (from, to) = (
             read_addr(f, ETH_HLEN + ipv6::SRC, 16),
             read_addr(f, ETH_HLEN + ipv6::DST, 16),
         );
         let c = icmp6_checksum(&from, &to, &f[pkt.l4_off..end]);
-        put16(f, pkt.l4_off + 2, c);
+        Icmp::of(&mut *f, pkt.l4_off).set_checksum(c);
         return next;
     }
     // The quoted IP header and the whole ICMP message get fresh checksums.
@@ -144,9 +156,9 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
     put16(f, e.inner_ip + ipv4::CSUM, 0);
     let c = checksum(&f[e.inner_ip..e.inner_ip + ihl]);
     put16(f, e.inner_ip + ipv4::CSUM, c);
-    put16(f, pkt.l4_off + 2, 0);
+    Icmp::of(&mut *f, pkt.l4_off).set_checksum(0);
     let c = checksum(&f[pkt.l4_off..end]);
-    put16(f, pkt.l4_off + 2, c);
+    Icmp::of(&mut *f, pkt.l4_off).set_checksum(c);
     next
 }
 

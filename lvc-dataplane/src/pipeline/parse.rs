@@ -9,7 +9,7 @@ pub use crate::addr::Addr;
 use crate::stats::Drop;
 use crate::wire::{
     ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED,
-    ICMP6_DEST_UNREACH, ICMP6_PARAM_PROBLEM, IPV6_FRAGMENT, PROTO_ICMPV6, be16, ipv6,
+    ICMP6_DEST_UNREACH, ICMP6_PARAM_PROBLEM, IPV6_FRAGMENT, L4, PROTO_ICMPV6, be16, ipv6,
 };
 use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice};
 
@@ -295,30 +295,30 @@ fn parse_icmp_error(frame: &[u8], v6: bool, l4_off: usize, ip_len: usize) -> Res
 /// Ports and TCP flags of a TCP or UDP header, its lengths checked.
 #[inline]
 fn l4_ports(l4: &[u8], proto: IpNumber, fragment: bool) -> Result<(u16, u16, u8), Drop> {
-    Ok(match proto {
+    let h = L4::of(l4, 0, proto.0);
+    match proto {
         IpNumber::TCP => {
             if l4.len() < 20 {
                 return Err(Drop::Malformed);
             }
-            let data_off = usize::from(l4[12] >> 4) * 4;
+            let data_off = h.tcp_header_len();
             if data_off < 20 || data_off > l4.len() {
                 return Err(Drop::Malformed);
             }
-            (be16(l4, 0), be16(l4, 2), l4[13])
         }
         IpNumber::UDP => {
             // A first fragment carries only part of the datagram its UDP
             // length describes.
-            if l4.len() < 8 || be16(l4, 4) < 8 {
+            if l4.len() < 8 || h.udp_len() < 8 {
                 return Err(Drop::Malformed);
             }
-            if !fragment && usize::from(be16(l4, 4)) > l4.len() {
+            if !fragment && usize::from(h.udp_len()) > l4.len() {
                 return Err(Drop::Malformed);
             }
-            (be16(l4, 0), be16(l4, 2), 0)
         }
         _ => return Err(Drop::Protocol),
-    })
+    }
+    Ok((h.src_port(), h.dst_port(), h.tcp_flags()))
 }
 
 #[cfg(test)]

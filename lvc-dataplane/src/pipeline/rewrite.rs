@@ -9,7 +9,7 @@
 use crate::pipeline::checksum::{update_words, update16, update32};
 use crate::pipeline::parse::{Addr, Packet};
 use crate::stats::Drop;
-use crate::wire::{ETH_HLEN, Ip, PROTO_UDP, be16, ipv4, l4_csum_offset, put16};
+use crate::wire::{ETH_HLEN, Ip, L4, PROTO_UDP, be16, ipv4, put16};
 
 pub use crate::wire::{IPIP_HLEN, ip_len};
 
@@ -23,28 +23,21 @@ enum Field {
     Dst,
 }
 
-/// Offset of the L4 checksum field.
+/// Replaces an address and its port (source or destination), fixing the
+/// IP and L4 checksums.
 #[inline]
-fn l4_csum_at(pkt: &Packet) -> usize {
-    pkt.l4_off + l4_csum_offset(pkt.key.proto)
-}
-
-/// Replaces an address and the 16-bit port at `port_at`, fixing the IP
-/// and L4 checksums.
-#[inline]
-fn translate(
-    f: &mut [u8],
-    pkt: &Packet,
-    which: Field,
-    new_addr: Addr,
-    port_at: usize,
-    new_port: u16,
-) {
+fn translate(f: &mut [u8], pkt: &Packet, which: Field, new_addr: Addr, new_port: u16) {
     let old_addr = set_addr(f, which, new_addr);
-    let old_port = be16(f, port_at);
-    put16(f, port_at, new_port);
-    let at = l4_csum_at(pkt);
-    let old = be16(f, at);
+    let mut l4 = L4::of(&mut *f, pkt.l4_off, pkt.key.proto);
+    let old_port = match which {
+        Field::Src => l4.src_port(),
+        Field::Dst => l4.dst_port(),
+    };
+    match which {
+        Field::Src => l4.set_src_port(new_port),
+        Field::Dst => l4.set_dst_port(new_port),
+    }
+    let old = l4.checksum();
     // A zero UDP checksum means "none": leave it so.
     if pkt.key.proto == PROTO_UDP && old == 0 {
         return;
@@ -57,21 +50,21 @@ fn translate(
     if pkt.key.proto == PROTO_UDP && c == 0 {
         c = 0xffff;
     }
-    put16(f, at, c);
+    l4.set_checksum(c);
 }
 
 /// Destination becomes `addr:port` (DNAT towards a real server; for
 /// fullnat replies, back to the client).
 #[inline]
 pub fn set_dst(f: &mut [u8], pkt: &Packet, addr: Addr, port: u16) {
-    translate(f, pkt, Field::Dst, addr, pkt.l4_off + 2, port);
+    translate(f, pkt, Field::Dst, addr, port);
 }
 
 /// Source becomes `addr:port` (the VIP on replies; for fullnat requests,
 /// a local pool address).
 #[inline]
 pub fn set_src(f: &mut [u8], pkt: &Packet, addr: Addr, port: u16) {
-    translate(f, pkt, Field::Src, addr, pkt.l4_off, port);
+    translate(f, pkt, Field::Src, addr, port);
 }
 
 /// Replaces only the IP destination (later fragments: no L4 header; the

@@ -7,7 +7,9 @@
 //! so they match both directions.
 
 use crate::addr::Addr;
-use crate::wire::{ETH_HLEN, IPV6_FRAGMENT, PROTO_IPIP, PROTO_TCP, PROTO_UDP, be16, ipv4, ipv6};
+use crate::wire::{
+    ETH_HLEN, IPV6_FRAGMENT, L4, PROTO_IPIP, PROTO_TCP, PROTO_UDP, be16, ipv4, ipv6,
+};
 use lvc_proto::Ports;
 use lvc_proto::shape::Match;
 use std::net::IpAddr;
@@ -105,7 +107,8 @@ pub fn header(f: &[u8]) -> Option<Header> {
             && matches!(fproto, PROTO_TCP | PROTO_UDP)
             && let Some(p) = ip.get(at..at + 4)
         {
-            let (sp, dp) = (be16(p, 0), be16(p, 2));
+            let l4 = L4::of(p, 0, fproto);
+            let (sp, dp) = (l4.src_port(), l4.dst_port());
             if fproto == h.proto {
                 (h.sport, h.dport) = (sp, dp);
             }
