@@ -181,8 +181,8 @@ impl Offloader {
             // The table let it go while XDP still forwarded it: its
             // fullnat port was kept for it until now (see
             // Conntrack::release), so no new connection reused the tuple.
-            if let Some(pool) = &e.conn.snat {
-                pool.free(e.conn.proto, e.conn.local.0, e.conn.local.1);
+            if let Some(s) = &e.conn.snat {
+                s.pool.free(e.conn.proto, s.local.0, s.local.1);
             }
         }
         e.conn.release_offload();

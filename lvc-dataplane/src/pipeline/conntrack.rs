@@ -129,9 +129,6 @@ pub struct Conn {
     pub client: (Addr, u16),
     pub vip: (Addr, u16),
     pub real: (Addr, u16),
-    /// The source the real server sees: the client's, or for fullnat a
-    /// local pool address and port.
-    pub local: (Addr, u16),
     state: AtomicU8,
     last_seen: AtomicU32,
     /// Offered to (or forwarded by) the XDP program's flow map.
@@ -151,8 +148,23 @@ pub struct Conn {
     pub service: Arc<TrafficStats>,
     /// The persistence template that chose the server, if any.
     pub template: Option<Arc<Template>>,
-    /// The pool `local` came from (fullnat), to give it back.
-    pub snat: Option<Arc<SnatPool>>,
+    /// fullnat's source address, boxed apart: most connections have none,
+    /// and 24 bytes less per connection keep `Conn` in a smaller
+    /// allocation size.
+    pub snat: Option<Box<Snat>>,
+}
+
+// An `Arc<Conn>` (16 bytes of counts + the Conn) must fit a 128-byte
+// allocation: the connection table's memory per flow depends on it.
+const _: () = assert!(size_of::<Conn>() <= 104);
+
+/// The source address a fullnat connection shows the real server.
+#[derive(Debug)]
+pub struct Snat {
+    /// A local pool address and port.
+    pub local: (Addr, u16),
+    /// The pool it came from, to give it back.
+    pub pool: Arc<SnatPool>,
 }
 
 impl Conn {
@@ -176,7 +188,6 @@ impl Conn {
             client,
             vip,
             real: (server.addr, real_port),
-            local: client,
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
             offloaded: AtomicBool::new(false),
@@ -192,9 +203,21 @@ impl Conn {
 
     /// Source-NATs the connection to `local`, taken from `pool` (fullnat).
     pub fn with_local(mut self, local: (Addr, u16), pool: Arc<SnatPool>) -> Self {
-        self.local = local;
-        self.snat = Some(pool);
+        self.snat = Some(Box::new(Snat { local, pool }));
         self
+    }
+
+    /// The source the real server sees: the client's, or for fullnat a
+    /// local pool address and port.
+    #[inline]
+    pub fn local(&self) -> (Addr, u16) {
+        self.snat.as_ref().map_or(self.client, |s| s.local)
+    }
+
+    /// fullnat: the real server sees a director address.
+    #[inline]
+    pub fn fullnat(&self) -> bool {
+        self.snat.is_some()
     }
 
     /// Counts a packet of `len` bytes for the service and the server.
@@ -295,9 +318,9 @@ impl Conn {
     pub fn reply_key(&self) -> FlowKey {
         FlowKey {
             src: self.real.0,
-            dst: self.local.0,
+            dst: self.local().0,
             sport: self.real.1,
-            dport: self.local.1,
+            dport: self.local().1,
             proto: self.proto,
         }
     }
@@ -766,10 +789,10 @@ impl Conntrack {
         }
         // An offloaded connection's port is freed by the offload thread
         // when it takes the flow out of XDP (which forwards it until then).
-        if let Some(pool) = &c.snat
+        if let Some(s) = &c.snat
             && !c.offloaded()
         {
-            pool.free(c.proto, c.local.0, c.local.1);
+            s.pool.free(c.proto, s.local.0, s.local.1);
         }
         // Take the final state atomically: a worker still holding the
         // connection can no longer move the gauges after this.
@@ -912,7 +935,6 @@ mod tests {
         let mk = |port: u16| {
             let mut c = conn(PROTO_TCP, &s, 0);
             c.client.1 = port;
-            c.local.1 = port;
             c
         };
         // Two established connections, then a "SYN flood".
@@ -1004,7 +1026,6 @@ mod tests {
         let first = ct.insert(conn(PROTO_UDP_FOR_TEST, &s, 0)).unwrap();
         let mut other = conn(PROTO_UDP_FOR_TEST, &s, 0);
         other.client.1 = 1;
-        other.local.1 = 1;
         ct.insert(other).unwrap();
         assert_eq!(ct.len(), 1);
         assert!(ct.lookup(&first.original_key()).is_none());
@@ -1084,7 +1105,6 @@ mod tests {
                 };
                 let mut c = conn(proto, &s, now);
                 c.client.1 = port;
-                c.local.1 = port;
                 live.push(ct.insert(c).unwrap());
             }
             for c in &live {

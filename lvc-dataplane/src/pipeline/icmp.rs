@@ -113,14 +113,14 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
     let proto = conn.proto;
     let (src, dst, width) = addr_offsets(pkt.v6);
     let (src_at, dst_at) = ((e.inner_ip + src, width), (e.inner_ip + dst, width));
-    let fullnat = conn.local != conn.client;
+    let fullnat = conn.fullnat();
     let next = match dir {
         Dir::Original => {
             // The quoted packet is a reply as lvc sent it (from the VIP):
             // show it as the real server sent it.
             quoted_endpoint(f, e, proto, src_at, End::Src, conn.real);
             if fullnat {
-                quoted_endpoint(f, e, proto, dst_at, End::Dst, conn.local);
+                quoted_endpoint(f, e, proto, dst_at, End::Dst, conn.local());
             }
             outer_addr(f, dst, width, conn.real.0);
             conn.real.0
@@ -337,7 +337,10 @@ mod tests {
         for method in [Method::Nat, Method::Fullnat] {
             let mut c = conn(method);
             if method == Method::Fullnat {
-                c.local = (Addr::v4(0x0a02_0064), 1500);
+                c = c.with_local(
+                    (Addr::v4(0x0a02_0064), 1500),
+                    Arc::new(crate::pipeline::snat::SnatPool::new(&[])),
+                );
             }
             let c = Arc::new(c);
             // The reply as lvc sent it to the client, quoted by a router.
@@ -512,7 +515,10 @@ mod tests {
             0,
         );
         if method == Method::Fullnat {
-            c.local = (a("fd00:2::100"), 1500);
+            c = c.with_local(
+                (a("fd00:2::100"), 1500),
+                Arc::new(crate::pipeline::snat::SnatPool::new(&[])),
+            );
         }
         c
     }

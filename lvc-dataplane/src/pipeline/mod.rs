@@ -284,14 +284,14 @@ pub fn forward(
     match dir {
         Dir::Original => {
             rewrite::set_dst(f, &pkt, conn.real.0, conn.real.1);
-            if conn.local != conn.client {
+            if conn.fullnat() {
                 // fullnat: the real server sees a director address.
-                rewrite::set_src(f, &pkt, conn.local.0, conn.local.1);
+                rewrite::set_src(f, &pkt, conn.local().0, conn.local().1);
             }
         }
         Dir::Reply => {
             rewrite::set_src(f, &pkt, conn.vip.0, conn.vip.1);
-            if conn.local != conn.client {
+            if conn.fullnat() {
                 rewrite::set_dst(f, &pkt, conn.client.0, conn.client.1);
             }
         }
@@ -316,7 +316,7 @@ fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Dec
     // Unknown: not ours, or it overtook its first fragment (counted).
     let (conn, dir) = t.conntrack.fragment(&pkt.key, id).ok_or(Drop::Fragment)?;
     conn.count(dir, f.len());
-    let fullnat = conn.local != conn.client;
+    let fullnat = conn.fullnat();
     match dir {
         // Direct routing: unchanged but for its MACs (no TTL decrement).
         Dir::Original if conn.method == Method::Dr => {}
@@ -324,7 +324,7 @@ fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Dec
         Dir::Original => {
             rewrite::set_dst_addr(f, conn.real.0);
             if fullnat {
-                rewrite::set_src_addr(f, conn.local.0);
+                rewrite::set_src_addr(f, conn.local().0);
             }
             rewrite::decrement_ttl(f)?;
         }
@@ -412,7 +412,7 @@ fn new_conn(
     };
     // If the insert fails (table full), dropping `conn` is not enough to
     // give a fullnat port back: do it here.
-    let snat = conn.snat.clone().map(|p| (p, conn.local));
+    let snat = conn.snat.as_ref().map(|s| (s.pool.clone(), s.local));
     ct.insert(conn).inspect_err(|_| {
         if let Some((pool, (addr, port))) = snat {
             pool.free(k.proto, addr, port);
@@ -1140,7 +1140,7 @@ mod decisions {
                 let mut packets =
                     vec![lab.request(proto, flags, 100), lab.request(proto, flags, 1)];
                 if conn.two_way() {
-                    let (to, port) = conn.local;
+                    let (to, port) = conn.local();
                     packets.push(packet(proto, lab.fam.rip, to, 80, port, flags, 77));
                 }
                 if proto == 17 {

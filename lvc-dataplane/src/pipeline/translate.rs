@@ -75,7 +75,7 @@ pub fn translation(conn: &Conn, dir: Dir, l2: &L2, slot: u32) -> FlowValue {
         mtu: l2.mtu.min(u32::from(u16::MAX)) as u16,
         ..FlowValue::default()
     };
-    let fullnat = conn.local != conn.client;
+    let fullnat = conn.fullnat();
     let snat = |v: &mut FlowValue, (a, p): (Addr, u16)| {
         v.flags |= FLOW_SNAT;
         v.saddr = words(a);
@@ -100,7 +100,7 @@ pub fn translation(conn: &Conn, dir: Dir, l2: &L2, slot: u32) -> FlowValue {
             v.flags = FLOW_DEC_TTL;
             dnat(&mut v, conn.real);
             if fullnat {
-                snat(&mut v, conn.local);
+                snat(&mut v, conn.local());
             }
         }
         (Dir::Reply, _) => {
