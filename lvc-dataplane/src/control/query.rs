@@ -72,7 +72,7 @@ impl Control {
             let (client, vip, real) = (
                 sa(c.client.0, c.client.1),
                 sa(c.vip.0, c.vip.1),
-                sa(c.real.0, c.real.1),
+                sa(c.real().0, c.real().1),
             );
             if f.service.is_some_and(|s| {
                 s.proto != proto || s.vip != vip.ip() || !s.ports.contains(vip.port())

@@ -128,7 +128,9 @@ pub struct Conn {
     pub method: Method,
     pub client: (Addr, u16),
     pub vip: (Addr, u16),
-    pub real: (Addr, u16),
+    /// The real server's port (its address is `server.addr`: see
+    /// [`Conn::real`]).
+    real_port: u16,
     state: AtomicU8,
     last_seen: AtomicU32,
     /// Offered to (or forwarded by) the XDP program's flow map.
@@ -154,9 +156,9 @@ pub struct Conn {
     pub snat: Option<Box<Snat>>,
 }
 
-// An `Arc<Conn>` (16 bytes of counts + the Conn) must fit a 128-byte
+// An `Arc<Conn>` (16 bytes of counts + the Conn) must fit a 112-byte
 // allocation: the connection table's memory per flow depends on it.
-const _: () = assert!(size_of::<Conn>() <= 104);
+const _: () = assert!(size_of::<Conn>() <= 88);
 
 /// The source address a fullnat connection shows the real server.
 #[derive(Debug)]
@@ -187,7 +189,7 @@ impl Conn {
             method: server.method,
             client,
             vip,
-            real: (server.addr, real_port),
+            real_port,
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
             offloaded: AtomicBool::new(false),
@@ -205,6 +207,13 @@ impl Conn {
     pub fn with_local(mut self, local: (Addr, u16), pool: Arc<SnatPool>) -> Self {
         self.snat = Some(Box::new(Snat { local, pool }));
         self
+    }
+
+    /// The real server's address and port. (The address is read from the
+    /// shared `Server`, hot in cache, rather than kept in every `Conn`.)
+    #[inline]
+    pub fn real(&self) -> (Addr, u16) {
+        (self.server.addr, self.real_port)
     }
 
     /// The source the real server sees: the client's, or for fullnat a
@@ -317,9 +326,9 @@ impl Conn {
     /// Key of real server → client packets.
     pub fn reply_key(&self) -> FlowKey {
         FlowKey {
-            src: self.real.0,
+            src: self.server.addr,
             dst: self.local().0,
-            sport: self.real.1,
+            sport: self.real_port,
             dport: self.local().1,
             proto: self.proto,
         }

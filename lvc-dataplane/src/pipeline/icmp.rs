@@ -118,12 +118,12 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
         Dir::Original => {
             // The quoted packet is a reply as lvc sent it (from the VIP):
             // show it as the real server sent it.
-            quoted_endpoint(f, e, proto, src_at, End::Src, conn.real);
+            quoted_endpoint(f, e, proto, src_at, End::Src, conn.real());
             if fullnat {
                 quoted_endpoint(f, e, proto, dst_at, End::Dst, conn.local());
             }
-            outer_addr(f, dst, width, conn.real.0);
-            conn.real.0
+            outer_addr(f, dst, width, conn.real().0);
+            conn.real().0
         }
         Dir::Reply => {
             // The quoted packet is a request as lvc sent it (to the real
@@ -133,7 +133,7 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
                 quoted_endpoint(f, e, proto, src_at, End::Src, conn.client);
                 outer_addr(f, dst, width, conn.client.0);
             }
-            if read_addr(f, ETH_HLEN + src, width) == conn.real.0 {
+            if read_addr(f, ETH_HLEN + src, width) == conn.real().0 {
                 outer_addr(f, src, width, conn.vip.0);
             }
             conn.client.0

@@ -183,7 +183,7 @@ pub fn forward(
     *meta = FlowMeta {
         proto: conn.proto,
         vip: Some(conn.vip),
-        real: Some(conn.real),
+        real: Some(conn.real()),
     };
     if conn.needs_reply_steering() {
         fx.steer_replies = Some(conn.clone());
@@ -193,11 +193,16 @@ pub fn forward(
         // An error about the flow: translated like the packet it quotes.
         match conn.method {
             Method::Dr => {
-                return send_to(f, routes.next_hop_onlink(conn.real.0), conn.real.0, t.ports);
+                return send_to(
+                    f,
+                    routes.next_hop_onlink(conn.real().0),
+                    conn.real().0,
+                    t.ports,
+                );
             }
             // The real server answered from the VIP itself: the error is
             // for it as it is, through the tunnel.
-            Method::Tun => return Ok(Decision::Tunnel(conn.real.0)),
+            Method::Tun => return Ok(Decision::Tunnel(conn.real().0)),
             _ => {}
         }
         let next = icmp::translate(f, &pkt, e, &conn, dir);
@@ -264,7 +269,7 @@ pub fn forward(
     }
     if conn.method == Method::Tun && dir == Dir::Original {
         // The inner packet travels as the client sent it.
-        return Ok(Decision::Tunnel(conn.real.0));
+        return Ok(Decision::Tunnel(conn.real().0));
     }
     if conn.method == Method::Dr {
         // Direct routing: the frame goes on unchanged but for its MACs.
@@ -283,7 +288,7 @@ pub fn forward(
     }
     match dir {
         Dir::Original => {
-            rewrite::set_dst(f, &pkt, conn.real.0, conn.real.1);
+            rewrite::set_dst(f, &pkt, conn.real().0, conn.real().1);
             if conn.fullnat() {
                 // fullnat: the real server sees a director address.
                 rewrite::set_src(f, &pkt, conn.local().0, conn.local().1);
@@ -320,9 +325,9 @@ fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Dec
     match dir {
         // Direct routing: unchanged but for its MACs (no TTL decrement).
         Dir::Original if conn.method == Method::Dr => {}
-        Dir::Original if conn.method == Method::Tun => return Ok(Decision::Tunnel(conn.real.0)),
+        Dir::Original if conn.method == Method::Tun => return Ok(Decision::Tunnel(conn.real().0)),
         Dir::Original => {
-            rewrite::set_dst_addr(f, conn.real.0);
+            rewrite::set_dst_addr(f, conn.real().0);
             if fullnat {
                 rewrite::set_src_addr(f, conn.local().0);
             }

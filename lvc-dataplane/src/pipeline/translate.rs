@@ -45,9 +45,9 @@ pub enum OffloadMsg {
 pub fn next_hop(conn: &Conn, dir: Dir, routes: &RouteTable) -> (Addr, NextHop) {
     match dir {
         Dir::Original if conn.method == Method::Dr => {
-            (conn.real.0, routes.next_hop_onlink(conn.real.0))
+            (conn.real().0, routes.next_hop_onlink(conn.real().0))
         }
-        Dir::Original => (conn.real.0, routes.next_hop(conn.real.0)),
+        Dir::Original => (conn.real().0, routes.next_hop(conn.real().0)),
         Dir::Reply => (conn.client.0, routes.next_hop(conn.client.0)),
     }
 }
@@ -94,11 +94,11 @@ pub fn translation(conn: &Conn, dir: Dir, l2: &L2, slot: u32) -> FlowValue {
         (Dir::Original, Method::Tun) => {
             v.flags = FLOW_TUN;
             v.saddr = words(l2.src_ip);
-            v.daddr = words(conn.real.0);
+            v.daddr = words(conn.real().0);
         }
         (Dir::Original, _) => {
             v.flags = FLOW_DEC_TTL;
-            dnat(&mut v, conn.real);
+            dnat(&mut v, conn.real());
             if fullnat {
                 snat(&mut v, conn.local());
             }
