@@ -2,14 +2,14 @@
 //! worker.
 //!
 //! A connection is reachable under the key of each direction the director
-//! sees (client → VIP always, real server → client for `nat` and
-//! `fullnat`). The index does not store keys: an entry is the connection
-//! and which of its keys it stands for, with the bits of the key's hash
-//! the table uses (16 bytes); the key is read from the connection when a
-//! probe needs it — the connection is what a lookup
-//! wants anyway. (A map of `FlowKey → Arc<Conn>` holds 48-byte entries, two
-//! per `nat` connection.) 64 shards, each a `hashbrown` table behind its
-//! own lock, keep workers from contending.
+//! sees: client → VIP always, real server → client for `nat` and
+//! `fullnat`. The index has one half per direction, and an entry is just
+//! the connection (8 bytes): the key is read from the connection when a
+//! probe needs it — the connection is what a lookup wants anyway. Each half
+//! is 64 lock-sharded `hashbrown` tables sized for the table's capacity up
+//! front, so they do not grow as the table fills (growing reads every
+//! connection of a shard to rehash it). A packet's key is looked up in the client half, then in the
+//! server half.
 
 use super::conntrack::{Conn, Dir};
 use super::parse::FlowKey;
@@ -18,44 +18,43 @@ use std::sync::{Arc, RwLock};
 
 const SHARDS: usize = 64;
 
-/// One key of a connection, and the key's hash (kept in what would be
-/// padding, so growing a table never reads the connections).
-struct Entry {
-    conn: Arc<Conn>,
-    hash_lo: u32,
-    hash_top: u8,
-    dir: Dir,
+/// The key `conn` is filed under in the half of `dir`.
+#[inline]
+fn key_of(conn: &Conn, dir: Dir) -> FlowKey {
+    match dir {
+        Dir::Original => conn.original_key(),
+        Dir::Reply => conn.reply_key(),
+    }
 }
 
-/// The bits of a key's hash the tables use: the low 32 (bucket index) and
-/// the top 7 (control bytes). Lookups and rehashing both use exactly these,
-/// so an entry's stored bits rebuild its hash.
-const TABLE_BITS: u64 = 0xfe00_0000_ffff_ffff;
+/// One direction's keys.
+struct Half {
+    dir: Dir,
+    shards: Box<[RwLock<HashTable<Arc<Conn>>>]>,
+}
 
-impl Entry {
-    fn new(conn: &Arc<Conn>, dir: Dir, h: u64) -> Self {
-        Entry {
-            conn: conn.clone(),
-            hash_lo: h as u32,
-            hash_top: (h >> 57) as u8,
+impl Half {
+    fn new(dir: Dir, capacity: usize) -> Self {
+        let per_shard = capacity.div_ceil(SHARDS);
+        Self {
             dir,
+            shards: (0..SHARDS)
+                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
+                .collect(),
         }
     }
 
-    fn hash(&self) -> u64 {
-        (u64::from(self.hash_top) << 57) | u64::from(self.hash_lo)
-    }
-
-    fn key(&self) -> FlowKey {
-        match self.dir {
-            Dir::Original => self.conn.original_key(),
-            Dir::Reply => self.conn.reply_key(),
-        }
+    /// The shard of a hash: bits the tables' bucket index (low bits) and
+    /// control bytes (top 7 bits) do not use.
+    #[inline]
+    fn shard(&self, h: u64) -> &RwLock<HashTable<Arc<Conn>>> {
+        &self.shards[(h >> 32) as usize % SHARDS]
     }
 }
 
 pub struct ConnTable {
-    shards: Box<[RwLock<HashTable<Entry>>]>,
+    client: Half,
+    server: Half,
     hasher: ahash::RandomState,
 }
 
@@ -68,29 +67,37 @@ pub enum Inserted {
 }
 
 impl ConnTable {
-    pub fn new() -> Self {
+    /// An index with room for `capacity` connections in each half.
+    pub fn new(capacity: usize) -> Self {
         Self {
-            shards: (0..SHARDS).map(|_| RwLock::new(HashTable::new())).collect(),
+            client: Half::new(Dir::Original, capacity),
+            server: Half::new(Dir::Reply, capacity),
             hasher: ahash::RandomState::new(),
         }
     }
 
-    /// A key's shard, and its hash within the shard's table.
     #[inline]
-    fn locate(&self, key: &FlowKey) -> (&RwLock<HashTable<Entry>>, u64) {
-        let h = self.hasher.hash_one(key);
-        // (The shard from bits the tables do not use.)
-        (&self.shards[(h >> 32) as usize % SHARDS], h & TABLE_BITS)
+    fn hash(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    fn half(&self, dir: Dir) -> &Half {
+        match dir {
+            Dir::Original => &self.client,
+            Dir::Reply => &self.server,
+        }
     }
 
     /// The connection under `key`, and the direction `key` stands for.
     #[inline]
     pub fn get(&self, key: &FlowKey) -> Option<(Arc<Conn>, Dir)> {
-        let (shard, h) = self.locate(key);
-        let shard = shard.read().unwrap_or_else(|p| p.into_inner());
-        shard
-            .find(h, |e| e.key() == *key)
-            .map(|e| (e.conn.clone(), e.dir))
+        let h = self.hash(key);
+        [&self.client, &self.server].into_iter().find_map(|half| {
+            let shard = half.shard(h).read().unwrap_or_else(|p| p.into_inner());
+            shard
+                .find(h, |c| key_of(c, half.dir) == *key)
+                .map(|c| (c.clone(), half.dir))
+        })
     }
 
     pub fn contains(&self, key: &FlowKey) -> bool {
@@ -108,30 +115,32 @@ impl ConnTable {
     }
 
     fn file(&self, conn: &Arc<Conn>, dir: Dir, replace: bool) -> Inserted {
-        let key = match dir {
-            Dir::Original => conn.original_key(),
-            Dir::Reply => conn.reply_key(),
-        };
-        let (shard, h) = self.locate(&key);
-        let e = Entry::new(conn, dir, h);
-        let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
-        match shard.find_mut(h, |x| x.key() == key) {
-            Some(old) if replace => *old = e,
-            Some(old) => return Inserted::Exists(old.conn.clone()),
+        let key = key_of(conn, dir);
+        let h = self.hash(&key);
+        let half = self.half(dir);
+        let mut shard = half.shard(h).write().unwrap_or_else(|p| p.into_inner());
+        match shard.find_mut(h, |c| key_of(c, dir) == key) {
+            Some(old) if replace => *old = conn.clone(),
+            Some(old) => return Inserted::Exists(old.clone()),
             None => {
-                shard.insert_unique(h, e, Entry::hash);
+                // (Sized for the table's capacity, a shard grows only when
+                // fuller than its share, and rehashes in place now and then
+                // to clear removed slots: both read its connections.)
+                shard.insert_unique(h, conn.clone(), |c| self.hash(&key_of(c, dir)));
             }
         }
         Inserted::New
     }
 
-    /// Removes the entry under `key` if it is `conn`'s and `cond` holds;
-    /// true if it did.
-    pub fn remove_if(&self, key: &FlowKey, conn: &Arc<Conn>, cond: impl FnOnce() -> bool) -> bool {
-        let (shard, h) = self.locate(key);
-        let mut shard = shard.write().unwrap_or_else(|p| p.into_inner());
-        match shard.find_entry(h, |x| x.key() == *key) {
-            Ok(e) if Arc::ptr_eq(&e.get().conn, conn) && cond() => {
+    /// Removes `conn`'s `dir` key if it is still `conn`'s and `cond`
+    /// holds; true if it did.
+    pub fn remove_if(&self, conn: &Arc<Conn>, dir: Dir, cond: impl FnOnce() -> bool) -> bool {
+        let key = key_of(conn, dir);
+        let h = self.hash(&key);
+        let half = self.half(dir);
+        let mut shard = half.shard(h).write().unwrap_or_else(|p| p.into_inner());
+        match shard.find_entry(h, |c| key_of(c, dir) == key) {
+            Ok(e) if Arc::ptr_eq(e.get(), conn) && cond() => {
                 e.remove();
                 true
             }
@@ -139,19 +148,13 @@ impl ConnTable {
         }
     }
 
-    /// Every connection once (under its client → VIP key).
+    /// Every connection once.
     pub fn for_each(&self, mut f: impl FnMut(&Arc<Conn>)) {
-        for shard in self.shards.iter() {
+        for shard in self.client.shards.iter() {
             let shard = shard.read().unwrap_or_else(|p| p.into_inner());
-            for e in shard.iter().filter(|e| e.dir == Dir::Original) {
-                f(&e.conn);
+            for c in shard.iter() {
+                f(c);
             }
         }
-    }
-}
-
-impl Default for ConnTable {
-    fn default() -> Self {
-        Self::new()
     }
 }

@@ -608,7 +608,7 @@ pub struct Conntrack {
 impl Conntrack {
     pub fn new(capacity: usize) -> Self {
         Self {
-            map: ConnTable::new(),
+            map: ConnTable::new(capacity),
             conns: AtomicUsize::new(0),
             capacity,
             embryonic: ArrayQueue::new(capacity.clamp(1, EVICTION_CANDIDATES)),
@@ -673,7 +673,7 @@ impl Conntrack {
             };
             let Some(c) = weak.upgrade() else { continue };
             if matches!(c.state(), State::SynRecv | State::Udp)
-                && self.map.remove_if(&c.original_key(), &c, || true)
+                && self.map.remove_if(&c, Dir::Original, || true)
             {
                 self.release(&c, now);
                 self.evicted.fetch_add(1, Relaxed);
@@ -768,7 +768,7 @@ impl Conntrack {
                 }
                 let gone = self
                     .map
-                    .remove_if(&c.original_key(), &c, || c.expired(now, &self.timeouts));
+                    .remove_if(&c, Dir::Original, || c.expired(now, &self.timeouts));
                 if gone {
                     self.release(&c, now);
                     removed += 1;
@@ -791,7 +791,7 @@ impl Conntrack {
     /// Called exactly once per connection (by whoever removed its key).
     fn release(&self, c: &Arc<Conn>, now: u32) {
         if c.two_way() {
-            self.map.remove_if(&c.reply_key(), c, || true);
+            self.map.remove_if(c, Dir::Reply, || true);
         }
         if c.steered.load(Relaxed) {
             self.released_replies.push(c.reply_key());
