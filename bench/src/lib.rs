@@ -59,6 +59,7 @@ pub fn server(method: Method) -> Arc<Server> {
         weight: 1,
         method,
         stats: Arc::new(TrafficStats::default()),
+        service: Arc::default(),
     })
 }
 
@@ -78,7 +79,6 @@ pub fn flow_key(i: u32) -> FlowKey {
 pub fn table(n: usize) -> Conntrack {
     let ct = Conntrack::new(n + 1);
     let s = server(Method::Nat);
-    let svc = Arc::new(TrafficStats::default());
     for i in 0..n as u32 {
         let k = flow_key(i);
         let client = (k.src, k.sport);
@@ -88,7 +88,6 @@ pub fn table(n: usize) -> Conntrack {
             (Addr::v4(0x0a09_000a), 80),
             s.clone(),
             80,
-            svc.clone(),
             0,
         ))
         .expect("capacity");

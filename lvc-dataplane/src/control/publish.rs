@@ -198,6 +198,7 @@ impl Control {
                         weight: r.weight,
                         method: r.method,
                         stats: r.stats.clone(),
+                        service: s.stats.clone(),
                     })
                 })
                 .collect();

@@ -92,7 +92,7 @@ impl Control {
                 client,
                 vip,
                 real,
-                method: c.method,
+                method: c.method(),
                 state: c.state().name().to_owned(),
                 expires_in: c.expires_in(now, &self.conntrack.timeouts),
                 offloaded: c.offloaded(),

@@ -14,13 +14,15 @@ use super::conntable::{ConnTable, Inserted};
 use crate::pipeline::parse::{Addr, FlowKey};
 use crate::pipeline::services::{Server, Template};
 use crate::pipeline::snat::SnatPool;
-use crate::stats::{Drop, TrafficStats};
+use crate::stats::Drop;
+#[cfg(test)]
+use crate::stats::TrafficStats;
 use crate::wire::{PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN};
 use crossbeam_queue::{ArrayQueue, SegQueue};
 use dashmap::DashMap;
 use lvc_proto::Method;
 use std::sync::atomic::{
-    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
+    AtomicU8, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
 use std::sync::{Arc, Weak};
 
@@ -125,7 +127,6 @@ pub enum Dir {
 #[derive(Debug)]
 pub struct Conn {
     pub proto: u8,
-    pub method: Method,
     pub client: (Addr, u16),
     pub vip: (Addr, u16),
     /// The real server's port (its address is `server.addr`: see
@@ -133,21 +134,21 @@ pub struct Conn {
     real_port: u16,
     state: AtomicU8,
     last_seen: AtomicU32,
-    /// Offered to (or forwarded by) the XDP program's flow map.
-    offloaded: AtomicBool,
-    /// Its replies are steered to lvc by XDP (`nat`: the reply key is in
-    /// the program's `replies` map).
-    steered: AtomicBool,
-    /// When (seconds) an offer was last found impossible (shaped egress,
-    /// policed service, unresolved next hop): tried again a second later,
-    /// not on every packet.
-    declined: AtomicU32,
+    /// [`OFFLOADED`] (offered to, or forwarded by, the XDP program's flow
+    /// map) and [`STEERED`] (its replies are steered to lvc by XDP: `nat`,
+    /// the reply key is in the program's reply table).
+    flags: AtomicU8,
+    /// When (seconds, modulo 2^16) an offer was last found impossible
+    /// (shaped egress, policed service, unresolved next hop): tried again a
+    /// second later, not on every packet.
+    declined: AtomicU16,
     /// Packets lvc saw, counted up to [`OFFLOAD_AFTER`]: only a flow
     /// that carries more than a handful of packets is worth the map writes
     /// of an offload.
     seen: AtomicU8,
+    /// The real server (its address, method, and its and its service's
+    /// counters).
     pub server: Arc<Server>,
-    pub service: Arc<TrafficStats>,
     /// The persistence template that chose the server, if any.
     pub template: Option<Arc<Template>>,
     /// fullnat's source address, boxed apart: most connections have none,
@@ -156,9 +157,13 @@ pub struct Conn {
     pub snat: Option<Box<Snat>>,
 }
 
-// An `Arc<Conn>` (16 bytes of counts + the Conn) must fit a 112-byte
+// An `Arc<Conn>` (16 bytes of counts + the Conn) must fit a 96-byte
 // allocation: the connection table's memory per flow depends on it.
-const _: () = assert!(size_of::<Conn>() <= 88);
+const _: () = assert!(size_of::<Conn>() <= 72);
+
+/// [`Conn`] flags.
+const OFFLOADED: u8 = 1;
+const STEERED: u8 = 2;
 
 /// The source address a fullnat connection shows the real server.
 #[derive(Debug)]
@@ -176,7 +181,6 @@ impl Conn {
         vip: (Addr, u16),
         server: Arc<Server>,
         real_port: u16,
-        service: Arc<TrafficStats>,
         now: u32,
     ) -> Self {
         let state = if proto == PROTO_TCP {
@@ -186,18 +190,15 @@ impl Conn {
         };
         Self {
             proto,
-            method: server.method,
             client,
             vip,
             real_port,
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
-            offloaded: AtomicBool::new(false),
-            steered: AtomicBool::new(false),
-            declined: AtomicU32::new(u32::MAX),
+            flags: AtomicU8::new(0),
+            declined: AtomicU16::new(u16::MAX),
             seen: AtomicU8::new(0),
             server,
-            service,
             template: None,
             snat: None,
         }
@@ -207,6 +208,12 @@ impl Conn {
     pub fn with_local(mut self, local: (Addr, u16), pool: Arc<SnatPool>) -> Self {
         self.snat = Some(Box::new(Snat { local, pool }));
         self
+    }
+
+    /// The forwarding method (the real server's).
+    #[inline]
+    pub fn method(&self) -> Method {
+        self.server.method
     }
 
     /// The real server's address and port. (The address is read from the
@@ -234,11 +241,11 @@ impl Conn {
     pub fn count(&self, dir: Dir, len: usize) {
         match dir {
             Dir::Original => {
-                self.service.count_in(len);
+                self.server.service.count_in(len);
                 self.server.stats.count_in(len);
             }
             Dir::Reply => {
-                self.service.count_out(len);
+                self.server.service.count_out(len);
                 self.server.stats.count_out(len);
             }
         }
@@ -246,7 +253,7 @@ impl Conn {
 
     /// Counts `packets` packets of `bytes` bytes in all (forwarded by XDP).
     pub fn count_many(&self, dir: Dir, packets: u64, bytes: u64) {
-        for st in [&self.service, &self.server.stats] {
+        for st in [&self.server.service, &self.server.stats] {
             match dir {
                 Dir::Original => st.add_in(packets, bytes),
                 Dir::Reply => st.add_out(packets, bytes),
@@ -263,40 +270,40 @@ impl Conn {
 
     /// True if the XDP program forwards this connection (or was asked to).
     pub fn offloaded(&self) -> bool {
-        self.offloaded.load(Relaxed)
+        self.flags.load(Relaxed) & OFFLOADED != 0
     }
 
     /// Marks the connection offloaded; false if it already was.
     pub fn claim_offload(&self) -> bool {
-        !self.offloaded.swap(true, Relaxed)
+        self.flags.fetch_or(OFFLOADED, Relaxed) & OFFLOADED == 0
     }
 
     /// Back to lvc alone (the flow left the XDP map, or never got in).
     pub fn release_offload(&self) {
-        self.offloaded.store(false, Relaxed);
+        self.flags.fetch_and(!OFFLOADED, Relaxed);
     }
 
     /// Whether XDP hands this connection's replies to lvc: a `nat`
     /// connection whose reply key is not in the `replies` map yet must not
     /// send a packet on (its replies would reach the client untranslated).
     pub fn needs_reply_steering(&self) -> bool {
-        self.method == Method::Nat && !self.steered.load(Relaxed)
+        self.method() == Method::Nat && self.flags.load(Relaxed) & STEERED == 0
     }
 
     /// Notes that the reply key is in the `replies` map.
     pub fn replies_steered(&self) {
-        self.steered.store(true, Relaxed);
+        self.flags.fetch_or(STEERED, Relaxed);
     }
 
     /// Notes that the connection could not be offloaded at `now`.
     pub fn decline_offload(&self, now: u32) {
-        self.declined.store(now, Relaxed);
+        self.declined.store(now as u16, Relaxed);
     }
 
     /// Whether an offer may be tried at `now` (never declined, or not in
     /// this second).
     pub fn offload_due(&self, now: u32) -> bool {
-        self.declined.load(Relaxed) != now
+        self.declined.load(Relaxed) != now as u16
     }
 
     /// Whether the connection qualifies for offload: [`OFFLOAD_AFTER`]
@@ -336,7 +343,7 @@ impl Conn {
 
     /// True if replies come back through the director (nat, fullnat).
     pub fn two_way(&self) -> bool {
-        matches!(self.method, Method::Nat | Method::Fullnat)
+        matches!(self.method(), Method::Nat | Method::Fullnat)
     }
 
     pub fn state(&self) -> State {
@@ -645,7 +652,7 @@ impl Conntrack {
         }
         conn.server.stats.inactive.fetch_add(1, Relaxed);
         conn.server.stats.conns.fetch_add(1, Relaxed);
-        conn.service.conns.fetch_add(1, Relaxed);
+        conn.server.service.conns.fetch_add(1, Relaxed);
         // Remember it as an eviction candidate, oldest first; when the
         // queue is full the oldest candidate is forgotten.
         self.embryonic.force_push(Arc::downgrade(&conn));
@@ -793,7 +800,7 @@ impl Conntrack {
         if c.two_way() {
             self.map.remove_if(c, Dir::Reply, || true);
         }
-        if c.steered.load(Relaxed) {
+        if c.flags.load(Relaxed) & STEERED != 0 {
             self.released_replies.push(c.reply_key());
         }
         // An offloaded connection's port is freed by the offload thread
@@ -836,6 +843,7 @@ mod tests {
             weight: 1,
             method,
             stats: Arc::new(TrafficStats::default()),
+            service: Arc::default(),
         })
     }
 
@@ -846,7 +854,6 @@ mod tests {
             (Addr::v4(0x0a00_000a), 80),
             s.clone(),
             s.port,
-            Arc::new(TrafficStats::default()),
             now,
         )
     }
@@ -880,7 +887,6 @@ mod tests {
                 (Addr::v4(0x0a00_000a), 80),
                 server(Method::Dr),
                 8080,
-                Arc::new(TrafficStats::default()),
                 0,
             ))
             .unwrap();

@@ -295,6 +295,7 @@ mod tests {
             weight: 1,
             method,
             stats: Arc::new(TrafficStats::default()),
+            service: Arc::default(),
         });
         Conn::new(
             17,
@@ -302,7 +303,6 @@ mod tests {
             (Addr::v4_bytes(VIP), 53),
             s,
             8080,
-            Arc::new(TrafficStats::default()),
             0,
         )
     }
@@ -504,6 +504,7 @@ mod tests {
             weight: 1,
             method,
             stats: Arc::new(TrafficStats::default()),
+            service: Arc::default(),
         });
         let mut c = Conn::new(
             17,
@@ -511,7 +512,6 @@ mod tests {
             (a("fd00:9::10"), 53),
             s,
             8080,
-            Arc::new(TrafficStats::default()),
             0,
         );
         if method == Method::Fullnat {

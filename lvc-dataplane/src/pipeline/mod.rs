@@ -191,7 +191,7 @@ pub fn forward(
     conn.count(dir, f.len());
     if let Some(e) = &pkt.icmp {
         // An error about the flow: translated like the packet it quotes.
-        match conn.method {
+        match conn.method() {
             Method::Dr => {
                 return send_to(
                     f,
@@ -233,7 +233,7 @@ pub fn forward(
     let (next, hop) = translate::next_hop(&conn, dir, routes);
     // As a router would, before touching the packet (errors quote it as
     // its sender sent it): too big for the next link, or out of hops.
-    let overhead = if conn.method == Method::Tun && dir == Dir::Original {
+    let overhead = if conn.method() == Method::Tun && dir == Dir::Original {
         rewrite::IPIP_HLEN as u32
     } else {
         0
@@ -267,11 +267,11 @@ pub fn forward(
         // DF clear: forwarded in fragments (tun: the outer packet).
         split = Some(mtu);
     }
-    if conn.method == Method::Tun && dir == Dir::Original {
+    if conn.method() == Method::Tun && dir == Dir::Original {
         // The inner packet travels as the client sent it.
         return Ok(Decision::Tunnel(conn.real().0));
     }
-    if conn.method == Method::Dr {
+    if conn.method() == Method::Dr {
         // Direct routing: the frame goes on unchanged but for its MACs.
         return fragmenting(send_to(f, hop, next, t.ports), split);
     }
@@ -324,8 +324,10 @@ fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Dec
     let fullnat = conn.fullnat();
     match dir {
         // Direct routing: unchanged but for its MACs (no TTL decrement).
-        Dir::Original if conn.method == Method::Dr => {}
-        Dir::Original if conn.method == Method::Tun => return Ok(Decision::Tunnel(conn.real().0)),
+        Dir::Original if conn.method() == Method::Dr => {}
+        Dir::Original if conn.method() == Method::Tun => {
+            return Ok(Decision::Tunnel(conn.real().0));
+        }
         Dir::Original => {
             rewrite::set_dst_addr(f, conn.real().0);
             if fullnat {
@@ -399,7 +401,6 @@ fn new_conn(
         (k.dst, k.dport),
         server.clone(),
         real_port,
-        svc.stats.clone(),
         now,
     );
     let conn = match template {
@@ -486,6 +487,7 @@ mod tests {
                     weight: w,
                     method: Method::Nat,
                     stats: Arc::new(TrafficStats::default()),
+                    service: Arc::default(),
                 })
             })
             .collect();
@@ -649,6 +651,7 @@ mod decisions {
                 weight: 1,
                 method,
                 stats: Arc::default(),
+                service: Arc::default(),
             });
             let svc = |proto: &str| {
                 let servers = vec![server.clone()];

@@ -20,6 +20,8 @@ pub struct Server {
     pub weight: u32,
     pub method: Method,
     pub stats: Arc<TrafficStats>,
+    /// Its service's counters (a connection counts for both).
+    pub service: Arc<TrafficStats>,
 }
 
 /// Maglev lookup table size (a prime, as in Katran).
@@ -286,6 +288,7 @@ mod tests {
             weight: w,
             method: Method::Nat,
             stats: Arc::new(TrafficStats::default()),
+            service: Arc::default(),
         })
     }
 

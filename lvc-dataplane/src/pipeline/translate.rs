@@ -44,7 +44,7 @@ pub enum OffloadMsg {
 /// The one rule for the pipeline, offers and the offload thread's checks.
 pub fn next_hop(conn: &Conn, dir: Dir, routes: &RouteTable) -> (Addr, NextHop) {
     match dir {
-        Dir::Original if conn.method == Method::Dr => {
+        Dir::Original if conn.method() == Method::Dr => {
             (conn.real().0, routes.next_hop_onlink(conn.real().0))
         }
         Dir::Original => (conn.real().0, routes.next_hop(conn.real().0)),
@@ -86,7 +86,7 @@ pub fn translation(conn: &Conn, dir: Dir, l2: &L2, slot: u32) -> FlowValue {
         v.daddr = words(a);
         v.dport_be = p.to_be();
     };
-    match (dir, conn.method) {
+    match (dir, conn.method()) {
         // Only the MACs change (LVS-DR).
         (Dir::Original, Method::Dr) => {}
         // The inner packet travels as sent, in IPIP from the director's
@@ -134,7 +134,7 @@ pub fn offer(conn: &Arc<Conn>, t: &Tables) -> Option<Offer> {
         let slot = t.ports.iter().position(|&i| i == l2.ifindex)?;
         // A tunnel needs the director's address on the way (lvc drops the
         // packet without one: so does nobody in XDP).
-        if conn.method == Method::Tun && dir == Dir::Original && l2.src_ip.ip().is_unspecified() {
+        if conn.method() == Method::Tun && dir == Dir::Original && l2.src_ip.ip().is_unspecified() {
             return None;
         }
         if t.shaping.dev(l2.ifindex).is_some() {
