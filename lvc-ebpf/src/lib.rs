@@ -69,7 +69,7 @@ pub fn xsk_index(slot: u32, queue: u32) -> u32 {
     slot * MAX_QUEUES + queue
 }
 
-/// Key of the `vips` and `reals` maps: (family, protocol, port, address).
+/// Key of the `vips` map: (family, protocol, port, address).
 ///
 /// `port` and `addr` are in network byte order, as they appear on the wire.
 /// Port 0 means "every port of this address".
@@ -95,7 +95,7 @@ impl EndpointKey {
     }
 }
 
-/// Key of the `locals` map.
+/// Key of the address maps (`snat`, `fragvips`, `vipranges`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct AddrKey {

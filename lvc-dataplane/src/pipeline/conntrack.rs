@@ -1,11 +1,12 @@
 //! Conntrack: the connection table shared by every worker.
 //!
 //! A connection ([`Conn`]) is reachable under the flow key of each direction
-//! the director sees: the client → VIP key always, and for `nat` also the
-//! real server → client key of its replies (which may arrive on any queue,
-//! hence one table for all workers). The [`Conn`] itself is small and plain:
-//! addresses, ports, method, state and last-seen time, so it can be mirrored
-//! into a BPF map later; the `Arc`s only feed counters.
+//! the director sees: the client → VIP key always, and for `nat` and
+//! `fullnat` also the real server → client key of its replies (which may
+//! arrive on any queue, hence one table for all workers; the index is
+//! `conntable`). The [`Conn`] itself is small (≤ 72 bytes, checked at
+//! compile time): addresses, ports, state and last-seen time, and its real
+//! server, which holds the rest (address, method, counters).
 //!
 //! Time is passed in (`now`, seconds since the daemon started, read once per
 //! batch); nothing here reads a clock.
