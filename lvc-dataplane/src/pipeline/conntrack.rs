@@ -859,6 +859,35 @@ mod tests {
         )
     }
 
+    /// A nat connection whose replies XDP steers hands its reply key to
+    /// housekeeping when the table lets it go — unless a new connection
+    /// holds the same tuple by then (its worker keeps the key). One that was
+    /// never steered hands nothing.
+    #[test]
+    fn released_reply_keys_go_back_unless_taken_again() {
+        let ct = Conntrack::new(16);
+        let s = server(Method::Nat);
+        let steered = ct.insert(conn(17, &s, 0)).unwrap();
+        steered.replies_steered();
+        let mut other = conn(17, &s, 0);
+        other.client.1 = 40001;
+        ct.insert(other).unwrap();
+        assert_eq!(ct.sweep(1000), 2);
+        assert_eq!(ct.take_released_replies(), vec![steered.reply_key()]);
+        assert!(ct.take_released_replies().is_empty(), "handed over once");
+
+        // Released, then the same tuple comes back before housekeeping runs.
+        let again = ct.insert(conn(17, &s, 1000)).unwrap();
+        again.replies_steered();
+        assert_eq!(ct.sweep(3000), 1);
+        let newer = ct.insert(conn(17, &s, 3000)).unwrap();
+        assert_eq!(newer.reply_key(), again.reply_key());
+        assert!(
+            ct.take_released_replies().is_empty(),
+            "a live connection holds the key: it stays steered"
+        );
+    }
+
     /// A nat connection is found under both keys, each with its direction,
     /// listed once; a second connection with the same client key finds the
     /// first; removal under the reply key leaves no trace.
