@@ -593,6 +593,43 @@ static __always_inline int tcp_control(__u8 proto, const struct l4_ports *ports,
 	return flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST);
 }
 
+// The TCP or UDP checksum field, or NULL if the frame ends before it.
+static __always_inline __u16 *l4_checksum(__u8 proto, struct l4_ports *ports, void *data_end)
+{
+	__u16 *l4sum = (void *)ports + (proto == IPPROTO_TCP ? 16 : 6);
+	if ((void *)(l4sum + 1) > data_end)
+		return NULL;
+	return l4sum;
+}
+
+// Applies the L4 checksum difference `l4d`. As lvc does for both families,
+// a zero UDP checksum means "none" and stays zero (RFC 6935 tunnels send
+// them), and a computed zero is sent as 0xffff.
+static __always_inline void l4_checksum_apply(__u8 proto, __u16 *l4sum, __u32 l4d)
+{
+	if (proto == IPPROTO_TCP || *l4sum != 0) {
+		__u16 c = csum_apply(*l4sum, l4d);
+		if (proto == IPPROTO_UDP && c == 0)
+			c = 0xffff;
+		*l4sum = c;
+	}
+}
+
+// Replaces an IPv6 address (four words) and its port, returning the L4
+// checksum difference `l4d` grown by the change.
+static __always_inline __u32 set_endpoint6(__u32 *a, __be16 *port, const __u32 *to, __be16 to_port,
+					   __u32 l4d)
+{
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		l4d = csum_diff32(l4d, a[i], to[i]);
+		a[i] = to[i];
+	}
+	l4d = csum_diff16(l4d, *port, to_port);
+	*port = to_port;
+	return l4d;
+}
+
 // The IPv4 fast path: returns 1 with the XDP action in *act if it handled
 // the frame, 0 to steer it as usual. The caller checked the IP header,
 // that this is no fragment, and that the L4 header's first `l4_min` bytes
@@ -661,12 +698,8 @@ static __always_inline int flow_v4(struct xdp_md *ctx, struct ethhdr *eth, struc
 		*act = flow_send(ctx, v, len);
 		return 1;
 	}
-	__u16 *l4sum;
-	if (ip->protocol == IPPROTO_TCP)
-		l4sum = (void *)ports + 16;
-	else
-		l4sum = (void *)ports + 6;
-	if ((void *)(l4sum + 1) > data_end)
+	__u16 *l4sum = l4_checksum(ip->protocol, ports, data_end);
+	if (!l4sum)
 		return 0;
 	__u32 ipd = 0, l4d = 0;
 	if (v->flags & FLOW_SNAT) {
@@ -691,13 +724,7 @@ static __always_inline int flow_v4(struct xdp_md *ctx, struct ethhdr *eth, struc
 		ipd = csum_diff16(ipd, old, *word);
 	}
 	ip->check = csum_apply(ip->check, ipd);
-	// A zero UDP checksum means "none": it stays so.
-	if (ip->protocol == IPPROTO_TCP || *l4sum != 0) {
-		__u16 c = csum_apply(*l4sum, l4d);
-		if (ip->protocol == IPPROTO_UDP && c == 0)
-			c = 0xffff;
-		*l4sum = c;
-	}
+	l4_checksum_apply(ip->protocol, l4sum, l4d);
 	set_macs(eth, v);
 	*act = flow_send(ctx, v, len);
 	return 1;
@@ -724,44 +751,17 @@ static __always_inline int flow_v6(struct xdp_md *ctx, struct ethhdr *eth, struc
 		count(STAT_FLOW_TO_LVC);
 		return 0;
 	}
-	__u16 *l4sum;
-	if (ip6->nexthdr == IPPROTO_TCP)
-		l4sum = (void *)ports + 16;
-	else
-		l4sum = (void *)ports + 6;
-	if ((void *)(l4sum + 1) > data_end)
+	__u16 *l4sum = l4_checksum(ip6->nexthdr, ports, data_end);
+	if (!l4sum)
 		return 0;
 	__u32 l4d = 0;
-	if (v->flags & FLOW_SNAT) {
-		__u32 *a = (__u32 *)&ip6->saddr;
-#pragma unroll
-		for (int i = 0; i < 4; i++) {
-			l4d = csum_diff32(l4d, a[i], v->saddr[i]);
-			a[i] = v->saddr[i];
-		}
-		l4d = csum_diff16(l4d, ports->source, v->sport);
-		ports->source = v->sport;
-	}
-	if (v->flags & FLOW_DNAT) {
-		__u32 *a = (__u32 *)&ip6->daddr;
-#pragma unroll
-		for (int i = 0; i < 4; i++) {
-			l4d = csum_diff32(l4d, a[i], v->daddr[i]);
-			a[i] = v->daddr[i];
-		}
-		l4d = csum_diff16(l4d, ports->dest, v->dport);
-		ports->dest = v->dport;
-	}
+	if (v->flags & FLOW_SNAT)
+		l4d = set_endpoint6((__u32 *)&ip6->saddr, &ports->source, v->saddr, v->sport, l4d);
+	if (v->flags & FLOW_DNAT)
+		l4d = set_endpoint6((__u32 *)&ip6->daddr, &ports->dest, v->daddr, v->dport, l4d);
 	if (v->flags & FLOW_DEC_TTL)
 		ip6->hop_limit--;
-	// As lvc does for both families: a zero UDP checksum stays zero (RFC
-	// 6935 tunnels send them).
-	if (ip6->nexthdr == IPPROTO_TCP || *l4sum != 0) {
-		__u16 c = csum_apply(*l4sum, l4d);
-		if (ip6->nexthdr == IPPROTO_UDP && c == 0)
-			c = 0xffff;
-		*l4sum = c;
-	}
+	l4_checksum_apply(ip6->nexthdr, l4sum, l4d);
 	set_macs(eth, v);
 	*act = flow_send(ctx, v, len);
 	return 1;
