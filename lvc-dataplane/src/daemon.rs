@@ -146,7 +146,7 @@ fn open_workers(
         workers.push(Worker {
             io,
             pieces: Vec::with_capacity(64),
-            replies: steering.replies()?,
+            replies: steering.replies(),
             port_ifindex: ifindexes.to_vec(),
             shared: shared.clone(),
             stats: Arc::new(WorkerStats::default()),
@@ -307,12 +307,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     {
         let (control, shutdown, epoch) = (control.clone(), shutdown.clone(), shared.epoch);
-        let mut replies = steering
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replies()?;
+        let replies = steering.lock().unwrap_or_else(|p| p.into_inner()).replies();
         spawn(&mut threads, "lvc-housekeeping", move || {
-            housekeeping::run(&conntrack, &mut replies, &control, &shutdown, epoch)
+            housekeeping::run(&conntrack, &replies, &control, &shutdown, epoch)
         })?;
     }
     if let Some(addr) = opts.metrics {

@@ -494,7 +494,7 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         ]))
         .unwrap();
         // The replies of three tracked nat connections.
-        let mut replies = st.replies().unwrap();
+        let replies = st.replies();
         for (proto, rip, client) in [
             (6, ip(RIP), ip(CLIENT)),
             (17, ip(RIP), ip(CLIENT)),
@@ -591,7 +591,7 @@ fn every_steered_reply_is_found_in_the_table_or_its_overflow() {
         let io = WorkerIo::open(&["v0".to_owned()], 0, IoConfig::default()).expect("socket");
         st.set_slot(ifindex, 0).unwrap();
         st.set_socket(0, 0, io.socket_fd(0)).unwrap();
-        let mut replies = st.replies().unwrap();
+        let replies = st.replies();
         let client = |i: u32| [10, 20, 2 + (i >> 8) as u8, i as u8];
         let n = 2500;
         for i in 0..n {

@@ -6,6 +6,7 @@
 use super::Control;
 use crate::io::steer::Replies;
 use crate::pipeline::conntrack::Conntrack;
+use crate::pipeline::translate;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 /// Runs until `shutdown`, looking at it more often than once a second.
 pub fn run(
     ct: &Conntrack,
-    replies: &mut Replies,
+    replies: &Replies,
     control: &Control,
     shutdown: &Arc<AtomicBool>,
     epoch: Instant,
@@ -28,11 +29,7 @@ pub fn run(
         last = now;
         ct.sweep(now);
         for k in ct.take_released_replies() {
-            replies.remove(&lvc_ebpf::FlowKey::new(
-                k.proto,
-                (k.src.ip(), k.sport),
-                (k.dst.ip(), k.dport),
-            ));
+            replies.remove(&translate::bpf_key(&k));
         }
         control.drain_retired();
         control.sweep_templates(now);

@@ -103,11 +103,6 @@ impl ReplyMap {
     pub fn remove(&self, key: &FlowKey) -> bool {
         remove(self.slots(), key)
     }
-
-    /// Whether `key` is in the table.
-    pub fn contains(&self, key: &FlowKey) -> bool {
-        contains(self.slots(), key)
-    }
 }
 
 /// The slots `key` may occupy (by index), and its fingerprint.

@@ -14,9 +14,9 @@ use aya::{Ebpf, TestRun, TestRunOptions};
 use lvc_ebpf::{AddrKey, EndpointKey, FlowKey, FlowValue, PortRanges, ServiceValue, Stat};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::os::fd::{AsFd, OwnedFd};
-use std::sync::Arc;
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 
 /// How the program ended up attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,40 +64,41 @@ type RepliesMap = BpfHashMap<MapData, FlowKey, u32>;
 /// worker adds a connection's reply key before it sends the connection's
 /// first packet on; the key goes when the connection does. Keys live in
 /// the shared table (`replymap`, no syscall) or, when their window there
-/// is full, in the `replies` hash map.
+/// is full (rare), in the `replies` hash map, shared behind a lock.
+#[derive(Clone)]
 pub struct Replies {
     table: Arc<ReplyMap>,
-    overflow: RepliesMap,
-    /// Keys in `overflow` now (across every handle).
-    overflowed: Arc<AtomicU64>,
+    overflow: Arc<Overflow>,
+}
+
+/// The `replies` hash map and how many keys it holds.
+struct Overflow {
+    map: Mutex<RepliesMap>,
+    keys: AtomicU64,
 }
 
 impl Replies {
     /// Steers the replies `key` to lvc (a key that is there already stays).
-    pub fn add(&mut self, key: FlowKey) -> Result<(), SteerError> {
+    pub fn add(&self, key: FlowKey) -> Result<(), SteerError> {
         if self.table.insert(&key) {
             return Ok(());
         }
-        self.overflow
-            .insert(key, 0, 0)
+        let mut map = self.overflow.map.lock().unwrap_or_else(|p| p.into_inner());
+        map.insert(key, 0, 0)
             .map_err(map_err(lvc_ebpf::maps::REPLIES))?;
-        self.overflowed.fetch_add(1, Relaxed);
+        self.overflow.keys.fetch_add(1, Relaxed);
         Ok(())
     }
 
     /// Leaves replies `key` to the kernel again (a missing key is no error).
-    pub fn remove(&mut self, key: &FlowKey) {
-        if !self.table.remove(key)
-            && self.overflowed.load(Relaxed) > 0
-            && self.overflow.remove(key).is_ok()
-        {
-            self.overflowed.fetch_sub(1, Relaxed);
+    pub fn remove(&self, key: &FlowKey) {
+        if self.table.remove(key) || self.overflow.keys.load(Relaxed) == 0 {
+            return;
         }
-    }
-
-    /// Whether replies `key` are steered to lvc.
-    pub fn contains(&self, key: &FlowKey) -> bool {
-        self.table.contains(key) || self.overflow.get(key, 0).is_ok()
+        let mut map = self.overflow.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.remove(key).is_ok() {
+            self.overflow.keys.fetch_sub(1, Relaxed);
+        }
     }
 }
 
@@ -105,11 +106,9 @@ impl Replies {
 pub struct Steering {
     ebpf: Ebpf,
     vips: BpfHashMap<MapData, EndpointKey, ServiceValue>,
-    /// The shared reply table and the `replies` map (its overflow), for
-    /// handles of their own ([`Steering::replies`]).
-    reply_table: Arc<ReplyMap>,
-    replies: OwnedFd,
-    overflowed: Arc<AtomicU64>,
+    /// The shared reply table and its overflow, for the workers and
+    /// housekeeping ([`Steering::replies`]).
+    replies: Replies,
     snat: BpfHashMap<MapData, AddrKey, u32>,
     fragvips: BpfHashMap<MapData, AddrKey, u32>,
     vipranges: BpfHashMap<MapData, AddrKey, PortRanges>,
@@ -177,23 +176,15 @@ impl Steering {
                 });
             }
         };
-        let replies = match take(maps::REPLIES)? {
-            aya::maps::Map::HashMap(data) => data,
-            _ => {
-                return Err(SteerError::Map {
-                    map: maps::REPLIES,
-                    reason: "not a hash map".into(),
-                });
-            }
+        let replies = Replies {
+            table: Arc::new(reply_table),
+            overflow: Arc::new(Overflow {
+                map: Mutex::new(
+                    BpfHashMap::try_from(take(maps::REPLIES)?).map_err(map_err(maps::REPLIES))?,
+                ),
+                keys: AtomicU64::new(0),
+            }),
         };
-        let replies = replies
-            .fd()
-            .as_fd()
-            .try_clone_to_owned()
-            .map_err(|e| SteerError::Map {
-                map: maps::REPLIES,
-                reason: e.to_string(),
-            })?;
         let snat = BpfHashMap::try_from(take(maps::SNAT)?).map_err(map_err(maps::SNAT))?;
         let fragvips =
             BpfHashMap::try_from(take(maps::FRAGVIPS)?).map_err(map_err(maps::FRAGVIPS))?;
@@ -207,9 +198,7 @@ impl Steering {
         Ok(Self {
             ebpf,
             vips,
-            reply_table: Arc::new(reply_table),
             replies,
-            overflowed: Arc::new(AtomicU64::new(0)),
             snat,
             fragvips,
             vipranges,
@@ -274,20 +263,10 @@ impl Steering {
             })
     }
 
-    /// A handle on the `replies` map of its own (for a worker or the
-    /// housekeeping thread: one file descriptor each, no shared lock).
-    pub fn replies(&self) -> Result<Replies, SteerError> {
-        let name = lvc_ebpf::maps::REPLIES;
-        let fd = self.replies.try_clone().map_err(|e| SteerError::Map {
-            map: name,
-            reason: e.to_string(),
-        })?;
-        let data = MapData::from_fd(fd).map_err(map_err(name))?;
-        Ok(Replies {
-            table: self.reply_table.clone(),
-            overflow: BpfHashMap::try_from(aya::maps::Map::HashMap(data)).map_err(map_err(name))?,
-            overflowed: self.overflowed.clone(),
-        })
+    /// The replies of tracked `nat` connections (a handle for a worker or
+    /// the housekeeping thread).
+    pub fn replies(&self) -> Replies {
+        self.replies.clone()
     }
 
     /// The offloaded-flow map, handed over once (to the offload thread).

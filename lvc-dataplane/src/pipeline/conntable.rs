@@ -100,8 +100,12 @@ impl ConnTable {
         })
     }
 
-    pub fn contains(&self, key: &FlowKey) -> bool {
-        self.get(key).is_some()
+    /// Whether a connection is filed under `key` as its `dir` key.
+    pub fn holds(&self, key: &FlowKey, dir: Dir) -> bool {
+        let h = self.hash(key);
+        let half = self.half(dir);
+        let shard = half.shard(h).read().unwrap_or_else(|p| p.into_inner());
+        shard.find(h, |c| key_of(c, dir) == *key).is_some()
     }
 
     /// Files `conn` under its `dir` key unless that key is taken.

@@ -726,7 +726,7 @@ impl Conntrack {
     pub fn take_released_replies(&self) -> Vec<FlowKey> {
         let mut out = Vec::with_capacity(self.released_replies.len());
         while let Some(k) = self.released_replies.pop() {
-            if !self.map.contains(&k) {
+            if !self.map.holds(&k, Dir::Reply) {
                 out.push(k);
             }
         }

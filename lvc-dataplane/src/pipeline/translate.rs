@@ -58,10 +58,14 @@ fn words(a: Addr) -> [u32; 4] {
 
 /// The key of `dir`'s packets as they arrive.
 pub fn flow_key(conn: &Conn, dir: Dir) -> FlowKey {
-    let k = match dir {
+    bpf_key(&match dir {
         Dir::Original => conn.original_key(),
         Dir::Reply => conn.reply_key(),
-    };
+    })
+}
+
+/// A flow key as the XDP program's maps hold it.
+pub fn bpf_key(k: &super::parse::FlowKey) -> FlowKey {
     FlowKey::new(k.proto, (k.src.ip(), k.sport), (k.dst.ip(), k.dport))
 }
 
