@@ -464,11 +464,14 @@ print("resolved", resolved, "served", served, flush=True)
     );
     t.lab
         .spawn("rs1", "dns-rs1", &["/usr/bin/python3", "-c", &script]);
+    // Waits until the script's output says `word`.
+    let says = |word: &str, secs| {
+        t.lab.wait_until(Duration::from_secs(secs), || {
+            t.lab.log("dns-rs1").contains(word)
+        })
+    };
     assert!(
-        t.lab.wait_until(Duration::from_secs(10), || t
-            .lab
-            .log("dns-rs1")
-            .contains("ready")),
+        says("ready", 10),
         "the real server's script did not start: {}",
         t.lab.log("dns-rs1")
     );
@@ -485,10 +488,7 @@ print("resolved", resolved, "served", served, flush=True)
         }
     }
     assert!(
-        t.lab.wait_until(Duration::from_secs(25), || t
-            .lab
-            .log("dns-rs1")
-            .contains("resolved")),
+        says("resolved", 25),
         "the real server's script did not finish: {}",
         t.lab.log("dns-rs1")
     );

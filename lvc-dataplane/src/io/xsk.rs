@@ -242,6 +242,14 @@ impl WorkerIo {
             });
         }
         let mtu = umem_cfg.mtu() as usize;
+        let pollfds = ports
+            .iter()
+            .map(|p| libc::pollfd {
+                fd: p.rx.fd().as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
         let mut io = Self {
             umem,
             ports,
@@ -250,17 +258,8 @@ impl WorkerIo {
             completions: vec![FrameDesc::default(); cfg.ring_size as usize],
             ring_size: cfg.ring_size,
             mtu,
-            pollfds: Vec::new(),
+            pollfds,
         };
-        io.pollfds = io
-            .ports
-            .iter()
-            .map(|p| libc::pollfd {
-                fd: p.rx.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
         for p in 0..io.ports.len() {
             io.refill(p);
         }
