@@ -111,7 +111,7 @@ pub struct Worker {
     pub io: WorkerIo,
     /// A split packet's later fragments, on their way to TX (reused).
     pub pieces: Vec<Frame>,
-    /// The XDP program's `replies` map (this worker's handle).
+    /// The reply table shared with XDP (and its overflow map).
     pub replies: Replies,
     /// ifindex of each of `io`'s ports, in port order.
     pub port_ifindex: Vec<u32>,
