@@ -41,6 +41,7 @@ fn stages(c: &mut Criterion) {
             servers,
             stats: Arc::new(TrafficStats::default()),
             persistence: None,
+            sorry: None,
         };
         let mut client = 0u32;
         c.bench_function(&format!("schedule/{}_8", kind.name()), |b| {

@@ -60,6 +60,7 @@ pub fn server(method: Method) -> Arc<Server> {
         method,
         stats: Arc::new(TrafficStats::default()),
         service: Arc::default(),
+        health: Arc::default(),
     })
 }
 

@@ -7,6 +7,10 @@ use std::fmt::Write;
 /// `ipvsadm -L -n` layout (and its `--stats` and `--rate` variants).
 pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
     let mut s = String::new();
+    let health = l
+        .services
+        .iter()
+        .any(|v| v.sorry.is_some() || v.servers.iter().any(|r| r.health.is_some()));
     if stats {
         s.push_str(
             "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n",
@@ -19,7 +23,9 @@ pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
         s.push_str("  -> RemoteAddress:Port\n");
     } else {
         s.push_str("Prot LocalAddress:Port Scheduler Flags\n");
-        s.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn\n");
+        s.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
+        // ipvsadm's layout unless something is health-checked.
+        s.push_str(if health { " Health\n" } else { "\n" });
     }
     let row = |s: &mut String, head: &str, v: [u64; 5]| {
         let _ = writeln!(
@@ -70,21 +76,31 @@ pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
             }
             let _ = writeln!(s, "{head} {}{flags}", svc.scheduler);
         }
-        for r in &svc.servers {
+        let sorry = svc.sorry.iter().map(|r| (r, true));
+        for (r, is_sorry) in svc.servers.iter().map(|r| (r, false)).chain(sorry) {
             let head = format!("  -> {}", r.addr);
             if stats {
                 row(&mut s, &head, counters(&r.stats));
             } else if rate {
                 row(&mut s, &head, rates(&r.rates));
             } else {
-                let _ = writeln!(
-                    s,
-                    "{head:<33} {:<7} {:<6} {:<10} {}",
+                let state = health.then(|| match (&r.health, is_sorry) {
+                    (_, true) if r.weight > 0 => "sorry server, in use".to_owned(),
+                    (_, true) => "sorry server".to_owned(),
+                    (Some(h), _) if h.up => format!("up ({})", h.check),
+                    (Some(h), _) => format!("DOWN ({}: {})", h.check, h.last),
+                    (None, _) => "-".to_owned(),
+                });
+                let cols = format!(
+                    "{head:<33} {:<7} {:<6} {:<10}",
                     r.method.forward_label(),
                     r.weight,
-                    r.active_conns,
-                    r.inactive_conns
+                    r.active_conns
                 );
+                let _ = match state {
+                    Some(state) => writeln!(s, "{cols} {:<9} {state}", r.inactive_conns),
+                    None => writeln!(s, "{cols} {}", r.inactive_conns),
+                };
             }
         }
     }
@@ -375,6 +391,7 @@ mod tests {
                         inactive_conns: 1,
                         stats: Counters::default(),
                         rates: Rates::default(),
+                        health: None,
                     },
                     ServerInfo {
                         addr: "10.0.1.2:8080".parse().unwrap(),
@@ -384,8 +401,12 @@ mod tests {
                         inactive_conns: 0,
                         stats: Counters::default(),
                         rates: Rates::default(),
+                        health: None,
                     },
                 ],
+                check: Default::default(),
+                alert: None,
+                sorry: None,
             }],
         }
     }
@@ -399,6 +420,42 @@ mod tests {
 TCP  10.0.0.10:80 rr
   -> 10.0.1.1:80                  Masq    1      2          1
   -> 10.0.1.2:8080                Dnat    3      0          0
+"
+        );
+    }
+
+    #[test]
+    fn golden_listing_with_health() {
+        let mut l = sample();
+        l.services[0].servers[0].health = Some(lvc_proto::health::HealthInfo {
+            up: true,
+            check: "http:/health".into(),
+            last: "ok".into(),
+            since_secs: 3,
+            checks: 9,
+            failures: 0,
+            transitions: 0,
+        });
+        l.services[0].servers[1].health = Some(lvc_proto::health::HealthInfo {
+            up: false,
+            check: "tcp".into(),
+            last: "connect: connection refused".into(),
+            since_secs: 3,
+            checks: 9,
+            failures: 3,
+            transitions: 1,
+        });
+        let mut sorry = l.services[0].servers[0].clone();
+        (sorry.addr, sorry.health, sorry.weight) = ("10.0.2.9:80".parse().unwrap(), None, 0);
+        l.services[0].sorry = Some(sorry);
+        assert_eq!(
+            listing(&l, false, false),
+            "Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn Health
+TCP  10.0.0.10:80 rr
+  -> 10.0.1.1:80                  Masq    1      2          1         up (http:/health)
+  -> 10.0.1.2:8080                Dnat    3      0          0         DOWN (tcp: connect: connection refused)
+  -> 10.0.2.9:80                  Masq    0      2          1         sorry server
 "
         );
     }

@@ -16,6 +16,7 @@ mod format;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use lvc_proto::config::ConfigFile;
+use lvc_proto::health::{CheckKind, CheckSpec, OnFail, Secs, Sorry, StatusRange};
 use lvc_proto::shape::{
     ClassId, ClassSpec, FilterSpec, Match, Micros, PoliceSpec, PoliceTarget, Qdisc, Rate,
     ShapeListing, Size,
@@ -88,6 +89,114 @@ impl ServiceArg {
     }
 }
 
+/// Health-check options (on a service: the default for its servers; on a
+/// server: its own, field by field).
+#[derive(Args, Debug, Default)]
+struct CheckArgs {
+    /// Health check: tcp (connect), http[:/PATH] (GET, status 200-399),
+    /// udp[:HEX] (a datagram; a reply is healthy), exec:CMD (exit 0 is
+    /// healthy; LVC_SERVER_ADDR/LVC_SERVER_PORT in its environment), none.
+    #[arg(long, value_name = "KIND")]
+    check: Option<CheckKind>,
+    /// Port probed (default: the server's; needed for port-0 services).
+    #[arg(long, value_name = "PORT")]
+    check_port: Option<u16>,
+    /// Seconds between probes (fractions allowed; default 2).
+    #[arg(long, value_name = "SECS")]
+    check_interval: Option<Secs>,
+    /// Seconds a probe may take (default 1; at most the interval).
+    #[arg(long, value_name = "SECS")]
+    check_timeout: Option<Secs>,
+    /// Consecutive successes that bring a failed server back (default 2).
+    #[arg(long, value_name = "N")]
+    rise: Option<u32>,
+    /// Consecutive failures that take a server out (default 3).
+    #[arg(long, value_name = "N")]
+    fall: Option<u32>,
+    /// http: text the response body must contain.
+    #[arg(long, value_name = "TEXT")]
+    check_expect: Option<String>,
+    /// http: healthy statuses, e.g. 200 or 200-299 (default 200-399).
+    #[arg(long, value_name = "LO[-HI]")]
+    check_status: Option<StatusRange>,
+    /// http: Host header (default: the server's address).
+    #[arg(long, value_name = "HOST")]
+    check_host: Option<String>,
+    /// On failure: quiesce (no new connections; established ones go on,
+    /// the default) or remove (its connections are dropped too).
+    #[arg(long, value_name = "ACTION")]
+    on_fail: Option<OnFail>,
+}
+
+impl CheckArgs {
+    fn spec(self) -> CheckSpec {
+        CheckSpec {
+            kind: self.check,
+            port: self.check_port,
+            interval: self.check_interval,
+            timeout: self.check_timeout,
+            rise: self.rise,
+            fall: self.fall,
+            expect: self.check_expect,
+            status: self.check_status,
+            host: self.check_host,
+            on_fail: self.on_fail,
+        }
+    }
+
+    /// The fields given, if any.
+    fn edit(self) -> Option<CheckSpec> {
+        Some(self.spec()).filter(|s| !s.is_empty())
+    }
+}
+
+/// `--sorry-server IP:PORT` (or `none`) and `--sorry-method`.
+#[derive(Args, Debug)]
+struct SorryArgs {
+    /// Server that takes new connections while no real server does (all
+    /// failed their checks or have weight 0); `none` removes it.
+    #[arg(long, value_name = "IP:PORT|none")]
+    sorry_server: Option<SorryAddr>,
+    /// How packets reach the sorry server (default nat).
+    #[arg(long, value_name = "METHOD", requires = "sorry_server")]
+    sorry_method: Option<Method>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum SorryAddr {
+    None,
+    At(std::net::SocketAddr),
+}
+
+impl std::str::FromStr for SorryAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "none" {
+            return Ok(SorryAddr::None);
+        }
+        s.parse()
+            .map(SorryAddr::At)
+            .map_err(|_| format!("`{s}` is not IP:PORT (10.0.2.9:80, [2001:db8::9]:80) or none"))
+    }
+}
+
+impl SorryArgs {
+    /// The sorry server given, and whether `none` was.
+    fn sorry(&self) -> (Option<Sorry>, bool) {
+        match self.sorry_server {
+            Some(SorryAddr::At(addr)) => (
+                Some(Sorry {
+                    addr,
+                    method: self.sorry_method.unwrap_or_default(),
+                }),
+                false,
+            ),
+            Some(SorryAddr::None) => (None, true),
+            None => (None, false),
+        }
+    }
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Add a virtual service.
@@ -108,8 +217,17 @@ enum Cmd {
         /// prefix length 1..128 (64). Default: one client address.
         #[arg(long, short = 'M', value_name = "MASK")]
         netmask: Option<Netmask>,
+        #[command(flatten)]
+        check: CheckArgs,
+        /// Command run (sh -c) on every change of a server's health, with
+        /// LVC_SERVICE, LVC_SERVER, LVC_STATE (up/down) and LVC_REASON set.
+        #[arg(long, value_name = "CMD")]
+        alert: Option<String>,
+        #[command(flatten)]
+        sorry: SorryArgs,
     },
-    /// Change a virtual service's scheduler or persistence.
+    /// Change a virtual service's scheduler, persistence, health check,
+    /// alert or sorry server.
     #[command(short_flag = 'E')]
     EditService {
         #[command(flatten)]
@@ -124,6 +242,13 @@ enum Cmd {
         /// prefix length 1..128 for IPv6.
         #[arg(long, short = 'M', value_name = "MASK")]
         netmask: Option<Netmask>,
+        #[command(flatten)]
+        check: CheckArgs,
+        /// New alert command ("" removes it).
+        #[arg(long, value_name = "CMD")]
+        alert: Option<String>,
+        #[command(flatten)]
+        sorry: SorryArgs,
     },
     /// Delete a virtual service and its real servers.
     #[command(short_flag = 'D')]
@@ -147,8 +272,10 @@ enum Cmd {
         /// or fullnat (the director also SNATs to its local pool).
         #[arg(long, default_value = "nat")]
         method: Method,
+        #[command(flatten)]
+        check: CheckArgs,
     },
-    /// Change a real server's weight or method.
+    /// Change a real server's weight, method or health check.
     #[command(short_flag = 'e')]
     EditServer {
         #[command(flatten)]
@@ -159,6 +286,8 @@ enum Cmd {
         weight: Option<u32>,
         #[arg(long)]
         method: Option<Method>,
+        #[command(flatten)]
+        check: CheckArgs,
     },
     /// Remove a real server from a service.
     #[command(short_flag = 'd')]
@@ -724,12 +853,18 @@ fn main() -> ExitCode {
             scheduler,
             persistent,
             netmask,
+            check,
+            alert,
+            sorry,
         } => (
             Request::AddService {
                 service: service.key(),
                 scheduler,
                 persistent,
                 netmask,
+                check: check.spec(),
+                alert,
+                sorry: sorry.sorry().0,
             },
             Show::Nothing,
         ),
@@ -738,12 +873,19 @@ fn main() -> ExitCode {
             scheduler,
             persistent,
             netmask,
+            check,
+            alert,
+            sorry,
         } => (
             Request::EditService {
                 service: service.key(),
                 scheduler,
                 persistent,
                 netmask,
+                check: check.edit(),
+                alert,
+                sorry: sorry.sorry().0,
+                no_sorry: sorry.sorry().1,
             },
             Show::Nothing,
         ),
@@ -758,12 +900,14 @@ fn main() -> ExitCode {
             real,
             weight,
             method,
+            check,
         } => (
             Request::AddServer {
                 service: service.key(),
                 real,
                 weight,
                 method,
+                check: check.spec(),
             },
             Show::Nothing,
         ),
@@ -772,12 +916,14 @@ fn main() -> ExitCode {
             real,
             weight,
             method,
+            check,
         } => (
             Request::EditServer {
                 service: service.key(),
                 real,
                 weight,
                 method,
+                check: check.edit(),
             },
             Show::Nothing,
         ),
@@ -1054,6 +1200,7 @@ mod tests {
                 real,
                 weight,
                 method,
+                ..
             } => {
                 assert_eq!(service.key().to_string(), "tcp 10.0.0.10:80");
                 assert_eq!(real.to_string(), "10.0.1.1:8080");
@@ -1066,6 +1213,78 @@ mod tests {
             Cli::try_parse_from(["lvc-ctl", "-A", "-t", "10.0.0.10:80", "-u", "10.0.0.10:53"])
                 .is_err()
         );
+    }
+
+    #[test]
+    fn health_check_options_become_a_spec() {
+        let cli = Cli::try_parse_from([
+            "lvc-ctl",
+            "-a",
+            "-t",
+            "10.0.0.10:80",
+            "-r",
+            "10.0.1.1",
+            "--check",
+            "http:/health",
+            "--check-interval",
+            "0.5",
+            "--check-timeout",
+            "0.2",
+            "--fall",
+            "2",
+            "--check-status",
+            "200-299",
+            "--on-fail",
+            "remove",
+        ])
+        .unwrap();
+        let Cmd::AddServer { check, .. } = cli.cmd else {
+            panic!()
+        };
+        let spec = check.spec();
+        assert_eq!(spec.kind.unwrap().to_string(), "http:/health");
+        assert_eq!(spec.interval.unwrap().millis(), 500);
+        assert_eq!(spec.fall, Some(2));
+        assert_eq!(spec.on_fail, Some(OnFail::Remove));
+        for bad in [
+            &["--check", "ping"][..],
+            &["--check-interval", "x"],
+            &["--on-fail", "explode"],
+            &["--check-status", "99"],
+        ] {
+            let mut args = vec!["lvc-ctl", "-a", "-t", "10.0.0.10:80", "-r", "10.0.1.1"];
+            args.extend_from_slice(bad);
+            assert!(Cli::try_parse_from(args).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from([
+            "lvc-ctl",
+            "-E",
+            "-t",
+            "10.0.0.10:80",
+            "--sorry-server",
+            "none",
+        ])
+        .unwrap();
+        let Cmd::EditService { sorry, check, .. } = cli.cmd else {
+            panic!()
+        };
+        assert_eq!(sorry.sorry(), (None, true));
+        assert!(check.edit().is_none());
+        let cli = Cli::try_parse_from([
+            "lvc-ctl",
+            "-A",
+            "-t",
+            "10.0.0.10:80",
+            "--sorry-server",
+            "10.0.2.9:80",
+            "--sorry-method",
+            "dr",
+        ])
+        .unwrap();
+        let Cmd::AddService { sorry, .. } = cli.cmd else {
+            panic!()
+        };
+        assert_eq!(sorry.sorry().0.unwrap().method, Method::Dr);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! main ──┬─ worker q0 … qN-1   (AF_XDP rx → pipeline → tx; one per queue)
 //!        ├─ route             (rtnetlink: routes, neighbours, addresses)
 //!        ├─ housekeeping      (conntrack ageing, once a second)
+//!        ├─ health            (real-server checks: tokio, one task per server)
 //!        ├─ control           (lvc-ctl socket, one thread per client)
 //!        └─ waits for SIGINT/SIGTERM, then stops and joins everything
 //! ```
@@ -305,6 +306,9 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             .replace(file)
             .map_err(|e| anyhow::anyhow!("configuration rejected: {}", e.message))?;
     }
+    control
+        .start_health_checks()
+        .context("cannot start the health-check thread")?;
     {
         let (control, shutdown, epoch) = (control.clone(), shutdown.clone(), shared.epoch);
         let replies = steering.lock().unwrap_or_else(|p| p.into_inner()).replies();

@@ -22,6 +22,7 @@
 pub mod addr;
 pub mod control;
 pub mod daemon;
+pub mod health;
 pub mod io;
 pub mod net;
 pub mod offload;

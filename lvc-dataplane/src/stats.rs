@@ -56,10 +56,13 @@ pub enum Drop {
     /// A new `nat` connection's reply key could not be put into the XDP
     /// program's `replies` map (full): its packet waits for a retry.
     ReplySteering,
+    /// Of a connection whose real server failed its health check with
+    /// `--on-fail remove`: the connection is dropped too.
+    ServerDown,
 }
 
 impl Drop {
-    pub const COUNT: usize = 18;
+    pub const COUNT: usize = 19;
     pub const ALL: [Drop; Drop::COUNT] = [
         Drop::Malformed,
         Drop::NotIp,
@@ -79,6 +82,7 @@ impl Drop {
         Drop::Policed,
         Drop::ShapeQueue,
         Drop::ReplySteering,
+        Drop::ServerDown,
     ];
 
     pub fn name(self) -> &'static str {
@@ -101,6 +105,7 @@ impl Drop {
             Drop::Policed => "policed",
             Drop::ShapeQueue => "shape_queue",
             Drop::ReplySteering => "reply_steering",
+            Drop::ServerDown => "server_down",
         }
     }
 }

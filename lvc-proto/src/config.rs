@@ -16,9 +16,16 @@
 //! [[service.server]]
 //! real = "10.0.1.1:80"       # RIP[:PORT], port defaults to the service's
 //! weight = 1
-//! method = "nat"             # nat | dnat
+//! method = "nat"             # nat | dnat | dr | tun | fullnat
 //! ```
+//!
+//! Health checks (see [`crate::health`]): `check = { type = "http:/health",
+//! interval = 1, timeout = 0.5, rise = 2, fall = 3 }` on a service (the
+//! default for its servers) or on a server (its own fields win);
+//! `alert = "CMD"` and `sorry = { addr = "IP:PORT", method = "nat" }` on a
+//! service.
 
+use crate::health::{CheckSpec, Sorry};
 use crate::shape::ShapeConfig;
 use crate::{MAX_WEIGHT, Method, Protocol, RealSpec, Request, Scheduler, ServiceKey};
 use serde::{Deserialize, Serialize};
@@ -112,6 +119,15 @@ pub struct ServiceConfig {
     /// (`24`; IPv6 services: 1..=128 only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netmask: Option<crate::Netmask>,
+    /// The health check of its servers (each may override fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSpec>,
+    /// Run (`sh -c`) on every change of one of its servers' health.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
+    /// Takes new connections while no real server does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry: Option<Sorry>,
     #[serde(default, rename = "server")]
     pub servers: Vec<ServerConfig>,
 }
@@ -124,6 +140,8 @@ pub struct ServerConfig {
     pub weight: u32,
     #[serde(default)]
     pub method: Method,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check: Option<CheckSpec>,
 }
 
 impl ConfigFile {
@@ -180,12 +198,28 @@ impl ConfigFile {
                 }
                 None => {}
             }
+            if let Some(c) = &svc.check {
+                let _ = writeln!(s, "check = {}", inline_check(c));
+            }
+            if let Some(a) = &svc.alert {
+                let _ = writeln!(s, "alert = {}", quote(a));
+            }
+            if let Some(so) = &svc.sorry {
+                let _ = writeln!(
+                    s,
+                    "sorry = {{ addr = \"{}\", method = \"{}\" }}",
+                    so.addr, so.method
+                );
+            }
             for srv in &svc.servers {
                 let _ = write!(
                     s,
                     "\n[[service.server]]\nreal = \"{}\"\nweight = {}\nmethod = \"{}\"\n",
                     srv.real, srv.weight, srv.method
                 );
+                if let Some(c) = &srv.check {
+                    let _ = writeln!(s, "check = {}", inline_check(c));
+                }
             }
         }
         if !self.shape.is_empty() {
@@ -242,11 +276,18 @@ impl ConfigFile {
             }
             crate::check_persistence(key.vip, svc.persistent, svc.netmask)
                 .map_err(|e| at(None, format!("service {key}: {e}")))?;
+            let check = svc.check.clone().unwrap_or_default();
+            check
+                .validate()
+                .map_err(|e| at(None, format!("service {key}: check: {e}")))?;
             out.push(Request::AddService {
                 service: key,
                 scheduler: svc.scheduler,
                 persistent: svc.persistent,
                 netmask: svc.netmask,
+                check,
+                alert: svc.alert.clone(),
+                sorry: svc.sorry,
             });
             let mut reals = HashSet::new();
             for (j, srv) in svc.servers.iter().enumerate() {
@@ -274,11 +315,19 @@ impl ConfigFile {
                         format!("service {key}: server {} is listed twice", srv.real),
                     ));
                 }
+                let check = srv.check.clone().unwrap_or_default();
+                check.validate().map_err(|e| {
+                    at(
+                        Some(j),
+                        format!("service {key}, server {}: check: {e}", srv.real),
+                    )
+                })?;
                 out.push(Request::AddServer {
                     service: key,
                     real: srv.real,
                     weight: srv.weight,
                     method: srv.method,
+                    check,
                 });
             }
         }
@@ -343,6 +392,42 @@ impl Problem {
 /// A TOML basic string.
 fn quote(s: &str) -> String {
     toml::Value::String(s.to_owned()).to_string()
+}
+
+/// A health check as an inline table, its fields in a fixed order.
+fn inline_check(c: &CheckSpec) -> String {
+    let mut f: Vec<String> = Vec::new();
+    if let Some(k) = &c.kind {
+        f.push(format!("type = {}", quote(&k.to_string())));
+    }
+    if let Some(p) = c.port {
+        f.push(format!("port = {p}"));
+    }
+    if let Some(v) = c.interval {
+        f.push(format!("interval = {v}"));
+    }
+    if let Some(v) = c.timeout {
+        f.push(format!("timeout = {v}"));
+    }
+    if let Some(v) = c.rise {
+        f.push(format!("rise = {v}"));
+    }
+    if let Some(v) = c.fall {
+        f.push(format!("fall = {v}"));
+    }
+    if let Some(v) = &c.expect {
+        f.push(format!("expect = {}", quote(v)));
+    }
+    if let Some(v) = c.status {
+        f.push(format!("status = \"{v}\""));
+    }
+    if let Some(v) = &c.host {
+        f.push(format!("host = {}", quote(v)));
+    }
+    if let Some(v) = c.on_fail {
+        f.push(format!("on_fail = \"{v}\""));
+    }
+    format!("{{ {} }}", f.join(", "))
 }
 
 impl ServiceConfig {
@@ -438,6 +523,63 @@ weight = 0
         assert_eq!(again.render(), out);
         assert!(out.contains("weight = 1\nmethod = \"dnat\""), "{out}");
         assert!(ConfigFile::parse("[timeouts]\ntcp = 0\ntcpfin = 1\nudp = 1\n").is_err());
+    }
+
+    #[test]
+    fn health_checks_round_trip() {
+        let text = r#"
+[[service]]
+tcp = "10.0.0.10:80"
+scheduler = "rr"
+check = { type = "http:/health", interval = 0.5, timeout = 0.25, fall = 2, expect = 'ok "yes"', status = "200-299", host = "www.example.com", on_fail = "remove" }
+alert = 'logger -t lvc "$LVC_SERVER $LVC_STATE"'
+sorry = { addr = "10.0.2.9:8080", method = "dr" }
+
+[[service.server]]
+real = "10.0.1.1:80"
+weight = 1
+method = "nat"
+check = { type = "tcp", port = 81, rise = 5 }
+
+[[service.server]]
+real = "10.0.1.2:80"
+weight = 1
+method = "nat"
+"#;
+        let cfg = ConfigFile::parse(text).unwrap();
+        let out = cfg.render();
+        assert_eq!(out, format!("# lvc configuration\n{text}"));
+        assert_eq!(ConfigFile::parse(&out).unwrap(), cfg);
+        let reqs = cfg.requests().unwrap();
+        let Request::AddService {
+            check,
+            alert,
+            sorry,
+            ..
+        } = &reqs[0]
+        else {
+            panic!("{reqs:?}")
+        };
+        assert_eq!(check.resolve().interval.millis(), 500);
+        assert!(alert.as_deref().unwrap().starts_with("logger"));
+        assert_eq!(sorry.unwrap().method, Method::Dr);
+        let Request::AddServer { check, .. } = &reqs[1] else {
+            panic!("{reqs:?}")
+        };
+        assert_eq!(check.port, Some(81));
+        // A bad check names its line.
+        let bad = text.replace("rise = 5", "rise = 0");
+        let e = ConfigFile::parse(&bad).unwrap_err();
+        assert!(
+            e.starts_with("line 9: service tcp 10.0.0.10:80, server 10.0.1.1:80: check: --rise"),
+            "{e}"
+        );
+        let bad = text.replace("type = \"tcp\"", "type = \"ping\"");
+        assert!(
+            ConfigFile::parse(&bad)
+                .unwrap_err()
+                .contains("unknown check `ping`")
+        );
     }
 
     #[test]

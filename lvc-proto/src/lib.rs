@@ -11,11 +11,13 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod health;
 pub mod shape;
 mod types;
 
 pub use types::*;
 
+use health::{CheckSpec, Sorry};
 use serde::{Deserialize, Serialize};
 
 /// Protocol version; bump on any incompatible change.
@@ -76,6 +78,15 @@ pub enum Request {
         /// server (a dotted IPv4 mask or a prefix length; IPv6: 1..=128).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         netmask: Option<Netmask>,
+        /// The health check its servers run unless they say otherwise.
+        #[serde(default, skip_serializing_if = "CheckSpec::is_empty")]
+        check: CheckSpec,
+        /// A command run (`sh -c`) on every change of a server's health.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        alert: Option<String>,
+        /// Takes new connections while no real server does.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sorry: Option<Sorry>,
     },
     DelService {
         service: ServiceKey,
@@ -87,6 +98,9 @@ pub enum Request {
         weight: u32,
         #[serde(default)]
         method: Method,
+        /// Its health check (fields override the service's).
+        #[serde(default, skip_serializing_if = "CheckSpec::is_empty")]
+        check: CheckSpec,
     },
     DelServer {
         service: ServiceKey,
@@ -102,6 +116,18 @@ pub enum Request {
         persistent: Option<u32>,
         #[serde(default)]
         netmask: Option<Netmask>,
+        /// Fields of the default health check to change (the others stay).
+        #[serde(default)]
+        check: Option<CheckSpec>,
+        /// New alert command; empty: none.
+        #[serde(default)]
+        alert: Option<String>,
+        /// New sorry server.
+        #[serde(default)]
+        sorry: Option<Sorry>,
+        /// Removes the sorry server.
+        #[serde(default)]
+        no_sorry: bool,
     },
     /// Changes a real server's weight and/or method (ipvsadm -e).
     EditServer {
@@ -111,6 +137,9 @@ pub enum Request {
         weight: Option<u32>,
         #[serde(default)]
         method: Option<Method>,
+        /// Fields of its health check to change (the others stay).
+        #[serde(default)]
+        check: Option<CheckSpec>,
     },
     /// Removes every service (ipvsadm -C).
     Clear {},
@@ -325,6 +354,7 @@ mod tests {
             real: "10.0.1.1:8080".parse().unwrap(),
             weight: 3,
             method: Method::Dnat,
+            check: CheckSpec::default(),
         });
         let line = serde_json::to_string(&req).unwrap();
         assert!(!line.contains('\n'));

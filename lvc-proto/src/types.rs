@@ -762,6 +762,9 @@ pub struct ServerInfo {
     pub inactive_conns: u64,
     pub stats: Counters,
     pub rates: Rates,
+    /// Its health check's view, if it is checked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<crate::health::HealthInfo>,
 }
 
 /// One virtual service in a listing.
@@ -779,6 +782,15 @@ pub struct ServiceInfo {
     pub servers: Vec<ServerInfo>,
     pub stats: Counters,
     pub rates: Rates,
+    /// The default health check of its servers.
+    #[serde(default, skip_serializing_if = "crate::health::CheckSpec::is_empty")]
+    pub check: crate::health::CheckSpec,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alert: Option<String>,
+    /// The sorry server, with its connections and counters; its `weight`
+    /// is 1 while it takes the service's new connections, else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sorry: Option<ServerInfo>,
 }
 
 /// Answer to `list`.
@@ -995,6 +1007,9 @@ mod netmask_tests {
             scheduler: Scheduler::Rr,
             persistent: Some(60),
             netmask: Some(Netmask::Prefix(64)),
+            check: Default::default(),
+            alert: None,
+            sorry: None,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""netmask":64"#), "{text}");

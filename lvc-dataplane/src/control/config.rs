@@ -2,11 +2,13 @@
 //! applied to it, validated. No I/O: `publish` makes a result live.
 
 use super::err;
+use crate::health::Health;
 use crate::pipeline::services::Persistence;
 use crate::stats::TrafficStats;
 use lvc_proto::{
     ErrorCode, ErrorReply, MAX_WEIGHT, Method, Netmask, Request, Scheduler, ServiceKey,
     check_persistence,
+    health::{CheckSpec, Sorry},
 };
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -20,6 +22,31 @@ pub(super) struct ServerConf {
     pub(super) weight: u32,
     pub(super) method: Method,
     pub(super) stats: Arc<TrafficStats>,
+    /// Its own health-check fields (over its service's).
+    pub(super) check: CheckSpec,
+    pub(super) health: Arc<Health>,
+}
+
+impl ServerConf {
+    pub(super) fn new(addr: SocketAddr, weight: u32, method: Method, check: CheckSpec) -> Self {
+        Self {
+            addr,
+            weight,
+            method,
+            stats: Arc::default(),
+            check,
+            health: Arc::default(),
+        }
+    }
+}
+
+/// A service's sorry server with its counters.
+#[derive(Clone, Debug)]
+pub(super) struct SorryConf {
+    pub(super) sorry: Sorry,
+    pub(super) stats: Arc<TrafficStats>,
+    /// (Never checked: the workers' `Server` needs one.)
+    pub(super) health: Arc<Health>,
 }
 
 /// A virtual service in the configuration.
@@ -31,6 +58,10 @@ pub(super) struct ServiceConf {
     pub(super) rr: Arc<AtomicUsize>,
     /// Persistence (timeout, netmask) with its live templates.
     pub(super) persistence: Option<Persistence>,
+    /// The default health check of its servers.
+    pub(super) check: CheckSpec,
+    pub(super) alert: Option<String>,
+    pub(super) sorry: Option<SorryConf>,
 }
 
 impl ServiceConf {
@@ -41,7 +72,27 @@ impl ServiceConf {
             stats: Arc::default(),
             rr: Arc::default(),
             persistence,
+            check: CheckSpec::default(),
+            alert: None,
+            sorry: None,
         }
+    }
+
+    /// Sets (or, with `None`, removes) its sorry server; an unchanged one
+    /// keeps its counters.
+    pub(super) fn set_sorry(&mut self, sorry: Option<Sorry>) {
+        if self.sorry.as_ref().map(|s| s.sorry) != sorry {
+            self.sorry = sorry.map(|sorry| SorryConf {
+                sorry,
+                stats: Arc::default(),
+                health: Arc::default(),
+            });
+        }
+    }
+
+    /// Server `r`'s health check: its fields over the service's.
+    pub(super) fn check_of(&self, r: &ServerConf) -> CheckSpec {
+        r.check.over(&self.check)
     }
 
     pub(super) fn persistent(&self) -> Option<u32> {
@@ -101,6 +152,9 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             scheduler,
             persistent,
             netmask,
+            check,
+            alert,
+            sorry,
         } => {
             check_service(service)?;
             if cfg.contains_key(service) {
@@ -125,13 +179,14 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
                     format!("service {service}: {e}"),
                 )
             })?;
-            cfg.insert(
-                *service,
-                ServiceConf::new(
-                    *scheduler,
-                    persistent.map(|t| persistence(service, t, *netmask)),
-                ),
+            let mut svc = ServiceConf::new(
+                *scheduler,
+                persistent.map(|t| persistence(service, t, *netmask)),
             );
+            svc.check = check.clone();
+            svc.alert = alert.clone().filter(|a| !a.trim().is_empty());
+            svc.set_sorry(*sorry);
+            cfg.insert(*service, svc);
         }
         Request::DelService { service } => {
             cfg.remove(service).ok_or_else(|| no_service(service))?;
@@ -141,6 +196,7 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             real,
             weight,
             method,
+            check,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             check_weight(*weight)?;
@@ -172,12 +228,8 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
                     format!("real server {addr} already exists in service {service}"),
                 ));
             }
-            svc.servers.push(ServerConf {
-                addr,
-                weight: *weight,
-                method: *method,
-                stats: Arc::default(),
-            });
+            svc.servers
+                .push(ServerConf::new(addr, *weight, *method, check.clone()));
         }
         Request::DelServer { service, real } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
@@ -196,6 +248,10 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             scheduler,
             persistent,
             netmask,
+            check,
+            alert,
+            sorry,
+            no_sorry,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             if let Some(s) = scheduler {
@@ -224,12 +280,24 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
                     svc.persistence = next;
                 }
             }
+            if let Some(c) = check {
+                svc.check = c.over(&svc.check);
+            }
+            if let Some(a) = alert {
+                svc.alert = Some(a.clone()).filter(|a| !a.trim().is_empty());
+            }
+            if *no_sorry {
+                svc.set_sorry(None);
+            } else if sorry.is_some() {
+                svc.set_sorry(*sorry);
+            }
         }
         Request::EditServer {
             service,
             real,
             weight,
             method,
+            check,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             let addr = real.resolve(service);
@@ -252,12 +320,79 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
                 needs_pool(service, *m)?;
                 srv.method = *m;
             }
+            if let Some(c) = check {
+                srv.check = c.over(&srv.check);
+            }
         }
         Request::Clear {} => cfg.clear(),
         // Other kinds of request (`Request::kind`) are not edits.
         _ => return Err(err(ErrorCode::BadRequest, "not a configuration change")),
     }
+    // Health checks and the sorry server are checked as they now stand (a
+    // service's default may have changed what its servers run).
+    let touched = match req {
+        Request::AddService { service, .. }
+        | Request::AddServer { service, .. }
+        | Request::EditService { service, .. }
+        | Request::EditServer { service, .. } => cfg.get(service).map(|s| (service, s)),
+        _ => None,
+    };
+    if let Some((key, svc)) = touched {
+        check_health(key, svc)?;
+        if let Some(s) = &svc.sorry {
+            check_sorry(key, &s.sorry)?;
+            needs_pool(key, s.sorry.method)?;
+        }
+    }
     Ok(())
+}
+
+/// Every server's health check is valid and has a port to probe.
+fn check_health(key: &ServiceKey, svc: &ServiceConf) -> Result<(), ErrorReply> {
+    let invalid = |m: String| err(ErrorCode::InvalidArgument, m);
+    svc.check
+        .validate()
+        .map_err(|e| invalid(format!("service {key}: check: {e}")))?;
+    for r in &svc.servers {
+        let spec = svc.check_of(r);
+        spec.validate()
+            .map_err(|e| invalid(format!("service {key}, server {}: check: {e}", r.addr)))?;
+        let c = spec.resolve();
+        if c.kind.needs_port() && c.port.unwrap_or(r.addr.port()) == 0 {
+            return Err(invalid(format!(
+                "service {key}, server {}: a {} check needs a port to probe (--check-port PORT)",
+                r.addr, c.kind
+            )));
+        }
+    }
+    if let Some(a) = &svc.alert
+        && a.len() > 4096
+    {
+        return Err(invalid(format!(
+            "service {key}: --alert is longer than 4096 bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// A sorry server must be reachable by its method, like any server.
+fn check_sorry(key: &ServiceKey, s: &Sorry) -> Result<(), ErrorReply> {
+    if s.addr.is_ipv4() != key.vip.is_ipv4() {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "service {key}: sorry server {} must be the same address family",
+                s.addr
+            ),
+        ));
+    }
+    if s.addr.ip().is_unspecified() || s.addr.ip().is_multicast() {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("service {key}: {} cannot be a sorry server", s.addr),
+        ));
+    }
+    check_method(key, s.method, s.addr.port())
 }
 
 /// `nat` on an every-port service would make the XDP program take every

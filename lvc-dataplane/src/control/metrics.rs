@@ -231,6 +231,31 @@ const METRICS: &[Metric] = &[
             )
         }),
     ),
+    gauge(
+        "lvc_server_health_up",
+        "1 while the real server passes its health check, 0 while it is out (checked servers only).",
+        Server(|r| r.health.iter().map(|h| (None, u64::from(h.up))).collect()),
+    ),
+    counter(
+        "lvc_server_health_checks_total",
+        "Health-check probes of the real server, by result.",
+        Server(|r| {
+            r.health
+                .iter()
+                .flat_map(|h| {
+                    by(
+                        "result",
+                        [("ok", h.checks - h.failures), ("failed", h.failures)],
+                    )
+                })
+                .collect()
+        }),
+    ),
+    counter(
+        "lvc_server_health_transitions_total",
+        "Changes of the real server's health (up to down and back).",
+        Server(|r| r.health.iter().map(|h| (None, h.transitions)).collect()),
+    ),
     counter(
         "lvc_worker_icmp_sent_total",
         "ICMP errors originated (time exceeded, fragmentation needed).",
@@ -397,6 +422,16 @@ mod tests {
             inactive_conns: base + 7,
             stats: counters(base),
             rates: Rates::default(),
+            // One server is health-checked.
+            health: (base == 30).then(|| lvc_proto::health::HealthInfo {
+                up: false,
+                check: "tcp".into(),
+                last: "connect: connection refused".into(),
+                since_secs: 5,
+                checks: base + 8,
+                failures: 3,
+                transitions: 1,
+            }),
         }
     }
 
@@ -409,6 +444,9 @@ mod tests {
             servers,
             stats: counters(base),
             rates: Rates::default(),
+            check: Default::default(),
+            alert: None,
+            sorry: None,
         }
     }
 
@@ -525,6 +563,16 @@ lvc_server_connections{service="tcp:10.0.0.10:21,22",server="192.168.1.2:0",stat
 lvc_server_connections{service="tcp:10.0.0.10:21,22",server="192.168.1.2:0",state="inactive"} 37
 lvc_server_connections{service="udp:[2001:db8::1]:53",server="[2001:db8::2]:5353",state="active"} 56
 lvc_server_connections{service="udp:[2001:db8::1]:53",server="[2001:db8::2]:5353",state="inactive"} 57
+# HELP lvc_server_health_up 1 while the real server passes its health check, 0 while it is out (checked servers only).
+# TYPE lvc_server_health_up gauge
+lvc_server_health_up{service="tcp:10.0.0.10:21,22",server="192.168.1.2:0"} 0
+# HELP lvc_server_health_checks_total Health-check probes of the real server, by result.
+# TYPE lvc_server_health_checks_total counter
+lvc_server_health_checks_total{service="tcp:10.0.0.10:21,22",server="192.168.1.2:0",result="ok"} 35
+lvc_server_health_checks_total{service="tcp:10.0.0.10:21,22",server="192.168.1.2:0",result="failed"} 3
+# HELP lvc_server_health_transitions_total Changes of the real server's health (up to down and back).
+# TYPE lvc_server_health_transitions_total counter
+lvc_server_health_transitions_total{service="tcp:10.0.0.10:21,22",server="192.168.1.2:0"} 1
 # HELP lvc_worker_icmp_sent_total ICMP errors originated (time exceeded, fragmentation needed).
 # TYPE lvc_worker_icmp_sent_total counter
 lvc_worker_icmp_sent_total{worker="0"} 1006
@@ -573,6 +621,7 @@ lvc_worker_drops_total{worker="0",reason="snat_exhausted"} 1114
 lvc_worker_drops_total{worker="0",reason="policed"} 1115
 lvc_worker_drops_total{worker="0",reason="shape_queue"} 1116
 lvc_worker_drops_total{worker="0",reason="reply_steering"} 1117
+lvc_worker_drops_total{worker="0",reason="server_down"} 1118
 lvc_worker_drops_total{worker="1",reason="malformed"} 2100
 lvc_worker_drops_total{worker="1",reason="not_ip"} 2101
 lvc_worker_drops_total{worker="1",reason="fragment"} 2102
@@ -591,6 +640,7 @@ lvc_worker_drops_total{worker="1",reason="snat_exhausted"} 2114
 lvc_worker_drops_total{worker="1",reason="policed"} 2115
 lvc_worker_drops_total{worker="1",reason="shape_queue"} 2116
 lvc_worker_drops_total{worker="1",reason="reply_steering"} 2117
+lvc_worker_drops_total{worker="1",reason="server_down"} 2118
 # HELP lvc_xdp_packets_total Frames seen by the XDP program, by decision.
 # TYPE lvc_xdp_packets_total counter
 lvc_xdp_packets_total{decision="rx"} 500
@@ -639,7 +689,7 @@ lvc_conntrack_capacity 1048576
         });
         let helps = got.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = got.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (21, 21));
+        assert_eq!((helps, types), (24, 24));
         let samples: Vec<&str> = got.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,

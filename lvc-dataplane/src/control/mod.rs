@@ -8,6 +8,8 @@
 //! - `query`: listings, status, connections, `save`;
 //! - `socket`: the Unix socket server (one thread per client);
 //! - `metrics`: the Prometheus endpoint;
+//! - `health`: what the health checker probes, and what a server's change
+//!   of health does;
 //! - `housekeeping`: once a second, ageing and rates.
 //!
 //! Requests are applied under one mutex by [`Control::apply`], which
@@ -17,6 +19,7 @@
 //! wait for any of this.
 
 mod config;
+mod health;
 pub mod housekeeping;
 pub mod metrics;
 mod publish;
@@ -71,6 +74,8 @@ pub struct Control {
     /// use (their addresses stay steered to lvc until drained).
     pool: Mutex<Pools>,
     offload: Arc<OffloadStats>,
+    /// The health-check thread, once started.
+    checker: std::sync::OnceLock<crate::health::Checker>,
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -106,6 +111,7 @@ impl Control {
             epoch: d.epoch,
             offload: d.offload,
             pool: Mutex::new(Pools::default()),
+            checker: std::sync::OnceLock::new(),
         }
     }
 

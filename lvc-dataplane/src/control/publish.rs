@@ -77,6 +77,7 @@ impl Control {
         })?;
         *cfg = next;
         self.resolve_servers(cfg);
+        self.sync_health(cfg);
         Ok(())
     }
 
@@ -115,7 +116,13 @@ impl Control {
                 for r in svc.servers.iter_mut() {
                     if let Some(o) = old.servers.iter().find(|o| o.addr == r.addr) {
                         r.stats = o.stats.clone();
+                        r.health = o.health.clone();
                     }
+                }
+                if let (Some(new), Some(was)) = (&mut svc.sorry, &old.sorry)
+                    && new.sorry == was.sorry
+                {
+                    new.stats = was.stats.clone();
                 }
             }
         }
@@ -195,19 +202,34 @@ impl Control {
                     Arc::new(Server {
                         addr: r.addr.ip().into(),
                         port: r.addr.port(),
-                        weight: r.weight,
+                        // A server that failed its health check takes no
+                        // new connections (its configured weight stays).
+                        weight: if r.health.up() { r.weight } else { 0 },
                         method: r.method,
                         stats: r.stats.clone(),
                         service: s.stats.clone(),
+                        health: r.health.clone(),
                     })
                 })
                 .collect();
+            let sorry = s.sorry.as_ref().map(|so| {
+                Arc::new(Server {
+                    addr: so.sorry.addr.ip().into(),
+                    port: so.sorry.addr.port(),
+                    weight: 1,
+                    method: so.sorry.method,
+                    stats: so.stats.clone(),
+                    service: s.stats.clone(),
+                    health: so.health.clone(),
+                })
+            });
             Arc::new(Service {
                 key: *key,
                 sched: SchedState::build(s.scheduler, &servers, s.rr.clone()),
                 servers,
                 stats: s.stats.clone(),
                 persistence: s.persistence.clone(),
+                sorry,
             })
         }));
         let (vips, vipranges) = vip_steering(cfg)?;

@@ -49,8 +49,12 @@ impl Control {
                                 },
                                 weight: r.weight,
                                 method: r.method,
+                                check: Some(r.check.clone()).filter(|c| !c.is_empty()),
                             })
                             .collect(),
+                        check: Some(s.check.clone()).filter(|c| !c.is_empty()),
+                        alert: s.alert.clone(),
+                        sorry: s.sorry.as_ref().map(|so| so.sorry),
                     }
                 })
                 .collect(),
@@ -125,8 +129,22 @@ impl Control {
                             inactive_conns: r.stats.inactive(),
                             stats: r.stats.snapshot(),
                             rates: r.stats.rates(),
+                            health: r.health.info(),
                         })
                         .collect(),
+                    check: s.check.clone(),
+                    alert: s.alert.clone(),
+                    sorry: s.sorry.as_ref().map(|so| ServerInfo {
+                        addr: so.sorry.addr,
+                        method: so.sorry.method,
+                        // In use while no real server takes connections.
+                        weight: u32::from(!s.servers.iter().any(|r| r.weight > 0 && r.health.up())),
+                        active_conns: so.stats.active(),
+                        inactive_conns: so.stats.inactive(),
+                        stats: so.stats.snapshot(),
+                        rates: so.stats.rates(),
+                        health: None,
+                    }),
                 })
                 .collect(),
         }

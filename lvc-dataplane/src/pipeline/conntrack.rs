@@ -827,6 +827,28 @@ impl Conntrack {
         self.conns.fetch_sub(1, Relaxed);
     }
 
+    /// Removes connection `c` now (its server was taken out with its
+    /// connections); false if it was already gone.
+    pub fn remove(&self, c: &Arc<Conn>, now: u32) -> bool {
+        let gone = self.map.remove_if(c, Dir::Original, || true);
+        if gone {
+            self.release(c, now);
+        }
+        gone
+    }
+
+    /// Removes every connection `pick` chooses; returns how many. Walks
+    /// the whole table: an operator's (or a health check's) action.
+    pub fn remove_where(&self, now: u32, mut pick: impl FnMut(&Conn) -> bool) -> usize {
+        let mut doomed = Vec::new();
+        self.map.for_each(|c| {
+            if pick(c) {
+                doomed.push(c.clone());
+            }
+        });
+        doomed.into_iter().filter(|c| self.remove(c, now)).count()
+    }
+
     /// Every connection once (for listings).
     pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
         self.map.for_each(|c| f(c));
@@ -845,6 +867,7 @@ mod tests {
             method,
             stats: Arc::new(TrafficStats::default()),
             service: Arc::default(),
+            health: Arc::default(),
         })
     }
 

@@ -296,6 +296,7 @@ mod tests {
             method,
             stats: Arc::new(TrafficStats::default()),
             service: Arc::default(),
+            health: Arc::default(),
         });
         Conn::new(
             17,
@@ -505,6 +506,7 @@ mod tests {
             method,
             stats: Arc::new(TrafficStats::default()),
             service: Arc::default(),
+            health: Arc::default(),
         });
         let mut c = Conn::new(
             17,

@@ -175,6 +175,11 @@ pub fn forward(
         }
     }
     let (conn, dir) = match found {
+        // Its server failed its health check with `--on-fail remove`.
+        Some((c, _)) if c.server.health.evicting() => {
+            t.conntrack.remove(&c, now);
+            return Err(Drop::ServerDown);
+        }
         Some(found) => found,
         // ICMP errors never open connections.
         None if pkt.icmp.is_some() => return Err(Drop::NoFlow),
@@ -385,9 +390,14 @@ fn new_conn(
     if !opens_connection(k.proto, pkt.tcp_flags) {
         return Err(Drop::NoFlow);
     }
-    let (server, template) = match &svc.persistence {
-        None => (svc.pick(k.src).ok_or(Drop::NoServer)?, None),
-        Some(p) => persistent_pick(svc, p, k.src, now)?,
+    let picked = match &svc.persistence {
+        None => svc.pick(k.src).ok_or(Drop::NoServer).map(|s| (s, None)),
+        Some(p) => persistent_pick(svc, p, k.src, now),
+    };
+    // No real server takes new connections: the sorry server does.
+    let (server, template) = match (picked, &svc.sorry) {
+        (Err(Drop::NoServer), Some(sorry)) => (sorry, None),
+        (r, _) => r?,
     };
     // A port-0 service keeps the client's destination port.
     let real_port = if server.port == 0 {
@@ -488,6 +498,7 @@ mod tests {
                     method: Method::Nat,
                     stats: Arc::new(TrafficStats::default()),
                     service: Arc::default(),
+                    health: Arc::default(),
                 })
             })
             .collect();
@@ -497,6 +508,7 @@ mod tests {
             servers,
             stats: Arc::new(TrafficStats::default()),
             persistence: Some(persistence),
+            sorry: None,
         }
     }
 
@@ -652,6 +664,7 @@ mod decisions {
                 method,
                 stats: Arc::default(),
                 service: Arc::default(),
+                health: Arc::default(),
             });
             let svc = |proto: &str| {
                 let servers = vec![server.clone()];
@@ -663,6 +676,7 @@ mod decisions {
                     servers,
                     stats: Arc::new(TrafficStats::default()),
                     persistence: None,
+                    sorry: None,
                 })
             };
             let pool = SnatPool::new(&[fam.dir_server.ip()]);

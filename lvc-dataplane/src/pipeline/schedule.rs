@@ -22,6 +22,10 @@ pub struct Server {
     pub stats: Arc<TrafficStats>,
     /// Its service's counters (a connection counts for both).
     pub service: Arc<TrafficStats>,
+    /// Its health (kept across configuration changes): a down server is
+    /// published with weight 0; one that failed with `--on-fail remove`
+    /// loses its connections too.
+    pub health: Arc<crate::health::Health>,
 }
 
 /// Maglev lookup table size (a prime, as in Katran).
@@ -289,6 +293,7 @@ mod tests {
             method: Method::Nat,
             stats: Arc::new(TrafficStats::default()),
             service: Arc::default(),
+            health: Arc::default(),
         })
     }
 

@@ -32,6 +32,9 @@ pub struct Service {
     pub stats: Arc<TrafficStats>,
     /// Client affinity (`--persistent`), if configured.
     pub persistence: Option<Persistence>,
+    /// Takes new connections while no real server does (all down or
+    /// quiesced): keepalived's `sorry_server`.
+    pub sorry: Option<Arc<Server>>,
 }
 
 impl Service {
