@@ -6,6 +6,7 @@ pub mod afxdp;
 pub mod agent;
 pub mod chart;
 pub mod cpu;
+pub mod health;
 pub mod kinds;
 pub mod lab;
 pub mod report;

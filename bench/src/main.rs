@@ -39,6 +39,22 @@ enum Cmd {
         #[arg(long)]
         flows: usize,
     },
+    /// Measure what health-checking N real servers costs the director
+    /// (needs root): probes per second and CPU, against a run without
+    /// checks.
+    HealthChecks {
+        #[arg(long, default_value_t = 1000)]
+        servers: usize,
+        /// Seconds between probes of one server.
+        #[arg(long, default_value_t = 1.0)]
+        interval: f64,
+        /// Seconds measured per run.
+        #[arg(long, default_value_t = 10.0)]
+        seconds: f64,
+        /// The check: tcp, http:/PATH, …
+        #[arg(long, default_value = "tcp")]
+        check: String,
+    },
     /// Internal: the harness's helpers inside the lab's namespaces.
     #[command(hide = true, subcommand)]
     Agent(AgentCmd),
@@ -128,6 +144,16 @@ fn main() -> ExitCode {
             println!("{}", serde_json::to_string(&r).expect("json"));
             Ok(())
         }
+        Cmd::HealthChecks {
+            servers,
+            interval,
+            seconds,
+            check,
+        } => lvc_bench::health::measure(servers, interval, seconds, &check).map(|runs| {
+            for r in runs {
+                println!("{}", serde_json::to_string(&r).expect("json"));
+            }
+        }),
         Cmd::Agent(a) => agent_main(a),
     };
     match r {

@@ -8,6 +8,7 @@ use super::config::Config;
 use crate::health::{Checker, Target, Transition};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 
 impl Control {
     /// Starts the health-check thread and hands it the servers to check.
@@ -56,11 +57,23 @@ impl Control {
     /// connections now (those that send a packet meanwhile are dropped by
     /// the workers).
     pub(super) fn health_changed(&self, tr: &Transition) {
-        let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
-        if let Err(e) = self.publish(&cfg) {
-            tracing::error!(error = %e.message, "cannot publish a change of health");
+        // Many servers changing at once (a switch failing) must not cost
+        // one publication each: a change that finds one pending leaves it
+        // to the thread that will publish (it reads every server's health
+        // after this change was recorded).
+        if !self.health_pending.swap(true, SeqCst) {
+            loop {
+                let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+                self.health_pending.store(false, SeqCst);
+                if let Err(e) = self.publish(&cfg) {
+                    tracing::error!(error = %e.message, "cannot publish a change of health");
+                }
+                drop(cfg);
+                if !self.health_pending.load(SeqCst) {
+                    break;
+                }
+            }
         }
-        drop(cfg);
         if !tr.up && tr.health.evicting() {
             let now = self.epoch.elapsed().as_secs() as u32;
             let n = self

@@ -76,6 +76,8 @@ pub struct Control {
     offload: Arc<OffloadStats>,
     /// The health-check thread, once started.
     checker: std::sync::OnceLock<crate::health::Checker>,
+    /// A change of health waits to be published.
+    health_pending: std::sync::atomic::AtomicBool,
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -112,6 +114,7 @@ impl Control {
             offload: d.offload,
             pool: Mutex::new(Pools::default()),
             checker: std::sync::OnceLock::new(),
+            health_pending: Default::default(),
         }
     }
 
