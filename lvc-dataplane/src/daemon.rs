@@ -12,6 +12,7 @@
 use crate::control::{Control, ControlDeps, ControlSocket, ServedInterface, housekeeping, metrics};
 use crate::io::steer::{AttachMode, Steering};
 use crate::io::xsk::{IoConfig, WorkerIo, ZeroCopy};
+use crate::journal::{self, Journal};
 use crate::net::route::RouteMonitor;
 use crate::offload::{OffloadStats, Offloader};
 use crate::pipeline::conntrack::Conntrack;
@@ -43,6 +44,9 @@ pub struct Options {
     pub offload: bool,
     /// AF_XDP zero-copy binding (`--zero-copy`).
     pub zero_copy: ZeroCopy,
+    /// The connection journal (`--state-file`; none: connections are not
+    /// taken over by the next process).
+    pub state_file: Option<PathBuf>,
 }
 
 /// Number of active rx queues of an interface (from sysfs).
@@ -209,7 +213,30 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         ifindexes.push(link.ifindex);
     }
 
-    let conntrack = Arc::new(Conntrack::new(opts.conntrack_size));
+    // What the previous process left: its nat connections' replies are
+    // steered to lvc before XDP is attached (none reaches the client
+    // untranslated); the connections are taken over once the
+    // configuration is applied, before the workers start.
+    let (journal, left) = match &opts.state_file {
+        Some(path) => {
+            let (j, left) = Journal::open(path, opts.conntrack_size).with_context(|| {
+                format!("cannot open the connection journal {}", path.display())
+            })?;
+            (Some(j), left)
+        }
+        None => (None, Vec::new()),
+    };
+    for key in journal::reply_keys(&left) {
+        if let Err(e) = steering.replies().add(key) {
+            tracing::warn!(error = %e, "cannot steer a journaled connection's replies");
+        }
+    }
+    let conntrack = Conntrack::new(opts.conntrack_size);
+    let conntrack = Arc::new(if journal.is_some() {
+        conntrack.with_journal()
+    } else {
+        conntrack
+    });
     let services = Arc::new(ArcSwap::from_pointee(ServiceTable::default()));
     let shaping = Arc::new(ArcSwap::from_pointee(ShapeTable::default()));
     let (neigh_tx, neigh_rx) = crossbeam_channel::bounded(4096);
@@ -265,6 +292,44 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     };
     let steering = Arc::new(Mutex::new(steering));
 
+    let control = Arc::new(Control::new(ControlDeps {
+        steering: steering.clone(),
+        services: services.clone(),
+        shaping,
+        conntrack: conntrack.clone(),
+        workers: worker_stats,
+        interfaces: served,
+        routes: routes.table.clone(),
+        neigh_requests: shared.neigh_requests.clone(),
+        epoch: shared.epoch,
+        offload: offload_stats,
+    }));
+    if let Some(file) = &plan.initial {
+        control
+            .replace(file)
+            .map_err(|e| anyhow::anyhow!("configuration rejected: {}", e.message))?;
+    }
+    let mut journal = journal;
+    if !left.is_empty() {
+        let replies = steering.lock().unwrap_or_else(|p| p.into_inner()).replies();
+        let now = shared.epoch.elapsed().as_secs() as u32;
+        let r = journal::restore(
+            left,
+            &services.load(),
+            &conntrack,
+            &replies,
+            journal.as_mut(),
+            now,
+        );
+        tracing::info!(
+            connections = r.conns,
+            dropped = r.dropped,
+            "took over the connections of the previous process"
+        );
+    }
+    control
+        .start_health_checks()
+        .context("cannot start the health-check thread")?;
     let mut threads = Vec::new();
     // A worker that panics stops the whole daemon (and so detaches XDP):
     // half a dataplane silently passing a queue's VIP traffic to the kernel
@@ -289,31 +354,11 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             route_sync.run(neigh_rx, shutdown)
         })?;
     }
-    let control = Arc::new(Control::new(ControlDeps {
-        steering: steering.clone(),
-        services,
-        shaping,
-        conntrack: conntrack.clone(),
-        workers: worker_stats,
-        interfaces: served,
-        routes: routes.table.clone(),
-        neigh_requests: shared.neigh_requests.clone(),
-        epoch: shared.epoch,
-        offload: offload_stats,
-    }));
-    if let Some(file) = &plan.initial {
-        control
-            .replace(file)
-            .map_err(|e| anyhow::anyhow!("configuration rejected: {}", e.message))?;
-    }
-    control
-        .start_health_checks()
-        .context("cannot start the health-check thread")?;
     {
         let (control, shutdown, epoch) = (control.clone(), shutdown.clone(), shared.epoch);
         let replies = steering.lock().unwrap_or_else(|p| p.into_inner()).replies();
         spawn(&mut threads, "lvc-housekeeping", move || {
-            housekeeping::run(&conntrack, &replies, &control, &shutdown, epoch)
+            housekeeping::run(&conntrack, &replies, &control, journal, &shutdown, epoch)
         })?;
     }
     if let Some(addr) = opts.metrics {

@@ -4,8 +4,8 @@
 //!
 //! ```text
 //! io/        rx/tx: AF_XDP sockets and UMEM (xsk), the XDP program and
-//!            its maps (steer), the reply table shared with it (replymap);
-//!            xsk and replymap are the only `unsafe`
+//!            its maps (steer), the reply table shared with it (replymap),
+//!            shared memory (shm); xsk and shm are the only `unsafe`
 //! pipeline/  what runs per packet, no I/O:
 //!            parse → conntrack → schedule → rewrite (+ icmp, fragments)
 //! shape/     the shape stage between rewrite and tx
@@ -14,6 +14,8 @@
 //!            control socket, metrics, housekeeping
 //! worker     the loop that drives io → pipeline → shape → io
 //! offload    puts established flows into XDP's flow map and back
+//! journal    the connections a restarted dataplane takes over
+//! health/    real-server health checks (their own thread)
 //! daemon     start-up and thread wiring
 //! ```
 
@@ -24,6 +26,7 @@ pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod io;
+pub mod journal;
 pub mod net;
 pub mod offload;
 pub mod pipeline;

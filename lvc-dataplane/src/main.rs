@@ -40,6 +40,11 @@ struct Args {
     /// elsewhere, as on veth), required (on), or never (off).
     #[arg(long, value_name = "auto|on|off", default_value = "auto", value_parser = zero_copy)]
     zero_copy: ZeroCopy,
+    /// The connection journal, which a restarted lvc-dataplane reads to
+    /// take over the connections of the one before it (a file on tmpfs);
+    /// none: no journal. Default: next to the socket, with `.conns`.
+    #[arg(long, value_name = "PATH|none")]
+    state_file: Option<PathBuf>,
 }
 
 fn zero_copy(s: &str) -> Result<ZeroCopy, String> {
@@ -68,6 +73,11 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
+    let state_file = match &a.state_file {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.clone()),
+        None => Some(a.socket.with_extension("conns")),
+    };
     let opts = Options {
         ifaces: a.ifaces,
         queues: a.queues,
@@ -78,6 +88,7 @@ fn main() -> ExitCode {
         metrics: a.metrics,
         offload: a.offload,
         zero_copy: a.zero_copy,
+        state_file,
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,10 +1,12 @@
 //! Housekeeping: once a second, ages the connection table, leaves the
 //! replies of the `nat` connections it forgot to the kernel again, forgets
-//! drained fullnat pools, expires persistence templates; every two seconds,
-//! refreshes rates. Never per packet.
+//! drained fullnat pools, expires persistence templates, writes the
+//! connection journal; every two seconds, refreshes rates. Never per
+//! packet.
 
 use super::Control;
 use crate::io::steer::Replies;
+use crate::journal::Journal;
 use crate::pipeline::conntrack::Conntrack;
 use crate::pipeline::translate;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ pub fn run(
     ct: &Conntrack,
     replies: &Replies,
     control: &Control,
+    mut journal: Option<Journal>,
     shutdown: &Arc<AtomicBool>,
     epoch: Instant,
 ) {
@@ -30,6 +33,9 @@ pub fn run(
         ct.sweep(now);
         for k in ct.take_released_replies() {
             replies.remove(&translate::bpf_key(&k));
+        }
+        if let Some(j) = &mut journal {
+            j.sync(ct);
         }
         control.drain_retired();
         control.sweep_templates(now);

@@ -17,9 +17,9 @@
 //! before the connection's first packet is sent, so no reply can look for
 //! it earlier.
 
+use super::shm::SharedWords;
 use lvc_ebpf::FlowKey;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::ptr::NonNull;
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Slots a key may occupy, from its index on (`REPLY_PROBES`).
@@ -53,44 +53,21 @@ pub fn flow_hash(k: &FlowKey) -> u64 {
 /// `replyslots`, mapped. Shared by every worker and the housekeeping
 /// thread (`Arc`); every access is an atomic operation on one slot.
 pub struct ReplyMap {
-    ptr: NonNull<AtomicU64>,
-    len: usize,
+    mem: SharedWords,
 }
-
-// SAFETY: the mapping is plain shared memory accessed only through
-// `AtomicU64`s (which are Sync); nothing in it is tied to a thread.
-unsafe impl Send for ReplyMap {}
-// SAFETY: as above: `&ReplyMap` only hands out `&[AtomicU64]`.
-unsafe impl Sync for ReplyMap {}
 
 impl ReplyMap {
     /// Maps the `replyslots` array behind `fd`, of `len` slots (a power of
     /// two: the program's `reply_mask` is `len - 1`).
     pub fn map(fd: BorrowedFd<'_>, len: usize) -> std::io::Result<Self> {
         assert!(len.is_power_of_two());
-        // SAFETY: a fresh shared mapping of the map's data (a BPF_F_MMAPABLE
-        // array of `len` u64s); the kernel checks the length and the fd.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len * 8,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let ptr = NonNull::new(p.cast::<AtomicU64>()).ok_or_else(std::io::Error::last_os_error)?;
-        Ok(Self { ptr, len })
+        Ok(Self {
+            mem: SharedWords::map(fd, len)?,
+        })
     }
 
     fn slots(&self) -> &[AtomicU64] {
-        // SAFETY: `ptr` is a live, page-aligned mapping of `len` u64s until
-        // `drop`, and AtomicU64 has the layout of u64.
-        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+        self.mem.words()
     }
 
     /// Steers `key`'s packets to lvc. False if its window is full (the
@@ -152,16 +129,6 @@ fn contains(slots: &[AtomicU64], key: &FlowKey) -> bool {
         }
     }
     false
-}
-
-impl Drop for ReplyMap {
-    fn drop(&mut self) {
-        // SAFETY: unmaps exactly the mapping made in `map`; no slice of it
-        // outlives `self`.
-        unsafe {
-            libc::munmap(self.ptr.as_ptr().cast(), self.len * 8);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ pub enum State {
 }
 
 impl State {
-    fn from_u8(v: u8) -> State {
+    pub fn from_u8(v: u8) -> State {
         match v {
             0 => State::SynRecv,
             1 => State::Established,
@@ -165,6 +165,8 @@ const _: () = assert!(size_of::<Conn>() <= 72);
 /// [`Conn`] flags.
 const OFFLOADED: u8 = 1;
 const STEERED: u8 = 2;
+/// In the connection journal (a restarted dataplane takes it over).
+const JOURNALED: u8 = 4;
 
 /// The source address a fullnat connection shows the real server.
 #[derive(Debug)]
@@ -294,6 +296,21 @@ impl Conn {
     /// Notes that the reply key is in the `replies` map.
     pub fn replies_steered(&self) {
         self.flags.fetch_or(STEERED, Relaxed);
+    }
+
+    /// Marks the connection as written to the journal; true the first
+    /// time.
+    pub fn mark_journaled(&self) -> bool {
+        self.flags.fetch_or(JOURNALED, Relaxed) & JOURNALED == 0
+    }
+
+    /// A connection taken over from a dataplane that stopped: in `state`,
+    /// and offered to XDP at its next packet (it has shown it carries
+    /// traffic).
+    pub fn restored(self, state: State) -> Self {
+        self.state.store(state as u8, Relaxed);
+        self.seen.store(OFFLOAD_AFTER, Relaxed);
+        self
     }
 
     /// Notes that the connection could not be offloaded at `now`.
@@ -609,6 +626,12 @@ pub struct Conntrack {
     /// to lvc: the housekeeping thread takes them out of the `replies`
     /// map ([`Conntrack::take_released_replies`]).
     released_replies: SegQueue<FlowKey>,
+    /// With a journal: connections to write to it (UDP when made, TCP once
+    /// established) and original keys of journaled ones removed; the
+    /// housekeeping thread takes both ([`Conntrack::take_journal`]).
+    journaling: bool,
+    journal_new: SegQueue<Weak<Conn>>,
+    journal_gone: SegQueue<FlowKey>,
     wheel: Wheel,
     pub timeouts: Timeouts,
 }
@@ -623,9 +646,39 @@ impl Conntrack {
             evicted: AtomicU64::new(0),
             frags: DashMap::with_hasher(Hasher::new()),
             released_replies: SegQueue::new(),
+            journaling: false,
+            journal_new: SegQueue::new(),
+            journal_gone: SegQueue::new(),
             wheel: Wheel::new(),
             timeouts: Timeouts::default(),
         }
+    }
+
+    /// Keeps the connection journal's queues filled from now on.
+    pub fn with_journal(mut self) -> Self {
+        self.journaling = true;
+        self
+    }
+
+    /// What the journal must learn: connections to write, and original
+    /// keys of journaled connections gone (but for keys a live connection
+    /// holds again: it has or will get its own record).
+    pub fn take_journal(&self) -> (Vec<Arc<Conn>>, Vec<FlowKey>) {
+        let mut gone = Vec::with_capacity(self.journal_gone.len());
+        while let Some(k) = self.journal_gone.pop() {
+            if !self.map.holds(&k, Dir::Original) {
+                gone.push(k);
+            }
+        }
+        let mut new = Vec::with_capacity(self.journal_new.len());
+        while let Some(w) = self.journal_new.pop() {
+            if let Some(c) = w.upgrade()
+                && c.state() != State::Removed
+            {
+                new.push(c);
+            }
+        }
+        (new, gone)
     }
 
     /// The connection a packet with `key` belongs to, and its direction.
@@ -651,13 +704,21 @@ impl Conntrack {
         if let Some(t) = &conn.template {
             t.conns.fetch_add(1, Relaxed);
         }
-        conn.server.stats.inactive.fetch_add(1, Relaxed);
+        if conn.state().is_active() {
+            // (A restored connection.)
+            conn.server.stats.active.fetch_add(1, Relaxed);
+        } else {
+            conn.server.stats.inactive.fetch_add(1, Relaxed);
+        }
         conn.server.stats.conns.fetch_add(1, Relaxed);
         conn.server.service.conns.fetch_add(1, Relaxed);
         // Remember it as an eviction candidate, oldest first; when the
         // queue is full the oldest candidate is forgotten.
         self.embryonic.force_push(Arc::downgrade(&conn));
         self.wheel.file(&conn, conn.expiry(&self.timeouts));
+        if self.journaling && (conn.proto != PROTO_TCP || conn.state() == State::Established) {
+            self.journal_new.push(Arc::downgrade(&conn));
+        }
         Ok(conn)
     }
 
@@ -665,8 +726,11 @@ impl Conntrack {
     /// TCP state; a state with a shorter timeout re-files its expiry.
     #[inline]
     pub fn touch(&self, c: &Arc<Conn>, now: u32, dir: Dir, tcp_flags: u8) {
-        if c.touch(now, dir, tcp_flags).is_some() {
+        if let Some(next) = c.touch(now, dir, tcp_flags) {
             self.wheel.file(c, c.expiry(&self.timeouts));
+            if self.journaling && next == State::Established {
+                self.journal_new.push(Arc::downgrade(c));
+            }
         }
     }
 
@@ -801,8 +865,12 @@ impl Conntrack {
         if c.two_way() {
             self.map.remove_if(c, Dir::Reply, || true);
         }
-        if c.flags.load(Relaxed) & STEERED != 0 {
+        let flags = c.flags.load(Relaxed);
+        if flags & STEERED != 0 {
             self.released_replies.push(c.reply_key());
+        }
+        if flags & JOURNALED != 0 {
+            self.journal_gone.push(c.original_key());
         }
         // An offloaded connection's port is freed by the offload thread
         // when it takes the flow out of XDP (which forwards it until then).

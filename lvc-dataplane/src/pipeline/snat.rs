@@ -51,6 +51,17 @@ impl PortMap {
         None
     }
 
+    /// Takes `port` if it is free.
+    fn claim(&self, port: u16) -> bool {
+        let (w, bit) = (usize::from(port) / 64, u32::from(port) % 64);
+        let prev = self.bits[w].fetch_or(1 << bit, Relaxed);
+        let took = prev & (1 << bit) == 0;
+        if took {
+            self.used.fetch_add(1, Relaxed);
+        }
+        took
+    }
+
     fn free(&self, port: u16) {
         let (w, bit) = (usize::from(port) / 64, u32::from(port) % 64);
         let prev = self.bits[w].fetch_and(!(1 << bit), Relaxed);
@@ -116,6 +127,17 @@ impl SnatPool {
                 .alloc(start)
                 .map(|p| (self.addrs[a], p))
         })
+    }
+
+    /// Takes (address, port) for `proto` if it is the pool's and free (a
+    /// connection taken over from a dataplane that stopped).
+    pub fn claim(&self, proto: u8, addr: Addr, port: u16) -> bool {
+        port >= PORT_MIN
+            && self
+                .addrs
+                .iter()
+                .position(|&x| x == addr)
+                .is_some_and(|a| self.ports[a][proto_index(proto)].claim(port))
     }
 
     /// Gives (address, port) back.
