@@ -47,6 +47,9 @@ pub struct Options {
     /// The connection journal (`--state-file`; none: connections are not
     /// taken over by the next process).
     pub state_file: Option<PathBuf>,
+    /// Where the XDP links are pinned while the daemon runs (`--bpf-dir`;
+    /// none: not pinned, the program goes with the process).
+    pub bpf_dir: Option<PathBuf>,
 }
 
 /// Number of active rx queues of an interface (from sysfs).
@@ -159,7 +162,7 @@ fn open_workers(
     }
     let mut served = Vec::new();
     for (iface, &ifindex) in opts.ifaces.iter().zip(ifindexes) {
-        let mode = steering.attach(iface)?;
+        let mode = steering.attach(iface, opts.bpf_dir.as_deref())?;
         tracing::info!(
             iface,
             ifindex,

@@ -45,6 +45,12 @@ struct Args {
     /// none: no journal. Default: next to the socket, with `.conns`.
     #[arg(long, value_name = "PATH|none")]
     state_file: Option<PathBuf>,
+    /// A bpffs directory where the XDP links are pinned while lvc runs, so
+    /// that a process killed without a clean exit leaves its program
+    /// attached (offloaded flows go on, the rest waits dropped) for the
+    /// next one to take over; none: the program goes with the process.
+    #[arg(long, value_name = "PATH|none", default_value = "/sys/fs/bpf/lvc")]
+    bpf_dir: PathBuf,
 }
 
 fn zero_copy(s: &str) -> Result<ZeroCopy, String> {
@@ -89,6 +95,7 @@ fn main() -> ExitCode {
         offload: a.offload,
         zero_copy: a.zero_copy,
         state_file,
+        bpf_dir: Some(a.bpf_dir.clone()).filter(|p| p.as_os_str() != "none"),
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

@@ -36,6 +36,9 @@ pub mod maps {
     pub const IFSLOTS: &str = "ifslots";
     /// AF_XDP sockets, at `slot * MAX_QUEUES + rx queue`.
     pub const XSKS: &str = "xsks";
+    /// Queues a dataplane serves (dropped, not passed, while their socket
+    /// is gone).
+    pub const HELD: &str = "held";
     /// Per-CPU counters, indexed by [`Stat`](super::Stat).
     pub const STATS: &str = "stats";
     /// Offloaded flows: [`FlowKey`](super::FlowKey) → [`FlowValue`](super::FlowValue).
@@ -269,11 +272,12 @@ pub enum Stat {
     RedirectReal,
     FlowForwarded,
     FlowToLvc,
+    DropNoDataplane,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 11] = [
+    pub const ALL: [Stat; 12] = [
         Stat::Rx,
         Stat::PassNotIp,
         Stat::PassMalformed,
@@ -285,6 +289,7 @@ impl Stat {
         Stat::RedirectReal,
         Stat::FlowForwarded,
         Stat::FlowToLvc,
+        Stat::DropNoDataplane,
     ];
 
     /// A stable snake_case name for listings and metrics.
@@ -301,6 +306,7 @@ impl Stat {
             Stat::RedirectReal => "redirect_real",
             Stat::FlowForwarded => "flow_forwarded",
             Stat::FlowToLvc => "flow_to_lvc",
+            Stat::DropNoDataplane => "drop_no_dataplane",
         }
     }
 }

@@ -437,8 +437,19 @@ pub struct EchoSession {
 impl EchoSession {
     /// Sends `line` (with its newline) and returns the line that comes back.
     pub fn echo(&mut self, line: &str) -> String {
-        use std::io::{BufRead, Write};
+        self.send(line);
+        self.receive()
+    }
+
+    /// Sends `line` without waiting for anything.
+    pub fn send(&mut self, line: &str) {
+        use std::io::Write;
         self.input.write_all(line.as_bytes()).expect("send");
+    }
+
+    /// The next line that comes back (waits for it).
+    pub fn receive(&mut self) -> String {
+        use std::io::BufRead;
         let mut back = String::new();
         self.output.read_line(&mut back).expect("receive");
         back

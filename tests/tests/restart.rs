@@ -144,3 +144,140 @@ fn fullnat_streams_survive_kill_9() {
     let st: Value = serde_json::from_str(&t.ctl_ok(&["status", "--json"])).unwrap();
     assert!(st["local_ports_in_use"].as_u64().unwrap() >= 4, "{st}");
 }
+
+/// A bpffs of the test's own (the daemons run under `ip netns exec`, which
+/// hides /sys/fs/bpf), unmounted when dropped.
+struct Bpffs(std::path::PathBuf);
+
+impl Bpffs {
+    fn mount(t: &Topo) -> Self {
+        let dir = std::env::temp_dir().join(t.lab.ns("bpf"));
+        std::fs::create_dir_all(&dir).unwrap();
+        lvc_tests::run(&["mount", "-t", "bpf", "bpf", dir.to_str().unwrap()]);
+        Self(dir)
+    }
+
+    /// The links pinned there (bpffs shows its own `*.debug` files too).
+    fn pins(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| !n.ends_with(".debug"))
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Bpffs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// With the XDP link pinned, a killed dataplane leaves its program
+/// attached: offloaded streams go on while no dataplane runs; the others'
+/// packets wait dropped (TCP sends them again) — no nat reply reaches the
+/// client untranslated — and flow again once the next process has taken
+/// the link and the connections over.
+#[test]
+fn streams_keep_flowing_while_no_dataplane_runs() {
+    if !privileged("streams_keep_flowing_while_no_dataplane_runs") {
+        return;
+    }
+    let mut t = Topo::build("rsheld", Arms::Two, 2, 1);
+    t.start_servers();
+    let fs = Bpffs::mount(&t);
+    let dir = fs.0.to_str().unwrap().to_owned();
+    t.start_lvc_with(&["--bpf-dir", &dir]);
+    t.add_service("tcp", 7, "nat");
+    let offload = lvc_tests::topo::offload_mode() == "on";
+    let mut streams: Vec<EchoSession> = (0..6).map(|_| t.echo_session(7)).collect();
+    // Enough packets for the flows to be offloaded (with offload on).
+    for round in 0..10 {
+        for (i, s) in streams.iter_mut().enumerate() {
+            let l = line(i, round, 100);
+            assert_eq!(
+                s.echo(&l),
+                l,
+                "stream {i} round {round}\n{}",
+                t.lab.log("lvc")
+            );
+        }
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    let st: Value = serde_json::from_str(&t.ctl_ok(&["status", "--json"])).unwrap();
+    let counter = |st: &Value, name: &str| {
+        st["counters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c[0] == name)
+            .and_then(|c| c[1].as_u64())
+            .unwrap_or(0)
+    };
+    if offload {
+        assert!(counter(&st, "offload_connections") >= 6, "{st}");
+    }
+    let cfg = std::env::temp_dir().join(format!("{}.toml", t.lab.ns("held")));
+    std::fs::write(&cfg, t.ctl_ok(&["save"])).unwrap();
+    t.lab.stop("lvc", 9);
+    assert_eq!(
+        fs.pins(),
+        ["d0-driver", "d1-driver"],
+        "the links stay pinned"
+    );
+
+    // No dataplane: offloaded streams are forwarded by XDP alone; the
+    // others' packets wait.
+    let sent: Vec<String> = (0..streams.len()).map(|i| line(i, 100, 300)).collect();
+    for (s, l) in streams.iter_mut().zip(&sent) {
+        s.send(l);
+    }
+    if offload {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let back: Vec<String> = streams.iter_mut().map(|s| s.receive()).collect();
+            let _ = tx.send((streams, back));
+        });
+        let (back_streams, back) = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("offloaded streams answer while no dataplane runs");
+        assert_eq!(back, sent);
+        streams = back_streams;
+    } else {
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    t.start_lvc_with(&["--bpf-dir", &dir, "--config", cfg.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&cfg);
+    let log = t.lab.log("lvc");
+    assert!(
+        log.contains("took over the pinned XDP link of the previous process")
+            && log.contains("took over the connections of the previous process"),
+        "{log}"
+    );
+    for (i, s) in streams.iter_mut().enumerate() {
+        if !offload {
+            assert_eq!(
+                s.receive(),
+                sent[i],
+                "stream {i}: the line sent while no dataplane ran"
+            );
+        }
+        for round in 200..203 {
+            let l = line(i, round, 1000);
+            assert_eq!(
+                s.echo(&l),
+                l,
+                "stream {i} after the restart\n{}",
+                t.lab.log("lvc")
+            );
+        }
+    }
+    // A clean stop takes the pins away and detaches the program.
+    t.lab.stop("lvc", 15);
+    assert!(fs.pins().is_empty(), "pins left after a clean stop");
+    let link = t.lab.exec_ok("dir", &["ip", "link", "show", "d0"]);
+    assert!(!link.contains("xdp"), "{link}");
+}

@@ -8,6 +8,7 @@ use lvc_tests::{Lab, netns, privileged};
 use std::collections::HashSet;
 use std::net::IpAddr;
 
+const XDP_DROP: u32 = 1;
 const XDP_PASS: u32 = 2;
 const XDP_REDIRECT: u32 = 4;
 
@@ -563,7 +564,23 @@ fn xdp_program_steers_exactly_lvc_traffic() {
             cases.len(),
             wrong.join("\n  ")
         );
+        // The dataplane dies (its socket closes; the kernel takes it out
+        // of the XSKMAP): a queue it served drops VIP traffic instead of
+        // passing it to the kernel, until the next process binds again.
         drop(io);
+        let vip = frame(6, CLIENT, VIP, 40000, 80);
+        let before = st.counters();
+        assert_eq!(st.test_run(&vip, ifindex, 0).unwrap(), XDP_DROP);
+        // (A queue never served still passes.)
+        assert_eq!(st.test_run(&vip, ifindex, 1).unwrap(), XDP_PASS);
+        let after = st.counters();
+        let n = |c: &[(Stat, u64)]| {
+            c.iter()
+                .find(|(k, _)| *k == Stat::DropNoDataplane)
+                .unwrap()
+                .1
+        };
+        assert_eq!(n(&after) - n(&before), 1);
     })
     .join()
     .expect("test thread");

@@ -2,19 +2,28 @@
 //! the configuration.
 //!
 //! The program is attached through a bpf_link (aya does that when the
-//! kernel supports it). A bpf_link lives exactly as long as its file
-//! descriptor, so the program is detached on every way out of the daemon:
-//! a clean exit, an error, a panic, SIGKILL. A stopped dataplane never leaves
-//! a program behind that would black-hole VIP traffic.
+//! kernel supports it). With a bpffs directory (`--bpf-dir`), the link is
+//! pinned there while the daemon runs: if the process dies without a clean
+//! exit (SIGKILL, a crash), the program stays attached with its maps —
+//! offloaded flows go on being forwarded, the rest of the served traffic is
+//! dropped (the `held` queues) rather than handed to the kernel — and the
+//! next process takes the link over, replacing the program atomically
+//! (`bpf_link_update`: no moment without one). A clean exit (SIGTERM,
+//! SIGINT, an error, a panic) removes the pin and closes the link: the
+//! program is detached and never black-holes VIP traffic. Without a bpffs
+//! the link lives exactly as long as the process.
 
 use super::replymap::ReplyMap;
-use aya::maps::{DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::{Array, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, TestRun, TestRunOptions};
 use lvc_ebpf::{AddrKey, EndpointKey, FlowKey, FlowValue, PortRanges, ServiceValue, Stat};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
@@ -46,6 +55,12 @@ pub enum SteerError {
     Attach { iface: String, reason: String },
     #[error("XDP map `{map}`: {reason}")]
     Map { map: &'static str, reason: String },
+}
+
+/// Whether `dir` is on a bpf filesystem (where links can be pinned).
+fn is_bpffs(dir: &Path) -> bool {
+    use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
+    statfs(dir).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
 }
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> SteerError {
@@ -114,6 +129,7 @@ pub struct Steering {
     vipranges: BpfHashMap<MapData, AddrKey, PortRanges>,
     ifslots: BpfHashMap<MapData, u32, u32>,
     xsks: XskMap<MapData>,
+    held: Array<MapData, u32>,
     stats: PerCpuArray<MapData, u64>,
     egress: DevMap<MapData>,
     /// The offloaded flows, until the dataplane's offload thread takes them.
@@ -122,6 +138,21 @@ pub struct Steering {
     current_snat: HashSet<AddrKey>,
     current_fragvips: HashSet<AddrKey>,
     current_vipranges: HashMap<AddrKey, PortRanges>,
+    /// Links pinned in bpffs (removed on a clean exit) and our handles on
+    /// them.
+    pins: Vec<(PathBuf, FdLink)>,
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        // Every way out but SIGKILL and a crash: the pins go first, then
+        // the handles (with the fields), and the program is detached.
+        for (path, _) in &self.pins {
+            if let Err(e) = std::fs::remove_file(path) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove a pinned XDP link");
+            }
+        }
+    }
 }
 
 impl Steering {
@@ -192,6 +223,7 @@ impl Steering {
             BpfHashMap::try_from(take(maps::VIPRANGES)?).map_err(map_err(maps::VIPRANGES))?;
         let ifslots = BpfHashMap::try_from(take(maps::IFSLOTS)?).map_err(map_err(maps::IFSLOTS))?;
         let xsks = XskMap::try_from(take(maps::XSKS)?).map_err(map_err(maps::XSKS))?;
+        let held = Array::try_from(take(maps::HELD)?).map_err(map_err(maps::HELD))?;
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
         let egress = DevMap::try_from(take(maps::EGRESS)?).map_err(map_err(maps::EGRESS))?;
         let flows = BpfHashMap::try_from(take(maps::FLOWS)?).map_err(map_err(maps::FLOWS))?;
@@ -204,6 +236,7 @@ impl Steering {
             vipranges,
             ifslots,
             xsks,
+            held,
             stats,
             egress,
             flows: Some(flows),
@@ -211,6 +244,7 @@ impl Steering {
             current_snat: HashSet::new(),
             current_fragvips: HashSet::new(),
             current_vipranges: HashMap::new(),
+            pins: Vec::new(),
         })
     }
 
@@ -223,26 +257,97 @@ impl Steering {
     }
 
     /// Attaches to `iface` in driver mode, falling back to skb (generic)
-    /// mode with a warning.
-    pub fn attach(&mut self, iface: &str) -> Result<AttachMode, SteerError> {
+    /// mode with a warning. With `pins` (a bpffs directory), a link that a
+    /// process before this one left pinned for `iface` is taken over (its
+    /// program replaced atomically, its mode kept), and a new link is
+    /// pinned there.
+    pub fn attach(&mut self, iface: &str, pins: Option<&Path>) -> Result<AttachMode, SteerError> {
+        // (bpffs refuses names with a dot.)
+        let pin = |mode: AttachMode| pins.map(|d| d.join(format!("{iface}-{}", mode.name())));
+        for mode in [AttachMode::Driver, AttachMode::Skb] {
+            let Some(path) = pin(mode).filter(|p| p.exists()) else {
+                continue;
+            };
+            match self.take_over(&path) {
+                Ok(()) => {
+                    tracing::info!(iface, path = %path.display(), "took over the pinned XDP link of the previous process");
+                    return Ok(mode);
+                }
+                Err(e) => {
+                    // A stale pin (another boot's, or not a link): dropped,
+                    // which detaches what it held.
+                    tracing::warn!(iface, path = %path.display(), error = %e, "cannot take the pinned XDP link over; removing it");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
         let prog = self.prog();
-        match prog.attach(iface, XdpMode::Driver) {
-            Ok(_) => return Ok(AttachMode::Driver),
+        let (mode, id) = match prog.attach(iface, XdpMode::Driver) {
+            Ok(id) => (AttachMode::Driver, id),
             Err(ProgramError::UnknownInterface { .. }) => {
                 return Err(SteerError::NoInterface(iface.to_owned()));
             }
-            Err(e) => tracing::warn!(
-                iface,
-                error = %program_error(&e),
-                "driver-mode XDP unavailable, falling back to skb (generic) mode: slower, and 64 KiB GSO frames reach XDP"
-            ),
+            Err(e) => {
+                tracing::warn!(
+                    iface,
+                    error = %program_error(&e),
+                    "driver-mode XDP unavailable, falling back to skb (generic) mode: slower, and 64 KiB GSO frames reach XDP"
+                );
+                let id = prog
+                    .attach(iface, XdpMode::Skb)
+                    .map_err(|e| SteerError::Attach {
+                        iface: iface.to_owned(),
+                        reason: program_error(&e),
+                    })?;
+                (AttachMode::Skb, id)
+            }
+        };
+        if let Some(path) = pin(mode)
+            && let Err(e) = self.pin(id, &path)
+        {
+            tracing::warn!(
+                path = %path.display(),
+                error = %e,
+                "cannot pin the XDP link: if this process dies, its connections' packets reach the kernel until the next one starts"
+            );
         }
-        prog.attach(iface, XdpMode::Skb)
-            .map(|_| AttachMode::Skb)
-            .map_err(|e| SteerError::Attach {
-                iface: iface.to_owned(),
-                reason: program_error(&e),
-            })
+        Ok(mode)
+    }
+
+    /// Replaces the program of the link pinned at `path` with ours.
+    fn take_over(&mut self, path: &Path) -> Result<(), String> {
+        let link = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;
+        let link = XdpLink::try_from(FdLink::from(link)).map_err(|e| e.to_string())?;
+        let prog = self.prog();
+        let id = prog.attach_to_link(link).map_err(|e| program_error(&e))?;
+        let ours = prog.take_link(id).map_err(|e| program_error(&e))?;
+        let fd = FdLink::try_from(ours).map_err(|e| e.to_string())?;
+        self.pins.push((path.to_owned(), fd));
+        Ok(())
+    }
+
+    /// Pins the link `id` at `path`, in a bpffs directory (made if
+    /// missing). Checked first: a link that fails to pin is closed, which
+    /// would detach the program.
+    fn pin(&mut self, id: aya::programs::xdp::XdpLinkId, path: &Path) -> Result<(), String> {
+        let dir = path.parent().ok_or("no directory")?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        }
+        if !is_bpffs(dir) {
+            return Err(format!("{} is not on a bpf filesystem", dir.display()));
+        }
+        if path.exists() {
+            return Err(format!("{} exists", path.display()));
+        }
+        let prog = self.prog();
+        let link = prog.take_link(id).map_err(|e| program_error(&e))?;
+        let fd = FdLink::try_from(link).map_err(|e| format!("not a bpf_link: {e}"))?;
+        let pinned = fd
+            .pin(path)
+            .map_err(|e| format!("{e}: {:?}", std::error::Error::source(&e)))?;
+        self.pins.push((path.to_owned(), FdLink::from(pinned)));
+        Ok(())
     }
 
     /// Gives interface `ifindex` its slot in the socket map.
@@ -274,11 +379,16 @@ impl Steering {
         self.flows.take()
     }
 
-    /// Puts the AF_XDP socket of (interface slot, rx queue) into the XSKMAP.
+    /// Puts the AF_XDP socket of (interface slot, rx queue) into the
+    /// XSKMAP, and marks the queue served.
     pub fn set_socket(&mut self, slot: u32, queue: u32, fd: i32) -> Result<(), SteerError> {
+        let i = lvc_ebpf::xsk_index(slot, queue);
         self.xsks
-            .set(lvc_ebpf::xsk_index(slot, queue), fd, 0)
-            .map_err(map_err(lvc_ebpf::maps::XSKS))
+            .set(i, fd, 0)
+            .map_err(map_err(lvc_ebpf::maps::XSKS))?;
+        self.held
+            .set(i, 1, 0)
+            .map_err(map_err(lvc_ebpf::maps::HELD))
     }
 
     /// Makes the `vips` map hold exactly `want`.

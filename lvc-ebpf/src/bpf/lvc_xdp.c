@@ -78,6 +78,8 @@ enum lvc_stat {
 	STAT_REDIRECT_REAL,     // a nat reply or to a pool address, redirected
 	STAT_FLOW_FORWARDED,    // an offloaded flow's packet, sent on by XDP
 	STAT_FLOW_TO_LVC,       // an offloaded flow's packet that lvc must see
+	STAT_DROP_NO_DATAPLANE, // for a served queue whose socket is gone: the
+	                        // dataplane died and is expected back
 	STAT_MAX,
 };
 
@@ -271,6 +273,18 @@ struct {
 	__type(value, __u32);
 } xsks SEC(".maps");
 
+// Queues a dataplane serves (marked with their socket, same index as
+// `xsks`). A served queue without a socket means the dataplane died while
+// its link stayed pinned (it is expected back, and takes its connections
+// over): that traffic is dropped, not passed to the kernel, which would
+// forward nat replies untranslated; TCP sends it again.
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LVC_MAX_IFACES * LVC_MAX_QUEUES);
+	__type(key, __u32);
+	__type(value, __u32);
+} held SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STAT_MAX);
@@ -298,8 +312,14 @@ static __always_inline int to_socket(struct xdp_md *ctx, __u32 reason)
 	if (!slot || ctx->rx_queue_index >= LVC_MAX_QUEUES)
 		return pass(STAT_PASS_NO_SOCKET);
 	__u32 q = *slot * LVC_MAX_QUEUES + ctx->rx_queue_index;
-	if (!bpf_map_lookup_elem(&xsks, &q))
+	if (!bpf_map_lookup_elem(&xsks, &q)) {
+		__u32 *h = bpf_map_lookup_elem(&held, &q);
+		if (h && *h) {
+			count(STAT_DROP_NO_DATAPLANE);
+			return XDP_DROP;
+		}
 		return pass(STAT_PASS_NO_SOCKET);
+	}
 	count(reason);
 	// XDP_PASS as the fallback action: should the socket go away between
 	// the lookup and the redirect, the kernel gets the frame.
