@@ -5,6 +5,7 @@
 //!        ├─ route             (rtnetlink: routes, neighbours, addresses)
 //!        ├─ housekeeping      (conntrack ageing, once a second)
 //!        ├─ health            (real-server checks: tokio, one task per server)
+//!        ├─ sync              (connections from peer directors, --sync-listen)
 //!        ├─ control           (lvc-ctl socket, one thread per client)
 //!        └─ waits for SIGINT/SIGTERM, then stops and joins everything
 //! ```
@@ -19,6 +20,7 @@ use crate::pipeline::conntrack::Conntrack;
 use crate::pipeline::services::ServiceTable;
 use crate::shape::ShapeTable;
 use crate::stats::WorkerStats;
+use crate::sync::Sync;
 use crate::worker::{Shared, Worker};
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
@@ -50,6 +52,9 @@ pub struct Options {
     /// Where the XDP links are pinned while the daemon runs (`--bpf-dir`;
     /// none: not pinned, the program goes with the process).
     pub bpf_dir: Option<PathBuf>,
+    /// Connection sync with peer directors: where to listen, and the peers.
+    pub sync_listen: Option<std::net::SocketAddr>,
+    pub sync_peers: Vec<std::net::SocketAddr>,
 }
 
 /// Number of active rx queues of an interface (from sysfs).
@@ -114,17 +119,33 @@ fn plan(opts: &Options) -> anyhow::Result<Plan> {
     })
 }
 
-/// The flags that SIGINT/SIGTERM (shutdown) and SIGHUP (reload) raise.
-fn signals() -> anyhow::Result<(Arc<AtomicBool>, Arc<AtomicBool>)> {
-    let shutdown = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, shutdown.clone())
-            .context("cannot install signal handlers")?;
+/// The flags signals raise.
+struct Signals {
+    /// SIGINT, SIGTERM, SIGQUIT: stop.
+    shutdown: Arc<AtomicBool>,
+    /// SIGHUP: re-read the configuration file.
+    reload: Arc<AtomicBool>,
+    /// SIGQUIT: stop for a restart — the XDP links stay pinned (the
+    /// program stays attached) for the next process to take over.
+    handover: Arc<AtomicBool>,
+}
+
+fn signals() -> anyhow::Result<Signals> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGQUIT, SIGTERM};
+    let s = Signals {
+        shutdown: Arc::default(),
+        reload: Arc::default(),
+        handover: Arc::default(),
+    };
+    let register = |sig, flag: &Arc<AtomicBool>| {
+        signal_hook::flag::register(sig, flag.clone()).context("cannot install signal handlers")
+    };
+    for sig in [SIGINT, SIGTERM, SIGQUIT] {
+        register(sig, &s.shutdown)?;
     }
-    let reload = Arc::new(AtomicBool::new(false));
-    signal_hook::flag::register(signal_hook::consts::SIGHUP, reload.clone())
-        .context("cannot install signal handlers")?;
-    Ok((shutdown, reload))
+    register(SIGHUP, &s.reload)?;
+    register(SIGQUIT, &s.handover)?;
+    Ok(s)
 }
 
 /// Opens one worker per queue (its AF_XDP sockets entered in the XSKMAP),
@@ -197,7 +218,11 @@ fn spawn(
 /// Runs the daemon until SIGINT or SIGTERM.
 pub fn run(opts: Options) -> anyhow::Result<()> {
     let plan = plan(&opts)?;
-    let (shutdown, reload) = signals()?;
+    let Signals {
+        shutdown,
+        reload,
+        handover,
+    } = signals()?;
 
     let (routes, route_sync) =
         RouteMonitor::start().context("cannot read routes and neighbours over rtnetlink")?;
@@ -234,8 +259,15 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             tracing::warn!(error = %e, "cannot steer a journaled connection's replies");
         }
     }
+    let sync = match opts.sync_listen {
+        Some(listen) => Some(
+            Sync::bind(listen, opts.sync_peers.clone())
+                .with_context(|| format!("cannot listen for connection sync on {listen}"))?,
+        ),
+        None => None,
+    };
     let conntrack = Conntrack::new(opts.conntrack_size);
-    let conntrack = Arc::new(if journal.is_some() {
+    let conntrack = Arc::new(if journal.is_some() || sync.is_some() {
         conntrack.with_journal()
     } else {
         conntrack
@@ -306,6 +338,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         neigh_requests: shared.neigh_requests.clone(),
         epoch: shared.epoch,
         offload: offload_stats,
+        sync: sync.as_ref().map(|s| s.stats.clone()),
     }));
     if let Some(file) = &plan.initial {
         control
@@ -357,11 +390,32 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             route_sync.run(neigh_rx, shutdown)
         })?;
     }
+    if let Some(s) = &sync {
+        let r = s.receiver(crate::sync::ReceiverDeps {
+            services: services.clone(),
+            conntrack: conntrack.clone(),
+            replies: steering.lock().unwrap_or_else(|p| p.into_inner()).replies(),
+            epoch: shared.epoch,
+        })?;
+        let shutdown = shutdown.clone();
+        spawn(&mut threads, "lvc-sync", move || r.run(&shutdown))?;
+        // What the peers made while this director was away (failback).
+        s.ask_for_dump();
+        tracing::info!(peers = ?opts.sync_peers, "connection sync with peer directors");
+    }
     {
         let (control, shutdown, epoch) = (control.clone(), shutdown.clone(), shared.epoch);
         let replies = steering.lock().unwrap_or_else(|p| p.into_inner()).replies();
         spawn(&mut threads, "lvc-housekeeping", move || {
-            housekeeping::run(&conntrack, &replies, &control, journal, &shutdown, epoch)
+            housekeeping::run(
+                &conntrack,
+                &replies,
+                &control,
+                journal,
+                sync.as_ref(),
+                &shutdown,
+                epoch,
+            )
         })?;
     }
     if let Some(addr) = opts.metrics {
@@ -387,7 +441,16 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     for t in threads {
         let _ = t.join();
     }
-    // Dropping the steering handle closes the bpf_links: XDP detached.
+    if handover.load(Relaxed) {
+        // (The journal was written as the housekeeping thread stopped.)
+        steering
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keep_pins();
+        tracing::info!("SIGQUIT: the XDP program stays attached for the next process");
+    }
+    // Dropping the steering handle closes the bpf_links: XDP detached
+    // (unless they stay pinned).
     drop(steering);
     if failed.load(Relaxed) {
         bail!("a worker thread panicked; the dataplane stopped and detached XDP");

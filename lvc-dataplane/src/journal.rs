@@ -83,7 +83,7 @@ impl Record {
         }
     }
 
-    fn encode(&self) -> [u64; RECORD_WORDS - 1] {
+    pub(crate) fn encode(&self) -> [u64; RECORD_WORDS - 1] {
         let addr = |a: Addr| {
             let (hi, lo) = a.0.split_at(8);
             [
@@ -116,7 +116,10 @@ impl Record {
         ]
     }
 
-    fn decode(w: &[u64]) -> Option<Self> {
+    pub(crate) fn decode(w: &[u64]) -> Option<Self> {
+        if w.len() < RECORD_WORDS - 1 {
+            return None;
+        }
         let addr = |hi: u64, lo: u64| {
             let mut b = [0u8; 16];
             b[..8].copy_from_slice(&hi.to_le_bytes());
@@ -276,15 +279,14 @@ impl Journal {
         }
     }
 
-    /// Applies what the connection table queued since the last call.
-    pub fn sync(&mut self, ct: &Conntrack) {
-        let (new, gone) = ct.take_journal();
-        for k in &gone {
+    /// Applies what the connection table queued (`Conntrack::take_journal`).
+    pub fn apply(&mut self, new: &[Arc<Conn>], gone: &[FlowKey]) {
+        for k in gone {
             self.remove(k);
         }
         for c in new {
             c.mark_journaled();
-            self.put(&c);
+            self.put(c);
             // Removed meanwhile (its release saw the flag, or did not):
             // either way no record may outlive it.
             if c.state() == State::Removed {
@@ -364,7 +366,7 @@ pub fn restore(
     let mut done = Restored::default();
     let mut taken = Vec::new();
     for r in records {
-        let Some(c) = take_over(&r, services, ct, now) else {
+        let Some(c) = take_over(&r, services, ct, now, false) else {
             done.dropped += 1;
             if r.method == Method::Nat {
                 replies.remove(&reply_keys(std::slice::from_ref(&r))[0]);
@@ -386,12 +388,26 @@ pub fn restore(
     done
 }
 
-fn take_over(r: &Record, services: &ServiceTable, ct: &Conntrack, now: u32) -> Option<Arc<Conn>> {
+/// Makes record `r` a connection of `ct` if `services` still has its
+/// service and real server (same method): restored at a start, or made
+/// from a peer director's word (`synced`).
+pub(crate) fn take_over(
+    r: &Record,
+    services: &ServiceTable,
+    ct: &Conntrack,
+    now: u32,
+    synced: bool,
+) -> Option<Arc<Conn>> {
     let svc = services.lookup(r.proto, r.vip.0, r.vip.1)?;
     let server = svc.servers.iter().chain(&svc.sorry).find(|s| {
         s.addr == r.real.0 && (s.port == r.real.1 || s.port == 0) && s.method == r.method
     })?;
-    let conn = Conn::new(r.proto, r.client, r.vip, server.clone(), r.real.1, now).restored(r.state);
+    let conn = Conn::new(r.proto, r.client, r.vip, server.clone(), r.real.1, now);
+    let conn = if synced {
+        conn.from_peer(r.state)
+    } else {
+        conn.restored(r.state)
+    };
     let conn = match r.local {
         Some((addr, port)) => {
             let pool = services.snat()?;

@@ -32,5 +32,6 @@ pub mod offload;
 pub mod pipeline;
 pub mod shape;
 pub mod stats;
+pub mod sync;
 pub mod wire;
 pub mod worker;

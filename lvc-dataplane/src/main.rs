@@ -51,6 +51,13 @@ struct Args {
     /// next one to take over; none: the program goes with the process.
     #[arg(long, value_name = "PATH|none", default_value = "/sys/fs/bpf/lvc")]
     bpf_dir: PathBuf,
+    /// Connection sync with other directors (keepalived failover, failback
+    /// included): the UDP address to listen on.
+    #[arg(long, value_name = "ADDR:PORT", requires = "sync_peer")]
+    sync_listen: Option<std::net::SocketAddr>,
+    /// A peer director's sync address (repeat for several).
+    #[arg(long, value_name = "ADDR:PORT", requires = "sync_listen")]
+    sync_peer: Vec<std::net::SocketAddr>,
 }
 
 fn zero_copy(s: &str) -> Result<ZeroCopy, String> {
@@ -96,6 +103,8 @@ fn main() -> ExitCode {
         zero_copy: a.zero_copy,
         state_file,
         bpf_dir: Some(a.bpf_dir.clone()).filter(|p| p.as_os_str() != "none"),
+        sync_listen: a.sync_listen,
+        sync_peers: a.sync_peer.clone(),
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

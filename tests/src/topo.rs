@@ -463,20 +463,12 @@ impl Drop for EchoSession {
     }
 }
 
-impl Topo {
-    /// Opens an [`EchoSession`] to VIP:`port`.
-    pub fn echo_session(&self, port: u16) -> EchoSession {
+impl EchoSession {
+    /// Opens a session from namespace `ns` of `lab` to `addr`:`port`.
+    pub fn open(lab: &crate::Lab, ns: &str, addr: &str, port: u16) -> Self {
         let mut child = std::process::Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &self.lab.ns("client"),
-                "socat",
-                "-T",
-                "30",
-                "-",
-            ])
-            .arg(format!("TCP:{VIP}:{port}"))
+            .args(["netns", "exec", &lab.ns(ns), "socat", "-T", "30", "-"])
+            .arg(format!("TCP:{addr}:{port}"))
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -488,6 +480,13 @@ impl Topo {
             input,
             output,
         }
+    }
+}
+
+impl Topo {
+    /// Opens an [`EchoSession`] to VIP:`port`.
+    pub fn echo_session(&self, port: u16) -> EchoSession {
+        EchoSession::open(&self.lab, "client", VIP, port)
     }
 }
 

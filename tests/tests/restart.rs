@@ -275,6 +275,22 @@ fn streams_keep_flowing_while_no_dataplane_runs() {
             );
         }
     }
+    // SIGQUIT: a stop for a restart (systemctl restart) — the pins stay,
+    // the journal is complete, the next process takes over again.
+    let cfg = std::env::temp_dir().join(format!("{}.toml", t.lab.ns("quit")));
+    std::fs::write(&cfg, t.ctl_ok(&["save"])).unwrap();
+    t.lab.stop("lvc", 3);
+    assert_eq!(
+        fs.pins(),
+        ["d0-driver", "d1-driver"],
+        "SIGQUIT keeps the links"
+    );
+    t.start_lvc_with(&["--bpf-dir", &dir, "--config", cfg.to_str().unwrap()]);
+    let _ = std::fs::remove_file(&cfg);
+    for (i, s) in streams.iter_mut().enumerate() {
+        let l = line(i, 300, 500);
+        assert_eq!(s.echo(&l), l, "stream {i} after SIGQUIT and a start");
+    }
     // A clean stop takes the pins away and detaches the program.
     t.lab.stop("lvc", 15);
     assert!(fs.pins().is_empty(), "pins left after a clean stop");

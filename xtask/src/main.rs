@@ -36,6 +36,8 @@ const PACKAGES: &[&str] = &[
     "socat",
     "tcpdump",
     "vsftpd",
+    // Director failover tests: VRRP for the floating addresses.
+    "keepalived",
     // lvc-bench: the director kinds it compares and the load it drives.
     "iptables",
     "conntrack",

@@ -78,6 +78,8 @@ pub struct Control {
     checker: std::sync::OnceLock<crate::health::Checker>,
     /// A change of health waits to be published.
     health_pending: std::sync::atomic::AtomicBool,
+    /// Connection sync's counters, when directors sync.
+    sync: Option<Arc<crate::sync::SyncStats>>,
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -94,6 +96,8 @@ pub struct ControlDeps {
     pub epoch: Instant,
     /// The offload thread's counters.
     pub offload: Arc<OffloadStats>,
+    /// Connection sync's counters, when directors sync.
+    pub sync: Option<Arc<crate::sync::SyncStats>>,
 }
 
 impl Control {
@@ -115,6 +119,7 @@ impl Control {
             pool: Mutex::new(Pools::default()),
             checker: std::sync::OnceLock::new(),
             health_pending: Default::default(),
+            sync: d.sync,
         }
     }
 

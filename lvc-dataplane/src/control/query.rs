@@ -194,6 +194,13 @@ impl Control {
         counters.push(("offload_installed".into(), o.installed.load(Relaxed)));
         counters.push(("offload_retired".into(), o.retired.load(Relaxed)));
         counters.push(("offload_failed".into(), o.failed.load(Relaxed)));
+        if let Some(y) = &self.sync {
+            counters.push(("sync_sent".into(), y.sent.load(Relaxed)));
+            counters.push(("sync_received".into(), y.received.load(Relaxed)));
+            counters.push(("sync_applied".into(), y.applied.load(Relaxed)));
+            counters.push(("sync_refused".into(), y.refused.load(Relaxed)));
+            counters.push(("sync_dropped".into(), y.dropped.load(Relaxed)));
+        }
         for d in Drop::ALL {
             counters.push((format!("drop_{}", d.name()), sum(&|w| w.drops(d))));
         }

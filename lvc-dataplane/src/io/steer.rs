@@ -314,6 +314,12 @@ impl Steering {
         Ok(mode)
     }
 
+    /// Leaves the pinned links pinned when this process ends (a restart:
+    /// the next process takes them over).
+    pub fn keep_pins(&mut self) {
+        self.pins.clear();
+    }
+
     /// Replaces the program of the link pinned at `path` with ours.
     fn take_over(&mut self, path: &Path) -> Result<(), String> {
         let link = PinnedLink::from_pin(path).map_err(|e| e.to_string())?;

@@ -167,6 +167,8 @@ const OFFLOADED: u8 = 1;
 const STEERED: u8 = 2;
 /// In the connection journal (a restarted dataplane takes it over).
 const JOURNALED: u8 = 4;
+/// Made from a peer director's sync message.
+const SYNCED: u8 = 8;
 
 /// The source address a fullnat connection shows the real server.
 #[derive(Debug)]
@@ -311,6 +313,24 @@ impl Conn {
         self.state.store(state as u8, Relaxed);
         self.seen.store(OFFLOAD_AFTER, Relaxed);
         self
+    }
+
+    /// A connection a peer director made (sync), in `state`: not sent on,
+    /// and removed by the peer's word while it carries no packet here.
+    pub fn from_peer(self, state: State) -> Self {
+        self.state.store(state as u8, Relaxed);
+        self.flags.fetch_or(SYNCED, Relaxed);
+        self
+    }
+
+    /// Made from a peer director's sync message.
+    pub fn synced(&self) -> bool {
+        self.flags.load(Relaxed) & SYNCED != 0
+    }
+
+    /// Whether this director has seen a packet of it.
+    pub fn carried(&self) -> bool {
+        self.seen.load(Relaxed) > 0
     }
 
     /// Notes that the connection could not be offloaded at `now`.
