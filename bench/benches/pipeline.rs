@@ -42,6 +42,7 @@ fn stages(c: &mut Criterion) {
             stats: Arc::new(TrafficStats::default()),
             persistence: None,
             sorry: None,
+            sloppy: false,
         };
         let mut client = 0u32;
         c.bench_function(&format!("schedule/{}_8", kind.name()), |b| {

@@ -74,6 +74,9 @@ pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
             if let Some(m) = svc.netmask {
                 let _ = write!(flags, " mask {m}");
             }
+            if svc.sloppy {
+                flags.push_str(" sloppy");
+            }
             let _ = writeln!(s, "{head} {}{flags}", svc.scheduler);
         }
         let sorry = svc.sorry.iter().map(|r| (r, true));
@@ -179,6 +182,10 @@ pub fn status(st: &Status) -> String {
             pool.join(", "),
             st.local_ports_in_use
         );
+    }
+    if !st.announced.is_empty() {
+        let vips: Vec<String> = st.announced.iter().map(|a| a.to_string()).collect();
+        let _ = writeln!(s, "announced {}", vips.join(", "));
     }
     for (name, v) in st.counters.iter().filter(|(_, v)| *v > 0) {
         let _ = writeln!(s, "  {name:<28} {v}");
@@ -407,6 +414,7 @@ mod tests {
                 check: Default::default(),
                 alert: None,
                 sorry: None,
+                sloppy: false,
             }],
         }
     }

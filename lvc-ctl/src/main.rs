@@ -225,6 +225,10 @@ enum Cmd {
         alert: Option<String>,
         #[command(flatten)]
         sorry: SorryArgs,
+        /// Pick up TCP connections mid-flow (IPVS's sloppy_tcp): for
+        /// directors behind ECMP, where a flow may move to this director.
+        #[arg(long)]
+        sloppy: bool,
     },
     /// Change a virtual service's scheduler, persistence, health check,
     /// alert or sorry server.
@@ -249,6 +253,9 @@ enum Cmd {
         alert: Option<String>,
         #[command(flatten)]
         sorry: SorryArgs,
+        /// Pick up TCP connections mid-flow, or stop.
+        #[arg(long, value_name = "on|off", value_parser = on_off)]
+        sloppy: Option<bool>,
     },
     /// Delete a virtual service and its real servers.
     #[command(short_flag = 'D')]
@@ -830,6 +837,14 @@ enum Show {
     },
 }
 
+fn on_off(s: &str) -> Result<bool, String> {
+    match s {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(format!("`{s}`: say on or off")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let (req, show) = match cli.cmd {
@@ -856,6 +871,7 @@ fn main() -> ExitCode {
             check,
             alert,
             sorry,
+            sloppy,
         } => (
             Request::AddService {
                 service: service.key(),
@@ -865,6 +881,7 @@ fn main() -> ExitCode {
                 check: check.spec(),
                 alert,
                 sorry: sorry.sorry().0,
+                sloppy,
             },
             Show::Nothing,
         ),
@@ -876,6 +893,7 @@ fn main() -> ExitCode {
             check,
             alert,
             sorry,
+            sloppy,
         } => (
             Request::EditService {
                 service: service.key(),
@@ -886,6 +904,7 @@ fn main() -> ExitCode {
                 alert,
                 sorry: sorry.sorry().0,
                 no_sorry: sorry.sorry().1,
+                sloppy,
             },
             Show::Nothing,
         ),

@@ -55,6 +55,9 @@ pub struct Options {
     /// Connection sync with peer directors: where to listen, and the peers.
     pub sync_listen: Option<std::net::SocketAddr>,
     pub sync_peers: Vec<std::net::SocketAddr>,
+    /// VIP announcement: a TUN device of this name carries a route to
+    /// each VIP served (for bird2/FRR to export by BGP).
+    pub announce_dev: Option<String>,
 }
 
 /// Number of active rx queues of an interface (from sysfs).
@@ -326,6 +329,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         None
     };
     let steering = Arc::new(Mutex::new(steering));
+    let announcer = match &opts.announce_dev {
+        Some(dev) => Some(
+            crate::net::announce::Announcer::new(dev)
+                .with_context(|| format!("cannot create the announcement device `{dev}`"))?,
+        ),
+        None => None,
+    };
 
     let control = Arc::new(Control::new(ControlDeps {
         steering: steering.clone(),
@@ -339,6 +349,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         epoch: shared.epoch,
         offload: offload_stats,
         sync: sync.as_ref().map(|s| s.stats.clone()),
+        announcer,
     }));
     if let Some(file) = &plan.initial {
         control

@@ -24,8 +24,8 @@
 
 use crate::addr::Addr;
 use crate::io::replymap::flow_hash;
-use crate::io::shm::SharedWords;
 use crate::io::steer::Replies;
+use crate::io::sys::SharedWords;
 use crate::pipeline::conntrack::{Conn, Conntrack, Dir, State};
 use crate::pipeline::parse::FlowKey;
 use crate::pipeline::services::{ServiceTable, Template};

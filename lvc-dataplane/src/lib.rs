@@ -5,7 +5,7 @@
 //! ```text
 //! io/        rx/tx: AF_XDP sockets and UMEM (xsk), the XDP program and
 //!            its maps (steer), the reply table shared with it (replymap),
-//!            shared memory (shm); xsk and shm are the only `unsafe`
+//!            shared memory and the TUN device (sys); xsk and sys are the only `unsafe`
 //! pipeline/  what runs per packet, no I/O:
 //!            parse → conntrack → schedule → rewrite (+ icmp, fragments)
 //! shape/     the shape stage between rewrite and tx

@@ -58,6 +58,11 @@ struct Args {
     /// A peer director's sync address (repeat for several).
     #[arg(long, value_name = "ADDR:PORT", requires = "sync_listen")]
     sync_peer: Vec<std::net::SocketAddr>,
+    /// Announce VIPs for ECMP: a TUN device of this name (made by lvc, gone
+    /// with it) carries a host route to every VIP whose services all take
+    /// connections; bird2 or FRR exports them by BGP (dist/bird.conf).
+    #[arg(long, value_name = "NAME")]
+    announce_dev: Option<String>,
 }
 
 fn zero_copy(s: &str) -> Result<ZeroCopy, String> {
@@ -105,6 +110,7 @@ fn main() -> ExitCode {
         bpf_dir: Some(a.bpf_dir.clone()).filter(|p| p.as_os_str() != "none"),
         sync_listen: a.sync_listen,
         sync_peers: a.sync_peer.clone(),
+        announce_dev: a.announce_dev.clone(),
     };
     match daemon::run(opts) {
         Ok(()) => ExitCode::SUCCESS,

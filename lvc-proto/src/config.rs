@@ -128,6 +128,9 @@ pub struct ServiceConfig {
     /// Takes new connections while no real server does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry: Option<Sorry>,
+    /// Picks up TCP connections mid-flow (directors behind ECMP).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sloppy: bool,
     #[serde(default, rename = "server")]
     pub servers: Vec<ServerConfig>,
 }
@@ -203,6 +206,9 @@ impl ConfigFile {
             }
             if let Some(a) = &svc.alert {
                 let _ = writeln!(s, "alert = {}", quote(a));
+            }
+            if svc.sloppy {
+                s.push_str("sloppy = true\n");
             }
             if let Some(so) = &svc.sorry {
                 let _ = writeln!(
@@ -288,6 +294,7 @@ impl ConfigFile {
                 check,
                 alert: svc.alert.clone(),
                 sorry: svc.sorry,
+                sloppy: svc.sloppy,
             });
             let mut reals = HashSet::new();
             for (j, srv) in svc.servers.iter().enumerate() {

@@ -87,6 +87,11 @@ pub enum Request {
         /// Takes new connections while no real server does.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         sorry: Option<Sorry>,
+        /// Picks up TCP connections mid-flow (a packet without SYN that no
+        /// connection matches is scheduled): IPVS's sloppy_tcp, for
+        /// directors behind ECMP, where flows move between directors.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        sloppy: bool,
     },
     DelService {
         service: ServiceKey,
@@ -128,6 +133,9 @@ pub enum Request {
         /// Removes the sorry server.
         #[serde(default)]
         no_sorry: bool,
+        /// Picks up TCP connections mid-flow, or stops.
+        #[serde(default)]
+        sloppy: Option<bool>,
     },
     /// Changes a real server's weight and/or method (ipvsadm -e).
     EditServer {

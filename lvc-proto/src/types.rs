@@ -791,6 +791,9 @@ pub struct ServiceInfo {
     /// is 1 while it takes the service's new connections, else 0.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sorry: Option<ServerInfo>,
+    /// Picks up TCP connections mid-flow.
+    #[serde(default)]
+    pub sloppy: bool,
 }
 
 /// Answer to `list`.
@@ -829,6 +832,9 @@ pub struct Status {
     /// fullnat (address, port) pairs in use.
     #[serde(default)]
     pub local_ports_in_use: u64,
+    /// VIPs announced for ECMP (routed through `--announce-dev`).
+    #[serde(default)]
+    pub announced: Vec<IpAddr>,
     /// Dataplane counters: XDP program and workers, by name.
     pub counters: Vec<(String, u64)>,
 }
@@ -1010,6 +1016,7 @@ mod netmask_tests {
             check: Default::default(),
             alert: None,
             sorry: None,
+            sloppy: false,
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""netmask":64"#), "{text}");

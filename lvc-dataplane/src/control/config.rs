@@ -62,6 +62,8 @@ pub(super) struct ServiceConf {
     pub(super) check: CheckSpec,
     pub(super) alert: Option<String>,
     pub(super) sorry: Option<SorryConf>,
+    /// Picks up TCP connections mid-flow.
+    pub(super) sloppy: bool,
 }
 
 impl ServiceConf {
@@ -75,6 +77,7 @@ impl ServiceConf {
             check: CheckSpec::default(),
             alert: None,
             sorry: None,
+            sloppy: false,
         }
     }
 
@@ -155,6 +158,7 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             check,
             alert,
             sorry,
+            sloppy,
         } => {
             check_service(service)?;
             if cfg.contains_key(service) {
@@ -186,6 +190,7 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             svc.check = check.clone();
             svc.alert = alert.clone().filter(|a| !a.trim().is_empty());
             svc.set_sorry(*sorry);
+            svc.sloppy = *sloppy;
             cfg.insert(*service, svc);
         }
         Request::DelService { service } => {
@@ -252,6 +257,7 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             alert,
             sorry,
             no_sorry,
+            sloppy,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             if let Some(s) = scheduler {
@@ -290,6 +296,9 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
                 svc.set_sorry(None);
             } else if sorry.is_some() {
                 svc.set_sorry(*sorry);
+            }
+            if let Some(s) = sloppy {
+                svc.sloppy = *s;
             }
         }
         Request::EditServer {

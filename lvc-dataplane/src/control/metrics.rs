@@ -447,6 +447,7 @@ mod tests {
             check: Default::default(),
             alert: None,
             sorry: None,
+            sloppy: false,
         }
     }
 

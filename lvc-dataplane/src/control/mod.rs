@@ -80,6 +80,8 @@ pub struct Control {
     health_pending: std::sync::atomic::AtomicBool,
     /// Connection sync's counters, when directors sync.
     sync: Option<Arc<crate::sync::SyncStats>>,
+    /// VIP announcement (`--announce-dev`).
+    announcer: Option<Mutex<crate::net::announce::Announcer>>,
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -98,6 +100,8 @@ pub struct ControlDeps {
     pub offload: Arc<OffloadStats>,
     /// Connection sync's counters, when directors sync.
     pub sync: Option<Arc<crate::sync::SyncStats>>,
+    /// VIP announcement (`--announce-dev`).
+    pub announcer: Option<crate::net::announce::Announcer>,
 }
 
 impl Control {
@@ -120,6 +124,7 @@ impl Control {
             checker: std::sync::OnceLock::new(),
             health_pending: Default::default(),
             sync: d.sync,
+            announcer: d.announcer.map(Mutex::new),
         }
     }
 

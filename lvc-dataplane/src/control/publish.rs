@@ -13,7 +13,7 @@ use lvc_ebpf::{AddrKey, EndpointKey, PortRanges};
 use lvc_proto::config::{ConfigFile, Timeouts};
 use lvc_proto::shape::ShapeConfig;
 use lvc_proto::{ErrorCode, ErrorReply, Method, Request, ServiceKey, check_local_pool};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -230,6 +230,7 @@ impl Control {
                 stats: s.stats.clone(),
                 persistence: s.persistence.clone(),
                 sorry,
+                sloppy: s.sloppy,
             })
         }));
         let (vips, vipranges) = vip_steering(cfg)?;
@@ -250,7 +251,41 @@ impl Control {
             .and_then(|_| steering.sync_vipranges(&vipranges))
             .and_then(|_| steering.sync_snat(&steered))
             .and_then(|_| steering.sync_fragvips(&fragvips))
-            .map_err(|e| err(ErrorCode::Internal, e.to_string()))
+            .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+        drop(steering);
+        self.announce(cfg);
+        Ok(())
+    }
+
+    /// Routes (announces) the VIPs whose every service takes new
+    /// connections now (see `net::announce`).
+    fn announce(&self, cfg: &Config) {
+        let Some(a) = &self.announcer else {
+            return;
+        };
+        let mut ready: BTreeMap<IpAddr, bool> = BTreeMap::new();
+        for (key, s) in cfg {
+            let takes =
+                s.sorry.is_some() || s.servers.iter().any(|r| r.weight > 0 && r.health.up());
+            *ready.entry(key.vip).or_insert(true) &= takes;
+        }
+        let want = ready
+            .into_iter()
+            .filter(|(_, ok)| *ok)
+            .map(|(v, _)| v)
+            .collect();
+        let mut a = a.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = a.sync(&want) {
+            tracing::error!(error = %e, dev = a.device(), "cannot update the announced VIPs");
+        }
+    }
+
+    /// The VIPs announced now.
+    pub(super) fn announced(&self) -> Vec<IpAddr> {
+        self.announcer.as_ref().map_or_else(Vec::new, |a| {
+            let a = a.lock().unwrap_or_else(|p| p.into_inner());
+            a.announced().iter().copied().collect()
+        })
     }
 
     /// Forgets replaced fullnat pools whose last port is free again

@@ -55,6 +55,7 @@ impl Control {
                         check: Some(s.check.clone()).filter(|c| !c.is_empty()),
                         alert: s.alert.clone(),
                         sorry: s.sorry.as_ref().map(|so| so.sorry),
+                        sloppy: s.sloppy,
                     }
                 })
                 .collect(),
@@ -145,6 +146,7 @@ impl Control {
                         rates: so.stats.rates(),
                         health: None,
                     }),
+                    sloppy: s.sloppy,
                 })
                 .collect(),
         }
@@ -230,6 +232,7 @@ impl Control {
                 .current
                 .as_ref()
                 .map_or(0, |p| p.in_use() as u64),
+            announced: self.announced(),
             counters,
         }
     }

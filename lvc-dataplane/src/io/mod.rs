@@ -1,12 +1,12 @@
 //! Frames in and out: the AF_XDP sockets and their UMEM (`xsk`), the XDP
 //! program that steers frames to them (`steer`), the reply table shared
-//! with it (`replymap`), and shared memory (`shm`: the reply table's and
-//! the connection journal's mapping). `xsk` and `shm` are the only modules
+//! with it (`replymap`), and shared memory (`sys`: the reply table's and
+//! the connection journal's mapping). `xsk` and `sys` are the only modules
 //! with `unsafe` code. Nothing here decides what happens to a packet.
 
 pub mod replymap;
-#[allow(unsafe_code)]
-pub mod shm;
 pub mod steer;
+#[allow(unsafe_code)]
+pub mod sys;
 #[allow(unsafe_code)]
 pub mod xsk;

@@ -17,7 +17,7 @@
 //! before the connection's first packet is sent, so no reply can look for
 //! it earlier.
 
-use super::shm::SharedWords;
+use super::sys::SharedWords;
 use lvc_ebpf::FlowKey;
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -285,14 +285,14 @@ impl RouteTable {
 }
 
 /// A synchronous rtnetlink socket.
-struct Netlink {
+pub(crate) struct Netlink {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
 }
 
 impl Netlink {
-    fn new() -> io::Result<Self> {
+    pub(crate) fn new() -> io::Result<Self> {
         let mut sock = Socket::new(NETLINK_ROUTE)?;
         sock.bind_auto()?;
         sock.connect(&SocketAddr::new(0, 0))?;
@@ -438,6 +438,58 @@ impl Netlink {
         t.stale = stale;
         t.if_addrs = if_addrs.into_iter().collect();
         Ok(t)
+    }
+
+    /// The index of link `name`.
+    pub(crate) fn link_index(&mut self, name: &str) -> io::Result<u32> {
+        self.dump(Rt::GetLink(LinkMessage::default()))?
+            .into_iter()
+            .find_map(|m| match m {
+                Rt::NewLink(l) => (parse_link(&l).name == name).then_some(l.header.index),
+                _ => None,
+            })
+            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no link `{name}`")))
+    }
+
+    /// Sets link `ifindex` up.
+    pub(crate) fn link_up(&mut self, ifindex: u32) -> io::Result<()> {
+        use netlink_packet_route::link::LinkFlags;
+        let mut m = LinkMessage::default();
+        m.header.index = ifindex;
+        m.header.flags = LinkFlags::Up;
+        m.header.change_mask = LinkFlags::Up;
+        self.request(Rt::SetLink(m), NLM_F_ACK).map(|_| ())
+    }
+
+    /// Adds (or removes) the host route to `dst` through link `ifindex`,
+    /// in the main table, with protocol `proto`.
+    pub(crate) fn host_route(
+        &mut self,
+        add: bool,
+        dst: IpAddr,
+        ifindex: u32,
+        proto: u8,
+    ) -> io::Result<()> {
+        use netlink_packet_route::route::{RouteProtocol, RouteScope};
+        let mut m = RouteMessage::default();
+        let (family, len, addr) = match dst {
+            IpAddr::V4(a) => (AddressFamily::Inet, 32, RouteAddress::Inet(a)),
+            IpAddr::V6(a) => (AddressFamily::Inet6, 128, RouteAddress::Inet6(a)),
+        };
+        m.header.address_family = family;
+        m.header.destination_prefix_length = len;
+        m.header.table = RouteHeader::RT_TABLE_MAIN;
+        m.header.protocol = RouteProtocol::from(proto);
+        m.header.scope = RouteScope::Link;
+        m.header.kind = RouteType::Unicast;
+        m.attributes.push(RouteAttribute::Destination(addr));
+        m.attributes.push(RouteAttribute::Oif(ifindex));
+        if add {
+            self.request(Rt::NewRoute(m), NLM_F_CREATE | NLM_F_REPLACE | NLM_F_ACK)
+        } else {
+            self.request(Rt::DelRoute(m), NLM_F_ACK)
+        }
+        .map(|_| ())
     }
 
     /// Asks the kernel to resolve `req` (it sends ARP or a neighbour

@@ -30,7 +30,7 @@ use crate::shape::classify::FlowMeta;
 use crate::stats::Drop;
 use crate::wire::{
     self, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, ICMP6_PACKET_TOO_BIG,
-    ICMP6_TIME_EXCEEDED, TCP_FIN, TCP_RST,
+    ICMP6_TIME_EXCEEDED, TCP_ACK, TCP_FIN, TCP_RST,
 };
 use conntrack::{Conn, Conntrack, Dir, opens_connection};
 use lvc_proto::Method;
@@ -387,7 +387,11 @@ fn new_conn(
     let svc = services
         .lookup(k.proto, k.dst, k.dport)
         .ok_or(Drop::NoService)?;
-    if !opens_connection(k.proto, pkt.tcp_flags) {
+    // A TCP packet without SYN belongs to a connection made elsewhere: a
+    // sloppy service picks it up mid-flow (another director of an ECMP
+    // group made it), a RST excepted.
+    let mid_flow = !opens_connection(k.proto, pkt.tcp_flags);
+    if mid_flow && !(svc.sloppy && pkt.tcp_flags & (TCP_ACK | TCP_RST) == TCP_ACK) {
         return Err(Drop::NoFlow);
     }
     let picked = match &svc.persistence {
@@ -416,6 +420,11 @@ fn new_conn(
     let conn = match template {
         Some(t) => conn.with_template(t),
         None => conn,
+    };
+    let conn = if mid_flow {
+        conn.restored(conntrack::State::Established)
+    } else {
+        conn
     };
     let conn = if server.method == Method::Fullnat {
         let pool = services.snat().ok_or(Drop::SnatExhausted)?;
@@ -509,6 +518,7 @@ mod tests {
             stats: Arc::new(TrafficStats::default()),
             persistence: Some(persistence),
             sorry: None,
+            sloppy: false,
         }
     }
 
@@ -677,6 +687,7 @@ mod decisions {
                     stats: Arc::new(TrafficStats::default()),
                     persistence: None,
                     sorry: None,
+                    sloppy: false,
                 })
             };
             let pool = SnatPool::new(&[fam.dir_server.ip()]);

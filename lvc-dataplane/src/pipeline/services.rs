@@ -35,6 +35,8 @@ pub struct Service {
     /// Takes new connections while no real server does (all down or
     /// quiesced): keepalived's `sorry_server`.
     pub sorry: Option<Arc<Server>>,
+    /// Picks up TCP connections mid-flow (IPVS's sloppy_tcp).
+    pub sloppy: bool,
 }
 
 impl Service {
