@@ -36,8 +36,10 @@ const PACKAGES: &[&str] = &[
     "socat",
     "tcpdump",
     "vsftpd",
-    // Director failover tests: VRRP for the floating addresses.
+    // Director failover tests: VRRP for the floating addresses; scale-out
+    // tests: BGP between the directors and the upstream router.
     "keepalived",
+    "bird2",
     // lvc-bench: the director kinds it compares and the load it drives.
     "iptables",
     "conntrack",
