@@ -114,10 +114,16 @@ impl Health {
             r.since = Instant::now();
             self.up.store(true, Relaxed);
             self.evict.store(false, Relaxed);
-        } else if r.check.as_deref() != Some(&name) {
-            r.check = Some(name);
-            r.last = "not checked yet".into();
-            (r.oks, r.fails) = (0, 0);
+        } else {
+            if r.check.as_deref() != Some(&name) {
+                r.check = Some(name);
+                r.last = "not checked yet".into();
+                (r.oks, r.fails) = (0, 0);
+            }
+            // `--on-fail` changed while the server is down: its
+            // connections go (or stay) from now on.
+            self.evict
+                .store(!self.up() && check.on_fail == OnFail::Remove, Relaxed);
         }
     }
 
