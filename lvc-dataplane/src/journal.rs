@@ -5,16 +5,17 @@
 //! It is a file on tmpfs (by default next to the control socket,
 //! `/run/lvc/lvc.conns`), mapped shared: what was written survives the
 //! process, however it ends. It holds one 96-byte record per connection
-//! worth keeping — UDP flows when made, TCP connections once established
-//! (a SYN flood never reaches it) — in an open-addressing table keyed by
+//! worth keeping — UDP flows from their third packet (IPVS's sync
+//! threshold), TCP connections once established (a SYN flood never
+//! reaches it) — in an open-addressing table keyed by
 //! the connection's original flow. Only the housekeeping thread writes it,
-//! once a second, from two queues the connection table fills (no write on
+//! every 200 ms, from two queues the connection table fills (no write on
 //! the packet path but a queue push); the record's tag word is written
 //! last, so a record cut short by a crash is never read as whole.
 //!
-//! A connection made less than a second before the end may be missing, as
-//! with IPVS's sync daemon; one that closed in that second may be taken
-//! over and then expire.
+//! A connection made less than 200 ms before the end may be missing, as
+//! with IPVS's sync daemon; one that closed in that time may be taken over
+//! and then expire.
 //!
 //! At start, [`Journal::open`] reads what the previous process left and
 //! starts a fresh table; [`restore`] makes each record a connection again

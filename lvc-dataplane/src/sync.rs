@@ -7,7 +7,7 @@
 //! UDP between the directors (`--sync-listen ADDR:PORT`, `--sync-peer
 //! ADDR:PORT`, datagrams only from a peer's address are read):
 //!
-//! - `conns`: connections this director made (UDP when made, TCP once
+//! - `conns`: connections this director made (UDP from their third packet, TCP once
 //!   established; the same queues as the journal, taken every 200 ms);
 //! - `gone`: original keys of connections it let go;
 //! - `dump`: "send me everything" — sent by a director as it starts, and

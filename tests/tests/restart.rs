@@ -32,7 +32,7 @@ fn streams_survive(t: &mut Topo, n: usize) {
     }
     let before = conns(t).len();
     assert!(before >= n, "{before} connections listed");
-    // The journal is written once a second.
+    // The journal is written every 200 ms.
     std::thread::sleep(Duration::from_millis(2500));
     let saved = t.ctl_ok(&["save"]);
     let cfg = std::env::temp_dir().join(format!("{}.toml", t.lab.ns("restart")));
@@ -95,17 +95,20 @@ fn nat_streams_survive_kill_9() {
         "--method",
         "tun",
     ]);
-    let _ = t.lab.exec_input(
-        "client",
-        &[
-            "socat",
-            "-T",
-            "1",
-            "-",
-            &format!("UDP:{VIP}:9,sourceport=5353"),
-        ],
-        b"into the tunnel\n",
-    );
+    // (A UDP flow is journaled from its third packet.)
+    for _ in 0..3 {
+        let _ = t.lab.exec_input(
+            "client",
+            &[
+                "socat",
+                "-T",
+                "0.2",
+                "-",
+                &format!("UDP:{VIP}:9,sourceport=5353"),
+            ],
+            b"into the tunnel\n",
+        );
+    }
     streams_survive(&mut t, 10);
     let tun_conn = conns(&t)
         .into_iter()

@@ -162,6 +162,11 @@ pub struct Conn {
 // allocation: the connection table's memory per flow depends on it.
 const _: () = assert!(size_of::<Conn>() <= 72);
 
+/// Packets after which a UDP flow is worth a journal record and a sync
+/// message (IPVS's default `sync_threshold`: 3).
+pub const JOURNAL_UDP_AFTER: u8 = 3;
+const _: () = assert!(JOURNAL_UDP_AFTER <= OFFLOAD_AFTER);
+
 /// [`Conn`] flags.
 const OFFLOADED: u8 = 1;
 const STEERED: u8 = 2;
@@ -646,7 +651,7 @@ pub struct Conntrack {
     /// to lvc: the housekeeping thread takes them out of the `replies`
     /// map ([`Conntrack::take_released_replies`]).
     released_replies: SegQueue<FlowKey>,
-    /// With a journal: connections to write to it (UDP when made, TCP once
+    /// With a journal: connections to write to it (UDP at its third packet, TCP once
     /// established) and original keys of journaled ones removed; the
     /// housekeeping thread takes both ([`Conntrack::take_journal`]).
     journaling: bool,
@@ -736,7 +741,9 @@ impl Conntrack {
         // queue is full the oldest candidate is forgotten.
         self.embryonic.force_push(Arc::downgrade(&conn));
         self.wheel.file(&conn, conn.expiry(&self.timeouts));
-        if self.journaling && (conn.proto != PROTO_TCP || conn.state() == State::Established) {
+        // (A TCP connection made established: taken over, or picked up
+        // mid-flow.)
+        if self.journaling && conn.state() == State::Established {
             self.journal_new.push(Arc::downgrade(&conn));
         }
         Ok(conn)
@@ -746,6 +753,12 @@ impl Conntrack {
     /// TCP state; a state with a shorter timeout re-files its expiry.
     #[inline]
     pub fn touch(&self, c: &Arc<Conn>, now: u32, dir: Dir, tcp_flags: u8) {
+        // A UDP flow is journaled (and synced) at its JOURNAL_UDP_AFTER-th
+        // packet: one-packet flows never cost a record.
+        if self.journaling && c.proto != PROTO_TCP && c.seen.load(Relaxed) == JOURNAL_UDP_AFTER - 1
+        {
+            self.journal_new.push(Arc::downgrade(c));
+        }
         if let Some(next) = c.touch(now, dir, tcp_flags) {
             self.wheel.file(c, c.expiry(&self.timeouts));
             if self.journaling && next == State::Established {
