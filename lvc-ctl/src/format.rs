@@ -183,6 +183,9 @@ pub fn status(st: &Status) -> String {
             st.local_ports_in_use
         );
     }
+    for d in &st.draining {
+        let _ = writeln!(s, "draining {d} (deleted; its connections finish)");
+    }
     if !st.announced.is_empty() {
         let vips: Vec<String> = st.announced.iter().map(|a| a.to_string()).collect();
         let _ = writeln!(s, "announced {}", vips.join(", "));

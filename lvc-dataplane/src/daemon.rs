@@ -318,7 +318,6 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             rx: offload_rx,
             routes: routes.table.clone(),
             shaping: shaping.clone(),
-            services: services.clone(),
             epoch: shared.epoch,
             stats: offload_stats.clone(),
             conntrack: conntrack.clone(),

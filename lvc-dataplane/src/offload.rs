@@ -22,7 +22,6 @@
 use crate::io::steer::FlowMap;
 use crate::net::route::{NextHop, RouteTable};
 use crate::pipeline::conntrack::{Conn, Conntrack, State};
-use crate::pipeline::services::ServiceTable;
 use crate::pipeline::translate::{self, Flow, Offer, OffloadMsg};
 use crate::shape::ShapeTable;
 use arc_swap::ArcSwap;
@@ -84,7 +83,6 @@ pub struct Offloader {
     pub rx: Receiver<OffloadMsg>,
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub shaping: Arc<ArcSwap<ShapeTable>>,
-    pub services: Arc<ArcSwap<ServiceTable>>,
     /// The workers' clock origin (connection times are seconds since it).
     pub epoch: Instant,
     pub stats: Arc<OffloadStats>,
@@ -222,7 +220,6 @@ impl Offloader {
         let now = self.now();
         let routes = self.routes.load();
         let shaping = self.shaping.load();
-        let services = self.services.load();
         let t = &self.conntrack.timeouts;
         let shortest = t.tcp.load(Relaxed).min(t.udp.load(Relaxed));
         let period = (entries.len().div_ceil(FOLD_BUDGET) as u32)
@@ -234,7 +231,7 @@ impl Offloader {
             if e.phase.wrapping_add(self.syncs).is_multiple_of(period) {
                 self.fold(e, now);
             }
-            if !may_stay(e, &routes, &shaping, &services) {
+            if !may_stay(e, &routes, &shaping) {
                 leaving.push(*k);
             }
         }
@@ -247,16 +244,11 @@ impl Offloader {
 }
 
 /// Whether a connection's flows may stay in XDP (see the module's list).
-fn may_stay(e: &Entry, routes: &RouteTable, shaping: &ShapeTable, services: &ServiceTable) -> bool {
+fn may_stay(e: &Entry, routes: &RouteTable, shaping: &ShapeTable) -> bool {
     let c = &e.conn;
     let state = c.state();
     if state == State::Removed || (c.proto == crate::wire::PROTO_TCP && state != State::Established)
     {
-        return false;
-    }
-    // A deleted service's connections are lvc's again: without offload
-    // its packets no longer reach lvc either.
-    if services.lookup(c.proto, c.vip.0, c.vip.1).is_none() {
         return false;
     }
     if shaping.service_policer(c.proto, c.vip).is_some() {

@@ -835,6 +835,10 @@ pub struct Status {
     /// VIPs announced for ECMP (routed through `--announce-dev`).
     #[serde(default)]
     pub announced: Vec<IpAddr>,
+    /// Deleted services whose connections are still finishing (their ports
+    /// stay steered to lvc until the last one ends).
+    #[serde(default)]
+    pub draining: Vec<ServiceKey>,
     /// Dataplane counters: XDP program and workers, by name.
     pub counters: Vec<(String, u64)>,
 }

@@ -375,6 +375,57 @@ fn deleted_nat_server_keeps_its_connections() {
     );
 }
 
+/// Deleting a service (or restoring a configuration without it) lets its
+/// established connections finish, as IPVS does: its ports stay steered to
+/// lvc while they last, no new connection is made, and the steering ends
+/// with the last connection.
+#[test]
+fn deleted_service_lets_its_connections_finish() {
+    if !privileged("deleted_service_lets_its_connections_finish") {
+        return;
+    }
+    let t = lab("delsvc", Arms::Two, "nat");
+    let svc = format!("{VIP}:7");
+    let mut streams: Vec<_> = (0..4).map(|_| t.echo_session(7)).collect();
+    for (i, s) in streams.iter_mut().enumerate() {
+        assert_eq!(s.echo(&format!("before {i}\n")), format!("before {i}\n"));
+    }
+    t.ctl_ok(&["del-service", "--tcp", &svc]);
+    let st: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["status", "--json"])).unwrap();
+    assert_eq!(st["draining"][0], format!("tcp:{svc}"), "{st}");
+    // Long after the deletion (offloaded flows included).
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    for (i, s) in streams.iter_mut().enumerate() {
+        for round in 0..20 {
+            let l = format!("after {i} {round}\n");
+            assert_eq!(s.echo(&l), l, "stream {i} after its service's deletion");
+        }
+    }
+    // No new connection.
+    let out = t.lab.exec(
+        "client",
+        &[
+            "socat",
+            "-T",
+            "2",
+            "-",
+            &format!("TCP:{svc},connect-timeout=2"),
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "a new connection to a deleted service"
+    );
+    // The last connection ends: the steering with it.
+    t.ctl_ok(&["set-timeouts", "--tcpfin", "1", "--tcp", "2"]);
+    drop(streams);
+    let done = t.lab.wait_until(std::time::Duration::from_secs(20), || {
+        let st: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["status", "--json"])).unwrap();
+        st["draining"].as_array().is_some_and(Vec::is_empty)
+    });
+    assert!(done, "{}", t.ctl_ok(&["status"]));
+}
+
 /// A UDP datagram larger than the MTU crosses the director as fragments:
 /// the later ones follow the first one's server and the datagram arrives
 /// whole (and so does the echo, fragmented on its way back).

@@ -52,6 +52,7 @@ pub fn run(
             replies.remove(&translate::bpf_key(&k));
         }
         control.drain_retired();
+        control.drain_services();
         control.sweep_templates(now);
         if now.is_multiple_of(2) {
             control.sample_rates(2.0);

@@ -82,6 +82,8 @@ pub struct Control {
     sync: Option<Arc<crate::sync::SyncStats>>,
     /// VIP announcement (`--announce-dev`).
     announcer: Option<Mutex<crate::net::announce::Announcer>>,
+    /// Deleted services whose connections still drain.
+    draining: Mutex<Vec<publish::Draining>>,
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -125,6 +127,7 @@ impl Control {
             health_pending: Default::default(),
             sync: d.sync,
             announcer: d.announcer.map(Mutex::new),
+            draining: Mutex::default(),
         }
     }
 

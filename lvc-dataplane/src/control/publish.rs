@@ -18,6 +18,20 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
+/// A deleted service whose connections are not over yet.
+#[derive(Clone)]
+pub(super) struct Draining {
+    pub(super) key: ServiceKey,
+    /// Its servers' counters (the connections hold the same ones).
+    pub(super) servers: Vec<Arc<crate::stats::TrafficStats>>,
+}
+
+impl Draining {
+    fn connections(&self) -> u64 {
+        self.servers.iter().map(|s| s.active() + s.inactive()).sum()
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Pools {
     pub(super) current: Option<Arc<SnatPool>>,
@@ -66,8 +80,46 @@ impl Control {
     }
 
     /// Publishes `next` and makes it the configuration, or puts `cfg` back
-    /// in place everywhere if that fails.
+    /// in place everywhere if that fails. Services that `next` drops but
+    /// that still have connections drain: their VIP ports stay steered to
+    /// lvc (no new connection is made: no service takes it) until the last
+    /// one ends, as IPVS lets a deleted service's connections finish.
     pub(super) fn commit(&self, cfg: &mut Config, next: Config) -> Result<(), ErrorReply> {
+        {
+            let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+            let before = draining.clone();
+            for (key, s) in cfg.iter().filter(|(k, _)| !next.contains_key(k)) {
+                let d = Draining {
+                    key: *key,
+                    servers: s
+                        .servers
+                        .iter()
+                        .map(|r| r.stats.clone())
+                        .chain(s.sorry.as_ref().map(|so| so.stats.clone()))
+                        .collect(),
+                };
+                if d.connections() > 0 {
+                    draining.push(d);
+                }
+            }
+            // A service defined again (or one on the same ports) steers them
+            // itself.
+            draining.retain(|d| {
+                !next.keys().any(|k| {
+                    k.proto == d.key.proto && k.vip == d.key.vip && k.ports.overlaps(&d.key.ports)
+                })
+            });
+            let changed = draining.len() != before.len();
+            drop(draining);
+            let r = self.commit_steered(cfg, next);
+            if r.is_err() && changed {
+                *self.draining.lock().unwrap_or_else(|p| p.into_inner()) = before;
+            }
+            r
+        }
+    }
+
+    fn commit_steered(&self, cfg: &mut Config, next: Config) -> Result<(), ErrorReply> {
         // (A removed nat server's connections keep their replies steered
         // to lvc: the keys are the connections', not the server's.)
         self.publish(&next).inspect_err(|e| {
@@ -233,9 +285,19 @@ impl Control {
                 sloppy: s.sloppy,
             })
         }));
-        let (vips, vipranges) = vip_steering(cfg)?;
+        // Deleted services still steered while their connections drain.
+        let draining: Vec<ServiceKey> = self
+            .draining
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|d| d.key)
+            .filter(|k| !cfg.contains_key(k))
+            .collect();
+        let (vips, vipranges) = vip_steering(cfg.keys().chain(&draining))?;
         let fragvips: HashSet<AddrKey> = cfg
             .keys()
+            .chain(&draining)
             .map(|k| AddrKey::with_proto(k.vip, k.proto.number()))
             .collect();
         let (table, steered) = {
@@ -286,6 +348,29 @@ impl Control {
             let a = a.lock().unwrap_or_else(|p| p.into_inner());
             a.announced().iter().copied().collect()
         })
+    }
+
+    /// Stops steering deleted services whose last connection ended
+    /// (housekeeping calls this every second).
+    pub fn drain_services(&self) {
+        let done = {
+            let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+            let before = draining.len();
+            draining.retain(|d| d.connections() > 0);
+            draining.len() != before
+        };
+        if done {
+            let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = self.publish(&cfg) {
+                tracing::warn!(error = %e.message, "cannot stop steering a drained service");
+            }
+        }
+    }
+
+    /// The services that drain now.
+    pub(super) fn draining(&self) -> Vec<ServiceKey> {
+        let draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        draining.iter().map(|d| d.key).collect()
     }
 
     /// Forgets replaced fullnat pools whose last port is free again
@@ -407,12 +492,12 @@ impl Control {
 /// Every `nat` server endpoint of a configuration, with its counters.
 /// What the XDP program needs to recognise every service's packets: the
 /// single ports (`vips`) and, per VIP and protocol, the port ranges.
-pub(super) fn vip_steering(
-    cfg: &Config,
+pub(super) fn vip_steering<'a>(
+    keys: impl Iterator<Item = &'a ServiceKey>,
 ) -> Result<(HashSet<EndpointKey>, HashMap<AddrKey, PortRanges>), ErrorReply> {
     let mut vips = HashSet::new();
     let mut ranges: HashMap<AddrKey, Vec<(u16, u16)>> = HashMap::new();
-    for k in cfg.keys() {
+    for k in keys {
         for &(lo, hi) in k.ports.ranges() {
             if lo == hi {
                 vips.insert(EndpointKey::new(k.vip, k.proto.number(), lo));

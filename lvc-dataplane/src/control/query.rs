@@ -233,6 +233,7 @@ impl Control {
                 .as_ref()
                 .map_or(0, |p| p.in_use() as u64),
             announced: self.announced(),
+            draining: self.draining(),
             counters,
         }
     }
