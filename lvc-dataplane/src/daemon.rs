@@ -182,6 +182,7 @@ fn open_workers(
             port_ifindex: ifindexes.to_vec(),
             shared: shared.clone(),
             stats: Arc::new(WorkerStats::default()),
+            icmp_limit: Default::default(),
         });
     }
     let mut served = Vec::new();

@@ -59,10 +59,13 @@ pub enum Drop {
     /// Of a connection whose real server failed its health check with
     /// `--on-fail remove`: the connection is dropped too.
     ServerDown,
+    /// An ICMP error lvc would have sent was over its rate limit (the
+    /// packet it was about is dropped).
+    IcmpRateLimited,
 }
 
 impl Drop {
-    pub const COUNT: usize = 19;
+    pub const COUNT: usize = 20;
     pub const ALL: [Drop; Drop::COUNT] = [
         Drop::Malformed,
         Drop::NotIp,
@@ -83,6 +86,7 @@ impl Drop {
         Drop::ShapeQueue,
         Drop::ReplySteering,
         Drop::ServerDown,
+        Drop::IcmpRateLimited,
     ];
 
     pub fn name(self) -> &'static str {
@@ -106,6 +110,7 @@ impl Drop {
             Drop::ShapeQueue => "shape_queue",
             Drop::ReplySteering => "reply_steering",
             Drop::ServerDown => "server_down",
+            Drop::IcmpRateLimited => "icmp_rate_limited",
         }
     }
 }

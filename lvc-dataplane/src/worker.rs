@@ -117,6 +117,45 @@ pub struct Worker {
     pub port_ifindex: Vec<u32>,
     pub shared: Shared,
     pub stats: Arc<WorkerStats>,
+    /// The ICMP errors this worker may still send now (see [`IcmpLimit`]).
+    pub icmp_limit: IcmpLimit,
+}
+
+/// A token bucket for the ICMP errors lvc originates, as the kernel's
+/// `icmp_msgs_per_sec` (1000) and `icmp_msgs_burst` (50), per worker: a
+/// flood of expiring or oversized packets must not make the director a
+/// reflector.
+#[derive(Debug)]
+pub struct IcmpLimit {
+    tokens: f64,
+    last_ns: u64,
+}
+
+impl Default for IcmpLimit {
+    fn default() -> Self {
+        Self {
+            tokens: ICMP_BURST,
+            last_ns: 0,
+        }
+    }
+}
+
+/// Errors per second and burst, per worker.
+const ICMP_RATE: f64 = 1000.0;
+const ICMP_BURST: f64 = 50.0;
+
+impl IcmpLimit {
+    /// Takes a token at `now_ns`; false if none is left.
+    pub fn take(&mut self, now_ns: u64) -> bool {
+        let dt = now_ns.saturating_sub(self.last_ns) as f64 / 1e9;
+        self.last_ns = now_ns;
+        self.tokens = (self.tokens + dt * ICMP_RATE).min(ICMP_BURST);
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
+    }
 }
 
 impl Worker {
@@ -359,11 +398,14 @@ impl Worker {
     /// Turns `frame` into the ICMP error `what` back to its source (the
     /// frame made big enough first) and routes it.
     fn originate(
-        &self,
+        &mut self,
         frame: &mut Frame,
         what: icmp::Originate,
         t: &Tables,
     ) -> Result<Decision, Drop> {
+        if !self.icmp_limit.take(t.now_ns) {
+            return Err(Drop::IcmpRateLimited);
+        }
         let need = icmp::error_len(self.io.bytes_mut(frame));
         let len = frame.len();
         if !self.io.set_len(frame, need.max(len)) {
@@ -472,5 +514,23 @@ impl Worker {
                 None => i += 1,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::IcmpLimit;
+
+    #[test]
+    fn icmp_errors_are_rate_limited_with_a_burst() {
+        let mut l = IcmpLimit::default();
+        let t0 = 1_000_000_000;
+        let burst = (0..200).filter(|_| l.take(t0)).count();
+        assert_eq!(burst, 50, "the burst, at once");
+        // 10 ms later: 10 more (1000 per second).
+        let more = (0..200).filter(|_| l.take(t0 + 10_000_000)).count();
+        assert_eq!(more, 10);
+        // After a long pause, the burst again, not more.
+        assert_eq!((0..200).filter(|_| l.take(t0 + 60_000_000_000)).count(), 50);
     }
 }

@@ -90,6 +90,64 @@ fn ttl_expiring_at_the_director_gets_time_exceeded() {
     );
 }
 
+/// A flood of expiring packets gets a bounded number of time-exceeded
+/// errors (the kernel's 1000 per second and burst of 50, per worker): the
+/// director is no reflector.
+#[test]
+fn icmp_errors_are_rate_limited() {
+    if !privileged("icmp_errors_are_rate_limited") {
+        return;
+    }
+    let t = lab("icmprl");
+    t.add_service("udp", 7, "nat");
+    // 2000 datagrams with TTL 1 as fast as Python sends them, then count
+    // the time-exceeded errors that come back within a second.
+    let script = format!(
+        r#"
+import socket, time
+r = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+r.settimeout(0.2)
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TTL, 1)
+t0 = time.time()
+for i in range(2000):
+    s.sendto(b"x", ("{VIP}", 7))
+sent = time.time() - t0
+n = 0
+end = time.time() + 1.0
+while time.time() < end:
+    try:
+        d = r.recv(2048)
+    except socket.timeout:
+        continue
+    if d[20] == 11:
+        n += 1
+print(n, sent)
+"#
+    );
+    let out = t.lab.exec_ok("client", &["python3", "-c", &script]);
+    let mut it = out.split_whitespace();
+    let n: u64 = it.next().unwrap().parse().unwrap();
+    let sent: f64 = it.next().unwrap().parse().unwrap();
+    // The burst, plus what 1000 per second refills while sending, per
+    // worker (the lab has two), with room for timing.
+    let most = (2.0 * (50.0 + 1000.0 * sent)) as u64 + 20;
+    assert!(
+        n >= 40 && n <= most,
+        "{n} time-exceeded for 2000 packets in {sent:.3} s"
+    );
+    let st: serde_json::Value = serde_json::from_str(&t.ctl_ok(&["status", "--json"])).unwrap();
+    let limited = st["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c[0] == "drop_icmp_rate_limited")
+        .and_then(|c| c[1].as_u64())
+        .unwrap();
+    assert!(limited > 0, "{st}");
+    eprintln!("{n} time-exceeded for 2000 packets sent in {sent:.3} s; {limited} limited");
+}
+
 /// A datagram too big for the server-side link, sent with DF: lvc answers
 /// "fragmentation needed" with the link's MTU and the client's kernel
 /// learns the path MTU to the VIP.
