@@ -280,7 +280,10 @@ impl Control {
                 sched: SchedState::build(s.scheduler, &servers, s.rr.clone()),
                 servers,
                 stats: s.stats.clone(),
-                persistence: s.persistence.clone(),
+                persistence: s.persistence.clone().map(|mut p| {
+                    p.limit = self.conntrack.capacity();
+                    p
+                }),
                 sorry,
                 sloppy: s.sloppy,
             })

@@ -190,6 +190,15 @@ impl Control {
             sum(&|w| w.fragments_made.load(Relaxed)),
         ));
         counters.push(("conntrack_evicted".into(), self.conntrack.evicted()));
+        {
+            let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+            let persist = cfg.values().filter_map(|s| s.persistence.as_ref());
+            let (n, full) = persist.fold((0, 0), |(n, f), p| {
+                (n + p.templates.len() as u64, f + p.full.load(Relaxed))
+            });
+            counters.push(("persistence_templates".into(), n));
+            counters.push(("persistence_templates_full".into(), full));
+        }
         let o = &self.offload;
         counters.push(("offload_connections".into(), o.connections.load(Relaxed)));
         counters.push(("offload_flows".into(), o.flows.load(Relaxed)));

@@ -467,6 +467,10 @@ fn persistent_pick<'a>(
         return Ok((s, Some(t.clone())));
     }
     let server = svc.pick(client).ok_or(Drop::NoServer)?;
+    if !p.has_room() {
+        p.full.fetch_add(1, Relaxed);
+        return Ok((server, None));
+    }
     let t = Arc::new(Template {
         server: (server.addr, server.port),
         last_used: AtomicU32::new(now),
@@ -545,6 +549,26 @@ mod tests {
         }
         // Another network gets the other server (rr moved on once).
         assert_ne!(pick(&svc, 0x0a01_0102, 1), a);
+    }
+
+    #[test]
+    fn templates_stop_at_their_limit() {
+        let mut p = Persistence::new(360, 32);
+        p.limit = 3;
+        let svc = service(&[1, 1], p.clone());
+        for client in 0..10 {
+            let (_, t) = persistent_pick(&svc, &p, Addr::v4(client), 0).unwrap();
+            assert_eq!(t.is_some(), client < 3, "client {client}");
+        }
+        assert_eq!(p.templates.len(), 3);
+        assert_eq!(p.full.load(Relaxed), 7);
+        // Known networks keep theirs.
+        assert!(
+            persistent_pick(&svc, &p, Addr::v4(1), 0)
+                .unwrap()
+                .1
+                .is_some()
+        );
     }
 
     #[test]

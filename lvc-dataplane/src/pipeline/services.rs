@@ -61,6 +61,13 @@ pub struct Persistence {
     /// Client network → template; shared by all workers and kept across
     /// configuration changes.
     pub templates: Arc<DashMap<Addr, Arc<Template>, ahash::RandomState>>,
+    /// Most templates kept (the connection table's capacity): a flood of
+    /// spoofed sources must not grow them without bound. At the limit a
+    /// new client network's connection is scheduled without a template
+    /// (counted in `full`).
+    pub limit: usize,
+    /// New client networks that got no template (the limit was reached).
+    pub full: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Which server a client network sticks to.
@@ -81,7 +88,15 @@ impl Persistence {
             timeout,
             netmask,
             templates: Arc::new(DashMap::with_hasher(ahash::RandomState::new())),
+            limit: usize::MAX,
+            full: Arc::default(),
         }
+    }
+
+    /// Whether a new template may be made.
+    #[inline]
+    pub fn has_room(&self) -> bool {
+        self.templates.len() < self.limit
     }
 
     /// The network a client belongs to (IPv4 or IPv6, as the service).
