@@ -594,6 +594,9 @@ const FRAGMENT_TIMEOUT: u32 = 30;
 const MAX_FRAGMENTED_DATAGRAMS: usize = 65536;
 
 /// Where a fragmented datagram's first fragment went.
+/// A fragmented datagram: (source, destination, protocol, IP id).
+type FragKey = (Addr, Addr, u8, u32);
+
 #[derive(Debug)]
 struct FragEntry {
     conn: Arc<Conn>,
@@ -646,7 +649,11 @@ pub struct Conntrack {
     evicted: AtomicU64,
     /// Fragmented datagrams in flight: (src, dst, proto, IP id) of the
     /// first fragment → its connection, so later fragments follow it.
-    frags: DashMap<(Addr, Addr, u8, u32), FragEntry, Hasher>,
+    frags: DashMap<FragKey, FragEntry, Hasher>,
+    /// The datagrams in `frags`, oldest first (with when they were
+    /// remembered): when the table is full the oldest goes, so a flood of
+    /// spoofed first fragments cannot stop fragment forwarding.
+    frag_order: ArrayQueue<(FragKey, u32)>,
     /// Reply keys of removed connections whose replies XDP still steers
     /// to lvc: the housekeeping thread takes them out of the `replies`
     /// map ([`Conntrack::take_released_replies`]).
@@ -670,6 +677,7 @@ impl Conntrack {
             embryonic: ArrayQueue::new(capacity.clamp(1, EVICTION_CANDIDATES)),
             evicted: AtomicU64::new(0),
             frags: DashMap::with_hasher(Hasher::new()),
+            frag_order: ArrayQueue::new(MAX_FRAGMENTED_DATAGRAMS),
             released_replies: SegQueue::new(),
             journaling: false,
             journal_new: SegQueue::new(),
@@ -791,11 +799,14 @@ impl Conntrack {
     /// Remembers where the first fragment of datagram `id` from `key.src`
     /// to `key.dst` went.
     pub fn remember_fragment(&self, key: &FlowKey, id: u32, conn: &Arc<Conn>, dir: Dir, now: u32) {
-        if self.frags.len() >= MAX_FRAGMENTED_DATAGRAMS {
-            return;
+        let k = (key.src, key.dst, key.proto, id);
+        // Full: the oldest datagram is forgotten (unless its key was
+        // remembered again since).
+        if let Some((old, when)) = self.frag_order.force_push((k, now)) {
+            self.frags.remove_if(&old, |_, e| e.seen == when);
         }
         self.frags.insert(
-            (key.src, key.dst, key.proto, id),
+            k,
             FragEntry {
                 conn: conn.clone(),
                 dir,
@@ -1160,6 +1171,29 @@ mod tests {
         assert!(ct.fragment(&later, 7).is_some());
         ct.sweep(30);
         assert!(ct.fragment(&later, 7).is_none());
+    }
+
+    #[test]
+    fn a_flood_of_first_fragments_pushes_out_the_oldest() {
+        let ct = Conntrack::new(4);
+        let s = server(Method::Dnat);
+        let c = ct.insert(conn(PROTO_UDP_FOR_TEST, &s, 0)).unwrap();
+        let key = c.original_key();
+        let later = FlowKey {
+            sport: 0,
+            dport: 0,
+            ..key
+        };
+        // A flood fills the table...
+        for id in 0..MAX_FRAGMENTED_DATAGRAMS as u32 + 100 {
+            ct.remember_fragment(&key, 1_000_000 + id, &c, Dir::Original, 1);
+        }
+        assert_eq!(ct.frags.len(), MAX_FRAGMENTED_DATAGRAMS);
+        // ...and a legitimate datagram's fragments are still followed.
+        ct.remember_fragment(&key, 7, &c, Dir::Original, 2);
+        assert!(ct.fragment(&later, 7).is_some());
+        assert!(ct.fragment(&later, 1_000_000).is_none(), "the oldest went");
+        assert_eq!(ct.frags.len(), MAX_FRAGMENTED_DATAGRAMS);
     }
 
     #[test]
