@@ -62,10 +62,14 @@ pub enum Drop {
     /// An ICMP error lvc would have sent was over its rate limit (the
     /// packet it was about is dropped).
     IcmpRateLimited,
+    /// A new nat/fullnat connection whose replies would be those of a live
+    /// connection (same real server endpoint, same client endpoint): the
+    /// first keeps them.
+    ReplyCollision,
 }
 
 impl Drop {
-    pub const COUNT: usize = 20;
+    pub const COUNT: usize = 21;
     pub const ALL: [Drop; Drop::COUNT] = [
         Drop::Malformed,
         Drop::NotIp,
@@ -87,6 +91,7 @@ impl Drop {
         Drop::ReplySteering,
         Drop::ServerDown,
         Drop::IcmpRateLimited,
+        Drop::ReplyCollision,
     ];
 
     pub fn name(self) -> &'static str {
@@ -111,6 +116,7 @@ impl Drop {
             Drop::ReplySteering => "reply_steering",
             Drop::ServerDown => "server_down",
             Drop::IcmpRateLimited => "icmp_rate_limited",
+            Drop::ReplyCollision => "reply_collision",
         }
     }
 }

@@ -731,7 +731,30 @@ impl Conntrack {
             return Ok(other);
         }
         if conn.two_way() {
-            self.map.insert(&conn, Dir::Reply);
+            match self.map.insert_new(&conn, Dir::Reply) {
+                Inserted::New => {}
+                // A closing connection gives its replies' key up.
+                Inserted::Exists(holder)
+                    if matches!(
+                        holder.state(),
+                        State::FinWait
+                            | State::TimeWait
+                            | State::Close
+                            | State::CloseWait
+                            | State::Removed
+                    ) =>
+                {
+                    self.map.insert(&conn, Dir::Reply);
+                }
+                // Another live connection's replies come from the same real
+                // server endpoint to the same client endpoint (two VIPs on
+                // one server, or a spoofer): they could not be told apart.
+                // The first keeps its replies; this one is refused.
+                Inserted::Exists(_) => {
+                    self.map.remove_if(&conn, Dir::Original, || true);
+                    return Err(Drop::ReplyCollision);
+                }
+            }
         }
         self.conns.fetch_add(1, Relaxed);
         if let Some(t) = &conn.template {
@@ -1026,6 +1049,40 @@ mod tests {
     /// A nat connection is found under both keys, each with its direction,
     /// listed once; a second connection with the same client key finds the
     /// first; removal under the reply key leaves no trace.
+    /// Two VIPs on one nat server: a second connection whose replies
+    /// would be the first's is refused; the first keeps its reply path,
+    /// and once it closes the key is free again.
+    #[test]
+    fn a_reply_key_is_not_taken_from_a_live_connection() {
+        let ct = Conntrack::new(16);
+        let s = server(Method::Nat);
+        let other_vip = |now| {
+            Conn::new(
+                PROTO_TCP,
+                (Addr::v4(0x0a00_0002), 40000),
+                (Addr::v4(0x0a00_000b), 80),
+                s.clone(),
+                s.port,
+                now,
+            )
+        };
+        let first = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        assert!(matches!(ct.insert(other_vip(0)), Err(Drop::ReplyCollision)));
+        let (r, _) = ct.lookup(&first.reply_key()).unwrap();
+        assert!(Arc::ptr_eq(&r, &first), "the first keeps its replies");
+        assert_eq!(ct.len(), 1);
+        let probe = other_vip(0);
+        assert!(
+            ct.lookup(&probe.original_key()).is_none(),
+            "nothing left behind"
+        );
+        // The first closes: the key may go to a new connection.
+        ct.touch(&first, 1, Dir::Original, TCP_FIN);
+        let second = ct.insert(other_vip(1)).unwrap();
+        let (r, _) = ct.lookup(&second.reply_key()).unwrap();
+        assert!(Arc::ptr_eq(&r, &second));
+    }
+
     #[test]
     fn both_keys_one_connection() {
         let ct = Conntrack::new(16);
