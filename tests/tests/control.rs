@@ -531,3 +531,91 @@ fn malformed_requests_table() {
     );
     assert!(t.lab.running("lvc"), "the daemon survives");
 }
+
+/// Hundreds of slow clients on the metrics port and the control socket
+/// (a byte now and then, never a whole request): the daemon's threads stay
+/// bounded, and once the clients' deadlines pass both answer again.
+#[test]
+fn slow_clients_leave_threads_bounded_and_both_answering() {
+    if !privileged("slow_clients_leave_threads_bounded_and_both_answering") {
+        return;
+    }
+    let mut t = lab("slowcli", 1, &["--metrics", "127.0.0.1:9108"]);
+    let sock = t.socket.to_string_lossy().into_owned();
+    let pid = String::from_utf8_lossy(
+        &std::process::Command::new("pgrep")
+            .args(["-f", &format!("lvc-dataplane --socket {sock}")])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .split_whitespace()
+    .next()
+    .expect("lvc-dataplane's pid")
+    .to_owned();
+    let threads = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("Threads:")
+                    .map(|n| n.trim().parse::<u32>().unwrap())
+            })
+            .unwrap()
+    };
+    let before = threads();
+    let script = format!(
+        r#"
+import socket, time
+socks = []
+for i in range(200):
+    s = socket.socket(socket.AF_UNIX); s.connect("{sock}"); socks.append(s)
+for i in range(300):
+    s = socket.socket(); s.connect(("127.0.0.1", 9108)); socks.append(s)
+print("connected", flush=True)
+end = time.time() + 20
+while time.time() < end:
+    for s in socks:
+        try:
+            s.send(b"G")
+        except OSError:
+            pass
+    time.sleep(1)
+"#
+    );
+    t.lab.spawn("dir", "slowloris", &["python3", "-c", &script]);
+    let connected = t.lab.wait_until(Duration::from_secs(30), || {
+        t.lab.log("slowloris").contains("connected")
+    });
+    assert!(connected, "{}", t.lab.log("slowloris"));
+    let during = threads();
+    assert!(
+        during <= before + 64 + 8 + 4,
+        "{before} threads before, {during} with 500 slow clients"
+    );
+    // Past the deadlines (10 s control, 5 s metrics), while the slow
+    // clients still trickle: both answer.
+    std::thread::sleep(Duration::from_secs(11));
+    let out = t.ctl(&["list"]);
+    assert!(
+        out.status.success(),
+        "lvc-ctl after the flood: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = t.lab.exec(
+        "dir",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "5",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "http://127.0.0.1:9108/metrics",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&m.stdout), "200");
+    eprintln!("threads: {before} before, {during} with 500 slow clients");
+}

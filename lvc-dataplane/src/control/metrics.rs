@@ -1,7 +1,8 @@
 //! Prometheus text exposition (`--metrics ADDR`, `GET /metrics`).
 //!
 //! A deliberately tiny HTTP responder: one short-lived thread per scrape,
-//! bounded request size and time. Counters are read from the same atomics
+//! at most [`MAX_SCRAPES`] at once (more are answered 503 at once), each
+//! with a bounded request size and a total deadline. Counters are read from the same atomics
 //! `lvc-ctl` reads; nothing here is on the packet path.
 
 use crate::control::Control;
@@ -12,21 +13,39 @@ use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+/// Scrapes served at once (a thread each).
+pub const MAX_SCRAPES: usize = 8;
+
+/// The longest one scrape may take, reading the request included.
+const SCRAPE_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Serves scrapes until `shutdown`.
 pub fn serve(listener: TcpListener, control: Arc<Control>, shutdown: Arc<AtomicBool>) {
     listener
         .set_nonblocking(true)
         .expect("nonblocking listener");
+    let active = Arc::new(AtomicUsize::new(0));
     while !shutdown.load(Relaxed) {
         match listener.accept() {
-            Ok((stream, _)) => {
+            Ok((mut stream, _)) => {
+                if active.load(Relaxed) >= MAX_SCRAPES {
+                    let _ = stream.set_nonblocking(true);
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                    );
+                    continue;
+                }
+                let slot = super::socket::ClientSlot::take(&active);
                 let control = control.clone();
                 let _ = std::thread::Builder::new()
                     .name("lvc-metrics-scrape".into())
-                    .spawn(move || answer(stream, &control));
+                    .spawn(move || {
+                        let _slot = slot;
+                        answer(stream, &control);
+                    });
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(50));
@@ -37,13 +56,18 @@ pub fn serve(listener: TcpListener, control: Arc<Control>, shutdown: Arc<AtomicB
 }
 
 fn answer(mut s: TcpStream, control: &Control) {
+    let until = Instant::now() + SCRAPE_DEADLINE;
     let _ = s.set_nonblocking(false);
-    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = s.set_write_timeout(Some(Duration::from_secs(5)));
+    let _ = s.set_write_timeout(Some(SCRAPE_DEADLINE));
     let mut buf = [0u8; 4096];
     let mut len = 0;
-    // Read the request head (bounded).
+    // Read the request head (bounded in size and, however slowly it comes,
+    // in time).
     while len < buf.len() {
+        let left = until.saturating_duration_since(Instant::now());
+        if left.is_zero() || s.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
         match s.read(&mut buf[len..]) {
             Ok(0) | Err(_) => break,
             Ok(n) => len += n,

@@ -10,7 +10,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Decodes one request line and answers it.
 pub fn answer(control: &Control, line: &[u8]) -> ResponseEnvelope {
@@ -41,7 +41,8 @@ pub fn answer(control: &Control, line: &[u8]) -> ResponseEnvelope {
     ResponseEnvelope::new(result)
 }
 
-/// Per-connection idle timeout.
+/// How long a client may take over one request (or wait before its next
+/// one), however slowly it trickles bytes in: a slot is never held longer.
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Most client connections served at once.
@@ -132,11 +133,13 @@ impl std::ops::Drop for ControlSocket {
     }
 }
 
-/// One of the `MAX_CLIENTS` client slots, released on drop.
-struct ClientSlot(Arc<AtomicUsize>);
+/// One of a bounded number of client slots (control clients, metrics
+/// scrapes), released on drop — also if the thread serving it panics or
+/// never starts.
+pub(super) struct ClientSlot(Arc<AtomicUsize>);
 
 impl ClientSlot {
-    fn take(count: &Arc<AtomicUsize>) -> Self {
+    pub(super) fn take(count: &Arc<AtomicUsize>) -> Self {
         count.fetch_add(1, Relaxed);
         Self(count.clone())
     }
@@ -170,10 +173,17 @@ fn serve_client(stream: UnixStream, control: &Control) {
     let Ok(read_half) = stream.try_clone() else {
         return;
     };
-    let mut reader = BufReader::new(read_half.take(0));
+    let mut reader = BufReader::new(
+        Timed {
+            stream: read_half,
+            until: Instant::now() + CLIENT_TIMEOUT,
+        }
+        .take(0),
+    );
     let mut line = Vec::new();
     loop {
         line.clear();
+        reader.get_mut().get_mut().until = Instant::now() + CLIENT_TIMEOUT;
         // Bound each line: one byte over the limit means "too long".
         reader.get_mut().set_limit(MAX_REQUEST_BYTES as u64 + 1);
         match reader.read_until(b'\n', &mut line) {
@@ -207,5 +217,24 @@ fn serve_client(stream: UnixStream, control: &Control) {
         if reply(&stream, &answer(control, &line)).is_err() {
             return;
         }
+    }
+}
+
+/// A stream whose reads all end by `until` (each read waits at most what
+/// is left), so a client that sends a byte now and then cannot hold its
+/// slot past the deadline.
+struct Timed {
+    stream: UnixStream,
+    until: Instant,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let left = self.until.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        self.stream.set_read_timeout(Some(left))?;
+        self.stream.read(buf)
     }
 }
