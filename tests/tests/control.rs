@@ -350,6 +350,21 @@ fn socket_permissions() {
             ],
         )
     };
+    // Created with its final mode and group (bound in a private directory
+    // and moved into place: nothing of that left behind).
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let m = std::fs::metadata(&t.socket).unwrap();
+        assert_eq!(m.permissions().mode() & 0o777, 0o660);
+        assert_eq!(m.gid(), 65534);
+        let dir = t.socket.parent().unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".lvc-sock-"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
     // nobody, not in the socket's group: refused.
     let out = as_user("--clear-groups");
     assert_eq!(out.status.code(), Some(69), "{out:?}");

@@ -60,7 +60,7 @@ impl ControlSocket {
     /// an error.
     pub fn bind(path: &Path, group: Option<u32>) -> anyhow::Result<Self> {
         use anyhow::Context;
-        use std::os::unix::fs::PermissionsExt;
+        use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
@@ -75,15 +75,34 @@ impl ControlSocket {
             std::fs::remove_file(path)
                 .with_context(|| format!("cannot remove stale {}", path.display()))?;
         }
-        let listener =
-            UnixListener::bind(path).with_context(|| format!("cannot bind {}", path.display()))?;
-        // Owner root, group root or `group`, mode 0660: everyone else gets
-        // EACCES from connect().
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-        if let Some(gid) = group {
-            std::os::unix::fs::chown(path, None, Some(gid))
-                .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
-        }
+        // Bound in a private directory (mode 0700) next to it, given its
+        // mode and group there, then renamed into place: there is no moment
+        // at which the socket exists with the umask's permissions where
+        // other users could reach it.
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let private = dir.join(format!(".lvc-sock-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&private);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&private)
+            .with_context(|| format!("cannot create {}", private.display()))?;
+        let staged = private.join("sock");
+        let placed = (|| -> anyhow::Result<UnixListener> {
+            let listener = UnixListener::bind(&staged)
+                .with_context(|| format!("cannot bind {}", staged.display()))?;
+            // Owner root, group root or `group`, mode 0660: everyone else
+            // gets EACCES from connect().
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o660))?;
+            if let Some(gid) = group {
+                std::os::unix::fs::chown(&staged, None, Some(gid))
+                    .with_context(|| format!("cannot give {} to group {gid}", path.display()))?;
+            }
+            std::fs::rename(&staged, path)
+                .with_context(|| format!("cannot move the socket to {}", path.display()))?;
+            Ok(listener)
+        })();
+        let _ = std::fs::remove_dir_all(&private);
+        let listener = placed?;
         Ok(Self {
             listener,
             path: path.to_owned(),
