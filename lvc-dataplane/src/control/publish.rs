@@ -51,19 +51,31 @@ impl Pools {
         if self.addrs() == addrs {
             return;
         }
-        if let Some(old) = self.current.take().filter(|p| p.in_use() > 0) {
+        let old = self.current.take();
+        // Ports held on addresses the new pool keeps stay held in it.
+        self.current =
+            (!addrs.is_empty()).then(|| Arc::new(SnatPool::reusing(addrs, old.as_deref())));
+        if let Some(old) = old.filter(|p| p.in_use_besides(self.current.as_deref()) > 0) {
             self.retired.push(old);
         }
-        self.current = (!addrs.is_empty()).then(|| Arc::new(SnatPool::new(addrs)));
     }
 
     /// Every address XDP must steer to lvc.
     pub(super) fn steered(&self) -> Vec<IpAddr> {
-        self.current
+        let current = self.current.as_deref();
+        let mut out: Vec<IpAddr> = current.map(|p| p.addresses()).unwrap_or_default();
+        for p in self
+            .retired
             .iter()
-            .chain(self.retired.iter().filter(|p| p.in_use() > 0))
-            .flat_map(|p| p.addresses())
-            .collect()
+            .filter(|p| p.in_use_besides(current) > 0)
+        {
+            for a in p.addresses() {
+                if !out.contains(&a) {
+                    out.push(a);
+                }
+            }
+        }
+        out
     }
 }
 
@@ -382,7 +394,10 @@ impl Control {
         let drained_pool = {
             let mut pools = self.pool.lock().unwrap_or_else(|p| p.into_inner());
             let before = pools.retired.len();
-            pools.retired.retain(|p| p.in_use() > 0);
+            let current = pools.current.clone();
+            pools
+                .retired
+                .retain(|p| p.in_use_besides(current.as_deref()) > 0);
             (pools.retired.len() != before).then(|| pools.steered())
         };
         if let Some(addrs) = drained_pool {

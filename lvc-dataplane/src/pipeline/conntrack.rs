@@ -728,6 +728,11 @@ impl Conntrack {
         }
         let conn = Arc::new(conn);
         if let Inserted::Exists(other) = self.map.insert_new(&conn, Dir::Original) {
+            // Another worker made the same flow first: the fullnat port
+            // this one took goes back.
+            if let Some(s) = &conn.snat {
+                s.pool.free(conn.proto, s.local.0, s.local.1);
+            }
             return Ok(other);
         }
         if conn.two_way() {
@@ -1049,6 +1054,26 @@ mod tests {
     /// A nat connection is found under both keys, each with its direction,
     /// listed once; a second connection with the same client key finds the
     /// first; removal under the reply key leaves no trace.
+    /// A flow made twice (two workers racing): the second's fullnat port
+    /// goes back to the pool.
+    #[test]
+    fn a_duplicate_flow_gives_its_fullnat_port_back() {
+        let ct = Conntrack::new(16);
+        let s = server(Method::Fullnat);
+        let pool = Arc::new(crate::pipeline::snat::SnatPool::new(&["10.2.0.100"
+            .parse()
+            .unwrap()]));
+        let make = || {
+            let local = pool.alloc(PROTO_TCP, s.addr).unwrap();
+            conn(PROTO_TCP, &s, 0).with_local(local, pool.clone())
+        };
+        let first = ct.insert(make()).unwrap();
+        assert_eq!(pool.in_use(), 1);
+        let again = ct.insert(make()).unwrap();
+        assert!(Arc::ptr_eq(&again, &first));
+        assert_eq!(pool.in_use(), 1, "the second port was freed");
+    }
+
     /// Two VIPs on one nat server: a second connection whose replies
     /// would be the first's is refused; the first keeps its reply path,
     /// and once it closes the key is free again.

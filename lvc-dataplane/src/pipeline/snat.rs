@@ -5,9 +5,14 @@
 //! allocation scans from a rotating start and claims a bit with a CAS, so
 //! workers never lock and a port is never handed out twice; releasing a
 //! connection clears its bit. Ports below 1024 are never used.
+//!
+//! A new pool made from an edited address list keeps the bitmaps of the
+//! addresses it shares with the old one ([`SnatPool::reusing`]): a port
+//! that a live connection of the old pool holds is never handed out again.
 
 use crate::addr::Addr;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 const WORDS: usize = 65536 / 64;
@@ -74,8 +79,9 @@ impl PortMap {
 /// The pool: addresses (either family) with a port map per protocol.
 pub struct SnatPool {
     addrs: Vec<Addr>,
-    /// Per address: [tcp, udp].
-    ports: Vec<[PortMap; 2]>,
+    /// Per address: [tcp, udp] (shared with a pool it replaced, for the
+    /// addresses both have).
+    ports: Vec<Arc<[PortMap; 2]>>,
     cursor: AtomicUsize,
 }
 
@@ -93,14 +99,41 @@ fn proto_index(proto: u8) -> usize {
 
 impl SnatPool {
     pub fn new(addrs: &[IpAddr]) -> Self {
+        Self::reusing(addrs, None)
+    }
+
+    /// A pool of `addrs` that shares `old`'s port bitmaps for the
+    /// addresses both have.
+    pub fn reusing(addrs: &[IpAddr], old: Option<&SnatPool>) -> Self {
         Self {
             addrs: addrs.iter().map(|&a| Addr::from(a)).collect(),
             ports: addrs
                 .iter()
-                .map(|_| [PortMap::new(), PortMap::new()])
+                .map(|&a| {
+                    let a = Addr::from(a);
+                    old.and_then(|o| {
+                        o.addrs
+                            .iter()
+                            .position(|&x| x == a)
+                            .map(|i| o.ports[i].clone())
+                    })
+                    .unwrap_or_else(|| Arc::new([PortMap::new(), PortMap::new()]))
+                })
                 .collect(),
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    /// Ports in use on the addresses that are not in `current` (a
+    /// replaced pool: what still keeps it, and its addresses, alive).
+    pub fn in_use_besides(&self, current: Option<&SnatPool>) -> usize {
+        self.addrs
+            .iter()
+            .zip(&self.ports)
+            .filter(|(a, _)| current.is_none_or(|c| !c.addrs.contains(a)))
+            .flat_map(|(_, p)| p.iter())
+            .map(|m| m.used.load(Relaxed))
+            .sum()
     }
 
     pub fn addresses(&self) -> Vec<IpAddr> {
@@ -213,6 +246,28 @@ mod tests {
             }
         }
         assert_eq!(all.len(), 40_000);
+    }
+
+    #[test]
+    fn an_edited_pool_never_hands_out_a_live_port_again() {
+        let a: IpAddr = "10.2.0.100".parse().unwrap();
+        let b: IpAddr = "10.2.0.101".parse().unwrap();
+        let old = SnatPool::new(&[a]);
+        let held: HashSet<u16> = (0..1000).map(|_| old.alloc(6, V4).unwrap().1).collect();
+        // The list is edited: a stays, b joins.
+        let new = SnatPool::reusing(&[a, b], Some(&old));
+        for _ in 0..2 * (65536 - 1024) - 1000 {
+            let (addr, p) = new.alloc(6, V4).expect("room");
+            assert!(
+                !(addr == Addr::from(a) && held.contains(&p)),
+                "port {p} handed out twice"
+            );
+        }
+        assert_eq!(new.alloc(6, V4), None);
+        // The old pool is kept only for what the new one does not have.
+        assert_eq!(old.in_use_besides(Some(&new)), 0);
+        let gone = SnatPool::reusing(&[b], Some(&new));
+        assert!(new.in_use_besides(Some(&gone)) > 0, "a's ports keep it");
     }
 
     #[test]
