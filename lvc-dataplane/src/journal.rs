@@ -412,7 +412,7 @@ pub(crate) fn take_over(
     let conn = match r.local {
         Some((addr, port)) => {
             let pool = services.snat()?;
-            if !pool.claim(r.proto, addr, port) {
+            if !pool.claim(r.proto, addr, port, r.real.0) {
                 return None;
             }
             conn.with_local((addr, port), pool.clone())
@@ -441,7 +441,7 @@ pub(crate) fn take_over(
     ct.insert(conn)
         .inspect_err(|_| {
             if let Some((pool, (a, p))) = &snat {
-                pool.free(r.proto, *a, *p);
+                pool.free(r.proto, *a, *p, r.real.0);
             }
         })
         .ok()

@@ -180,7 +180,8 @@ impl Offloader {
             // fullnat port was kept for it until now (see
             // Conntrack::release), so no new connection reused the tuple.
             if let Some(s) = &e.conn.snat {
-                s.pool.free(e.conn.proto, s.local.0, s.local.1);
+                s.pool
+                    .free(e.conn.proto, s.local.0, s.local.1, e.conn.server.addr);
             }
         }
         e.conn.release_offload();

@@ -731,7 +731,8 @@ impl Conntrack {
             // Another worker made the same flow first: the fullnat port
             // this one took goes back.
             if let Some(s) = &conn.snat {
-                s.pool.free(conn.proto, s.local.0, s.local.1);
+                s.pool
+                    .free(conn.proto, s.local.0, s.local.1, conn.server.addr);
             }
             return Ok(other);
         }
@@ -949,7 +950,7 @@ impl Conntrack {
         if let Some(s) = &c.snat
             && !c.offloaded()
         {
-            s.pool.free(c.proto, s.local.0, s.local.1);
+            s.pool.free(c.proto, s.local.0, s.local.1, c.server.addr);
         }
         // Take the final state atomically: a worker still holding the
         // connection can no longer move the gauges after this.

@@ -440,7 +440,7 @@ fn new_conn(
     let snat = conn.snat.as_ref().map(|s| (s.pool.clone(), s.local));
     ct.insert(conn).inspect_err(|_| {
         if let Some((pool, (addr, port))) = snat {
-            pool.free(k.proto, addr, port);
+            pool.free(k.proto, addr, port, server.addr);
         }
     })
 }

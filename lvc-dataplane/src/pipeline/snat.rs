@@ -1,7 +1,8 @@
 //! The `fullnat` local address pool: the director's own addresses and
 //! ports that fullnat connections are source-NATed to.
 //!
-//! Every (address, protocol) has a 64 Ki-bit port bitmap of atomics:
+//! Every (local address, real server, protocol) has a 64 Ki-bit port
+//! bitmap of atomics:
 //! allocation scans from a rotating start and claims a bit with a CAS, so
 //! workers never lock and a port is never handed out twice; releasing a
 //! connection clears its bit. Ports below 1024 are never used.
@@ -76,12 +77,45 @@ impl PortMap {
     }
 }
 
-/// The pool: addresses (either family) with a port map per protocol.
+/// One local address's ports: a space per real server (and protocol), as
+/// IPVS's FNAT and DPVS keep them. A connection's replies are told apart
+/// by (real server, local address, local port), so the same local port
+/// can serve every real server at once: one client cycling through source
+/// ports exhausts one server's space on an address, not the address.
+#[derive(Default)]
+struct Local {
+    by_real: dashmap::DashMap<Addr, Arc<[PortMap; 2]>, ahash::RandomState>,
+}
+
+impl Local {
+    /// The port maps for `real` (made on first use: 16 KiB each).
+    fn maps(&self, real: Addr) -> Arc<[PortMap; 2]> {
+        if let Some(m) = self.by_real.get(&real) {
+            return m.clone();
+        }
+        self.by_real
+            .entry(real)
+            .or_insert_with(|| Arc::new([PortMap::new(), PortMap::new()]))
+            .clone()
+    }
+
+    fn used(&self) -> usize {
+        self.by_real
+            .iter()
+            .flat_map(|m| {
+                let m = m.value().clone();
+                [m[0].used.load(Relaxed), m[1].used.load(Relaxed)]
+            })
+            .sum()
+    }
+}
+
+/// The pool: addresses (either family), each with its port spaces.
 pub struct SnatPool {
     addrs: Vec<Addr>,
-    /// Per address: [tcp, udp] (shared with a pool it replaced, for the
-    /// addresses both have).
-    ports: Vec<Arc<[PortMap; 2]>>,
+    /// Per address (shared with a pool it replaced, for the addresses both
+    /// have).
+    locals: Vec<Arc<Local>>,
     cursor: AtomicUsize,
 }
 
@@ -102,26 +136,27 @@ impl SnatPool {
         Self::reusing(addrs, None)
     }
 
-    /// A pool of `addrs` that shares `old`'s port bitmaps for the
-    /// addresses both have.
+    /// A pool of `addrs` that shares `old`'s port spaces for the addresses
+    /// both have.
     pub fn reusing(addrs: &[IpAddr], old: Option<&SnatPool>) -> Self {
         Self {
             addrs: addrs.iter().map(|&a| Addr::from(a)).collect(),
-            ports: addrs
+            locals: addrs
                 .iter()
                 .map(|&a| {
                     let a = Addr::from(a);
-                    old.and_then(|o| {
-                        o.addrs
-                            .iter()
-                            .position(|&x| x == a)
-                            .map(|i| o.ports[i].clone())
-                    })
-                    .unwrap_or_else(|| Arc::new([PortMap::new(), PortMap::new()]))
+                    old.and_then(|o| o.local(a).cloned()).unwrap_or_default()
                 })
                 .collect(),
             cursor: AtomicUsize::new(0),
         }
+    }
+
+    fn local(&self, addr: Addr) -> Option<&Arc<Local>> {
+        self.addrs
+            .iter()
+            .position(|&x| x == addr)
+            .map(|i| &self.locals[i])
     }
 
     /// Ports in use on the addresses that are not in `current` (a
@@ -129,10 +164,9 @@ impl SnatPool {
     pub fn in_use_besides(&self, current: Option<&SnatPool>) -> usize {
         self.addrs
             .iter()
-            .zip(&self.ports)
+            .zip(&self.locals)
             .filter(|(a, _)| current.is_none_or(|c| !c.addrs.contains(a)))
-            .flat_map(|(_, p)| p.iter())
-            .map(|m| m.used.load(Relaxed))
+            .map(|(_, l)| l.used())
             .sum()
     }
 
@@ -140,10 +174,10 @@ impl SnatPool {
         self.addrs.iter().map(|a| a.ip()).collect()
     }
 
-    /// A free (address, port) for `proto` of the family of `like` (the
-    /// real server's), or `None` if the pool has no such address or they
-    /// are exhausted (every port of every address in use).
-    pub fn alloc(&self, proto: u8, like: Addr) -> Option<(Addr, u16)> {
+    /// A free (address, port) for `proto` towards real server `real` (an
+    /// address of its family), or `None` if the pool has no such address
+    /// or every one's space for `real` is exhausted.
+    pub fn alloc(&self, proto: u8, real: Addr) -> Option<(Addr, u16)> {
         let n = self.addrs.len();
         if n == 0 {
             return None;
@@ -151,42 +185,39 @@ impl SnatPool {
         let c = self.cursor.fetch_add(1, Relaxed);
         (0..n).find_map(|i| {
             let a = (c + i) % n;
-            if self.addrs[a].is_v4() != like.is_v4() {
+            if self.addrs[a].is_v4() != real.is_v4() {
                 return None;
             }
             // Spread starts over the bitmap so workers rarely contend.
             let start = c.wrapping_mul(0x9e37_79b9) % WORDS;
-            self.ports[a][proto_index(proto)]
+            self.locals[a].maps(real)[proto_index(proto)]
                 .alloc(start)
                 .map(|p| (self.addrs[a], p))
         })
     }
 
-    /// Takes (address, port) for `proto` if it is the pool's and free (a
-    /// connection taken over from a dataplane that stopped).
-    pub fn claim(&self, proto: u8, addr: Addr, port: u16) -> bool {
+    /// Takes (address, port) for `proto` towards `real` if it is the
+    /// pool's and free (a connection taken over from a dataplane that
+    /// stopped, or from a peer director).
+    pub fn claim(&self, proto: u8, addr: Addr, port: u16, real: Addr) -> bool {
         port >= PORT_MIN
             && self
-                .addrs
-                .iter()
-                .position(|&x| x == addr)
-                .is_some_and(|a| self.ports[a][proto_index(proto)].claim(port))
+                .local(addr)
+                .is_some_and(|l| l.maps(real)[proto_index(proto)].claim(port))
     }
 
-    /// Gives (address, port) back.
-    pub fn free(&self, proto: u8, addr: Addr, port: u16) {
-        if let Some(a) = self.addrs.iter().position(|&x| x == addr) {
-            self.ports[a][proto_index(proto)].free(port);
+    /// Gives (address, port) towards `real` back.
+    pub fn free(&self, proto: u8, addr: Addr, port: u16, real: Addr) {
+        if let Some(l) = self.local(addr)
+            && let Some(m) = l.by_real.get(&real)
+        {
+            m[proto_index(proto)].free(port);
         }
     }
 
-    /// Ports in use, over all addresses and protocols.
+    /// Ports in use, over all addresses, real servers and protocols.
     pub fn in_use(&self) -> usize {
-        self.ports
-            .iter()
-            .flat_map(|p| p.iter())
-            .map(|m| m.used.load(Relaxed))
-            .sum()
+        self.locals.iter().map(|l| l.used()).sum()
     }
 }
 
@@ -221,7 +252,7 @@ mod tests {
         assert_eq!(pool.alloc(6, V4), None, "exhausted");
         assert!(pool.alloc(17, V4).is_some(), "udp ports are separate");
         let (a, p) = *seen.iter().next().unwrap();
-        pool.free(6, a, p);
+        pool.free(6, a, p, V4);
         assert_eq!(pool.alloc(6, V4), Some((a, p)));
         assert_eq!(pool.in_use(), 2 * (65536 - 1024) + 1);
     }
@@ -268,6 +299,23 @@ mod tests {
         assert_eq!(old.in_use_besides(Some(&new)), 0);
         let gone = SnatPool::reusing(&[b], Some(&new));
         assert!(new.in_use_besides(Some(&gone)) > 0, "a's ports keep it");
+    }
+
+    #[test]
+    fn one_client_cycling_ports_exhausts_one_servers_space_only() {
+        let pool = SnatPool::new(&["10.2.0.100".parse().unwrap()]);
+        let other = Addr::v4(0x0a02_000c);
+        for _ in 0..65536 - 1024 {
+            pool.alloc(6, V4).expect("room");
+        }
+        assert_eq!(pool.alloc(6, V4), None, "this server's space is full");
+        assert!(pool.alloc(6, other).is_some(), "another server's is not");
+        // A port is claimed and freed in its server's space.
+        assert!(pool.claim(17, Addr::v4(0x0a02_0064), 5000, other));
+        assert!(!pool.claim(17, Addr::v4(0x0a02_0064), 5000, other));
+        assert!(pool.claim(17, Addr::v4(0x0a02_0064), 5000, V4));
+        pool.free(17, Addr::v4(0x0a02_0064), 5000, other);
+        assert!(pool.claim(17, Addr::v4(0x0a02_0064), 5000, other));
     }
 
     #[test]
