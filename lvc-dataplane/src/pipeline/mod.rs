@@ -183,6 +183,19 @@ pub fn forward(
         Some(found) => found,
         // ICMP errors never open connections.
         None if pkt.icmp.is_some() => return Err(Drop::NoFlow),
+        // Out of hops before it is routed: answered without any state (a
+        // flood of them must not fill the connection table).
+        None if rewrite::hops(f) <= 1 && only_routed(services, &pkt) => {
+            return Ok(Decision::Icmp(icmp::Originate {
+                kind: if pkt.v6 {
+                    ICMP6_TIME_EXCEEDED
+                } else {
+                    ICMP_TIME_EXCEEDED
+                },
+                code: 0,
+                mtu: 0,
+            }));
+        }
         None => (new_conn(&pkt, now, services, t.conntrack)?, Dir::Original),
     };
     *meta = FlowMeta {
@@ -373,6 +386,19 @@ fn send_to(f: &mut [u8], hop: NextHop, next: Addr, ports: &[u32]) -> Result<Deci
         NextHop::Unresolved(ask) => Ok(Decision::Park(next, ask)),
         NextHop::None => Err(Drop::NoRoute),
     }
+}
+
+/// Whether every server of the packet's service (its sorry server too)
+/// routes packets — decrements their TTL — rather than passing them on
+/// unchanged (dr, tun).
+fn only_routed(services: &ServiceTable, pkt: &Packet) -> bool {
+    let k = &pkt.key;
+    services.lookup(k.proto, k.dst, k.dport).is_some_and(|svc| {
+        svc.servers
+            .iter()
+            .chain(&svc.sorry)
+            .all(|s| !matches!(s.method, Method::Dr | Method::Tun))
+    })
 }
 
 /// Schedules a new connection for a packet with no tracked flow.
@@ -1057,6 +1083,9 @@ mod decisions {
                         mtu: 0,
                     };
                     assert_eq!(d, Ok(Decision::Icmp(expect)), "{case}");
+                    // Answered before any state: a flood of them does not
+                    // fill the table.
+                    assert_eq!(lab.ct.len(), 0, "{case}");
                 }
             }
         });
