@@ -20,7 +20,7 @@ use crate::pipeline::conntrack::Conntrack;
 use crate::pipeline::services::ServiceTable;
 use crate::shape::ShapeTable;
 use crate::stats::WorkerStats;
-use crate::sync::Sync;
+use crate::sync::ConnSync;
 use crate::worker::{Shared, Worker};
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
@@ -265,7 +265,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     }
     let sync = match opts.sync_listen {
         Some(listen) => Some(
-            Sync::bind(listen, opts.sync_peers.clone())
+            ConnSync::bind(listen, opts.sync_peers.clone())
                 .with_context(|| format!("cannot listen for connection sync on {listen}"))?,
         ),
         None => None,

@@ -236,12 +236,8 @@ impl Journal {
             let r = self.record(i);
             match r[0].load(Ordering::Acquire) {
                 EMPTY => return None,
-                t if t == tag => {
-                    let words: Vec<u64> =
-                        r[1..].iter().map(|w| w.load(Ordering::Relaxed)).collect();
-                    if Record::decode(&words).is_some_and(|rec| rec.key() == *key) {
-                        return Some(i);
-                    }
+                t if t == tag && Record::decode(&load(r)).is_some_and(|rec| rec.key() == *key) => {
+                    return Some(i);
                 }
                 _ => {}
             }
@@ -297,6 +293,11 @@ impl Journal {
     }
 }
 
+/// A record's words after its tag.
+fn load(r: &[AtomicU64]) -> [u64; RECORD_WORDS - 1] {
+    std::array::from_fn(|i| r[i + 1].load(Ordering::Relaxed))
+}
+
 /// The records of a journal file, if it is one.
 fn read_records(file: &File) -> Option<Vec<Record>> {
     let len = file.metadata().ok()?.len() as usize / 8;
@@ -319,8 +320,7 @@ fn read_records(file: &File) -> Option<Vec<Record>> {
         if r[0].load(Ordering::Acquire) <= DELETED {
             continue;
         }
-        let words: Vec<u64> = r[1..].iter().map(|w| w.load(Ordering::Relaxed)).collect();
-        out.extend(Record::decode(&words));
+        out.extend(Record::decode(&load(r)));
     }
     Some(out)
 }

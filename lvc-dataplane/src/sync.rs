@@ -65,13 +65,13 @@ pub struct SyncStats {
 }
 
 /// The sending side (used by the housekeeping thread) and the socket.
-pub struct Sync {
+pub struct ConnSync {
     socket: UdpSocket,
     peers: Vec<SocketAddr>,
     pub stats: Arc<SyncStats>,
 }
 
-impl Sync {
+impl ConnSync {
     pub fn bind(listen: SocketAddr, peers: Vec<SocketAddr>) -> std::io::Result<Self> {
         let socket = UdpSocket::bind(listen)?;
         socket.set_read_timeout(Some(Duration::from_millis(200)))?;
@@ -121,7 +121,7 @@ impl Sync {
     /// A second handle on the socket, for the receiving thread.
     pub fn receiver(&self, r: ReceiverDeps) -> std::io::Result<Receiver> {
         Ok(Receiver {
-            sync: Sync {
+            sync: ConnSync {
                 socket: self.socket.try_clone()?,
                 peers: self.peers.clone(),
                 stats: self.stats.clone(),
@@ -141,7 +141,7 @@ pub struct ReceiverDeps {
 
 /// The receiving thread.
 pub struct Receiver {
-    sync: Sync,
+    sync: ConnSync,
     deps: ReceiverDeps,
 }
 

@@ -214,6 +214,12 @@ pub struct ServiceKey {
 }
 
 impl ServiceKey {
+    /// Whether `other` is on the same VIP and protocol with a port in
+    /// common (a port belongs to one service).
+    pub fn overlaps(&self, other: &ServiceKey) -> bool {
+        self.proto == other.proto && self.vip == other.vip && self.ports.overlaps(&other.ports)
+    }
+
     /// A one-port service (port 0: every port).
     pub fn new(proto: Protocol, addr: SocketAddr) -> Self {
         Self {

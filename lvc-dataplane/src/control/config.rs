@@ -167,9 +167,7 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
                     format!("service {service} already exists"),
                 ));
             }
-            if let Some(other) = cfg.keys().find(|k| {
-                k.proto == service.proto && k.vip == service.vip && k.ports.overlaps(&service.ports)
-            }) {
+            if let Some(other) = cfg.keys().find(|k| k.overlaps(service)) {
                 return Err(err(
                     ErrorCode::Exists,
                     format!(

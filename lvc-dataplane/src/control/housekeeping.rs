@@ -9,7 +9,7 @@ use crate::io::steer::Replies;
 use crate::journal::Journal;
 use crate::pipeline::conntrack::Conntrack;
 use crate::pipeline::translate;
-use crate::sync::Sync;
+use crate::sync::ConnSync;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ pub fn run(
     replies: &Replies,
     control: &Control,
     mut journal: Option<Journal>,
-    sync: Option<&Sync>,
+    sync: Option<&ConnSync>,
     shutdown: &Arc<AtomicBool>,
     epoch: Instant,
 ) {

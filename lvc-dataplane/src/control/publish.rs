@@ -97,44 +97,30 @@ impl Control {
     /// lvc (no new connection is made: no service takes it) until the last
     /// one ends, as IPVS lets a deleted service's connections finish.
     pub(super) fn commit(&self, cfg: &mut Config, next: Config) -> Result<(), ErrorReply> {
-        {
-            let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
-            let before = draining.clone();
-            for (key, s) in cfg.iter().filter(|(k, _)| !next.contains_key(k)) {
-                let d = Draining {
-                    key: *key,
-                    servers: s
-                        .servers
-                        .iter()
-                        .map(|r| r.stats.clone())
-                        .chain(s.sorry.as_ref().map(|so| so.stats.clone()))
-                        .collect(),
-                };
-                if d.connections() > 0 {
-                    draining.push(d);
-                }
+        let mut draining = self.draining.lock().unwrap_or_else(|p| p.into_inner());
+        let before = draining.clone();
+        for (key, s) in cfg.iter().filter(|(k, _)| !next.contains_key(k)) {
+            let d = Draining {
+                key: *key,
+                servers: s
+                    .servers
+                    .iter()
+                    .map(|r| r.stats.clone())
+                    .chain(s.sorry.as_ref().map(|so| so.stats.clone()))
+                    .collect(),
+            };
+            if d.connections() > 0 {
+                draining.push(d);
             }
-            // A service defined again (or one on the same ports) steers them
-            // itself.
-            draining.retain(|d| {
-                !next.keys().any(|k| {
-                    k.proto == d.key.proto && k.vip == d.key.vip && k.ports.overlaps(&d.key.ports)
-                })
-            });
-            let changed = draining.len() != before.len();
-            drop(draining);
-            let r = self.commit_steered(cfg, next);
-            if r.is_err() && changed {
-                *self.draining.lock().unwrap_or_else(|p| p.into_inner()) = before;
-            }
-            r
         }
-    }
-
-    fn commit_steered(&self, cfg: &mut Config, next: Config) -> Result<(), ErrorReply> {
+        // A service defined again (or one on the same ports) steers them
+        // itself.
+        draining.retain(|d| !next.keys().any(|k| k.overlaps(&d.key)));
+        drop(draining);
         // (A removed nat server's connections keep their replies steered
         // to lvc: the keys are the connections', not the server's.)
         self.publish(&next).inspect_err(|e| {
+            *self.draining.lock().unwrap_or_else(|p| p.into_inner()) = before;
             if let Err(again) = self.publish(cfg) {
                 tracing::error!(error = %e.message, rollback = %again.message, "configuration rollback failed");
             }

@@ -186,15 +186,7 @@ pub fn forward(
         // Out of hops before it is routed: answered without any state (a
         // flood of them must not fill the connection table).
         None if rewrite::hops(f) <= 1 && only_routed(services, &pkt) => {
-            return Ok(Decision::Icmp(icmp::Originate {
-                kind: if pkt.v6 {
-                    ICMP6_TIME_EXCEEDED
-                } else {
-                    ICMP_TIME_EXCEEDED
-                },
-                code: 0,
-                mtu: 0,
-            }));
+            return Ok(time_exceeded(pkt.v6));
         }
         None => (new_conn(&pkt, now, services, t.conntrack)?, Dir::Original),
     };
@@ -294,15 +286,7 @@ pub fn forward(
         return fragmenting(send_to(f, hop, next, t.ports), split);
     }
     if rewrite::hops(f) <= 1 {
-        return Ok(Decision::Icmp(icmp::Originate {
-            kind: if pkt.v6 {
-                ICMP6_TIME_EXCEEDED
-            } else {
-                ICMP_TIME_EXCEEDED
-            },
-            code: 0,
-            mtu: 0,
-        }));
+        return Ok(time_exceeded(pkt.v6));
     }
     match dir {
         Dir::Original => {
@@ -386,6 +370,19 @@ fn send_to(f: &mut [u8], hop: NextHop, next: Addr, ports: &[u32]) -> Result<Deci
         NextHop::Unresolved(ask) => Ok(Decision::Park(next, ask)),
         NextHop::None => Err(Drop::NoRoute),
     }
+}
+
+/// "Time exceeded in transit" for a packet out of hops.
+fn time_exceeded(v6: bool) -> Decision {
+    Decision::Icmp(icmp::Originate {
+        kind: if v6 {
+            ICMP6_TIME_EXCEEDED
+        } else {
+            ICMP_TIME_EXCEEDED
+        },
+        code: 0,
+        mtu: 0,
+    })
 }
 
 /// Whether every server of the packet's service (its sorry server too)
