@@ -62,6 +62,7 @@ pub fn server(method: Method) -> Arc<Server> {
         stats: Arc::new(TrafficStats::default()),
         service: Arc::default(),
         health: Arc::default(),
+        limits: Default::default(),
     })
 }
 

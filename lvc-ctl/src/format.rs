@@ -1,43 +1,77 @@
 //! Human-readable output in ipvsadm's layout (and tc-like for shaping).
 
 use lvc_proto::shape::{ClassStats, Qdisc, Rate, ShapeListing};
-use lvc_proto::{ConnListing, Counters, Listing, Rates, Status};
+use lvc_proto::{ConnListing, Counters, Listing, Rates, ServerInfo, ServiceInfo, Status};
 use std::fmt::Write;
 
-/// `ipvsadm -L -n` layout (and its `--stats` and `--rate` variants).
-pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
+/// How `list` (`-L`) shows the table.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ListOpts {
+    /// Traffic counters (`--stats`).
+    pub stats: bool,
+    /// Per-second rates (`--rate`).
+    pub rate: bool,
+    /// Connection thresholds (`--thresholds`).
+    pub thresholds: bool,
+    /// Numbers in full, not in K/M/G (`--exact`).
+    pub exact: bool,
+    /// ipvsadm's listing exactly (the `-L` spelling): its banner, services
+    /// and servers sorted as ipvsadm sorts them, no lvc-only columns or
+    /// flags, a sorry server only while it takes connections (as
+    /// keepalived adds it).
+    pub ipvsadm: bool,
+    /// (ipvsadm) keep the configuration's order (`--nosort`).
+    pub nosort: bool,
+    /// Only this service (`-L -t VIP:PORT`): no banner.
+    pub one: bool,
+}
+
+/// ipvsadm's banner: the IPVS interface version its listing follows, and
+/// the connection table's size.
+pub fn banner(l: &Listing) -> String {
+    format!(
+        "IP Virtual Server version 1.2.1 (size={})\n",
+        l.conn_capacity
+    )
+}
+
+/// The listing in `ipvsadm -L -n` layout (and its `--stats`, `--rate` and
+/// `--thresholds` variants), column for column.
+pub fn listing(l: &Listing, o: ListOpts) -> String {
     let mut s = String::new();
-    let health = l
-        .services
-        .iter()
-        .any(|v| v.sorry.is_some() || v.servers.iter().any(|r| r.health.is_some()));
-    if stats {
-        s.push_str(
-            "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes\n",
+    if o.ipvsadm && !o.one {
+        s.push_str(&banner(l));
+    }
+    let health = !o.ipvsadm
+        && l.services
+            .iter()
+            .any(|v| v.sorry.is_some() || v.servers.iter().any(|r| r.health.is_some()));
+    let title = "Prot LocalAddress:Port";
+    if o.stats {
+        let _ = writeln!(
+            s,
+            "{title:<33} {:>8} {:>8} {:>8} {:>8} {:>8}\n  -> RemoteAddress:Port",
+            "Conns", "InPkts", "OutPkts", "InBytes", "OutBytes"
         );
-        s.push_str("  -> RemoteAddress:Port\n");
-    } else if rate {
-        s.push_str(
-            "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS\n",
+    } else if o.rate {
+        let _ = writeln!(
+            s,
+            "{title:<33} {:>8} {:>8} {:>8} {:>8} {:>8}\n  -> RemoteAddress:Port",
+            "CPS", "InPPS", "OutPPS", "InBPS", "OutBPS"
         );
-        s.push_str("  -> RemoteAddress:Port\n");
+    } else if o.thresholds {
+        let _ = writeln!(
+            s,
+            "{title:<33} {:<10} {:<10} {:<10} {:<10}\n  -> RemoteAddress:Port",
+            "Uthreshold", "Lthreshold", "ActiveConn", "InActConn"
+        );
     } else {
         s.push_str("Prot LocalAddress:Port Scheduler Flags\n");
         s.push_str("  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn");
         // ipvsadm's layout unless something is health-checked.
         s.push_str(if health { " Health\n" } else { "\n" });
     }
-    let row = |s: &mut String, head: &str, v: [u64; 5]| {
-        let _ = writeln!(
-            s,
-            "{head:<33} {:>8} {:>8} {:>8} {:>8} {:>8}",
-            v[0],
-            v[1],
-            v[2],
-            human(v[3]),
-            human(v[4])
-        );
-    };
+    let num = |v: u64| largenum(v, o.exact);
     let counters = |c: &Counters| {
         [
             c.conns,
@@ -56,37 +90,88 @@ pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
             r.bytes_out,
         ]
     };
-    for svc in &l.services {
-        let head = format!(
+    let mut services: Vec<&ServiceInfo> = l.services.iter().collect();
+    if o.ipvsadm && !o.nosort {
+        services.sort_by_key(|v| ipvsadm_order(v));
+    }
+    for svc in services {
+        // ipvsadm cuts an IPv4 service's name at 33 characters and a
+        // server's at 28 (only port lists can be that long).
+        let v4 = svc.service.vip.is_ipv4();
+        let mut head = format!(
             "{}  {}",
             svc.service.proto.name().to_uppercase(),
             svc.service.endpoint()
         );
-        if stats {
-            row(&mut s, &head, counters(&svc.stats));
-        } else if rate {
-            row(&mut s, &head, rates(&svc.rates));
+        if v4 {
+            head.truncate(33);
+        }
+        if o.stats || o.rate {
+            let v = if o.stats {
+                counters(&svc.stats)
+            } else {
+                rates(&svc.rates)
+            };
+            let _ = writeln!(s, "{head:<33}{}", v.map(num).concat());
         } else {
             let mut flags = String::new();
             if let Some(p) = svc.persistent {
                 let _ = write!(flags, " persistent {p}");
+                if let Some(m) = svc.netmask {
+                    let _ = write!(flags, " mask {m}");
+                }
             }
-            if let Some(m) = svc.netmask {
-                let _ = write!(flags, " mask {m}");
-            }
-            if svc.sloppy {
+            if svc.sloppy && !o.ipvsadm {
                 flags.push_str(" sloppy");
             }
             let _ = writeln!(s, "{head} {}{flags}", svc.scheduler);
         }
-        let sorry = svc.sorry.iter().map(|r| (r, true));
-        for (r, is_sorry) in svc.servers.iter().map(|r| (r, false)).chain(sorry) {
-            let head = format!("  -> {}", r.addr);
-            if stats {
-                row(&mut s, &head, counters(&r.stats));
-            } else if rate {
-                row(&mut s, &head, rates(&r.rates));
+        let mut servers: Vec<(&ServerInfo, bool)> =
+            svc.servers.iter().map(|r| (r, false)).collect();
+        if o.ipvsadm && !o.nosort {
+            servers.sort_by_key(|(r, _)| (r.addr.ip(), r.addr.port()));
+        }
+        // ipvsadm shows a sorry server as keepalived adds it: only while
+        // it takes the connections.
+        servers.extend(
+            svc.sorry
+                .iter()
+                .filter(|r| !o.ipvsadm || r.weight > 0)
+                .map(|r| (r, true)),
+        );
+        for (r, is_sorry) in servers {
+            let mut name = r.addr.to_string();
+            if v4 {
+                name.truncate(28);
+            }
+            let head = format!("  -> {name:<28}");
+            if o.stats {
+                let _ = writeln!(s, "{head}{}", counters(&r.stats).map(num).concat());
+            } else if o.rate {
+                let v = rates(&r.rates);
+                let _ = writeln!(
+                    s,
+                    "{head} {:>8} {:>8} {:>8}{}{}",
+                    v[0],
+                    v[1],
+                    v[2],
+                    num(v[3]),
+                    num(v[4])
+                );
+            } else if o.thresholds {
+                let _ = writeln!(
+                    s,
+                    "{head} {:<10} {:<10} {:<10} {:<10}",
+                    r.limits.max, r.limits.min, r.active_conns, r.inactive_conns
+                );
             } else {
+                let cols = format!(
+                    "{head} {:<7} {:<6} {:<10} {:<10}",
+                    r.method.forward_label(),
+                    r.weight,
+                    r.active_conns,
+                    r.inactive_conns
+                );
                 let state = health.then(|| match (&r.health, is_sorry) {
                     (_, true) if r.weight > 0 => "sorry server, in use".to_owned(),
                     (_, true) => "sorry server".to_owned(),
@@ -94,15 +179,14 @@ pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
                     (Some(h), _) => format!("DOWN ({}: {})", h.check, h.last),
                     (None, _) => "-".to_owned(),
                 });
-                let cols = format!(
-                    "{head:<33} {:<7} {:<6} {:<10}",
-                    r.method.forward_label(),
-                    r.weight,
-                    r.active_conns
-                );
+                let overloaded = if r.overloaded && !o.ipvsadm {
+                    " (at max-conns)"
+                } else {
+                    ""
+                };
                 let _ = match state {
-                    Some(state) => writeln!(s, "{cols} {:<9} {state}", r.inactive_conns),
-                    None => writeln!(s, "{cols} {}", r.inactive_conns),
+                    Some(state) => writeln!(s, "{cols}{state}{overloaded}"),
+                    None => writeln!(s, "{cols}{}", overloaded.trim_start()),
                 };
             }
         }
@@ -110,7 +194,43 @@ pub fn listing(l: &Listing, stats: bool, rate: bool) -> String {
     s
 }
 
-/// `ipvsadm -L -c -n` layout.
+/// ipvsadm's order of services: IPv4 first, then TCP before UDP, then by
+/// address and port.
+fn ipvsadm_order(v: &ServiceInfo) -> (bool, u8, std::net::IpAddr, u16) {
+    let k = &v.service;
+    (
+        k.vip.is_ipv6(),
+        k.proto.number(),
+        k.vip,
+        k.ports.ranges()[0].0,
+    )
+}
+
+/// `ipvsadm -L -c -n` layout, exactly.
+pub fn ipvsadm_conns(c: &ConnListing) -> String {
+    let mut s = String::from("IPVS connection entries\n");
+    let _ = writeln!(
+        s,
+        "pro expire {:<11} {:<18} {:<18} destination",
+        "state", "source", "virtual"
+    );
+    for e in &c.conns {
+        let _ = writeln!(
+            s,
+            "{:<3} {:<6} {:<11} {:<18} {:<18} {}",
+            e.proto.name().to_uppercase(),
+            format!("{:02}:{:02}", e.expires_in / 60, e.expires_in % 60),
+            e.state,
+            e.client.to_string(),
+            e.vip.to_string(),
+            e.real
+        );
+    }
+    s
+}
+
+/// `lvc-ctl conns` layout: ipvsadm's columns, wider, and where each
+/// connection is forwarded.
 pub fn conns(c: &ConnListing) -> String {
     let mut s = String::from(
         "pro expire state       source                 virtual                destination            path\n",
@@ -135,14 +255,33 @@ pub fn conns(c: &ConnListing) -> String {
     s
 }
 
-/// ipvsadm's compact byte counts (K, M, G).
-fn human(n: u64) -> String {
-    match n {
-        0..100_000 => n.to_string(),
-        100_000..100_000_000 => format!("{}K", n / 1000),
-        100_000_000..100_000_000_000 => format!("{}M", n / 1_000_000),
-        _ => format!("{}G", n / 1_000_000_000),
+/// A counter as ipvsadm prints it: 9 columns, right-aligned; from 100
+/// million on in K, M, G or T (thousands, millions …), unless `exact`.
+pub fn largenum(i: u64, exact: bool) -> String {
+    if exact {
+        let digits = i.to_string();
+        let width = if digits.len() <= 8 {
+            9
+        } else {
+            digits.len() + 1
+        };
+        return format!("{i:>width$}");
     }
+    match i {
+        0..100_000_000 => format!("{i:>9}"),
+        100_000_000..1_000_000_000 => format!("{:>8}K", i / 1_000),
+        1_000_000_000..100_000_000_000 => format!("{:>8}M", i / 1_000_000),
+        100_000_000_000..100_000_000_000_000 => format!("{:>8}G", i / 1_000_000_000),
+        _ => format!("{:>8}T", i / 1_000_000_000_000),
+    }
+}
+
+/// `ipvsadm -L --timeout`.
+pub fn timeouts(t: &lvc_proto::config::Timeouts) -> String {
+    format!(
+        "Timeout (tcp tcpfin udp): {} {} {}\n",
+        t.tcp, t.tcpfin, t.udp
+    )
 }
 
 pub fn status(st: &Status) -> String {
@@ -402,6 +541,8 @@ mod tests {
                         stats: Counters::default(),
                         rates: Rates::default(),
                         health: None,
+                        limits: Default::default(),
+                        overloaded: false,
                     },
                     ServerInfo {
                         addr: "10.0.1.2:8080".parse().unwrap(),
@@ -412,6 +553,8 @@ mod tests {
                         stats: Counters::default(),
                         rates: Rates::default(),
                         health: None,
+                        limits: Default::default(),
+                        overloaded: false,
                     },
                 ],
                 check: Default::default(),
@@ -419,18 +562,23 @@ mod tests {
                 sorry: None,
                 sloppy: false,
             }],
+            conn_capacity: 1 << 20,
         }
+    }
+
+    fn opts() -> ListOpts {
+        ListOpts::default()
     }
 
     #[test]
     fn golden_listing() {
         assert_eq!(
-            listing(&sample(), false, false),
+            listing(&sample(), opts()),
             "Prot LocalAddress:Port Scheduler Flags
   -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
 TCP  10.0.0.10:80 rr
-  -> 10.0.1.1:80                  Masq    1      2          1
-  -> 10.0.1.2:8080                Dnat    3      0          0
+  -> 10.0.1.1:80                  Masq    1      2          1         
+  -> 10.0.1.2:8080                Dnat    3      0          0         
 "
         );
     }
@@ -460,7 +608,7 @@ TCP  10.0.0.10:80 rr
         (sorry.addr, sorry.health, sorry.weight) = ("10.0.2.9:80".parse().unwrap(), None, 0);
         l.services[0].sorry = Some(sorry);
         assert_eq!(
-            listing(&l, false, false),
+            listing(&l, opts()),
             "Prot LocalAddress:Port Scheduler Flags
   -> RemoteAddress:Port           Forward Weight ActiveConn InActConn Health
 TCP  10.0.0.10:80 rr
@@ -482,7 +630,7 @@ TCP  10.0.0.10:80 rr
         v6.netmask = Some(lvc_proto::Netmask::Prefix(64));
         v6.servers.clear();
         l.services.push(v6);
-        let out = listing(&l, false, false);
+        let out = listing(&l, opts());
         assert!(
             out.contains("\nTCP  10.0.0.10:80 rr persistent 360 mask 255.255.255.0\n"),
             "{out}"
@@ -496,10 +644,16 @@ TCP  10.0.0.10:80 rr
     #[test]
     fn golden_stats() {
         assert_eq!(
-            listing(&sample(), true, false),
+            listing(
+                &sample(),
+                ListOpts {
+                    stats: true,
+                    ..opts()
+                }
+            ),
             "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
   -> RemoteAddress:Port
-TCP  10.0.0.10:80                        3       30       20     2000     250K
+TCP  10.0.0.10:80                        3       30       20     2000   250000
   -> 10.0.1.1:80                         0        0        0        0        0
   -> 10.0.1.2:8080                       0        0        0        0        0
 "
@@ -509,14 +663,156 @@ TCP  10.0.0.10:80                        3       30       20     2000     250K
     #[test]
     fn golden_rate() {
         assert_eq!(
-            listing(&sample(), false, true),
+            listing(
+                &sample(),
+                ListOpts {
+                    rate: true,
+                    ..opts()
+                }
+            ),
             "Prot LocalAddress:Port                 CPS    InPPS   OutPPS    InBPS   OutBPS
   -> RemoteAddress:Port
-TCP  10.0.0.10:80                        1       10        7      700     125K
+TCP  10.0.0.10:80                        1       10        7      700   125000
   -> 10.0.1.1:80                         0        0        0        0        0
   -> 10.0.1.2:8080                       0        0        0        0        0
 "
         );
+    }
+
+    /// `-L`: ipvsadm's banner, its order of services and servers, no
+    /// lvc-only columns, a sorry server only while it is in use.
+    #[test]
+    fn golden_ipvsadm_listing() {
+        let mut l = sample();
+        let mut udp = l.services[0].clone();
+        udp.service = "udp:10.0.0.10:53".parse().unwrap();
+        udp.scheduler = Scheduler::Wlc;
+        udp.persistent = Some(360);
+        udp.netmask = Some(lvc_proto::Netmask::dotted(24));
+        udp.sloppy = true;
+        udp.servers.reverse();
+        let mut v6 = l.services[0].clone();
+        v6.service = "tcp:[2001:db8::10]:80".parse().unwrap();
+        v6.servers.truncate(1);
+        v6.servers[0].addr = "[2001:db8:1::1]:80".parse().unwrap();
+        v6.servers[0].method = Method::Dr;
+        let mut idle_sorry = l.services[0].servers[0].clone();
+        idle_sorry.weight = 0;
+        idle_sorry.addr = "10.0.2.9:80".parse().unwrap();
+        l.services[0].sorry = Some(idle_sorry);
+        l.services.insert(0, v6);
+        l.services.insert(0, udp);
+        let o = ListOpts {
+            ipvsadm: true,
+            ..opts()
+        };
+        assert_eq!(
+            listing(&l, o),
+            "IP Virtual Server version 1.2.1 (size=1048576)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  10.0.0.10:80 rr
+  -> 10.0.1.1:80                  Masq    1      2          1         
+  -> 10.0.1.2:8080                Dnat    3      0          0         
+UDP  10.0.0.10:53 wlc persistent 360 mask 255.255.255.0
+  -> 10.0.1.1:80                  Masq    1      2          1         
+  -> 10.0.1.2:8080                Dnat    3      0          0         
+TCP  [2001:db8::10]:80 rr
+  -> [2001:db8:1::1]:80           Route   1      2          1         
+"
+        );
+        // One service: no banner; --nosort keeps the configuration's order.
+        let one = listing(
+            &Listing {
+                services: vec![l.services[0].clone()],
+                conn_capacity: 0,
+            },
+            ListOpts { one: true, ..o },
+        );
+        assert!(
+            one.starts_with("Prot LocalAddress:Port Scheduler Flags\n"),
+            "{one}"
+        );
+        let unsorted = listing(&l, ListOpts { nosort: true, ..o });
+        assert!(unsorted.find("UDP  10.0.0.10:53") < unsorted.find("TCP  10.0.0.10:80"));
+        // The thresholds view.
+        l.services[1].servers[0].limits = lvc_proto::ConnLimits { max: 100, min: 60 };
+        assert_eq!(
+            listing(
+                &Listing {
+                    services: vec![l.services[2].clone(), l.services[1].clone()],
+                    conn_capacity: 4096,
+                },
+                ListOpts {
+                    thresholds: true,
+                    ..o
+                }
+            ),
+            "IP Virtual Server version 1.2.1 (size=4096)
+Prot LocalAddress:Port            Uthreshold Lthreshold ActiveConn InActConn 
+  -> RemoteAddress:Port
+TCP  10.0.0.10:80 rr
+  -> 10.0.1.1:80                  0          0          2          1         
+  -> 10.0.1.2:8080                0          0          0          0         
+TCP  [2001:db8::10]:80 rr
+  -> [2001:db8:1::1]:80           100        60         2          1         
+"
+        );
+    }
+
+    #[test]
+    fn large_numbers_as_ipvsadm_prints_them() {
+        for (n, short, exact) in [
+            (0, "        0", "        0"),
+            (99_999_999, " 99999999", " 99999999"),
+            (100_000_000, "  100000K", " 100000000"),
+            (999_999_999, "  999999K", " 999999999"),
+            (1_000_000_000, "    1000M", " 1000000000"),
+            (123_456_789_012, "     123G", " 123456789012"),
+            (100_000_000_000_000, "     100T", " 100000000000000"),
+        ] {
+            assert_eq!(largenum(n, false), short, "{n}");
+            assert_eq!(largenum(n, true), exact, "{n}");
+        }
+    }
+
+    #[test]
+    fn golden_ipvsadm_conns_and_timeouts() {
+        let c = ConnListing {
+            conns: vec![
+                ConnInfo {
+                    proto: Protocol::Tcp,
+                    client: "10.1.0.2:40000".parse().unwrap(),
+                    vip: "10.0.0.10:80".parse().unwrap(),
+                    real: "10.0.1.1:80".parse().unwrap(),
+                    method: Method::Nat,
+                    state: "ESTABLISHED".into(),
+                    expires_in: 899,
+                    offloaded: true,
+                },
+                ConnInfo {
+                    proto: Protocol::Udp,
+                    client: "[2001:db8:9::2]:5353".parse().unwrap(),
+                    vip: "[2001:db8::10]:53".parse().unwrap(),
+                    real: "[2001:db8:1::1]:53".parse().unwrap(),
+                    method: Method::Dr,
+                    state: "UDP".into(),
+                    expires_in: 65,
+                    offloaded: false,
+                },
+            ],
+            truncated: false,
+        };
+        assert_eq!(
+            ipvsadm_conns(&c),
+            "IPVS connection entries
+pro expire state       source             virtual            destination
+TCP 14:59  ESTABLISHED 10.1.0.2:40000     10.0.0.10:80       10.0.1.1:80
+UDP 01:05  UDP         [2001:db8:9::2]:5353 [2001:db8::10]:53  [2001:db8:1::1]:53
+"
+        );
+        let t = lvc_proto::config::Timeouts::default();
+        assert_eq!(timeouts(&t), "Timeout (tcp tcpfin udp): 900 120 300\n");
     }
 
     #[test]

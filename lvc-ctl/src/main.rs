@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 
 mod format;
+mod ipvsadm;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 use lvc_proto::config::ConfigFile;
@@ -22,8 +23,8 @@ use lvc_proto::shape::{
     ShapeListing, Size,
 };
 use lvc_proto::{
-    ConnFilter, ErrorCode, Method, Netmask, Ports, Protocol, RealSpec, Request, RequestEnvelope,
-    Response, ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
+    ConnFilter, ConnLimits, ErrorCode, Method, Netmask, Ports, Protocol, RealSpec, Request,
+    RequestEnvelope, Response, ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::IpAddr;
@@ -42,8 +43,13 @@ struct Cli {
     /// Control socket of lvc-dataplane.
     #[arg(long, global = true, value_name = "PATH", default_value = lvc_proto::DEFAULT_SOCKET)]
     socket: PathBuf,
+    /// Numeric output (ipvsadm's -n; lvc never resolves names, so this
+    /// changes nothing).
+    #[arg(short = 'n', long, global = true)]
+    numeric: bool,
+    /// Without a command, the table is listed (as ipvsadm does).
     #[command(subcommand)]
-    cmd: Cmd,
+    cmd: Option<Cmd>,
 }
 
 /// `--tcp VIP:PORTS` or `--udp VIP:PORTS`, required (PORTS: 80, 0 = every
@@ -52,11 +58,24 @@ struct Cli {
 #[group(required = true, multiple = false)]
 struct ServiceArg {
     /// TCP virtual service.
-    #[arg(long, short = 't', value_name = "VIP:PORTS", value_parser = parse_vip)]
+    #[arg(long, short = 't', visible_alias = "tcp-service", value_name = "VIP:PORTS", value_parser = parse_vip)]
     tcp: Option<VipPorts>,
     /// UDP virtual service.
-    #[arg(long, short = 'u', value_name = "VIP:PORTS", value_parser = parse_vip)]
+    #[arg(long, short = 'u', visible_alias = "udp-service", value_name = "VIP:PORTS", value_parser = parse_vip)]
     udp: Option<VipPorts>,
+    /// (ipvsadm's firewall-mark services: not supported.)
+    #[arg(long = "fwmark-service", short = 'f', hide = true, value_parser = no_fwmark)]
+    fwmark: Option<u32>,
+}
+
+/// ipvsadm's `-f`: refused with the reason.
+fn no_fwmark(_: &str) -> Result<u32, String> {
+    Err(
+        "firewall-mark services are not supported: lvc takes VIP traffic before \
+         netfilter marks it; give the service as -t/-u VIP:PORT (a port list or \
+         range, 80,443 or 1024-65535, groups ports the way a mark would)"
+            .into(),
+    )
 }
 
 /// `--tcp VIP:PORTS` or `--udp VIP:PORTS`, optional.
@@ -64,10 +83,10 @@ struct ServiceArg {
 #[group(required = false, multiple = false)]
 struct MaybeService {
     /// TCP virtual service.
-    #[arg(long, short = 't', value_name = "VIP:PORTS", value_parser = parse_vip)]
+    #[arg(long, short = 't', visible_alias = "tcp-service", value_name = "VIP:PORTS", value_parser = parse_vip)]
     tcp: Option<VipPorts>,
     /// UDP virtual service.
-    #[arg(long, short = 'u', value_name = "VIP:PORTS", value_parser = parse_vip)]
+    #[arg(long, short = 'u', visible_alias = "udp-service", value_name = "VIP:PORTS", value_parser = parse_vip)]
     udp: Option<VipPorts>,
 }
 
@@ -197,16 +216,75 @@ impl SorryArgs {
     }
 }
 
+/// The forwarding method: `--method` or ipvsadm's `-m`, `-g`, `-i`.
+#[derive(Args, Debug, Default)]
+#[group(multiple = false)]
+struct MethodArg {
+    /// Forwarding method: nat (director is the gateway), dnat (real
+    /// servers SNAT their own replies to the VIP), dr (direct routing),
+    /// tun (IPIP tunnel) or fullnat (the director also SNATs to its local
+    /// pool). Default: nat; ipvsadm's -a: dr, as ipvsadm.
+    #[arg(long, value_name = "METHOD")]
+    method: Option<Method>,
+    /// The nat method (ipvsadm's masquerading).
+    #[arg(short = 'm', long)]
+    masquerading: bool,
+    /// The dr method (ipvsadm's gatewaying, direct routing).
+    #[arg(short = 'g', long)]
+    gatewaying: bool,
+    /// The tun method (ipvsadm's IPIP encapsulation).
+    #[arg(short = 'i', long)]
+    ipip: bool,
+}
+
+impl MethodArg {
+    fn method(&self) -> Option<Method> {
+        if self.masquerading {
+            Some(Method::Nat)
+        } else if self.gatewaying {
+            Some(Method::Dr)
+        } else if self.ipip {
+            Some(Method::Tun)
+        } else {
+            self.method
+        }
+    }
+}
+
+/// Connection thresholds (ipvsadm's -x/-y).
+#[derive(Args, Debug, Default)]
+struct LimitArgs {
+    /// Upper connection threshold: at N connections (active and inactive,
+    /// as IPVS counts them) the server gets no new ones (0: no limit).
+    #[arg(long, short = 'x', visible_alias = "u-threshold", value_name = "N")]
+    max_conns: Option<u32>,
+    /// Lower threshold: an overloaded server takes new connections again
+    /// once under M (default: ¾ of --max-conns).
+    #[arg(long, short = 'y', visible_alias = "l-threshold", value_name = "M")]
+    min_conns: Option<u32>,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum SaveFormat {
+    /// The configuration file (everything lvc runs).
+    Toml,
+    /// The configuration file as JSON.
+    Json,
+    /// ipvsadm-save rules (-A/-a lines), for what ipvsadm can express.
+    Ipvsadm,
+}
+
 #[derive(Subcommand, Debug)]
 enum Cmd {
     /// Add a virtual service.
-    #[command(short_flag = 'A')]
+    #[command(short_flag = 'A', long_flag = "add-service")]
     AddService {
         #[command(flatten)]
         service: ServiceArg,
-        /// Scheduler: rr, wrr, lc, wlc, sed, nq, sh, mh.
-        #[arg(long, short = 's', default_value = "rr")]
-        scheduler: Scheduler,
+        /// Scheduler: rr, wrr, lc, wlc, sed, nq, sh, mh. Default: rr;
+        /// ipvsadm's -A: wlc, as ipvsadm.
+        #[arg(long, short = 's')]
+        scheduler: Option<Scheduler>,
         /// Client affinity: connections from one client (network) go to the
         /// same server until SECS after its last connection (default 360).
         #[arg(long, short = 'p', value_name = "SECS", num_args = 0..=1,
@@ -232,7 +310,7 @@ enum Cmd {
     },
     /// Change a virtual service's scheduler, persistence, health check,
     /// alert or sorry server.
-    #[command(short_flag = 'E')]
+    #[command(short_flag = 'E', long_flag = "edit-service")]
     EditService {
         #[command(flatten)]
         service: ServiceArg,
@@ -258,90 +336,139 @@ enum Cmd {
         sloppy: Option<bool>,
     },
     /// Delete a virtual service and its real servers.
-    #[command(short_flag = 'D')]
+    #[command(short_flag = 'D', long_flag = "delete-service")]
     DelService {
         #[command(flatten)]
         service: ServiceArg,
     },
     /// Add a real server to a service.
-    #[command(short_flag = 'a')]
+    #[command(short_flag = 'a', long_flag = "add-server")]
     AddServer {
         #[command(flatten)]
         service: ServiceArg,
         /// Real server, RIP[:PORT] (port defaults to the service's).
-        #[arg(long, short = 'r', value_name = "RIP[:PORT]")]
+        #[arg(
+            long,
+            short = 'r',
+            visible_alias = "real-server",
+            value_name = "RIP[:PORT]"
+        )]
         real: RealSpec,
         /// Weight, 0..=65535 (0: no new connections).
         #[arg(long, short = 'w', default_value_t = 1)]
         weight: u32,
-        /// Forwarding method: nat (director is the gateway), dnat (real
-        /// servers SNAT their own replies to the VIP), dr (direct routing)
-        /// or fullnat (the director also SNATs to its local pool).
-        #[arg(long, default_value = "nat")]
-        method: Method,
+        #[command(flatten)]
+        method: MethodArg,
+        #[command(flatten)]
+        limits: LimitArgs,
         #[command(flatten)]
         check: CheckArgs,
     },
     /// Change a real server's weight, method or health check.
-    #[command(short_flag = 'e')]
+    #[command(short_flag = 'e', long_flag = "edit-server")]
     EditServer {
         #[command(flatten)]
         service: ServiceArg,
-        #[arg(long, short = 'r', value_name = "RIP[:PORT]")]
+        #[arg(
+            long,
+            short = 'r',
+            visible_alias = "real-server",
+            value_name = "RIP[:PORT]"
+        )]
         real: RealSpec,
         #[arg(long, short = 'w')]
         weight: Option<u32>,
-        #[arg(long)]
-        method: Option<Method>,
+        #[command(flatten)]
+        method: MethodArg,
+        #[command(flatten)]
+        limits: LimitArgs,
         #[command(flatten)]
         check: CheckArgs,
     },
     /// Remove a real server from a service.
-    #[command(short_flag = 'd')]
+    #[command(short_flag = 'd', long_flag = "delete-server")]
     DelServer {
         #[command(flatten)]
         service: ServiceArg,
-        #[arg(long, short = 'r', value_name = "RIP[:PORT]")]
+        #[arg(
+            long,
+            short = 'r',
+            visible_alias = "real-server",
+            value_name = "RIP[:PORT]"
+        )]
         real: RealSpec,
     },
-    /// List services and real servers (numeric, like ipvsadm -L -n).
-    #[command(short_flag = 'L')]
+    /// List services and real servers (numeric, like ipvsadm -L -n; the
+    /// -L spelling is ipvsadm's listing exactly).
+    #[command(short_flag = 'L', long_flag = "list", short_flag_alias = 'l')]
     List {
+        /// Only this service.
+        #[command(flatten)]
+        service: MaybeService,
         /// Show traffic counters.
-        #[arg(long, conflicts_with = "rate")]
+        #[arg(long, conflicts_with_all = ["rate", "thresholds"])]
         stats: bool,
         /// Show per-second rates.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "thresholds")]
         rate: bool,
+        /// Show connection thresholds (--max-conns, --min-conns).
+        #[arg(long)]
+        thresholds: bool,
+        /// Numbers in full (not 123K).
+        #[arg(long, short = 'X')]
+        exact: bool,
+        /// List connections (ipvsadm -L -c).
+        #[arg(long, short = 'c', conflicts_with_all = ["stats", "rate", "thresholds", "timeout"])]
+        connection: bool,
+        /// Show the timeouts (tcp tcpfin udp).
+        #[arg(long, conflicts_with_all = ["stats", "rate", "thresholds"])]
+        timeout: bool,
+        /// Sort services and servers (ipvsadm's default; accepted for
+        /// compatibility).
+        #[arg(long, conflicts_with = "nosort")]
+        sort: bool,
+        /// Keep the configuration's order (-L).
+        #[arg(long)]
+        nosort: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
-    /// Print the running configuration in the config-file format.
-    #[command(short_flag = 'S')]
+    /// Print the running configuration: the config file (TOML), or JSON,
+    /// or ipvsadm rules (the -S spelling's default).
+    #[command(short_flag = 'S', long_flag = "save")]
     Save {
-        /// As JSON instead of TOML.
+        #[arg(long, value_enum, conflicts_with = "json")]
+        format: Option<SaveFormat>,
+        /// As JSON (--format json).
         #[arg(long)]
         json: bool,
     },
-    /// Replace the running configuration with a file's (all or nothing).
-    #[command(short_flag = 'R')]
+    /// Restore a configuration: a config file (TOML) replaces the running
+    /// one; ipvsadm rules (ipvsadm -S output, lvc-ctl save --format
+    /// ipvsadm) are applied on top of it in order, as ipvsadm -R does.
+    /// Either way all or nothing.
+    #[command(short_flag = 'R', long_flag = "restore")]
     Restore {
-        /// Configuration file; standard input if absent.
+        /// Configuration file or rules; standard input if absent.
         file: Option<PathBuf>,
     },
     /// Remove every virtual service.
-    #[command(short_flag = 'C')]
+    #[command(short_flag = 'C', long_flag = "clear")]
     Clear,
     /// Zero the counters of one service, or of all.
-    #[command(short_flag = 'Z')]
+    #[command(short_flag = 'Z', long_flag = "zero")]
     Zero {
         #[command(flatten)]
         service: MaybeService,
     },
-    /// Set connection timeouts in seconds (0 or absent: unchanged).
+    /// Set connection timeouts in seconds (0 or absent: unchanged):
+    /// --set TCP TCPFIN UDP as ipvsadm, or by name.
     #[command(long_flag = "set")]
     SetTimeouts {
+        /// TCP TCPFIN UDP, all three (ipvsadm's form).
+        #[arg(value_name = "SECS", num_args = 0..=3, conflicts_with_all = ["tcp", "tcpfin", "udp"])]
+        values: Vec<u32>,
         #[arg(long)]
         tcp: Option<u32>,
         #[arg(long)]
@@ -821,14 +948,21 @@ const EXIT_PROTOCOL: u8 = 76;
 enum Show {
     Nothing,
     Listing {
-        stats: bool,
-        rate: bool,
+        opts: format::ListOpts,
+        /// Only this service (`-L -t VIP:PORT`).
+        only: Option<ServiceKey>,
     },
     Json,
     Status,
     Config,
     ConfigJson,
+    /// `save --format ipvsadm`.
+    Rules,
     Conns,
+    /// `-L -c`.
+    IpvsadmConns,
+    /// `-L --timeout`.
+    Timeouts,
     /// `shape list`, optionally one interface's part.
     Shaping {
         dev: Option<String>,
@@ -845,9 +979,39 @@ fn on_off(s: &str) -> Result<bool, String> {
     }
 }
 
+/// Whether a command line is spelled as ipvsadm spells it: its command is
+/// an option (`-A`, `-L`, `--add-server` …) or there is none. Such a
+/// command takes ipvsadm's defaults (scheduler wlc, method dr — with the
+/// service's port, as ipvsadm uses it for dr and tun —, `-S` writes
+/// ipvsadm rules) and `-L` prints ipvsadm's listing exactly; lvc's verbs
+/// (`add-service` …) keep lvc's defaults.
+fn ipvsadm_style<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> bool {
+    let mut it = args.iter().map(|a| a.as_ref().to_string_lossy());
+    while let Some(a) = it.next() {
+        match a.as_ref() {
+            "--socket" => {
+                it.next();
+            }
+            "-n" | "--numeric" => {}
+            a if a.starts_with("--socket=") => {}
+            a => return a.starts_with('-'),
+        }
+    }
+    true
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let (req, show) = match cli.cmd {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let ipvsadm = ipvsadm_style(&args[1..]);
+    let cli = Cli::parse_from(&args);
+    // No command: list, as ipvsadm does.
+    let cmd = match cli.cmd {
+        Some(cmd) => cmd,
+        None => Cli::parse_from(["lvc-ctl", "-L"])
+            .cmd
+            .expect("-L is a command"),
+    };
+    let (req, show) = match cmd {
         Cmd::Completions { shell } => {
             clap_complete::generate(
                 shell,
@@ -863,6 +1027,56 @@ fn main() -> ExitCode {
                 Err(e) => fail(EXIT_IO, format!("cannot write the man page: {e}")),
             };
         }
+        Cmd::Restore { file } => return restore(&cli.socket, file.as_deref()),
+        cmd => match request(cmd, ipvsadm) {
+            Ok(x) => x,
+            Err((code, msg)) => return fail(code, msg),
+        },
+    };
+    let resp = match call(&cli.socket, &req) {
+        Ok(r) => r,
+        Err((code, msg)) => return fail(code, msg),
+    };
+    print_response(resp.result, show)
+}
+
+/// `restore`: a config file replaces the configuration; ipvsadm rules are
+/// applied on top of it as one batch, and an error names the rule's line.
+fn restore(socket: &Path, file: Option<&Path>) -> ExitCode {
+    let text = match read_input(file) {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_IO, e),
+    };
+    if !ipvsadm::is_rules(&text) {
+        return match call(socket, &Request::Restore { config: text }) {
+            Ok(r) => print_response(r.result, Show::Nothing),
+            Err((code, msg)) => fail(code, msg),
+        };
+    }
+    let (lines, requests): (Vec<usize>, Vec<Request>) = match ipvsadm::parse_rules(&text) {
+        Ok(r) => r.into_iter().unzip(),
+        Err(e) => return fail(EXIT_USAGE, format!("{e}; nothing was restored")),
+    };
+    match call(socket, &Request::Batch { requests }) {
+        Ok(r) => match r.result {
+            Response::Error(e) => {
+                let line = e.index.and_then(|i| lines.get(i));
+                let msg = match line {
+                    Some(n) => format!("line {n}: {}; nothing was restored", e.message),
+                    None => e.message,
+                };
+                fail(e.code.exit_code() as u8, msg)
+            }
+            other => print_response(other, Show::Nothing),
+        },
+        Err((code, msg)) => fail(code, msg),
+    }
+}
+
+/// The request a command makes and how to show its answer; `ipvsadm`: it
+/// was spelled as ipvsadm's (see [`ipvsadm_style`]).
+fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
+    Ok(match cmd {
         Cmd::AddService {
             service,
             scheduler,
@@ -875,7 +1089,11 @@ fn main() -> ExitCode {
         } => (
             Request::AddService {
                 service: service.key(),
-                scheduler,
+                scheduler: scheduler.unwrap_or(if ipvsadm {
+                    Scheduler::Wlc
+                } else {
+                    Scheduler::Rr
+                }),
                 persistent,
                 netmask,
                 check: check.spec(),
@@ -919,33 +1137,53 @@ fn main() -> ExitCode {
             real,
             weight,
             method,
+            limits,
             check,
-        } => (
-            Request::AddServer {
-                service: service.key(),
-                real,
-                weight,
-                method,
-                check: check.spec(),
-            },
-            Show::Nothing,
-        ),
+        } => {
+            let method = method
+                .method()
+                .unwrap_or(if ipvsadm { Method::Dr } else { Method::Nat });
+            (
+                Request::AddServer {
+                    service: service.key(),
+                    real: ipvsadm_port(real, method, ipvsadm),
+                    weight,
+                    method,
+                    check: check.spec(),
+                    limits: ConnLimits {
+                        max: limits.max_conns.unwrap_or(0),
+                        min: limits.min_conns.unwrap_or(0),
+                    },
+                },
+                Show::Nothing,
+            )
+        }
         Cmd::EditServer {
             service,
             real,
             weight,
             method,
+            limits,
             check,
-        } => (
-            Request::EditServer {
-                service: service.key(),
-                real,
-                weight,
-                method,
-                check: check.edit(),
-            },
-            Show::Nothing,
-        ),
+        } => {
+            let method = method.method();
+            let real = match method {
+                Some(m) => ipvsadm_port(real, m, ipvsadm),
+                None => real,
+            };
+            (
+                Request::EditServer {
+                    service: service.key(),
+                    real,
+                    weight,
+                    method,
+                    check: check.edit(),
+                    max_conns: limits.max_conns,
+                    min_conns: limits.min_conns,
+                },
+                Show::Nothing,
+            )
+        }
         Cmd::DelServer { service, real } => (
             Request::DelServer {
                 service: service.key(),
@@ -953,22 +1191,60 @@ fn main() -> ExitCode {
             },
             Show::Nothing,
         ),
-        Cmd::List { stats, rate, json } => (
-            Request::List {},
-            if json {
-                Show::Json
+        Cmd::List {
+            service,
+            stats,
+            rate,
+            thresholds,
+            exact,
+            connection,
+            timeout,
+            sort: _,
+            nosort,
+            json,
+        } => {
+            let only = key(service.tcp, service.udp);
+            if connection {
+                (
+                    Request::Conns {
+                        filter: ConnFilter {
+                            service: only,
+                            ..Default::default()
+                        },
+                    },
+                    if json { Show::Json } else { Show::IpvsadmConns },
+                )
+            } else if timeout {
+                (Request::Status {}, Show::Timeouts)
+            } else if json {
+                (Request::List {}, Show::Json)
             } else {
-                Show::Listing { stats, rate }
-            },
-        ),
-        Cmd::Save { json } => (
-            Request::Save {},
-            if json { Show::ConfigJson } else { Show::Config },
-        ),
-        Cmd::Restore { file } => match read_input(file.as_deref()) {
-            Ok(config) => (Request::Restore { config }, Show::Nothing),
-            Err(e) => return fail(EXIT_IO, e),
-        },
+                let opts = format::ListOpts {
+                    stats,
+                    rate,
+                    thresholds,
+                    exact,
+                    ipvsadm,
+                    nosort,
+                    one: only.is_some(),
+                };
+                (Request::List {}, Show::Listing { opts, only })
+            }
+        }
+        Cmd::Save { format, json } => {
+            let format = match (format, json) {
+                (_, true) => SaveFormat::Json,
+                (Some(f), _) => f,
+                (None, _) if ipvsadm => SaveFormat::Ipvsadm,
+                (None, _) => SaveFormat::Toml,
+            };
+            let show = match format {
+                SaveFormat::Toml => Show::Config,
+                SaveFormat::Json => Show::ConfigJson,
+                SaveFormat::Ipvsadm => Show::Rules,
+            };
+            (Request::Save {}, show)
+        }
         Cmd::Clear => (Request::Clear {}, Show::Nothing),
         Cmd::SetLocalPool { addrs } => (Request::SetLocalPool { addrs }, Show::Nothing),
         Cmd::Zero { service } => (
@@ -977,12 +1253,27 @@ fn main() -> ExitCode {
             },
             Show::Nothing,
         ),
-        Cmd::SetTimeouts { tcp, tcpfin, udp } => {
+        Cmd::SetTimeouts {
+            values,
+            tcp,
+            tcpfin,
+            udp,
+        } => {
+            let (tcp, tcpfin, udp) = match values[..] {
+                [] => (tcp, tcpfin, udp),
+                [t, f, u] => (Some(t), Some(f), Some(u)),
+                _ => {
+                    return Err((
+                        EXIT_USAGE,
+                        "--set takes three timeouts, TCP TCPFIN UDP (0: unchanged)".into(),
+                    ));
+                }
+            };
             if tcp.is_none() && tcpfin.is_none() && udp.is_none() {
-                return fail(
+                return Err((
                     EXIT_USAGE,
-                    "set-timeouts: give --tcp, --tcpfin and/or --udp".into(),
-                );
+                    "set-timeouts: give TCP TCPFIN UDP, or --tcp, --tcpfin and/or --udp".into(),
+                ));
             }
             (Request::SetTimeouts { tcp, tcpfin, udp }, Show::Nothing)
         }
@@ -1007,16 +1298,21 @@ fn main() -> ExitCode {
             Request::Status {},
             if json { Show::Json } else { Show::Status },
         ),
-        Cmd::Shape { cmd } => match shape_request(cmd) {
-            Ok(x) => x,
-            Err(e) => return fail(EXIT_USAGE, e),
-        },
-    };
-    let resp = match call(&cli.socket, &req) {
-        Ok(r) => r,
-        Err((code, msg)) => return fail(code, msg),
-    };
-    print_response(resp.result, show)
+        Cmd::Shape { cmd } => shape_request(cmd).map_err(|e| (EXIT_USAGE, e))?,
+        Cmd::Restore { .. } | Cmd::Completions { .. } | Cmd::Man => {
+            return Err((EXIT_USAGE, "not a request to the daemon".into()));
+        }
+    })
+}
+
+/// ipvsadm gives a dr or tun server the service's port whatever was
+/// written (the packet reaches it unchanged); lvc's verbs refuse another.
+fn ipvsadm_port(real: RealSpec, method: Method, ipvsadm: bool) -> RealSpec {
+    if ipvsadm && matches!(method, Method::Dr | Method::Tun) {
+        RealSpec { port: None, ..real }
+    } else {
+        real
+    }
 }
 
 fn fail(code: u8, msg: String) -> ExitCode {
@@ -1032,8 +1328,17 @@ fn print_response(result: Response, show: Show) -> ExitCode {
     match (result, show) {
         (Response::Error(e), _) => fail(e.code.exit_code() as u8, e.message),
         (Response::Ok, _) => ExitCode::SUCCESS,
-        (Response::Listing(l), Show::Listing { stats, rate }) => {
-            print!("{}", format::listing(&l, stats, rate));
+        (Response::Listing(mut l), Show::Listing { opts, only }) => {
+            if let Some(k) = only {
+                l.services.retain(|s| s.service == k);
+                if l.services.is_empty() {
+                    return fail(
+                        ErrorCode::NotFound.exit_code() as u8,
+                        format!("service {k} does not exist"),
+                    );
+                }
+            }
+            print!("{}", format::listing(&l, opts));
             ExitCode::SUCCESS
         }
         (Response::Listing(l), _) => json(&l),
@@ -1041,10 +1346,27 @@ fn print_response(result: Response, show: Show) -> ExitCode {
             print!("{}", format::status(&s));
             ExitCode::SUCCESS
         }
+        (Response::Status(s), Show::Timeouts) => {
+            print!("{}", format::timeouts(&s.timeouts));
+            ExitCode::SUCCESS
+        }
         (Response::Status(s), _) => json(&s),
         (Response::Conns(c), Show::Conns) => {
             print!("{}", format::conns(&c));
             ExitCode::SUCCESS
+        }
+        (Response::Conns(c), Show::IpvsadmConns) => {
+            print!("{}", format::ipvsadm_conns(&c));
+            ExitCode::SUCCESS
+        }
+        (Response::Config(text), Show::Rules) => {
+            match ConfigFile::parse(&text).and_then(|cfg| ipvsadm::rules(&cfg)) {
+                Ok(rules) => {
+                    print!("{rules}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(ErrorCode::InvalidArgument.exit_code() as u8, e),
+            }
         }
         (Response::Conns(c), _) => json(&c),
         (Response::Config(text), Show::ConfigJson) => match ConfigFile::parse(&text) {
@@ -1213,7 +1535,7 @@ mod tests {
             "3",
         ])
         .unwrap();
-        match cli.cmd {
+        match cli.cmd.unwrap() {
             Cmd::AddServer {
                 service,
                 real,
@@ -1223,7 +1545,7 @@ mod tests {
             } => {
                 assert_eq!(service.key().to_string(), "tcp 10.0.0.10:80");
                 assert_eq!(real.to_string(), "10.0.1.1:8080");
-                assert_eq!((weight, method), (3, Method::Nat));
+                assert_eq!((weight, method.method()), (3, None));
             }
             other => panic!("{other:?}"),
         }
@@ -1232,6 +1554,264 @@ mod tests {
             Cli::try_parse_from(["lvc-ctl", "-A", "-t", "10.0.0.10:80", "-u", "10.0.0.10:53"])
                 .is_err()
         );
+    }
+
+    /// A command line as lvc-ctl reads it: its request and how it is
+    /// shown, or the error.
+    fn parse(line: &str) -> Result<(Request, Show), String> {
+        let argv: Vec<&str> = line.split_whitespace().collect();
+        let cli = Cli::try_parse_from(std::iter::once("lvc-ctl").chain(argv.iter().copied()))
+            .map_err(|e| e.to_string())?;
+        let cmd = match cli.cmd {
+            Some(c) => c,
+            None => Cli::try_parse_from(["lvc-ctl", "-L"]).unwrap().cmd.unwrap(),
+        };
+        request(cmd, ipvsadm_style(&argv)).map_err(|(_, e)| e)
+    }
+
+    fn req(line: &str) -> Request {
+        parse(line).unwrap_or_else(|e| panic!("{line}: {e}")).0
+    }
+
+    /// ipvsadm's commands (its man page and common runbooks) mean in
+    /// lvc-ctl what they mean to ipvsadm, defaults included.
+    #[test]
+    fn ipvsadm_invocations_make_ipvsadm_requests() {
+        let svc: ServiceKey = "tcp:10.0.0.10:80".parse().unwrap();
+        let add_service = |line: &str| match req(line) {
+            Request::AddService {
+                service,
+                scheduler,
+                persistent,
+                netmask,
+                ..
+            } => (service, scheduler, persistent, netmask),
+            other => panic!("{line}: {other:?}"),
+        };
+        assert_eq!(
+            add_service("-A -t 10.0.0.10:80"),
+            (svc, Scheduler::Wlc, None, None)
+        );
+        assert_eq!(
+            add_service("--add-service --tcp-service 10.0.0.10:80 --scheduler sh"),
+            (svc, Scheduler::Sh, None, None)
+        );
+        assert_eq!(
+            add_service("add-service --tcp 10.0.0.10:80"),
+            (svc, Scheduler::Rr, None, None),
+            "lvc's verb keeps lvc's default"
+        );
+        assert_eq!(
+            add_service("-A -t 10.0.0.10:80 -s rr -p"),
+            (svc, Scheduler::Rr, Some(360), None)
+        );
+        assert_eq!(
+            add_service("-A -t 10.0.0.10:80 -s wrr -p 600 -M 255.255.255.0"),
+            (
+                svc,
+                Scheduler::Wrr,
+                Some(600),
+                Some(Netmask::Dotted([255, 255, 255, 0].into()))
+            )
+        );
+        let add_server = |line: &str| match req(line) {
+            Request::AddServer {
+                real,
+                weight,
+                method,
+                limits,
+                ..
+            } => (real.to_string(), weight, method, limits),
+            other => panic!("{line}: {other:?}"),
+        };
+        let none = ConnLimits::default();
+        for (line, want) in [
+            // ipvsadm's default method is gatewaying (dr), with the
+            // service's port whatever the rule says.
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1",
+                ("10.0.1.1", 1, Method::Dr, none),
+            ),
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1:8080 -g",
+                ("10.0.1.1", 1, Method::Dr, none),
+            ),
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1:8080 -m -w 2",
+                ("10.0.1.1:8080", 2, Method::Nat, none),
+            ),
+            (
+                "--add-server --udp-service 10.0.0.10:53 --real-server 10.0.1.1 --ipip --weight 0",
+                ("10.0.1.1", 0, Method::Tun, none),
+            ),
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1:80 -m -w 1 -x 100 -y 50",
+                (
+                    "10.0.1.1:80",
+                    1,
+                    Method::Nat,
+                    ConnLimits { max: 100, min: 50 },
+                ),
+            ),
+            (
+                "add-server --tcp 10.0.0.10:80 --real 10.0.1.1 --max-conns 10",
+                ("10.0.1.1", 1, Method::Nat, ConnLimits { max: 10, min: 0 }),
+            ),
+            (
+                "add-server --tcp 10.0.0.10:80 --real 10.0.1.1 --method fullnat --u-threshold 7",
+                (
+                    "10.0.1.1",
+                    1,
+                    Method::Fullnat,
+                    ConnLimits { max: 7, min: 0 },
+                ),
+            ),
+        ] {
+            let (real, w, m, l) = add_server(line);
+            assert_eq!((real.as_str(), w, m, l), want, "{line}");
+        }
+        match req("-e -t 10.0.0.10:80 -r 10.0.1.1:80 -w 5 -y 20") {
+            Request::EditServer {
+                weight,
+                method,
+                max_conns,
+                min_conns,
+                ..
+            } => assert_eq!(
+                (weight, method, max_conns, min_conns),
+                (Some(5), None, None, Some(20))
+            ),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(
+            req("--set 900 120 300"),
+            Request::SetTimeouts {
+                tcp: Some(900),
+                tcpfin: Some(120),
+                udp: Some(300)
+            }
+        );
+        assert_eq!(
+            req("-D -t 10.0.0.10:80"),
+            Request::DelService { service: svc }
+        );
+        assert!(matches!(
+            req("-d -t 10.0.0.10:80 -r 10.0.1.1"),
+            Request::DelServer { .. }
+        ));
+        assert_eq!(req("-C"), Request::Clear {});
+        assert_eq!(
+            req("-Z -t 10.0.0.10:80"),
+            Request::Zero { service: Some(svc) }
+        );
+        // Listings: -n accepted anywhere, flags combined as ipvsadm's
+        // users type them.
+        for line in [
+            "",
+            "-n",
+            "-L",
+            "-L -n",
+            "-Ln",
+            "-l",
+            "--list --numeric",
+            "-L -n --sort",
+        ] {
+            assert!(
+                matches!(parse(line), Ok((Request::List {}, Show::Listing { opts, only: None })) if opts.ipvsadm),
+                "{line}"
+            );
+        }
+        assert!(matches!(
+            parse("list"),
+            Ok((Request::List {}, Show::Listing { opts, .. })) if !opts.ipvsadm
+        ));
+        for (line, stats, rate, thresholds, exact) in [
+            ("-L -n --stats", true, false, false, false),
+            ("-Ln --rate --exact", false, true, false, true),
+            ("-L --thresholds -X", false, false, true, true),
+        ] {
+            match parse(line) {
+                Ok((Request::List {}, Show::Listing { opts, .. })) => assert_eq!(
+                    (opts.stats, opts.rate, opts.thresholds, opts.exact),
+                    (stats, rate, thresholds, exact),
+                    "{line}"
+                ),
+                other => panic!("{line}: {:?}", other.map(|r| r.0)),
+            }
+        }
+        for line in ["-L -c -n", "-Lnc", "-lcn"] {
+            assert!(
+                matches!(parse(line), Ok((Request::Conns { .. }, Show::IpvsadmConns))),
+                "{line}"
+            );
+        }
+        assert!(matches!(
+            parse("-L --timeout"),
+            Ok((Request::Status {}, Show::Timeouts))
+        ));
+        assert!(matches!(
+            parse("-L -t 10.0.0.10:80"),
+            Ok((Request::List {}, Show::Listing { only: Some(k), opts })) if k == svc && opts.one
+        ));
+        assert!(matches!(
+            parse("-S -n"),
+            Ok((Request::Save {}, Show::Rules))
+        ));
+        assert!(matches!(
+            parse("save"),
+            Ok((Request::Save {}, Show::Config))
+        ));
+        assert!(matches!(
+            parse("save --format ipvsadm"),
+            Ok((Request::Save {}, Show::Rules))
+        ));
+        assert!(matches!(
+            parse("-S --format toml"),
+            Ok((Request::Save {}, Show::Config))
+        ));
+        for (line, why) in [
+            ("--set 900 120", "three timeouts"),
+            ("-A -f 1", "firewall-mark services are not supported"),
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1 -m -g",
+                "cannot be used with",
+            ),
+            ("-L -c --stats", "cannot be used with"),
+        ] {
+            let e = parse(line).err().unwrap_or_else(|| panic!("{line} parsed"));
+            assert!(e.contains(why), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn ipvsadm_rules_become_one_batch() {
+        let rules = "# from ipvsadm -S -n\n\
+            -A -t 10.0.0.10:80 -s wlc -p 360 -M 255.255.255.0\n\
+            -a -t 10.0.0.10:80 -r 10.0.1.1:80 -m -w 1\n\
+            \n\
+            -a -t 10.0.0.10:80 -r 10.0.1.2:80 -g -w 2 -x 50\n\
+            --set 900 120 300\n";
+        let reqs = ipvsadm::parse_rules(rules).unwrap();
+        let lines: Vec<usize> = reqs.iter().map(|(n, _)| *n).collect();
+        assert_eq!(lines, [2, 3, 5, 6]);
+        assert!(matches!(
+            &reqs[2].1,
+            Request::AddServer { method: Method::Dr, weight: 2, limits, .. } if limits.max == 50
+        ));
+        for (bad, why) in [
+            (
+                "-A -t 10.0.0.10:80\n-L -n\n",
+                "line 2: `-L -n`: only services",
+            ),
+            (
+                "-A -t 10.0.0.10:80\n-a -t 10.0.0.10:80 -r nowhere\n",
+                "line 2: `-a -t 10.0.0.10:80 -r nowhere`",
+            ),
+            ("-A -t www.example.com:http\n", "line 1:"),
+        ] {
+            let e = ipvsadm::parse_rules(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 
     #[test]
@@ -1257,7 +1837,7 @@ mod tests {
             "remove",
         ])
         .unwrap();
-        let Cmd::AddServer { check, .. } = cli.cmd else {
+        let Cmd::AddServer { check, .. } = cli.cmd.unwrap() else {
             panic!()
         };
         let spec = check.spec();
@@ -1284,7 +1864,7 @@ mod tests {
             "none",
         ])
         .unwrap();
-        let Cmd::EditService { sorry, check, .. } = cli.cmd else {
+        let Cmd::EditService { sorry, check, .. } = cli.cmd.unwrap() else {
             panic!()
         };
         assert_eq!(sorry.sorry(), (None, true));
@@ -1300,7 +1880,7 @@ mod tests {
             "dr",
         ])
         .unwrap();
-        let Cmd::AddService { sorry, .. } = cli.cmd else {
+        let Cmd::AddService { sorry, .. } = cli.cmd.unwrap() else {
             panic!()
         };
         assert_eq!(sorry.sorry().0.unwrap().method, Method::Dr);
@@ -1310,7 +1890,11 @@ mod tests {
     fn netmask_takes_a_mask_or_a_prefix_length() {
         let mask = |args: &[&str]| -> Result<Option<Netmask>, String> {
             let argv = ["lvc-ctl"].iter().chain(args);
-            match Cli::try_parse_from(argv).map_err(|e| e.to_string())?.cmd {
+            match Cli::try_parse_from(argv)
+                .map_err(|e| e.to_string())?
+                .cmd
+                .unwrap()
+            {
                 Cmd::AddService { netmask, .. } | Cmd::EditService { netmask, .. } => Ok(netmask),
                 other => panic!("{other:?}"),
             }
@@ -1344,7 +1928,7 @@ mod tests {
     fn shape(args: &[&str]) -> Result<Request, String> {
         let argv = ["lvc-ctl", "shape"].iter().chain(args);
         let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
-        match cli.cmd {
+        match cli.cmd.unwrap() {
             Cmd::Shape { cmd } => shape_request(cmd).map(|(req, _)| req),
             other => panic!("{other:?}"),
         }

@@ -189,6 +189,9 @@ pub struct TrafficStats {
     pub active: AtomicI64,
     /// Other tracked connections (servers only).
     pub inactive: AtomicI64,
+    /// At its upper connection threshold (servers only; IPVS's
+    /// `IP_VS_DEST_F_OVERLOAD`): set and cleared by the schedulers.
+    pub overloaded: std::sync::atomic::AtomicBool,
     /// Per-second rates, refreshed by [`TrafficStats::sample`].
     rates: Mutex<(Counters, Rates)>,
 }
@@ -274,6 +277,10 @@ impl TrafficStats {
 
     pub fn inactive(&self) -> u64 {
         self.inactive.load(Relaxed).max(0) as u64
+    }
+
+    pub fn overloaded(&self) -> bool {
+        self.overloaded.load(Relaxed)
     }
 }
 

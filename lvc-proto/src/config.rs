@@ -17,6 +17,8 @@
 //! real = "10.0.1.1:80"       # RIP[:PORT], port defaults to the service's
 //! weight = 1
 //! method = "nat"             # nat | dnat | dr | tun | fullnat
+//! max_conns = 1000           # optional: no new connections at 1000 …
+//! min_conns = 800            # … until back under 800 (default: ¾)
 //! ```
 //!
 //! Health checks (see [`crate::health`]): `check = { type = "http:/health",
@@ -145,6 +147,22 @@ pub struct ServerConfig {
     pub method: Method,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckSpec>,
+    /// Upper connection threshold (ipvsadm -x).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_conns: Option<u32>,
+    /// Lower connection threshold (ipvsadm -y; default ¾ of max_conns).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_conns: Option<u32>,
+}
+
+impl ServerConfig {
+    /// Its connection thresholds.
+    pub fn limits(&self) -> crate::ConnLimits {
+        crate::ConnLimits {
+            max: self.max_conns.unwrap_or(0),
+            min: self.min_conns.unwrap_or(0),
+        }
+    }
 }
 
 impl ConfigFile {
@@ -225,6 +243,13 @@ impl ConfigFile {
                 );
                 if let Some(c) = &srv.check {
                     let _ = writeln!(s, "check = {}", inline_check(c));
+                }
+                let limits = srv.limits();
+                if limits.max != 0 {
+                    let _ = writeln!(s, "max_conns = {}", limits.max);
+                }
+                if limits.min != 0 {
+                    let _ = writeln!(s, "min_conns = {}", limits.min);
                 }
             }
         }
@@ -329,12 +354,16 @@ impl ConfigFile {
                         format!("service {key}, server {}: check: {e}", srv.real),
                     )
                 })?;
+                srv.limits()
+                    .validate()
+                    .map_err(|e| at(Some(j), format!("service {key}, server {}: {e}", srv.real)))?;
                 out.push(Request::AddServer {
                     service: key,
                     real: srv.real,
                     weight: srv.weight,
                     method: srv.method,
                     check,
+                    limits: srv.limits(),
                 });
             }
         }

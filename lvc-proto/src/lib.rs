@@ -106,6 +106,9 @@ pub enum Request {
         /// Its health check (fields override the service's).
         #[serde(default, skip_serializing_if = "CheckSpec::is_empty")]
         check: CheckSpec,
+        /// Connection limits (ipvsadm -x/-y); none if absent.
+        #[serde(default, skip_serializing_if = "ConnLimits::is_none")]
+        limits: ConnLimits,
     },
     DelServer {
         service: ServiceKey,
@@ -148,6 +151,13 @@ pub enum Request {
         /// Fields of its health check to change (the others stay).
         #[serde(default)]
         check: Option<CheckSpec>,
+        /// New upper connection threshold (0 removes the limits); the lower
+        /// one goes back to its default unless given too.
+        #[serde(default)]
+        max_conns: Option<u32>,
+        /// New lower connection threshold (0: the default).
+        #[serde(default)]
+        min_conns: Option<u32>,
     },
     /// Removes every service (ipvsadm -C).
     Clear {},
@@ -226,6 +236,12 @@ pub enum Request {
     },
     /// The shaping configuration with its counters.
     ShapeList {},
+    /// Configuration changes and timeouts applied all or nothing, in
+    /// order (`lvc-ctl -R` with ipvsadm rules). An error names the index
+    /// of the change that failed.
+    Batch {
+        requests: Vec<Request>,
+    },
 }
 
 /// What a request does, so that the daemon dispatches on one exhaustive
@@ -268,7 +284,8 @@ impl Request {
             Request::Zero { .. }
             | Request::SetTimeouts { .. }
             | Request::SetLocalPool { .. }
-            | Request::Restore { .. } => Setting,
+            | Request::Restore { .. }
+            | Request::Batch { .. } => Setting,
             Request::Save {}
             | Request::Conns { .. }
             | Request::List {}
@@ -308,6 +325,9 @@ pub enum Response {
 pub struct ErrorReply {
     pub code: ErrorCode,
     pub message: String,
+    /// In the answer to a batch: the index of the change that failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub index: Option<usize>,
 }
 
 impl ErrorReply {
@@ -315,7 +335,14 @@ impl ErrorReply {
         Self {
             code,
             message: message.into(),
+            index: None,
         }
+    }
+
+    /// This error, as the answer about change `index` of a batch.
+    pub fn at(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
     }
 }
 
@@ -363,6 +390,7 @@ mod tests {
             weight: 3,
             method: Method::Dnat,
             check: CheckSpec::default(),
+            limits: ConnLimits { max: 100, min: 0 },
         });
         let line = serde_json::to_string(&req).unwrap();
         assert!(!line.contains('\n'));

@@ -683,6 +683,63 @@ pub fn check_persistence(
     Ok(())
 }
 
+/// A real server's connection thresholds (ipvsadm's `-x`/`-y`,
+/// keepalived's uthreshold/lthreshold). With `max` connections (active and
+/// inactive, as IPVS counts them) the server takes no new ones until it is
+/// back under `min`, or under three quarters of `max` when `min` is 0.
+/// `max == 0`: no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnLimits {
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub max: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub min: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+impl ConnLimits {
+    pub fn is_none(&self) -> bool {
+        *self == Self::default()
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max == 0 && self.min != 0 {
+            return Err(format!(
+                "a lower connection threshold ({}) needs an upper one (--max-conns/-x)",
+                self.min
+            ));
+        }
+        if self.min > self.max {
+            return Err(format!(
+                "the lower connection threshold {} is above the upper one {}",
+                self.min, self.max
+            ));
+        }
+        if self.max > i32::MAX as u32 {
+            return Err(format!(
+                "connection threshold {} is above {}",
+                self.max,
+                i32::MAX
+            ));
+        }
+        Ok(())
+    }
+
+    /// The connection count under which an overloaded server takes new
+    /// connections again (IPVS: `l_threshold`, else `total * 4 < u * 3`).
+    pub fn resume_below(&self) -> u64 {
+        if self.min != 0 {
+            u64::from(self.min)
+        } else {
+            (u64::from(self.max) * 3).div_ceil(4)
+        }
+    }
+}
+
 /// Traffic counters, as `ipvsadm --stats` shows them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -771,6 +828,13 @@ pub struct ServerInfo {
     /// Its health check's view, if it is checked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<crate::health::HealthInfo>,
+    /// Its connection thresholds.
+    #[serde(default, skip_serializing_if = "ConnLimits::is_none")]
+    pub limits: ConnLimits,
+    /// At its upper threshold: no new connections until it is back under
+    /// the lower one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub overloaded: bool,
 }
 
 /// One virtual service in a listing.
@@ -806,6 +870,9 @@ pub struct ServiceInfo {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listing {
     pub services: Vec<ServiceInfo>,
+    /// The connection table's capacity (the `size` of ipvsadm's header).
+    #[serde(default)]
+    pub conn_capacity: u64,
 }
 
 /// One interface the dataplane serves.

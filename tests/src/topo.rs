@@ -387,6 +387,15 @@ impl Topo {
         self.lab.exec("dir", &cmd)
     }
 
+    /// Runs `lvc-ctl --socket … ARGS` with `stdin` as its standard input.
+    pub fn ctl_input(&self, args: &[&str], stdin: &str) -> Output {
+        let ctl = bin("lvc-ctl").to_string_lossy().into_owned();
+        let sock = self.socket.to_string_lossy().into_owned();
+        let mut cmd = vec![ctl.as_str(), "--socket", &sock];
+        cmd.extend_from_slice(args);
+        self.lab.exec_input("dir", &cmd, stdin.as_bytes())
+    }
+
     /// `lvc-ctl …`, panicking if it fails; returns stdout.
     pub fn ctl_ok(&self, args: &[&str]) -> String {
         let out = self.ctl(args);

@@ -6,7 +6,7 @@ use crate::health::Health;
 use crate::pipeline::services::Persistence;
 use crate::stats::TrafficStats;
 use lvc_proto::{
-    ErrorCode, ErrorReply, MAX_WEIGHT, Method, Netmask, Request, Scheduler, ServiceKey,
+    ConnLimits, ErrorCode, ErrorReply, MAX_WEIGHT, Method, Netmask, Request, Scheduler, ServiceKey,
     check_persistence,
     health::{CheckSpec, Sorry},
 };
@@ -25,6 +25,8 @@ pub(super) struct ServerConf {
     /// Its own health-check fields (over its service's).
     pub(super) check: CheckSpec,
     pub(super) health: Arc<Health>,
+    /// Connection thresholds (ipvsadm -x/-y).
+    pub(super) limits: ConnLimits,
 }
 
 impl ServerConf {
@@ -36,6 +38,7 @@ impl ServerConf {
             stats: Arc::default(),
             check,
             health: Arc::default(),
+            limits: ConnLimits::default(),
         }
     }
 }
@@ -200,9 +203,11 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             weight,
             method,
             check,
+            limits,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             check_weight(*weight)?;
+            check_limits(*limits)?;
             if real.addr.is_ipv4() != service.vip.is_ipv4() {
                 return Err(err(
                     ErrorCode::InvalidArgument,
@@ -231,8 +236,9 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
                     format!("real server {addr} already exists in service {service}"),
                 ));
             }
-            svc.servers
-                .push(ServerConf::new(addr, *weight, *method, check.clone()));
+            let mut srv = ServerConf::new(addr, *weight, *method, check.clone());
+            srv.limits = *limits;
+            svc.servers.push(srv);
         }
         Request::DelServer { service, real } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
@@ -305,6 +311,8 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             weight,
             method,
             check,
+            max_conns,
+            min_conns,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             let addr = real.resolve(service);
@@ -330,6 +338,14 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             if let Some(c) = check {
                 srv.check = c.over(&srv.check);
             }
+            if let Some(max) = max_conns {
+                // A new upper threshold brings the default lower one.
+                srv.limits = ConnLimits { max: *max, min: 0 };
+            }
+            if let Some(min) = min_conns {
+                srv.limits.min = *min;
+            }
+            check_limits(srv.limits)?;
         }
         Request::Clear {} => cfg.clear(),
         // Other kinds of request (`Request::kind`) are not edits.
@@ -431,6 +447,10 @@ pub(super) fn check_method(
         ));
     }
     Ok(())
+}
+
+fn check_limits(l: ConnLimits) -> Result<(), ErrorReply> {
+    l.validate().map_err(|e| err(ErrorCode::InvalidArgument, e))
 }
 
 pub(super) fn check_weight(w: u32) -> Result<(), ErrorReply> {

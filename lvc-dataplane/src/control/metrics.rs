@@ -260,6 +260,16 @@ const METRICS: &[Metric] = &[
         "1 while the real server passes its health check, 0 while it is out (checked servers only).",
         Server(|r| r.health.iter().map(|h| (None, u64::from(h.up))).collect()),
     ),
+    gauge(
+        "lvc_server_overloaded",
+        "1 while the real server is at its upper connection threshold and takes no new connections (servers with --max-conns only).",
+        Server(|r| {
+            (r.limits.max != 0)
+                .then(|| (None, u64::from(r.overloaded)))
+                .into_iter()
+                .collect()
+        }),
+    ),
     counter(
         "lvc_server_health_checks_total",
         "Health-check probes of the real server, by result.",
@@ -456,6 +466,12 @@ mod tests {
                 failures: 3,
                 transitions: 1,
             }),
+            // One server has connection thresholds, and is at them.
+            limits: lvc_proto::ConnLimits {
+                max: if base == 20 { 26 } else { 0 },
+                min: 0,
+            },
+            overloaded: base == 20,
         }
     }
 
@@ -516,6 +532,7 @@ mod tests {
                     ),
                     service("tcp:10.0.0.11:80", 60, vec![]),
                 ],
+                conn_capacity: 1000,
             },
             workers,
             xdp: Stat::ALL
@@ -591,6 +608,9 @@ lvc_server_connections{service="udp:[2001:db8::1]:53",server="[2001:db8::2]:5353
 # HELP lvc_server_health_up 1 while the real server passes its health check, 0 while it is out (checked servers only).
 # TYPE lvc_server_health_up gauge
 lvc_server_health_up{service="tcp:10.0.0.10:21,22",server="192.168.1.2:0"} 0
+# HELP lvc_server_overloaded 1 while the real server is at its upper connection threshold and takes no new connections (servers with --max-conns only).
+# TYPE lvc_server_overloaded gauge
+lvc_server_overloaded{service="tcp:10.0.0.10:21,22",server="192.168.1.1:21"} 1
 # HELP lvc_server_health_checks_total Health-check probes of the real server, by result.
 # TYPE lvc_server_health_checks_total counter
 lvc_server_health_checks_total{service="tcp:10.0.0.10:21,22",server="192.168.1.2:0",result="ok"} 35
@@ -719,7 +739,7 @@ lvc_conntrack_capacity 1048576
         });
         let helps = got.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = got.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (24, 24));
+        assert_eq!((helps, types), (25, 25));
         let samples: Vec<&str> = got.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,

@@ -12,7 +12,9 @@ use crate::shape::ShapeTable;
 use lvc_ebpf::{AddrKey, EndpointKey, PortRanges};
 use lvc_proto::config::{ConfigFile, Timeouts};
 use lvc_proto::shape::ShapeConfig;
-use lvc_proto::{ErrorCode, ErrorReply, Method, Request, ServiceKey, check_local_pool};
+use lvc_proto::{
+    ErrorCode, ErrorReply, Method, Request, RequestKind, ServiceKey, check_local_pool,
+};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -259,6 +261,7 @@ impl Control {
                         stats: r.stats.clone(),
                         service: s.stats.clone(),
                         health: r.health.clone(),
+                        limits: r.limits,
                     })
                 })
                 .collect();
@@ -271,6 +274,7 @@ impl Control {
                     stats: so.stats.clone(),
                     service: s.stats.clone(),
                     health: so.health.clone(),
+                    limits: Default::default(),
                 })
             });
             Arc::new(Service {
@@ -451,16 +455,40 @@ impl Control {
         tcpfin: Option<u32>,
         udp: Option<u32>,
     ) -> Result<(), ErrorReply> {
-        let cur = self.timeouts();
-        let pick = |v: Option<u32>, old: u32| v.filter(|&v| v != 0).unwrap_or(old);
-        let next = Timeouts {
-            tcp: pick(tcp, cur.tcp),
-            tcpfin: pick(tcpfin, cur.tcpfin),
-            udp: pick(udp, cur.udp),
-        };
-        next.validate()
-            .map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+        let next = new_timeouts(self.timeouts(), tcp, tcpfin, udp)?;
         self.store_timeouts(&next);
+        Ok(())
+    }
+
+    /// Applies configuration changes and timeouts (ipvsadm rules being
+    /// restored) in order, all or nothing; an error says which failed.
+    pub(super) fn batch(&self, requests: &[Request]) -> Result<(), ErrorReply> {
+        let before = self.timeouts();
+        let mut timeouts = before;
+        let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+        let mut next = cfg.clone();
+        let pool = self.pool_addrs();
+        for (i, r) in requests.iter().enumerate() {
+            match r {
+                Request::SetTimeouts { tcp, tcpfin, udp } => {
+                    timeouts = new_timeouts(timeouts, *tcp, *tcpfin, *udp).map_err(|e| e.at(i))?;
+                }
+                r if r.kind() == RequestKind::ConfigEdit => {
+                    edit(&mut next, r, &pool).map_err(|e| e.at(i))?;
+                }
+                _ => {
+                    return Err(err(
+                        ErrorCode::BadRequest,
+                        "a batch holds only service, server and timeout changes",
+                    )
+                    .at(i));
+                }
+            }
+        }
+        self.commit(&mut cfg, next)?;
+        if timeouts != before {
+            self.store_timeouts(&timeouts);
+        }
         Ok(())
     }
 
@@ -491,6 +519,24 @@ impl Control {
         }
         Ok(())
     }
+}
+
+/// `cur` with the timeouts given (0 or absent: unchanged), validated.
+fn new_timeouts(
+    cur: Timeouts,
+    tcp: Option<u32>,
+    tcpfin: Option<u32>,
+    udp: Option<u32>,
+) -> Result<Timeouts, ErrorReply> {
+    let pick = |v: Option<u32>, old: u32| v.filter(|&v| v != 0).unwrap_or(old);
+    let next = Timeouts {
+        tcp: pick(tcp, cur.tcp),
+        tcpfin: pick(tcpfin, cur.tcpfin),
+        udp: pick(udp, cur.udp),
+    };
+    next.validate()
+        .map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+    Ok(next)
 }
 
 /// Every `nat` server endpoint of a configuration, with its counters.
@@ -547,6 +593,7 @@ impl Control {
             Request::SetTimeouts { tcp, tcpfin, udp } => self.set_timeouts(tcp, tcpfin, udp),
             Request::Zero { service } => self.zero(service.as_ref()),
             Request::SetLocalPool { addrs } => self.set_pool(&addrs),
+            Request::Batch { requests } => self.batch(&requests),
             other => Err(err(
                 ErrorCode::Internal,
                 format!("{:?} is not a setting", other.kind()),

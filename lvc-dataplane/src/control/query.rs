@@ -50,6 +50,8 @@ impl Control {
                                 weight: r.weight,
                                 method: r.method,
                                 check: Some(r.check.clone()).filter(|c| !c.is_empty()),
+                                max_conns: Some(r.limits.max).filter(|&v| v != 0),
+                                min_conns: Some(r.limits.min).filter(|&v| v != 0),
                             })
                             .collect(),
                         check: Some(s.check.clone()).filter(|c| !c.is_empty()),
@@ -131,6 +133,8 @@ impl Control {
                             stats: r.stats.snapshot(),
                             rates: r.stats.rates(),
                             health: r.health.info(),
+                            limits: r.limits,
+                            overloaded: r.limits.max != 0 && r.stats.overloaded(),
                         })
                         .collect(),
                     check: s.check.clone(),
@@ -145,10 +149,13 @@ impl Control {
                         stats: so.stats.snapshot(),
                         rates: so.stats.rates(),
                         health: None,
+                        limits: Default::default(),
+                        overloaded: false,
                     }),
                     sloppy: s.sloppy,
                 })
                 .collect(),
+            conn_capacity: self.conntrack.capacity() as u64,
         }
     }
 

@@ -1009,6 +1009,7 @@ mod tests {
             stats: Arc::new(TrafficStats::default()),
             service: Arc::default(),
             health: Arc::default(),
+            limits: Default::default(),
         })
     }
 

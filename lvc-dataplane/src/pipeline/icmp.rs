@@ -297,6 +297,7 @@ mod tests {
             stats: Arc::new(TrafficStats::default()),
             service: Arc::default(),
             health: Arc::default(),
+            limits: Default::default(),
         });
         Conn::new(
             17,
@@ -507,6 +508,7 @@ mod tests {
             stats: Arc::new(TrafficStats::default()),
             service: Arc::default(),
             health: Arc::default(),
+            limits: Default::default(),
         });
         let mut c = Conn::new(
             17,

@@ -535,6 +535,7 @@ mod tests {
                     stats: Arc::new(TrafficStats::default()),
                     service: Arc::default(),
                     health: Arc::default(),
+                    limits: Default::default(),
                 })
             })
             .collect();
@@ -722,6 +723,7 @@ mod decisions {
                 stats: Arc::default(),
                 service: Arc::default(),
                 health: Arc::default(),
+                limits: Default::default(),
             });
             let svc = |proto: &str| {
                 let servers = vec![server.clone()];

@@ -8,7 +8,7 @@
 
 use crate::addr::Addr;
 use crate::stats::TrafficStats;
-use lvc_proto::{Method, Scheduler};
+use lvc_proto::{ConnLimits, Method, Scheduler};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
@@ -26,6 +26,38 @@ pub struct Server {
     /// published with weight 0; one that failed with `--on-fail remove`
     /// loses its connections too.
     pub health: Arc<crate::health::Health>,
+    /// Connection thresholds (ipvsadm -x/-y).
+    pub limits: ConnLimits,
+}
+
+impl Server {
+    /// Whether it takes a new connection: a weight above 0 and, with an
+    /// upper threshold, not overloaded. A server reaching the threshold
+    /// is overloaded until its connections fall under the lower one
+    /// (IPVS's hysteresis; the flag is shared by all workers).
+    #[inline]
+    pub fn admits(&self) -> bool {
+        if self.weight == 0 {
+            return false;
+        }
+        if self.limits.max == 0 {
+            return true;
+        }
+        let total = self.stats.active() + self.stats.inactive();
+        let flag = &self.stats.overloaded;
+        if flag.load(Relaxed) {
+            if total < self.limits.resume_below() {
+                flag.store(false, Relaxed);
+                return true;
+            }
+            false
+        } else if total >= u64::from(self.limits.max) {
+            flag.store(true, Relaxed);
+            false
+        } else {
+            true
+        }
+    }
 }
 
 /// Maglev lookup table size (a prime, as in Katran).
@@ -86,31 +118,53 @@ pub fn pick<'a>(
                 return None;
             }
             let start = st.cursor.fetch_add(1, Relaxed);
-            (0..n)
-                .map(|i| &servers[start.wrapping_add(i) % n])
-                .find(|s| s.weight > 0)
+            next_admitted(servers, start)
         }
         Scheduler::Wrr => {
             if st.table.is_empty() {
                 return None;
             }
             let i = st.cursor.fetch_add(1, Relaxed) % st.table.len();
-            servers.get(usize::from(st.table[i]))
+            or_next(servers, usize::from(st.table[i]))
         }
         Scheduler::Sh | Scheduler::Mh => {
             if st.table.is_empty() {
                 return None;
             }
             let b = (mix_addr(client) % st.table.len() as u64) as usize;
-            servers.get(usize::from(st.table[b]))
+            or_next(servers, usize::from(st.table[b]))
         }
         Scheduler::Lc => least(servers, |s| (overhead(s), 1)),
         Scheduler::Wlc => least(servers, |s| (overhead(s), u64::from(s.weight))),
         Scheduler::Sed => least(servers, |s| (s.stats.active() + 1, u64::from(s.weight))),
         Scheduler::Nq => servers
             .iter()
-            .find(|s| s.weight > 0 && s.stats.active() == 0)
+            .find(|s| s.stats.active() == 0 && s.admits())
             .or_else(|| least(servers, |s| (s.stats.active() + 1, u64::from(s.weight)))),
+    }
+}
+
+/// The first server from index `start` on (round the list) that admits a
+/// new connection.
+#[inline]
+fn next_admitted(servers: &[Arc<Server>], start: usize) -> Option<&Arc<Server>> {
+    let n = servers.len();
+    (0..n)
+        .map(|i| &servers[start.wrapping_add(i) % n])
+        .find(|s| s.admits())
+}
+
+/// Server `i` of a table scheduler, or, when it is at its connection
+/// threshold, the next one that admits connections (IPVS's sh/mh
+/// fallback; wrr skips overloaded servers too). Table schedulers only hold
+/// servers of weight > 0, so without thresholds this is server `i`.
+#[inline]
+fn or_next(servers: &[Arc<Server>], i: usize) -> Option<&Arc<Server>> {
+    let s = servers.get(i)?;
+    if s.limits.max == 0 || s.admits() {
+        Some(s)
+    } else {
+        next_admitted(servers, i + 1)
     }
 }
 
@@ -126,6 +180,9 @@ fn overhead(s: &Server) -> u64 {
 fn least(servers: &[Arc<Server>], cost: impl Fn(&Server) -> (u64, u64)) -> Option<&Arc<Server>> {
     let mut best: Option<(&Arc<Server>, u64, u64)> = None;
     for s in servers.iter().filter(|s| s.weight > 0) {
+        if s.limits.max != 0 && !s.admits() {
+            continue;
+        }
         let (n, d) = cost(s);
         match best {
             Some((_, bn, bd))
@@ -294,6 +351,7 @@ mod tests {
             stats: Arc::new(TrafficStats::default()),
             service: Arc::default(),
             health: Arc::default(),
+            limits: Default::default(),
         })
     }
 
@@ -313,6 +371,59 @@ mod tests {
         (0..n as u32)
             .map(|c| pick(s, Addr::v4(c)).unwrap().addr.0[15])
             .collect()
+    }
+
+    /// A service whose first server has connection thresholds.
+    fn limited(kind: Scheduler, weights: &[u32], max: u32, min: u32) -> Service {
+        let mut servers: Vec<Arc<Server>> = weights
+            .iter()
+            .enumerate()
+            .map(|(i, &w)| server(i, w))
+            .collect();
+        let mut first = server(0, weights[0]);
+        Arc::get_mut(&mut first).unwrap().limits = ConnLimits { max, min };
+        servers[0] = first;
+        Service {
+            sched: SchedState::build(kind, &servers, Arc::default()),
+            servers,
+        }
+    }
+
+    /// ipvsadm -x/-y: a server at its upper threshold gets no new
+    /// connection, whatever the scheduler, until it is back under the
+    /// lower one (¾ of the upper by default).
+    #[test]
+    fn thresholds_hold_a_server_between_upper_and_lower() {
+        for kind in Scheduler::ALL {
+            let s = limited(kind, &[1, 1], 4, 0);
+            let first = &s.servers[0].stats;
+            let takes_first = |s: &Service| picks(s, 64).contains(&1);
+            assert!(takes_first(&s), "{kind}: under the threshold");
+            first.active.store(3, Relaxed);
+            first.inactive.store(1, Relaxed);
+            assert!(!takes_first(&s), "{kind}: at 4 of 4");
+            // Hysteresis: 3 is not under ¾ × 4 = 3.
+            first.inactive.store(0, Relaxed);
+            assert!(!takes_first(&s), "{kind}: 3 of 4 is still overloaded");
+            // Back under (and the other server busier, for the least-
+            // connection family): it takes connections again.
+            first.active.store(2, Relaxed);
+            s.servers[1].stats.active.store(100, Relaxed);
+            assert!(takes_first(&s), "{kind}: 2 < 3");
+            assert!(!first.overloaded(), "{kind}");
+            // Every server overloaded: no server.
+            let s = limited(kind, &[1], 1, 0);
+            s.servers[0].stats.active.store(1, Relaxed);
+            assert!(pick(&s, Addr::v4(0)).is_none(), "{kind}");
+        }
+        // An explicit lower threshold.
+        let s = limited(Scheduler::Rr, &[1, 1], 10, 2);
+        s.servers[0].stats.active.store(10, Relaxed);
+        assert!(!picks(&s, 4).contains(&1));
+        s.servers[0].stats.active.store(2, Relaxed);
+        assert!(!picks(&s, 4).contains(&1), "2 is not under 2");
+        s.servers[0].stats.active.store(1, Relaxed);
+        assert!(picks(&s, 4).contains(&1));
     }
 
     #[test]
