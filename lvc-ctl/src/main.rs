@@ -1022,7 +1022,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Cmd::Man => {
-            return match clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+            return match man_page(&mut std::io::stdout()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(EXIT_IO, format!("cannot write the man page: {e}")),
             };
@@ -1038,6 +1038,41 @@ fn main() -> ExitCode {
         Err((code, msg)) => return fail(code, msg),
     };
     print_response(resp.result, show)
+}
+
+/// The man page: lvc-ctl's own, then a section per command (and `shape`
+/// subcommand) with its synopsis, description and every option.
+fn man_page(w: &mut dyn Write) -> std::io::Result<()> {
+    let cmd = Cli::command();
+    clap_mangen::Man::new(cmd.clone()).render(w)?;
+    for sub in cmd.get_subcommands() {
+        command_section(w, "lvc-ctl", sub)?;
+    }
+    Ok(())
+}
+
+fn command_section(w: &mut dyn Write, parent: &str, cmd: &clap::Command) -> std::io::Result<()> {
+    if cmd.is_hide_set() || cmd.get_name() == "help" {
+        return Ok(());
+    }
+    let name = format!("{parent} {}", cmd.get_name());
+    let man = clap_mangen::Man::new(cmd.clone().bin_name(&name));
+    let mut roff = Vec::new();
+    man.render_synopsis_section(&mut roff)?;
+    man.render_description_section(&mut roff)?;
+    man.render_options_section(&mut roff)?;
+    writeln!(w, ".SH \"{}\"", name.to_uppercase())?;
+    for line in String::from_utf8_lossy(&roff).lines() {
+        // Its sections become subsections of the command's.
+        match line.strip_prefix(".SH ") {
+            Some(title) => writeln!(w, ".SS {title}")?,
+            None => writeln!(w, "{line}")?,
+        }
+    }
+    for sub in cmd.get_subcommands() {
+        command_section(w, &name, sub)?;
+    }
+    Ok(())
 }
 
 /// `restore`: a config file replaces the configuration; ipvsadm rules are
@@ -1512,14 +1547,23 @@ mod tests {
         let bash = String::from_utf8(bash).unwrap();
         assert!(bash.contains("add-server") && bash.contains("--scheduler"));
         let mut man = Vec::new();
-        clap_mangen::Man::new(Cli::command())
-            .render(&mut man)
-            .unwrap();
+        man_page(&mut man).unwrap();
         let man = String::from_utf8(man).unwrap();
         assert!(
             man.starts_with(".ie") || man.contains(".TH lvc-ctl"),
             "{man}"
         );
+        // Every command's options, every method among them.
+        for want in [
+            ".SH \"LVC-CTL ADD-SERVER\"",
+            ".SH \"LVC-CTL SHAPE ADD-CLASS\"",
+            "tun (IPIP tunnel)",
+            "fullnat (the director",
+            "masquerading",
+            "max\\-conns",
+        ] {
+            assert!(man.contains(want), "{want}");
+        }
     }
 
     #[test]
