@@ -56,6 +56,7 @@ pub fn fmt_mac(m: [u8; 6]) -> String {
 pub fn server(method: Method) -> Arc<Server> {
     Arc::new(Server {
         addr: Addr::v4_bytes([10, 2, 0, 11]),
+        vip: Addr::v4(0x0a09_000a),
         port: 80,
         weight: 1,
         method,

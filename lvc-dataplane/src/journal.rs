@@ -68,7 +68,7 @@ impl Record {
             state: c.state(),
             method: c.method(),
             client: c.client,
-            vip: c.vip,
+            vip: c.vip(),
             real: c.real(),
             local: c.snat.as_ref().map(|s| s.local),
         }

@@ -212,6 +212,9 @@ impl Offloader {
             if v.last_seen != f.last_seen {
                 e.conn.saw(now);
             }
+            // Where XDP saw the stream: lvc checks RSTs and FINs against
+            // it once the flow is back (retired) with it.
+            e.conn.saw_seq(f.flow.dir, v.seq_next);
             (f.packets, f.bytes, f.last_seen) = (v.packets, v.bytes, v.last_seen);
         }
     }
@@ -252,7 +255,7 @@ fn may_stay(e: &Entry, routes: &RouteTable, shaping: &ShapeTable) -> bool {
     {
         return false;
     }
-    if shaping.service_policer(c.proto, c.vip).is_some() {
+    if shaping.service_policer(c.proto, c.vip()).is_some() {
         return false;
     }
     e.flows.iter().all(|f| {

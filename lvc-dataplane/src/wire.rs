@@ -327,6 +327,18 @@ impl<T: AsRef<[u8]>> L4<T> {
         }
     }
 
+    /// TCP: the sequence number.
+    #[inline]
+    pub fn tcp_seq(&self) -> u32 {
+        let b = self.buf.as_ref();
+        u32::from_be_bytes([
+            b[self.at + 4],
+            b[self.at + 5],
+            b[self.at + 6],
+            b[self.at + 7],
+        ])
+    }
+
     /// TCP: the header's length (data offset), in bytes.
     #[inline]
     pub fn tcp_header_len(&self) -> usize {

@@ -181,7 +181,11 @@ pub struct FlowValue {
     pub egress_ifindex: u32,
     pub mtu: u16,
     pub flags: u8,
-    pub pad: [u8; 5],
+    pub pad: u8,
+    /// TCP: the sequence number after the last byte seen of this
+    /// direction (0: unknown); XDP keeps it up to date and checks a RST's
+    /// or FIN's against it.
+    pub seq_next: u32,
     pub packets: u64,
     pub bytes: u64,
     pub last_seen: u64,
@@ -273,11 +277,12 @@ pub enum Stat {
     FlowForwarded,
     FlowToLvc,
     DropNoDataplane,
+    FlowOutOfWindow,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 12] = [
+    pub const ALL: [Stat; 13] = [
         Stat::Rx,
         Stat::PassNotIp,
         Stat::PassMalformed,
@@ -290,6 +295,7 @@ impl Stat {
         Stat::FlowForwarded,
         Stat::FlowToLvc,
         Stat::DropNoDataplane,
+        Stat::FlowOutOfWindow,
     ];
 
     /// A stable snake_case name for listings and metrics.
@@ -307,6 +313,7 @@ impl Stat {
             Stat::FlowForwarded => "flow_forwarded",
             Stat::FlowToLvc => "flow_to_lvc",
             Stat::DropNoDataplane => "drop_no_dataplane",
+            Stat::FlowOutOfWindow => "flow_out_of_window",
         }
     }
 }

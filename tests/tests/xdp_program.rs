@@ -644,3 +644,130 @@ fn every_steered_reply_is_found_in_the_table_or_its_overflow() {
     .join()
     .expect("test thread");
 }
+
+/// An offloaded connection's RSTs and FINs reach lvc (which ends the
+/// connection) only near where its sender's stream is: a blind attacker's
+/// guessed one is forwarded as it is (its endpoint judges it too) and
+/// counted, or dropped if XDP cannot forward it; the stream's position
+/// follows the segments XDP forwards. IPv4 and IPv6.
+#[test]
+fn offloaded_flows_keep_blind_resets_from_lvc() {
+    if !privileged("offloaded_flows_keep_blind_resets_from_lvc") {
+        return;
+    }
+    const XDP_TX: u32 = 3;
+    let mut lab = Lab::new("xdpseq");
+    lab.add_ns("a");
+    lab.add_ns("b");
+    lab.veth(("a", "v0"), ("b", "v1"), 1);
+    let ns = lab.ns("a");
+    std::thread::spawn(move || {
+        netns::enter(&ns).expect("enter namespace");
+        let (routes, _) = lvc_dataplane::net::route::RouteMonitor::start().expect("rtnetlink");
+        let ifindex = routes.table.load().link_by_name("v0").expect("v0").ifindex;
+        let mut st = Steering::load().expect("program loads and passes the verifier");
+        let io = WorkerIo::open(&["v0".to_owned()], 0, IoConfig::default())
+            .expect("AF_XDP socket on v0 queue 0");
+        st.set_slot(ifindex, 0).unwrap();
+        st.set_socket(0, 0, io.socket_fd(0)).unwrap();
+        st.set_egress(0, ifindex).unwrap();
+        let mut flows = st.take_flows().expect("the flow map");
+        let ip6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        st.sync_vips(&HashSet::from([
+            EndpointKey::new(ip6(VIP6), 6, 80),
+            EndpointKey::new(ip(VIP), 6, 80),
+        ]))
+        .unwrap();
+        let v4 = lvc_ebpf::FlowKey::new(6, (ip(CLIENT), 40000), (ip(VIP), 80));
+        let v6 = lvc_ebpf::FlowKey::new(6, (ip6(CLIENT6), 40000), (ip6(VIP6), 80));
+        let unknown = lvc_ebpf::FlowKey::new(6, (ip(CLIENT), 40001), (ip(VIP), 80));
+        let value = |seq_next| lvc_ebpf::FlowValue {
+            egress_ifindex: ifindex,
+            mtu: 1500,
+            seq_next,
+            ..Default::default()
+        };
+        flows.insert(v4, value(1000), 0).unwrap();
+        flows.insert(v6, value(1000), 0).unwrap();
+        flows.insert(unknown, value(0), 0).unwrap();
+        // (seq at `at`, flags at `at + 9`; 4 bytes of payload.)
+        let seg = |f: Vec<u8>, at: usize, seq: u32, flags: u8| {
+            let mut f = with(f, at, &seq.to_be_bytes());
+            f[at + 9] = flags;
+            f
+        };
+        let seg4 = |seq, flags| seg(frame(6, CLIENT, VIP, 40000, 80), 38, seq, flags);
+        let seg6 = |seq, flags| seg(frame6(6, CLIENT6, VIP6, 40000, 80), 58, seq, flags);
+        const ACK: u8 = 0x10;
+        const RST: u8 = 0x04;
+        const FIN_ACK: u8 = 0x11;
+        let far = 1004u32.wrapping_add(3 << 20);
+        let before = st.counters();
+        let mut wrong = Vec::new();
+        for (name, f, want) in [
+            ("data in the window", seg4(1000, ACK), XDP_TX),
+            ("a RST far ahead", seg4(far, RST), XDP_TX),
+            (
+                "a RST far behind",
+                seg4(1004u32.wrapping_sub(1 << 17), RST),
+                XDP_TX,
+            ),
+            ("a FIN far ahead", seg4(far, FIN_ACK), XDP_TX),
+            ("data far ahead (not learned)", seg4(far, ACK), XDP_TX),
+            (
+                "a RST far ahead with IP options",
+                {
+                    // Four NOP options after the fixed header.
+                    let mut f = seg4(far, RST);
+                    f.splice(34..34, [1u8; 4]);
+                    f[14] = 0x46;
+                    f[17] += 4;
+                    f
+                },
+                XDP_DROP,
+            ),
+            ("a RST where the stream is", seg4(1004, RST), XDP_REDIRECT),
+            (
+                "a FIN a little ahead",
+                seg4(1004 + 3000, FIN_ACK),
+                XDP_REDIRECT,
+            ),
+            ("IPv6 data", seg6(1000, ACK), XDP_TX),
+            ("an IPv6 RST far ahead", seg6(far, RST), XDP_TX),
+            (
+                "an IPv6 RST where the stream is",
+                seg6(1004, RST),
+                XDP_REDIRECT,
+            ),
+            (
+                "a RST of a stream XDP does not know yet",
+                seg(frame(6, CLIENT, VIP, 40001, 80), 38, far, RST),
+                XDP_REDIRECT,
+            ),
+        ] {
+            match st.test_run(&f, ifindex, 0) {
+                Ok(v) if v == want => {}
+                other => wrong.push(format!("{name}: expected action {want}, got {other:?}")),
+            }
+        }
+        let after = st.counters();
+        let delta = |s: Stat| {
+            after.iter().find(|(k, _)| *k == s).unwrap().1
+                - before.iter().find(|(k, _)| *k == s).unwrap().1
+        };
+        if delta(Stat::FlowOutOfWindow) != 5 {
+            wrong.push(format!(
+                "counter FlowOutOfWindow: expected +5, got +{}",
+                delta(Stat::FlowOutOfWindow)
+            ));
+        }
+        let learned = flows.get(&v4, 0).unwrap().seq_next;
+        if learned != 1004 {
+            wrong.push(format!("IPv4 stream at {learned}, expected 1004"));
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        drop(io);
+    })
+    .join()
+    .expect("test thread");
+}

@@ -112,6 +112,7 @@ pub struct Scrape<'a> {
     pub flows: u64,
     pub flow_capacity: u64,
     pub evicted: u64,
+    pub out_of_window: u64,
 }
 
 impl<'a> Scrape<'a> {
@@ -127,6 +128,7 @@ impl<'a> Scrape<'a> {
             flows: status.flows,
             flow_capacity: status.flow_capacity,
             evicted: control.conntrack_evicted(),
+            out_of_window: control.tcp_out_of_window(),
         }
     }
 }
@@ -345,6 +347,11 @@ const METRICS: &[Metric] = &[
         "Unestablished connections evicted from a full table.",
         Global(|s| one(s.evicted)),
     ),
+    counter(
+        "lvc_tcp_out_of_window_total",
+        "TCP segments outside the window lvc tracks (blind RSTs and FINs among them): they changed no connection's state.",
+        Global(|s| one(s.out_of_window)),
+    ),
     gauge(
         "lvc_conntrack_capacity",
         "Most connections that can be tracked.",
@@ -543,6 +550,7 @@ mod tests {
             flows: 7,
             flow_capacity: 1 << 20,
             evicted: 3,
+            out_of_window: 4,
         }
     }
 
@@ -710,6 +718,9 @@ lvc_conntrack_entries 7
 # HELP lvc_conntrack_evicted_total Unestablished connections evicted from a full table.
 # TYPE lvc_conntrack_evicted_total counter
 lvc_conntrack_evicted_total 3
+# HELP lvc_tcp_out_of_window_total TCP segments outside the window lvc tracks (blind RSTs and FINs among them): they changed no connection's state.
+# TYPE lvc_tcp_out_of_window_total counter
+lvc_tcp_out_of_window_total 4
 # HELP lvc_conntrack_capacity Most connections that can be tracked.
 # TYPE lvc_conntrack_capacity gauge
 lvc_conntrack_capacity 1048576
@@ -736,10 +747,11 @@ lvc_conntrack_capacity 1048576
             flows: 0,
             flow_capacity: 0,
             evicted: 0,
+            out_of_window: 0,
         });
         let helps = got.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = got.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (25, 25));
+        assert_eq!((helps, types), (26, 26));
         let samples: Vec<&str> = got.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,
@@ -748,6 +760,7 @@ lvc_conntrack_capacity 1048576
                 "lvc_uptime_seconds 0",
                 "lvc_conntrack_entries 0",
                 "lvc_conntrack_evicted_total 0",
+                "lvc_tcp_out_of_window_total 0",
                 "lvc_conntrack_capacity 0",
             ]
         );

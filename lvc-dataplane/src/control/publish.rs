@@ -253,6 +253,7 @@ impl Control {
                 .map(|r| {
                     Arc::new(Server {
                         addr: r.addr.ip().into(),
+                        vip: key.vip.into(),
                         port: r.addr.port(),
                         // A server that failed its health check takes no
                         // new connections (its configured weight stays).
@@ -268,6 +269,7 @@ impl Control {
             let sorry = s.sorry.as_ref().map(|so| {
                 Arc::new(Server {
                     addr: so.sorry.addr.ip().into(),
+                    vip: key.vip.into(),
                     port: so.sorry.addr.port(),
                     weight: 1,
                     method: so.sorry.method,

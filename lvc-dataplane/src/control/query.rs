@@ -78,7 +78,7 @@ impl Control {
             };
             let (client, vip, real) = (
                 sa(c.client.0, c.client.1),
-                sa(c.vip.0, c.vip.1),
+                sa(c.vip().0, c.vip().1),
                 sa(c.real().0, c.real().1),
             );
             if f.service.is_some_and(|s| {
@@ -164,6 +164,11 @@ impl Control {
         self.conntrack.evicted()
     }
 
+    /// TCP segments outside the tracked window (lvc's; XDP counts its own).
+    pub fn tcp_out_of_window(&self) -> u64 {
+        self.conntrack.out_of_window()
+    }
+
     /// Each worker's counters, in queue order.
     pub fn worker_stats(&self) -> &[Arc<WorkerStats>] {
         &self.workers
@@ -197,6 +202,7 @@ impl Control {
             sum(&|w| w.fragments_made.load(Relaxed)),
         ));
         counters.push(("conntrack_evicted".into(), self.conntrack.evicted()));
+        counters.push(("tcp_out_of_window".into(), self.conntrack.out_of_window()));
         {
             let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
             let persist = cfg.values().filter_map(|s| s.persistence.as_ref());

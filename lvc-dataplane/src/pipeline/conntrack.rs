@@ -12,7 +12,7 @@
 //! batch); nothing here reads a clock.
 
 use super::conntable::{ConnTable, Inserted};
-use crate::pipeline::parse::{Addr, FlowKey};
+use crate::pipeline::parse::{Addr, FlowKey, Seg};
 use crate::pipeline::services::{Server, Template};
 use crate::pipeline::snat::SnatPool;
 use crate::stats::Drop;
@@ -129,7 +129,9 @@ pub enum Dir {
 pub struct Conn {
     pub proto: u8,
     pub client: (Addr, u16),
-    pub vip: (Addr, u16),
+    /// The port the client asked for (the VIP's address is its server's:
+    /// see [`Conn::vip`]).
+    vip_port: u16,
     /// The real server's port (its address is `server.addr`: see
     /// [`Conn::real`]).
     real_port: u16,
@@ -147,6 +149,14 @@ pub struct Conn {
     /// that carries more than a handful of packets is worth the map writes
     /// of an offload.
     seen: AtomicU8,
+    /// TCP, per direction ([`Dir`] as index): the sequence number after
+    /// the last byte its sender sent that lvc (or, offloaded, XDP) saw; 0
+    /// while unknown. A RST or FIN changes state only near it.
+    seq: [AtomicU32; 2],
+    /// The second its pending expiry-wheel entry is due (`u32::MAX`: none):
+    /// a connection is filed again only to be looked at earlier, so the
+    /// wheel holds about one entry per connection whatever its packets do.
+    filed: AtomicU32,
     /// The real server (its address, method, and its and its service's
     /// counters).
     pub server: Arc<Server>,
@@ -198,16 +208,22 @@ impl Conn {
         } else {
             State::Udp
         };
+        debug_assert_eq!(
+            vip.0, server.vip,
+            "a connection's VIP is its server's service's"
+        );
         Self {
             proto,
             client,
-            vip,
+            vip_port: vip.1,
             real_port,
             state: AtomicU8::new(state as u8),
             last_seen: AtomicU32::new(now),
             flags: AtomicU8::new(0),
             declined: AtomicU16::new(u16::MAX),
             seen: AtomicU8::new(0),
+            seq: [AtomicU32::new(0), AtomicU32::new(0)],
+            filed: AtomicU32::new(u32::MAX),
             server,
             template: None,
             snat: None,
@@ -224,6 +240,13 @@ impl Conn {
     #[inline]
     pub fn method(&self) -> Method {
         self.server.method
+    }
+
+    /// The VIP and the port the client asked for. (The address is read
+    /// from the shared `Server`, as the real server's is.)
+    #[inline]
+    pub fn vip(&self) -> (Addr, u16) {
+        (self.server.vip, self.vip_port)
     }
 
     /// The real server's address and port. (The address is read from the
@@ -366,9 +389,9 @@ impl Conn {
     pub fn original_key(&self) -> FlowKey {
         FlowKey {
             src: self.client.0,
-            dst: self.vip.0,
+            dst: self.server.vip,
             sport: self.client.1,
-            dport: self.vip.1,
+            dport: self.vip_port,
             proto: self.proto,
         }
     }
@@ -398,10 +421,11 @@ impl Conn {
     }
 
     /// Records a packet: refreshes the idle timer and advances TCP state.
-    /// Returns the new state if the packet moved it. (Workers go through
-    /// [`Conntrack::touch`], which also re-files the expiry.)
+    /// Returns the new state if the packet moved it, or `Err` for a TCP
+    /// segment outside the window lvc tracks (it changes nothing). (Workers
+    /// go through [`Conntrack::touch`], which also re-files the expiry.)
     #[inline]
-    fn touch(&self, now: u32, dir: Dir, tcp_flags: u8) -> Option<State> {
+    fn touch(&self, now: u32, dir: Dir, tcp_flags: u8, seg: Seg) -> Result<Option<State>, ()> {
         if self.last_seen.load(Relaxed) != now {
             self.last_seen.store(now, Relaxed);
         }
@@ -411,17 +435,18 @@ impl Conn {
             self.seen.store(s + 1, Relaxed);
         }
         if self.proto != PROTO_TCP {
-            return None;
+            return Ok(None);
         }
+        self.track(dir, tcp_flags, seg)?;
         let mut cur = self.state.load(Relaxed);
         loop {
             if cur == State::Removed as u8 {
                 // Swept while this packet was in flight: its gauge is gone.
-                return None;
+                return Ok(None);
             }
             let next = next_state(State::from_u8(cur), tcp_flags, dir, self.two_way());
             if next as u8 == cur {
-                return None;
+                return Ok(None);
             }
             // Only the thread whose CAS wins moves the gauges: each
             // transition is counted exactly once.
@@ -441,11 +466,58 @@ impl Conn {
                             st.inactive.fetch_add(1, Relaxed);
                         }
                     }
-                    return Some(next);
+                    return Ok(Some(next));
                 }
                 Err(actual) => cur = actual,
             }
         }
+    }
+
+    /// TCP window tracking (netfilter's, simplified): follows where each
+    /// sender's stream is and refuses a segment too far from it, so that a
+    /// blind attacker who knows a connection's addresses and ports cannot
+    /// end it with a RST or FIN of a guessed sequence number. A SYN that
+    /// starts a handshake (a new connection, or a closed one's addresses
+    /// reused) starts the stream over. While XDP forwards the connection
+    /// (offloaded), XDP checks the RSTs and FINs it hands to lvc itself
+    /// (lvc's own view is behind); the offload thread brings lvc's view up
+    /// to date when it reads XDP's counters.
+    #[inline]
+    fn track(&self, dir: Dir, tcp_flags: u8, seg: Seg) -> Result<(), ()> {
+        let side = &self.seq[dir as usize];
+        let next = side.load(Relaxed);
+        if tcp_flags & TCP_SYN != 0
+            && matches!(
+                self.state(),
+                State::SynRecv | State::SynSent | State::TimeWait | State::Close
+            )
+        {
+            side.store(seg.end, Relaxed);
+            return Ok(());
+        }
+        if !in_window(next, seg.seq) && !self.offloaded() {
+            return Err(());
+        }
+        if next == 0 || (seg.end.wrapping_sub(next) as i32) > 0 {
+            side.store(seg.end, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// XDP's view of where direction `dir`'s stream is (the offload thread
+    /// reads it from the flow map; 0: XDP does not know).
+    pub fn saw_seq(&self, dir: Dir, next: u32) {
+        let side = &self.seq[dir as usize];
+        let cur = side.load(Relaxed);
+        if next != 0 && (cur == 0 || (next.wrapping_sub(cur) as i32) > 0) {
+            side.store(next, Relaxed);
+        }
+    }
+
+    /// Where direction `dir`'s stream is, as lvc saw it (0: unknown): what
+    /// an offloaded flow's XDP entry starts from.
+    pub fn seq_next(&self, dir: Dir) -> u32 {
+        self.seq[dir as usize].load(Relaxed)
     }
 
     fn expired(&self, now: u32, t: &Timeouts) -> bool {
@@ -572,6 +644,28 @@ fn next_state(cur: State, flags: u8, dir: Dir, two_way: bool) -> State {
     table[row][col]
 }
 
+/// How far ahead of the last byte lvc saw from a sender a RST or FIN (or
+/// any segment) may start and still count: in-flight data the director
+/// has not seen yet, reordering. A blind attacker guessing sequence numbers
+/// hits this window about once in 4 000 tries per connection (netfilter
+/// accepts the receiver's whole window, often larger).
+pub const WINDOW_AHEAD: u32 = 1 << 20;
+/// How far behind it (retransmissions, a RST quoting an older
+/// acknowledgement).
+pub const WINDOW_BEHIND: u32 = 1 << 16;
+
+/// Whether `seq` lies in the window around `next`, a sender's next byte as
+/// lvc saw it (0: not known yet, anything goes). Mirrored in the XDP
+/// program (`seq_in_window`).
+#[inline]
+pub fn in_window(next: u32, seq: u32) -> bool {
+    if next == 0 {
+        return true;
+    }
+    let d = seq.wrapping_sub(next);
+    d <= WINDOW_AHEAD || d.wrapping_neg() <= WINDOW_BEHIND
+}
+
 /// Packets lvc sees of a connection before it is offloaded to XDP. An
 /// offload costs the offload thread about five map syscalls (two inserts,
 /// and at the end two reads and two deletes); a short request/response
@@ -631,10 +725,15 @@ impl Wheel {
         }
     }
 
+    /// Files `c` to be looked at in second `due`, unless it already is
+    /// to be looked at sooner (the sweep files it again then if it is
+    /// still alive).
     fn file(&self, c: &Arc<Conn>, due: u32) {
         // Never behind the sweep, or it would wait a whole turn.
         let due = due.max(self.cursor.load(Relaxed));
-        self.slots[(due % WHEEL_SLOTS) as usize].push(Arc::downgrade(c));
+        if c.filed.fetch_min(due, Relaxed) > due {
+            self.slots[(due % WHEEL_SLOTS) as usize].push(Arc::downgrade(c));
+        }
     }
 }
 
@@ -647,6 +746,8 @@ pub struct Conntrack {
     /// first: eviction candidates when the table is full.
     embryonic: ArrayQueue<Weak<Conn>>,
     evicted: AtomicU64,
+    /// TCP segments outside the tracked window (they changed nothing).
+    out_of_window: AtomicU64,
     /// Fragmented datagrams in flight: (src, dst, proto, IP id) of the
     /// first fragment → its connection, so later fragments follow it.
     frags: DashMap<FragKey, FragEntry, Hasher>,
@@ -676,6 +777,7 @@ impl Conntrack {
             capacity,
             embryonic: ArrayQueue::new(capacity.clamp(1, EVICTION_CANDIDATES)),
             evicted: AtomicU64::new(0),
+            out_of_window: AtomicU64::new(0),
             frags: DashMap::with_hasher(Hasher::new()),
             frag_order: ArrayQueue::new(MAX_FRAGMENTED_DATAGRAMS),
             released_replies: SegQueue::new(),
@@ -789,17 +891,23 @@ impl Conntrack {
     /// Records a packet of `c`: refreshes its idle timer and advances its
     /// TCP state; a state with a shorter timeout re-files its expiry.
     #[inline]
-    pub fn touch(&self, c: &Arc<Conn>, now: u32, dir: Dir, tcp_flags: u8) {
+    pub fn touch(&self, c: &Arc<Conn>, now: u32, dir: Dir, tcp_flags: u8, seg: Seg) {
         // A UDP flow is journaled (and synced) at its JOURNAL_UDP_AFTER-th
         // packet: one-packet flows never cost a record.
         if self.journaling && c.proto != PROTO_TCP && c.seen.load(Relaxed) == JOURNAL_UDP_AFTER - 1
         {
             self.journal_new.push(Arc::downgrade(c));
         }
-        if let Some(next) = c.touch(now, dir, tcp_flags) {
-            self.wheel.file(c, c.expiry(&self.timeouts));
-            if self.journaling && next == State::Established {
-                self.journal_new.push(Arc::downgrade(c));
+        match c.touch(now, dir, tcp_flags, seg) {
+            Ok(Some(next)) => {
+                self.wheel.file(c, c.expiry(&self.timeouts));
+                if self.journaling && next == State::Established {
+                    self.journal_new.push(Arc::downgrade(c));
+                }
+            }
+            Ok(None) => {}
+            Err(()) => {
+                self.out_of_window.fetch_add(1, Relaxed);
             }
         }
     }
@@ -857,6 +965,12 @@ impl Conntrack {
         self.evicted.load(Relaxed)
     }
 
+    /// TCP segments that fell outside the window lvc tracks (a blind RST
+    /// or FIN among them) and changed nothing.
+    pub fn out_of_window(&self) -> u64 {
+        self.out_of_window.load(Relaxed)
+    }
+
     /// The reply keys of connections removed since the last call that
     /// XDP still steers to lvc, but for keys a new connection holds again
     /// (its worker keeps the key in the map).
@@ -904,6 +1018,14 @@ impl Conntrack {
                 let Some(c) = slot.pop().and_then(|w| w.upgrade()) else {
                     continue;
                 };
+                // Only its pending entry counts (in this slot: due now,
+                // overdue after a pause, or due turns later); entries filed
+                // before it was filed sooner are dropped.
+                let due = c.filed.load(Relaxed);
+                if due == u32::MAX || due % WHEEL_SLOTS != t % WHEEL_SLOTS {
+                    continue;
+                }
+                c.filed.store(u32::MAX, Relaxed);
                 if c.state() == State::Removed {
                     continue;
                 }
@@ -1003,6 +1125,7 @@ mod tests {
     fn server(method: Method) -> Arc<Server> {
         Arc::new(Server {
             addr: Addr::v4(0x0a00_0101),
+            vip: Addr::v4(0x0a00_000a),
             port: 8080,
             weight: 1,
             method,
@@ -1083,13 +1206,16 @@ mod tests {
     fn a_reply_key_is_not_taken_from_a_live_connection() {
         let ct = Conntrack::new(16);
         let s = server(Method::Nat);
+        // The same real server in a service of another VIP.
+        let mut s2 = server(Method::Nat);
+        Arc::get_mut(&mut s2).unwrap().vip = Addr::v4(0x0a00_000b);
         let other_vip = |now| {
             Conn::new(
                 PROTO_TCP,
                 (Addr::v4(0x0a00_0002), 40000),
                 (Addr::v4(0x0a00_000b), 80),
-                s.clone(),
-                s.port,
+                s2.clone(),
+                s2.port,
                 now,
             )
         };
@@ -1104,7 +1230,7 @@ mod tests {
             "nothing left behind"
         );
         // The first closes: the key may go to a new connection.
-        ct.touch(&first, 1, Dir::Original, TCP_FIN);
+        ct.touch(&first, 1, Dir::Original, TCP_FIN, Seg::default());
         let second = ct.insert(other_vip(1)).unwrap();
         let (r, _) = ct.lookup(&second.reply_key()).unwrap();
         assert!(Arc::ptr_eq(&r, &second));
@@ -1174,15 +1300,15 @@ mod tests {
         let s = server(Method::Dnat);
         let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
         assert_eq!((s.stats.active(), s.stats.inactive()), (0, 1));
-        ct.touch(&c, 1, Dir::Original, TCP_ACK);
+        ct.touch(&c, 1, Dir::Original, TCP_ACK, Seg::default());
         assert_eq!(c.state(), State::Established);
         assert_eq!((s.stats.active(), s.stats.inactive()), (1, 0));
-        ct.touch(&c, 2, Dir::Original, TCP_ACK);
+        ct.touch(&c, 2, Dir::Original, TCP_ACK, Seg::default());
         assert_eq!((s.stats.active(), s.stats.inactive()), (1, 0));
-        ct.touch(&c, 3, Dir::Original, TCP_FIN | TCP_ACK);
+        ct.touch(&c, 3, Dir::Original, TCP_FIN | TCP_ACK, Seg::default());
         assert_eq!(c.state(), State::FinWait);
         assert_eq!((s.stats.active(), s.stats.inactive()), (0, 1));
-        ct.touch(&c, 3, Dir::Original, TCP_RST);
+        ct.touch(&c, 3, Dir::Original, TCP_RST, Seg::default());
         assert_eq!(c.state(), State::Close);
         // Close expires after 10 s, releasing the gauge exactly once.
         assert_eq!(ct.sweep(12), 0);
@@ -1205,7 +1331,7 @@ mod tests {
         for p in [1, 2] {
             {
                 let c = ct.insert(mk(p)).unwrap();
-                ct.touch(&c, 0, Dir::Original, TCP_ACK);
+                ct.touch(&c, 0, Dir::Original, TCP_ACK, Seg::default());
             }
         }
         for p in 100..1000 {
@@ -1228,7 +1354,7 @@ mod tests {
         // Only established connections left and full: a new one is refused.
         let ct = Conntrack::new(1);
         let c = ct.insert(mk(1)).unwrap();
-        ct.touch(&c, 0, Dir::Original, TCP_ACK);
+        ct.touch(&c, 0, Dir::Original, TCP_ACK, Seg::default());
         assert_eq!(ct.insert(mk(2)).unwrap_err(), Drop::TableFull);
     }
 
@@ -1280,14 +1406,146 @@ mod tests {
         assert_eq!(ct.frags.len(), MAX_FRAGMENTED_DATAGRAMS);
     }
 
+    /// The segment of `len` bytes at `seq` (SYN and FIN count one).
+    fn seg(seq: u32, len: u32, flags: u8) -> Seg {
+        let extra = u32::from(flags & TCP_SYN != 0) + u32::from(flags & TCP_FIN != 0);
+        Seg {
+            seq,
+            end: seq.wrapping_add(len + extra),
+        }
+    }
+
+    /// A blind attacker who knows a connection's addresses and ports but
+    /// guesses its sequence numbers cannot end it: a RST or FIN changes
+    /// its state only near where its sender's stream is. Both ways for
+    /// nat, the client's way for the one-way methods.
+    #[test]
+    fn blind_rst_and_fin_change_nothing() {
+        for method in [Method::Nat, Method::Dnat, Method::Dr] {
+            let ct = Conntrack::new(16);
+            let s = server(method);
+            let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+            let isn = 0xffff_f000u32; // (the stream wraps round 2^32)
+            let touch = |dir, flags, sg| ct.touch(&c, 1, dir, flags, sg);
+            touch(Dir::Original, TCP_SYN, seg(isn, 0, TCP_SYN));
+            if method == Method::Nat {
+                touch(Dir::Reply, TCP_SYN | TCP_ACK, seg(7_000, 0, TCP_SYN));
+            }
+            touch(Dir::Original, TCP_ACK, seg(isn.wrapping_add(1), 0, 0));
+            touch(Dir::Original, TCP_ACK, seg(isn.wrapping_add(1), 5000, 0));
+            assert_eq!(c.state(), State::Established, "{method}");
+            let data_end = isn.wrapping_add(5001);
+            for (dir, flags, at) in [
+                (
+                    Dir::Original,
+                    TCP_RST,
+                    data_end.wrapping_add(WINDOW_AHEAD + 1),
+                ),
+                (
+                    Dir::Original,
+                    TCP_RST,
+                    data_end.wrapping_sub(WINDOW_BEHIND + 1),
+                ),
+                (
+                    Dir::Original,
+                    TCP_FIN | TCP_ACK,
+                    data_end.wrapping_add(0x8000_0000),
+                ),
+                (Dir::Original, TCP_RST | TCP_ACK, 0x4000_0000),
+            ] {
+                touch(dir, flags, seg(at, 0, flags));
+                assert_eq!(
+                    c.state(),
+                    State::Established,
+                    "{method}: {flags:#x} at {at}"
+                );
+            }
+            if method == Method::Nat {
+                touch(Dir::Reply, TCP_RST, seg(7_001 + (3 << 20), 0, TCP_RST));
+                assert_eq!(c.state(), State::Established, "{method}: the server's side");
+            }
+            assert_eq!(ct.out_of_window(), 4 + u64::from(method == Method::Nat));
+            // Out-of-window data teaches nothing: the real RST still counts.
+            touch(
+                Dir::Original,
+                TCP_ACK,
+                seg(data_end.wrapping_add(WINDOW_AHEAD * 3), 100, 0),
+            );
+            touch(Dir::Original, TCP_RST, seg(data_end, 0, TCP_RST));
+            assert_eq!(c.state(), State::Close, "{method}: an in-window RST closes");
+            // The addresses reused by a new handshake: a new stream.
+            touch(Dir::Original, TCP_SYN, seg(42, 0, TCP_SYN));
+            assert_eq!(c.state(), State::SynRecv, "{method}");
+            assert_eq!(c.seq_next(Dir::Original), 43);
+        }
+    }
+
+    #[test]
+    fn the_window_follows_the_stream_and_xdp() {
+        let ct = Conntrack::new(16);
+        let s = server(Method::Nat);
+        let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        // Unknown (a connection taken over from a peer): anything goes,
+        // and the first segment sets where the stream is.
+        ct.touch(&c, 1, Dir::Reply, TCP_ACK, seg(900, 100, 0));
+        assert_eq!(c.seq_next(Dir::Reply), 1000);
+        // Retransmissions do not move it back.
+        ct.touch(&c, 1, Dir::Reply, TCP_ACK, seg(900, 100, 0));
+        assert_eq!(c.seq_next(Dir::Reply), 1000);
+        // Offloaded: XDP checks, lvc takes what XDP saw.
+        assert!(c.claim_offload());
+        ct.touch(&c, 1, Dir::Reply, TCP_ACK, seg(1000 + (8 << 20), 10, 0));
+        assert_eq!(ct.out_of_window(), 0);
+        c.release_offload();
+        c.saw_seq(Dir::Reply, 50_000_000);
+        c.saw_seq(Dir::Reply, 0);
+        assert_eq!(c.seq_next(Dir::Reply), 50_000_000);
+        ct.touch(
+            &c,
+            1,
+            Dir::Reply,
+            TCP_FIN | TCP_ACK,
+            seg(50_000_000, 0, TCP_FIN),
+        );
+        assert_eq!(c.state(), State::FinWait);
+        assert!(in_window(0, 5) && in_window(u32::MAX, 3) && !in_window(1, 1 << 31));
+    }
+
+    /// However many times a connection changes state, the expiry wheel
+    /// holds about one entry for it (it grew by one per change before).
+    #[test]
+    fn the_wheel_holds_one_entry_per_connection() {
+        let ct = Conntrack::new(64);
+        let s = server(Method::Nat);
+        let conns: Vec<_> = (0..10u16)
+            .map(|i| {
+                let mut c = conn(PROTO_TCP, &s, 0);
+                c.client.1 = 1000 + i;
+                ct.insert(c).unwrap()
+            })
+            .collect();
+        for round in 0..500u32 {
+            for c in &conns {
+                // SYN, handshake, RST, SYN again…: a client cycling states.
+                let flags = [TCP_SYN, TCP_ACK, TCP_RST][(round % 3) as usize];
+                ct.touch(c, round / 100, Dir::Original, flags, Seg::default());
+            }
+            ct.sweep(round / 100);
+        }
+        let entries: usize = ct.wheel.slots.iter().map(|s| s.len()).sum();
+        assert!(entries <= 2 * conns.len(), "{entries} wheel entries");
+        // And they still expire.
+        assert_eq!(ct.sweep(10_000), conns.len());
+    }
+
     #[test]
     fn touch_after_sweep_leaves_gauges_alone() {
         let ct = Conntrack::new(10);
         let s = server(Method::Dnat);
         let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
-        ct.touch(&c, 0, Dir::Original, TCP_ACK);
+        ct.touch(&c, 0, Dir::Original, TCP_ACK, Seg::default());
         assert_eq!(ct.sweep(10_000), 1);
-        ct.touch(&c, 10_000, Dir::Original, TCP_FIN);
+        ct.touch(&c, 10_000, Dir::Original, TCP_FIN, Seg::default());
         assert_eq!(s.stats.active.load(Relaxed), 0);
         assert_eq!(s.stats.inactive.load(Relaxed), 0);
     }
@@ -1297,8 +1555,8 @@ mod tests {
         let ct = Conntrack::new(10);
         let s = server(Method::Nat);
         let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
-        ct.touch(&c, 0, Dir::Original, TCP_ACK);
-        ct.touch(&c, 800, Dir::Reply, TCP_ACK);
+        ct.touch(&c, 0, Dir::Original, TCP_ACK, Seg::default());
+        ct.touch(&c, 800, Dir::Reply, TCP_ACK, Seg::default());
         assert_eq!(ct.sweep(1699), 0);
         assert_eq!(ct.sweep(1700), 1);
         assert!(ct.lookup(&c.reply_key()).is_none());
@@ -1329,7 +1587,7 @@ mod tests {
         let s = server(Method::Nat);
         let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
         let step = |dir, flags, want: State| {
-            ct.touch(&c, 1, dir, flags);
+            ct.touch(&c, 1, dir, flags, Seg::default());
             assert_eq!(c.state(), want, "{dir:?} {flags:#x}");
         };
         step(Dir::Reply, TCP_SYN | TCP_ACK, State::SynRecv);
@@ -1396,9 +1654,9 @@ mod tests {
             }
             for c in &live {
                 match next() % 50 {
-                    0 => ct.touch(c, now, Dir::Original, TCP_ACK),
-                    1 => ct.touch(c, now, Dir::Original, TCP_FIN),
-                    2 if now % 100 == 0 => ct.touch(c, now, Dir::Reply, TCP_RST),
+                    0 => ct.touch(c, now, Dir::Original, TCP_ACK, Seg::default()),
+                    1 => ct.touch(c, now, Dir::Original, TCP_FIN, Seg::default()),
+                    2 if now % 100 == 0 => ct.touch(c, now, Dir::Reply, TCP_RST, Seg::default()),
                     _ => {}
                 }
             }
@@ -1426,7 +1684,7 @@ mod tests {
         let ct = Conntrack::new(10);
         let s = server(Method::Nat);
         let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
-        ct.touch(&c, 0, Dir::Original, TCP_ACK);
+        ct.touch(&c, 0, Dir::Original, TCP_ACK, Seg::default());
         assert_eq!(ct.sweep(100), 0);
         ct.timeouts.tcp.store(50, Relaxed);
         ct.refile_all();

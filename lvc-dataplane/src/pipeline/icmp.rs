@@ -128,13 +128,13 @@ pub fn translate(f: &mut [u8], pkt: &Packet, e: &IcmpError, conn: &Conn, dir: Di
         Dir::Reply => {
             // The quoted packet is a request as lvc sent it (to the real
             // server): show it as the client sent it.
-            quoted_endpoint(f, e, proto, dst_at, End::Dst, conn.vip);
+            quoted_endpoint(f, e, proto, dst_at, End::Dst, conn.vip());
             if fullnat {
                 quoted_endpoint(f, e, proto, src_at, End::Src, conn.client);
                 outer_addr(f, dst, width, conn.client.0);
             }
             if read_addr(f, ETH_HLEN + src, width) == conn.real().0 {
-                outer_addr(f, src, width, conn.vip.0);
+                outer_addr(f, src, width, conn.vip().0);
             }
             conn.client.0
         }
@@ -291,6 +291,7 @@ mod tests {
     fn conn(method: Method) -> Conn {
         let s = Arc::new(Server {
             addr: Addr::v4_bytes(RIP),
+            vip: Addr::v4_bytes(VIP),
             port: 8080,
             weight: 1,
             method,
@@ -502,6 +503,7 @@ mod tests {
     fn conn6(method: Method) -> Conn {
         let s = Arc::new(Server {
             addr: a("fd00:2::11"),
+            vip: a("fd00:9::10"),
             port: 8080,
             weight: 1,
             method,

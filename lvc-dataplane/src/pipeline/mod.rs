@@ -163,7 +163,7 @@ pub fn forward(
     // anything (a connection entry, a fullnat port).
     if !t.shaping.services.is_empty() && pkt.icmp.is_none() {
         let to = match &found {
-            Some((c, Dir::Original)) => Some((c.proto, c.vip)),
+            Some((c, Dir::Original)) => Some((c.proto, c.vip())),
             Some(_) => None,
             None => Some((pkt.key.proto, (pkt.key.dst, pkt.key.dport))),
         };
@@ -192,7 +192,7 @@ pub fn forward(
     };
     *meta = FlowMeta {
         proto: conn.proto,
-        vip: Some(conn.vip),
+        vip: Some(conn.vip()),
         real: Some(conn.real()),
     };
     if conn.needs_reply_steering() {
@@ -219,7 +219,7 @@ pub fn forward(
         rewrite::decrement_ttl(f)?;
         return send_to(f, routes.next_hop(next), next, t.ports);
     }
-    t.conntrack.touch(&conn, now, dir, pkt.tcp_flags);
+    t.conntrack.touch(&conn, now, dir, pkt.tcp_flags, pkt.seg);
     if t.offload {
         if conn.offloaded() {
             // XDP sends a connection's FIN and RST here: lvc follows the
@@ -297,7 +297,8 @@ pub fn forward(
             }
         }
         Dir::Reply => {
-            rewrite::set_src(f, &pkt, conn.vip.0, conn.vip.1);
+            let (vip, vport) = conn.vip();
+            rewrite::set_src(f, &pkt, vip, vport);
             if conn.fullnat() {
                 rewrite::set_dst(f, &pkt, conn.client.0, conn.client.1);
             }
@@ -338,7 +339,7 @@ fn later_fragment(f: &mut [u8], pkt: &Packet, id: u32, t: &Tables) -> Result<Dec
             rewrite::decrement_ttl(f)?;
         }
         Dir::Reply => {
-            rewrite::set_src_addr(f, conn.vip.0);
+            rewrite::set_src_addr(f, conn.vip().0);
             if fullnat {
                 rewrite::set_dst_addr(f, conn.client.0);
             }
@@ -529,6 +530,7 @@ mod tests {
             .map(|(i, &w)| {
                 Arc::new(Server {
                     addr: Addr::v4_bytes([10, 2, 0, 11 + i as u8]),
+                    vip: Addr::v4_bytes([10, 9, 0, 10]),
                     port: 80,
                     weight: w,
                     method: Method::Nat,
@@ -633,6 +635,7 @@ mod tests {
             l4_off: 34,
             ip_len: 40,
             tcp_flags: crate::wire::TCP_SYN,
+            seg: Default::default(),
             icmp: None,
             frag: None,
             v6: false,
@@ -717,6 +720,7 @@ mod decisions {
             let fam = family(v6);
             let server = Arc::new(Server {
                 addr: rip(&fam),
+                vip: fam.vip.ip().into(),
                 port: 80,
                 weight: 1,
                 method,

@@ -9,7 +9,8 @@ pub use crate::addr::Addr;
 use crate::stats::Drop;
 use crate::wire::{
     ETH_HLEN, ICMP_DEST_UNREACH, ICMP_HLEN, ICMP_PARAM_PROBLEM, ICMP_TIME_EXCEEDED,
-    ICMP6_DEST_UNREACH, ICMP6_PARAM_PROBLEM, IPV6_FRAGMENT, L4, PROTO_ICMPV6, be16, ipv6,
+    ICMP6_DEST_UNREACH, ICMP6_PARAM_PROBLEM, IPV6_FRAGMENT, L4, PROTO_ICMPV6, TCP_FIN, TCP_SYN,
+    be16, ipv6,
 };
 use etherparse::{EtherType, Ethernet2HeaderSlice, IpNumber, Ipv4HeaderSlice, Ipv6HeaderSlice};
 
@@ -48,12 +49,22 @@ pub struct Packet {
     pub ip_len: usize,
     /// TCP flags, 0 for UDP.
     pub tcp_flags: u8,
+    /// TCP: the sequence numbers the segment covers (0s for UDP).
+    pub seg: Seg,
     /// Set for ICMP errors about a TCP/UDP flow.
     pub icmp: Option<IcmpError>,
     /// Set for fragments (IPv4, or IPv6 with a fragment header).
     pub frag: Option<Fragment>,
     /// IPv6 (else IPv4).
     pub v6: bool,
+}
+
+/// A TCP segment's place in its stream: its first sequence number and the
+/// one after it (SYN and FIN count one each).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Seg {
+    pub seq: u32,
+    pub end: u32,
 }
 
 /// A fragment: its datagram's id (16 bits in IPv4, 32 in IPv6), and
@@ -114,7 +125,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
     if proto == IpNumber::ICMP {
         return parse_icmp_error(frame, false, ETH_HLEN + ihl, ip_len);
     }
-    let (sport, dport, tcp_flags) = l4_ports(l4, proto, frag.is_some())?;
+    let (sport, dport, tcp_flags, seg) = l4_ports(l4, proto, frag.is_some())?;
     Ok(Packet {
         key: FlowKey {
             src: Addr::v4_bytes(ip.source()),
@@ -126,6 +137,7 @@ pub fn parse(frame: &[u8]) -> Result<Packet, Drop> {
         l4_off: ETH_HLEN + ihl,
         ip_len,
         tcp_flags,
+        seg,
         icmp: None,
         frag,
         v6: false,
@@ -182,7 +194,7 @@ fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
         return Err(Drop::Protocol);
     }
     let l4 = &frame[l4_off..ETH_HLEN + ip_len];
-    let (sport, dport, tcp_flags) = l4_ports(l4, proto, frag.is_some())?;
+    let (sport, dport, tcp_flags, seg) = l4_ports(l4, proto, frag.is_some())?;
     Ok(Packet {
         key: FlowKey {
             src: Addr(src),
@@ -194,6 +206,7 @@ fn parse_v6(frame: &[u8]) -> Result<Packet, Drop> {
         l4_off,
         ip_len,
         tcp_flags,
+        seg,
         icmp: None,
         frag,
         v6: true,
@@ -220,6 +233,7 @@ fn later_fragment(
         l4_off,
         ip_len,
         tcp_flags: 0,
+        seg: Seg::default(),
         icmp: None,
         frag: Some(frag),
         v6,
@@ -280,6 +294,7 @@ fn parse_icmp_error(frame: &[u8], v6: bool, l4_off: usize, ip_len: usize) -> Res
         l4_off,
         ip_len,
         tcp_flags: 0,
+        seg: Seg::default(),
         frag: None,
         v6,
         icmp: Some(IcmpError {
@@ -292,10 +307,12 @@ fn parse_icmp_error(frame: &[u8], v6: bool, l4_off: usize, ip_len: usize) -> Res
     })
 }
 
-/// Ports and TCP flags of a TCP or UDP header, its lengths checked.
+/// Ports, TCP flags and TCP segment of a TCP or UDP header (`l4`: the IP
+/// payload), its lengths checked.
 #[inline]
-fn l4_ports(l4: &[u8], proto: IpNumber, fragment: bool) -> Result<(u16, u16, u8), Drop> {
+fn l4_ports(l4: &[u8], proto: IpNumber, fragment: bool) -> Result<(u16, u16, u8, Seg), Drop> {
     let h = L4::of(l4, 0, proto.0);
+    let mut seg = Seg::default();
     match proto {
         IpNumber::TCP => {
             if l4.len() < 20 {
@@ -305,6 +322,12 @@ fn l4_ports(l4: &[u8], proto: IpNumber, fragment: bool) -> Result<(u16, u16, u8)
             if data_off < 20 || data_off > l4.len() {
                 return Err(Drop::Malformed);
             }
+            let flags = h.tcp_flags();
+            let len = (l4.len() - data_off) as u32
+                + u32::from(flags & TCP_SYN != 0)
+                + u32::from(flags & TCP_FIN != 0);
+            seg.seq = h.tcp_seq();
+            seg.end = seg.seq.wrapping_add(len);
         }
         IpNumber::UDP => {
             // A first fragment carries only part of the datagram its UDP
@@ -318,7 +341,7 @@ fn l4_ports(l4: &[u8], proto: IpNumber, fragment: bool) -> Result<(u16, u16, u8)
         }
         _ => return Err(Drop::Protocol),
     }
-    Ok((h.src_port(), h.dst_port(), h.tcp_flags()))
+    Ok((h.src_port(), h.dst_port(), h.tcp_flags(), seg))
 }
 
 #[cfg(test)]
@@ -507,7 +530,6 @@ pub(crate) mod fixtures {
 mod tests {
     use super::fixtures::frame;
     use super::*;
-    use crate::wire::*;
 
     #[test]
     fn parses_tcp_and_udp() {

@@ -16,6 +16,8 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 #[derive(Debug)]
 pub struct Server {
     pub addr: Addr,
+    /// Its service's VIP (the address of its connections' VIP).
+    pub vip: Addr,
     pub port: u16,
     pub weight: u32,
     pub method: Method,
@@ -345,6 +347,7 @@ mod tests {
     fn server(i: usize, w: u32) -> Arc<Server> {
         Arc::new(Server {
             addr: Addr::v4_bytes([10, 0, 1, i as u8 + 1]),
+            vip: Addr::v4_bytes([10, 9, 0, 10]),
             port: 80,
             weight: w,
             method: Method::Nat,

@@ -77,6 +77,8 @@ pub fn translation(conn: &Conn, dir: Dir, l2: &L2, slot: u32) -> FlowValue {
         egress: slot,
         egress_ifindex: l2.ifindex,
         mtu: l2.mtu.min(u32::from(u16::MAX)) as u16,
+        // (XDP checks a RST's or FIN's sequence number against it.)
+        seq_next: conn.seq_next(dir),
         ..FlowValue::default()
     };
     let fullnat = conn.fullnat();
@@ -109,7 +111,7 @@ pub fn translation(conn: &Conn, dir: Dir, l2: &L2, slot: u32) -> FlowValue {
         }
         (Dir::Reply, _) => {
             v.flags = FLOW_DEC_TTL;
-            snat(&mut v, conn.vip);
+            snat(&mut v, conn.vip());
             if fullnat {
                 dnat(&mut v, conn.client);
             }
@@ -122,7 +124,7 @@ pub fn translation(conn: &Conn, dir: Dir, l2: &L2, slot: u32) -> FlowValue {
 /// by XDP now: next hops resolved on served interfaces, no shaping on
 /// them, no policer on the service.
 pub fn offer(conn: &Arc<Conn>, t: &Tables) -> Option<Offer> {
-    if t.shaping.service_policer(conn.proto, conn.vip).is_some() {
+    if t.shaping.service_policer(conn.proto, conn.vip()).is_some() {
         return None;
     }
     let dirs: &[Dir] = if conn.two_way() {

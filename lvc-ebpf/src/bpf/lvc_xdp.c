@@ -80,6 +80,9 @@ enum lvc_stat {
 	STAT_FLOW_TO_LVC,       // an offloaded flow's packet that lvc must see
 	STAT_DROP_NO_DATAPLANE, // for a served queue whose socket is gone: the
 	                        // dataplane died and is expected back
+	STAT_FLOW_OUT_OF_WINDOW, // an offloaded flow's RST or FIN far from its
+	                         // stream (a blind guess): forwarded, not shown
+	                         // to lvc (dropped if XDP cannot forward it)
 	STAT_MAX,
 };
 
@@ -169,7 +172,8 @@ struct flow_value {
 	__u32 egress_ifindex; // the same interface (XDP_TX when it is the ingress)
 	__u16 mtu;            // the egress link's MTU
 	__u8 flags;
-	__u8 pad[5];
+	__u8 pad;
+	__u32 seq_next; // TCP: after the last byte seen of this direction (0: unknown)
 	__u64 packets;
 	__u64 bytes;
 	__u64 last_seen; // bpf_ktime_get_ns() of the last packet
@@ -601,6 +605,61 @@ static __always_inline void set_macs(struct ethhdr *eth, struct flow_value *v)
 	__builtin_memcpy(eth->h_source, v->smac, ETH_ALEN);
 }
 
+// TCP window tracking of offloaded flows, as the dataplane's `in_window`
+// (conntrack.rs): a RST or FIN ends a connection only near where its
+// sender's stream is, so a blind attacker's guessed one cannot.
+#define WINDOW_AHEAD (1u << 20)
+#define WINDOW_BEHIND (1u << 16)
+
+static __always_inline int seq_in_window(__u32 next, __u32 seq)
+{
+	if (!next)
+		return 1;
+	__u32 d = seq - next;
+	return d <= WINDOW_AHEAD || 0u - d <= WINDOW_BEHIND;
+}
+
+// Where a TCP segment starts and ends in its stream (SYN and FIN count
+// one); `l4_len`: the IP payload's length. 0 if the header is cut short.
+static __always_inline int tcp_seg(const struct l4_ports *ports, void *data_end, __u32 l4_len,
+				   __u32 *seq, __u32 *end)
+{
+	const __u8 *tcp = (const __u8 *)ports;
+	if ((void *)(tcp + TCP_MIN_HLEN) > data_end)
+		return 0;
+	__u32 s = bpf_ntohl(*(const __u32 *)(tcp + 4));
+	__u32 doff = (__u32)(tcp[12] >> 4) * 4;
+	__u8 flags = tcp[13];
+	__u32 len = l4_len > doff ? l4_len - doff : 0;
+	*seq = s;
+	*end = s + len + !!(flags & TCP_FLAG_SYN) + !!(flags & TCP_FLAG_FIN);
+	return 1;
+}
+
+// The window check and tracking of an offloaded flow's packet. Returns 1
+// for a RST or FIN too far from the stream (`*ctl` cleared: it is
+// forwarded like data); learns where the stream is from segments near it.
+static __always_inline int seq_track(struct flow_value *v, __u8 proto,
+				     const struct l4_ports *ports, void *data_end, __u32 l4_len,
+				     int *ctl)
+{
+	__u32 seq, end;
+	if (proto != IPPROTO_TCP || !tcp_seg(ports, data_end, l4_len, &seq, &end))
+		return 0;
+	if (*ctl & TCP_FLAG_SYN)
+		return 0;
+	if (!seq_in_window(v->seq_next, seq)) {
+		if (!*ctl)
+			return 0;
+		count(STAT_FLOW_OUT_OF_WINDOW);
+		*ctl = 0;
+		return 1;
+	}
+	if (!*ctl && (!v->seq_next || (__s32)(end - v->seq_next) > 0))
+		v->seq_next = end;
+	return 0;
+}
+
 // TCP flags that make lvc see the packet (a connection's start or end).
 static __always_inline int tcp_control(__u8 proto, const struct l4_ports *ports, void *data_end)
 {
@@ -670,10 +729,16 @@ static __always_inline int flow_v4(struct xdp_md *ctx, struct ethhdr *eth, struc
 	__u64 len = (__u64)(data_end - (void *)eth);
 	__u32 ip_len = bpf_ntohs(ip->tot_len);
 	int tun = v->flags & FLOW_TUN;
-	if (tcp_control(ip->protocol, ports, data_end) || ip->ihl != 5 ||
-	    ip_len + (tun ? sizeof(struct iphdr) : 0) > v->mtu ||
+	int ctl = tcp_control(ip->protocol, ports, data_end);
+	int blind = seq_track(v, ip->protocol, ports, data_end, ip_len - ip->ihl * 4, &ctl);
+	if (ctl || ip->ihl != 5 || ip_len + (tun ? sizeof(struct iphdr) : 0) > v->mtu ||
 	    ((v->flags & FLOW_DEC_TTL) && ip->ttl <= 1) ||
 	    (tun && !(ip->frag_off & bpf_htons(IP_DF)))) {
+		if (blind) {
+			// (lvc would take it for the connection's end.)
+			*act = XDP_DROP;
+			return 1;
+		}
 		count(STAT_FLOW_TO_LVC);
 		return 0;
 	}
@@ -766,8 +831,14 @@ static __always_inline int flow_v6(struct xdp_md *ctx, struct ethhdr *eth, struc
 		return 0;
 	__u64 len = (__u64)(data_end - (void *)eth);
 	__u32 ip_len = sizeof(struct ipv6hdr) + bpf_ntohs(ip6->payload_len);
-	if (tcp_control(ip6->nexthdr, ports, data_end) || (v->flags & FLOW_TUN) || ip_len > v->mtu ||
+	int ctl = tcp_control(ip6->nexthdr, ports, data_end);
+	int blind = seq_track(v, ip6->nexthdr, ports, data_end, bpf_ntohs(ip6->payload_len), &ctl);
+	if (ctl || (v->flags & FLOW_TUN) || ip_len > v->mtu ||
 	    ((v->flags & FLOW_DEC_TTL) && ip6->hop_limit <= 1)) {
+		if (blind) {
+			*act = XDP_DROP;
+			return 1;
+		}
 		count(STAT_FLOW_TO_LVC);
 		return 0;
 	}

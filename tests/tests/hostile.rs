@@ -1,0 +1,168 @@
+//! Hostile packets against a live director: a blind attacker who knows a
+//! connection's addresses and ports but not its sequence numbers cannot
+//! end it with spoofed RSTs or FINs (they are counted and change nothing),
+//! whether lvc's workers or the XDP program forward the connection.
+
+use lvc_tests::privileged;
+use lvc_tests::topo::{Arms, CLIENT, Topo, VIP, offload_mode};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// Sends `count` spoofed TCP segments from the client namespace, as if the
+/// client (`sport`) sent them to VIP:`dport`, at `seq` + i × 7919 (a raw
+/// socket; the kernel adds the IP checksum).
+fn spoof(t: &Topo, sport: u16, dport: u16, seq: u32, flags: u8, count: u32) {
+    const SCRIPT: &str = r#"
+import socket, struct, sys
+src, dst = sys.argv[1], sys.argv[2]
+sport, dport, seq, flags, count = (int(a) for a in sys.argv[3:8])
+def csum(b):
+    if len(b) % 2:
+        b += b"\0"
+    s = sum(struct.unpack("!%dH" % (len(b) // 2), b))
+    s = (s >> 16) + (s & 0xffff)
+    s += s >> 16
+    return ~s & 0xffff
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+for i in range(count):
+    q = (seq + i * 7919) % (1 << 32)
+    tcp = struct.pack("!HHIIBBHHH", sport, dport, q, 0, 5 << 4, flags, 65535, 0, 0)
+    ph = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, len(tcp))
+    tcp = tcp[:16] + struct.pack("!H", csum(ph + tcp)) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp), i, 0, 64, 6, 0,
+                     socket.inet_aton(src), socket.inet_aton(dst))
+    s.sendto(ip + tcp, (dst, 0))
+"#;
+    let args = [
+        sport.to_string(),
+        dport.to_string(),
+        seq.to_string(),
+        flags.to_string(),
+        count.to_string(),
+    ];
+    let mut cmd = vec!["/usr/bin/python3", "-c", SCRIPT, CLIENT, VIP];
+    cmd.extend(args.iter().map(String::as_str));
+    t.lab.exec_ok("client", &cmd);
+}
+
+/// The client's next sequence number on the connection from `sport`: one
+/// segment of it captured (absolute numbers) while `send` runs.
+fn client_seq(t: &Topo, sport: u16, mut send: impl FnMut()) -> u32 {
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", &t.lab.ns("client")])
+        .args([
+            "timeout", "8", "tcpdump", "-l", "-n", "-S", "-c", "1", "-i", "c0",
+        ])
+        .arg(format!(
+            "tcp and src port {sport} and tcp[tcpflags] & tcp-push != 0"
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("tcpdump");
+    std::thread::sleep(Duration::from_millis(500));
+    for _ in 0..10 {
+        if !matches!(child.try_wait(), Ok(None)) {
+            break;
+        }
+        send();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = child.wait_with_output().expect("tcpdump output");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "… Flags [P.], seq 1234:1240, ack …"
+    let range = text
+        .split("seq ")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .unwrap_or_else(|| panic!("no segment captured: {text}"));
+    let end = range.split(':').nth(1).unwrap_or(range);
+    end.parse().unwrap_or_else(|_| panic!("seq in {text}"))
+}
+
+/// The client port and state of the one connection to VIP:`port`.
+fn the_conn(t: &Topo, port: u16) -> (u16, String) {
+    let v: serde_json::Value =
+        serde_json::from_str(&t.ctl_ok(&["conns", "--json"])).expect("conns JSON");
+    let c = v["conns"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["vip"].as_str().unwrap().ends_with(&format!(":{port}")))
+        .unwrap_or_else(|| panic!("no connection to port {port}: {v}"));
+    let client: std::net::SocketAddr = c["client"].as_str().unwrap().parse().unwrap();
+    (client.port(), c["state"].as_str().unwrap().to_owned())
+}
+
+fn counter(t: &Topo, name: &str) -> u64 {
+    let v: serde_json::Value =
+        serde_json::from_str(&t.ctl_ok(&["status", "--json"])).expect("status is JSON");
+    v["counters"]
+        .as_array()
+        .expect("counters")
+        .iter()
+        .find(|c| c[0] == name)
+        .and_then(|c| c[1].as_u64())
+        .unwrap_or(0)
+}
+
+fn blind_resets(tag: &str, method: &str) {
+    let mut t = Topo::build(tag, Arms::Two, 1, 1);
+    t.start_servers();
+    if method == "dr" {
+        t.dr_at_servers();
+    }
+    t.start_lvc();
+    t.add_service("tcp", 7, method);
+    let mut s = t.echo_session(7);
+    // Enough lines for the connection to be offloaded (when it is on).
+    for i in 0..40 {
+        let line = format!("line {i}\n");
+        assert_eq!(s.echo(&line), line);
+    }
+    let (sport, state) = the_conn(&t, 7);
+    assert_eq!(state, "ESTABLISHED");
+    let next = client_seq(&t, sport, || s.send("ping ping ping ping ping\n"));
+    for _ in 0..10 {
+        // (the pings echoed meanwhile)
+        if s.receive() == "ping ping ping ping ping\n" {
+            break;
+        }
+    }
+    let before = counter(&t, "tcp_out_of_window") + counter(&t, "xdp_flow_out_of_window");
+    // Far off, just outside the window on both sides, and FINs.
+    const RST: u8 = 0x04;
+    const FIN_ACK: u8 = 0x11;
+    spoof(&t, sport, 7, next.wrapping_add(1 << 31), RST, 50);
+    spoof(&t, sport, 7, next.wrapping_add((1 << 20) + 2), RST, 5);
+    spoof(&t, sport, 7, next.wrapping_sub((1 << 16) + 40_000), RST, 5);
+    spoof(&t, sport, 7, next.wrapping_add(1 << 30), FIN_ACK, 20);
+    let after = counter(&t, "tcp_out_of_window") + counter(&t, "xdp_flow_out_of_window");
+    assert!(
+        after - before >= 70,
+        "{method}, offload {}: {} spoofed segments counted of 80",
+        offload_mode(),
+        after - before
+    );
+    assert_eq!(the_conn(&t, 7).1, "ESTABLISHED", "{method}");
+    // A connection in CLOSE went away within 10 s: this one stays.
+    std::thread::sleep(Duration::from_secs(11));
+    assert_eq!(s.echo("still here\n"), "still here\n", "{method}");
+    assert_eq!(the_conn(&t, 7).1, "ESTABLISHED", "{method}");
+}
+
+#[test]
+fn blind_resets_do_not_end_a_nat_connection() {
+    if !privileged("blind_resets_do_not_end_a_nat_connection") {
+        return;
+    }
+    blind_resets("blindnat", "nat");
+}
+
+#[test]
+fn blind_resets_do_not_end_a_dr_connection() {
+    if !privileged("blind_resets_do_not_end_a_dr_connection") {
+        return;
+    }
+    blind_resets("blinddr", "dr");
+}
