@@ -10,6 +10,11 @@
 //!   teardown
 //! - `bench` deps, a release build, then `lvc-bench run ARGS` (the load-test
 //!   harness; `cargo xtask bench --quick` for a two-minute sanity check)
+//! - `fuzz [--seconds N] [TARGET…]` coverage-guided fuzzing (libFuzzer) of
+//!   the pipeline, the control protocol, the config loader and the shaping
+//!   filter parser; `test` ends with a short smoke run of each
+
+mod fuzz;
 
 use lvc_tests::topo::{Arms, Topo, VIP};
 use std::collections::BTreeMap;
@@ -47,6 +52,8 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "nginx-light",
     "fonts-dejavu-core",
+    // cargo xtask fuzz: libFuzzer is C++.
+    "g++",
 ];
 
 fn main() -> ExitCode {
@@ -56,9 +63,10 @@ fn main() -> ExitCode {
         Some("test") => test(&args[1..]),
         Some("demo") => demo(),
         Some("bench") => bench(&args[1..]),
+        Some("fuzz") => deps().and_then(|()| fuzz::fuzz(&args[1..])),
         _ => {
             eprintln!(
-                "usage: cargo xtask deps | test [-- CARGO TEST ARGS] | demo | bench [LVC-BENCH RUN ARGS]"
+                "usage: cargo xtask deps | test [-- CARGO TEST ARGS] | demo | bench [LVC-BENCH RUN ARGS] | fuzz [--seconds N] [TARGET…]"
             );
             return ExitCode::from(2);
         }
@@ -123,6 +131,9 @@ fn test(extra: &[String]) -> Result {
     deps()?;
     lvc_tests::remove_stale_namespaces();
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
+    sh(cargo()
+        .args(["fmt", "--manifest-path", "fuzz/Cargo.toml", "--", "--check"])
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")))?;
     sh(cargo().args([
         "clippy",
         "--workspace",
@@ -155,11 +166,11 @@ fn test(extra: &[String]) -> Result {
         "\ntests: {} passed, {} failed, {} skipped",
         total.passed, total.failed, total.ignored
     );
-    if ok {
-        Ok(())
-    } else {
-        Err("cargo test failed".into())
+    if !ok {
+        return Err("cargo test failed".into());
     }
+    // A smoke run of every fuzz target (`cargo xtask fuzz` for longer).
+    fuzz::fuzz(&["--seconds".into(), "15".into()])
 }
 
 /// Test counts summed over test binaries.
