@@ -711,18 +711,53 @@ const WHEEL_SLOTS: u32 = 1024;
 /// same with 10 M connections as with 10. A connection that was used since
 /// it was filed is filed again at its new expiry; one whose state change
 /// shortens its timeout (FIN, RST) is filed again at once.
+///
+/// An entry holds its connection's memory (a `Weak`) until the sweep comes
+/// to it, also after the connection left the table: under a flood that
+/// evicts embryonic connections that would be memory in proportion to the
+/// packet rate. So an eviction looks at a few entries of the slot where the
+/// evicted connection was filed — the oldest entries of the slot where the
+/// connections evicted before it were filed too — and drops those of
+/// connections gone; and past twice the table's capacity the sweep
+/// compacts every slot. The wheel's memory is bounded by the table's, at a
+/// small constant cost per eviction and no pause on the packet path.
 struct Wheel {
     slots: Box<[SegQueue<Weak<Conn>>]>,
     /// The next second the sweep will process.
     cursor: AtomicU32,
+    /// Entries in the slots.
+    entries: AtomicUsize,
+    /// Entries past which the sweep compacts every slot.
+    limit: usize,
 }
 
 impl Wheel {
-    fn new() -> Self {
+    fn new(capacity: usize) -> Self {
         Self {
             slots: (0..WHEEL_SLOTS).map(|_| SegQueue::new()).collect(),
             cursor: AtomicU32::new(0),
+            entries: AtomicUsize::new(0),
+            limit: capacity.saturating_mul(2).max(4096),
         }
+    }
+
+    /// Looks at up to `n` of slot `i`'s oldest entries, dropping those of
+    /// connections that are gone (no longer in the table nor in flight);
+    /// the others go back, to its end.
+    fn compact(&self, i: usize, n: usize) {
+        for _ in 0..n.min(self.slots[i].len()) {
+            let Some(w) = self.pop(i) else { break };
+            if w.strong_count() > 0 {
+                self.slots[i].push(w);
+                self.entries.fetch_add(1, Relaxed);
+            }
+        }
+    }
+
+    fn pop(&self, slot: usize) -> Option<Weak<Conn>> {
+        let w = self.slots[slot].pop()?;
+        self.entries.fetch_sub(1, Relaxed);
+        Some(w)
     }
 
     /// Files `c` to be looked at in second `due`, unless it already is
@@ -733,6 +768,7 @@ impl Wheel {
         let due = due.max(self.cursor.load(Relaxed));
         if c.filed.fetch_min(due, Relaxed) > due {
             self.slots[(due % WHEEL_SLOTS) as usize].push(Arc::downgrade(c));
+            self.entries.fetch_add(1, Relaxed);
         }
     }
 }
@@ -784,7 +820,7 @@ impl Conntrack {
             journaling: false,
             journal_new: SegQueue::new(),
             journal_gone: SegQueue::new(),
-            wheel: Wheel::new(),
+            wheel: Wheel::new(capacity),
             timeouts: Timeouts::default(),
         }
     }
@@ -927,6 +963,11 @@ impl Conntrack {
             {
                 self.release(&c, now);
                 self.evicted.fetch_add(1, Relaxed);
+                let due = c.filed.load(Relaxed);
+                drop(c);
+                if due != u32::MAX {
+                    self.wheel.compact((due % WHEEL_SLOTS) as usize, 8);
+                }
                 return true;
             }
         }
@@ -1003,6 +1044,11 @@ impl Conntrack {
     pub fn sweep(&self, now: u32) -> usize {
         self.frags
             .retain(|_, e| now.saturating_sub(e.seen) < FRAGMENT_TIMEOUT);
+        if self.wheel.entries.load(Relaxed) > self.wheel.limit {
+            for i in 0..WHEEL_SLOTS as usize {
+                self.wheel.compact(i, usize::MAX);
+            }
+        }
         let from = self.wheel.cursor.load(Relaxed);
         if now < from {
             return 0;
@@ -1012,10 +1058,10 @@ impl Conntrack {
         self.wheel.cursor.store(now + 1, Relaxed);
         let mut removed = 0;
         for t in from..=now {
-            let slot = &self.wheel.slots[(t % WHEEL_SLOTS) as usize];
+            let i = (t % WHEEL_SLOTS) as usize;
             // Only what is there now: re-filed entries wait for their turn.
-            for _ in 0..slot.len() {
-                let Some(c) = slot.pop().and_then(|w| w.upgrade()) else {
+            for _ in 0..self.wheel.slots[i].len() {
+                let Some(c) = self.wheel.pop(i).and_then(|w| w.upgrade()) else {
                     continue;
                 };
                 // Only its pending entry counts (in this slot: due now,
@@ -1509,6 +1555,26 @@ mod tests {
         );
         assert_eq!(c.state(), State::FinWait);
         assert!(in_window(0, 5) && in_window(u32::MAX, 3) && !in_window(1, 1 << 31));
+    }
+
+    /// A flood into a full table evicts embryonic connections; the wheel
+    /// entries (and memory) they leave are compacted away, so the wheel
+    /// stays bounded by the table, not by the packet rate.
+    #[test]
+    fn a_flood_leaves_the_wheel_bounded() {
+        let ct = Conntrack::new(100);
+        let s = server(Method::Nat);
+        for i in 0..50_000u32 {
+            let mut c = conn(PROTO_TCP, &s, 0);
+            c.client = (Addr::v4(0x0b00_0000 | i), 40000);
+            // (No sweep: the evictions alone keep the wheel small.)
+            let _ = ct.insert(c);
+        }
+        assert!(ct.evicted() > 49_000);
+        let entries = ct.wheel.entries.load(Relaxed);
+        assert!(entries <= ct.wheel.limit + 1000, "{entries} wheel entries");
+        let counted: usize = ct.wheel.slots.iter().map(|s| s.len()).sum();
+        assert_eq!(counted, entries);
     }
 
     /// However many times a connection changes state, the expiry wheel
