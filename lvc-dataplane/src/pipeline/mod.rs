@@ -174,6 +174,7 @@ pub fn forward(
             return Err(Drop::Policed);
         }
     }
+    let fresh = found.is_none();
     let (conn, dir) = match found {
         // Its server failed its health check with `--on-fail remove`.
         Some((c, _)) if c.server.health.evicting() => {
@@ -259,6 +260,13 @@ pub fn forward(
     if let Some(mtu) = mtu
         && pkt.ip_len as u32 + overhead > mtu
     {
+        let dont_fragment = pkt.v6 || wire::Ip::of(&*f, ETH_HLEN).dont_fragment();
+        if dont_fragment && fresh {
+            // A new flow's first packet refused: no state stays behind (a
+            // flood of too-big packets must not fill the table).
+            t.conntrack.remove(&conn, now);
+            fx.steer_replies = None;
+        }
         // IPv6 is never fragmented by routers: always "packet too big".
         if pkt.v6 {
             return Ok(Decision::Icmp(icmp::Originate {
@@ -267,7 +275,7 @@ pub fn forward(
                 mtu: (mtu - overhead).min(u32::from(u16::MAX)) as u16,
             }));
         }
-        if wire::Ip::of(&*f, ETH_HLEN).dont_fragment() {
+        if dont_fragment {
             return Ok(Decision::Icmp(icmp::Originate {
                 kind: ICMP_DEST_UNREACH,
                 code: ICMP_FRAG_NEEDED,
@@ -286,6 +294,10 @@ pub fn forward(
         return fragmenting(send_to(f, hop, next, t.ports), split);
     }
     if rewrite::hops(f) <= 1 {
+        if fresh {
+            t.conntrack.remove(&conn, now);
+            fx.steer_replies = None;
+        }
         return Ok(time_exceeded(pkt.v6));
     }
     match dir {
@@ -1045,6 +1057,7 @@ mod decisions {
                 mtu: 1400 - overhead,
             };
             assert_eq!(lab.run(&mut f), Ok(Decision::Icmp(expect)), "{case}");
+            assert!(lab.ct.is_empty(), "{case}: a refused first packet leaves no state");
             if v6 {
                 return;
             }
