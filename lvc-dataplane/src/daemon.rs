@@ -374,6 +374,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             "took over the connections of the previous process"
         );
     }
+    // Everything that needs privileges is done once the sockets are bound:
+    // from here on lvc keeps only what it needs to run (see `privs`), and
+    // every thread started after this inherits that.
+    let metrics_listener = match opts.metrics {
+        Some(addr) => Some((
+            addr,
+            std::net::TcpListener::bind(addr)
+                .with_context(|| format!("cannot listen for metrics on {addr}"))?,
+        )),
+        None => None,
+    };
+    let socket = ControlSocket::bind(&opts.socket, plan.socket_gid)?;
+    let dropped = crate::privs::drop_to_runtime().context("cannot drop capabilities")?;
+    tracing::info!(
+        kept = ?crate::privs::KEPT,
+        dropped = dropped.len(),
+        "capabilities dropped after setup"
+    );
     control
         .start_health_checks()
         .context("cannot start the health-check thread")?;
@@ -429,16 +447,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             )
         })?;
     }
-    if let Some(addr) = opts.metrics {
-        let listener = std::net::TcpListener::bind(addr)
-            .with_context(|| format!("cannot listen for metrics on {addr}"))?;
+    if let Some((addr, listener)) = metrics_listener {
         let (control, shutdown) = (control.clone(), shutdown.clone());
         spawn(&mut threads, "lvc-metrics", move || {
             metrics::serve(listener, control, shutdown)
         })?;
         tracing::info!(%addr, "Prometheus metrics on http://{addr}/metrics");
     }
-    let socket = ControlSocket::bind(&opts.socket, plan.socket_gid)?;
     tracing::info!(socket = %opts.socket.display(), "lvc-dataplane ready");
     {
         let (control, shutdown) = (control.clone(), shutdown.clone());

@@ -30,6 +30,7 @@ pub mod journal;
 pub mod net;
 pub mod offload;
 pub mod pipeline;
+pub mod privs;
 pub mod shape;
 pub mod stats;
 pub mod sync;

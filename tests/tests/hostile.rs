@@ -276,3 +276,61 @@ fn a_syn_flood_on_a_persistent_service_is_bounded_too() {
     }
     syn_flood_with_streams("synfloodp", true);
 }
+
+/// After setup the daemon keeps only CAP_NET_ADMIN and CAP_NET_RAW, in
+/// every thread and in the bounding set (what a health check's program
+/// could get), and still forwards, resolves neighbours and reloads.
+#[test]
+fn capabilities_are_dropped_after_setup() {
+    if !privileged("capabilities_are_dropped_after_setup") {
+        return;
+    }
+    let mut t = Topo::build("caps", Arms::Two, 2, 2);
+    t.start_servers();
+    t.start_lvc();
+    t.add_service("tcp", 80, "nat");
+    // (The servers' MACs are resolved after the drop: the first requests.)
+    for _ in 0..4 {
+        assert!(t.curl(&format!("http://{VIP}/")).is_some());
+    }
+    let out = Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("lvc-dataplane --socket {}", t.socket.display()),
+        ])
+        .output()
+        .expect("pgrep");
+    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let kept: u64 = (1 << 12) | (1 << 13); // CAP_NET_ADMIN, CAP_NET_RAW
+    let mut threads = 0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
+        let path = task.unwrap().path();
+        let status = std::fs::read_to_string(path.join("status")).expect("status");
+        let field = |name: &str| {
+            let v = status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap_or_else(|| panic!("{name} in {}", path.display()));
+            u64::from_str_radix(v.trim(), 16).expect("hex")
+        };
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
+            assert_eq!(field(set), kept, "thread {} {set}", name.trim());
+        }
+        assert_eq!(field("CapInh:"), 0, "thread {}", name.trim());
+        threads += 1;
+    }
+    assert!(threads >= 5, "{threads} threads");
+    // Still does what it must at run time: a reload, a new server (its
+    // MAC resolved now), the connection table.
+    t.ctl_ok(&["add-service", "--tcp", &format!("{VIP}:7")]);
+    t.ctl_ok(&[
+        "add-server",
+        "--tcp",
+        &format!("{VIP}:7"),
+        "--real",
+        "10.2.0.12",
+    ]);
+    let mut s = t.echo_session(7);
+    assert_eq!(s.echo("after the drop\n"), "after the drop\n");
+}

@@ -1057,7 +1057,10 @@ mod decisions {
                 mtu: 1400 - overhead,
             };
             assert_eq!(lab.run(&mut f), Ok(Decision::Icmp(expect)), "{case}");
-            assert!(lab.ct.is_empty(), "{case}: a refused first packet leaves no state");
+            assert!(
+                lab.ct.is_empty(),
+                "{case}: a refused first packet leaves no state"
+            );
             if v6 {
                 return;
             }
