@@ -12,6 +12,7 @@ pub mod lab;
 pub mod report;
 pub mod scale;
 pub mod scenario;
+pub mod soak;
 
 use lvc_dataplane::addr::Addr;
 use lvc_dataplane::pipeline::conntrack::{Conn, Conntrack};

@@ -55,6 +55,22 @@ enum Cmd {
         #[arg(long, default_value = "tcp")]
         check: String,
     },
+    /// lvc-nat at full rate for MINUTES, every packet a new flow, the
+    /// director's memory read every 10 s; fails if it kept growing once
+    /// the tables were full (needs root).
+    Soak {
+        #[arg(long, default_value_t = 10.0)]
+        minutes: f64,
+        #[arg(long, default_value_t = 4)]
+        servers: usize,
+        /// Every packet through the workers (no XDP offload).
+        #[arg(long)]
+        no_offload: bool,
+        #[arg(long, default_value_t = 0)]
+        load_cpu: u32,
+        #[arg(long, default_value_t = 1)]
+        director_cpu: u32,
+    },
     /// Internal: the harness's helpers inside the lab's namespaces.
     #[command(hide = true, subcommand)]
     Agent(AgentCmd),
@@ -154,6 +170,21 @@ fn main() -> ExitCode {
                 println!("{}", serde_json::to_string(&r).expect("json"));
             }
         }),
+        Cmd::Soak {
+            minutes,
+            servers,
+            no_offload,
+            load_cpu,
+            director_cpu,
+        } => {
+            let placement = Placement {
+                load_cpu,
+                director_cpu,
+            };
+            lvc_bench::soak::run(minutes, servers, placement, !no_offload).map(|rounds| {
+                println!("{}", serde_json::to_string(&rounds).expect("json"));
+            })
+        }
         Cmd::Agent(a) => agent_main(a),
     };
     match r {

@@ -1,0 +1,107 @@
+//! `lvc-bench soak`: lvc-nat at the generator's full rate for minutes,
+//! every packet a new flow — the connection table fills, evicts and
+//! expires without pause — with the director's resident memory read after
+//! every round. Memory must level off once the tables are full: the run
+//! fails if the second half grew it by more than 2 % (and 4 MiB).
+
+use crate::kinds::{self, Kind, LvcMethod};
+use crate::lab::{BenchLab, Placement};
+use crate::scenario::{self, Params, Scenario};
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use std::time::Instant;
+
+/// One round of the soak.
+#[derive(Clone, Debug, Serialize)]
+pub struct Round {
+    /// Seconds since the soak started (at the round's end).
+    pub at_secs: f64,
+    /// Delivered packets per second (every one a new flow), millions.
+    pub mpps: f64,
+    /// The director's resident memory, MiB.
+    pub rss_mib: f64,
+}
+
+/// The lab's lvc-dataplane's resident memory, MiB.
+fn rss_mib(lab: &BenchLab) -> Result<f64> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "lvc-dataplane --socket"])
+        .output()
+        .context("pgrep")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    for pid in text.split_whitespace() {
+        // (The lab's own: its network namespace is the director's.)
+        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
+        let theirs = lab
+            .lab
+            .exec("dir", &["readlink", "/proc/self/ns/net"])
+            .stdout;
+        if ns.is_some_and(|n| n.to_string_lossy().trim() == String::from_utf8_lossy(&theirs).trim())
+        {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+            let kib: f64 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .context("VmRSS")?;
+            return Ok(kib / 1024.0);
+        }
+    }
+    bail!("the lab's lvc-dataplane is not running")
+}
+
+/// Runs the soak; prints a line per round and returns them.
+pub fn run(
+    minutes: f64,
+    servers: usize,
+    placement: Placement,
+    offload: bool,
+) -> Result<Vec<Round>> {
+    let mut lab = BenchLab::build(servers, placement)?;
+    let kind = if offload {
+        Kind::Lvc(LvcMethod::Nat)
+    } else {
+        Kind::LvcNoOffload(LvcMethod::Nat)
+    };
+    let running = kinds::start(&mut lab, kind)?;
+    let p = Params {
+        seconds: 10.0,
+        flows: 0,
+        latency_pps: 0,
+    };
+    let started = Instant::now();
+    let mut rounds = Vec::new();
+    let mut round = 0u32;
+    while started.elapsed().as_secs_f64() < minutes * 60.0 {
+        // (Each round's flows are new: sources never used before.)
+        let s = scenario::measure(&mut lab, kind, Scenario::NewFlows, &p, round)?;
+        round += 1;
+        let r = Round {
+            at_secs: started.elapsed().as_secs_f64(),
+            mpps: s.delivered_pps / 1e6,
+            rss_mib: rss_mib(&lab)?,
+        };
+        eprintln!(
+            "soak: {:6.0} s  {:.3} Mpps new flows  RSS {:.1} MiB",
+            r.at_secs, r.mpps, r.rss_mib
+        );
+        rounds.push(r);
+    }
+    running.stop(&mut lab)?;
+    let half = rounds.len() / 2;
+    if rounds.len() >= 4 {
+        let (mid, end) = (rounds[half].rss_mib, rounds[rounds.len() - 1].rss_mib);
+        let grew = end - mid;
+        eprintln!(
+            "soak: RSS {:.1} MiB at half time, {:.1} MiB at the end ({:+.1} MiB, {:+.1} %)",
+            mid,
+            end,
+            grew,
+            100.0 * grew / mid
+        );
+        if grew > 4.0 && grew > 0.02 * mid {
+            bail!("RSS kept growing: {mid:.1} → {end:.1} MiB over the second half");
+        }
+    }
+    Ok(rounds)
+}
