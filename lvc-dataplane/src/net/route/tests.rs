@@ -302,7 +302,7 @@ fn neigh_notification(ifindex: u32, ip: Addr, mac: Option<[u8; 6]>, del: bool) -
 /// A random route of a small space (so that adds replace, deletes hit and
 /// prefixes nest): IPv4 under 10.0.0.0/14 or IPv6 under fd00::/30.
 fn random_route(next: &mut impl FnMut() -> u64) -> Route {
-    let v4 = next() % 2 == 0;
+    let v4 = next().is_multiple_of(2);
     let (bits, prefix) = if v4 {
         let a = 0x0a00_0000 | (next() as u32 & 0x0003_ffff);
         (
@@ -362,8 +362,8 @@ fn incremental_updates_match_a_snapshot() {
                 let r = random_route(&mut next);
                 let ip = Addr((u128::from_be_bytes(r.dst.0) | 1).to_be_bytes());
                 let ifindex = 1 + (next() % 3) as u32;
-                let mac = (next() % 3 != 0).then(|| [next() as u8; 6]);
-                let del = next() % 4 == 0;
+                let mac = (!next().is_multiple_of(3)).then(|| [next() as u8; 6]);
+                let del = next().is_multiple_of(4);
                 match mac.filter(|_| !del) {
                     Some(m) => neigh.insert((ifindex, ip), m),
                     None => neigh.remove(&(ifindex, ip)),
@@ -405,7 +405,7 @@ fn incremental_updates_match_a_snapshot() {
 /// rest shared (what makes publishing cheap with a full table).
 #[test]
 fn a_change_copies_one_shard() {
-    let routes: Vec<Route> = (0..20_000u32)
+    let routes: Vec<Route> = (0..100_000u32)
         .map(|i| Route {
             dst: Addr::v4(0x0a00_0000 | i << 8),
             prefix: 120,
@@ -418,7 +418,7 @@ fn a_change_copies_one_shard() {
     let mut m = RouteMirror::new(routes, vec![]);
     let published = m.table();
     assert!(m.add_route(Route {
-        dst: Addr::v4(0x0b00_0000),
+        dst: Addr::v4(0x0c00_0000),
         prefix: 120,
         gateway: None,
         oif: 2,
@@ -583,4 +583,38 @@ fn undecodable_notifications() {
         kind: 82, // RTM_NEWNETCONF
         table: None
     }));
+}
+
+/// Many routes of one level added and half of them deleted one by one
+/// (shards grow, runs wrap, deletions shift runs back): every remaining
+/// route is found, every deleted one is gone.
+#[test]
+fn shards_grow_and_shrink() {
+    let mut next = rng(0x1234_5678_9abc_def1);
+    let mut m = RouteMirror::new(vec![], vec![]);
+    let routes: Vec<Route> = (0..40_000u32)
+        .map(|i| Route {
+            dst: Addr::v4(next() as u32 & 0xffff_ff00),
+            prefix: 120,
+            gateway: None,
+            oif: i,
+            metric: 0,
+            reject: None,
+        })
+        .collect();
+    let mut kept: HashMap<Addr, Route> = HashMap::new();
+    for r in &routes {
+        m.add_route(*r);
+        kept.insert(r.dst, *r);
+    }
+    for r in routes.iter().step_by(2) {
+        if kept.remove(&r.dst).is_some() {
+            assert!(m.del_route(*r));
+        }
+    }
+    let t = m.table();
+    assert_eq!(t.route_count(), kept.len());
+    for r in &routes {
+        assert_eq!(t.route(r.dst), kept.get(&r.dst), "{:?}", r.dst);
+    }
 }
