@@ -10,6 +10,7 @@ pub mod health;
 pub mod kinds;
 pub mod lab;
 pub mod report;
+pub mod routes;
 pub mod scale;
 pub mod scenario;
 pub mod soak;

@@ -39,6 +39,16 @@ enum Cmd {
         #[arg(long)]
         flows: usize,
     },
+    /// Measure the route table with a full internet table (in this
+    /// process): memory, build time, lookups, one incremental change.
+    Routes {
+        /// IPv4 routes (distinct prefixes, a default-free zone's shape).
+        #[arg(long, default_value_t = 1_000_000)]
+        routes: usize,
+        /// IPv6 routes besides.
+        #[arg(long, default_value_t = 0)]
+        routes6: usize,
+    },
     /// Measure what health-checking N real servers costs the director
     /// (needs root): probes per second and CPU, against a run without
     /// checks.
@@ -157,6 +167,11 @@ fn main() -> ExitCode {
         Cmd::Run(a) => run(a),
         Cmd::ConntrackScale { flows } => {
             let r = scale::measure(flows);
+            println!("{}", serde_json::to_string(&r).expect("json"));
+            Ok(())
+        }
+        Cmd::Routes { routes, routes6 } => {
+            let r = lvc_bench::routes::measure(routes, routes6);
             println!("{}", serde_json::to_string(&r).expect("json"));
             Ok(())
         }

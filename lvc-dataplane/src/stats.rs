@@ -66,10 +66,18 @@ pub enum Drop {
     /// connection (same real server endpoint, same client endpoint): the
     /// first keeps them.
     ReplyCollision,
+    /// The destination's longest route is a blackhole route.
+    RouteBlackhole,
+    /// The destination's longest route is an unreachable route (counted
+    /// whether or not an ICMP error answered it).
+    RouteUnreachable,
+    /// The destination's longest route is a prohibit route (counted
+    /// whether or not an ICMP error answered it).
+    RouteProhibit,
 }
 
 impl Drop {
-    pub const COUNT: usize = 21;
+    pub const COUNT: usize = 24;
     pub const ALL: [Drop; Drop::COUNT] = [
         Drop::Malformed,
         Drop::NotIp,
@@ -92,6 +100,9 @@ impl Drop {
         Drop::ServerDown,
         Drop::IcmpRateLimited,
         Drop::ReplyCollision,
+        Drop::RouteBlackhole,
+        Drop::RouteUnreachable,
+        Drop::RouteProhibit,
     ];
 
     pub fn name(self) -> &'static str {
@@ -117,6 +128,9 @@ impl Drop {
             Drop::ServerDown => "server_down",
             Drop::IcmpRateLimited => "icmp_rate_limited",
             Drop::ReplyCollision => "reply_collision",
+            Drop::RouteBlackhole => "route_blackhole",
+            Drop::RouteUnreachable => "route_unreachable",
+            Drop::RouteProhibit => "route_prohibit",
         }
     }
 }

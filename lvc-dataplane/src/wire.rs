@@ -80,6 +80,10 @@ pub const ICMP_TIME_EXCEEDED: u8 = 11;
 pub const ICMP_PARAM_PROBLEM: u8 = 12;
 /// Destination unreachable, code "fragmentation needed and DF set".
 pub const ICMP_FRAG_NEEDED: u8 = 4;
+/// Destination unreachable codes: host unreachable, communication
+/// administratively prohibited (RFC 1812).
+pub const ICMP_HOST_UNREACH: u8 = 1;
+pub const ICMP_PKT_FILTERED: u8 = 13;
 /// ICMP header (type, code, checksum, 4 more bytes).
 pub const ICMP_HLEN: usize = 8;
 
@@ -89,6 +93,10 @@ pub const ICMP6_DEST_UNREACH: u8 = 1;
 pub const ICMP6_PACKET_TOO_BIG: u8 = 2;
 pub const ICMP6_TIME_EXCEEDED: u8 = 3;
 pub const ICMP6_PARAM_PROBLEM: u8 = 4;
+/// ICMPv6 destination unreachable codes: no route, administratively
+/// prohibited.
+pub const ICMP6_NOROUTE: u8 = 0;
+pub const ICMP6_ADM_PROHIBITED: u8 = 1;
 
 /// Length of the outer header the `tun` method adds.
 pub const IPIP_HLEN: usize = ipv4::HLEN;

@@ -340,7 +340,16 @@ impl Worker {
             }
         }
         let decision = match decision {
-            Ok(Decision::Icmp(what)) => self.originate(&mut frame, what, t),
+            Ok(Decision::Icmp(what)) => match (self.originate(&mut frame, what, t), fx.refused) {
+                // Refused by its route: counted as such once, whether or
+                // not the ICMP error could be sent.
+                (Err(_), Some(why)) => Err(why),
+                (d, Some(why)) => {
+                    self.stats.count_drop(why);
+                    d
+                }
+                (d, None) => d,
+            },
             Ok(Decision::Tunnel(rip)) => self.encapsulate(&mut frame, rip, t),
             d => d,
         };
@@ -491,6 +500,9 @@ impl Worker {
                     None => Some(Drop::EgressNotServed),
                 },
                 NextHop::None => Some(Drop::NoRoute),
+                // (A reject route appeared while it waited: dropped
+                // without an ICMP error.)
+                NextHop::Reject(kind) => Some(pipeline::refused(kind)),
                 NextHop::Unresolved(_) if parked[i].since.elapsed() > PARK_TIMEOUT => {
                     Some(Drop::NeighPending)
                 }

@@ -677,6 +677,9 @@ lvc_worker_drops_total{worker="0",reason="reply_steering"} 1117
 lvc_worker_drops_total{worker="0",reason="server_down"} 1118
 lvc_worker_drops_total{worker="0",reason="icmp_rate_limited"} 1119
 lvc_worker_drops_total{worker="0",reason="reply_collision"} 1120
+lvc_worker_drops_total{worker="0",reason="route_blackhole"} 1121
+lvc_worker_drops_total{worker="0",reason="route_unreachable"} 1122
+lvc_worker_drops_total{worker="0",reason="route_prohibit"} 1123
 lvc_worker_drops_total{worker="1",reason="malformed"} 2100
 lvc_worker_drops_total{worker="1",reason="not_ip"} 2101
 lvc_worker_drops_total{worker="1",reason="fragment"} 2102
@@ -698,6 +701,9 @@ lvc_worker_drops_total{worker="1",reason="reply_steering"} 2117
 lvc_worker_drops_total{worker="1",reason="server_down"} 2118
 lvc_worker_drops_total{worker="1",reason="icmp_rate_limited"} 2119
 lvc_worker_drops_total{worker="1",reason="reply_collision"} 2120
+lvc_worker_drops_total{worker="1",reason="route_blackhole"} 2121
+lvc_worker_drops_total{worker="1",reason="route_unreachable"} 2122
+lvc_worker_drops_total{worker="1",reason="route_prohibit"} 2123
 # HELP lvc_xdp_packets_total Frames seen by the XDP program, by decision.
 # TYPE lvc_xdp_packets_total counter
 lvc_xdp_packets_total{decision="rx"} 500

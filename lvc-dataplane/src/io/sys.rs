@@ -5,7 +5,8 @@
 //!   reply table (`replymap`) and the connection journal (`journal`) are
 //!   built on it; this is the only place that maps or unmaps;
 //! - a TUN device that lives as long as its file descriptor (VIP
-//!   announcement: its routes vanish with the process, however it ends).
+//!   announcement: its routes vanish with the process, however it ends);
+//! - a socket receive buffer past `net.core.rmem_max` (`SO_RCVBUFFORCE`).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -114,4 +115,26 @@ impl Tun {
             name: name.to_owned(),
         })
     }
+}
+
+/// Sets a socket's receive buffer to `bytes` past `net.core.rmem_max`
+/// (`SO_RCVBUFFORCE`: needs CAP_NET_ADMIN). The route thread's
+/// notification socket uses it so a burst of route changes is not lost.
+pub fn force_rcvbuf(sock: &impl AsRawFd, bytes: usize) -> std::io::Result<()> {
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: SO_RCVBUFFORCE reads one `c_int` from the pointer, which
+    // points at `v` for the call; a bad fd only makes it fail.
+    let r = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&raw const v).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }

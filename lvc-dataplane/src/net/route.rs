@@ -1,11 +1,46 @@
 //! Route: where a packet goes next, from the kernel's own tables.
 //!
 //! A dedicated thread mirrors the kernel's links, addresses, IPv4 and IPv6
-//! main-table routes and neighbours over rtnetlink into an immutable [`RouteTable`]
-//! that workers read through an `ArcSwap` (one load per batch). It re-reads
-//! the tables whenever the kernel announces a change (and every few seconds
-//! regardless), so MAC addresses never appear in lvc's configuration and
-//! stay current.
+//! main-table routes and neighbours over rtnetlink into an immutable
+//! [`RouteTable`] that workers read through an `ArcSwap` (one load per
+//! batch), so MAC addresses never appear in lvc's configuration and stay
+//! current.
+//!
+//! # Keeping up with a full table
+//!
+//! The thread reads everything once at start-up, then applies the
+//! kernel's change notifications one by one — RTM_NEWROUTE/DELROUTE,
+//! NEWNEIGH/DELNEIGH, NEWADDR, NEWLINK — to its own copy ([`Model`]) and
+//! publishes after each batch of notifications it drained (at most every
+//! 50 ms). It falls back to re-reading everything (a *re-sync*) only when
+//! its copy could be wrong: a notification it cannot decode, lost
+//! notifications (ENOBUFS), a link going down or away or an address
+//! removed (the kernel then drops IPv4 routes without telling), the
+//! deletion of one path of a multipath route, and once a minute regardless.
+//!
+//! Publishing must not cost O(routes) with a million of them. The
+//! longest-prefix match keeps one hash map per prefix length in use (a
+//! lookup is a few hash probes, longest first), and each of these levels is
+//! cut into shards of about [`SHARD_TARGET`] routes, each shard behind an
+//! `Arc`, picked by a multiplicative hash of the masked destination. A
+//! published table shares every shard with the thread's working copy; a
+//! change copies the shard it touches (~4 096 routes, a memcpy) and the
+//! level's array of shard pointers (~150 for the 600 000 /24s of an
+//! internet table): ~15 µs with a million routes, against ~50 ms for a
+//! rebuild; a publication copies only the levels' headers. Lookups pay
+//! one more pointer hop per level probed than a single map per level
+//! (measured: within 5–20 % of it with 1M routes, cache-cold). A
+//! persistent trie (HAMT) would make updates cheaper still but lookups
+//! several dependent loads longer; a DIR-24-8 array faster to look up
+//! but 64 MiB+ for IPv4 alone and costly for short prefixes; an
+//! open-addressing table of routes per shard (tried) was slower on
+//! misses than hashbrown's control bytes, which stay in cache.
+//! `lvc-bench routes` measures the table (README.md).
+//!
+//! blackhole, unreachable and prohibit routes are kept like unicast ones
+//! and win or lose by prefix length and metric as in the kernel: a
+//! destination whose longest match is one of them gets
+//! [`NextHop::Reject`], never a shorter route.
 //!
 //! When a worker finds no usable neighbour entry for a next hop it sends a
 //! [`NeighRequest`]; this thread asks the kernel to resolve it (RTM_NEWNEIGH
@@ -20,7 +55,7 @@ use netlink_packet_core::{
     NetlinkHeader, NetlinkMessage, NetlinkPayload,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
-use netlink_packet_route::link::{LinkAttribute, LinkMessage};
+use netlink_packet_route::link::{LinkAttribute, LinkFlags, LinkMessage};
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -29,7 +64,7 @@ use netlink_packet_route::route::{
 };
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage as Rt};
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_ROUTE};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -57,12 +92,27 @@ pub struct NeighRequest {
     pub ip: Addr,
 }
 
+/// A route that refuses its packets, as the kernel's route types of the
+/// same names (`ip route add blackhole|unreachable|prohibit PREFIX`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectKind {
+    /// Dropped silently.
+    Blackhole,
+    /// Dropped with ICMP host unreachable (ICMPv6: no route).
+    Unreachable,
+    /// Dropped with ICMP communication administratively prohibited
+    /// (ICMPv6: administratively prohibited).
+    Prohibit,
+}
+
 /// Result of a next-hop lookup.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NextHop {
     Ready(L2),
     /// Routed, but the next hop's MAC is not known yet.
     Unresolved(NeighRequest),
+    /// The longest match is a blackhole, unreachable or prohibit route.
+    Reject(RejectKind),
     /// No route (or the destination is one of the director's addresses).
     None,
 }
@@ -77,35 +127,132 @@ pub struct Link {
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Route {
+    /// The destination, masked to the prefix.
     pub dst: Addr,
     /// Prefix length over the 128-bit [`Addr`] (an IPv4 /24 is 120 here).
     pub prefix: u8,
     pub gateway: Option<Addr>,
+    /// The egress link (0 for a reject route).
     pub oif: u32,
     pub metric: u32,
+    /// `Some` for a blackhole, unreachable or prohibit route.
+    pub reject: Option<RejectKind>,
 }
 
 impl Route {
-    #[cfg(test)]
-    fn covers(&self, ip: Addr) -> bool {
+    /// Whether the route's prefix holds `ip` (the tests' reference scan).
+    pub fn covers(&self, ip: Addr) -> bool {
         let mask = prefix_mask(self.prefix);
         // (An IPv6 default route must not cover IPv4 destinations.)
         ip.is_v4() == self.dst.is_v4()
             && u128::from_be_bytes(ip.0) & mask == u128::from_be_bytes(self.dst.0) & mask
     }
+
+    /// The route's masked destination, as the levels key it.
+    fn key(&self) -> u128 {
+        u128::from_be_bytes(self.dst.0) & prefix_mask(self.prefix)
+    }
+}
+
+/// Routes per shard a level aims at: what one change copies (4096 × 64
+/// bytes, ~10 µs; smaller shards made lookups slower: more shard headers
+/// to miss in cache, and a bigger pointer array to copy per change).
+pub const SHARD_TARGET: usize = 4096;
+/// A level is cut anew once its shards hold 4× [`SHARD_TARGET`] on
+/// average (amortised: the level doubled or more since it was cut).
+const SHARD_MAX: usize = 4 * SHARD_TARGET;
+
+type Shard = HashMap<u128, Route, ahash::RandomState>;
+
+/// The shard of a masked destination: the top bits of a multiplicative
+/// hash (every bit of the key moves them).
+#[inline]
+fn shard_of(key: u128, shard_mask: usize) -> usize {
+    let h = (key as u64) ^ ((key >> 64) as u64);
+    (h.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40) as usize & shard_mask
+}
+
+/// How many shards suit `len` routes (a power of two).
+fn shards_for(len: usize) -> usize {
+    (len / SHARD_TARGET).next_power_of_two().clamp(1, 1 << 16)
 }
 
 /// Routes of one family and prefix length, by their masked destination
-/// (the lowest metric of each destination).
+/// (the lowest metric of each destination), in copy-on-write shards.
 #[derive(Clone, Debug)]
 struct Level {
+    prefix: u8,
     mask: u128,
-    routes: HashMap<u128, Route, ahash::RandomState>,
+    /// The number of shards less one.
+    shard_mask: usize,
+    shards: Arc<[Arc<Shard>]>,
+    len: usize,
 }
 
-/// Longest-prefix match: one hash lookup per prefix length in use
-/// (a handful on a director; a few dozen with a full BGP table), instead
-/// of a scan over every route.
+impl Level {
+    fn new(prefix: u8, expected: usize) -> Self {
+        let n = shards_for(expected);
+        Self {
+            prefix,
+            mask: prefix_mask(prefix),
+            shard_mask: n - 1,
+            shards: (0..n)
+                .map(|_| Arc::new(Shard::with_hasher(ahash::RandomState::new())))
+                .collect(),
+            len: 0,
+        }
+    }
+
+    #[inline]
+    fn get(&self, key: u128) -> Option<&Route> {
+        self.shards[shard_of(key, self.shard_mask)].get(&key)
+    }
+
+    /// The shard of `key`, made this copy's own (copied if shared).
+    fn shard_mut(&mut self, key: u128) -> &mut Shard {
+        let i = shard_of(key, self.shard_mask);
+        if Arc::get_mut(&mut self.shards).is_none() {
+            self.shards = self.shards.iter().cloned().collect();
+        }
+        let shards = Arc::get_mut(&mut self.shards).expect("just made unique");
+        Arc::make_mut(&mut shards[i])
+    }
+
+    fn insert(&mut self, r: Route) -> Option<Route> {
+        let key = r.key();
+        let old = self.shard_mut(key).insert(key, r);
+        if old.is_none() {
+            self.len += 1;
+            if self.len > (self.shard_mask + 1) * SHARD_MAX && self.shard_mask < (1 << 16) - 1 {
+                self.reshard();
+            }
+        }
+        old
+    }
+
+    fn remove(&mut self, key: u128) -> Option<Route> {
+        self.get(key)?;
+        let old = self.shard_mut(key).remove(&key);
+        self.len -= 1;
+        old
+    }
+
+    fn reshard(&mut self) {
+        let mut fresh = Level::new(self.prefix, self.len * 2);
+        for r in self.routes() {
+            fresh.insert(*r);
+        }
+        *self = fresh;
+    }
+
+    fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.shards.iter().flat_map(|s| s.values())
+    }
+}
+
+/// Longest-prefix match: one hash lookup per prefix length in use (a
+/// handful on a director; a few dozen with a full BGP table), instead of
+/// a scan over every route.
 #[derive(Clone, Debug, Default)]
 struct Lpm {
     /// IPv4 and IPv6 levels, longest prefix first.
@@ -114,36 +261,66 @@ struct Lpm {
 }
 
 impl Lpm {
-    /// `routes` sorted longest prefix first, then lowest metric.
-    fn new(routes: &[Route]) -> Self {
-        let mut lpm = Lpm::default();
-        for r in routes {
-            let levels = if r.dst.is_v4() {
-                &mut lpm.v4
-            } else {
-                &mut lpm.v6
-            };
-            let mask = prefix_mask(r.prefix);
-            if levels.last().is_none_or(|l| l.mask != mask) {
-                levels.push(Level {
-                    mask,
-                    routes: HashMap::with_hasher(ahash::RandomState::new()),
-                });
-            }
-            let level = levels.last_mut().expect("pushed");
-            level
-                .routes
-                .entry(u128::from_be_bytes(r.dst.0) & mask)
-                .or_insert(*r);
-        }
-        lpm
-    }
-
     #[inline]
     fn lookup(&self, ip: Addr) -> Option<&Route> {
         let levels = if ip.is_v4() { &self.v4 } else { &self.v6 };
         let bits = u128::from_be_bytes(ip.0);
-        levels.iter().find_map(|l| l.routes.get(&(bits & l.mask)))
+        levels.iter().find_map(|l| l.get(bits & l.mask))
+    }
+
+    fn levels(&self, v4: bool) -> &Vec<Level> {
+        if v4 { &self.v4 } else { &self.v6 }
+    }
+
+    /// The level of `prefix` (its position, or where it would go).
+    fn level(&self, v4: bool, prefix: u8) -> Result<usize, usize> {
+        // Longest first: a longer level sorts before.
+        self.levels(v4).binary_search_by(|l| prefix.cmp(&l.prefix))
+    }
+
+    /// The route held for exactly `r`'s prefix.
+    fn exact(&self, r: &Route) -> Option<&Route> {
+        let v4 = r.dst.is_v4();
+        let i = self.level(v4, r.prefix).ok()?;
+        self.levels(v4)[i].get(r.key())
+    }
+
+    /// Puts `r` in its level, replacing the route of the same prefix;
+    /// `expected` sizes a new level.
+    fn insert(&mut self, r: Route, expected: usize) -> Option<Route> {
+        let v4 = r.dst.is_v4();
+        let i = match self.level(v4, r.prefix) {
+            Ok(i) => i,
+            Err(i) => {
+                let levels = if v4 { &mut self.v4 } else { &mut self.v6 };
+                levels.insert(i, Level::new(r.prefix, expected));
+                i
+            }
+        };
+        let levels = if v4 { &mut self.v4 } else { &mut self.v6 };
+        levels[i].insert(r)
+    }
+
+    /// Takes out the route of exactly `r`'s prefix.
+    fn remove(&mut self, r: &Route) -> Option<Route> {
+        let v4 = r.dst.is_v4();
+        let i = self.level(v4, r.prefix).ok()?;
+        let levels = if v4 { &mut self.v4 } else { &mut self.v6 };
+        let old = levels[i].remove(r.key());
+        if levels[i].len == 0 {
+            levels.remove(i);
+        }
+        old
+    }
+
+    /// Every route held (longest prefix first; in no order within one).
+    #[cfg(test)]
+    fn routes(&self) -> impl Iterator<Item = &Route> {
+        self.v4.iter().chain(&self.v6).flat_map(Level::routes)
+    }
+
+    fn len(&self) -> usize {
+        self.v4.iter().chain(&self.v6).map(|l| l.len).sum()
     }
 }
 
@@ -152,48 +329,41 @@ fn prefix_mask(prefix: u8) -> u128 {
     u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0)
 }
 
-/// A snapshot of the kernel's tables, as the workers use it.
+type FastMap<K, V> = HashMap<K, V, ahash::RandomState>;
+
+/// A snapshot of the kernel's tables, as the workers use it. Cloning it
+/// is cheap (see the module's notes): every part is behind an `Arc`.
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    /// Longest prefix first, then lowest metric (the tests' reference).
-    #[cfg(test)]
-    routes: Vec<Route>,
     lpm: Lpm,
     // (ahash: these are read per packet; SipHash showed in profiles.)
-    neighbours: HashMap<(u32, Addr), [u8; 6], ahash::RandomState>,
-    links: HashMap<u32, Link, ahash::RandomState>,
-    locals: Vec<IpAddr>,
+    neighbours: Arc<FastMap<(u32, Addr), [u8; 6]>>,
+    links: Arc<FastMap<u32, Link>>,
+    locals: Arc<[IpAddr]>,
     /// First address of each family of each interface: (ifindex, is IPv4).
-    if_addrs: HashMap<(u32, bool), Addr, ahash::RandomState>,
-    /// Neighbours the kernel holds as STALE. lvc's own transmissions never
-    /// confirm them (the kernel does not see them), so they are re-probed.
-    stale: Vec<NeighRequest>,
+    if_addrs: Arc<FastMap<(u32, bool), Addr>>,
 }
 
 impl RouteTable {
     pub fn new(
-        mut routes: Vec<Route>,
+        routes: Vec<Route>,
         neighbours: HashMap<(u32, Addr), [u8; 6]>,
         links: Vec<Link>,
         locals: Vec<IpAddr>,
     ) -> Self {
-        routes.sort_by(|a, b| b.prefix.cmp(&a.prefix).then(a.metric.cmp(&b.metric)));
         Self {
-            lpm: Lpm::new(&routes),
-            #[cfg(test)]
-            routes,
-            neighbours: neighbours.into_iter().collect(),
-            links: links.into_iter().map(|l| (l.ifindex, l)).collect(),
-            locals,
-            if_addrs: HashMap::default(),
-            stale: Vec::new(),
+            lpm: build_lpm(routes).0,
+            neighbours: Arc::new(neighbours.into_iter().collect()),
+            links: Arc::new(links.into_iter().map(|l| (l.ifindex, l)).collect()),
+            locals: locals.into(),
+            if_addrs: Arc::default(),
         }
     }
 
     /// The same table with `addr` as the director's address on `ifindex`
     /// (for tests and tools; the route thread reads them from the kernel).
     pub fn with_if_addr(mut self, ifindex: u32, addr: Addr) -> Self {
-        self.if_addrs.insert((ifindex, addr.is_v4()), addr);
+        Arc::make_mut(&mut self.if_addrs).insert((ifindex, addr.is_v4()), addr);
         self
     }
 
@@ -201,6 +371,9 @@ impl RouteTable {
     #[inline]
     pub fn next_hop(&self, dst: Addr) -> NextHop {
         match self.route(dst) {
+            Some(Route {
+                reject: Some(k), ..
+            }) => NextHop::Reject(*k),
             Some(r) => self.via(r, dst),
             None => NextHop::None,
         }
@@ -212,6 +385,9 @@ impl RouteTable {
     #[inline]
     pub fn next_hop_onlink(&self, dst: Addr) -> NextHop {
         match self.route(dst) {
+            Some(Route {
+                reject: Some(k), ..
+            }) => NextHop::Reject(*k),
             Some(r) if r.gateway.is_none() => self.via(r, dst),
             _ => NextHop::None,
         }
@@ -219,8 +395,13 @@ impl RouteTable {
 
     /// The longest-prefix route to `dst` (the lowest metric among equals).
     #[inline]
-    fn route(&self, dst: Addr) -> Option<&Route> {
+    pub fn route(&self, dst: Addr) -> Option<&Route> {
         self.lpm.lookup(dst)
+    }
+
+    /// The number of routes held (one per prefix: the lowest metric).
+    pub fn route_count(&self) -> usize {
+        self.lpm.len()
     }
 
     /// The next hop to `dst` along `route`.
@@ -282,6 +463,292 @@ impl RouteTable {
     pub fn link_by_name(&self, name: &str) -> Option<&Link> {
         self.links.values().find(|l| l.name == name)
     }
+
+    /// The same table with `r` added (replacing the route of its prefix).
+    #[cfg(test)]
+    pub(crate) fn with_route(mut self, r: Route) -> Self {
+        self.lpm.insert(r, 1);
+        self
+    }
+
+    /// Every route held, sorted (tests compare tables with it).
+    #[cfg(test)]
+    fn sorted_routes(&self) -> Vec<Route> {
+        let mut v: Vec<Route> = self.lpm.routes().copied().collect();
+        v.sort_by_key(|r| (std::cmp::Reverse(r.prefix), r.dst, r.metric));
+        v
+    }
+}
+
+/// The best route of each prefix in an [`Lpm`], and the others (higher
+/// metrics) by prefix.
+fn build_lpm(mut routes: Vec<Route>) -> (Lpm, Extra) {
+    routes.sort_by(|a, b| b.prefix.cmp(&a.prefix).then(a.metric.cmp(&b.metric)));
+    let mut sizes: HashMap<(bool, u8), usize> = HashMap::new();
+    for r in &routes {
+        *sizes.entry((r.dst.is_v4(), r.prefix)).or_default() += 1;
+    }
+    let mut lpm = Lpm::default();
+    let mut extra = Extra::default();
+    for r in routes {
+        if lpm.exact(&r).is_some() {
+            extra.entry((r.prefix, r.key())).or_default().push(r);
+        } else {
+            lpm.insert(r, sizes[&(r.dst.is_v4(), r.prefix)]);
+        }
+    }
+    (lpm, extra)
+}
+
+/// Routes that lose to another of the same prefix (a lower metric): kept
+/// by the route thread, to take its place if it goes.
+type Extra = HashMap<(u8, u128), Vec<Route>>;
+
+/// What applying a notification did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Effect {
+    /// Nothing the workers see.
+    Unchanged,
+    /// The table changed: publish.
+    Changed,
+    /// The copy may be wrong: re-read everything.
+    Resync,
+}
+
+impl Effect {
+    fn max(self, other: Effect) -> Effect {
+        use Effect::*;
+        match (self, other) {
+            (Resync, _) | (_, Resync) => Resync,
+            (Changed, _) | (_, Changed) => Changed,
+            _ => Unchanged,
+        }
+    }
+}
+
+/// A neighbour as a notification or a dump tells it: `mac` is `None` when
+/// it is unusable (incomplete, failed) or deleted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct NeighEntry {
+    ifindex: u32,
+    ip: Addr,
+    mac: Option<[u8; 6]>,
+    stale: bool,
+}
+
+/// The route thread's copy of the kernel's state: the table it publishes
+/// and what only updates need.
+#[derive(Clone, Debug, Default)]
+struct Model {
+    table: RouteTable,
+    extra: Extra,
+    /// Multipath routes (prefix, key, metric): deleting one of their paths
+    /// is not modelled (a re-sync).
+    multipath: HashSet<(u8, u128, u32)>,
+    /// Every address, in the kernel's order: (ifindex, address).
+    addrs: Vec<(u32, IpAddr)>,
+    /// Links known down.
+    down: HashSet<u32>,
+    /// Neighbours the kernel holds as STALE. lvc's own transmissions never
+    /// confirm them (the kernel does not see them), so they are re-probed.
+    stale: HashSet<NeighRequest>,
+}
+
+impl Model {
+    fn build(
+        links: Vec<(Link, bool)>,
+        addrs: Vec<(u32, IpAddr)>,
+        routes: Vec<(Route, bool)>,
+        neighbours: Vec<NeighEntry>,
+    ) -> Self {
+        let multipath = routes
+            .iter()
+            .filter(|(_, mp)| *mp)
+            .map(|(r, _)| (r.prefix, r.key(), r.metric))
+            .collect();
+        let (lpm, extra) = build_lpm(routes.into_iter().map(|(r, _)| r).collect());
+        let mut m = Model {
+            table: RouteTable {
+                lpm,
+                ..RouteTable::default()
+            },
+            extra,
+            multipath,
+            down: links
+                .iter()
+                .filter(|(_, up)| !up)
+                .map(|(l, _)| l.ifindex)
+                .collect(),
+            ..Model::default()
+        };
+        m.table.links = Arc::new(links.into_iter().map(|(l, _)| (l.ifindex, l)).collect());
+        let mut neigh = FastMap::default();
+        for n in neighbours {
+            if let Some(mac) = n.mac {
+                neigh.insert((n.ifindex, n.ip), mac);
+                if n.stale {
+                    m.stale.insert(NeighRequest {
+                        ifindex: n.ifindex,
+                        ip: n.ip,
+                    });
+                }
+            }
+        }
+        m.table.neighbours = Arc::new(neigh);
+        m.addrs = addrs;
+        m.derive_addrs();
+        m
+    }
+
+    /// The table's locals and interface addresses from `addrs`.
+    fn derive_addrs(&mut self) -> Effect {
+        let locals: Vec<IpAddr> = self.addrs.iter().map(|&(_, ip)| ip).collect();
+        let mut if_addrs = FastMap::default();
+        for &(ifindex, ip) in &self.addrs {
+            // Link-local IPv6 addresses cannot source routed packets.
+            let usable = match ip {
+                IpAddr::V6(v6) => !v6.is_unicast_link_local(),
+                IpAddr::V4(_) => true,
+            };
+            if usable {
+                let addr = Addr::from(ip);
+                if_addrs.entry((ifindex, addr.is_v4())).or_insert(addr);
+            }
+        }
+        if *self.table.locals == *locals && *self.table.if_addrs == if_addrs {
+            return Effect::Unchanged;
+        }
+        self.table.locals = locals.into();
+        self.table.if_addrs = Arc::new(if_addrs);
+        Effect::Changed
+    }
+
+    /// Applies one notification.
+    fn apply(&mut self, m: &Rt) -> Effect {
+        match m {
+            Rt::NewRoute(r) => match parse_route(r) {
+                Some((route, mp)) => self.route(route, mp, true),
+                None => Effect::Unchanged,
+            },
+            Rt::DelRoute(r) => match parse_route(r) {
+                Some((route, mp)) => self.route(route, mp, false),
+                None => Effect::Unchanged,
+            },
+            Rt::NewNeighbour(n) => match parse_neigh(n) {
+                Some(e) => self.neighbour(e),
+                None => Effect::Unchanged,
+            },
+            Rt::DelNeighbour(n) => match parse_neigh(n) {
+                Some(e) => self.neighbour(NeighEntry {
+                    mac: None,
+                    stale: false,
+                    ..e
+                }),
+                None => Effect::Unchanged,
+            },
+            Rt::NewLink(l) => {
+                let link = parse_link(l);
+                let up = l.header.flags.contains(LinkFlags::Up);
+                let ifindex = link.ifindex;
+                let mut effect = Effect::Unchanged;
+                if self.table.links.get(&ifindex) != Some(&link) {
+                    Arc::make_mut(&mut self.table.links).insert(ifindex, link);
+                    effect = Effect::Changed;
+                }
+                if up {
+                    self.down.remove(&ifindex);
+                } else if self.down.insert(ifindex) {
+                    // Going down: the kernel drops its IPv4 routes
+                    // without a word.
+                    effect = Effect::Resync;
+                }
+                effect
+            }
+            Rt::DelLink(_) => Effect::Resync,
+            Rt::NewAddress(a) => match parse_addr(a) {
+                Some(ip) if !self.addrs.contains(&(a.header.index, ip)) => {
+                    self.addrs.push((a.header.index, ip));
+                    self.derive_addrs()
+                }
+                _ => Effect::Unchanged,
+            },
+            // Routes through it may go without notifications.
+            Rt::DelAddress(_) => Effect::Resync,
+            _ => Effect::Unchanged,
+        }
+    }
+
+    /// A route added (replacing the one of the same prefix and metric) or
+    /// deleted.
+    fn route(&mut self, r: Route, multipath: bool, add: bool) -> Effect {
+        let key = (r.prefix, r.key());
+        let before = self.table.lpm.exact(&r).copied();
+        let mut all: Vec<Route> = before
+            .into_iter()
+            .chain(self.extra.remove(&key).unwrap_or_default())
+            .collect();
+        let mut effect = Effect::Unchanged;
+        let id = (r.prefix, r.key(), r.metric);
+        match all.iter().position(|c| c.metric == r.metric) {
+            Some(i) if add => all[i] = r,
+            Some(i) => {
+                let gone = all.remove(i);
+                // One path of several, or not the one held: the kernel
+                // may still have the route.
+                if self.multipath.contains(&id)
+                    || (gone.oif, gone.gateway, gone.reject) != (r.oif, r.gateway, r.reject)
+                {
+                    effect = Effect::Resync;
+                }
+            }
+            None if add => all.push(r),
+            None => {}
+        }
+        if add && multipath {
+            self.multipath.insert(id);
+        } else {
+            self.multipath.remove(&id);
+        }
+        all.sort_by_key(|c| c.metric);
+        let after = all.first().copied();
+        if after != before {
+            match after {
+                Some(best) => {
+                    self.table.lpm.insert(best, 1);
+                }
+                None => {
+                    self.table.lpm.remove(&r);
+                }
+            }
+            effect = effect.max(Effect::Changed);
+        }
+        if all.len() > 1 {
+            self.extra.insert(key, all.split_off(1));
+        }
+        effect
+    }
+
+    fn neighbour(&mut self, n: NeighEntry) -> Effect {
+        let req = NeighRequest {
+            ifindex: n.ifindex,
+            ip: n.ip,
+        };
+        if n.stale {
+            self.stale.insert(req);
+        } else {
+            self.stale.remove(&req);
+        }
+        let k = (n.ifindex, n.ip);
+        if self.table.neighbours.get(&k).copied() == n.mac {
+            return Effect::Unchanged;
+        }
+        let neighbours = Arc::make_mut(&mut self.table.neighbours);
+        match n.mac {
+            Some(mac) => neighbours.insert(k, mac),
+            None => neighbours.remove(&k),
+        };
+        Effect::Changed
+    }
 }
 
 /// A synchronous rtnetlink socket.
@@ -289,6 +756,14 @@ pub(crate) struct Netlink {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
+}
+
+/// Notifications read from the events socket.
+#[derive(Debug, Default)]
+struct Events {
+    msgs: Vec<Rt>,
+    /// One of interest could not be decoded, or some were lost: re-sync.
+    lost: bool,
 }
 
 impl Netlink {
@@ -316,38 +791,52 @@ impl Netlink {
         Ok(self.seq)
     }
 
-    /// One datagram, undecoded; its length.
-    fn recv_raw(&mut self, flags: i32) -> io::Result<usize> {
-        self.buf.clear();
-        self.sock.recv(&mut self.buf, flags)
-    }
-
-    /// One datagram, split into messages (undecodable ones skipped).
-    fn recv_batch(&mut self, flags: i32) -> io::Result<Vec<NetlinkMessage<Rt>>> {
+    /// One datagram, split into messages (undecodable ones as `Err`).
+    fn recv_batch(
+        &mut self,
+        flags: i32,
+    ) -> io::Result<Vec<Result<NetlinkMessage<Rt>, Undecodable>>> {
         self.buf.clear();
         let n = self.sock.recv(&mut self.buf, flags)?;
-        let mut out = Vec::new();
-        let mut off = 0;
-        while off + 16 <= n {
-            let len =
-                u32::from_ne_bytes(self.buf[off..off + 4].try_into().expect("4 bytes")) as usize;
-            if len < 16 || off + len > n {
-                break;
-            }
-            if let Ok(m) = NetlinkMessage::<Rt>::deserialize(&self.buf[off..off + len]) {
-                out.push(m);
-            }
-            off += (len + 3) & !3;
-        }
-        Ok(out)
+        Ok(split_datagram(&self.buf[..n]))
     }
 
-    /// Sends a request, collects replies until DONE or ACK.
-    fn request(&mut self, msg: Rt, flags: u16) -> io::Result<Vec<Rt>> {
+    /// Reads every pending notification (without waiting).
+    fn drain_events(&mut self, max: usize) -> Events {
+        let mut ev = Events::default();
+        while ev.msgs.len() < max {
+            match self.recv_batch(libc::MSG_DONTWAIT) {
+                Ok(batch) if batch.is_empty() => break,
+                Ok(batch) => {
+                    for m in batch {
+                        match m {
+                            Ok(m) => {
+                                if let NetlinkPayload::InnerMessage(inner) = m.payload {
+                                    ev.msgs.push(inner);
+                                }
+                            }
+                            Err(kind) => ev.lost |= of_interest(kind),
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ENOBUFS: notifications were lost; a re-read covers them.
+                Err(_) => {
+                    ev.lost = true;
+                    break;
+                }
+            }
+        }
+        ev
+    }
+
+    /// Sends a request, hands each reply to `each` until DONE or ACK.
+    fn request_each(&mut self, msg: Rt, flags: u16, each: &mut dyn FnMut(Rt)) -> io::Result<()> {
         let seq = self.send(msg, flags)?;
-        let mut res = Vec::new();
         loop {
             for m in self.recv_batch(0)? {
+                // (Replies this crate cannot decode are skipped, as before.)
+                let Ok(m) = m else { continue };
                 if m.header.sequence_number != seq {
                     continue;
                 }
@@ -358,12 +847,12 @@ impl Netlink {
                     ));
                 }
                 match m.payload {
-                    NetlinkPayload::InnerMessage(inner) => res.push(inner),
+                    NetlinkPayload::InnerMessage(inner) => each(inner),
                     NetlinkPayload::Done(d) if d.code < 0 => {
                         return Err(io::Error::from_raw_os_error(-d.code));
                     }
-                    NetlinkPayload::Done(_) => return Ok(res),
-                    NetlinkPayload::Error(e) if e.code.is_none() => return Ok(res),
+                    NetlinkPayload::Done(_) => return Ok(()),
+                    NetlinkPayload::Error(e) if e.code.is_none() => return Ok(()),
                     NetlinkPayload::Error(e) => return Err(e.to_io()),
                     _ => {}
                 }
@@ -371,89 +860,68 @@ impl Netlink {
         }
     }
 
-    fn dump(&mut self, msg: Rt) -> io::Result<Vec<Rt>> {
-        // A dump interrupted by a concurrent change is simply retried.
-        for _ in 0..5 {
-            match self.request(msg.clone(), NLM_F_DUMP) {
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                r => return r,
-            }
-        }
-        self.request(msg, NLM_F_DUMP)
+    fn request(&mut self, msg: Rt, flags: u16) -> io::Result<Vec<Rt>> {
+        let mut res = Vec::new();
+        self.request_each(msg, flags, &mut |m| res.push(m))?;
+        Ok(res)
     }
 
-    /// Reads all four tables into a snapshot.
-    fn snapshot(&mut self) -> io::Result<RouteTable> {
-        let mut links = Vec::new();
-        for m in self.dump(Rt::GetLink(LinkMessage::default()))? {
-            if let Rt::NewLink(l) = m {
-                links.push(parse_link(&l));
+    /// Dumps, keeping what `keep` makes of each reply (a dump of a million
+    /// routes is never held as messages).
+    fn dump<T>(&mut self, msg: Rt, mut keep: impl FnMut(Rt) -> Option<T>) -> io::Result<Vec<T>> {
+        // A dump interrupted by a concurrent change is simply retried.
+        let mut tries = 0;
+        loop {
+            let mut out = Vec::new();
+            match self.request_each(msg.clone(), NLM_F_DUMP, &mut |m| out.extend(keep(m))) {
+                Err(e) if e.kind() == io::ErrorKind::Interrupted && tries < 5 => tries += 1,
+                r => return r.map(|()| out),
             }
         }
-        let mut locals = Vec::new();
-        let mut if_addrs = HashMap::new();
-        for m in self.dump(Rt::GetAddress(AddressMessage::default()))? {
-            if let Rt::NewAddress(a) = m
-                && let Some(ip) = parse_addr(&a)
-            {
-                let addr = Addr::from(ip);
-                // Link-local IPv6 addresses cannot source routed packets.
-                let usable = match ip {
-                    IpAddr::V6(v6) => !v6.is_unicast_link_local(),
-                    IpAddr::V4(_) => true,
-                };
-                if usable {
-                    if_addrs
-                        .entry((a.header.index, addr.is_v4()))
-                        .or_insert(addr);
-                }
-                locals.push(ip);
-            }
-        }
+    }
+
+    /// Reads all four tables.
+    fn snapshot(&mut self) -> io::Result<Model> {
+        let links = self.dump(Rt::GetLink(LinkMessage::default()), |m| match m {
+            Rt::NewLink(l) => Some((parse_link(&l), l.header.flags.contains(LinkFlags::Up))),
+            _ => None,
+        })?;
+        let addrs = self.dump(Rt::GetAddress(AddressMessage::default()), |m| match m {
+            Rt::NewAddress(a) => parse_addr(&a).map(|ip| (a.header.index, ip)),
+            _ => None,
+        })?;
         let mut routes = Vec::new();
-        let mut neighbours = HashMap::new();
-        let mut stale = Vec::new();
+        let mut neighbours = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut rm = RouteMessage::default();
             rm.header.address_family = family;
-            for m in self.dump(Rt::GetRoute(rm))? {
-                if let Rt::NewRoute(r) = m {
-                    routes.extend(parse_route(&r));
-                }
-            }
+            routes.extend(self.dump(Rt::GetRoute(rm), |m| match m {
+                Rt::NewRoute(r) => parse_route(&r),
+                _ => None,
+            })?);
             let mut nm = NeighbourMessage::default();
             nm.header.family = family;
-            for m in self.dump(Rt::GetNeighbour(nm))? {
-                if let Rt::NewNeighbour(n) = m
-                    && let Some((ifindex, ip, mac)) = parse_neigh(&n)
-                {
-                    neighbours.insert((ifindex, ip), mac);
-                    if n.header.state == NeighbourState::Stale {
-                        stale.push(NeighRequest { ifindex, ip });
-                    }
-                }
-            }
+            neighbours.extend(self.dump(Rt::GetNeighbour(nm), |m| match m {
+                Rt::NewNeighbour(n) => parse_neigh(&n),
+                _ => None,
+            })?);
         }
-        let mut t = RouteTable::new(routes, neighbours, links, locals);
-        t.stale = stale;
-        t.if_addrs = if_addrs.into_iter().collect();
-        Ok(t)
+        Ok(Model::build(links, addrs, routes, neighbours))
     }
 
     /// The index of link `name`.
     pub(crate) fn link_index(&mut self, name: &str) -> io::Result<u32> {
-        self.dump(Rt::GetLink(LinkMessage::default()))?
-            .into_iter()
-            .find_map(|m| match m {
-                Rt::NewLink(l) => (parse_link(&l).name == name).then_some(l.header.index),
-                _ => None,
-            })
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no link `{name}`")))
+        self.dump(Rt::GetLink(LinkMessage::default()), |m| match m {
+            Rt::NewLink(l) => (parse_link(&l).name == name).then_some(l.header.index),
+            _ => None,
+        })?
+        .into_iter()
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no link `{name}`")))
     }
 
     /// Sets link `ifindex` up.
     pub(crate) fn link_up(&mut self, ifindex: u32) -> io::Result<()> {
-        use netlink_packet_route::link::LinkFlags;
         let mut m = LinkMessage::default();
         m.header.index = ifindex;
         m.header.flags = LinkFlags::Up;
@@ -514,6 +982,59 @@ impl Netlink {
     }
 }
 
+/// Message types of rtnetlink this module follows.
+const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const RTM_NEWADDR: u16 = 20;
+const RTM_DELADDR: u16 = 21;
+const RTM_NEWROUTE: u16 = 24;
+const RTM_DELROUTE: u16 = 25;
+const RTM_NEWNEIGH: u16 = 28;
+const RTM_DELNEIGH: u16 = 29;
+/// `rtm_table` of a route in a table numbered above 255 (the number is
+/// then in an attribute).
+const RT_TABLE_COMPAT: u8 = 252;
+
+/// A message this crate version could not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Undecodable {
+    kind: u16,
+    /// A route message's `rtm_table`.
+    table: Option<u8>,
+}
+
+/// Splits a datagram into messages.
+fn split_datagram(buf: &[u8]) -> Vec<Result<NetlinkMessage<Rt>, Undecodable>> {
+    let mut out = Vec::new();
+    let mut off = 0;
+    while off + 16 <= buf.len() {
+        let len = u32::from_ne_bytes(buf[off..off + 4].try_into().expect("4 bytes")) as usize;
+        if len < 16 || off + len > buf.len() {
+            break;
+        }
+        let msg = &buf[off..off + len];
+        out.push(
+            NetlinkMessage::<Rt>::deserialize(msg).map_err(|_| Undecodable {
+                kind: u16::from_ne_bytes([msg[4], msg[5]]),
+                table: msg.get(16 + 4).copied(),
+            }),
+        );
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// Whether an undecodable notification could have changed the table.
+fn of_interest(u: Undecodable) -> bool {
+    match u.kind {
+        RTM_NEWLINK | RTM_DELLINK | RTM_NEWADDR | RTM_DELADDR | RTM_NEWNEIGH | RTM_DELNEIGH => true,
+        RTM_NEWROUTE | RTM_DELROUTE => {
+            matches!(u.table, Some(t) if t == RouteHeader::RT_TABLE_MAIN || t == RT_TABLE_COMPAT)
+        }
+        _ => false,
+    }
+}
+
 fn parse_link(l: &LinkMessage) -> Link {
     let mut link = Link {
         ifindex: l.header.index,
@@ -552,12 +1073,25 @@ fn addr(a: &RouteAddress) -> Option<Addr> {
     }
 }
 
-/// Unicast IPv4 and IPv6 routes of the main table. A multipath route
-/// contributes its first live next hop.
-fn parse_route(r: &RouteMessage) -> Option<Route> {
+/// Unicast, blackhole, unreachable and prohibit IPv4 and IPv6 routes of
+/// the main table, and whether the route is multipath (it contributes its
+/// first next hop).
+fn parse_route(r: &RouteMessage) -> Option<(Route, bool)> {
     let h = &r.header;
+    let v4 = match h.address_family {
+        AddressFamily::Inet => true,
+        AddressFamily::Inet6 => false,
+        _ => return None,
+    };
+    let reject = match h.kind {
+        RouteType::Unicast => None,
+        RouteType::BlackHole => Some(RejectKind::Blackhole),
+        RouteType::Unreachable => Some(RejectKind::Unreachable),
+        RouteType::Prohibit => Some(RejectKind::Prohibit),
+        _ => return None,
+    };
     let mut table = u32::from(h.table);
-    let v4 = h.address_family == AddressFamily::Inet;
+    let mut multipath = false;
     let mut route = Route {
         // A default route has no destination attribute.
         dst: if v4 { Addr::v4(0) } else { Addr::default() },
@@ -565,6 +1099,7 @@ fn parse_route(r: &RouteMessage) -> Option<Route> {
         gateway: None,
         oif: 0,
         metric: 0,
+        reject,
     };
     for a in &r.attributes {
         match a {
@@ -573,8 +1108,11 @@ fn parse_route(r: &RouteMessage) -> Option<Route> {
             RouteAttribute::Gateway(g) => route.gateway = addr(g),
             RouteAttribute::Oif(i) => route.oif = *i,
             RouteAttribute::Priority(p) => route.metric = *p,
-            RouteAttribute::MultiPath(hops) if route.oif == 0 => {
-                if let Some(nh) = hops.first() {
+            RouteAttribute::MultiPath(hops) => {
+                multipath = true;
+                if route.oif == 0
+                    && let Some(nh) = hops.first()
+                {
                     route.oif = nh.interface_index;
                     for na in &nh.attributes {
                         if let RouteAttribute::Gateway(g) = na {
@@ -586,21 +1124,30 @@ fn parse_route(r: &RouteMessage) -> Option<Route> {
             _ => {}
         }
     }
-    (table == u32::from(RouteHeader::RT_TABLE_MAIN)
-        && h.kind == RouteType::Unicast
-        && route.oif != 0)
-        .then_some(route)
-}
-
-/// A usable neighbour: (ifindex, ip, mac).
-fn parse_neigh(n: &NeighbourMessage) -> Option<(u32, Addr, [u8; 6])> {
-    use NeighbourState as S;
-    if !matches!(
-        n.header.state,
-        S::Reachable | S::Stale | S::Delay | S::Probe | S::Permanent
-    ) {
+    // (An IPv6 route to mapped addresses would pass for IPv4: not kept.)
+    if table != u32::from(RouteHeader::RT_TABLE_MAIN)
+        || route.dst.is_v4() != v4
+        || route.prefix > 128
+        || (reject.is_none() && route.oif == 0)
+    {
         return None;
     }
+    if reject.is_some() {
+        // (IPv6 reject routes name `lo`; they send nowhere.)
+        route.oif = 0;
+        route.gateway = None;
+    }
+    route.dst = Addr(route.key().to_be_bytes());
+    Some((route, multipath))
+}
+
+/// A neighbour of IPv4 or IPv6 (usable: in a state with a MAC).
+fn parse_neigh(n: &NeighbourMessage) -> Option<NeighEntry> {
+    use NeighbourState as S;
+    let usable = matches!(
+        n.header.state,
+        S::Reachable | S::Stale | S::Delay | S::Probe | S::Permanent
+    );
     let (mut ip, mut mac) = (None, None);
     for a in &n.attributes {
         match a {
@@ -614,7 +1161,54 @@ fn parse_neigh(n: &NeighbourMessage) -> Option<(u32, Addr, [u8; 6])> {
             _ => {}
         }
     }
-    Some((n.header.ifindex, ip?, mac?))
+    Some(NeighEntry {
+        ifindex: n.header.ifindex,
+        ip: ip?,
+        mac: mac.filter(|_| usable),
+        stale: usable && n.header.state == S::Stale,
+    })
+}
+
+/// The route thread's model, for benchmarks and tools: the table of
+/// `routes` kept current by single changes as notifications make them.
+#[derive(Clone, Debug, Default)]
+pub struct RouteMirror(Model);
+
+impl RouteMirror {
+    pub fn new(routes: Vec<Route>, links: Vec<Link>) -> Self {
+        Self(Model::build(
+            links.into_iter().map(|l| (l, true)).collect(),
+            Vec::new(),
+            routes.into_iter().map(|r| (r, false)).collect(),
+            Vec::new(),
+        ))
+    }
+
+    /// Adds `r` (replacing the route of the same prefix and metric), as
+    /// RTM_NEWROUTE does; whether the table changed.
+    pub fn add_route(&mut self, r: Route) -> bool {
+        self.0.route(r, false, true) != Effect::Unchanged
+    }
+
+    /// Deletes `r`, as RTM_DELROUTE does; whether the table changed.
+    pub fn del_route(&mut self, r: Route) -> bool {
+        self.0.route(r, false, false) != Effect::Unchanged
+    }
+
+    /// Sets a neighbour's MAC (`None`: unusable or gone).
+    pub fn set_neighbour(&mut self, ifindex: u32, ip: Addr, mac: Option<[u8; 6]>) -> bool {
+        self.0.neighbour(NeighEntry {
+            ifindex,
+            ip,
+            mac,
+            stale: false,
+        }) != Effect::Unchanged
+    }
+
+    /// The table as the workers would get it (a cheap copy).
+    pub fn table(&self) -> RouteTable {
+        self.0.table.clone()
+    }
 }
 
 /// The netlink side of [`RouteTable`]: reads the initial snapshot, then
@@ -623,12 +1217,17 @@ pub struct RouteMonitor {
     pub table: Arc<ArcSwap<RouteTable>>,
 }
 
-/// How often the tables are re-read even without notifications.
-const REFRESH: Duration = Duration::from_secs(5);
+/// How often the tables are re-read even without notifications (a
+/// fallback: notifications keep the table current; a re-read of a full
+/// internet table costs seconds of this thread).
+const REFRESH: Duration = Duration::from_secs(60);
 /// How often STALE neighbours are re-probed.
 const REPROBE: Duration = Duration::from_secs(30);
 /// How long a resolution request suppresses repeats for the same neighbour.
 const RESOLVE_HOLDOFF: Duration = Duration::from_millis(500);
+/// Notifications applied before a publication at the most (a flood is
+/// published in steps, not held back until it ends).
+const BATCH: usize = 65_536;
 
 impl RouteMonitor {
     /// Reads the kernel's tables once (errors here are fatal at start-up).
@@ -646,9 +1245,14 @@ impl RouteMonitor {
             events.sock.add_membership(g)?;
         }
         events.sock.set_non_blocking(true)?;
-        let _ = events.sock.set_rx_buf_sz(4 << 20);
+        // A burst of route changes must not overflow the socket: as root,
+        // past net.core.rmem_max.
+        if crate::io::sys::force_rcvbuf(&events.sock, 32 << 20).is_err() {
+            let _ = events.sock.set_rx_buf_sz(4 << 20);
+        }
         let mut nl = Netlink::new()?;
-        let table = Arc::new(ArcSwap::from_pointee(nl.snapshot()?));
+        let model = nl.snapshot()?;
+        let table = Arc::new(ArcSwap::from_pointee(model.table.clone()));
         Ok((
             Self {
                 table: table.clone(),
@@ -657,6 +1261,7 @@ impl RouteMonitor {
                 nl,
                 events,
                 table,
+                model,
                 recent: HashMap::new(),
                 last_log: None,
                 failures: 0,
@@ -670,6 +1275,7 @@ pub struct RouteSync {
     nl: Netlink,
     events: Netlink,
     table: Arc<ArcSwap<RouteTable>>,
+    model: Model,
     recent: HashMap<NeighRequest, Instant>,
     last_log: Option<Instant>,
     failures: u64,
@@ -680,7 +1286,8 @@ impl RouteSync {
     pub fn run(mut self, requests: Receiver<NeighRequest>, shutdown: Arc<AtomicBool>) {
         let mut last_refresh = Instant::now();
         let mut last_reprobe = Instant::now();
-        let mut dirty = false;
+        let mut resync = false;
+        let (mut applied, mut resyncs) = (0u64, 0u64);
         while !shutdown.load(Relaxed) {
             match requests.recv_timeout(Duration::from_millis(50)) {
                 Ok(req) => self.resolve(req),
@@ -692,40 +1299,55 @@ impl RouteSync {
             for req in requests.try_iter().take(1024).collect::<Vec<_>>() {
                 self.resolve(req);
             }
-            loop {
-                // Any notification means a re-read (even one this netlink
-                // crate version cannot decode, as some IPv6 ones).
-                match self.events.recv_raw(libc::MSG_DONTWAIT) {
-                    Ok(0) => break,
-                    Ok(_) => dirty = true,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    // ENOBUFS: notifications were lost; a re-read covers them.
-                    Err(_) => {
-                        dirty = true;
-                        break;
+            let ev = self.events.drain_events(BATCH);
+            resync |= ev.lost;
+            let mut changed = false;
+            if !resync {
+                for m in &ev.msgs {
+                    match self.model.apply(m) {
+                        Effect::Unchanged => {}
+                        Effect::Changed => changed = true,
+                        Effect::Resync => {
+                            resync = true;
+                            break;
+                        }
                     }
                 }
+                applied += ev.msgs.len() as u64;
             }
             if last_reprobe.elapsed() >= REPROBE {
                 // A real server's MAC may change without a gratuitous ARP:
                 // have the kernel re-confirm what went stale.
                 last_reprobe = Instant::now();
-                let stale = self.table.load().stale.clone();
+                let stale: Vec<_> = self.model.stale.iter().copied().collect();
                 for req in stale {
                     self.resolve(req);
                 }
             }
-            if dirty || last_refresh.elapsed() >= REFRESH {
+            if resync || last_refresh.elapsed() >= REFRESH {
+                let t = Instant::now();
                 match self.nl.snapshot() {
-                    Ok(t) => {
-                        self.table.store(Arc::new(t));
-                        dirty = false;
+                    Ok(m) => {
+                        self.model = m;
+                        self.table.store(Arc::new(self.model.table.clone()));
+                        resyncs += 1;
+                        tracing::debug!(
+                            routes = self.model.table.route_count(),
+                            ms = t.elapsed().as_millis() as u64,
+                            forced = resync,
+                            applied,
+                            resyncs,
+                            "routes and neighbours re-read"
+                        );
+                        resync = false;
                         last_refresh = Instant::now();
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "re-reading routes and neighbours failed; retrying")
                     }
                 }
+            } else if changed {
+                self.table.store(Arc::new(self.model.table.clone()));
             }
         }
     }
@@ -766,192 +1388,4 @@ impl RouteSync {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(s: &str) -> Addr {
-        s.parse::<IpAddr>().unwrap().into()
-    }
-
-    fn table() -> RouteTable {
-        let routes = vec![
-            Route {
-                dst: ip("0.0.0.0"),
-                prefix: 96,
-                gateway: Some(ip("10.0.0.1")),
-                oif: 2,
-                metric: 0,
-            },
-            Route {
-                dst: ip("10.0.0.0"),
-                prefix: 96 + 24,
-                gateway: None,
-                oif: 2,
-                metric: 0,
-            },
-            Route {
-                dst: ip("10.1.0.0"),
-                prefix: 96 + 16,
-                gateway: None,
-                oif: 3,
-                metric: 100,
-            },
-            Route {
-                dst: ip("10.1.0.0"),
-                prefix: 96 + 16,
-                gateway: None,
-                oif: 2,
-                metric: 10,
-            },
-            Route {
-                dst: ip("fd00:2::"),
-                prefix: 64,
-                gateway: None,
-                oif: 3,
-                metric: 256,
-            },
-            Route {
-                dst: ip("::"),
-                prefix: 0,
-                gateway: Some(ip("fe80::1")),
-                oif: 2,
-                metric: 1024,
-            },
-        ];
-        let mut neigh = HashMap::new();
-        neigh.insert((2, ip("10.0.0.1")), [1; 6]);
-        neigh.insert((2, ip("10.0.0.7")), [7; 6]);
-        neigh.insert((3, ip("fd00:2::11")), [0x11; 6]);
-        let links = vec![
-            Link {
-                ifindex: 2,
-                name: "a".into(),
-                mac: [0xa; 6],
-                mtu: 1500,
-            },
-            Link {
-                ifindex: 3,
-                name: "b".into(),
-                mac: [0xb; 6],
-                mtu: 1500,
-            },
-        ];
-        RouteTable::new(routes, neigh, links, vec!["10.0.0.2".parse().unwrap()])
-    }
-
-    #[test]
-    fn longest_prefix_then_metric() {
-        let t = table();
-        assert_eq!(
-            t.next_hop(ip("10.0.0.7")),
-            NextHop::Ready(L2 {
-                ifindex: 2,
-                src_mac: [0xa; 6],
-                dst_mac: [7; 6],
-                mtu: 1500,
-                src_ip: Addr::default(),
-            })
-        );
-        // Default route: via the gateway's MAC.
-        assert_eq!(
-            t.next_hop(ip("192.0.2.1")),
-            NextHop::Ready(L2 {
-                ifindex: 2,
-                src_mac: [0xa; 6],
-                dst_mac: [1; 6],
-                mtu: 1500,
-                src_ip: Addr::default(),
-            })
-        );
-        // Lower metric wins among equal prefixes; unresolved → a request.
-        assert_eq!(
-            t.next_hop(ip("10.1.2.3")),
-            NextHop::Unresolved(NeighRequest {
-                ifindex: 2,
-                ip: ip("10.1.2.3")
-            })
-        );
-        assert_eq!(t.next_hop(ip("10.0.0.2")), NextHop::None);
-    }
-
-    #[test]
-    fn ipv6_routes_and_neighbours() {
-        let t = table();
-        assert_eq!(
-            t.next_hop(ip("fd00:2::11")),
-            NextHop::Ready(L2 {
-                ifindex: 3,
-                src_mac: [0xb; 6],
-                dst_mac: [0x11; 6],
-                mtu: 1500,
-                src_ip: Addr::default(),
-            })
-        );
-        // The IPv6 default route, via a link-local gateway to resolve.
-        assert_eq!(
-            t.next_hop(ip("2001:db8::1")),
-            NextHop::Unresolved(NeighRequest {
-                ifindex: 2,
-                ip: ip("fe80::1")
-            })
-        );
-        // It covers no IPv4 destination, and the IPv4 one no IPv6.
-        let only6 = RouteTable::new(t.routes[4..].to_vec(), HashMap::new(), vec![], vec![]);
-        assert_eq!(only6.next_hop(ip("192.0.2.1")), NextHop::None);
-        let only4 = RouteTable::new(
-            t.routes.iter().filter(|r| r.dst.is_v4()).copied().collect(),
-            HashMap::new(),
-            vec![],
-            vec![],
-        );
-        assert_eq!(only4.next_hop(ip("2001:db8::1")), NextHop::None);
-    }
-
-    /// The longest-prefix match agrees with a scan of the sorted routes
-    /// (the first that covers the address) over many routes and addresses.
-    #[test]
-    fn lpm_agrees_with_a_scan() {
-        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
-        let mut routes = Vec::new();
-        for i in 0..2000 {
-            let v4 = i % 3 != 0;
-            let (dst, prefix) = if v4 {
-                let a = std::net::Ipv4Addr::from((next() as u32) & 0x0aff_ffff);
-                (Addr::from(IpAddr::V4(a)), 96 + (next() % 33) as u8)
-            } else {
-                let a = std::net::Ipv6Addr::from(u128::from(next()) << 64);
-                (Addr::from(IpAddr::V6(a)), (next() % 65) as u8)
-            };
-            let mask = prefix_mask(prefix);
-            routes.push(Route {
-                dst: Addr(
-                    (u128::from_be_bytes(dst.0) & mask | if v4 { 0xffff << 32 } else { 0 })
-                        .to_be_bytes(),
-                ),
-                prefix,
-                gateway: None,
-                oif: i,
-                metric: (next() % 4) as u32,
-            });
-        }
-        let t = RouteTable::new(routes, HashMap::new(), vec![], vec![]);
-        for _ in 0..20_000 {
-            let v4 = next() % 2 == 0;
-            let ip = if v4 {
-                Addr::from(IpAddr::V4(((next() as u32) & 0x0aff_ffff).into()))
-            } else {
-                Addr::from(IpAddr::V6(
-                    (u128::from(next()) << 64 | u128::from(next())).into(),
-                ))
-            };
-            let scan = t.routes.iter().find(|r| r.covers(ip));
-            assert_eq!(t.route(ip), scan, "{ip:?}");
-        }
-    }
-}
+mod tests;

@@ -24,13 +24,14 @@ pub mod snat;
 pub mod translate;
 
 use crate::addr::Addr;
-use crate::net::route::{NeighRequest, NextHop, RouteTable};
+use crate::net::route::{NeighRequest, NextHop, RejectKind, RouteTable};
 use crate::shape::ShapeTable;
 use crate::shape::classify::FlowMeta;
 use crate::stats::Drop;
 use crate::wire::{
-    self, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_TIME_EXCEEDED, ICMP6_PACKET_TOO_BIG,
-    ICMP6_TIME_EXCEEDED, TCP_ACK, TCP_FIN, TCP_RST,
+    self, ETH_HLEN, ICMP_DEST_UNREACH, ICMP_FRAG_NEEDED, ICMP_HOST_UNREACH, ICMP_PKT_FILTERED,
+    ICMP_TIME_EXCEEDED, ICMP6_ADM_PROHIBITED, ICMP6_DEST_UNREACH, ICMP6_NOROUTE,
+    ICMP6_PACKET_TOO_BIG, ICMP6_TIME_EXCEEDED, TCP_ACK, TCP_FIN, TCP_RST,
 };
 use conntrack::{Conn, Conntrack, Dir, opens_connection};
 use lvc_proto::Method;
@@ -138,6 +139,9 @@ pub struct Effects {
     /// `replies` map before the frame is sent (else drop the frame: its
     /// reply would reach the client untranslated).
     pub steer_replies: Option<Arc<Conn>>,
+    /// The packet's route refuses it (unreachable, prohibit) and the
+    /// decision is the ICMP error that answers it: count this reason.
+    pub refused: Option<Drop>,
 }
 
 /// Takes one frame through the pipeline.
@@ -242,6 +246,9 @@ pub fn forward(
             .remember_fragment(&pkt.key, fr.id, &conn, dir, now);
     }
     let (next, hop) = translate::next_hop(&conn, dir, routes);
+    if let NextHop::Reject(kind) = hop {
+        return refuse(kind, pkt.v6, fx);
+    }
     // As a router would, before touching the packet (errors quote it as
     // its sender sent it): too big for the next link, or out of hops.
     let overhead = if conn.method() == Method::Tun && dir == Dir::Original {
@@ -381,8 +388,44 @@ fn send_to(f: &mut [u8], hop: NextHop, next: Addr, ports: &[u32]) -> Result<Deci
         // The route thread asks the kernel to resolve it; the frame
         // waits (bounded) instead of being lost.
         NextHop::Unresolved(ask) => Ok(Decision::Park(next, ask)),
+        NextHop::Reject(kind) => Err(refused(kind)),
         NextHop::None => Err(Drop::NoRoute),
     }
+}
+
+/// The drop reason of a packet a reject route refuses.
+pub fn refused(kind: RejectKind) -> Drop {
+    match kind {
+        RejectKind::Blackhole => Drop::RouteBlackhole,
+        RejectKind::Unreachable => Drop::RouteUnreachable,
+        RejectKind::Prohibit => Drop::RouteProhibit,
+    }
+}
+
+/// A packet whose longest route is a reject route, treated as the kernel
+/// does (`ip_error`, `ip6_pkt_drop`): a blackhole drops it silently;
+/// unreachable answers "host unreachable" (ICMPv6 "no route"), prohibit
+/// "communication administratively prohibited" (ICMPv6 "administratively
+/// prohibited"), each through the worker's rate-limited ICMP path. Only
+/// packets that are not ICMP errors come here (those are dropped).
+fn refuse(kind: RejectKind, v6: bool, fx: &mut Effects) -> Result<Decision, Drop> {
+    let code = match (kind, v6) {
+        (RejectKind::Blackhole, _) => return Err(Drop::RouteBlackhole),
+        (RejectKind::Unreachable, false) => ICMP_HOST_UNREACH,
+        (RejectKind::Unreachable, true) => ICMP6_NOROUTE,
+        (RejectKind::Prohibit, false) => ICMP_PKT_FILTERED,
+        (RejectKind::Prohibit, true) => ICMP6_ADM_PROHIBITED,
+    };
+    fx.refused = Some(refused(kind));
+    Ok(Decision::Icmp(icmp::Originate {
+        kind: if v6 {
+            ICMP6_DEST_UNREACH
+        } else {
+            ICMP_DEST_UNREACH
+        },
+        code,
+        mtu: 0,
+    }))
 }
 
 /// "Time exceeded in transit" for a packet out of hops.
@@ -764,6 +807,7 @@ mod decisions {
                 gateway: None,
                 oif,
                 metric: 0,
+                reject: None,
             };
             let routes = vec![
                 on_link("10.1.0.0", 96 + 24, CLIENT_IF),
@@ -1108,6 +1152,71 @@ mod decisions {
                 }
             }
         });
+    }
+
+    /// A real server behind a blackhole route: dropped and counted; behind
+    /// an unreachable or prohibit route: answered with the ICMP error the
+    /// kernel sends, and counted too.
+    #[test]
+    fn reject_routes_drop_or_answer_like_the_kernel() {
+        for kind in [
+            RejectKind::Blackhole,
+            RejectKind::Unreachable,
+            RejectKind::Prohibit,
+        ] {
+            each(|m, v6| {
+                let mut lab = Lab::new(m, v6, 1500, rip);
+                let case = format!("{kind:?} {m:?} v6={v6}");
+                lab.routes = lab.routes.clone().with_route(crate::net::route::Route {
+                    dst: lab.fam.rip,
+                    prefix: 128,
+                    gateway: None,
+                    oif: 0,
+                    metric: 0,
+                    reject: Some(kind),
+                });
+                let mut f = lab.request(6, TCP_SYN, 0);
+                let mut fx = Effects::default();
+                let d = forward(&mut f, &lab.tables(), &mut FlowMeta::default(), &mut fx);
+                let unreach = if v6 {
+                    ICMP6_DEST_UNREACH
+                } else {
+                    ICMP_DEST_UNREACH
+                };
+                let icmp = |code| {
+                    Ok(Decision::Icmp(Originate {
+                        kind: unreach,
+                        code,
+                        mtu: 0,
+                    }))
+                };
+                match (kind, v6) {
+                    (RejectKind::Blackhole, _) => {
+                        assert_eq!(d, Err(Drop::RouteBlackhole), "{case}");
+                        assert_eq!(fx.refused, None, "{case}");
+                    }
+                    (RejectKind::Unreachable, false) => {
+                        assert_eq!(d, icmp(ICMP_HOST_UNREACH), "{case}")
+                    }
+                    (RejectKind::Unreachable, true) => assert_eq!(d, icmp(ICMP6_NOROUTE), "{case}"),
+                    (RejectKind::Prohibit, false) => {
+                        assert_eq!(d, icmp(ICMP_PKT_FILTERED), "{case}")
+                    }
+                    (RejectKind::Prohibit, true) => {
+                        assert_eq!(d, icmp(ICMP6_ADM_PROHIBITED), "{case}")
+                    }
+                }
+                if kind != RejectKind::Blackhole {
+                    assert_eq!(fx.refused, Some(refused(kind)), "{case}");
+                }
+                // The client itself is still reachable: its replies and
+                // errors about it are unaffected.
+                assert!(matches!(
+                    lab.routes.next_hop(lab.fam.client),
+                    NextHop::Ready(_)
+                ));
+            });
+        }
     }
 
     #[test]
