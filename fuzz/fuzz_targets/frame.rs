@@ -106,12 +106,20 @@ impl Lab {
             gateway: None,
             oif,
             metric: 0,
+            reject: None,
         };
         let routes = vec![
             on_link("10.1.0.0", 96 + 24, CLIENT_IF),
             on_link("10.2.0.0", 96 + 24, SERVER_IF),
             on_link("fd00:1::", 64, CLIENT_IF),
             on_link("fd00:2::", 64, SERVER_IF),
+            // The second server's neighbour network is a blackhole for a
+            // while (by the configuration byte): reject routes too.
+            Route {
+                reject: (pick & 0x20 != 0)
+                    .then_some(lvc_dataplane::net::route::RejectKind::Unreachable),
+                ..on_link("10.2.0.12", 128, 0)
+            },
         ];
         // The client and the first server are resolved; the second is not.
         let mut neigh = HashMap::new();

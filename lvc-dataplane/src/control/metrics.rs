@@ -718,6 +718,7 @@ lvc_xdp_packets_total{decision="redirect_real"} 508
 lvc_xdp_packets_total{decision="flow_forwarded"} 509
 lvc_xdp_packets_total{decision="flow_to_lvc"} 510
 lvc_xdp_packets_total{decision="drop_no_dataplane"} 511
+lvc_xdp_packets_total{decision="flow_out_of_window"} 512
 # HELP lvc_conntrack_entries Connections tracked.
 # TYPE lvc_conntrack_entries gauge
 lvc_conntrack_entries 7
