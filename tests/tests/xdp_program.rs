@@ -771,3 +771,163 @@ fn offloaded_flows_keep_blind_resets_from_lvc() {
     .join()
     .expect("test thread");
 }
+
+/// Packet torture through the XDP program: each frame goes to lvc (which
+/// forwards it or drops it, counted) or to the kernel — never anything
+/// else, and the program's counters account for every one.
+#[test]
+fn xdp_program_survives_torture() {
+    if !privileged("xdp_program_survives_torture") {
+        return;
+    }
+    let mut cases: Vec<Case> = Vec::new();
+    // Every TCP flag combination to a VIP: lvc's (it judges the flags).
+    for flags in 0..=255u8 {
+        let mut f = frame(6, CLIENT, VIP, 40000, 80);
+        f[47] = flags;
+        cases.push(redirect(format!("TCP flags {flags:#04x} to a VIP"), f));
+    }
+    let udp = |payload: usize| {
+        let mut f = frame(17, CLIENT, VIP, 40000, 53);
+        f.truncate(14 + 20 + 8 + payload);
+        let ip_len = (20 + 8 + payload) as u16;
+        f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+        f[38..40].copy_from_slice(&(8 + payload as u16).to_be_bytes());
+        f
+    };
+    let options = {
+        let mut f = frame(6, CLIENT, VIP, 40000, 80);
+        f.splice(34..34, [1u8, 1, 1, 0]);
+        f[14] = 0x46;
+        f[17] += 4;
+        f
+    };
+    let v6_next = |next: u8| {
+        let mut f = frame6(17, CLIENT6, VIP6, 40000, 53);
+        f[20] = next;
+        f
+    };
+    cases.extend([
+        redirect("zero-length UDP to a VIP", udp(0)),
+        redirect("UDP checksum 0 to a VIP", with(udp(4), 40, &[0, 0])),
+        redirect("IP options, TCP to a VIP", options),
+        redirect(
+            "TTL 0 to a VIP",
+            with(frame(6, CLIENT, VIP, 40000, 80), 22, &[0]),
+        ),
+        redirect(
+            "TTL 1 to a VIP",
+            with(frame(6, CLIENT, VIP, 40000, 80), 22, &[1]),
+        ),
+        // (lvc reads the lengths itself and drops it, counted.)
+        redirect(
+            "IP total length beyond the frame",
+            with(frame(6, CLIENT, VIP, 40000, 80), 16, &1400u16.to_be_bytes()),
+        ),
+        pass("IHL 0", with(frame(6, CLIENT, VIP, 40000, 80), 14, &[0x40])),
+        pass("IHL 4", with(frame(6, CLIENT, VIP, 40000, 80), 14, &[0x44])),
+        pass(
+            "IHL 15 past the frame",
+            with(frame(6, CLIENT, VIP, 40000, 80), 14, &[0x4f]),
+        ),
+        pass(
+            "IP version 6 in an IPv4 frame",
+            with(frame(6, CLIENT, VIP, 40000, 80), 14, &[0x65]),
+        ),
+        pass(
+            "QinQ-tagged",
+            with(frame(6, CLIENT, VIP, 40000, 80), 12, &[0x88, 0xa8]),
+        ),
+        pass("IPv6 hop-by-hop options to a VIP", v6_next(0)),
+        pass("IPv6 routing header to a VIP", v6_next(43)),
+        pass("IPv6 destination options to a VIP", v6_next(60)),
+        pass("IPv6 no next header to a VIP", v6_next(59)),
+        redirect(
+            "an out-of-order later fragment to a VIP",
+            fragment(frame(17, CLIENT, VIP, 40000, 53), 0x0003),
+        ),
+        redirect(
+            "an overlapping later fragment to a VIP",
+            fragment(frame(17, CLIENT, VIP, 40000, 53), 0x2001),
+        ),
+        pass(
+            "a first fragment too short for its ports",
+            fragment(frame(17, CLIENT, VIP, 40000, 53), 0x2000)[..14 + 20 + 2].to_vec(),
+        ),
+        pass("ICMP error quoting a truncated header", {
+            // (Only the quoted IP header and 2 bytes of its ports.)
+            let mut e = icmp4(RIP, CLIENT, &frame(6, CLIENT, VIP, 40000, 80));
+            e.truncate(14 + 20 + 8 + 20 + 2);
+            let ip_len = (e.len() - 14) as u16;
+            e[16..18].copy_from_slice(&ip_len.to_be_bytes());
+            e
+        }),
+        pass(
+            "ICMP error quoting an untracked flow",
+            icmp4(RIP, CLIENT, &frame(6, CLIENT, RIP, 40001, 8080)),
+        ),
+    ]);
+    for n in 14..(14 + 40 + 8) {
+        cases.push(pass(
+            format!("IPv6 UDP truncated to {n} bytes"),
+            frame6(17, CLIENT6, VIP6, 40000, 53)[..n].to_vec(),
+        ));
+    }
+    let mut lab = Lab::new("xdptort");
+    lab.add_ns("a");
+    lab.add_ns("b");
+    lab.veth(("a", "v0"), ("b", "v1"), 1);
+    let ns = lab.ns("a");
+    std::thread::spawn(move || {
+        netns::enter(&ns).expect("enter namespace");
+        let (routes, _) = lvc_dataplane::net::route::RouteMonitor::start().expect("rtnetlink");
+        let ifindex = routes.table.load().link_by_name("v0").expect("v0").ifindex;
+        let mut st = Steering::load().expect("program loads and passes the verifier");
+        let io = WorkerIo::open(&["v0".to_owned()], 0, IoConfig::default())
+            .expect("AF_XDP socket on v0 queue 0");
+        st.set_slot(ifindex, 0).unwrap();
+        st.set_socket(0, 0, io.socket_fd(0)).unwrap();
+        let ip6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        st.sync_vips(&HashSet::from([
+            EndpointKey::new(ip6(VIP6), 6, 80),
+            EndpointKey::new(ip6(VIP6), 17, 53),
+            EndpointKey::new(ip(VIP), 6, 80),
+            EndpointKey::new(ip(VIP), 17, 53),
+        ]))
+        .unwrap();
+        st.sync_fragvips(&HashSet::from([lvc_ebpf::AddrKey::with_proto(ip(VIP), 17)]))
+            .unwrap();
+        let before = st.counters();
+        let mut wrong = Vec::new();
+        for c in &cases {
+            match st.test_run(&c.frame, ifindex, 0) {
+                Ok(v) if v == c.expect.code() => {}
+                other => wrong.push(format!(
+                    "{}: expected {:?}, got {other:?}",
+                    c.name, c.expect
+                )),
+            }
+        }
+        let after = st.counters();
+        let total = |c: &[(Stat, u64)], which: &dyn Fn(Stat) -> bool| -> u64 {
+            c.iter().filter(|(k, _)| which(*k)).map(|(_, v)| v).sum()
+        };
+        let rx = total(&after, &|s| s == Stat::Rx) - total(&before, &|s| s == Stat::Rx);
+        let decided = total(&after, &|s| s != Stat::Rx) - total(&before, &|s| s != Stat::Rx);
+        if rx != cases.len() as u64 || decided != rx {
+            wrong.push(format!(
+                "counters: {} frames, rx +{rx}, decisions +{decided}",
+                cases.len()
+            ));
+        }
+        assert!(
+            wrong.is_empty(),
+            "{} wrong:\n  {}",
+            wrong.len(),
+            wrong.join("\n  ")
+        );
+        drop(io);
+    })
+    .join()
+    .expect("test thread");
+}

@@ -61,7 +61,10 @@ pub fn fuzz(args: &[String]) -> Result {
             TRIPLE,
             "--manifest-path",
         ])
-        .arg(fuzz.join("Cargo.toml")))?;
+        .arg(fuzz.join("Cargo.toml"))
+        // (There whatever CARGO_TARGET_DIR says: the binaries run below.)
+        .arg("--target-dir")
+        .arg(fuzz.join("target")))?;
     let mut summary = Vec::new();
     let mut failed = Vec::new();
     for t in targets {

@@ -1445,4 +1445,221 @@ mod decisions {
             assert_eq!(lab.run(&mut [0u8; 20]), Err(Drop::NotIp), "{case}");
         });
     }
+
+    /// Packet torture: each frame ends in a counted drop (an `Err` the
+    /// worker counts by reason) or a forward of a frame lvc can read again,
+    /// never a panic; and nothing about an unrelated flow changes its
+    /// connection.
+    #[test]
+    fn torture() {
+        for v6 in [false, true] {
+            let lab = Lab::new(Method::Nat, v6, 1500, rip);
+            let fam = &lab.fam;
+            // A live flow, and its state.
+            let mut f = lab.request(6, TCP_SYN, 0);
+            assert!(matches!(lab.run(&mut f), Ok(Decision::Send(1))));
+            let live = lab
+                .ct
+                .lookup(&parse(&lab.request(6, TCP_SYN, 0)).unwrap().key);
+            let (conn, _) = live.expect("the live flow");
+            let state = conn.state();
+            let ok_or_counted = |what: &str, f: &[u8]| {
+                let mut out = f.to_vec();
+                match lab.run(&mut out) {
+                    Ok(Decision::Send(_)) => {
+                        assert!(
+                            parse(&out).is_ok(),
+                            "v6={v6} {what}: sent an unreadable frame"
+                        );
+                    }
+                    Ok(_) | Err(_) => {}
+                }
+            };
+            let base = lab.request(17, 0, 12);
+            // Truncated at every byte.
+            for n in 0..base.len() {
+                let mut t = base[..n].to_vec();
+                assert!(lab.run(&mut t).is_err(), "v6={v6}: truncated to {n} bytes");
+            }
+            // Every TCP flag combination, on a new flow and on the live one.
+            for flags in 0..=255u8 {
+                let mut n = packet(
+                    6,
+                    fam.client,
+                    fam.vip,
+                    41000 + u16::from(flags),
+                    80,
+                    flags,
+                    4,
+                );
+                let d = lab.run(&mut n);
+                if flags & (TCP_SYN | TCP_ACK | crate::wire::TCP_RST) == TCP_SYN {
+                    assert!(
+                        d.is_ok(),
+                        "v6={v6}: a SYN ({flags:#x}) opens a connection: {d:?}"
+                    );
+                } else {
+                    assert!(d.is_err(), "v6={v6}: {flags:#x} opens nothing: {d:?}");
+                }
+                ok_or_counted(
+                    "flags on the live flow",
+                    &lab.request(6, flags & !crate::wire::TCP_RST, 4),
+                );
+            }
+            // Zero-length UDP; UDP checksum 0.
+            let mut z = lab.request(17, 0, 0);
+            assert!(
+                matches!(lab.run(&mut z), Ok(Decision::Send(1))),
+                "v6={v6}: empty UDP"
+            );
+            let udp_csum = if v6 {
+                ETH_HLEN + 40 + 6
+            } else {
+                ETH_HLEN + 20 + 6
+            };
+            let mut zc = lab.request(17, 0, 5);
+            zc[udp_csum..udp_csum + 2].fill(0);
+            let mut out = zc.clone();
+            assert!(
+                matches!(lab.run(&mut out), Ok(Decision::Send(1))),
+                "v6={v6}"
+            );
+            if !v6 {
+                assert_eq!(
+                    &out[udp_csum..udp_csum + 2],
+                    &[0, 0],
+                    "no checksum stays none"
+                );
+            }
+            // Lying lengths: a UDP length beyond the packet or under its
+            // header, an IP length beyond the frame.
+            for udp_len in [7u16, 9 + 5 + 100] {
+                let mut l = lab.request(17, 0, 5);
+                l[udp_csum - 2..udp_csum].copy_from_slice(&udp_len.to_be_bytes());
+                assert_eq!(
+                    lab.run(&mut l),
+                    Err(Drop::Malformed),
+                    "v6={v6}: UDP length {udp_len}"
+                );
+            }
+            let mut long = lab.request(17, 0, 5);
+            let ip_len_at = if v6 { ETH_HLEN + 4 } else { ETH_HLEN + 2 };
+            long[ip_len_at..ip_len_at + 2].copy_from_slice(&1400u16.to_be_bytes());
+            assert_eq!(
+                lab.run(&mut long),
+                Err(Drop::Malformed),
+                "v6={v6}: IP length past the frame"
+            );
+            // TCP data offset under 5 words or past the segment.
+            for doff in [0u8, 4, 15] {
+                let mut d = lab.request(6, TCP_ACK, 4);
+                let at = if v6 {
+                    ETH_HLEN + 40 + 12
+                } else {
+                    ETH_HLEN + 20 + 12
+                };
+                d[at] = doff << 4;
+                assert_eq!(
+                    lab.run(&mut d),
+                    Err(Drop::Malformed),
+                    "v6={v6}: data offset {doff}"
+                );
+            }
+            // VLAN and QinQ tags: not lvc's (the XDP program passes them).
+            for tpid in [[0x81, 0x00], [0x88, 0xa8]] {
+                let mut t = lab.request(17, 0, 5);
+                t[12..14].copy_from_slice(&tpid);
+                assert!(lab.run(&mut t).is_err(), "v6={v6}: tag {tpid:02x?}");
+            }
+            // An ICMP error quoting a flow lvc does not have (the live one's
+            // addresses, other ports; or a quote cut short): dropped, and
+            // the live connection is untouched.
+            let forged = packet(6, fam.vip, fam.client, 80, 40001, TCP_ACK, 0);
+            let quoted = &forged[ETH_HLEN..];
+            for cut in [quoted.len(), (if v6 { 40 } else { 20 }) + 4] {
+                let mut e = icmp_error_about(fam, &quoted[..cut], v6);
+                assert!(
+                    lab.run(&mut e).is_err(),
+                    "v6={v6}: forged ICMP error ({cut} bytes quoted)"
+                );
+            }
+            assert_eq!(conn.state(), state, "v6={v6}: the live flow's state");
+            let mut again = lab.request(6, TCP_ACK, 4);
+            assert!(
+                matches!(lab.run(&mut again), Ok(Decision::Send(1))),
+                "v6={v6}: still forwarded"
+            );
+            if v6 {
+                // Extension headers lvc does not walk (hop-by-hop options).
+                let mut h = lab.request(17, 0, 5);
+                h[ETH_HLEN + 6] = 0;
+                assert_eq!(lab.run(&mut h), Err(Drop::Protocol), "hop-by-hop");
+                continue;
+            }
+            // IPv4: bad IHL, options, TTL 0 and 1, tiny, overlapping and
+            // out-of-order fragments.
+            for ihl in [0u8, 4, 15] {
+                let mut b = lab.request(17, 0, 5);
+                set_v4(&mut b, 0, 0x40 | ihl);
+                assert!(lab.run(&mut b).is_err(), "IHL {ihl}");
+            }
+            let mut opts = lab.request(6, TCP_ACK, 4);
+            opts.splice(ETH_HLEN + 20..ETH_HLEN + 20, [1u8, 1, 1, 0]);
+            let len = u16::from_be_bytes([opts[ETH_HLEN + 2], opts[ETH_HLEN + 3]]) + 4;
+            opts[ETH_HLEN + 2..ETH_HLEN + 4].copy_from_slice(&len.to_be_bytes());
+            set_v4(&mut opts, 0, 0x46);
+            ok_or_counted("IP options", &opts);
+            for ttl in [0u8, 1] {
+                let mut t = lab.request(6, TCP_ACK, 4);
+                set_v4(&mut t, ipv4::TTL, ttl);
+                assert!(
+                    matches!(lab.run(&mut t), Ok(Decision::Icmp(_)) | Err(_)),
+                    "TTL {ttl}"
+                );
+            }
+            let big = lab.request(17, 0, 64);
+            let (first, later) = split4(&big, 16, 0x4242);
+            let mut l = later.clone();
+            assert_eq!(
+                lab.run(&mut l),
+                Err(Drop::Fragment),
+                "a later fragment first"
+            );
+            ok_or_counted("first fragment", &first);
+            ok_or_counted("later fragment", &later);
+            // Overlapping: the later one again, from offset 8.
+            let mut overlap = later.clone();
+            overlap[ETH_HLEN + 6..ETH_HLEN + 8].copy_from_slice(&(0x2000u16 | 1).to_be_bytes());
+            ok_or_counted("overlapping fragment", &overlap);
+            // Tiny: a first fragment too short for the UDP header.
+            let (tiny, _) = split4(&big, 0, 0x4343);
+            let mut t = tiny;
+            assert!(lab.run(&mut t).is_err(), "tiny first fragment");
+        }
+    }
+
+    /// An ICMP destination unreachable (ICMPv6 for IPv6) from the client
+    /// side quoting `quoted` (an IP packet, maybe cut short).
+    fn icmp_error_about(fam: &Family, quoted: &[u8], v6: bool) -> Vec<u8> {
+        let mut body = vec![
+            if v6 { 1 } else { 3 },
+            if v6 { 4 } else { 3 },
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ];
+        body.extend_from_slice(quoted);
+        let mut f = packet(17, fam.client, fam.vip, 1, 1, 0, body.len() - 8);
+        let l4 = if v6 { ETH_HLEN + 40 } else { ETH_HLEN + 20 };
+        f[l4..].copy_from_slice(&body);
+        if v6 {
+            f[ETH_HLEN + 6] = 58;
+        } else {
+            set_v4(&mut f, ipv4::PROTO, 1);
+        }
+        f
+    }
 }
