@@ -86,17 +86,20 @@ pub fn table(n: usize) -> Conntrack {
     let ct = Conntrack::new(n + 1);
     let s = server(Method::Nat);
     for i in 0..n as u32 {
-        let k = flow_key(i);
-        let client = (k.src, k.sport);
-        ct.insert(Conn::new(
-            6,
-            client,
-            (Addr::v4(0x0a09_000a), 80),
-            s.clone(),
-            80,
-            0,
-        ))
-        .expect("capacity");
+        ct.insert(conn(i, &s)).expect("capacity");
     }
     ct
+}
+
+/// Connection `i` of [`table`] (keys by [`flow_key`]), to server `s`.
+pub fn conn(i: u32, s: &Arc<Server>) -> Conn {
+    let k = flow_key(i);
+    Conn::new(
+        6,
+        (k.src, k.sport),
+        (Addr::v4(0x0a09_000a), 80),
+        s.clone(),
+        80,
+        0,
+    )
 }

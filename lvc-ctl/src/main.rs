@@ -629,7 +629,8 @@ struct ClassArgs {
     /// plus one packet).
     #[arg(long, value_name = "SIZE")]
     burst: Option<Size>,
-    /// Lower is served first when borrowing (0..=7).
+    /// Lower is served first when borrowing (0..=8; 8 is CBQ's lowest, as
+    /// the paper's datafill writes it).
     #[arg(long, value_name = "N", default_value_t = 0)]
     prio: u8,
     /// Never borrow (ceil = rate).

@@ -20,8 +20,10 @@ pub const MAX_RATE: u64 = 1_000_000_000_000;
 pub const MAX_SIZE: u64 = 256 << 20;
 /// Largest queue limit in packets (the frames stay in the UMEM).
 pub const MAX_LIMIT_PACKETS: u32 = 65_536;
-/// Class priorities (HTB's 0..=7, lower first).
-pub const MAX_PRIO: u8 = 7;
+/// Class priorities: lower first. HTB's are 0..=7; CBQ's go to 8, its
+/// lowest, which the paper's TC3/TC4 datafill gives its default class
+/// (`prio 8`): accepted as written, below 7.
+pub const MAX_PRIO: u8 = 8;
 /// Depth of a class tree below the root.
 pub const MAX_DEPTH: usize = 8;
 
@@ -428,7 +430,8 @@ pub struct ClassSpec {
     /// plus one packet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub burst: Option<Size>,
-    /// Lower is served first when borrowing (0..=7, default 0... as HTB).
+    /// Lower is served first when borrowing (0..=8, default 0, as HTB; 8
+    /// is CBQ's lowest).
     #[serde(default)]
     pub prio: u8,
     /// Never borrows (ceil = rate).
@@ -1187,5 +1190,11 @@ mod tests {
         let mut bad = d.clone();
         bad.classes.push(class("2:5", None, "1mbit"));
         assert!(bad.validate().unwrap_err().contains("same major"));
+        // The paper's TC3/TC4 datafill: `prio 8` (CBQ's lowest) as written.
+        let mut cbq = d.clone();
+        cbq.classes[0].prio = 8;
+        cbq.validate().unwrap();
+        cbq.classes[0].prio = 9;
+        assert!(cbq.validate().unwrap_err().contains("prio must be 0..=8"));
     }
 }

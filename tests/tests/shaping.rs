@@ -242,9 +242,11 @@ fn tc4_tos_priority_keeps_its_rate_and_low_delay() {
         &t,
         "add-class --dev d1 --classid 1:10 --rate 30mbit --ceil 100mbit --prio 2 --qdisc sfq",
     );
+    // (prio 8 for everything else, as the paper's TC4 datafill has it:
+    // CBQ's lowest.)
     shape(
         &t,
-        "add-class --dev d1 --classid 1:20 --rate 70mbit --ceil 100mbit --prio 4 --qdisc fifo --limit 300",
+        "add-class --dev d1 --classid 1:20 --rate 70mbit --ceil 100mbit --prio 8 --qdisc fifo --limit 300",
     );
     filter(&t, "d1", "1", "ip tos 0x30 0xff", "1:10");
     // Congestion: three unmarked bulk flows against one marked flow.

@@ -70,7 +70,7 @@ impl Control {
         let now = self.epoch.elapsed().as_secs() as u32;
         let sa = |a: crate::addr::Addr, p: u16| SocketAddr::new(a.ip(), p);
         let mut out = ConnListing::default();
-        self.conntrack.for_each(|c| {
+        self.conntrack.walk(|c| {
             let proto = if c.proto == 6 {
                 Protocol::Tcp
             } else {
@@ -88,11 +88,12 @@ impl Control {
                 .is_some_and(|r| r.addr != real.ip() || r.port.is_some_and(|p| p != real.port()))
                 || f.client.is_some_and(|a| a != client.ip())
             {
-                return;
+                return true;
             }
             if out.conns.len() >= limit {
+                // (One more than asked for: the list is cut short.)
                 out.truncated = true;
-                return;
+                return false;
             }
             out.conns.push(ConnInfo {
                 proto,
@@ -104,6 +105,7 @@ impl Control {
                 expires_in: c.expires_in(now, &self.conntrack.timeouts),
                 offloaded: c.offloaded(),
             });
+            true
         });
         out.conns.sort_by_key(|c| (c.vip, c.client));
         out

@@ -6,7 +6,7 @@
 //! `fullnat`. The index has one half per direction, and an entry is just
 //! the connection (8 bytes): the key is read from the connection when a
 //! probe needs it — the connection is what a lookup wants anyway. Each half
-//! is 64 lock-sharded `hashbrown` tables sized for the table's capacity up
+//! is 1024 lock-sharded `hashbrown` tables sized for the table's capacity up
 //! front, so they do not grow as the table fills (growing reads every
 //! connection of a shard to rehash it). A packet's key is looked up in the client half, then in the
 //! server half.
@@ -16,7 +16,11 @@ use super::parse::FlowKey;
 use hashbrown::HashTable;
 use std::sync::{Arc, RwLock};
 
-const SHARDS: usize = 64;
+/// Shards per half: with 10 M connections a shard holds about 10 000, so
+/// a walk over the table (a listing, a sync dump) holds one shard's lock
+/// for well under a millisecond at a time, and a worker inserting into it
+/// waits at most that long.
+const SHARDS: usize = 1024;
 
 /// The key `conn` is filed under in the half of `dir`.
 #[inline]
@@ -154,10 +158,30 @@ impl ConnTable {
 
     /// Every connection once.
     pub fn for_each(&self, mut f: impl FnMut(&Arc<Conn>)) {
+        self.walk(|c| {
+            f(c);
+            true
+        });
+    }
+
+    /// Every connection once, until `f` says stop. A shard's connections
+    /// are copied out under its lock and `f` runs without it: however slow
+    /// `f` is, a worker waits for a shard at most as long as the copy.
+    pub fn walk(&self, mut f: impl FnMut(&Arc<Conn>) -> bool) {
+        let mut batch = Vec::new();
         for shard in self.client.shards.iter() {
-            let shard = shard.read().unwrap_or_else(|p| p.into_inner());
-            for c in shard.iter() {
-                f(c);
+            batch.clear();
+            batch.extend(
+                shard
+                    .read()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                    .cloned(),
+            );
+            for c in &batch {
+                if !f(c) {
+                    return;
+                }
             }
         }
     }

@@ -1162,6 +1162,12 @@ impl Conntrack {
     pub fn for_each(&self, mut f: impl FnMut(&Conn)) {
         self.map.for_each(|c| f(c));
     }
+
+    /// Every connection once, until `f` says stop (a listing that has
+    /// what it wants).
+    pub fn walk(&self, mut f: impl FnMut(&Conn) -> bool) {
+        self.map.walk(|c| f(c));
+    }
 }
 
 #[cfg(test)]
