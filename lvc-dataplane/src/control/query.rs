@@ -205,6 +205,9 @@ impl Control {
         ));
         counters.push(("conntrack_evicted".into(), self.conntrack.evicted()));
         counters.push(("tcp_out_of_window".into(), self.conntrack.out_of_window()));
+        let (wheel, replies) = self.conntrack.backlog();
+        counters.push(("conntrack_wheel_entries".into(), wheel as u64));
+        counters.push(("released_replies_pending".into(), replies as u64));
         {
             let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
             let persist = cfg.values().filter_map(|s| s.persistence.as_ref());

@@ -1006,6 +1006,16 @@ impl Conntrack {
         self.evicted.load(Relaxed)
     }
 
+    /// Entries in the expiry wheel (about one per connection, plus those
+    /// of connections gone that the sweep or a compaction has not dropped
+    /// yet), and reply keys waiting to be taken out of XDP.
+    pub fn backlog(&self) -> (usize, usize) {
+        (
+            self.wheel.entries.load(Relaxed),
+            self.released_replies.len(),
+        )
+    }
+
     /// TCP segments that fell outside the window lvc tracks (a blind RST
     /// or FIN among them) and changed nothing.
     pub fn out_of_window(&self) -> u64 {
