@@ -1,13 +1,6 @@
 //! `lvc-dataplane`: the lvc daemon.
 
 use clap::Parser;
-
-/// mimalloc, not glibc's malloc: connections are allocated by the workers
-/// and freed by whichever thread lets go last (the sweep, a compaction,
-/// the offload thread); glibc's per-thread arenas kept such memory from
-/// one another and the daemon's RSS grew under connection churn.
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use lvc_dataplane::daemon::{self, Options};
 use lvc_dataplane::io::xsk::ZeroCopy;
 use std::path::PathBuf;
