@@ -145,7 +145,8 @@ pub struct Running {
     agent: Option<Agent>,
 }
 
-fn lvc_socket(lab: &BenchLab) -> PathBuf {
+/// The control socket of the lab's lvc.
+pub fn lvc_socket(lab: &BenchLab) -> PathBuf {
     std::env::temp_dir().join(format!("{}-lvc.sock", lab.ns("dir")))
 }
 

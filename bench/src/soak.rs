@@ -24,30 +24,23 @@ pub struct Round {
 
 /// The lab's lvc-dataplane's resident memory, MiB.
 fn rss_mib(lab: &BenchLab) -> Result<f64> {
+    let sock = kinds::lvc_socket(lab);
     let out = std::process::Command::new("pgrep")
-        .args(["-f", "lvc-dataplane --socket"])
+        .args(["-f", &format!("lvc-dataplane --socket {}", sock.display())])
         .output()
         .context("pgrep")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    for pid in text.split_whitespace() {
-        // (The lab's own: its network namespace is the director's.)
-        let ns = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok();
-        let theirs = lab
-            .lab
-            .exec("dir", &["readlink", "/proc/self/ns/net"])
-            .stdout;
-        if ns.is_some_and(|n| n.to_string_lossy().trim() == String::from_utf8_lossy(&theirs).trim())
-        {
-            let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-            let kib: f64 = status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .context("VmRSS")?;
-            return Ok(kib / 1024.0);
-        }
-    }
-    bail!("the lab's lvc-dataplane is not running")
+    let pid = text
+        .split_whitespace()
+        .next()
+        .context("the lab's lvc-dataplane is not running")?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS")?;
+    Ok(kib / 1024.0)
 }
 
 /// Runs the soak; prints a line per round and returns them.

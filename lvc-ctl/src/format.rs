@@ -92,7 +92,7 @@ pub fn listing(l: &Listing, o: ListOpts) -> String {
     };
     let mut services: Vec<&ServiceInfo> = l.services.iter().collect();
     if o.ipvsadm && !o.nosort {
-        services.sort_by_key(|v| ipvsadm_order(v));
+        services.sort_by_key(|v| crate::ipvsadm::order(&v.service));
     }
     for svc in services {
         // ipvsadm cuts an IPv4 service's name at 33 characters and a
@@ -192,18 +192,6 @@ pub fn listing(l: &Listing, o: ListOpts) -> String {
         }
     }
     s
-}
-
-/// ipvsadm's order of services: IPv4 first, then TCP before UDP, then by
-/// address and port.
-fn ipvsadm_order(v: &ServiceInfo) -> (bool, u8, std::net::IpAddr, u16) {
-    let k = &v.service;
-    (
-        k.vip.is_ipv6(),
-        k.proto.number(),
-        k.vip,
-        k.ports.ranges()[0].0,
-    )
 }
 
 /// `ipvsadm -L -c -n` layout, exactly.

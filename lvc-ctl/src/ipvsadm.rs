@@ -96,8 +96,9 @@ pub fn parse_rules(text: &str) -> Result<Vec<(usize, Request)>, String> {
     Ok(out)
 }
 
-/// ipvsadm's order: IPv4 before IPv6, TCP before UDP, then address, port.
-fn order(k: &ServiceKey) -> (bool, u8, IpAddr, u16) {
+/// ipvsadm's order of services (`-L`, `-S`): IPv4 before IPv6, TCP
+/// before UDP, then address, port.
+pub fn order(k: &ServiceKey) -> (bool, u8, IpAddr, u16) {
     (
         k.vip.is_ipv6(),
         k.proto.number(),

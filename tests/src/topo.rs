@@ -16,7 +16,7 @@
 
 use crate::{Lab, bin};
 use std::path::PathBuf;
-use std::process::Output;
+use std::process::{Command, Output};
 use std::time::Duration;
 
 pub const VIP: &str = "10.9.0.10";
@@ -394,6 +394,35 @@ impl Topo {
         let mut cmd = vec![ctl.as_str(), "--socket", &sock];
         cmd.extend_from_slice(args);
         self.lab.exec_input("dir", &cmd, stdin.as_bytes())
+    }
+
+    /// A named counter of `lvc-ctl status --json` (0 if it has none).
+    pub fn counter(&self, name: &str) -> u64 {
+        let v: serde_json::Value =
+            serde_json::from_str(&self.ctl_ok(&["status", "--json"])).expect("status is JSON");
+        v["counters"]
+            .as_array()
+            .expect("counters")
+            .iter()
+            .find(|c| c[0] == name)
+            .and_then(|c| c[1].as_u64())
+            .unwrap_or(0)
+    }
+
+    /// The process id of the lab's lvc-dataplane.
+    pub fn dataplane_pid(&self) -> String {
+        let out = Command::new("pgrep")
+            .args([
+                "-f",
+                &format!("lvc-dataplane --socket {}", self.socket.display()),
+            ])
+            .output()
+            .expect("pgrep");
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .next()
+            .expect("lvc-dataplane's pid")
+            .to_owned()
     }
 
     /// `lvc-ctl …`, panicking if it fails; returns stdout.

@@ -557,17 +557,7 @@ fn slow_clients_leave_threads_bounded_and_both_answering() {
     }
     let mut t = lab("slowcli", 1, &["--metrics", "127.0.0.1:9108"]);
     let sock = t.socket.to_string_lossy().into_owned();
-    let pid = String::from_utf8_lossy(
-        &std::process::Command::new("pgrep")
-            .args(["-f", &format!("lvc-dataplane --socket {sock}")])
-            .output()
-            .unwrap()
-            .stdout,
-    )
-    .split_whitespace()
-    .next()
-    .expect("lvc-dataplane's pid")
-    .to_owned();
+    let pid = t.dataplane_pid();
     let threads = || {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
             .unwrap()

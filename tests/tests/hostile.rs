@@ -94,18 +94,6 @@ fn the_conn(t: &Topo, port: u16) -> (u16, String) {
     (client.port(), c["state"].as_str().unwrap().to_owned())
 }
 
-fn counter(t: &Topo, name: &str) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_str(&t.ctl_ok(&["status", "--json"])).expect("status is JSON");
-    v["counters"]
-        .as_array()
-        .expect("counters")
-        .iter()
-        .find(|c| c[0] == name)
-        .and_then(|c| c[1].as_u64())
-        .unwrap_or(0)
-}
-
 fn blind_resets(tag: &str, method: &str) {
     let mut t = Topo::build(tag, Arms::Two, 1, 1);
     t.start_servers();
@@ -129,7 +117,7 @@ fn blind_resets(tag: &str, method: &str) {
             break;
         }
     }
-    let before = counter(&t, "tcp_out_of_window") + counter(&t, "xdp_flow_out_of_window");
+    let before = t.counter("tcp_out_of_window") + t.counter("xdp_flow_out_of_window");
     // Far off, just outside the window on both sides, and FINs.
     const RST: u8 = 0x04;
     const FIN_ACK: u8 = 0x11;
@@ -137,7 +125,7 @@ fn blind_resets(tag: &str, method: &str) {
     spoof(&t, sport, 7, next.wrapping_add((1 << 20) + 2), RST, 5);
     spoof(&t, sport, 7, next.wrapping_sub((1 << 16) + 40_000), RST, 5);
     spoof(&t, sport, 7, next.wrapping_add(1 << 30), FIN_ACK, 20);
-    let after = counter(&t, "tcp_out_of_window") + counter(&t, "xdp_flow_out_of_window");
+    let after = t.counter("tcp_out_of_window") + t.counter("xdp_flow_out_of_window");
     assert!(
         after - before >= 70,
         "{method}, offload {}: {} spoofed segments counted of 80",
@@ -191,18 +179,7 @@ for i in range(first, first + count):
 
 /// Resident memory of the lab's lvc-dataplane, KiB.
 fn rss_kib(t: &Topo) -> u64 {
-    let out = Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("lvc-dataplane --socket {}", t.socket.display()),
-        ])
-        .output()
-        .expect("pgrep");
-    let pid = String::from_utf8_lossy(&out.stdout)
-        .split_whitespace()
-        .next()
-        .expect("lvc-dataplane's pid")
-        .to_owned();
+    let pid = t.dataplane_pid();
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
@@ -245,7 +222,7 @@ fn syn_flood_with_streams(tag: &str, persistent: bool) {
     // (The housekeeping thread compacts within a second.)
     std::thread::sleep(Duration::from_secs(2));
     let after = rss_kib(&t);
-    let evicted = counter(&t, "conntrack_evicted");
+    let evicted = t.counter("conntrack_evicted");
     eprintln!(
         "{tag}: RSS {full} KiB with a full table, {after} KiB after 200 000 more SYNs; {evicted} evicted"
     );
@@ -293,14 +270,7 @@ fn capabilities_are_dropped_after_setup() {
     for _ in 0..4 {
         assert!(t.curl(&format!("http://{VIP}/")).is_some());
     }
-    let out = Command::new("pgrep")
-        .args([
-            "-f",
-            &format!("lvc-dataplane --socket {}", t.socket.display()),
-        ])
-        .output()
-        .expect("pgrep");
-    let pid = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let pid = t.dataplane_pid();
     let kept: u64 = (1 << 12) | (1 << 13); // CAP_NET_ADMIN, CAP_NET_RAW
     let mut threads = 0;
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {

@@ -25,19 +25,6 @@ fn lab(tag: &str, method: &str) -> Topo {
     t
 }
 
-/// The named counters of `lvc-ctl status --json`.
-fn counter(t: &Topo, name: &str) -> u64 {
-    let v: serde_json::Value =
-        serde_json::from_str(&t.ctl_ok(&["status", "--json"])).expect("status is JSON");
-    v["counters"]
-        .as_array()
-        .expect("counters")
-        .iter()
-        .find(|c| c[0] == name)
-        .and_then(|c| c[1].as_u64())
-        .unwrap_or(0)
-}
-
 /// Echoes numbered lines over one TCP connection for `secs` seconds,
 /// calling `during` once halfway; every line must come back unchanged.
 fn stream(t: &Topo, secs: u64, during: impl FnOnce()) -> usize {
@@ -76,13 +63,13 @@ fn stream_moves_to_xdp(tag: &str, method: &str) {
             "{method}: the stream is listed on the XDP path:\n{conns}"
         );
     });
-    let forwarded = counter(&t, "xdp_flow_forwarded");
+    let forwarded = t.counter("xdp_flow_forwarded");
     eprintln!(
         "{method}: {lines} lines echoed, {forwarded} packets forwarded by XDP\n{}",
         t.ctl_ok(&["status"])
     );
     assert!(
-        counter(&t, "offload_installed") >= 1 && forwarded > lines as u64 / 2,
+        t.counter("offload_installed") >= 1 && forwarded > lines as u64 / 2,
         "{method}: the stream's packets should be XDP's ({forwarded} of {lines} lines' worth):\n{}",
         t.ctl_ok(&["status"])
     );
@@ -141,7 +128,7 @@ fn offloaded_stream_survives_drain_and_reload() {
             saved.as_bytes(),
         );
     });
-    assert!(counter(&t, "xdp_flow_forwarded") > 0);
+    assert!(t.counter("xdp_flow_forwarded") > 0);
 }
 
 /// The real server's MAC changes under an offloaded stream: the director
@@ -154,7 +141,7 @@ fn offloaded_stream_follows_a_mac_change() {
     }
     let t = lab("offmac", "nat");
     let mac = "02:00:00:00:aa:01";
-    let retired = counter(&t, "offload_retired");
+    let retired = t.counter("offload_retired");
     stream(&t, 6, || {
         for i in 0..2 {
             let ns = format!("rs{}", i + 1);
@@ -174,7 +161,7 @@ fn offloaded_stream_follows_a_mac_change() {
         }
     });
     assert!(
-        counter(&t, "offload_retired") > retired,
+        t.counter("offload_retired") > retired,
         "the flow with the old MAC left XDP:\n{}",
         t.ctl_ok(&["status"])
     );
@@ -217,7 +204,7 @@ fn counters_add_both_paths_up() {
         "{svc}"
     );
     assert!(
-        counter(&t, "xdp_flow_forwarded") >= n as u64,
+        t.counter("xdp_flow_forwarded") >= n as u64,
         "most went through XDP"
     );
 }

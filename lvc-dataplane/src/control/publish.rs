@@ -84,13 +84,9 @@ impl Pools {
 impl Control {
     /// Applies a list of changes atomically: all of them or none.
     pub fn apply(&self, changes: &[Request]) -> Result<(), ErrorReply> {
-        let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
-        let mut next = cfg.clone();
-        let pool = self.pool_addrs();
-        for c in changes {
-            edit(&mut next, c, &pool)?;
-        }
-        self.commit(&mut cfg, next)
+        // (A batch's error names the change; one request's needs not.)
+        self.batch(changes)
+            .map_err(|e| ErrorReply { index: None, ..e })
     }
 
     /// Publishes `next` and makes it the configuration, or puts `cfg` back
