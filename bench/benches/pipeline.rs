@@ -43,6 +43,8 @@ fn stages(c: &mut Criterion) {
             persistence: None,
             sorry: None,
             sloppy: false,
+            lists: None,
+            conn_rate: None,
         };
         let mut client = 0u32;
         c.bench_function(&format!("schedule/{}_8", kind.name()), |b| {

@@ -1,5 +1,6 @@
 //! Human-readable output in ipvsadm's layout (and tc-like for shaping).
 
+use lvc_proto::filter::{AddrMatch, Cidr, FilterListing, FilterRule, Policy, proto_name};
 use lvc_proto::shape::{ClassStats, Qdisc, Rate, ShapeListing};
 use lvc_proto::{ConnListing, Counters, Listing, Rates, ServerInfo, ServiceInfo, Status};
 use std::fmt::Write;
@@ -113,6 +114,19 @@ pub fn listing(l: &Listing, o: ListOpts) -> String {
                 rates(&svc.rates)
             };
             let _ = writeln!(s, "{head:<33}{}", v.map(num).concat());
+            // What the filter, the service's lists or its rate limit
+            // dropped: incoming packets and bytes, in their columns.
+            let f = &svc.filtered;
+            if o.stats && !o.ipvsadm && (f.packets > 0 || f.bytes > 0) {
+                let blank = " ".repeat(9);
+                let row = format!(
+                    "  -> {:<28}{blank}{}{blank}{}",
+                    "filtered",
+                    num(f.packets),
+                    num(f.bytes)
+                );
+                let _ = writeln!(s, "{row}");
+            }
         } else {
             let mut flags = String::new();
             if let Some(p) = svc.persistent {
@@ -125,6 +139,9 @@ pub fn listing(l: &Listing, o: ListOpts) -> String {
                 flags.push_str(" sloppy");
             }
             let _ = writeln!(s, "{head} {}{flags}", svc.scheduler);
+            if !o.ipvsadm && !svc.policy.is_empty() {
+                let _ = writeln!(s, "  -> {}", policy(&svc.policy));
+            }
         }
         let mut servers: Vec<(&ServerInfo, bool)> =
             svc.servers.iter().map(|r| (r, false)).collect();
@@ -189,6 +206,124 @@ pub fn listing(l: &Listing, o: ListOpts) -> String {
                     None => writeln!(s, "{cols}{}", overloaded.trim_start()),
                 };
             }
+        }
+    }
+    s
+}
+
+/// Prefixes a listing shows of one list before "(+N more)".
+const SHOWN_PREFIXES: usize = 4;
+
+/// `a,b,c,d (+N more)`: a list, shortened.
+fn short_list(l: &[Cidr]) -> String {
+    let shown: Vec<String> = l
+        .iter()
+        .take(SHOWN_PREFIXES)
+        .map(|c| c.to_string())
+        .collect();
+    let mut out = shown.join(",");
+    if l.len() > SHOWN_PREFIXES {
+        let _ = write!(out, " (+{} more)", l.len() - SHOWN_PREFIXES);
+    }
+    out
+}
+
+/// A service's policy as `list` shows it: `allow 10.0.0.0/8 deny
+/// 10.1.0.0/16 conn-rate 100/s burst 200` (the burst in effect).
+fn policy(p: &Policy) -> String {
+    let mut parts = Vec::new();
+    if !p.allow.is_empty() {
+        parts.push(format!("allow {}", short_list(&p.allow)));
+    }
+    if !p.deny.is_empty() {
+        parts.push(format!("deny {}", short_list(&p.deny)));
+    }
+    if let (Some(r), Some(b)) = (p.conn_rate, p.burst()) {
+        parts.push(format!("conn-rate {r}/s burst {b}"));
+    }
+    parts.join(" ")
+}
+
+/// What a filter rule matches, as `filter list` shows it: `src … dst …
+/// proto tcp dport 80 iface eth0 real 10.2.0.11:80`, or `all`.
+fn rule_matches(r: &FilterRule) -> String {
+    let addrs = |m: &AddrMatch| match m {
+        AddrMatch::Set(_) => m.to_string(),
+        AddrMatch::Cidrs(l) => short_list(l),
+    };
+    let mut parts = Vec::new();
+    if let Some(m) = &r.src {
+        parts.push(format!("src {}", addrs(m)));
+    }
+    if let Some(m) = &r.dst {
+        parts.push(format!("dst {}", addrs(m)));
+    }
+    if let Some(p) = r.proto {
+        parts.push(format!("proto {}", proto_name(p)));
+    }
+    if let Some(p) = r.dport {
+        parts.push(format!("dport {p}"));
+    }
+    if let Some(i) = &r.iface {
+        parts.push(format!("iface {i}"));
+    }
+    if let Some(x) = &r.real {
+        parts.push(format!("real {x}"));
+    }
+    if parts.is_empty() {
+        "all".to_owned()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// `filter list`: the rules in prio order (with `stats`, the packets and
+/// bytes each matched, as `list --stats` prints counters), then the sets
+/// and how many prefixes each holds.
+pub fn filter_listing(l: &FilterListing, stats: bool, exact: bool) -> String {
+    let mut s = String::new();
+    let mut rules: Vec<_> = l.rules.iter().collect();
+    rules.sort_by_key(|r| r.rule.prio);
+    let w = rules
+        .iter()
+        .map(|r| r.rule.prio.to_string().len())
+        .max()
+        .unwrap_or(0)
+        .max("Prio".len());
+    if stats {
+        let _ = writeln!(
+            s,
+            "{:<w$} {:<6} {:>8} {:>8} Match",
+            "Prio", "Action", "Packets", "Bytes"
+        );
+    } else {
+        let _ = writeln!(s, "{:<w$} {:<6} Match", "Prio", "Action");
+    }
+    for r in rules {
+        let counters = if stats {
+            largenum(r.stats.packets, exact) + &largenum(r.stats.bytes, exact)
+        } else {
+            String::new()
+        };
+        let _ = writeln!(
+            s,
+            "{:<w$} {:<6}{counters} {}",
+            r.rule.prio,
+            r.rule.action.to_string(),
+            rule_matches(&r.rule)
+        );
+    }
+    if !l.sets.is_empty() {
+        let w = l
+            .sets
+            .iter()
+            .map(|x| x.name.len())
+            .max()
+            .unwrap_or(0)
+            .max("Set".len());
+        let _ = writeln!(s, "\n{:<w$} Prefixes", "Set");
+        for x in &l.sets {
+            let _ = writeln!(s, "{:<w$} {}", x.name, x.prefixes);
         }
     }
     s
@@ -549,6 +684,8 @@ mod tests {
                 alert: None,
                 sorry: None,
                 sloppy: false,
+                policy: Default::default(),
+                filtered: Default::default(),
             }],
             conn_capacity: 1 << 20,
         }
@@ -965,5 +1102,164 @@ police service tcp 10.9.0.10:80 rate 10mbit burst 10kb
             "tbf(rate 5mbit burst 10kb latency 50ms)"
         );
         assert_eq!(qdisc(&Qdisc::Prio3 { limit: None }), "prio3");
+    }
+
+    /// `list`: a service's policy on a line of its own under it, long lists
+    /// shortened; with --stats what was filtered, in the In columns;
+    /// nothing of either in ipvsadm's listing.
+    #[test]
+    fn golden_listing_with_policy() {
+        use lvc_proto::filter::{FilterCounters, cidr_list};
+        let mut l = sample();
+        l.services[0].policy = Policy {
+            allow: cidr_list("10.0.0.0/8,192.0.2.0/24").unwrap(),
+            deny: cidr_list("10.1.0.0/16").unwrap(),
+            conn_rate: Some(100),
+            conn_burst: Some(200),
+        };
+        l.services[0].filtered = FilterCounters {
+            packets: 12,
+            bytes: 720,
+        };
+        let mut other = l.services[0].clone();
+        other.service = "udp:10.0.0.10:53".parse().unwrap();
+        other.servers.clear();
+        other.policy = Policy {
+            deny: (1..=6)
+                .map(|i| format!("192.0.2.{i}").parse().unwrap())
+                .collect(),
+            conn_rate: Some(50),
+            ..Policy::default()
+        };
+        other.filtered = FilterCounters::default();
+        l.services.push(other);
+        assert_eq!(
+            listing(&l, opts()),
+            "Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  10.0.0.10:80 rr
+  -> allow 10.0.0.0/8,192.0.2.0/24 deny 10.1.0.0/16 conn-rate 100/s burst 200
+  -> 10.0.1.1:80                  Masq    1      2          1         
+  -> 10.0.1.2:8080                Dnat    3      0          0         
+UDP  10.0.0.10:53 rr
+  -> deny 192.0.2.1/32,192.0.2.2/32,192.0.2.3/32,192.0.2.4/32 (+2 more) conn-rate 50/s burst 50
+"
+        );
+        assert_eq!(
+            listing(
+                &l,
+                ListOpts {
+                    stats: true,
+                    ..opts()
+                }
+            ),
+            "Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  10.0.0.10:80                        3       30       20     2000   250000
+  -> filtered                                    12               720
+  -> 10.0.1.1:80                         0        0        0        0        0
+  -> 10.0.1.2:8080                       0        0        0        0        0
+UDP  10.0.0.10:53                        3       30       20     2000   250000
+"
+        );
+        let ipvsadm = |o: ListOpts| {
+            let mut plain = l.clone();
+            for v in &mut plain.services {
+                v.policy = Policy::default();
+                v.filtered = FilterCounters::default();
+            }
+            assert_eq!(listing(&l, o), listing(&plain, o));
+        };
+        ipvsadm(ListOpts {
+            ipvsadm: true,
+            ..opts()
+        });
+        ipvsadm(ListOpts {
+            ipvsadm: true,
+            stats: true,
+            ..opts()
+        });
+    }
+
+    fn filter_sample() -> FilterListing {
+        use lvc_proto::filter::{FilterCounters, FilterRuleInfo, SetInfo};
+        let rule = |toml_text: &str, packets: u64, bytes: u64| FilterRuleInfo {
+            rule: lvc_proto::config::ConfigFile::parse(&format!(
+                "[sets]\nbad-guys = []\n[[filter]]\n{toml_text}"
+            ))
+            .unwrap()
+            .filters
+            .remove(0),
+            stats: FilterCounters { packets, bytes },
+        };
+        FilterListing {
+            rules: vec![
+                rule(
+                    "prio = 100\naction = \"drop\"\nproto = \"tcp\"\ndport = \"1024-2047\"\nreal = \"10.2.0.11:80\"\n",
+                    0,
+                    0,
+                ),
+                rule(
+                    "prio = 5\naction = \"drop\"\nsrc = \"@bad-guys\"\niface = \"eth0\"\n",
+                    123_456_789,
+                    9_876_543_210,
+                ),
+                rule(
+                    "prio = 10\naction = \"accept\"\nsrc = \"10.0.0.0/8,10.1.0.0/16,10.2.0.0/16,10.3.0.0/16,10.4.0.0/16,10.5.0.0/16\"\ndst = \"2001:db8::10\"\n",
+                    7,
+                    420,
+                ),
+                rule("prio = 65000\naction = \"drop\"\n", 1, 60),
+            ],
+            sets: vec![
+                SetInfo {
+                    name: "bad-guys".into(),
+                    prefixes: 1_000_000,
+                },
+                SetInfo {
+                    name: "office".into(),
+                    prefixes: 3,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn golden_filter_listing() {
+        assert_eq!(
+            filter_listing(&filter_sample(), false, false),
+            "Prio  Action Match
+5     drop   src @bad-guys iface eth0
+10    accept src 10.0.0.0/8,10.1.0.0/16,10.2.0.0/16,10.3.0.0/16 (+2 more) dst 2001:db8::10/128
+100   drop   proto tcp dport 1024-2047 real 10.2.0.11:80
+65000 drop   all
+
+Set      Prefixes
+bad-guys 1000000
+office   3
+"
+        );
+        assert_eq!(
+            filter_listing(&filter_sample(), true, false),
+            "Prio  Action  Packets    Bytes Match
+5     drop    123456K    9876M src @bad-guys iface eth0
+10    accept        7      420 src 10.0.0.0/8,10.1.0.0/16,10.2.0.0/16,10.3.0.0/16 (+2 more) dst 2001:db8::10/128
+100   drop          0        0 proto tcp dport 1024-2047 real 10.2.0.11:80
+65000 drop          1       60 all
+
+Set      Prefixes
+bad-guys 1000000
+office   3
+"
+        );
+        let exact = filter_listing(&filter_sample(), true, true);
+        assert!(
+            exact.contains("\n5     drop   123456789 9876543210 src @bad-guys"),
+            "{exact}"
+        );
+        assert_eq!(
+            filter_listing(&FilterListing::default(), false, false),
+            "Prio Action Match\n"
+        );
     }
 }

@@ -108,9 +108,10 @@ pub fn order(k: &ServiceKey) -> (bool, u8, IpAddr, u16) {
 }
 
 /// The configuration as ipvsadm-save rules, or, if anything in it would be
-/// lost that way, an error listing what. Timeouts, the fullnat pool and
-/// shaping are not part of ipvsadm's rules (`ipvsadm -S` does not write
-/// timeouts either) and are left out.
+/// lost that way, an error listing what (services' client policies and
+/// the global filter's rules and sets among them). Timeouts, the fullnat
+/// pool and shaping are not part of ipvsadm's rules (`ipvsadm -S` does not
+/// write timeouts either) and are left out.
 pub fn rules(cfg: &ConfigFile) -> Result<String, String> {
     let mut out = String::new();
     let mut lost = Vec::new();
@@ -135,6 +136,12 @@ pub fn rules(cfg: &ConfigFile) -> Result<String, String> {
             ("an alert command", svc.alert.is_some()),
             ("a sorry server", svc.sorry.is_some()),
             ("sloppy TCP", svc.sloppy),
+            ("an allow list", !svc.allow.is_empty()),
+            ("a deny list", !svc.deny.is_empty()),
+            (
+                "a connection rate limit",
+                svc.conn_rate.is_some() || svc.conn_burst.is_some(),
+            ),
         ] {
             if present {
                 lost.push(format!("service {key}: {what}"));
@@ -183,6 +190,19 @@ pub fn rules(cfg: &ConfigFile) -> Result<String, String> {
             }
             out.push('\n');
         }
+    }
+    // ipvsadm has no packet filter: the global filter's rules and sets.
+    let mut filters: Vec<_> = cfg.filters.iter().collect();
+    filters.sort_by_key(|r| r.prio);
+    for r in filters {
+        lost.push(format!("filter rule {} ({})", r.prio, r.action));
+    }
+    for (name, prefixes) in &cfg.sets {
+        let n = prefixes.len();
+        lost.push(format!(
+            "filter set {name} ({n} prefix{})",
+            if n == 1 { "" } else { "es" }
+        ));
     }
     if lost.is_empty() {
         Ok(out)
@@ -304,11 +324,34 @@ method = "dnat"
 [[service.server]]
 real = "10.0.1.2"
 method = "fullnat"
+
+[[service]]
+tcp = "10.0.0.11:443"
+allow = ["10.0.0.0/8"]
+deny = ["10.1.0.0/16"]
+conn_rate = 100
+
+[sets]
+bad-guys = ["192.0.2.0/24", "198.51.100.7/32"]
+
+[[filter]]
+prio = 20
+action = "accept"
+src = "10.0.0.0/8"
+
+[[filter]]
+prio = 10
+src = "@bad-guys"
 "#,
         )
         .unwrap();
         let e = rules(&cfg).unwrap_err();
         for what in [
+            "service tcp 10.0.0.11:443: an allow list",
+            "service tcp 10.0.0.11:443: a deny list",
+            "service tcp 10.0.0.11:443: a connection rate limit",
+            "filter rule 10 (drop)\n  filter rule 20 (accept)",
+            "filter set bad-guys (2 prefixes)",
             "service tcp 10.0.0.10:8000-8099: several ports",
             "service tcp 10.0.0.10:8000-8099: a health check",
             "service tcp 10.0.0.10:8000-8099: sloppy TCP",

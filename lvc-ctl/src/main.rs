@@ -8,10 +8,14 @@
 //! and the `shape` family for traffic shaping (`shape set-root`,
 //! `del-root`, `add-class`, `change-class`, `del-class`, `add-filter`,
 //! `del-filter`, `add-police`, `del-police`, `list`), whose rates and sizes
-//! are in tc's units.
+//! are in tc's units, and the `filter` family for the global packet filter
+//! (`filter add`, `del`, `flush`, `list`, `filter set add|del|destroy`).
+//! `add-service`/`edit-service` also set a service's client policy
+//! (`--allow`, `--deny`, `--conn-rate`, `--conn-burst`).
 
 #![forbid(unsafe_code)]
 
+mod filter;
 mod format;
 mod ipvsadm;
 
@@ -264,6 +268,112 @@ struct LimitArgs {
     min_conns: Option<u32>,
 }
 
+/// A service's client policy (add-service): who may connect and how fast
+/// new connections may come.
+#[derive(Args, Debug, Default)]
+#[command(next_help_heading = "Client policy")]
+struct PolicyArgs {
+    /// Only clients in these prefixes reach the service (CIDR[,CIDR…];
+    /// may be repeated). Where an allow and a deny prefix both hold a
+    /// client, the longest prefix decides; equal lengths: deny.
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_parser = filter::cidrs)]
+    allow: Vec<filter::CidrList>,
+    /// Clients in these prefixes never reach the service (CIDR[,CIDR…];
+    /// may be repeated), unless a longer --allow prefix holds them.
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_parser = filter::cidrs)]
+    deny: Vec<filter::CidrList>,
+    /// New connections per second the service takes; the first packets of
+    /// the excess are dropped before any connection state is made.
+    #[arg(long, value_name = "N")]
+    conn_rate: Option<u32>,
+    /// New connections that may come at once above --conn-rate (default:
+    /// one second's worth, the rate).
+    #[arg(long, value_name = "B")]
+    conn_burst: Option<u32>,
+}
+
+impl PolicyArgs {
+    /// The policy, checked for a service whose VIP is IPv4 or not.
+    fn policy(self, v4: bool) -> Result<lvc_proto::filter::Policy, String> {
+        let p = lvc_proto::filter::Policy {
+            allow: filter::flatten(self.allow),
+            deny: filter::flatten(self.deny),
+            conn_rate: self.conn_rate,
+            conn_burst: self.conn_burst,
+        };
+        p.validate(v4)?;
+        Ok(p)
+    }
+}
+
+/// Changes to a service's client policy (edit-service).
+#[derive(Args, Debug, Default)]
+#[command(next_help_heading = "Client policy")]
+struct PolicyEditArgs {
+    /// New allow list, replacing the old one: only clients in these
+    /// prefixes reach the service (CIDR[,CIDR…]; may be repeated). Where an
+    /// allow and a deny prefix both hold a client, the longest prefix
+    /// decides; equal lengths: deny.
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_parser = filter::cidrs)]
+    allow: Vec<filter::CidrList>,
+    /// Remove the allow list: every client not denied reaches the service.
+    #[arg(long, conflicts_with = "allow")]
+    no_allow: bool,
+    /// New deny list, replacing the old one: clients in these prefixes
+    /// never reach the service unless a longer allow prefix holds them
+    /// (CIDR[,CIDR…]; may be repeated).
+    #[arg(long, value_name = "CIDR[,CIDR…]", value_parser = filter::cidrs)]
+    deny: Vec<filter::CidrList>,
+    /// Remove the deny list.
+    #[arg(long, conflicts_with = "deny")]
+    no_deny: bool,
+    /// New connections per second the service takes, the excess dropped
+    /// at its first packet before any state is made (0 removes the limit).
+    #[arg(long, value_name = "N")]
+    conn_rate: Option<u32>,
+    /// New burst above the rate (0: one second's worth).
+    #[arg(long, value_name = "B")]
+    conn_burst: Option<u32>,
+}
+
+/// An edit's new lists and rate: `(allow, deny, conn_rate, conn_burst)`.
+type PolicyEdit = (
+    Option<Vec<lvc_proto::filter::Cidr>>,
+    Option<Vec<lvc_proto::filter::Cidr>>,
+    Option<u32>,
+    Option<u32>,
+);
+
+impl PolicyEditArgs {
+    /// The changes, checked as far as they can be without the service's
+    /// current policy (`v4`: its VIP is IPv4).
+    fn edit(self, v4: bool) -> Result<PolicyEdit, String> {
+        let list = |clear: bool, given: Vec<filter::CidrList>| {
+            if clear {
+                Some(Vec::new())
+            } else if given.is_empty() {
+                None
+            } else {
+                Some(filter::flatten(given))
+            }
+        };
+        let allow = list(self.no_allow, self.allow);
+        let deny = list(self.no_deny, self.deny);
+        lvc_proto::filter::Policy {
+            allow: allow.clone().unwrap_or_default(),
+            deny: deny.clone().unwrap_or_default(),
+            ..Default::default()
+        }
+        .validate(v4)?;
+        if self.conn_rate == Some(0) && self.conn_burst.is_some() {
+            return Err(
+                "--conn-burst with --conn-rate 0: removing the limit leaves no burst to set".into(),
+            );
+        }
+        Ok((allow, deny, self.conn_rate, self.conn_burst))
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum SaveFormat {
     /// The configuration file (everything lvc runs).
@@ -307,9 +417,11 @@ enum Cmd {
         /// directors behind ECMP, where a flow may move to this director.
         #[arg(long)]
         sloppy: bool,
+        #[command(flatten)]
+        policy: PolicyArgs,
     },
     /// Change a virtual service's scheduler, persistence, health check,
-    /// alert or sorry server.
+    /// alert, sorry server, client lists or connection rate limit.
     #[command(short_flag = 'E', long_flag = "edit-service")]
     EditService {
         #[command(flatten)]
@@ -334,6 +446,8 @@ enum Cmd {
         /// Pick up TCP connections mid-flow, or stop.
         #[arg(long, value_name = "on|off", value_parser = on_off)]
         sloppy: Option<bool>,
+        #[command(flatten)]
+        policy: PolicyEditArgs,
     },
     /// Delete a virtual service and its real servers.
     #[command(short_flag = 'D', long_flag = "delete-service")]
@@ -400,12 +514,17 @@ enum Cmd {
     },
     /// List services and real servers (numeric, like ipvsadm -L -n; the
     /// -L spelling is ipvsadm's listing exactly).
+    ///
+    /// The list spelling also shows a service's client policy on a line
+    /// under it: `-> allow CIDRs deny CIDRs conn-rate N/s burst B`.
     #[command(short_flag = 'L', long_flag = "list", short_flag_alias = 'l')]
     List {
         /// Only this service.
         #[command(flatten)]
         service: MaybeService,
-        /// Show traffic counters.
+        /// Show traffic counters (the list spelling also shows, under a
+        /// service, the packets the filter, its client lists or its rate
+        /// limit dropped).
         #[arg(long, conflicts_with_all = ["rate", "thresholds"])]
         stats: bool,
         /// Show per-second rates.
@@ -507,6 +626,21 @@ enum Cmd {
     Shape {
         #[command(subcommand)]
         cmd: ShapeCmd,
+    },
+    /// The global packet filter over VIP traffic: ordered drop/accept rules
+    /// and the named prefix sets they use.
+    ///
+    /// Rules are looked at in prio order (lowest first) and the first rule
+    /// that matches a packet decides; at most 64 rules. Rules on header
+    /// fields (--src, --dst, --proto, --dport, --iface) are evaluated in
+    /// the XDP program, so a drop costs about what an XDP drop costs;
+    /// rules with --real are evaluated when a connection is scheduled, and
+    /// adding a drop rule with --real ends the established connections it
+    /// matches. accept ends the filter for the packet; the service's own
+    /// --allow/--deny lists and --conn-rate still apply after it.
+    Filter {
+        #[command(subcommand)]
+        cmd: filter::FilterCmd,
     },
     /// Print a shell completion script.
     Completions {
@@ -970,6 +1104,12 @@ enum Show {
         stats: bool,
         json: bool,
     },
+    /// `filter list`.
+    Filter {
+        stats: bool,
+        exact: bool,
+        json: bool,
+    },
 }
 
 fn on_off(s: &str) -> Result<bool, String> {
@@ -1029,6 +1169,9 @@ fn main() -> ExitCode {
             };
         }
         Cmd::Restore { file } => return restore(&cli.socket, file.as_deref()),
+        Cmd::Filter {
+            cmd: filter::FilterCmd::Set { cmd },
+        } => return filter::run_set(&cli.socket, cmd),
         cmd => match request(cmd, ipvsadm) {
             Ok(x) => x,
             Err((code, msg)) => return fail(code, msg),
@@ -1122,23 +1265,31 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             alert,
             sorry,
             sloppy,
-        } => (
-            Request::AddService {
-                service: service.key(),
-                scheduler: scheduler.unwrap_or(if ipvsadm {
-                    Scheduler::Wlc
-                } else {
-                    Scheduler::Rr
-                }),
-                persistent,
-                netmask,
-                check: check.spec(),
-                alert,
-                sorry: sorry.sorry().0,
-                sloppy,
-            },
-            Show::Nothing,
-        ),
+            policy,
+        } => {
+            let service = service.key();
+            let policy = policy
+                .policy(service.vip.is_ipv4())
+                .map_err(|e| (EXIT_USAGE, e))?;
+            (
+                Request::AddService {
+                    service,
+                    scheduler: scheduler.unwrap_or(if ipvsadm {
+                        Scheduler::Wlc
+                    } else {
+                        Scheduler::Rr
+                    }),
+                    persistent,
+                    netmask,
+                    check: check.spec(),
+                    alert,
+                    sorry: sorry.sorry().0,
+                    sloppy,
+                    policy,
+                },
+                Show::Nothing,
+            )
+        }
         Cmd::EditService {
             service,
             scheduler,
@@ -1148,20 +1299,31 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             alert,
             sorry,
             sloppy,
-        } => (
-            Request::EditService {
-                service: service.key(),
-                scheduler,
-                persistent,
-                netmask,
-                check: check.edit(),
-                alert,
-                sorry: sorry.sorry().0,
-                no_sorry: sorry.sorry().1,
-                sloppy,
-            },
-            Show::Nothing,
-        ),
+            policy,
+        } => {
+            let service = service.key();
+            let (allow, deny, conn_rate, conn_burst) = policy
+                .edit(service.vip.is_ipv4())
+                .map_err(|e| (EXIT_USAGE, e))?;
+            (
+                Request::EditService {
+                    service,
+                    scheduler,
+                    persistent,
+                    netmask,
+                    check: check.edit(),
+                    alert,
+                    sorry: sorry.sorry().0,
+                    no_sorry: sorry.sorry().1,
+                    sloppy,
+                    allow,
+                    deny,
+                    conn_rate,
+                    conn_burst,
+                },
+                Show::Nothing,
+            )
+        }
         Cmd::DelService { service } => (
             Request::DelService {
                 service: service.key(),
@@ -1335,6 +1497,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             if json { Show::Json } else { Show::Status },
         ),
         Cmd::Shape { cmd } => shape_request(cmd).map_err(|e| (EXIT_USAGE, e))?,
+        Cmd::Filter { cmd } => filter::request(cmd).map_err(|e| (EXIT_USAGE, e))?,
         Cmd::Restore { .. } | Cmd::Completions { .. } | Cmd::Man => {
             return Err((EXIT_USAGE, "not a request to the daemon".into()));
         }
@@ -1442,6 +1605,18 @@ fn print_response(result: Response, show: Show) -> ExitCode {
             }
         }
         (Response::Shaping(l), _) => json(&l),
+        (
+            Response::Filter(l),
+            Show::Filter {
+                stats,
+                exact,
+                json: false,
+            },
+        ) => {
+            print!("{}", format::filter_listing(&l, stats, exact));
+            ExitCode::SUCCESS
+        }
+        (Response::Filter(l), _) => json(&l),
     }
 }
 
@@ -1487,6 +1662,18 @@ fn group_name(gid: u32) -> Option<String> {
 
 /// Sends one request and reads one response line.
 fn call(socket: &Path, req: &Request) -> Result<ResponseEnvelope, (u8, String)> {
+    let mut line = serde_json::to_vec(&RequestEnvelope::new(req.clone())).expect("serializable");
+    if line.len() > lvc_proto::MAX_REQUEST_BYTES {
+        return Err((
+            EXIT_USAGE,
+            format!(
+                "the request is {} bytes, more than lvc-dataplane reads ({} bytes)",
+                line.len(),
+                lvc_proto::MAX_REQUEST_BYTES
+            ),
+        ));
+    }
+    line.push(b'\n');
     let stream = UnixStream::connect(socket).map_err(|e| {
         let why = match e.kind() {
             std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
@@ -1508,8 +1695,6 @@ fn call(socket: &Path, req: &Request) -> Result<ResponseEnvelope, (u8, String)> 
         )
     })?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut line = serde_json::to_vec(&RequestEnvelope::new(req.clone())).expect("serializable");
-    line.push(b'\n');
     (&stream)
         .write_all(&line)
         .map_err(|e| (EXIT_PROTOCOL, format!("cannot send request: {e}")))?;
@@ -2304,5 +2489,466 @@ mod tests {
                 default: Some("1:20".parse().unwrap()),
             }
         );
+    }
+
+    /// `lvc-ctl filter …` (not `filter set`) parsed into its request, or
+    /// the error message.
+    fn filter_req(line: &str) -> Result<Request, String> {
+        parse(&format!("filter {line}")).map(|(r, _)| r)
+    }
+
+    #[test]
+    fn filter_add_builds_the_rule() {
+        use lvc_proto::filter::{AddrMatch, FilterAction, FilterRule, PortRange, cidr_list};
+        assert_eq!(
+            filter_req(
+                "add --prio 10 --action drop --src 10.0.0.0/8,192.0.2.0/24 --dst @vips \
+                 --proto tcp --dport 1024-2047 --iface eth0 --real 10.2.0.11:80"
+            )
+            .unwrap(),
+            Request::FilterAdd {
+                rule: FilterRule {
+                    prio: 10,
+                    action: FilterAction::Drop,
+                    src: Some(AddrMatch::Cidrs(
+                        cidr_list("10.0.0.0/8,192.0.2.0/24").unwrap()
+                    )),
+                    dst: Some(AddrMatch::Set("vips".into())),
+                    proto: Some(6),
+                    dport: Some(PortRange { lo: 1024, hi: 2047 }),
+                    iface: Some("eth0".into()),
+                    real: Some("10.2.0.11:80".parse().unwrap()),
+                },
+            }
+        );
+        assert_eq!(
+            filter_req("add --prio 1 --action accept --proto 47").unwrap(),
+            Request::FilterAdd {
+                rule: FilterRule {
+                    prio: 1,
+                    action: FilterAction::Accept,
+                    src: None,
+                    dst: None,
+                    proto: Some(47),
+                    dport: None,
+                    iface: None,
+                    real: None,
+                },
+            }
+        );
+        assert!(matches!(
+            filter_req("add --prio 5 --action drop --src 2001:db8::/32 --proto udp --dport 53"),
+            Ok(Request::FilterAdd { rule }) if rule.dport == Some(PortRange { lo: 53, hi: 53 })
+        ));
+        for (bad, why) in [
+            (
+                "add --prio 1 --action drop --src 10.1.2.3/8",
+                "`10.1.2.3/8` has host bits set: the prefix is 10.0.0.0/8",
+            ),
+            (
+                "add --prio 1 --action drop --dport 80",
+                "rule 1: --dport needs --proto tcp or udp",
+            ),
+            (
+                "add --prio 1 --action drop --proto icmp --dport 80",
+                "--dport needs --proto tcp or udp",
+            ),
+            (
+                "add --prio 1 --action reject",
+                "action `reject`: expected drop or accept",
+            ),
+            ("add --prio 1 --src 10.0.0.0/8", "--action"),
+            ("add --action drop", "--prio"),
+            (
+                "add --prio 1 --action drop --proto sctp",
+                "protocol `sctp`: expected tcp, udp, icmp, icmpv6 or 0..=255",
+            ),
+            (
+                "add --prio 1 --action drop --proto tcp --dport 90-80",
+                "port range `90-80` is empty",
+            ),
+            (
+                "add --prio 1 --action drop --src @bad/set",
+                "set name `bad/set`",
+            ),
+            (
+                "add --prio 1 --action drop --proto icmp --real 10.2.0.11",
+                "--real matches connections",
+            ),
+            (
+                "add --prio 1 --action drop --iface averyveryverylongname",
+                "1..=15 characters",
+            ),
+        ] {
+            let e = filter_req(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn filter_del_flush_list() {
+        assert_eq!(
+            filter_req("del --prio 10").unwrap(),
+            Request::FilterDel { prio: 10 }
+        );
+        assert_eq!(filter_req("flush").unwrap(), Request::FilterFlush {});
+        for (line, want) in [
+            ("filter list", (false, false, false)),
+            ("filter list --stats -X", (true, true, false)),
+            ("filter list --json", (false, false, true)),
+        ] {
+            match parse(line) {
+                Ok((Request::FilterList {}, Show::Filter { stats, exact, json })) => {
+                    assert_eq!((stats, exact, json), want, "{line}")
+                }
+                other => panic!("{line}: {:?}", other.map(|r| r.0)),
+            }
+        }
+        assert!(filter_req("del").is_err());
+    }
+
+    /// `lvc-ctl filter set …` with `stdin` as standard input.
+    fn set(args: &[&str], stdin: &str) -> Result<filter::SetPlan, String> {
+        let argv = ["lvc-ctl", "filter", "set"].iter().chain(args);
+        let cli = Cli::try_parse_from(argv).map_err(|e| e.to_string())?;
+        match cli.cmd.unwrap() {
+            Cmd::Filter {
+                cmd: filter::FilterCmd::Set { cmd },
+            } => filter::set_plan(cmd, &mut stdin.as_bytes()).map_err(|(_, e)| e),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn cidrs(s: &str) -> Vec<lvc_proto::filter::Cidr> {
+        lvc_proto::filter::cidr_list(s).unwrap()
+    }
+
+    #[test]
+    fn filter_set_commands() {
+        let p = set(
+            &[
+                "add",
+                "bad-guys",
+                "192.0.2.0/24",
+                "198.51.100.7,2001:db8::/48",
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            p.requests,
+            [Request::SetAdd {
+                name: "bad-guys".into(),
+                prefixes: cidrs("192.0.2.0/24,198.51.100.7/32,2001:db8::/48"),
+            }]
+        );
+        assert_eq!(p.done.unwrap(), "added 3 prefixes to set bad-guys");
+        // From standard input, with the command line's, duplicates once.
+        let p = set(
+            &["add", "office", "10.9.0.0/16", "--file", "-"],
+            "# office networks\n\n10.8.0.0/16  # HQ\r\n  10.9.0.0/16\n",
+        )
+        .unwrap();
+        assert_eq!(
+            p.requests,
+            [Request::SetAdd {
+                name: "office".into(),
+                prefixes: cidrs("10.9.0.0/16,10.8.0.0/16"),
+            }]
+        );
+        assert_eq!(
+            p.done.unwrap(),
+            "added 2 prefixes to set office (1 duplicates left out)"
+        );
+        // No prefixes: the set is created empty.
+        assert_eq!(
+            set(&["add", "later"], "").unwrap().requests,
+            [Request::SetAdd {
+                name: "later".into(),
+                prefixes: vec![],
+            }]
+        );
+        let p = set(&["del", "office", "10.8.0.0/16"], "").unwrap();
+        assert_eq!(
+            p.requests,
+            [Request::SetDel {
+                name: "office".into(),
+                prefixes: cidrs("10.8.0.0/16"),
+            }]
+        );
+        assert_eq!(p.done.unwrap(), "removed 1 prefix from set office");
+        let p = set(&["destroy", "office"], "").unwrap();
+        assert_eq!(
+            p.requests,
+            [Request::SetDestroy {
+                name: "office".into()
+            }]
+        );
+        assert!(p.done.is_none());
+        for (args, why) in [
+            (&["del", "office"][..], "give the prefixes to remove"),
+            (&["add", "x", "10.1.2.3/8"][..], "has host bits set"),
+            (
+                &["add", "bad name", "10.0.0.0/8"][..],
+                "set name `bad name`",
+            ),
+            (&["add", "x", ""][..], "at least one CIDR"),
+            (&["destroy"][..], "NAME"),
+            (
+                &["add", "x", "--file", "/nonexistent/blocklist.txt"][..],
+                "cannot read /nonexistent/blocklist.txt",
+            ),
+        ] {
+            let e = set(args, "").expect_err(&format!("{args:?}"));
+            assert!(e.contains(why), "{args:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn a_bad_line_in_a_prefix_file_is_named() {
+        let dir = std::env::temp_dir().join(format!("lvc-ctl-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("blocklist.txt");
+        std::fs::write(
+            &path,
+            "# blocklist\n192.0.2.0/24\n\n198.51.100.0/24\n# more\n203.0.113.0/24\n10.1.2.3/8\n",
+        )
+        .unwrap();
+        let e = set(&["add", "bl", "--file", path.to_str().unwrap()], "").unwrap_err();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            e.ends_with(
+                "blocklist.txt line 7: `10.1.2.3/8` has host bits set: the prefix is 10.0.0.0/8"
+            ),
+            "{e}"
+        );
+        let e = set(&["add", "bl", "--file", "-"], "10.0.0.0/8\nten.0.0.0/8\n").unwrap_err();
+        assert!(
+            e.starts_with("standard input line 2: `ten.0.0.0/8` is not an address"),
+            "{e}"
+        );
+        let e = filter::parse_prefix_file("f", "10.0.0.0/8 10.1.0.0/16\n").unwrap_err();
+        assert!(e.starts_with("f line 1: `10.0.0.0/8 10.1.0.0/16`"), "{e}");
+    }
+
+    #[test]
+    fn large_sets_are_sent_in_chunks() {
+        let text: String = (0..50_001u32)
+            .map(|i| format!("{}\n", std::net::Ipv4Addr::from(0x0a00_0000 + i)))
+            .collect();
+        let p = set(&["add", "big", "--file", "-"], &text).unwrap();
+        let sizes: Vec<usize> = p
+            .requests
+            .iter()
+            .map(|r| match r {
+                Request::SetAdd { name, prefixes } if name == "big" => prefixes.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [20_000, 20_000, 10_001]);
+        assert_eq!(
+            p.done.unwrap(),
+            "added 50001 prefixes to set big (3 requests)"
+        );
+        let p = set(&["del", "big", "--file", "-"], &text).unwrap();
+        assert_eq!(p.requests.len(), 3);
+        assert!(
+            matches!(&p.requests[2], Request::SetDel { prefixes, .. } if prefixes.len() == 10_001)
+        );
+        // The longest IPv6 prefixes: the byte budget cuts first.
+        let v6: Vec<_> = (0..20_000u128)
+            .map(|i| lvc_proto::filter::Cidr {
+                addr: std::net::Ipv6Addr::from(u128::MAX - i).into(),
+                len: 128,
+            })
+            .collect();
+        let reqs = filter::chunk("v6", v6, true);
+        assert!(reqs.len() > 1);
+        for r in &reqs {
+            let line = serde_json::to_vec(&RequestEnvelope::new(r.clone())).unwrap();
+            assert!(
+                line.len() < lvc_proto::MAX_REQUEST_BYTES * 2 / 3,
+                "{}",
+                line.len()
+            );
+        }
+    }
+
+    #[test]
+    fn a_request_too_long_for_the_daemon_is_not_sent() {
+        let huge = Request::SetAdd {
+            name: "x".into(),
+            prefixes: (0..100_000u32)
+                .map(|i| lvc_proto::filter::Cidr {
+                    addr: std::net::Ipv4Addr::from(i).into(),
+                    len: 32,
+                })
+                .collect(),
+        };
+        let (code, e) = call(Path::new("/nonexistent/lvc.sock"), &huge).unwrap_err();
+        assert_eq!(code, EXIT_USAGE);
+        assert!(e.contains("more than lvc-dataplane reads"), "{e}");
+    }
+
+    #[test]
+    fn add_service_takes_a_client_policy() {
+        use lvc_proto::filter::Policy;
+        let policy = |line: &str| match parse(line) {
+            Ok((Request::AddService { policy, .. }, _)) => Ok(policy),
+            Ok((other, _)) => panic!("{line}: {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            policy(
+                "add-service --tcp 10.0.0.10:80 --allow 10.0.0.0/8,192.0.2.0/24 \
+                 --allow 198.51.100.0/24 --deny 10.1.0.0/16 --conn-rate 100 --conn-burst 200"
+            )
+            .unwrap(),
+            Policy {
+                allow: cidrs("10.0.0.0/8,192.0.2.0/24,198.51.100.0/24"),
+                deny: cidrs("10.1.0.0/16"),
+                conn_rate: Some(100),
+                conn_burst: Some(200),
+            }
+        );
+        assert_eq!(
+            policy("add-service --tcp 10.0.0.10:80").unwrap(),
+            Policy::default()
+        );
+        // ipvsadm's spelling shares the options.
+        assert_eq!(
+            policy("-A -t [2001:db8::10]:443 -s rr --deny 2001:db8:bad::/48").unwrap(),
+            Policy {
+                deny: cidrs("2001:db8:bad::/48"),
+                ..Policy::default()
+            }
+        );
+        for (bad, why) in [
+            ("-A -t 10.0.0.10:80 --allow 10.1.2.3/8", "has host bits set"),
+            (
+                "-A -t 10.0.0.10:80 --allow 2001:db8::/32",
+                "--allow 2001:db8::/32: not the service's address family",
+            ),
+            (
+                "-A -t 10.0.0.10:80 --allow 10.0.0.0/8 --deny 10.0.0.0/8",
+                "10.0.0.0/8 is in both --allow and --deny",
+            ),
+            (
+                "-A -t 10.0.0.10:80 --conn-burst 10",
+                "--conn-burst needs --conn-rate",
+            ),
+            ("-A -t 10.0.0.10:80 --conn-rate 0", "at least 1"),
+            ("-A -t 10.0.0.10:80 --conn-rate lots", "--conn-rate"),
+        ] {
+            let e = policy(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+        // An ipvsadm rules file may carry them too.
+        let reqs = ipvsadm::parse_rules("-A -t 10.0.0.10:80 --allow 10.0.0.0/8\n").unwrap();
+        assert!(
+            matches!(&reqs[0].1, Request::AddService { policy, .. } if policy.allow == cidrs("10.0.0.0/8"))
+        );
+    }
+
+    #[test]
+    fn edit_service_changes_the_client_policy() {
+        let edit = |line: &str| match parse(line) {
+            Ok((
+                Request::EditService {
+                    allow,
+                    deny,
+                    conn_rate,
+                    conn_burst,
+                    ..
+                },
+                _,
+            )) => Ok((allow, deny, conn_rate, conn_burst)),
+            Ok((other, _)) => panic!("{line}: {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            edit("edit-service --tcp 10.0.0.10:80 --scheduler wrr").unwrap(),
+            (None, None, None, None)
+        );
+        assert_eq!(
+            edit("edit-service --tcp 10.0.0.10:80 --no-allow --deny 192.0.2.0/24,10.1.0.0/16")
+                .unwrap(),
+            (
+                Some(vec![]),
+                Some(cidrs("192.0.2.0/24,10.1.0.0/16")),
+                None,
+                None
+            )
+        );
+        assert_eq!(
+            edit("-E -t 10.0.0.10:80 --allow 10.0.0.0/8 --no-deny --conn-rate 0").unwrap(),
+            (Some(cidrs("10.0.0.0/8")), Some(vec![]), Some(0), None)
+        );
+        assert_eq!(
+            edit("-E -t 10.0.0.10:80 --conn-rate 50 --conn-burst 80").unwrap(),
+            (None, None, Some(50), Some(80))
+        );
+        assert_eq!(
+            edit("-E -t 10.0.0.10:80 --conn-burst 80").unwrap(),
+            (None, None, None, Some(80)),
+            "the burst of the limit in place"
+        );
+        for (bad, why) in [
+            (
+                "-E -t 10.0.0.10:80 --allow 10.0.0.0/8 --no-allow",
+                "cannot be used with",
+            ),
+            (
+                "-E -t 10.0.0.10:80 --deny 10.0.0.0/8 --no-deny",
+                "cannot be used with",
+            ),
+            (
+                "-E -t 10.0.0.10:80 --conn-rate 0 --conn-burst 5",
+                "--conn-burst with --conn-rate 0",
+            ),
+            (
+                "-E -t [2001:db8::10]:80 --deny 10.0.0.0/8",
+                "not the service's address family",
+            ),
+            ("-E -t 10.0.0.10:80 --deny 10.0.0.1/8", "has host bits set"),
+        ] {
+            let e = edit(bad).expect_err(bad);
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn man_page_explains_the_filter() {
+        let mut man = Vec::new();
+        man_page(&mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        // roff escapes hyphens; unwrap lines to find phrases.
+        let text = man
+            .replace("\\-", "-")
+            .replace("\\*(Aq", "'")
+            .replace('\n', " ");
+        for want in [
+            ".SH \"LVC-CTL FILTER ADD\"",
+            ".SH \"LVC-CTL FILTER DEL\"",
+            ".SH \"LVC-CTL FILTER FLUSH\"",
+            ".SH \"LVC-CTL FILTER LIST\"",
+            ".SH \"LVC-CTL FILTER SET ADD\"",
+            ".SH \"LVC-CTL FILTER SET DEL\"",
+            ".SH \"LVC-CTL FILTER SET DESTROY\"",
+            "first rule that matches",
+            &format!("at most {} rules", lvc_proto::filter::MAX_FILTER_RULES),
+            "evaluated in the XDP program",
+            "ends the established connections",
+            "accept ends the filter",
+            "--conn-burst",
+            "--no-allow",
+            "the longest prefix decides; equal lengths: deny",
+            "before any connection state is made",
+            "one second's worth",
+            "at most 20000 prefixes",
+        ] {
+            assert!(text.contains(want), "{want}");
+        }
+        assert_eq!(filter::CHUNK_PREFIXES, 20_000);
     }
 }

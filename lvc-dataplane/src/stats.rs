@@ -74,10 +74,15 @@ pub enum Drop {
     /// The destination's longest route is a prohibit route (counted
     /// whether or not an ICMP error answered it).
     RouteProhibit,
+    /// A new connection the global filter (a `--real` rule) or the
+    /// service's allow/deny lists refuse.
+    Filtered,
+    /// A new connection over its service's `--conn-rate`.
+    ConnRate,
 }
 
 impl Drop {
-    pub const COUNT: usize = 24;
+    pub const COUNT: usize = 26;
     pub const ALL: [Drop; Drop::COUNT] = [
         Drop::Malformed,
         Drop::NotIp,
@@ -103,6 +108,8 @@ impl Drop {
         Drop::RouteBlackhole,
         Drop::RouteUnreachable,
         Drop::RouteProhibit,
+        Drop::Filtered,
+        Drop::ConnRate,
     ];
 
     pub fn name(self) -> &'static str {
@@ -131,6 +138,8 @@ impl Drop {
             Drop::RouteBlackhole => "route_blackhole",
             Drop::RouteUnreachable => "route_unreachable",
             Drop::RouteProhibit => "route_prohibit",
+            Drop::Filtered => "filtered",
+            Drop::ConnRate => "conn_rate",
         }
     }
 }
@@ -206,6 +215,11 @@ pub struct TrafficStats {
     /// At its upper connection threshold (servers only; IPVS's
     /// `IP_VS_DEST_F_OVERLOAD`): set and cleared by the schedulers.
     pub overloaded: std::sync::atomic::AtomicBool,
+    /// Packets dropped in userspace by the filter, the service's lists or
+    /// its connection rate limit (services only; XDP's drops are counted
+    /// in its own map).
+    pub filtered: AtomicU64,
+    pub filtered_bytes: AtomicU64,
     /// Per-second rates, refreshed by [`TrafficStats::sample`].
     rates: Mutex<(Counters, Rates)>,
 }

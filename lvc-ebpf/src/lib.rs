@@ -55,6 +55,19 @@ pub mod maps {
     pub const REPLY_MASK: &str = "reply_mask";
     /// Fragmented `nat` replies whose later fragments follow their first.
     pub const FRAGREPLIES: &str = "fragreplies";
+    /// Filter prefixes: an LPM trie of [`AclData`](super::AclData) → `u64`.
+    pub const ACL: &str = "acl";
+    /// Global filter rules by slot: [`FilterRuleValue`](super::FilterRuleValue).
+    pub const FRULES: &str = "frules";
+    /// The rules' order, two copies: [`FilterOrder`](super::FilterOrder).
+    pub const FORDER: &str = "forder";
+    /// [`FilterConf`](super::FilterConf) at index 0.
+    pub const FCONF: &str = "fconf";
+    /// Per-CPU [`FilterCount`](super::FilterCount) by rule slot.
+    pub const FSTATS: &str = "fstats";
+    /// Per-CPU [`FilterCount`](super::FilterCount) each service lost to
+    /// filtering, by service id.
+    pub const SVCDROPS: &str = "svcdrops";
 }
 
 /// Address family tags used in keys (not the libc `AF_*` numbers).
@@ -214,18 +227,133 @@ pub const MAX_RANGES: usize = 16;
 pub struct PortRanges {
     pub n: u32,
     pub r: [(u16, u16); MAX_RANGES],
+    /// The service of each range.
+    pub v: [ServiceValue; MAX_RANGES],
 }
 
 impl PortRanges {
     /// `None` when there are more than [`MAX_RANGES`].
-    pub fn new(ranges: &[(u16, u16)]) -> Option<Self> {
+    pub fn new(ranges: &[((u16, u16), ServiceValue)]) -> Option<Self> {
         let mut v = Self {
             n: ranges.len() as u32,
             ..Self::default()
         };
-        v.r.get_mut(..ranges.len())?.copy_from_slice(ranges);
+        for (i, &(r, s)) in ranges.iter().enumerate() {
+            *v.r.get_mut(i)? = r;
+            v.v[i] = s;
+        }
         Some(v)
     }
+}
+
+/// [`ServiceValue::flags`]: the service has allow or deny prefixes.
+pub const SVC_ACL: u32 = 1;
+/// [`ServiceValue::flags`]: ... and an allow list (only those clients).
+pub const SVC_ALLOWLIST: u32 = 2;
+
+/// Scopes of the `acl` trie: the global filter's source prefixes.
+pub const ACL_SCOPE_SRC: u32 = 0;
+/// The global filter's destination prefixes.
+pub const ACL_SCOPE_DST: u32 = 1;
+/// A service's allow/deny prefixes: this + its id.
+pub const ACL_SCOPE_SERVICE: u32 = 2;
+/// `acl` values in a service's scope.
+pub const ACL_ALLOW: u64 = 1;
+pub const ACL_DENY: u64 = 2;
+
+/// Most rules in the global filter (`LVC_MAX_RULES`).
+pub const MAX_RULES: usize = 64;
+/// Service ids the per-service drop counters have room for.
+pub const MAX_SERVICE_IDS: u32 = 65_536;
+
+/// The data of an `acl` key (after its prefix length): a scope and an
+/// address, IPv4 as `::ffff:a.b.c.d`, network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AclData {
+    pub scope: u32,
+    pub addr: [u8; 16],
+}
+
+impl AclData {
+    /// The key data and the trie prefix length of prefix `addr/len` in
+    /// `scope`.
+    pub fn prefix(scope: u32, addr: IpAddr, len: u8) -> (Self, u32) {
+        let (addr, bits) = match addr {
+            IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), 96 + u32::from(len)),
+            IpAddr::V6(a) => (a.octets(), u32::from(len)),
+        };
+        (Self { scope, addr }, 32 + bits)
+    }
+}
+
+/// `frules` actions.
+pub const FR_DROP: u8 = 0;
+pub const FR_ACCEPT: u8 = 1;
+/// A `--real` rule: decided in userspace when a connection is made.
+pub const FR_USERSPACE: u8 = 2;
+/// `frules` flags: match the protocol, the destination port range, the
+/// ingress interface.
+pub const FR_PROTO: u8 = 1;
+pub const FR_DPORT: u8 = 2;
+pub const FR_IFACE: u8 = 4;
+
+/// One global filter rule at its slot (`struct filter_rule`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterRuleValue {
+    pub action: u8,
+    pub proto: u8,
+    pub flags: u8,
+    pub pad: u8,
+    pub dport_lo: u16,
+    pub dport_hi: u16,
+    pub ifindex: u32,
+}
+
+/// The rules' order and the match-everything masks (`struct filter_order`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FilterOrder {
+    pub n: u32,
+    pub slot: [u8; MAX_RULES],
+    pub pad: u32,
+    pub src_any4: u64,
+    pub src_any6: u64,
+    pub dst_any4: u64,
+    pub dst_any6: u64,
+}
+
+impl Default for FilterOrder {
+    fn default() -> Self {
+        Self {
+            n: 0,
+            slot: [0; MAX_RULES],
+            pad: 0,
+            src_any4: 0,
+            src_any6: 0,
+            dst_any4: 0,
+            dst_any6: 0,
+        }
+    }
+}
+
+/// `struct filter_conf`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterConf {
+    /// 0: no rules; else 1 + the `forder` copy in use.
+    pub active: u32,
+    /// Services with allow/deny prefixes.
+    pub acl_services: u32,
+}
+
+/// `struct filter_count`: what a rule matched.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilterCount {
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 fn addr_words(addr: IpAddr) -> (u8, [u32; 4]) {
@@ -252,12 +380,27 @@ unsafe impl aya::Pod for PortRanges {}
 // SAFETY: as above (field sizes add up to the struct's, asserted below).
 unsafe impl aya::Pod for FlowKey {}
 // SAFETY: as above.
+unsafe impl aya::Pod for AclData {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FilterRuleValue {}
+// SAFETY: as above (4 + 64 + 4 bytes, then u64s at offset 72).
+unsafe impl aya::Pod for FilterOrder {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FilterConf {}
+// SAFETY: as above.
+unsafe impl aya::Pod for FilterCount {}
+// SAFETY: as above.
 unsafe impl aya::Pod for FlowValue {}
 
 const _: () = assert!(size_of::<EndpointKey>() == 20);
 const _: () = assert!(size_of::<AddrKey>() == 20);
 const _: () = assert!(size_of::<ServiceValue>() == 8);
-const _: () = assert!(size_of::<PortRanges>() == 4 + 4 * MAX_RANGES);
+const _: () = assert!(size_of::<PortRanges>() == 4 + 4 * MAX_RANGES + 8 * MAX_RANGES);
+const _: () = assert!(size_of::<AclData>() == 20);
+const _: () = assert!(size_of::<FilterRuleValue>() == 12);
+const _: () = assert!(size_of::<FilterOrder>() == 4 + MAX_RULES + 4 + 32);
+const _: () = assert!(size_of::<FilterConf>() == 8);
+const _: () = assert!(size_of::<FilterCount>() == 16);
 const _: () = assert!(size_of::<FlowKey>() == 40);
 const _: () = assert!(size_of::<FlowValue>() == 16 + 16 + 4 + 12 + 8 + 2 + 1 + 5 + 24);
 
@@ -278,11 +421,13 @@ pub enum Stat {
     FlowToLvc,
     DropNoDataplane,
     FlowOutOfWindow,
+    DropFilter,
+    DropServiceAcl,
 }
 
 impl Stat {
     /// Every counter, in index order.
-    pub const ALL: [Stat; 13] = [
+    pub const ALL: [Stat; 15] = [
         Stat::Rx,
         Stat::PassNotIp,
         Stat::PassMalformed,
@@ -296,6 +441,8 @@ impl Stat {
         Stat::FlowToLvc,
         Stat::DropNoDataplane,
         Stat::FlowOutOfWindow,
+        Stat::DropFilter,
+        Stat::DropServiceAcl,
     ];
 
     /// A stable snake_case name for listings and metrics.
@@ -314,6 +461,8 @@ impl Stat {
             Stat::FlowToLvc => "flow_to_lvc",
             Stat::DropNoDataplane => "drop_no_dataplane",
             Stat::FlowOutOfWindow => "flow_out_of_window",
+            Stat::DropFilter => "drop_filter",
+            Stat::DropServiceAcl => "drop_service_acl",
         }
     }
 }

@@ -46,6 +46,12 @@ pub struct ConfigFile {
     /// Traffic shaping: `[[shape.dev]]` trees and `[[shape.police]]`.
     #[serde(default, skip_serializing_if = "ShapeConfig::is_empty")]
     pub shape: ShapeConfig,
+    /// The global filter: `[[filter]]` rules over VIP traffic.
+    #[serde(default, rename = "filter", skip_serializing_if = "Vec::is_empty")]
+    pub filters: Vec<crate::filter::FilterRule>,
+    /// Named prefix sets rules refer to as `@name`: `[sets] name = [...]`.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub sets: std::collections::BTreeMap<String, Vec<crate::filter::Cidr>>,
 }
 
 /// `[fullnat]`: the director's addresses fullnat connections come from.
@@ -133,6 +139,17 @@ pub struct ServiceConfig {
     /// Picks up TCP connections mid-flow (directors behind ECMP).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sloppy: bool,
+    /// Only these clients reach the service.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<crate::filter::Cidr>,
+    /// These clients never reach it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<crate::filter::Cidr>,
+    /// New connections per second.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn_rate: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conn_burst: Option<u32>,
     #[serde(default, rename = "server")]
     pub servers: Vec<ServerConfig>,
 }
@@ -228,6 +245,18 @@ impl ConfigFile {
             if svc.sloppy {
                 s.push_str("sloppy = true\n");
             }
+            for (name, list) in [("allow", &svc.allow), ("deny", &svc.deny)] {
+                if !list.is_empty() {
+                    let l: Vec<String> = list.iter().map(|c| format!("\"{c}\"")).collect();
+                    let _ = writeln!(s, "{name} = [{}]", l.join(", "));
+                }
+            }
+            if let Some(r) = svc.conn_rate {
+                let _ = writeln!(s, "conn_rate = {r}");
+            }
+            if let Some(b) = svc.conn_burst {
+                let _ = writeln!(s, "conn_burst = {b}");
+            }
             if let Some(so) = &svc.sorry {
                 let _ = writeln!(
                     s,
@@ -251,6 +280,40 @@ impl ConfigFile {
                 if limits.min != 0 {
                     let _ = writeln!(s, "min_conns = {}", limits.min);
                 }
+            }
+        }
+        if !self.sets.is_empty() {
+            s.push_str("\n[sets]\n");
+            for (name, list) in &self.sets {
+                let _ = writeln!(s, "{} = [", quote(name));
+                for c in list {
+                    let _ = writeln!(s, "  \"{c}\",");
+                }
+                s.push_str("]\n");
+            }
+        }
+        for r in &self.filters {
+            let _ = write!(
+                s,
+                "\n[[filter]]\nprio = {}\naction = \"{}\"\n",
+                r.prio, r.action
+            );
+            for (name, m) in [("src", &r.src), ("dst", &r.dst)] {
+                if let Some(m) = m {
+                    let _ = writeln!(s, "{name} = \"{m}\"");
+                }
+            }
+            if let Some(p) = r.proto {
+                let _ = writeln!(s, "proto = \"{}\"", crate::filter::proto_name(p));
+            }
+            if let Some(p) = r.dport {
+                let _ = writeln!(s, "dport = \"{p}\"");
+            }
+            if let Some(i) = &r.iface {
+                let _ = writeln!(s, "iface = {}", quote(i));
+            }
+            if let Some(x) = &r.real {
+                let _ = writeln!(s, "real = \"{x}\"");
             }
         }
         if !self.shape.is_empty() {
@@ -311,6 +374,10 @@ impl ConfigFile {
             check
                 .validate()
                 .map_err(|e| at(None, format!("service {key}: check: {e}")))?;
+            let policy = svc.policy();
+            policy
+                .validate(key.vip.is_ipv4())
+                .map_err(|e| at(None, format!("service {key}: {e}")))?;
             out.push(Request::AddService {
                 service: key,
                 scheduler: svc.scheduler,
@@ -320,6 +387,7 @@ impl ConfigFile {
                 alert: svc.alert.clone(),
                 sorry: svc.sorry,
                 sloppy: svc.sloppy,
+                policy,
             });
             let mut reals = HashSet::new();
             for (j, srv) in svc.servers.iter().enumerate() {
@@ -367,7 +435,57 @@ impl ConfigFile {
                 });
             }
         }
+        for (name, prefixes) in &self.sets {
+            crate::filter::check_set_name(name).map_err(|message| Problem {
+                at: Place::Sets,
+                message,
+            })?;
+            out.push(Request::SetAdd {
+                name: name.clone(),
+                prefixes: prefixes.clone(),
+            });
+        }
+        let mut prios = HashSet::new();
+        for (i, rule) in self.filters.iter().enumerate() {
+            let at = |message: String| Problem {
+                at: Place::Filter(i),
+                message,
+            };
+            rule.validate().map_err(at)?;
+            if !prios.insert(rule.prio) {
+                return Err(at(format!("filter rule prio {} is used twice", rule.prio)));
+            }
+            for m in [&rule.src, &rule.dst].into_iter().flatten() {
+                if let crate::filter::AddrMatch::Set(n) = m
+                    && !self.sets.contains_key(n)
+                {
+                    return Err(at(format!(
+                        "filter rule {}: set @{n} is not defined in [sets]",
+                        rule.prio
+                    )));
+                }
+            }
+            out.push(Request::FilterAdd { rule: rule.clone() });
+        }
+        if self.filters.len() > crate::filter::MAX_FILTER_RULES {
+            return Err(Problem {
+                at: Place::Filter(crate::filter::MAX_FILTER_RULES),
+                message: format!("at most {} filter rules", crate::filter::MAX_FILTER_RULES),
+            });
+        }
         Ok(out)
+    }
+}
+
+impl ServiceConfig {
+    /// Its allow/deny lists and rate limit.
+    pub fn policy(&self) -> crate::filter::Policy {
+        crate::filter::Policy {
+            allow: self.allow.clone(),
+            deny: self.deny.clone(),
+            conn_rate: self.conn_rate,
+            conn_burst: self.conn_burst,
+        }
     }
 }
 
@@ -377,6 +495,8 @@ enum Place {
     Fullnat,
     Shape,
     Service { index: usize, server: Option<usize> },
+    Sets,
+    Filter(usize),
 }
 
 struct Problem {
@@ -391,6 +511,7 @@ impl Problem {
         let header = |l: &str| l.split('#').next().unwrap_or("").trim().replace(' ', "");
         let mut line = None;
         let (mut svc, mut srv) = (None::<usize>, None::<usize>);
+        let mut nfilter = 0;
         for (n, l) in text.lines().enumerate() {
             let h = header(l);
             let found = match (&self.at, h.as_str()) {
@@ -410,6 +531,11 @@ impl Problem {
                 ) => {
                     srv = Some(srv.map_or(0, |s| s + 1));
                     svc == Some(*index) && srv == Some(*j)
+                }
+                (Place::Sets, "[sets]") => true,
+                (Place::Filter(i), "[[filter]]") => {
+                    nfilter += 1;
+                    nfilter == i + 1
                 }
                 _ => false,
             };

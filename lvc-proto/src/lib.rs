@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod filter;
 pub mod health;
 pub mod shape;
 mod types;
@@ -92,6 +93,9 @@ pub enum Request {
         /// directors behind ECMP, where flows move between directors.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         sloppy: bool,
+        /// Allow/deny lists and the new-connection rate limit.
+        #[serde(default, skip_serializing_if = "filter::Policy::is_empty")]
+        policy: filter::Policy,
     },
     DelService {
         service: ServiceKey,
@@ -139,6 +143,18 @@ pub enum Request {
         /// Picks up TCP connections mid-flow, or stops.
         #[serde(default)]
         sloppy: Option<bool>,
+        /// New allow list (empty: none).
+        #[serde(default)]
+        allow: Option<Vec<filter::Cidr>>,
+        /// New deny list (empty: none).
+        #[serde(default)]
+        deny: Option<Vec<filter::Cidr>>,
+        /// New connection rate limit; 0 removes it.
+        #[serde(default)]
+        conn_rate: Option<u32>,
+        /// New burst (0: one second's worth).
+        #[serde(default)]
+        conn_burst: Option<u32>,
     },
     /// Changes a real server's weight and/or method (ipvsadm -e).
     EditServer {
@@ -242,6 +258,31 @@ pub enum Request {
     Batch {
         requests: Vec<Request>,
     },
+    /// Adds a rule to the global filter (its prio must be free).
+    FilterAdd {
+        rule: filter::FilterRule,
+    },
+    FilterDel {
+        prio: u32,
+    },
+    /// Removes every filter rule (the sets stay).
+    FilterFlush {},
+    /// Adds prefixes to a named set, creating it.
+    SetAdd {
+        name: String,
+        prefixes: Vec<filter::Cidr>,
+    },
+    /// Removes prefixes from a named set.
+    SetDel {
+        name: String,
+        prefixes: Vec<filter::Cidr>,
+    },
+    /// Removes a set no rule uses.
+    SetDestroy {
+        name: String,
+    },
+    /// The filter's rules with their counters, and the sets.
+    FilterList {},
 }
 
 /// What a request does, so that the daemon dispatches on one exhaustive
@@ -253,6 +294,8 @@ pub enum RequestKind {
     ConfigEdit,
     /// Changes the shaping configuration (validated and compiled whole).
     ShapeEdit,
+    /// Changes the global filter or its sets.
+    FilterEdit,
     /// Changes something else the daemon holds (timeouts, counters, the
     /// fullnat pool, the whole configuration at once).
     Setting,
@@ -281,6 +324,12 @@ impl Request {
             | Request::ShapeDelFilter { .. }
             | Request::ShapeAddPolice { .. }
             | Request::ShapeDelPolice { .. } => ShapeEdit,
+            Request::FilterAdd { .. }
+            | Request::FilterDel { .. }
+            | Request::FilterFlush {}
+            | Request::SetAdd { .. }
+            | Request::SetDel { .. }
+            | Request::SetDestroy { .. } => FilterEdit,
             Request::Zero { .. }
             | Request::SetTimeouts { .. }
             | Request::SetLocalPool { .. }
@@ -290,7 +339,8 @@ impl Request {
             | Request::Conns { .. }
             | Request::List {}
             | Request::Status {}
-            | Request::ShapeList {} => Query,
+            | Request::ShapeList {}
+            | Request::FilterList {} => Query,
         }
     }
 }
@@ -315,6 +365,8 @@ pub enum Response {
     Conns(ConnListing),
     /// Shaping trees, filters, policers and counters (`shape list`).
     Shaping(shape::ShapeListing),
+    /// The filter's rules and sets (`filter list`).
+    Filter(filter::FilterListing),
     /// Nothing was changed; this says why.
     Error(ErrorReply),
 }

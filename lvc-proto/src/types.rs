@@ -864,6 +864,13 @@ pub struct ServiceInfo {
     /// Picks up TCP connections mid-flow.
     #[serde(default)]
     pub sloppy: bool,
+    /// Allow/deny lists and the new-connection rate limit.
+    #[serde(default, skip_serializing_if = "crate::filter::Policy::is_empty")]
+    pub policy: crate::filter::Policy,
+    /// Packets of this service that the filter, its lists or its rate
+    /// limit dropped.
+    #[serde(default)]
+    pub filtered: crate::filter::FilterCounters,
 }
 
 /// Answer to `list`.
@@ -1094,6 +1101,7 @@ mod netmask_tests {
             alert: None,
             sorry: None,
             sloppy: false,
+            policy: Default::default(),
         };
         let text = serde_json::to_string(&r).unwrap();
         assert!(text.contains(r#""netmask":64"#), "{text}");

@@ -74,6 +74,13 @@ const CLIENT: [u8; 4] = [10, 20, 2, 2];
 const LOCAL: [u8; 4] = [10, 20, 1, 1];
 const POOL: [u8; 4] = [10, 20, 1, 100];
 
+/// The `vips` entries of these service endpoints (service id 0, no lists).
+fn vips(
+    keys: impl IntoIterator<Item = EndpointKey>,
+) -> std::collections::HashMap<EndpointKey, lvc_ebpf::ServiceValue> {
+    keys.into_iter().map(|k| (k, Default::default())).collect()
+}
+
 fn ip(a: [u8; 4]) -> IpAddr {
     IpAddr::from(a)
 }
@@ -475,7 +482,7 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         st.set_slot(ifindex, 0).unwrap();
         st.set_socket(0, 0, io.socket_fd(0)).unwrap();
         let ip6 = |s: &str| s.parse::<IpAddr>().unwrap();
-        st.sync_vips(&HashSet::from([
+        st.sync_vips(&vips([
             EndpointKey::new(ip6(VIP6), 6, 80),
             EndpointKey::new(ip(VIP), 6, 80),
             EndpointKey::new(ip(VIP), 17, 53),
@@ -485,7 +492,11 @@ fn xdp_program_steers_exactly_lvc_traffic() {
         // Port ranges of VIP/tcp (two services: 1000-2000 and 3000-3001).
         st.sync_vipranges(&std::collections::HashMap::from([(
             lvc_ebpf::AddrKey::with_proto(ip(VIP), 6),
-            lvc_ebpf::PortRanges::new(&[(1000, 2000), (3000, 3001)]).unwrap(),
+            lvc_ebpf::PortRanges::new(&[
+                ((1000, 2000), Default::default()),
+                ((3000, 3001), Default::default()),
+            ])
+            .unwrap(),
         )]))
         .unwrap();
         st.sync_fragvips(&HashSet::from([
@@ -673,7 +684,7 @@ fn offloaded_flows_keep_blind_resets_from_lvc() {
         st.set_egress(0, ifindex).unwrap();
         let mut flows = st.take_flows().expect("the flow map");
         let ip6 = |s: &str| s.parse::<IpAddr>().unwrap();
-        st.sync_vips(&HashSet::from([
+        st.sync_vips(&vips([
             EndpointKey::new(ip6(VIP6), 6, 80),
             EndpointKey::new(ip(VIP), 6, 80),
         ]))
@@ -888,7 +899,7 @@ fn xdp_program_survives_torture() {
         st.set_slot(ifindex, 0).unwrap();
         st.set_socket(0, 0, io.socket_fd(0)).unwrap();
         let ip6 = |s: &str| s.parse::<IpAddr>().unwrap();
-        st.sync_vips(&HashSet::from([
+        st.sync_vips(&vips([
             EndpointKey::new(ip6(VIP6), 6, 80),
             EndpointKey::new(ip6(VIP6), 17, 53),
             EndpointKey::new(ip(VIP), 6, 80),

@@ -3,8 +3,10 @@
 
 use super::err;
 use crate::health::Health;
+use crate::pipeline::filter::ConnRate;
 use crate::pipeline::services::Persistence;
 use crate::stats::TrafficStats;
+use lvc_proto::filter::Policy;
 use lvc_proto::{
     ConnLimits, ErrorCode, ErrorReply, MAX_WEIGHT, Method, Netmask, Request, Scheduler, ServiceKey,
     check_persistence,
@@ -67,6 +69,10 @@ pub(super) struct ServiceConf {
     pub(super) sorry: Option<SorryConf>,
     /// Picks up TCP connections mid-flow.
     pub(super) sloppy: bool,
+    /// Allow/deny lists and the new-connection rate limit.
+    pub(super) policy: Policy,
+    /// The rate limit's bucket (kept while its limits stay).
+    pub(super) conn_rate: Option<Arc<ConnRate>>,
 }
 
 impl ServiceConf {
@@ -81,7 +87,22 @@ impl ServiceConf {
             alert: None,
             sorry: None,
             sloppy: false,
+            policy: Policy::default(),
+            conn_rate: None,
         }
+    }
+
+    /// Sets its policy (checked before); a rate limit whose numbers stay
+    /// keeps its bucket.
+    pub(super) fn set_policy(&mut self, p: Policy) {
+        self.conn_rate = match (p.conn_rate, p.burst()) {
+            (Some(r), Some(b)) => match &self.conn_rate {
+                Some(cur) if cur.same(r, b) => Some(cur.clone()),
+                _ => Some(Arc::new(ConnRate::new(r, b))),
+            },
+            _ => None,
+        };
+        self.policy = p;
     }
 
     /// Sets (or, with `None`, removes) its sorry server; an unchanged one
@@ -120,6 +141,15 @@ impl ServiceConf {
 }
 
 pub(super) type Config = BTreeMap<ServiceKey, ServiceConf>;
+
+fn check_policy(service: &ServiceKey, p: &Policy) -> Result<(), ErrorReply> {
+    p.validate(service.vip.is_ipv4()).map_err(|e| {
+        err(
+            ErrorCode::InvalidArgument,
+            format!("service {service}: {e}"),
+        )
+    })
+}
 
 /// The width of a service's addresses: 32 or 128 bits.
 pub(super) fn address_bits(key: &ServiceKey) -> u8 {
@@ -162,8 +192,10 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             alert,
             sorry,
             sloppy,
+            policy,
         } => {
             check_service(service)?;
+            check_policy(service, policy)?;
             if cfg.contains_key(service) {
                 return Err(err(
                     ErrorCode::Exists,
@@ -192,6 +224,7 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             svc.alert = alert.clone().filter(|a| !a.trim().is_empty());
             svc.set_sorry(*sorry);
             svc.sloppy = *sloppy;
+            svc.set_policy(policy.clone());
             cfg.insert(*service, svc);
         }
         Request::DelService { service } => {
@@ -262,6 +295,10 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             sorry,
             no_sorry,
             sloppy,
+            allow,
+            deny,
+            conn_rate,
+            conn_burst,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             if let Some(s) = scheduler {
@@ -303,6 +340,30 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             }
             if let Some(s) = sloppy {
                 svc.sloppy = *s;
+            }
+            if allow.is_some() || deny.is_some() || conn_rate.is_some() || conn_burst.is_some() {
+                let mut p = svc.policy.clone();
+                if let Some(a) = allow {
+                    p.allow = a.clone();
+                }
+                if let Some(d) = deny {
+                    p.deny = d.clone();
+                }
+                match conn_rate {
+                    Some(0) => {
+                        p.conn_rate = None;
+                        p.conn_burst = None;
+                    }
+                    Some(r) => p.conn_rate = Some(*r),
+                    None => {}
+                }
+                match conn_burst {
+                    Some(0) => p.conn_burst = None,
+                    Some(b) => p.conn_burst = Some(*b),
+                    None => {}
+                }
+                check_policy(service, &p)?;
+                svc.set_policy(p);
             }
         }
         Request::EditServer {

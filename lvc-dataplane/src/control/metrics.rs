@@ -227,6 +227,11 @@ const METRICS: &[Metric] = &[
         }),
     ),
     counter(
+        "lvc_service_filtered_packets_total",
+        "Packets to the virtual service dropped by the filter, its allow/deny lists or its connection rate limit.",
+        Service(|s| one(s.filtered.packets)),
+    ),
+    counter(
         "lvc_server_connections_total",
         "Connections scheduled to the real server.",
         Server(|r| one(r.stats.conns)),
@@ -495,6 +500,8 @@ mod tests {
             alert: None,
             sorry: None,
             sloppy: false,
+            policy: Default::default(),
+            filtered: Default::default(),
         }
     }
 
@@ -584,6 +591,11 @@ lvc_service_bytes_total{service="udp:[2001:db8::1]:53",direction="in"} 44
 lvc_service_bytes_total{service="udp:[2001:db8::1]:53",direction="out"} 45
 lvc_service_bytes_total{service="tcp:10.0.0.11:80",direction="in"} 64
 lvc_service_bytes_total{service="tcp:10.0.0.11:80",direction="out"} 65
+# HELP lvc_service_filtered_packets_total Packets to the virtual service dropped by the filter, its allow/deny lists or its connection rate limit.
+# TYPE lvc_service_filtered_packets_total counter
+lvc_service_filtered_packets_total{service="tcp:10.0.0.10:21,22"} 0
+lvc_service_filtered_packets_total{service="udp:[2001:db8::1]:53"} 0
+lvc_service_filtered_packets_total{service="tcp:10.0.0.11:80"} 0
 # HELP lvc_server_connections_total Connections scheduled to the real server.
 # TYPE lvc_server_connections_total counter
 lvc_server_connections_total{service="tcp:10.0.0.10:21,22",server="192.168.1.1:21"} 21
@@ -680,6 +692,8 @@ lvc_worker_drops_total{worker="0",reason="reply_collision"} 1120
 lvc_worker_drops_total{worker="0",reason="route_blackhole"} 1121
 lvc_worker_drops_total{worker="0",reason="route_unreachable"} 1122
 lvc_worker_drops_total{worker="0",reason="route_prohibit"} 1123
+lvc_worker_drops_total{worker="0",reason="filtered"} 1124
+lvc_worker_drops_total{worker="0",reason="conn_rate"} 1125
 lvc_worker_drops_total{worker="1",reason="malformed"} 2100
 lvc_worker_drops_total{worker="1",reason="not_ip"} 2101
 lvc_worker_drops_total{worker="1",reason="fragment"} 2102
@@ -704,6 +718,8 @@ lvc_worker_drops_total{worker="1",reason="reply_collision"} 2120
 lvc_worker_drops_total{worker="1",reason="route_blackhole"} 2121
 lvc_worker_drops_total{worker="1",reason="route_unreachable"} 2122
 lvc_worker_drops_total{worker="1",reason="route_prohibit"} 2123
+lvc_worker_drops_total{worker="1",reason="filtered"} 2124
+lvc_worker_drops_total{worker="1",reason="conn_rate"} 2125
 # HELP lvc_xdp_packets_total Frames seen by the XDP program, by decision.
 # TYPE lvc_xdp_packets_total counter
 lvc_xdp_packets_total{decision="rx"} 500
@@ -719,6 +735,8 @@ lvc_xdp_packets_total{decision="flow_forwarded"} 509
 lvc_xdp_packets_total{decision="flow_to_lvc"} 510
 lvc_xdp_packets_total{decision="drop_no_dataplane"} 511
 lvc_xdp_packets_total{decision="flow_out_of_window"} 512
+lvc_xdp_packets_total{decision="drop_filter"} 513
+lvc_xdp_packets_total{decision="drop_service_acl"} 514
 # HELP lvc_conntrack_entries Connections tracked.
 # TYPE lvc_conntrack_entries gauge
 lvc_conntrack_entries 7
@@ -758,7 +776,7 @@ lvc_conntrack_capacity 1048576
         });
         let helps = got.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = got.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (26, 26));
+        assert_eq!((helps, types), (27, 27));
         let samples: Vec<&str> = got.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,

@@ -5,6 +5,8 @@
 //!   request applied to a copy of it, validated (no I/O);
 //! - `publish`: changes made live all or nothing — the service table
 //!   snapshot, the XDP maps, the fullnat pool, shaping, timeouts;
+//! - `filter`: the global filter and its sets, compiled for XDP and the
+//!   scheduler;
 //! - `query`: listings, status, connections, `save`;
 //! - `socket`: the Unix socket server (one thread per client);
 //! - `metrics`: the Prometheus endpoint;
@@ -19,6 +21,7 @@
 //! wait for any of this.
 
 mod config;
+mod filter;
 mod health;
 pub mod housekeeping;
 pub mod metrics;
@@ -84,6 +87,13 @@ pub struct Control {
     announcer: Option<Mutex<crate::net::announce::Announcer>>,
     /// Deleted services whose connections still drain.
     draining: Mutex<Vec<publish::Draining>>,
+    /// The global filter and its sets (lock order: filter, then config).
+    filter: Mutex<filter::FilterState>,
+    /// What the scheduler evaluates of it (`--real` rules), for `publish`.
+    user_filter: Mutex<Option<Arc<crate::pipeline::filter::UserFilter>>>,
+    /// Each steered service's number in the XDP maps (its allow/deny
+    /// prefixes' scope, its drop counter).
+    service_ids: Mutex<std::collections::HashMap<lvc_proto::ServiceKey, u32>>,
 }
 
 /// What the control plane needs from the rest of the daemon.
@@ -128,6 +138,9 @@ impl Control {
             sync: d.sync,
             announcer: d.announcer.map(Mutex::new),
             draining: Mutex::default(),
+            filter: Mutex::default(),
+            user_filter: Mutex::default(),
+            service_ids: Mutex::default(),
         }
     }
 
@@ -140,6 +153,7 @@ impl Control {
         match req.kind() {
             RequestKind::ConfigEdit => done(self.apply(std::slice::from_ref(&req))),
             RequestKind::ShapeEdit => done(self.shape(&req)),
+            RequestKind::FilterEdit => done(self.filter_edit(&req)),
             RequestKind::Setting => done(self.setting(req)),
             RequestKind::Query => self.query(req),
         }

@@ -9,7 +9,7 @@ use crate::pipeline::schedule::SchedState;
 use crate::pipeline::services::{Server, Service, ServiceTable};
 use crate::pipeline::snat::SnatPool;
 use crate::shape::ShapeTable;
-use lvc_ebpf::{AddrKey, EndpointKey, PortRanges};
+use lvc_ebpf::{AddrKey, EndpointKey, PortRanges, ServiceValue};
 use lvc_proto::config::{ConfigFile, Timeouts};
 use lvc_proto::shape::ShapeConfig;
 use lvc_proto::{
@@ -136,6 +136,8 @@ impl Control {
         let changes = file
             .requests()
             .map_err(|e| err(ErrorCode::InvalidArgument, e))?;
+        // The filter is checked before anything changes, installed last.
+        let filter = self.filter_prepare(&file.filters, &file.sets)?;
         // Shaping first: compiled (and so checked against the served
         // interfaces) before anything changes, published after services.
         let mut shape_cfg = self.shape_config.lock().unwrap_or_else(|p| p.into_inner());
@@ -156,6 +158,12 @@ impl Control {
             if let Some(old) = cfg.get(key) {
                 svc.stats = old.stats.clone();
                 svc.rr = old.rr.clone();
+                if let (Some(_), Some(was)) = (&svc.conn_rate, &old.conn_rate)
+                    && svc.policy.conn_rate == old.policy.conn_rate
+                    && svc.policy.burst() == old.policy.burst()
+                {
+                    svc.conn_rate = Some(was.clone());
+                }
                 if let (Some(new), Some(was)) = (&mut svc.persistence, &old.persistence)
                     && (new.timeout, new.netmask) == (was.timeout, was.netmask)
                 {
@@ -192,7 +200,9 @@ impl Control {
             self.shaping.store(Arc::new(s));
             *shape_cfg = file.shape.clone();
         }
-        Ok(())
+        drop(cfg);
+        drop(shape_cfg);
+        self.filter_install(filter)
     }
 
     /// Sets the fullnat local pool (all or nothing).
@@ -286,8 +296,16 @@ impl Control {
                 }),
                 sorry,
                 sloppy: s.sloppy,
+                lists: crate::pipeline::filter::Lists::new(&s.policy),
+                conn_rate: s.conn_rate.clone(),
             })
-        }));
+        }))
+        .with_filter(
+            self.user_filter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        );
         // Deleted services still steered while their connections drain.
         let draining: Vec<ServiceKey> = self
             .draining
@@ -297,7 +315,40 @@ impl Control {
             .map(|d| d.key)
             .filter(|k| !cfg.contains_key(k))
             .collect();
-        let (vips, vipranges) = vip_steering(cfg.keys().chain(&draining))?;
+        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
+        let ids = self.service_ids(cfg.keys().chain(&draining), &mut steering)?;
+        let value = |k: &ServiceKey| {
+            let p = cfg.get(k).map(|s| &s.policy);
+            let mut flags = 0;
+            if p.is_some_and(|p| !p.allow.is_empty() || !p.deny.is_empty()) {
+                flags |= lvc_ebpf::SVC_ACL;
+            }
+            if p.is_some_and(|p| !p.allow.is_empty()) {
+                flags |= lvc_ebpf::SVC_ALLOWLIST;
+            }
+            ServiceValue { id: ids[k], flags }
+        };
+        let (vips, vipranges) = vip_steering(cfg.keys().chain(&draining), value)?;
+        // Services' allow/deny prefixes, each service in its own scope.
+        let mut acl = HashMap::new();
+        let mut acl_services = 0;
+        for (k, s) in cfg.iter() {
+            let lists = [
+                (&s.policy.allow, lvc_ebpf::ACL_ALLOW),
+                (&s.policy.deny, lvc_ebpf::ACL_DENY),
+            ];
+            if lists.iter().all(|(l, _)| l.is_empty()) {
+                continue;
+            }
+            acl_services += 1;
+            let scope = lvc_ebpf::ACL_SCOPE_SERVICE + ids[k];
+            for (list, v) in lists {
+                for c in list {
+                    let (d, plen) = lvc_ebpf::AclData::prefix(scope, c.addr, c.len);
+                    acl.insert((scope, d.addr, plen), v);
+                }
+            }
+        }
         let fragvips: HashSet<AddrKey> = cfg
             .keys()
             .chain(&draining)
@@ -309,13 +360,25 @@ impl Control {
         };
         // Workers learn about new services before the XDP program sends
         // them traffic, and forget removed ones only after it stops.
-        let mut steering = self.steering.lock().unwrap_or_else(|p| p.into_inner());
         self.services.store(Arc::new(table));
+        // Prefixes before the flags that make XDP look at them; a removed
+        // list's flag goes before its prefixes.
+        let services_scope = |s: u32| s >= lvc_ebpf::ACL_SCOPE_SERVICE;
+        let mut with_old = acl.clone();
+        with_old.extend(
+            steering
+                .acl_service_entries()
+                .into_iter()
+                .filter(|(k, _)| !acl.contains_key(k)),
+        );
         steering
-            .sync_vips(&vips)
+            .sync_acl(services_scope, &with_old)
+            .and_then(|_| steering.set_acl_services(acl_services))
+            .and_then(|_| steering.sync_vips(&vips))
             .and_then(|_| steering.sync_vipranges(&vipranges))
             .and_then(|_| steering.sync_snat(&steered))
             .and_then(|_| steering.sync_fragvips(&fragvips))
+            .and_then(|_| steering.sync_acl(services_scope, &acl))
             .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
         drop(steering);
         self.announce(cfg);
@@ -540,20 +603,29 @@ fn new_timeouts(
 /// Every `nat` server endpoint of a configuration, with its counters.
 /// What the XDP program needs to recognise every service's packets: the
 /// single ports (`vips`) and, per VIP and protocol, the port ranges.
+#[allow(clippy::type_complexity)]
 pub(super) fn vip_steering<'a>(
     keys: impl Iterator<Item = &'a ServiceKey>,
-) -> Result<(HashSet<EndpointKey>, HashMap<AddrKey, PortRanges>), ErrorReply> {
-    let mut vips = HashSet::new();
-    let mut ranges: HashMap<AddrKey, Vec<(u16, u16)>> = HashMap::new();
+    value: impl Fn(&ServiceKey) -> ServiceValue,
+) -> Result<
+    (
+        HashMap<EndpointKey, ServiceValue>,
+        HashMap<AddrKey, PortRanges>,
+    ),
+    ErrorReply,
+> {
+    let mut vips = HashMap::new();
+    let mut ranges: HashMap<AddrKey, Vec<((u16, u16), ServiceValue)>> = HashMap::new();
     for k in keys {
+        let v = value(k);
         for &(lo, hi) in k.ports.ranges() {
             if lo == hi {
-                vips.insert(EndpointKey::new(k.vip, k.proto.number(), lo));
+                vips.insert(EndpointKey::new(k.vip, k.proto.number(), lo), v);
             } else {
                 ranges
                     .entry(AddrKey::with_proto(k.vip, k.proto.number()))
                     .or_default()
-                    .push((lo, hi));
+                    .push(((lo, hi), v));
             }
         }
     }
@@ -576,6 +648,65 @@ pub(super) fn vip_steering<'a>(
 }
 
 impl Control {
+    /// The XDP maps' number of each service in `keys`: kept while a
+    /// service lives, the lowest free one for a new service (its drop
+    /// counter zeroed).
+    fn service_ids<'a>(
+        &self,
+        keys: impl Iterator<Item = &'a ServiceKey>,
+        steering: &mut crate::io::steer::Steering,
+    ) -> Result<HashMap<ServiceKey, u32>, ErrorReply> {
+        let mut ids = self.service_ids.lock().unwrap_or_else(|p| p.into_inner());
+        let keys: HashSet<ServiceKey> = keys.copied().collect();
+        ids.retain(|k, _| keys.contains(k));
+        let mut used: HashSet<u32> = ids.values().copied().collect();
+        let mut next = 0u32;
+        for k in keys {
+            if ids.contains_key(&k) {
+                continue;
+            }
+            while used.contains(&next) {
+                next += 1;
+            }
+            if next >= lvc_ebpf::MAX_SERVICE_IDS {
+                return Err(err(
+                    ErrorCode::InvalidArgument,
+                    format!("at most {} services", lvc_ebpf::MAX_SERVICE_IDS),
+                ));
+            }
+            steering
+                .zero_service_drops(next)
+                .map_err(|e| err(ErrorCode::Internal, e.to_string()))?;
+            ids.insert(k, next);
+            used.insert(next);
+        }
+        Ok(ids.clone())
+    }
+
+    /// What service `key` lost to filtering: in XDP and in userspace.
+    pub(super) fn service_filtered(
+        &self,
+        key: &ServiceKey,
+        stats: &crate::stats::TrafficStats,
+    ) -> lvc_proto::filter::FilterCounters {
+        let id = self
+            .service_ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .copied();
+        let xdp = id.map_or_else(Default::default, |id| {
+            self.steering
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .service_drops(id)
+        });
+        lvc_proto::filter::FilterCounters {
+            packets: xdp.packets + stats.filtered.load(Relaxed),
+            bytes: xdp.bytes + stats.filtered_bytes.load(Relaxed),
+        }
+    }
+
     /// Applies a request of kind `Setting`.
     pub(super) fn setting(&self, req: Request) -> Result<(), ErrorReply> {
         match req {

@@ -21,9 +21,12 @@ impl Control {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
+        let (filters, sets) = self.filter_saved();
         let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let local = self.pool_addrs();
         ConfigFile {
+            filters,
+            sets,
             timeouts: Some(self.timeouts()),
             fullnat: (!local.is_empty()).then_some(Fullnat { local }),
             shape,
@@ -58,6 +61,10 @@ impl Control {
                         alert: s.alert.clone(),
                         sorry: s.sorry.as_ref().map(|so| so.sorry),
                         sloppy: s.sloppy,
+                        allow: s.policy.allow.clone(),
+                        deny: s.policy.deny.clone(),
+                        conn_rate: s.policy.conn_rate,
+                        conn_burst: s.policy.conn_burst,
                     }
                 })
                 .collect(),
@@ -155,6 +162,8 @@ impl Control {
                         overloaded: false,
                     }),
                     sloppy: s.sloppy,
+                    policy: s.policy.clone(),
+                    filtered: self.service_filtered(key, &s.stats),
                 })
                 .collect(),
             conn_capacity: self.conntrack.capacity() as u64,
@@ -302,6 +311,7 @@ impl Control {
             Request::Save {} => Response::Config(self.save().render()),
             Request::Conns { filter } => Response::Conns(self.conns(&filter)),
             Request::ShapeList {} => Response::Shaping(self.shaping.load().listing()),
+            Request::FilterList {} => Response::Filter(self.filter_listing()),
             other => Response::Error(err(
                 ErrorCode::Internal,
                 format!("{:?} is not a query", other.kind()),

@@ -14,12 +14,16 @@
 //! the link lives exactly as long as the process.
 
 use super::replymap::ReplyMap;
-use aya::maps::{Array, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
+use aya::maps::{Array, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, XskMap};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpMode};
 use aya::{Ebpf, TestRun, TestRunOptions};
-use lvc_ebpf::{AddrKey, EndpointKey, FlowKey, FlowValue, PortRanges, ServiceValue, Stat};
+use lvc_ebpf::{
+    AclData, AddrKey, EndpointKey, FilterConf, FilterCount, FilterOrder, FilterRuleValue, FlowKey,
+    FlowValue, PortRanges, ServiceValue, Stat,
+};
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::os::fd::AsFd;
@@ -117,6 +121,23 @@ impl Replies {
     }
 }
 
+/// An `acl` trie entry: scope, address (as in [`AclData`]), trie prefix
+/// length.
+pub type AclEntry = (u32, [u8; 16], u32);
+
+/// The filter's maps (see `lvc_xdp.c`: acl, frules, forder, fconf, fstats,
+/// svcdrops) and what `acl` holds.
+struct FilterMaps {
+    acl: LpmTrie<MapData, AclData, u64>,
+    frules: Array<MapData, FilterRuleValue>,
+    forder: Array<MapData, FilterOrder>,
+    fconf: Array<MapData, FilterConf>,
+    fstats: PerCpuArray<MapData, FilterCount>,
+    svcdrops: PerCpuArray<MapData, FilterCount>,
+    current_acl: HashMap<AclEntry, u64>,
+    conf: FilterConf,
+}
+
 /// The loaded program and its maps. Dropping it detaches the program.
 pub struct Steering {
     ebpf: Ebpf,
@@ -134,7 +155,9 @@ pub struct Steering {
     egress: DevMap<MapData>,
     /// The offloaded flows, until the dataplane's offload thread takes them.
     flows: Option<FlowMap>,
-    current_vips: HashSet<EndpointKey>,
+    current_vips: HashMap<EndpointKey, ServiceValue>,
+    /// The filter's maps.
+    filter: FilterMaps,
     current_snat: HashSet<AddrKey>,
     current_fragvips: HashSet<AddrKey>,
     current_vipranges: HashMap<AddrKey, PortRanges>,
@@ -227,6 +250,17 @@ impl Steering {
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
         let egress = DevMap::try_from(take(maps::EGRESS)?).map_err(map_err(maps::EGRESS))?;
         let flows = BpfHashMap::try_from(take(maps::FLOWS)?).map_err(map_err(maps::FLOWS))?;
+        let filter = FilterMaps {
+            acl: LpmTrie::try_from(take(maps::ACL)?).map_err(map_err(maps::ACL))?,
+            frules: Array::try_from(take(maps::FRULES)?).map_err(map_err(maps::FRULES))?,
+            forder: Array::try_from(take(maps::FORDER)?).map_err(map_err(maps::FORDER))?,
+            fconf: Array::try_from(take(maps::FCONF)?).map_err(map_err(maps::FCONF))?,
+            fstats: PerCpuArray::try_from(take(maps::FSTATS)?).map_err(map_err(maps::FSTATS))?,
+            svcdrops: PerCpuArray::try_from(take(maps::SVCDROPS)?)
+                .map_err(map_err(maps::SVCDROPS))?,
+            current_acl: HashMap::new(),
+            conf: FilterConf::default(),
+        };
         Ok(Self {
             ebpf,
             vips,
@@ -240,7 +274,8 @@ impl Steering {
             stats,
             egress,
             flows: Some(flows),
-            current_vips: HashSet::new(),
+            current_vips: HashMap::new(),
+            filter,
             current_snat: HashSet::new(),
             current_fragvips: HashSet::new(),
             current_vipranges: HashMap::new(),
@@ -398,13 +433,176 @@ impl Steering {
     }
 
     /// Makes the `vips` map hold exactly `want`.
-    pub fn sync_vips(&mut self, want: &HashSet<EndpointKey>) -> Result<(), SteerError> {
-        sync(
-            &mut self.vips,
-            &mut self.current_vips,
-            want,
-            lvc_ebpf::maps::VIPS,
-        )
+    pub fn sync_vips(
+        &mut self,
+        want: &HashMap<EndpointKey, ServiceValue>,
+    ) -> Result<(), SteerError> {
+        let name = lvc_ebpf::maps::VIPS;
+        // Add and change before remove so a moving entry never leaves a gap.
+        for (k, v) in want {
+            if self.current_vips.get(k) != Some(v) {
+                self.vips.insert(*k, *v, 0).map_err(map_err(name))?;
+                self.current_vips.insert(*k, *v);
+            }
+        }
+        let gone: Vec<EndpointKey> = self
+            .current_vips
+            .keys()
+            .filter(|k| !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.vips.remove(&k).map_err(map_err(name))?;
+            self.current_vips.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Makes the `acl` trie's entries of the scopes `owns` picks hold
+    /// exactly `want` (new and changed entries first, then the gone ones).
+    pub fn sync_acl(
+        &mut self,
+        owns: impl Fn(u32) -> bool,
+        want: &HashMap<AclEntry, u64>,
+    ) -> Result<(), SteerError> {
+        let f = &mut self.filter;
+        let name = lvc_ebpf::maps::ACL;
+        for (k, v) in want {
+            if f.current_acl.get(k) != Some(v) {
+                let key = LpmKey::new(
+                    k.2,
+                    AclData {
+                        scope: k.0,
+                        addr: k.1,
+                    },
+                );
+                f.acl.insert(&key, *v, 0).map_err(map_err(name))?;
+                f.current_acl.insert(*k, *v);
+            }
+        }
+        let gone: Vec<AclEntry> = f
+            .current_acl
+            .keys()
+            .filter(|k| owns(k.0) && !want.contains_key(k))
+            .copied()
+            .collect();
+        for k in gone {
+            let key = LpmKey::new(
+                k.2,
+                AclData {
+                    scope: k.0,
+                    addr: k.1,
+                },
+            );
+            f.acl.remove(&key).map_err(map_err(name))?;
+            f.current_acl.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// The `acl` entries of services' scopes.
+    pub fn acl_service_entries(&self) -> Vec<(AclEntry, u64)> {
+        self.filter
+            .current_acl
+            .iter()
+            .filter(|(k, _)| k.0 >= lvc_ebpf::ACL_SCOPE_SERVICE)
+            .map(|(k, v)| (*k, *v))
+            .collect()
+    }
+
+    /// Entries in the `acl` trie.
+    pub fn acl_entries(&self) -> usize {
+        self.filter.current_acl.len()
+    }
+
+    /// Writes the rule at `slot` (before an order that uses it).
+    pub fn set_rule(&mut self, slot: u32, v: FilterRuleValue) -> Result<(), SteerError> {
+        self.filter
+            .frules
+            .set(slot, v, 0)
+            .map_err(map_err(lvc_ebpf::maps::FRULES))
+    }
+
+    /// Zeroes a rule slot's counters (before a new rule takes it).
+    pub fn zero_rule_stats(&mut self, slot: u32) -> Result<(), SteerError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| SteerError::Map {
+            map: lvc_ebpf::maps::FSTATS,
+            reason: e.to_string(),
+        })?;
+        let zero = PerCpuValues::try_from(vec![FilterCount::default(); cpus]).map_err(|e| {
+            SteerError::Map {
+                map: lvc_ebpf::maps::FSTATS,
+                reason: e.to_string(),
+            }
+        })?;
+        self.filter
+            .fstats
+            .set(slot, zero, 0)
+            .map_err(map_err(lvc_ebpf::maps::FSTATS))
+    }
+
+    /// What the rule at `slot` matched in XDP, summed over CPUs.
+    pub fn rule_stats(&self, slot: u32) -> FilterCount {
+        self.filter
+            .fstats
+            .get(&slot, 0)
+            .map(|v| sum_counts(v.iter()))
+            .unwrap_or_default()
+    }
+
+    /// What service `id` lost to filtering in XDP, summed over CPUs.
+    pub fn service_drops(&self, id: u32) -> FilterCount {
+        self.filter
+            .svcdrops
+            .get(&id, 0)
+            .map(|v| sum_counts(v.iter()))
+            .unwrap_or_default()
+    }
+
+    /// Zeroes service `id`'s XDP drop counter (before a new service takes
+    /// the id).
+    pub fn zero_service_drops(&mut self, id: u32) -> Result<(), SteerError> {
+        let name = lvc_ebpf::maps::SVCDROPS;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| SteerError::Map {
+            map: name,
+            reason: e.to_string(),
+        })?;
+        let zero = PerCpuValues::try_from(vec![FilterCount::default(); cpus]).map_err(|e| {
+            SteerError::Map {
+                map: name,
+                reason: e.to_string(),
+            }
+        })?;
+        self.filter.svcdrops.set(id, zero, 0).map_err(map_err(name))
+    }
+
+    /// Makes `order` the rules the program looks at: written into the copy
+    /// not in use, which then becomes the one in use.
+    pub fn set_order(&mut self, order: &FilterOrder) -> Result<(), SteerError> {
+        let f = &mut self.filter;
+        let next = if f.conf.active == 1 { 1 } else { 0 };
+        f.forder
+            .set(next, *order, 0)
+            .map_err(map_err(lvc_ebpf::maps::FORDER))?;
+        f.conf.active = if order.n == 0 { 0 } else { next + 1 };
+        let conf = f.conf;
+        f.fconf
+            .set(0, conf, 0)
+            .map_err(map_err(lvc_ebpf::maps::FCONF))
+    }
+
+    /// Tells the program how many services have allow/deny lists (0: it
+    /// skips them altogether).
+    pub fn set_acl_services(&mut self, n: u32) -> Result<(), SteerError> {
+        let f = &mut self.filter;
+        if f.conf.acl_services == n {
+            return Ok(());
+        }
+        f.conf.acl_services = n;
+        let conf = f.conf;
+        f.fconf
+            .set(0, conf, 0)
+            .map_err(map_err(lvc_ebpf::maps::FCONF))
     }
 
     /// Makes the `fragvips` map hold exactly these (VIP, protocol) keys.
@@ -503,23 +701,11 @@ impl Steering {
     }
 }
 
-fn sync(
-    map: &mut BpfHashMap<MapData, EndpointKey, ServiceValue>,
-    current: &mut HashSet<EndpointKey>,
-    want: &HashSet<EndpointKey>,
-    name: &'static str,
-) -> Result<(), SteerError> {
-    // Add before remove so a moving entry never leaves a gap.
-    for k in want.difference(current).copied().collect::<Vec<_>>() {
-        map.insert(k, ServiceValue::default(), 0)
-            .map_err(map_err(name))?;
-        current.insert(k);
-    }
-    for k in current.difference(want).copied().collect::<Vec<_>>() {
-        map.remove(&k).map_err(map_err(name))?;
-        current.remove(&k);
-    }
-    Ok(())
+fn sum_counts<'a>(v: impl Iterator<Item = &'a FilterCount>) -> FilterCount {
+    v.fold(FilterCount::default(), |a, c| FilterCount {
+        packets: a.packets + c.packets,
+        bytes: a.bytes + c.bytes,
+    })
 }
 
 fn sync_keys(

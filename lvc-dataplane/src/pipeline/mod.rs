@@ -15,6 +15,7 @@
 pub mod checksum;
 pub mod conntable;
 pub mod conntrack;
+pub mod filter;
 pub mod icmp;
 pub mod parse;
 pub mod rewrite;
@@ -193,7 +194,10 @@ pub fn forward(
         None if rewrite::hops(f) <= 1 && only_routed(services, &pkt) => {
             return Ok(time_exceeded(pkt.v6));
         }
-        None => (new_conn(&pkt, now, services, t.conntrack)?, Dir::Original),
+        None => (
+            new_conn(&pkt, now, t.now_ns, f.len() as u32, services, t.conntrack)?,
+            Dir::Original,
+        ),
     };
     *meta = FlowMeta {
         proto: conn.proto,
@@ -459,6 +463,8 @@ fn only_routed(services: &ServiceTable, pkt: &Packet) -> bool {
 fn new_conn(
     pkt: &Packet,
     now: u32,
+    now_ns: u64,
+    len: u32,
     services: &ServiceTable,
     ct: &Conntrack,
 ) -> Result<Arc<Conn>, Drop> {
@@ -472,6 +478,18 @@ fn new_conn(
     let mid_flow = !opens_connection(k.proto, pkt.tcp_flags);
     if mid_flow && !(svc.sloppy && pkt.tcp_flags & (TCP_ACK | TCP_RST) == TCP_ACK) {
         return Err(Drop::NoFlow);
+    }
+    // Policy before any state (a template, a port, an entry) is made.
+    let refuse = |why: Drop| {
+        svc.stats.filtered.fetch_add(1, Relaxed);
+        svc.stats.filtered_bytes.fetch_add(u64::from(len), Relaxed);
+        Err(why)
+    };
+    if svc.lists.as_ref().is_some_and(|l| !l.admits(k.src)) {
+        return refuse(Drop::Filtered);
+    }
+    if svc.conn_rate.as_ref().is_some_and(|r| !r.take(now_ns)) {
+        return refuse(Drop::ConnRate);
     }
     let picked = match &svc.persistence {
         None => svc.pick(k.src).ok_or(Drop::NoServer).map(|s| (s, None)),
@@ -488,6 +506,20 @@ fn new_conn(
     } else {
         server.port
     };
+    if let Some(f) = services.filter() {
+        let c = filter::Candidate {
+            proto: k.proto,
+            src: k.src,
+            dst: k.dst,
+            dport: k.dport,
+            server,
+            real_port,
+            len,
+        };
+        if !f.admits(&c) {
+            return refuse(Drop::Filtered);
+        }
+    }
     let conn = Conn::new(
         k.proto,
         (k.src, k.sport),
@@ -604,6 +636,8 @@ mod tests {
             persistence: Some(persistence),
             sorry: None,
             sloppy: false,
+            lists: None,
+            conn_rate: None,
         }
     }
 
@@ -695,7 +729,7 @@ mod tests {
             frag: None,
             v6: false,
         };
-        let c = new_conn(&pkt, 0, &table, &ct).unwrap();
+        let c = new_conn(&pkt, 0, 0, 60, &table, &ct).unwrap();
         assert_eq!(c.template.as_ref().unwrap().conns.load(Relaxed), 1);
         // Past the persistence timeout, but the handshake lives (60 s).
         assert_eq!(p.sweep(50), 1);
@@ -796,6 +830,8 @@ mod decisions {
                     persistence: None,
                     sorry: None,
                     sloppy: false,
+                    lists: None,
+                    conn_rate: None,
                 })
             };
             let pool = SnatPool::new(&[fam.dir_server.ip()]);

@@ -37,6 +37,10 @@ pub struct Service {
     pub sorry: Option<Arc<Server>>,
     /// Picks up TCP connections mid-flow (IPVS's sloppy_tcp).
     pub sloppy: bool,
+    /// Its allow/deny lists, if any.
+    pub lists: Option<crate::pipeline::filter::Lists>,
+    /// Its new-connection rate limit, if any.
+    pub conn_rate: Option<Arc<crate::pipeline::filter::ConnRate>>,
 }
 
 impl Service {
@@ -133,6 +137,8 @@ pub struct ServiceTable {
     ranges: HashMap<(u8, Addr), Vec<PortRange>, ahash::RandomState>,
     /// The fullnat local address pool, if one is configured.
     snat: Option<Arc<SnatPool>>,
+    /// The global filter, when a rule names a real server.
+    filter: Option<Arc<crate::pipeline::filter::UserFilter>>,
 }
 
 impl ServiceTable {
@@ -152,6 +158,16 @@ impl ServiceTable {
             }
         }
         t
+    }
+
+    /// The same table with the global filter's `--real` rules.
+    pub fn with_filter(mut self, f: Option<Arc<crate::pipeline::filter::UserFilter>>) -> Self {
+        self.filter = f;
+        self
+    }
+
+    pub fn filter(&self) -> Option<&crate::pipeline::filter::UserFilter> {
+        self.filter.as_deref()
     }
 
     /// The same table with a fullnat pool.

@@ -83,6 +83,8 @@ enum lvc_stat {
 	STAT_FLOW_OUT_OF_WINDOW, // an offloaded flow's RST or FIN far from its
 	                         // stream (a blind guess): forwarded, not shown
 	                         // to lvc (dropped if XDP cannot forward it)
+	STAT_DROP_FILTER,       // dropped by a global filter rule
+	STAT_DROP_SERVICE_ACL,  // dropped by a service's allow/deny lists
 	STAT_MAX,
 };
 
@@ -99,9 +101,12 @@ struct addr_key {
 	__u32 addr[4];
 };
 
+#define SVC_ACL 1       // the service has allow or deny prefixes
+#define SVC_ALLOWLIST 2 // ... and an allow list: only those clients
+
 struct service_value {
-	__u32 id;
-	__u32 flags;
+	__u32 id;    // the service's number (scope of its prefixes in `acl`)
+	__u32 flags; // SVC_*
 };
 
 #define LVC_MAX_RANGES 16
@@ -114,6 +119,7 @@ struct port_ranges {
 		__u16 lo;
 		__u16 hi;
 	} r[LVC_MAX_RANGES];
+	struct service_value v[LVC_MAX_RANGES]; // the service of each range
 };
 
 struct {
@@ -142,6 +148,120 @@ struct {
 	__type(key, struct addr_key);
 	__type(value, __u32);
 } fragvips SEC(".maps");
+
+// Packet filtering (mirrored in ../lib.rs and io/steer.rs).
+//
+// Prefixes live in one LPM trie, `acl`, keyed by a 32-bit scope and a
+// 16-byte address (IPv4 as ::ffff:a.b.c.d, so families never mix):
+//   * scope ACL_SCOPE_SRC / ACL_SCOPE_DST: the global filter's source and
+//     destination prefixes; the value is the set of rule slots (a bit per
+//     rule, 64 at most) whose prefix list holds the key's prefix or a
+//     shorter one containing it, so the longest match alone answers "which
+//     rules' address lists hold this address";
+//   * scope ACL_SCOPE_SERVICE + service id: a service's allow (ACL_ALLOW)
+//     and deny (ACL_DENY) prefixes; the longest match decides.
+struct acl_key {
+	__u32 prefixlen; // 32 (the scope) + address bits
+	__u32 scope;
+	__u32 addr[4];
+};
+
+#define ACL_SCOPE_SRC 0
+#define ACL_SCOPE_DST 1
+#define ACL_SCOPE_SERVICE 2
+#define ACL_ALLOW 1
+#define ACL_DENY 2
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1 << 22);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct acl_key);
+	__type(value, __u64);
+} acl SEC(".maps");
+
+#define LVC_MAX_RULES 64
+
+#define FR_DROP 0
+#define FR_ACCEPT 1
+#define FR_USERSPACE 2 // a `--real` rule: decided when a connection is made
+
+#define FR_PROTO 1 // match `proto`
+#define FR_DPORT 2 // match dport_lo..=dport_hi (TCP/UDP only)
+#define FR_IFACE 4 // match the ingress interface
+
+// One rule of the global filter, at its slot (stable while it lives).
+struct filter_rule {
+	__u8 action; // FR_DROP, FR_ACCEPT, FR_USERSPACE
+	__u8 proto;
+	__u8 flags; // FR_*
+	__u8 pad;
+	__u16 dport_lo; // host order
+	__u16 dport_hi;
+	__u32 ifindex;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, LVC_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct filter_rule);
+} frules SEC(".maps");
+
+// The rules in the order they are looked at (slots, prio order), and the
+// rules that match every source / destination of a family (no list, or a
+// /0). Two copies: the dataplane writes the one not in use and then flips
+// `fconf.active`, so a packet never sees half an order.
+struct filter_order {
+	__u32 n;
+	__u8 slot[LVC_MAX_RULES];
+	__u32 pad;
+	__u64 src_any4;
+	__u64 src_any6;
+	__u64 dst_any4;
+	__u64 dst_any6;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct filter_order);
+} forder SEC(".maps");
+
+struct filter_conf {
+	__u32 active;       // 0: no rules; else 1 + the `forder` copy in use
+	__u32 acl_services; // services with allow/deny prefixes
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct filter_conf);
+} fconf SEC(".maps");
+
+struct filter_count {
+	__u64 packets;
+	__u64 bytes;
+};
+
+// What each rule slot matched (drop and accept rules).
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LVC_MAX_RULES);
+	__type(key, __u32);
+	__type(value, struct filter_count);
+} fstats SEC(".maps");
+
+// What each service lost to the filter or its own lists, by service id.
+#define LVC_MAX_SERVICE_IDS 65536
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, LVC_MAX_SERVICE_IDS);
+	__type(key, __u32);
+	__type(value, struct filter_count);
+} svcdrops SEC(".maps");
 
 // An offloaded flow: the 5-tuple of one direction as it arrives.
 struct flow_key {
@@ -330,18 +450,22 @@ static __always_inline int to_socket(struct xdp_md *ctx, __u32 reason)
 	return bpf_redirect_map(&xsks, q, XDP_PASS);
 }
 
-// Whether (proto, addr, port) — port in network order, addr as in keys —
-// is a virtual service: exact port, then a port range of the VIP, then
-// port 0.
-static __always_inline int is_vip(__u8 family, __u8 proto, const __u32 *addr, __be16 port)
+// The virtual service of (proto, addr, port) — port in network order, addr
+// as in keys: exact port, then a port range of the VIP, then port 0. 1 with
+// the service in *out, or 0.
+static __always_inline int find_service(__u8 family, __u8 proto, const __u32 *addr, __be16 port,
+					struct service_value *out)
 {
 	struct endpoint_key key = {};
 	key.family = family;
 	key.proto = proto;
 	key.port = port;
 	__builtin_memcpy(key.addr, addr, sizeof(key.addr));
-	if (bpf_map_lookup_elem(&vips, &key))
+	struct service_value *sv = bpf_map_lookup_elem(&vips, &key);
+	if (sv) {
+		*out = *sv;
 		return 1;
+	}
 	struct addr_key vip = {};
 	vip.family = family;
 	vip.pad[0] = proto;
@@ -352,12 +476,159 @@ static __always_inline int is_vip(__u8 family, __u8 proto, const __u32 *addr, __
 		for (int i = 0; i < LVC_MAX_RANGES; i++) {
 			if (i >= pr->n)
 				break;
-			if (p >= pr->r[i].lo && p <= pr->r[i].hi)
+			if (p >= pr->r[i].lo && p <= pr->r[i].hi) {
+				*out = pr->v[i];
 				return 1;
+			}
 		}
 	}
 	key.port = 0;
-	return bpf_map_lookup_elem(&vips, &key) != NULL;
+	sv = bpf_map_lookup_elem(&vips, &key);
+	if (sv) {
+		*out = *sv;
+		return 1;
+	}
+	return 0;
+}
+
+static __always_inline int is_vip(__u8 family, __u8 proto, const __u32 *addr, __be16 port)
+{
+	struct service_value sv;
+	return find_service(family, proto, addr, port, &sv);
+}
+
+// Whether any filtering is configured (rules or a service's lists).
+static __always_inline struct filter_conf *filtering(void)
+{
+	__u32 zero = 0;
+	struct filter_conf *fc = bpf_map_lookup_elem(&fconf, &zero);
+	if (fc && (fc->active || fc->acl_services))
+		return fc;
+	return NULL;
+}
+
+// The longest `acl` prefix of `scope` holding addr (as in keys), or NULL.
+static __always_inline __u64 *acl_match(__u32 scope, __u8 family, const __u32 *addr)
+{
+	struct acl_key k = {};
+	k.prefixlen = 32 + 128;
+	k.scope = scope;
+	if (family == LVC_AF_INET) {
+		k.addr[2] = bpf_htonl(0xffff);
+		k.addr[3] = addr[0];
+	} else {
+		__builtin_memcpy(k.addr, addr, sizeof(k.addr));
+	}
+	return bpf_map_lookup_elem(&acl, &k);
+}
+
+// The filter's verdict on a packet to a VIP address: 1 to drop it. `dport`
+// in host order (has_port 0: none, as in a later fragment); `svc`: its
+// service, NULL if none is known (ICMP, a later fragment). The global
+// rules go first, in order, the first that matches deciding (a `--real`
+// rule ends the walk here: lvc decides when it schedules the connection);
+// then the service's allow/deny lists. Drops are counted per rule and per
+// service.
+static __always_inline int filter_drop(struct xdp_md *ctx, struct filter_conf *fc, __u8 family,
+				       __u8 proto, const __u32 *saddr, const __u32 *daddr,
+				       __u16 dport, int has_port, const struct service_value *svc)
+{
+	__u64 len = (__u64)(ctx->data_end - ctx->data);
+	int drop = 0;
+	__u32 copy = fc->active - 1;
+	struct filter_order *o = fc->active ? bpf_map_lookup_elem(&forder, &copy) : NULL;
+	if (o && o->n) {
+		__u64 m = family == LVC_AF_INET ? o->src_any4 : o->src_any6;
+		__u64 *v = acl_match(ACL_SCOPE_SRC, family, saddr);
+		if (v)
+			m |= *v;
+		if (m) {
+			__u64 d = family == LVC_AF_INET ? o->dst_any4 : o->dst_any6;
+			v = acl_match(ACL_SCOPE_DST, family, daddr);
+			if (v)
+				d |= *v;
+			m &= d;
+		}
+		for (__u32 i = 0; i < LVC_MAX_RULES && m; i++) {
+			if (i >= o->n)
+				break;
+			__u32 slot = o->slot[i] & (LVC_MAX_RULES - 1);
+			if (!(m & (1ULL << slot)))
+				continue;
+			struct filter_rule *r = bpf_map_lookup_elem(&frules, &slot);
+			if (!r)
+				continue;
+			if ((r->flags & FR_PROTO) && r->proto != proto)
+				continue;
+			if ((r->flags & FR_DPORT) &&
+			    (!has_port || dport < r->dport_lo || dport > r->dport_hi))
+				continue;
+			if ((r->flags & FR_IFACE) && r->ifindex != ctx->ingress_ifindex)
+				continue;
+			if (r->action == FR_USERSPACE)
+				break;
+			struct filter_count *c = bpf_map_lookup_elem(&fstats, &slot);
+			if (c) {
+				c->packets += 1;
+				c->bytes += len;
+			}
+			if (r->action == FR_DROP) {
+				count(STAT_DROP_FILTER);
+				drop = 1;
+			}
+			break;
+		}
+	}
+	if (!drop && svc && (svc->flags & SVC_ACL)) {
+		__u64 *v = acl_match(ACL_SCOPE_SERVICE + svc->id, family, saddr);
+		if (v ? *v == ACL_DENY : (svc->flags & SVC_ALLOWLIST) != 0) {
+			count(STAT_DROP_SERVICE_ACL);
+			drop = 1;
+		}
+	}
+	if (drop && svc) {
+		__u32 id = svc->id;
+		struct filter_count *n = bpf_map_lookup_elem(&svcdrops, &id);
+		if (n) {
+			n->packets += 1;
+			n->bytes += len;
+		}
+	}
+	return drop;
+}
+
+// The filter for a TCP/UDP packet (first fragment or whole) to a VIP
+// service: 1 to drop. Addresses as in keys, port in network order.
+static __always_inline int filter_l4(struct xdp_md *ctx, __u8 family, __u8 proto,
+				     const __u32 *saddr, const __u32 *daddr, __be16 dport)
+{
+	struct filter_conf *fc = filtering();
+	if (!fc)
+		return 0;
+	struct service_value sv;
+	if (!find_service(family, proto, daddr, dport, &sv))
+		return 0;
+	return filter_drop(ctx, fc, family, proto, saddr, daddr, bpf_ntohs(dport), 1, &sv);
+}
+
+// The filter for a packet to a VIP address without a service or ports
+// (ICMP, a later fragment): the global rules only.
+static __always_inline int filter_addr(struct xdp_md *ctx, __u8 family, __u8 proto,
+				       const __u32 *saddr, const __u32 *daddr)
+{
+	struct filter_conf *fc = filtering();
+	if (!fc || !fc->active)
+		return 0;
+	struct addr_key vip = {};
+	vip.family = family;
+	vip.pad[0] = IPPROTO_TCP;
+	__builtin_memcpy(vip.addr, daddr, sizeof(vip.addr));
+	if (!bpf_map_lookup_elem(&fragvips, &vip)) {
+		vip.pad[0] = IPPROTO_UDP;
+		if (!bpf_map_lookup_elem(&fragvips, &vip))
+			return 0;
+	}
+	return filter_drop(ctx, fc, family, proto, saddr, daddr, 0, 0, NULL);
 }
 
 // The 64-bit hash of a flow key, over its ten 32-bit words as they lie in
@@ -531,8 +802,12 @@ static __always_inline int steer_fragment(struct xdp_md *ctx, __u8 family, __u8 
 	vip.family = family;
 	vip.pad[0] = proto;
 	__builtin_memcpy(vip.addr, daddr, sizeof(vip.addr));
-	if (bpf_map_lookup_elem(&fragvips, &vip))
+	if (bpf_map_lookup_elem(&fragvips, &vip)) {
+		if (ports ? filter_l4(ctx, family, proto, saddr, daddr, ports->dest)
+			  : filter_addr(ctx, family, proto, saddr, daddr))
+			return XDP_DROP;
 		return to_socket(ctx, STAT_REDIRECT_VIP);
+	}
 	vip.pad[0] = 0;
 	if (bpf_map_lookup_elem(&snat, &vip))
 		return to_socket(ctx, STAT_REDIRECT_REAL);
@@ -890,6 +1165,13 @@ static __always_inline int try_ipv6(struct xdp_md *ctx, struct ethhdr *eth, stru
 		return pass(STAT_PASS_MALFORMED);
 	if (ip6->version != 6)
 		return pass(STAT_PASS_MALFORMED);
+	__u32 daddr[4], saddr[4];
+	__builtin_memcpy(daddr, &ip6->daddr, sizeof(daddr));
+	__builtin_memcpy(saddr, &ip6->saddr, sizeof(saddr));
+	if (ip6->nexthdr != IPPROTO_TCP && ip6->nexthdr != IPPROTO_UDP &&
+	    ip6->nexthdr != IPPROTO_FRAGMENT_HDR &&
+	    filter_addr(ctx, LVC_AF_INET6, ip6->nexthdr, saddr, daddr))
+		return XDP_DROP;
 	if (ip6->nexthdr == IPPROTO_ICMPV6_HDR)
 		return icmp6_error(ctx, ip6, data_end);
 	if (ip6->nexthdr == IPPROTO_FRAGMENT_HDR) {
@@ -898,9 +1180,6 @@ static __always_inline int try_ipv6(struct xdp_md *ctx, struct ethhdr *eth, stru
 			return pass(STAT_PASS_MALFORMED);
 		if (fh->nexthdr != IPPROTO_TCP && fh->nexthdr != IPPROTO_UDP)
 			return pass(STAT_PASS_OTHER_PROTO);
-		__u32 daddr[4], saddr[4];
-		__builtin_memcpy(daddr, &ip6->daddr, sizeof(daddr));
-		__builtin_memcpy(saddr, &ip6->saddr, sizeof(saddr));
 		struct l4_ports *ports = NULL;
 		// Offset 0: the first fragment, with the ports.
 		if (!(fh->frag_off & bpf_htons(0xfff8))) {
@@ -919,12 +1198,11 @@ static __always_inline int try_ipv6(struct xdp_md *ctx, struct ethhdr *eth, stru
 	if (bpf_ntohs(ip6->payload_len) < l4_min)
 		return pass(STAT_PASS_MALFORMED);
 
+	if (filter_l4(ctx, LVC_AF_INET6, ip6->nexthdr, saddr, daddr, ports->dest))
+		return XDP_DROP;
 	int act;
 	if (flow_v6(ctx, eth, ip6, ports, data_end, &act))
 		return act;
-	__u32 daddr[4], saddr[4];
-	__builtin_memcpy(daddr, &ip6->daddr, sizeof(daddr));
-	__builtin_memcpy(saddr, &ip6->saddr, sizeof(saddr));
 	return steer_l4(ctx, LVC_AF_INET6, ip6->nexthdr, saddr, daddr, ports);
 }
 
@@ -952,15 +1230,18 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	__u32 ihl = ip->ihl * 4;
 	if ((void *)ip + ihl > data_end)
 		return pass(STAT_PASS_MALFORMED);
-	if (ip->protocol == IPPROTO_ICMP)
-		return icmp_error(ctx, ip, ihl, data_end);
-	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP)
+	__u32 saddr[4] = {ip->saddr, 0, 0, 0};
+	__u32 daddr[4] = {ip->daddr, 0, 0, 0};
+	if (ip->protocol != IPPROTO_TCP && ip->protocol != IPPROTO_UDP) {
+		if (filter_addr(ctx, LVC_AF_INET, ip->protocol, saddr, daddr))
+			return XDP_DROP;
+		if (ip->protocol == IPPROTO_ICMP)
+			return icmp_error(ctx, ip, ihl, data_end);
 		return pass(STAT_PASS_OTHER_PROTO);
+	}
 	// Fragments: all of a datagram's fragments go the same way, or it is
 	// lost.
 	if (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) {
-		__u32 daddr[4] = {ip->daddr, 0, 0, 0};
-		__u32 saddr[4] = {ip->saddr, 0, 0, 0};
 		struct l4_ports *ports = NULL;
 		if (!(ip->frag_off & bpf_htons(IP_OFFSET))) {
 			ports = (void *)ip + ihl;
@@ -978,11 +1259,11 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	if (bpf_ntohs(ip->tot_len) < ihl + l4_min)
 		return pass(STAT_PASS_MALFORMED);
 
+	if (filter_l4(ctx, LVC_AF_INET, ip->protocol, saddr, daddr, ports->dest))
+		return XDP_DROP;
 	int act;
 	if (flow_v4(ctx, eth, ip, ports, data_end, &act))
 		return act;
-	__u32 saddr[4] = {ip->saddr, 0, 0, 0};
-	__u32 daddr[4] = {ip->daddr, 0, 0, 0};
 	return steer_l4(ctx, LVC_AF_INET, ip->protocol, saddr, daddr, ports);
 }
 
