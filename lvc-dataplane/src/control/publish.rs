@@ -150,7 +150,11 @@ impl Control {
         let mut cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
         let mut next = Config::new();
         let pool = file.local_pool();
-        for c in &changes {
+        // (The filter's requests are the filter's: prepared above.)
+        for c in changes
+            .iter()
+            .filter(|c| c.kind() == lvc_proto::RequestKind::ConfigEdit)
+        {
             edit(&mut next, c, pool)?;
         }
         // Carry counters (and the rr cursor) over for what is unchanged.
