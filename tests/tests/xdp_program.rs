@@ -942,3 +942,184 @@ fn xdp_program_survives_torture() {
     .join()
     .expect("test thread");
 }
+
+/// The filter in the XDP program: global rules in their order (first match
+/// decides; an accept rule ends the walk; a `--real` rule leaves the
+/// decision to lvc), their protocol, port and interface fields, rules on
+/// ICMP and later fragments to a VIP address, a service's allow/deny lists
+/// (longest prefix decides, the allow list shuts everyone else out), both
+/// families, offloaded flows included; traffic not to a VIP is never
+/// filtered. Every drop is counted by rule, by service and by reason.
+#[test]
+fn xdp_filter_drops_what_its_rules_match() {
+    use lvc_ebpf::{
+        ACL_ALLOW, ACL_DENY, ACL_SCOPE_DST, ACL_SCOPE_SERVICE, ACL_SCOPE_SRC, AclData, FR_ACCEPT,
+        FR_DPORT, FR_DROP, FR_IFACE, FR_PROTO, FR_USERSPACE, FilterOrder, FilterRuleValue, SVC_ACL,
+        SVC_ALLOWLIST, ServiceValue,
+    };
+    if !privileged("xdp_filter_drops_what_its_rules_match") {
+        return;
+    }
+    let mut lab = Lab::new("xdpflt");
+    lab.add_ns("a");
+    lab.add_ns("b");
+    lab.veth(("a", "v0"), ("b", "v1"), 1);
+    let ns = lab.ns("a");
+    std::thread::spawn(move || {
+        netns::enter(&ns).expect("enter namespace");
+        let (routes, _) = lvc_dataplane::net::route::RouteMonitor::start().expect("rtnetlink");
+        let ifindex = routes.table.load().link_by_name("v0").expect("v0").ifindex;
+        let mut st = Steering::load().expect("program loads and passes the verifier");
+        let io = WorkerIo::open(&["v0".to_owned()], 0, IoConfig::default()).expect("socket");
+        st.set_slot(ifindex, 0).unwrap();
+        st.set_socket(0, 0, io.socket_fd(0)).unwrap();
+        st.set_egress(0, ifindex).unwrap();
+        let ip6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        // Services: VIP:80/tcp (id 1), VIP:53/udp (id 2), VIP:8080/tcp
+        // with lists (id 7), VIP6:80/tcp (id 3).
+        let acl_svc = ServiceValue {
+            id: 7,
+            flags: SVC_ACL | SVC_ALLOWLIST,
+        };
+        st.sync_vips(&std::collections::HashMap::from([
+            (EndpointKey::new(ip(VIP), 6, 80), ServiceValue { id: 1, flags: 0 }),
+            (EndpointKey::new(ip(VIP), 17, 53), ServiceValue { id: 2, flags: 0 }),
+            (EndpointKey::new(ip(VIP), 6, 8080), acl_svc),
+            (EndpointKey::new(ip6(VIP6), 6, 80), ServiceValue { id: 3, flags: 0 }),
+        ]))
+        .unwrap();
+        st.sync_fragvips(&HashSet::from([
+            lvc_ebpf::AddrKey::with_proto(ip(VIP), 6),
+            lvc_ebpf::AddrKey::with_proto(ip(VIP), 17),
+        ]))
+        .unwrap();
+        // Rules, in order (slot: what):
+        //  3: accept from 198.51.100.0/24
+        //  4: lvc decides (--real) for 203.0.113.0/24
+        //  0: drop from 192.0.2.0/24, tcp port 80-81
+        //  1: drop from 198.51.0.0/16 (and fd00:66::/32), any protocol
+        //  5: drop from 203.0.113.0/24 on another interface
+        //  2: drop from 203.0.113.0/24
+        let mut acl = std::collections::HashMap::new();
+        let mut put = |scope: u32, a: &str, len: u8, v: u64| {
+            let (d, plen) = AclData::prefix(scope, ip6(a), len);
+            acl.insert((scope, d.addr, plen), v);
+        };
+        put(ACL_SCOPE_SRC, "192.0.2.0", 24, 1 << 0);
+        put(ACL_SCOPE_SRC, "198.51.0.0", 16, 1 << 1);
+        put(ACL_SCOPE_SRC, "198.51.100.0", 24, (1 << 1) | (1 << 3));
+        put(ACL_SCOPE_SRC, "fd00:66::", 32, 1 << 1);
+        put(ACL_SCOPE_SRC, "203.0.113.0", 24, (1 << 2) | (1 << 4) | (1 << 5));
+        // Service 7: allow 10.20.2.0/24 but not its upper half.
+        put(ACL_SCOPE_SERVICE + 7, "10.20.2.0", 24, ACL_ALLOW);
+        put(ACL_SCOPE_SERVICE + 7, "10.20.2.128", 25, ACL_DENY);
+        st.sync_acl(|_| true, &acl).unwrap();
+        let rule = |action, flags, proto, ports: (u16, u16), ifindex| FilterRuleValue {
+            action,
+            proto,
+            flags,
+            pad: 0,
+            dport_lo: ports.0,
+            dport_hi: ports.1,
+            ifindex,
+        };
+        st.set_rule(0, rule(FR_DROP, FR_PROTO | FR_DPORT, 6, (80, 81), 0))
+            .unwrap();
+        st.set_rule(1, rule(FR_DROP, 0, 0, (0, 0), 0)).unwrap();
+        st.set_rule(2, rule(FR_DROP, 0, 0, (0, 0), 0)).unwrap();
+        st.set_rule(3, rule(FR_ACCEPT, 0, 0, (0, 0), 0)).unwrap();
+        st.set_rule(4, rule(FR_USERSPACE, FR_PROTO, 17, (0, 0), 0))
+            .unwrap();
+        st.set_rule(5, rule(FR_DROP, FR_IFACE, 0, (0, 0), ifindex + 100))
+            .unwrap();
+        for s in 0..6 {
+            st.zero_rule_stats(s).unwrap();
+        }
+        let mut order = FilterOrder {
+            n: 6,
+            ..Default::default()
+        };
+        order.slot[..6].copy_from_slice(&[3, 4, 0, 1, 5, 2]);
+        // No rule names a destination: all match every VIP.
+        order.dst_any4 = 0x3f;
+        order.dst_any6 = 0x3f;
+        st.set_order(&order).unwrap();
+        st.set_acl_services(1).unwrap();
+        // An offloaded flow of a client that rule 0 now drops.
+        let mut flows = st.take_flows().expect("the flow map");
+        let offloaded = lvc_ebpf::FlowKey::new(6, (ip([192, 0, 2, 9]), 40000), (ip(VIP), 80));
+        flows
+            .insert(
+                offloaded,
+                lvc_ebpf::FlowValue {
+                    egress_ifindex: ifindex,
+                    mtu: 1500,
+                    ..Default::default()
+                },
+                0,
+            )
+            .unwrap();
+
+        const B: [u8; 4] = [192, 0, 2, 5];
+        let later = fragment(frame(17, [198, 51, 7, 7], VIP, 0, 0), 0x0010);
+        let later_b = fragment(frame(6, B, VIP, 0, 0), 0x0010);
+        let cases: Vec<(&str, Vec<u8>, u32)> = vec![
+            ("tcp 80 from a dropped /24", frame(6, B, VIP, 1000, 80), XDP_DROP),
+            ("the offloaded flow of a dropped client", frame(6, [192, 0, 2, 9], VIP, 40000, 80), XDP_DROP),
+            ("udp 53 from it: the rule names tcp 80-81", frame(17, B, VIP, 1000, 53), XDP_REDIRECT),
+            ("tcp 8080 from it: out of the port range (and the list)", frame(6, B, VIP, 1000, 8080), XDP_DROP),
+            ("its later fragment: no port to match", later_b, XDP_REDIRECT),
+            ("from a dropped /16", frame(17, [198, 51, 7, 7], VIP, 1, 53), XDP_DROP),
+            ("a later fragment from it", later, XDP_DROP),
+            ("ICMP from it to a VIP address", icmp4([198, 51, 7, 7], VIP, &frame(6, VIP, [198, 51, 7, 7], 80, 1)), XDP_DROP),
+            ("from it but not to a VIP", frame(6, [198, 51, 7, 7], RIP, 1, 80), XDP_PASS),
+            ("from the accepted /24 inside it", frame(17, [198, 51, 100, 1], VIP, 1, 53), XDP_REDIRECT),
+            ("udp from the --real /24: lvc decides", frame(17, [203, 0, 113, 1], VIP, 1, 53), XDP_REDIRECT),
+            ("tcp from it: the --real rule names udp; the interface rule does not match; the last drops", frame(6, [203, 0, 113, 1], VIP, 1, 80), XDP_DROP),
+            ("IPv6 from a dropped /32", frame6(6, "fd00:66::1", VIP6, 1, 80), XDP_DROP),
+            ("IPv6 from elsewhere", frame6(6, CLIENT6, VIP6, 1, 80), XDP_REDIRECT),
+            ("allowed by the service's list", frame(6, [10, 20, 2, 5], VIP, 1, 8080), XDP_REDIRECT),
+            ("denied by its longer prefix", frame(6, [10, 20, 2, 200], VIP, 1, 8080), XDP_DROP),
+            ("in no prefix of its allow list", frame(6, [10, 30, 0, 1], VIP, 1, 8080), XDP_DROP),
+            ("the same client to another service", frame(6, [10, 30, 0, 1], VIP, 1, 80), XDP_REDIRECT),
+        ];
+        let before = st.counters();
+        let mut wrong = Vec::new();
+        for (name, f, want) in &cases {
+            match st.test_run(f, ifindex, 0) {
+                Ok(v) if v == *want => {}
+                Ok(v) => wrong.push(format!("{name}: expected action {want}, got {v}")),
+                Err(e) => wrong.push(format!("{name}: {e}")),
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+        let after = st.counters();
+        let grew = |s: Stat| {
+            let get = |v: &[(Stat, u64)]| v.iter().find(|(x, _)| *x == s).unwrap().1;
+            get(&after) - get(&before)
+        };
+        assert_eq!(grew(Stat::DropFilter), 7, "drops by global rules");
+        assert_eq!(grew(Stat::DropServiceAcl), 3, "drops by the service's lists");
+        let packets = |slot| st.rule_stats(slot).packets;
+        assert_eq!(
+            [0, 1, 2, 3, 4, 5].map(packets),
+            [2, 4, 1, 1, 0, 0],
+            "matches per slot (accepts counted, --real left to lvc)"
+        );
+        assert!(st.rule_stats(0).bytes > 0);
+        assert_eq!(st.service_drops(1).packets, 3, "VIP:80 lost 3");
+        assert_eq!(st.service_drops(7).packets, 3, "VIP:8080 lost 3");
+        assert_eq!(st.service_drops(2).packets, 1, "VIP:53 lost 1");
+        assert_eq!(st.service_drops(3).packets, 1, "VIP6:80 lost 1");
+        // Rules gone: nothing is filtered.
+        st.set_order(&FilterOrder::default()).unwrap();
+        st.set_acl_services(0).unwrap();
+        assert_eq!(
+            st.test_run(&frame(6, B, VIP, 1000, 80), ifindex, 0).unwrap(),
+            XDP_REDIRECT
+        );
+        drop(io);
+    })
+    .join()
+    .expect("test thread");
+}
