@@ -953,8 +953,8 @@ fn xdp_program_survives_torture() {
 #[test]
 fn xdp_filter_drops_what_its_rules_match() {
     use lvc_ebpf::{
-        ACL_ALLOW, ACL_DENY, ACL_SCOPE_DST, ACL_SCOPE_SERVICE, ACL_SCOPE_SRC, AclData, FR_ACCEPT,
-        FR_DPORT, FR_DROP, FR_IFACE, FR_PROTO, FR_USERSPACE, FilterOrder, FilterRuleValue, SVC_ACL,
+        ACL_ALLOW, ACL_DENY, ACL_SCOPE_SERVICE, ACL_SCOPE_SRC, AclData, FR_ACCEPT, FR_DPORT,
+        FR_DROP, FR_IFACE, FR_PROTO, FR_USERSPACE, FilterOrder, FilterRuleValue, SVC_ACL,
         SVC_ALLOWLIST, ServiceValue,
     };
     if !privileged("xdp_filter_drops_what_its_rules_match") {
