@@ -150,8 +150,8 @@ pub fn lvc_socket(lab: &BenchLab) -> PathBuf {
     std::env::temp_dir().join(format!("{}-lvc.sock", lab.ns("dir")))
 }
 
-/// `lvc-ctl …` against the bench's lvc.
-fn ctl(lab: &BenchLab, args: &[&str]) -> Result<String> {
+/// `lvc-ctl …` against the bench's lvc; its stdout.
+pub fn ctl(lab: &BenchLab, args: &[&str]) -> Result<String> {
     let ctl = lvc_tests::bin("lvc-ctl").to_string_lossy().into_owned();
     let sock = lvc_socket(lab).to_string_lossy().into_owned();
     let mut cmd = vec![ctl.as_str(), "--socket", &sock];

@@ -66,6 +66,7 @@ pub fn server(method: Method) -> Arc<Server> {
         service: Arc::default(),
         health: Arc::default(),
         limits: Default::default(),
+        proxy: Default::default(),
     })
 }
 

@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use lvc_bench::agent::{self, FwdSpec, GenSpec};
 use lvc_bench::kinds::{self, Kind, LvcMethod};
 use lvc_bench::lab::{BenchLab, Placement};
-use lvc_bench::report::{Cell, Machine, Report};
+use lvc_bench::report::{self, Cell, Machine, Report};
 use lvc_bench::scale::{self, ScaleResult};
 use lvc_bench::scenario::{self, Params, Scenario};
 use lvc_bench::{afxdp, chart, cpu};
@@ -102,7 +102,9 @@ struct RunArgs {
     #[arg(long, value_delimiter = ',')]
     kinds: Option<Vec<Kind>>,
     /// Scenarios (comma-separated): udp64, udp1500, new-flows, latency,
-    /// tcp-bulk, http-keepalive, http-close.
+    /// tcp-bulk, http-keepalive, http-close, filter-flood (lvc kinds only:
+    /// a flood from a /8 a filter rule drops, next to an undenied stream
+    /// paced at 100 kpps).
     #[arg(long, value_delimiter = ',')]
     scenarios: Option<Vec<Scenario>>,
     /// Rounds (each measures every kind once); medians are over rounds.
@@ -369,19 +371,19 @@ fn run(a: RunArgs) -> Result<()> {
                     Ok(r) => r,
                     Err(e) => {
                         eprintln!("    {kind}: cannot start: {e:#}");
-                        for &s in &scenarios {
+                        for &s in scenarios.iter().filter(|s| s.applies(kind)) {
                             record(&mut cells, s, kind, Err(format!("cannot start: {e:#}")));
                         }
                         continue;
                     }
                 };
                 for &s in &scenarios {
-                    if s.tcp() && !kind.does_tcp() {
+                    if !s.applies(kind) {
                         continue;
                     }
                     // A short unmeasured run first: caches, neighbours and
                     // (for connection-tracking kinds) the flows settle.
-                    if !s.tcp() {
+                    if s.warm_up() {
                         let warm = Params {
                             seconds: 0.5,
                             ..params
@@ -390,6 +392,9 @@ fn run(a: RunArgs) -> Result<()> {
                     }
                     let r = scenario::measure(&mut lab, kind, s, &params, round * 2 + 1);
                     match &r {
+                        Ok(x) if s == Scenario::FilterFlood => {
+                            eprintln!("    {s:<15} {}", report::flood_line(x));
+                        }
                         Ok(x) => eprintln!(
                             "    {s:<15} {:>10.3} {:<7} cpu {:.2} µs/{}{}",
                             x.value,

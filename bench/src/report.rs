@@ -5,7 +5,7 @@
 use crate::kinds::{Kind, LvcMethod};
 use crate::lab::Placement;
 use crate::scale::ScaleResult;
-use crate::scenario::{Params, Sample, Scenario};
+use crate::scenario::{self, Params, Sample, Scenario};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -101,6 +101,36 @@ pub struct Report {
     pub servers: usize,
     pub cells: Vec<Cell>,
     pub conntrack: Vec<ScaleResult>,
+}
+
+/// filter-flood in one line: "filter flood: X Mpps dropped at Y µs CPU
+/// per packet; undenied 100 kpps delivered Z kpps (W % loss)", and how
+/// the XDP `drop_filter` counter compares with the packets sent.
+pub fn flood_line(s: &Sample) -> String {
+    let nominal = scenario::UNDENIED_PPS as f64;
+    let offered = if (s.offered_pps - nominal).abs() > 0.02 * nominal {
+        format!(" (offered {:.1})", s.offered_pps / 1e3)
+    } else {
+        String::new()
+    };
+    let mut line = format!(
+        "filter flood: {:.3} Mpps dropped at {:.3} µs CPU per packet; undenied {:.0} kpps{offered} delivered {:.1} kpps ({:.1} % loss)",
+        s.value,
+        s.cpu_us,
+        nominal / 1e3,
+        s.delivered_pps / 1e3,
+        (1.0 - s.delivered_pps / s.offered_pps.max(1.0)).max(0.0) * 100.0
+    );
+    if let Some(f) = &s.flood {
+        let _ = write!(
+            line,
+            "; XDP drop_filter {} of {} sent ({:.1} %)",
+            f.drop_filter,
+            f.sent,
+            f.drop_filter as f64 / f.sent.max(1) as f64 * 100.0
+        );
+    }
+    line
 }
 
 const LVC_NAT: Kind = Kind::Lvc(LvcMethod::Nat);
@@ -314,6 +344,34 @@ impl Report {
                 }
             }
         }
+        let floods: Vec<(Kind, &Sample)> = self
+            .kinds()
+            .into_iter()
+            .filter_map(|k| Some((k, self.cell(Scenario::FilterFlood, k)?.median_sample()?)))
+            .collect();
+        if !floods.is_empty() {
+            let _ = writeln!(
+                md,
+                "\n### Filter flood\n\nThe generator flat out from {}/{} (every packet a new flow) to the VIP, dropped by a filter rule in XDP, a second rule holding a set of {} /24s; meanwhile an undenied stream (the client, {} flows) paced at {:.0} kpps. Dropped: the flood's packets sent per second (the XDP drop_filter counter checked against them); CPU: the director's busy time per dropped packet (it forwards the undenied stream too).\n",
+                scenario::DENIED.0,
+                scenario::DENIED.1,
+                scenario::BLOCKLIST_PREFIXES,
+                self.params.flows,
+                scenario::UNDENIED_PPS as f64 / 1e3
+            );
+            for (k, s) in floods {
+                let _ = writeln!(md, "- {k}: {}", flood_line(s));
+            }
+            if let Some(c) = self
+                .cell(Scenario::Udp64, Kind::XdpRedirect)
+                .and_then(Cell::cpu_us)
+            {
+                let _ = writeln!(
+                    md,
+                    "- xdp-redirect (udp64, for comparison): {c:.3} µs CPU per forwarded packet"
+                );
+            }
+        }
         let splits: Vec<(Kind, Vec<f64>)> = self
             .kinds()
             .into_iter()
@@ -378,7 +436,7 @@ impl Report {
             None => "failed".into(),
             Some((med, lo, hi)) => {
                 let f = |v: f64| match s.unit() {
-                    "Mpps" => format!("{v:.3}"),
+                    "Mpps" | "Mpps dropped" => format!("{v:.3}"),
                     "Gbit/s" => format!("{v:.2}"),
                     _ => format!("{v:.0}"),
                 };
@@ -528,6 +586,47 @@ mod tests {
             cells,
             conntrack: Vec::new(),
         }
+    }
+
+    #[test]
+    fn filter_flood_section_and_dash_for_other_kinds() {
+        let mut r = report(&[(LVC_NAT, 1.5), (Kind::XdpRedirect, 2.0)]);
+        r.cells[1].samples[0].cpu_us = 0.25;
+        r.cells.push(Cell {
+            scenario: Scenario::FilterFlood,
+            kind: LVC_NAT,
+            samples: vec![Sample {
+                value: 3.2,
+                cpu_us: 0.125,
+                offered_pps: 100_000.0,
+                delivered_pps: 99_000.0,
+                flood: Some(crate::scenario::Flood {
+                    sent: 1000,
+                    drop_filter: 1000,
+                    rule_packets: 1000,
+                    ..Default::default()
+                }),
+                ..Sample::default()
+            }],
+            error: None,
+        });
+        let md = r.markdown();
+        assert!(
+            md.contains("| director | udp64 (Mpps) | filter-flood (Mpps dropped) |"),
+            "{md}"
+        );
+        assert!(md.contains("| xdp-redirect | 2.000 | – |"), "{md}");
+        assert!(md.contains("| lvc-nat | 1.500 | 3.200 |"), "{md}");
+        assert!(
+            md.contains("- lvc-nat: filter flood: 3.200 Mpps dropped at 0.125 µs CPU per packet; undenied 100 kpps delivered 99.0 kpps (1.0 % loss); XDP drop_filter 1000 of 1000 sent (100.0 %)"),
+            "{md}"
+        );
+        assert!(
+            md.contains(
+                "- xdp-redirect (udp64, for comparison): 0.250 µs CPU per forwarded packet"
+            ),
+            "{md}"
+        );
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use crate::agent::{GenResult, GenSpec};
 use crate::cpu;
-use crate::kinds::{HTTP_PORT, IPERF_PORT, Kind};
+use crate::kinds::{self, HTTP_PORT, IPERF_PORT, Kind};
 use crate::lab::{BenchLab, CLIENT, GEN_DEV, UDP_PORT};
 use anyhow::{Context, Result, anyhow, bail};
 use serde::{Deserialize, Serialize};
@@ -29,10 +29,17 @@ pub enum Scenario {
     HttpKeepalive,
     /// HTTP connections per second (`Connection: close`, wrk).
     HttpClose,
+    /// lvc kinds only: a flood of 64-byte UDP from a /8 a filter rule
+    /// drops ([`DENIED`]; the generator flat out, every packet a new flow),
+    /// with a second rule on a set of [`BLOCKLIST_PREFIXES`] /24s loaded,
+    /// while an undenied stream (the client, 256 flows) is paced at
+    /// [`UNDENIED_PPS`]: packets dropped per second, director CPU per
+    /// dropped packet, and what the undenied stream delivered.
+    FilterFlood,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 7] = [
+    pub const ALL: [Scenario; 8] = [
         Scenario::Udp64,
         Scenario::Udp1500,
         Scenario::NewFlows,
@@ -40,6 +47,7 @@ impl Scenario {
         Scenario::TcpBulk,
         Scenario::HttpKeepalive,
         Scenario::HttpClose,
+        Scenario::FilterFlood,
     ];
 
     pub fn name(self) -> &'static str {
@@ -51,6 +59,7 @@ impl Scenario {
             Scenario::TcpBulk => "tcp-bulk",
             Scenario::HttpKeepalive => "http-keepalive",
             Scenario::HttpClose => "http-close",
+            Scenario::FilterFlood => "filter-flood",
         }
     }
 
@@ -61,10 +70,29 @@ impl Scenario {
         )
     }
 
+    /// Does this scenario apply to `kind`? (TCP needs a kind that carries
+    /// it both ways; filter-flood measures lvc's packet filter.) The
+    /// harness skips the others, and the report shows "–".
+    pub fn applies(self, kind: Kind) -> bool {
+        match self {
+            s if s.tcp() => kind.does_tcp(),
+            Scenario::FilterFlood => kind.is_lvc(),
+            _ => true,
+        }
+    }
+
+    /// Does the harness run it briefly, unmeasured, first? (UDP; not
+    /// filter-flood, which warms its undenied stream itself once its
+    /// rules are in.)
+    pub fn warm_up(self) -> bool {
+        !self.tcp() && self != Scenario::FilterFlood
+    }
+
     /// The headline figure's unit.
     pub fn unit(self) -> &'static str {
         match self {
             Scenario::Udp64 | Scenario::Udp1500 | Scenario::NewFlows => "Mpps",
+            Scenario::FilterFlood => "Mpps dropped",
             Scenario::Latency => "µs p99",
             Scenario::TcpBulk => "Gbit/s",
             Scenario::HttpKeepalive => "req/s",
@@ -77,6 +105,7 @@ impl Scenario {
         match self {
             Scenario::HttpKeepalive => "request",
             Scenario::HttpClose => "connection",
+            Scenario::FilterFlood => "dropped packet",
             _ => "packet",
         }
     }
@@ -123,6 +152,27 @@ pub struct Sample {
     /// Share of delivered packets per real server (UDP, when the
     /// destination tells them apart).
     pub split: Vec<f64>,
+    /// filter-flood: the flood's counts (`offered_pps`/`delivered_pps` are
+    /// the undenied stream's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub flood: Option<Flood>,
+}
+
+/// What filter-flood counted besides the [`Sample`]'s figures.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Flood {
+    /// Flood packets the generator sent.
+    pub sent: u64,
+    /// The XDP `drop_filter` counter's increase over the flood (should be
+    /// `sent`: a flood packet is dropped by the filter or lost on the way).
+    pub drop_filter: u64,
+    /// Packets the /8's rule counted (`filter list`).
+    pub rule_packets: u64,
+    /// Packets the blocklist set's rule counted (should be 0: the set does
+    /// not cover the /8).
+    pub set_rule_packets: u64,
+    /// Seconds the rules and the set took to load.
+    pub setup_s: f64,
 }
 
 /// Run parameters shared by all scenarios.
@@ -155,6 +205,7 @@ pub fn measure(
         Scenario::TcpBulk => tcp_bulk(lab, kind, p.seconds),
         Scenario::HttpKeepalive => http(lab, kind, p.seconds, false),
         Scenario::HttpClose => http(lab, kind, p.seconds, true),
+        Scenario::FilterFlood => filter_flood(lab, kind, p),
     }
 }
 
@@ -286,6 +337,231 @@ fn udp(
         cpu_busy: busy / (secs + 0.1),
         latency_us,
         split,
+        flood: None,
+    })
+}
+
+/// filter-flood: the /8 the drop rule denies (no address of the lab is in
+/// it; the generator writes frames with the director's MAC, so any source
+/// reaches the director's XDP program).
+pub const DENIED: (Ipv4Addr, u8) = (Ipv4Addr::new(100, 0, 0, 0), 8);
+/// filter-flood: the flood's first source address (every packet a new flow:
+/// 65536 ports, then the next address, all inside [`DENIED`]).
+pub const FLOOD_SRC: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
+/// filter-flood: /24s in the named set of the second drop rule, so the
+/// drop path looks up a big trie.
+pub const BLOCKLIST_PREFIXES: u32 = 100_000;
+/// filter-flood: the set's name.
+pub const BLOCKLIST: &str = "blocklist";
+/// filter-flood: pace of the undenied stream during the flood.
+pub const UNDENIED_PPS: u64 = 100_000;
+/// filter-flood: the flood starts this long before the undenied stream and
+/// ends this long after it.
+const FLOOD_LEAD_S: f64 = 0.5;
+/// Prios of filter-flood's rules (the set's first: the flood matches the
+/// second rule of the trie, not the first).
+const SET_PRIO: u32 = 10;
+const DENIED_PRIO: u32 = 20;
+
+/// `n` distinct /24s (`a.b.c.0/24`) spread over 1.0.0.0–99.255.255.0,
+/// none in the lab's 10.0.0.0/8 nor in [`DENIED`]: a blocklist's shape.
+pub fn blocklist(n: u32) -> Vec<String> {
+    // /24 number i of 1.0.0.0/8..99.0.0.0/8 is 0x010000 + i, i < 99 << 16;
+    // multiplying by a prime that divides no factor of 99 << 16 (2, 3,
+    // 11) modulo it is a bijection: distinct, and scattered.
+    const SPAN: u64 = 99 << 16;
+    const STEP: u64 = 1_000_003;
+    (0..SPAN)
+        .map(|i| 0x01_0000 + (i * STEP) % SPAN)
+        .filter(|p| p >> 16 != 10)
+        .take(n as usize)
+        .map(|p| format!("{}.{}.{}.0/24", p >> 16, (p >> 8) & 0xff, p & 0xff))
+        .collect()
+}
+
+/// filter-flood (lvc kinds): loads the rules and the set, floods, removes
+/// them again whatever happened (later scenarios see no filter).
+fn filter_flood(lab: &mut BenchLab, kind: Kind, p: &Params) -> Result<Sample> {
+    if !Scenario::FilterFlood.applies(kind) {
+        bail!("filter-flood does not apply to {kind}: it measures lvc's packet filter");
+    }
+    let file = std::env::temp_dir().join(format!("{}-{BLOCKLIST}.txt", lab.ns("dir")));
+    std::fs::write(&file, blocklist(BLOCKLIST_PREFIXES).join("\n") + "\n")
+        .with_context(|| format!("writing {}", file.display()))?;
+    let t = std::time::Instant::now();
+    let r = add_filter(lab, &file.to_string_lossy()).and_then(|()| {
+        let setup_s = t.elapsed().as_secs_f64();
+        flood(lab, kind, p, setup_s)
+    });
+    let _ = std::fs::remove_file(&file);
+    // Both, even if the first fails.
+    let flushed = kinds::ctl(lab, &["filter", "flush"]);
+    let destroyed = kinds::ctl(lab, &["filter", "set", "destroy", BLOCKLIST]);
+    let s = r?;
+    flushed.context("removing filter-flood's rules")?;
+    destroyed.context("removing filter-flood's set")?;
+    Ok(s)
+}
+
+fn add_filter(lab: &BenchLab, file: &str) -> Result<()> {
+    let n: usize = std::env::var("XP_SET")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let f2 = format!("{file}.xp");
+    std::fs::write(&f2, blocklist(BLOCKLIST_PREFIXES)[..n].join("\n") + "\n")?;
+    kinds::ctl(lab, &["filter", "set", "add", BLOCKLIST, "--file", &f2])?;
+    let set = format!("@{BLOCKLIST}");
+    let denied = format!("{}/{}", DENIED.0, DENIED.1);
+    for (prio, src) in [(SET_PRIO, set.as_str()), (DENIED_PRIO, denied.as_str())] {
+        kinds::ctl(
+            lab,
+            &[
+                "filter",
+                "add",
+                "--prio",
+                &prio.to_string(),
+                "--action",
+                "drop",
+                "--src",
+                src,
+            ],
+        )?;
+    }
+    Ok(())
+}
+
+/// The XDP `drop_filter` counter, and the packets of filter-flood's two
+/// rules (the /8's, the set's).
+fn drop_counts(lab: &BenchLab) -> Result<(u64, u64, u64)> {
+    let status: serde_json::Value = serde_json::from_str(&kinds::ctl(lab, &["status", "--json"])?)
+        .context("lvc-ctl status --json")?;
+    let drop_filter = status["counters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|c| matches!(c[0].as_str(), Some("xdp_drop_filter" | "drop_filter")))
+        .and_then(|c| c[1].as_u64())
+        .ok_or_else(|| anyhow!("no drop_filter counter in `lvc-ctl status --json`"))?;
+    let list: serde_json::Value =
+        serde_json::from_str(&kinds::ctl(lab, &["filter", "list", "--json"])?)
+            .context("lvc-ctl filter list --json")?;
+    let rule = |prio: u32| {
+        list["rules"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|r| r["rule"]["prio"].as_u64() == Some(prio.into()))
+            .and_then(|r| r["stats"]["packets"].as_u64())
+            .unwrap_or(0)
+    };
+    Ok((drop_filter, rule(DENIED_PRIO), rule(SET_PRIO)))
+}
+
+/// The flood and the undenied stream at once, two generators on the load
+/// CPU; the flood starts [`FLOOD_LEAD_S`] earlier and ends as much later,
+/// so the undenied stream is measured inside it.
+fn flood(lab: &mut BenchLab, kind: Kind, p: &Params, setup_s: f64) -> Result<Sample> {
+    let flood = GenSpec {
+        dev: GEN_DEV.into(),
+        dst_mac: lab.dir_in_mac,
+        saddr: FLOOD_SRC,
+        daddr: kind.target(),
+        daddr_count: 1,
+        flows: std::env::var("XP_FLOWS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        dport: UDP_PORT,
+        frame_len: 60,
+        rate_pps: std::env::var("XP_RATE")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        seconds: p.seconds + 2.0 * FLOOD_LEAD_S,
+    };
+    let undenied = GenSpec {
+        saddr: CLIENT,
+        flows: p.flows,
+        rate_pps: UNDENIED_PPS,
+        seconds: p.seconds,
+        ..flood.clone()
+    };
+    // The undenied flows exist (and are offloaded) before the flood.
+    generate(
+        lab,
+        &GenSpec {
+            seconds: 0.5,
+            ..undenied.clone()
+        },
+    )?;
+    std::thread::sleep(Duration::from_millis(100));
+    let (drop0, rule0, set0) = drop_counts(lab)?;
+    lab.sink_reset()?;
+    let dcpu = lab.placement.director_cpu;
+    let busy0 = cpu::busy_seconds(dcpu);
+    let shared: &BenchLab = lab;
+    let (f, u) = std::thread::scope(|s| {
+        let f = s.spawn(|| generate(shared, &flood));
+        std::thread::sleep(Duration::from_secs_f64(FLOOD_LEAD_S));
+        let u = generate(shared, &undenied);
+        let f = f
+            .join()
+            .unwrap_or_else(|_| Err(anyhow!("the flood's thread panicked")));
+        (f, u)
+    });
+    let (f, u) = (f.context("the flood")?, u.context("the undenied stream")?);
+    std::thread::sleep(Duration::from_millis(100));
+    let busy = cpu::busy_seconds(dcpu) - busy0;
+    let r = lab.sink_read()?;
+    let (drop1, rule1, set1) = drop_counts(lab)?;
+    if std::env::var_os("LVC_BENCH_DEBUG").is_some() {
+        lab.debug_counters();
+    }
+    let fsecs = f.elapsed_ns as f64 / 1e9;
+    let usecs = u.elapsed_ns as f64 / 1e9;
+    let delivered = r.total_packets();
+    if delivered > u.sent + u.sent / 20 {
+        bail!(
+            "the servers got {delivered} packets from an undenied stream of {}: the flood was not dropped",
+            u.sent
+        );
+    }
+    let dropped = drop1.saturating_sub(drop0);
+    let flood = Flood {
+        sent: f.sent,
+        drop_filter: dropped,
+        rule_packets: rule1.saturating_sub(rule0),
+        set_rule_packets: set1.saturating_sub(set0),
+        setup_s,
+    };
+    let drop_share = dropped as f64 / f.sent.max(1) as f64;
+    if !(0.99..=1.01).contains(&drop_share) {
+        eprintln!(
+            "    filter-flood: XDP drop_filter counted {dropped} of {} flood packets sent ({:.1}%)",
+            f.sent,
+            drop_share * 100.0
+        );
+    }
+    if std::env::var_os("LVC_BENCH_DEBUG").is_some() {
+        eprintln!("      filter-flood: {flood:?}, busy {busy:.3} s, flood {fsecs:.3} s");
+    }
+    Ok(Sample {
+        value: f.sent as f64 / fsecs / 1e6,
+        offered_pps: u.sent as f64 / usecs,
+        delivered_pps: delivered as f64 / usecs,
+        overload_pps: 0.0,
+        // Per packet the filter dropped (the undenied stream's 100 kpps
+        // forwarded are in the busy time too).
+        cpu_us: if dropped > 0 {
+            busy / dropped as f64 * 1e6
+        } else {
+            0.0
+        },
+        cpu_busy: busy / (fsecs + 0.1),
+        latency_us: None,
+        split: Vec::new(),
+        flood: Some(flood),
     })
 }
 
@@ -439,6 +715,40 @@ Transfer/sec:      1.50MB
         let l = parse_wrk_latency(WRK).unwrap();
         assert_eq!((l[0], l[1], l[2], l[4]), (1100.0, 1600.0, 2500.0, 8500.0));
         assert!(parse_wrk("garbage").is_err());
+    }
+
+    #[test]
+    fn blocklist_is_distinct_and_clear_of_the_lab() {
+        let l = blocklist(BLOCKLIST_PREFIXES);
+        assert_eq!(l.len(), BLOCKLIST_PREFIXES as usize);
+        let set: std::collections::HashSet<&String> = l.iter().collect();
+        assert_eq!(set.len(), l.len());
+        for p in &l {
+            let c: lvc_proto::filter::Cidr = p.parse().unwrap();
+            let first: u8 = p.split('.').next().unwrap().parse().unwrap();
+            assert!((1..100).contains(&first) && first != 10, "{p}");
+            assert_eq!(c.len, 24);
+        }
+        assert_eq!(
+            u32::from(FLOOD_SRC) >> (32 - DENIED.1),
+            u32::from(DENIED.0) >> (32 - DENIED.1)
+        );
+    }
+
+    #[test]
+    fn filter_flood_is_for_lvc_only() {
+        assert!(Scenario::FilterFlood.applies(Kind::Lvc(crate::kinds::LvcMethod::Dr)));
+        assert!(Scenario::FilterFlood.applies(Kind::LvcNoOffload(crate::kinds::LvcMethod::Nat)));
+        for k in [
+            Kind::XdpRedirect,
+            Kind::Iptables,
+            Kind::AfxdpRaw,
+            Kind::Direct,
+        ] {
+            assert!(!Scenario::FilterFlood.applies(k));
+            assert!(Scenario::Udp64.applies(k));
+        }
+        assert!(!Scenario::FilterFlood.warm_up() && Scenario::Udp64.warm_up());
     }
 
     #[test]

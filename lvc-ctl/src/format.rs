@@ -196,14 +196,20 @@ pub fn listing(l: &Listing, o: ListOpts) -> String {
                     (Some(h), _) => format!("DOWN ({}: {})", h.check, h.last),
                     (None, _) => "-".to_owned(),
                 });
-                let overloaded = if r.overloaded && !o.ipvsadm {
-                    " (at max-conns)"
-                } else {
-                    ""
-                };
+                // lvc-only markers after the columns: how it is reached,
+                // then its state.
+                let mut marks = String::new();
+                if !o.ipvsadm {
+                    if !r.proxy_protocol.is_off() {
+                        let _ = write!(marks, " (PROXY {})", r.proxy_protocol);
+                    }
+                    if r.overloaded {
+                        marks.push_str(" (at max-conns)");
+                    }
+                }
                 let _ = match state {
-                    Some(state) => writeln!(s, "{cols}{state}{overloaded}"),
-                    None => writeln!(s, "{cols}{}", overloaded.trim_start()),
+                    Some(state) => writeln!(s, "{cols}{state}{marks}"),
+                    None => writeln!(s, "{cols}{}", marks.trim_start()),
                 };
             }
         }
@@ -666,6 +672,7 @@ mod tests {
                         health: None,
                         limits: Default::default(),
                         overloaded: false,
+                        proxy_protocol: Default::default(),
                     },
                     ServerInfo {
                         addr: "10.0.1.2:8080".parse().unwrap(),
@@ -678,6 +685,7 @@ mod tests {
                         health: None,
                         limits: Default::default(),
                         overloaded: false,
+                        proxy_protocol: Default::default(),
                     },
                 ],
                 check: Default::default(),
@@ -742,6 +750,79 @@ TCP  10.0.0.10:80 rr
   -> 10.0.2.9:80                  Masq    0      2          1         sorry server
 "
         );
+    }
+
+    /// `list`: a server's PROXY protocol header and its overload after
+    /// its columns (after its health if there is a Health column); none
+    /// of it in ipvsadm's listing.
+    #[test]
+    fn golden_listing_with_proxy_protocol() {
+        use lvc_proto::ProxyProtocol;
+        let mut l = sample();
+        l.services[0].servers[0].proxy_protocol = ProxyProtocol::V2;
+        l.services[0].servers[1].proxy_protocol = ProxyProtocol::V1;
+        l.services[0].servers[1].method = Method::Fullnat;
+        l.services[0].servers[1].overloaded = true;
+        assert_eq!(
+            listing(&l, opts()),
+            "Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  10.0.0.10:80 rr
+  -> 10.0.1.1:80                  Masq    1      2          1         (PROXY v2)
+  -> 10.0.1.2:8080                FullNat 3      0          0         (PROXY v1) (at max-conns)
+"
+        );
+        let mut checked = l.clone();
+        checked.services[0].servers[0].health = Some(lvc_proto::health::HealthInfo {
+            up: true,
+            check: "tcp".into(),
+            last: "ok".into(),
+            since_secs: 3,
+            checks: 9,
+            failures: 0,
+            transitions: 0,
+        });
+        assert_eq!(
+            listing(&checked, opts()),
+            "Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn Health
+TCP  10.0.0.10:80 rr
+  -> 10.0.1.1:80                  Masq    1      2          1         up (tcp) (PROXY v2)
+  -> 10.0.1.2:8080                FullNat 3      0          0         - (PROXY v1) (at max-conns)
+"
+        );
+        // -L: byte for byte what it is without them; the other views never
+        // show them.
+        let mut plain = l.clone();
+        for r in &mut plain.services[0].servers {
+            r.proxy_protocol = ProxyProtocol::Off;
+            r.overloaded = false;
+        }
+        for o in [
+            ListOpts {
+                ipvsadm: true,
+                ..opts()
+            },
+            ListOpts {
+                ipvsadm: true,
+                stats: true,
+                ..opts()
+            },
+            ListOpts {
+                stats: true,
+                ..opts()
+            },
+            ListOpts {
+                rate: true,
+                ..opts()
+            },
+            ListOpts {
+                thresholds: true,
+                ..opts()
+            },
+        ] {
+            assert_eq!(listing(&l, o), listing(&plain, o), "{o:?}");
+        }
     }
 
     #[test]

@@ -108,8 +108,9 @@ pub fn order(k: &ServiceKey) -> (bool, u8, IpAddr, u16) {
 }
 
 /// The configuration as ipvsadm-save rules, or, if anything in it would be
-/// lost that way, an error listing what (services' client policies and
-/// the global filter's rules and sets among them). Timeouts, the fullnat
+/// lost that way, an error listing what (services' client policies,
+/// servers' PROXY protocol headers and the global filter's rules and sets
+/// among them). Timeouts, the fullnat
 /// pool and shaping are not part of ipvsadm's rules (`ipvsadm -S` does not
 /// write timeouts either) and are left out.
 pub fn rules(cfg: &ConfigFile) -> Result<String, String> {
@@ -179,6 +180,12 @@ pub fn rules(cfg: &ConfigFile) -> Result<String, String> {
             };
             if srv.check.is_some() {
                 lost.push(format!("service {key}, server {addr}: a health check"));
+            }
+            if !srv.proxy_protocol.is_off() {
+                lost.push(format!(
+                    "service {key}, server {addr}: a PROXY protocol {} header",
+                    srv.proxy_protocol
+                ));
             }
             let _ = write!(out, "-a {name} -r {addr} {switch} -w {}", srv.weight);
             let limits = srv.limits();
@@ -305,6 +312,41 @@ min_conns = 60
         );
     }
 
+    /// A server with a PROXY protocol header is refused by name, even
+    /// where everything else could be written.
+    #[test]
+    fn proxy_protocol_servers_are_refused() {
+        let text = r#"
+[[service]]
+tcp = "10.0.0.10:80"
+scheduler = "wlc"
+
+[[service.server]]
+real = "10.0.1.1"
+method = "nat"
+proxy_protocol = "v2"
+
+[[service.server]]
+real = "10.0.1.2"
+method = "nat"
+"#;
+        let e = rules(&ConfigFile::parse(text).unwrap()).unwrap_err();
+        assert_eq!(
+            e,
+            "ipvsadm rules cannot express:
+  service tcp 10.0.0.10:80, server 10.0.1.1:80: a PROXY protocol v2 header
+(`lvc-ctl save` writes the whole configuration)"
+        );
+        let plain = text.replace("proxy_protocol = \"v2\"\n", "");
+        assert_eq!(
+            rules(&ConfigFile::parse(&plain).unwrap()).unwrap(),
+            "-A -t 10.0.0.10:80 -s wlc
+-a -t 10.0.0.10:80 -r 10.0.1.1:80 -m -w 1
+-a -t 10.0.0.10:80 -r 10.0.1.2:80 -m -w 1
+"
+        );
+    }
+
     #[test]
     fn what_ipvsadm_cannot_express_is_refused_by_name() {
         let cfg = ConfigFile::parse(
@@ -324,6 +366,12 @@ method = "dnat"
 [[service.server]]
 real = "10.0.1.2"
 method = "fullnat"
+proxy_protocol = "v2"
+
+[[service.server]]
+real = "10.0.1.3"
+method = "nat"
+proxy_protocol = "v1"
 
 [[service]]
 tcp = "10.0.0.11:443"
@@ -357,6 +405,8 @@ src = "@bad-guys"
             "service tcp 10.0.0.10:8000-8099: sloppy TCP",
             "server 10.0.1.1:0: the dnat method",
             "server 10.0.1.2:0: the fullnat method",
+            "service tcp 10.0.0.10:8000-8099, server 10.0.1.2:0: a PROXY protocol v2 header",
+            "service tcp 10.0.0.10:8000-8099, server 10.0.1.3:0: a PROXY protocol v1 header",
             "`lvc-ctl save` writes the whole configuration",
         ] {
             assert!(e.contains(what), "{what}: {e}");

@@ -27,8 +27,8 @@ use lvc_proto::shape::{
     ShapeListing, Size,
 };
 use lvc_proto::{
-    ConnFilter, ConnLimits, ErrorCode, Method, Netmask, Ports, Protocol, RealSpec, Request,
-    RequestEnvelope, Response, ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
+    ConnFilter, ConnLimits, ErrorCode, Method, Netmask, Ports, Protocol, ProxyProtocol, RealSpec,
+    Request, RequestEnvelope, Response, ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::IpAddr;
@@ -374,6 +374,64 @@ impl PolicyEditArgs {
     }
 }
 
+/// What `--proxy-protocol` does, for add-server's and edit-server's long
+/// help (and so the man page).
+macro_rules! proxy_protocol_details {
+    () => {
+        "The real server then learns the client's address and port, as \
+         haproxy (bind … accept-proxy) or nginx (listen … proxy_protocol) \
+         expect them.\n\n\
+         lvc inserts the header in front of the first byte the client sends \
+         and shifts the sequence and acknowledgement numbers (SACK blocks \
+         included) for the rest of the connection; it clamps the MSS the \
+         client announces by the header's length, so that the first segment, \
+         header included, still fits. Only with the nat and fullnat \
+         methods, where lvc sees both directions, and only on TCP services. \
+         Such connections stay in userspace (they are not offloaded to XDP). \
+         A change (edit-server --proxy-protocol) applies to new connections \
+         only; open ones keep what they started with. Connections taken over \
+         after a restart of lvc-dataplane or from a peer director (sync) do \
+         not carry the shift and get no PROXY header."
+    };
+}
+
+/// `--proxy-protocol` is possible for a server of `service` reached with
+/// `method` (`None`: unchanged, the daemon checks); `defaulted`: the
+/// method is ipvsadm's default (dr), not one the command line gave.
+fn proxy_protocol_fits(
+    proxy: ProxyProtocol,
+    service: &ServiceKey,
+    method: Option<Method>,
+    defaulted: bool,
+) -> Result<(), String> {
+    if proxy.is_off() {
+        return Ok(());
+    }
+    if service.proto != Protocol::Tcp {
+        return Err(format!(
+            "--proxy-protocol needs a TCP service (the header goes at the start of a \
+             TCP connection); {service} is not one"
+        ));
+    }
+    match method {
+        None | Some(Method::Nat | Method::Fullnat) => Ok(()),
+        Some(m @ (Method::Dr | Method::Tun | Method::Dnat)) => {
+            let why = if defaulted {
+                format!(
+                    "; -a's default method is {m}, as ipvsadm's: add -m (nat) or \
+                     --method fullnat"
+                )
+            } else {
+                format!(", not {m}")
+            };
+            Err(format!(
+                "--proxy-protocol needs a method where lvc sees both directions \
+                 (nat, fullnat){why}"
+            ))
+        }
+    }
+}
+
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 enum SaveFormat {
     /// The configuration file (everything lvc runs).
@@ -477,8 +535,21 @@ enum Cmd {
         limits: LimitArgs,
         #[command(flatten)]
         check: CheckArgs,
+        #[arg(
+            long,
+            value_name = "v1|v2",
+            help = "PROXY protocol header in front of each new TCP connection to \
+                    this server: v1 (text) or v2 (binary); nat and fullnat only",
+            long_help = concat!(
+                "Put a PROXY protocol header, v1 (text) or v2 (binary), in front of \
+                 each new TCP connection to this server (default: off). ",
+                proxy_protocol_details!()
+            )
+        )]
+        proxy_protocol: Option<ProxyProtocol>,
     },
-    /// Change a real server's weight, method or health check.
+    /// Change a real server's weight, method, health check, connection
+    /// thresholds or PROXY protocol header.
     #[command(short_flag = 'e', long_flag = "edit-server")]
     EditServer {
         #[command(flatten)]
@@ -498,6 +569,18 @@ enum Cmd {
         limits: LimitArgs,
         #[command(flatten)]
         check: CheckArgs,
+        #[arg(
+            long,
+            value_name = "v1|v2|off",
+            help = "New PROXY protocol header: v1 (text), v2 (binary) or off \
+                    (new connections only)",
+            long_help = concat!(
+                "Put a PROXY protocol header, v1 (text) or v2 (binary), in front of \
+                 each new TCP connection to this server, or no longer (off). ",
+                proxy_protocol_details!()
+            )
+        )]
+        proxy_protocol: Option<ProxyProtocol>,
     },
     /// Remove a real server from a service.
     #[command(short_flag = 'd', long_flag = "delete-server")]
@@ -516,7 +599,10 @@ enum Cmd {
     /// -L spelling is ipvsadm's listing exactly).
     ///
     /// The list spelling also shows a service's client policy on a line
-    /// under it: `-> allow CIDRs deny CIDRs conn-rate N/s burst B`.
+    /// under it: `-> allow CIDRs deny CIDRs conn-rate N/s burst B`; and
+    /// after a server, `(PROXY v1)` or `(PROXY v2)` if it gets a PROXY
+    /// protocol header, `(at max-conns)` while it is at its upper
+    /// connection threshold.
     #[command(short_flag = 'L', long_flag = "list", short_flag_alias = 'l')]
     List {
         /// Only this service.
@@ -1337,13 +1423,17 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             method,
             limits,
             check,
+            proxy_protocol,
         } => {
-            let method = method
-                .method()
-                .unwrap_or(if ipvsadm { Method::Dr } else { Method::Nat });
+            let service = service.key();
+            let given = method.method();
+            let method = given.unwrap_or(if ipvsadm { Method::Dr } else { Method::Nat });
+            let proxy_protocol = proxy_protocol.unwrap_or_default();
+            proxy_protocol_fits(proxy_protocol, &service, Some(method), given.is_none())
+                .map_err(|e| (EXIT_USAGE, e))?;
             (
                 Request::AddServer {
-                    service: service.key(),
+                    service,
                     real: ipvsadm_port(real, method, ipvsadm),
                     weight,
                     method,
@@ -1352,6 +1442,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
                         max: limits.max_conns.unwrap_or(0),
                         min: limits.min_conns.unwrap_or(0),
                     },
+                    proxy_protocol,
                 },
                 Show::Nothing,
             )
@@ -1363,21 +1454,27 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             method,
             limits,
             check,
+            proxy_protocol,
         } => {
+            let service = service.key();
             let method = method.method();
+            if let Some(p) = proxy_protocol {
+                proxy_protocol_fits(p, &service, method, false).map_err(|e| (EXIT_USAGE, e))?;
+            }
             let real = match method {
                 Some(m) => ipvsadm_port(real, m, ipvsadm),
                 None => real,
             };
             (
                 Request::EditServer {
-                    service: service.key(),
+                    service,
                     real,
                     weight,
                     method,
                     check: check.edit(),
                     max_conns: limits.max_conns,
                     min_conns: limits.min_conns,
+                    proxy_protocol,
                 },
                 Show::Nothing,
             )
@@ -2915,6 +3012,223 @@ mod tests {
             let e = edit(bad).expect_err(bad);
             assert!(e.contains(why), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn proxy_protocol_options_build_requests() {
+        use ProxyProtocol::{Off, V1, V2};
+        let add = |line: &str| match parse(line) {
+            Ok((
+                Request::AddServer {
+                    real,
+                    method,
+                    proxy_protocol,
+                    ..
+                },
+                _,
+            )) => Ok((real.to_string(), method, proxy_protocol)),
+            Ok((other, _)) => panic!("{line}: {other:?}"),
+            Err(e) => Err(e),
+        };
+        assert_eq!(
+            req("add-server --tcp 10.0.0.10:80 --real 10.0.1.1 --proxy-protocol v2"),
+            Request::AddServer {
+                service: "tcp:10.0.0.10:80".parse().unwrap(),
+                real: "10.0.1.1".parse().unwrap(),
+                weight: 1,
+                method: Method::Nat,
+                check: CheckSpec::default(),
+                limits: ConnLimits::default(),
+                proxy_protocol: V2,
+            }
+        );
+        for (line, want) in [
+            (
+                "add-server --tcp 10.0.0.10:80 --real 10.0.1.1",
+                ("10.0.1.1", Method::Nat, Off),
+            ),
+            (
+                "add-server -t 10.0.0.10:80 -r 10.0.1.1:8080 --method fullnat --proxy-protocol v1",
+                ("10.0.1.1:8080", Method::Fullnat, V1),
+            ),
+            (
+                "add-server -t 10.0.0.10:80 -r 10.0.1.1 --method dr --proxy-protocol off",
+                ("10.0.1.1", Method::Dr, Off),
+            ),
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1:8080 -m -w 1 --proxy-protocol v2",
+                ("10.0.1.1:8080", Method::Nat, V2),
+            ),
+            (
+                "-a -t [2001:db8::10]:443 -r [2001:db8:1::1]:8443 --method fullnat --proxy-protocol 1",
+                ("[2001:db8:1::1]:8443", Method::Fullnat, V1),
+            ),
+        ] {
+            let (real, m, p) = add(line).unwrap_or_else(|e| panic!("{line}: {e}"));
+            assert_eq!((real.as_str(), m, p), want, "{line}");
+        }
+        let edit = |line: &str| match parse(line) {
+            Ok((
+                Request::EditServer {
+                    method,
+                    proxy_protocol,
+                    ..
+                },
+                _,
+            )) => Ok((method, proxy_protocol)),
+            Ok((other, _)) => panic!("{line}: {other:?}"),
+            Err(e) => Err(e),
+        };
+        for (line, want) in [
+            (
+                "edit-server --tcp 10.0.0.10:80 --real 10.0.1.1 --weight 2",
+                (None, None),
+            ),
+            (
+                "edit-server --tcp 10.0.0.10:80 --real 10.0.1.1 --proxy-protocol v1",
+                (None, Some(V1)),
+            ),
+            (
+                "edit-server --tcp 10.0.0.10:80 --real 10.0.1.1 --proxy-protocol off",
+                (None, Some(Off)),
+            ),
+            (
+                "-e -t 10.0.0.10:80 -r 10.0.1.1 --method fullnat --proxy-protocol v2",
+                (Some(Method::Fullnat), Some(V2)),
+            ),
+            (
+                "-e -t 10.0.0.10:80 -r 10.0.1.1 -g --proxy-protocol off",
+                (Some(Method::Dr), Some(Off)),
+            ),
+        ] {
+            assert_eq!(
+                edit(line).unwrap_or_else(|e| panic!("{line}: {e}")),
+                want,
+                "{line}"
+            );
+        }
+        let both_ways = "--proxy-protocol needs a method where lvc sees both directions \
+                         (nat, fullnat)";
+        for (line, why) in [
+            (
+                "add-server -t 10.0.0.10:80 -r 10.0.1.1 --proxy-protocol v3",
+                "PROXY protocol `v3`: expected v1, v2 or off",
+            ),
+            (
+                "edit-server -t 10.0.0.10:80 -r 10.0.1.1 --proxy-protocol on",
+                "PROXY protocol `on`: expected v1, v2 or off",
+            ),
+            (
+                "add-server -t 10.0.0.10:80 -r 10.0.1.1 --proxy-protocol",
+                "--proxy-protocol",
+            ),
+            (
+                "add-server -t 10.0.0.10:80 -r 10.0.1.1 --method dr --proxy-protocol v2",
+                &format!("{both_ways}, not dr"),
+            ),
+            (
+                "add-server -t 10.0.0.10:80 -r 10.0.1.1 --method tun --proxy-protocol v1",
+                &format!("{both_ways}, not tun"),
+            ),
+            (
+                "add-server -t 10.0.0.10:80 -r 10.0.1.1 --method dnat --proxy-protocol v2",
+                &format!("{both_ways}, not dnat"),
+            ),
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1 --proxy-protocol v2",
+                &format!(
+                    "{both_ways}; -a's default method is dr, as ipvsadm's: add -m (nat) or \
+                     --method fullnat"
+                ),
+            ),
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1 -g --proxy-protocol v2",
+                &format!("{both_ways}, not dr"),
+            ),
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1 -i --proxy-protocol v1",
+                &format!("{both_ways}, not tun"),
+            ),
+            (
+                "-e -t 10.0.0.10:80 -r 10.0.1.1 --method dnat --proxy-protocol v1",
+                &format!("{both_ways}, not dnat"),
+            ),
+            (
+                "add-server --udp 10.0.0.10:53 --real 10.0.1.1 --proxy-protocol v2",
+                "--proxy-protocol needs a TCP service",
+            ),
+            (
+                "-e -u 10.0.0.10:53 -r 10.0.1.1 --proxy-protocol v1",
+                "udp 10.0.0.10:53 is not one",
+            ),
+        ] {
+            let e = parse(line).err().unwrap_or_else(|| panic!("{line} parsed"));
+            assert!(e.contains(why), "{line}: {e}");
+        }
+        // The exact message, and its exit status.
+        let cli = Cli::try_parse_from(
+            "lvc-ctl add-server -t 10.0.0.10:80 -r 10.0.1.1 --method dr --proxy-protocol v2"
+                .split(' '),
+        )
+        .unwrap();
+        match request(cli.cmd.unwrap(), false) {
+            Err((code, e)) => {
+                assert_eq!(code, EXIT_USAGE);
+                assert_eq!(e, format!("{both_ways}, not dr"));
+            }
+            Ok((r, _)) => panic!("{r:?}"),
+        }
+        // An ipvsadm rules file may carry it, checked the same way.
+        let reqs =
+            ipvsadm::parse_rules("-a -t 10.0.0.10:80 -r 10.0.1.1:80 -m -w 1 --proxy-protocol v2\n")
+                .unwrap();
+        assert!(matches!(
+            &reqs[0].1,
+            Request::AddServer {
+                proxy_protocol: V2,
+                ..
+            }
+        ));
+        let e =
+            ipvsadm::parse_rules("-a -t 10.0.0.10:80 -r 10.0.1.1:80 -w 1 --proxy-protocol v2\n")
+                .unwrap_err();
+        assert!(e.starts_with("line 1: ") && e.contains(both_ways), "{e}");
+    }
+
+    #[test]
+    fn man_page_explains_proxy_protocol() {
+        let mut man = Vec::new();
+        man_page(&mut man).unwrap();
+        let man = String::from_utf8(man).unwrap();
+        let text = man
+            .replace("\\-", "-")
+            .replace("\\*(Aq", "'")
+            .replace('\n', " ")
+            .replace("\\fB", "")
+            .replace("\\fI", "")
+            .replace("\\fR", "");
+        for want in [
+            "--proxy-protocol <v1|v2> Put a PROXY protocol header",
+            "--proxy-protocol <v1|v2|off> Put a PROXY protocol header",
+            "v1 (text) or v2 (binary)",
+            "SACK blocks included",
+            "clamps the MSS the client announces by the header's length",
+            "Only with the nat and fullnat methods",
+            "only on TCP services",
+            "not offloaded to XDP",
+            "applies to new connections only",
+            "peer director (sync) do not carry the shift and get no PROXY header",
+            "listen … proxy_protocol",
+            "(PROXY v1)",
+        ] {
+            assert!(text.contains(want), "{want}");
+        }
+        // Both verbs document it in full.
+        let add = text.find(".SH \"LVC-CTL ADD-SERVER\"").unwrap();
+        let edit = text.find(".SH \"LVC-CTL EDIT-SERVER\"").unwrap();
+        let del = text.find(".SH \"LVC-CTL DEL-SERVER\"").unwrap();
+        assert!(text[add..edit].contains("SACK blocks included"));
+        assert!(text[edit..del].contains("SACK blocks included"));
     }
 
     #[test]

@@ -339,6 +339,21 @@ impl Worker {
                 }
             }
         }
+        if let Some(ins) = fx.proxy_insert
+            && matches!(
+                decision,
+                Ok(Decision::Send(_) | Decision::Fragment(..) | Decision::Park(..))
+            )
+        {
+            // A PROXY protocol header goes in front of the client's first
+            // byte: the frame grows by it.
+            let len = frame.len();
+            if self.io.set_len(&mut frame, len + ins.len) {
+                pipeline::proxy::insert(self.io.bytes_mut(&mut frame), len, &ins);
+            } else {
+                decision = Err(Drop::TooBig);
+            }
+        }
         let decision = match decision {
             Ok(Decision::Icmp(what)) => match (self.originate(&mut frame, what, t), fx.refused) {
                 // Refused by its route: counted as such once, whether or

@@ -170,6 +170,10 @@ pub struct ServerConfig {
     /// Lower connection threshold (ipvsadm -y; default ¾ of max_conns).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_conns: Option<u32>,
+    /// `"v1"` or `"v2"`: a PROXY protocol header in front of each
+    /// connection.
+    #[serde(default, skip_serializing_if = "crate::ProxyProtocol::is_off")]
+    pub proxy_protocol: crate::ProxyProtocol,
 }
 
 impl ServerConfig {
@@ -279,6 +283,9 @@ impl ConfigFile {
                 }
                 if limits.min != 0 {
                     let _ = writeln!(s, "min_conns = {}", limits.min);
+                }
+                if !srv.proxy_protocol.is_off() {
+                    let _ = writeln!(s, "proxy_protocol = \"{}\"", srv.proxy_protocol);
                 }
             }
         }
@@ -432,6 +439,7 @@ impl ConfigFile {
                     method: srv.method,
                     check,
                     limits: srv.limits(),
+                    proxy_protocol: srv.proxy_protocol,
                 });
             }
         }

@@ -113,6 +113,10 @@ pub enum Request {
         /// Connection limits (ipvsadm -x/-y); none if absent.
         #[serde(default, skip_serializing_if = "ConnLimits::is_none")]
         limits: ConnLimits,
+        /// A PROXY protocol header in front of each connection (nat and
+        /// fullnat TCP only).
+        #[serde(default, skip_serializing_if = "ProxyProtocol::is_off")]
+        proxy_protocol: ProxyProtocol,
     },
     DelServer {
         service: ServiceKey,
@@ -174,6 +178,9 @@ pub enum Request {
         /// New lower connection threshold (0: the default).
         #[serde(default)]
         min_conns: Option<u32>,
+        /// New PROXY protocol setting (new connections only).
+        #[serde(default)]
+        proxy_protocol: Option<ProxyProtocol>,
     },
     /// Removes every service (ipvsadm -C).
     Clear {},
@@ -443,6 +450,7 @@ mod tests {
             method: Method::Dnat,
             check: CheckSpec::default(),
             limits: ConnLimits { max: 100, min: 0 },
+            proxy_protocol: ProxyProtocol::V2,
         });
         let line = serde_json::to_string(&req).unwrap();
         assert!(!line.contains('\n'));

@@ -835,6 +835,52 @@ pub struct ServerInfo {
     /// the lower one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub overloaded: bool,
+    /// The PROXY protocol header it gets.
+    #[serde(default, skip_serializing_if = "ProxyProtocol::is_off")]
+    pub proxy_protocol: ProxyProtocol,
+}
+
+/// The PROXY protocol header lvc puts in front of each TCP connection to
+/// a real server, so the server learns the client's address (haproxy's
+/// `send-proxy` / `send-proxy-v2`; nginx `listen … proxy_protocol`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ProxyProtocol {
+    #[default]
+    Off,
+    /// The text header: `PROXY TCP4 client vip cport vport\r\n`.
+    V1,
+    /// The binary header (16 bytes + the addresses).
+    V2,
+}
+
+impl ProxyProtocol {
+    pub fn is_off(&self) -> bool {
+        *self == ProxyProtocol::Off
+    }
+}
+
+impl fmt::Display for ProxyProtocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(match self {
+            ProxyProtocol::Off => "off",
+            ProxyProtocol::V1 => "v1",
+            ProxyProtocol::V2 => "v2",
+        })
+    }
+}
+
+impl FromStr for ProxyProtocol {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" | "none" => Ok(ProxyProtocol::Off),
+            "v1" | "1" => Ok(ProxyProtocol::V1),
+            "v2" | "2" => Ok(ProxyProtocol::V2),
+            _ => Err(format!("PROXY protocol `{s}`: expected v1, v2 or off")),
+        }
+    }
 }
 
 /// One virtual service in a listing.

@@ -8,8 +8,8 @@ use crate::pipeline::services::Persistence;
 use crate::stats::TrafficStats;
 use lvc_proto::filter::Policy;
 use lvc_proto::{
-    ConnLimits, ErrorCode, ErrorReply, MAX_WEIGHT, Method, Netmask, Request, Scheduler, ServiceKey,
-    check_persistence,
+    ConnLimits, ErrorCode, ErrorReply, MAX_WEIGHT, Method, Netmask, ProxyProtocol, Request,
+    Scheduler, ServiceKey, check_persistence,
     health::{CheckSpec, Sorry},
 };
 use std::collections::BTreeMap;
@@ -29,6 +29,8 @@ pub(super) struct ServerConf {
     pub(super) health: Arc<Health>,
     /// Connection thresholds (ipvsadm -x/-y).
     pub(super) limits: ConnLimits,
+    /// The PROXY protocol header its connections start with.
+    pub(super) proxy: ProxyProtocol,
 }
 
 impl ServerConf {
@@ -41,6 +43,7 @@ impl ServerConf {
             check,
             health: Arc::default(),
             limits: ConnLimits::default(),
+            proxy: ProxyProtocol::Off,
         }
     }
 }
@@ -237,7 +240,9 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             method,
             check,
             limits,
+            proxy_protocol,
         } => {
+            check_proxy(service, *method, *proxy_protocol)?;
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             check_weight(*weight)?;
             check_limits(*limits)?;
@@ -271,6 +276,7 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             }
             let mut srv = ServerConf::new(addr, *weight, *method, check.clone());
             srv.limits = *limits;
+            srv.proxy = *proxy_protocol;
             svc.servers.push(srv);
         }
         Request::DelServer { service, real } => {
@@ -374,6 +380,7 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
             check,
             max_conns,
             min_conns,
+            proxy_protocol,
         } => {
             let svc = cfg.get_mut(service).ok_or_else(|| no_service(service))?;
             let addr = real.resolve(service);
@@ -407,6 +414,10 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
                 srv.limits.min = *min;
             }
             check_limits(srv.limits)?;
+            if let Some(p) = proxy_protocol {
+                srv.proxy = *p;
+            }
+            check_proxy(service, srv.method, srv.proxy)?;
         }
         Request::Clear {} => cfg.clear(),
         // Other kinds of request (`Request::kind`) are not edits.
@@ -504,6 +515,30 @@ pub(super) fn check_method(
             format!(
                 "service {service}: the {method} method cannot remap ports (the packet reaches the \
                  real server unchanged): give the real server without a port, or use nat/dnat"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// A PROXY protocol header needs a TCP service and a method where lvc
+/// sees both directions (it shifts the stream both ways).
+fn check_proxy(service: &ServiceKey, method: Method, p: ProxyProtocol) -> Result<(), ErrorReply> {
+    if p.is_off() {
+        return Ok(());
+    }
+    if service.proto != lvc_proto::Protocol::Tcp {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!("service {service}: the PROXY protocol is for TCP services"),
+        ));
+    }
+    if !matches!(method, Method::Nat | Method::Fullnat) {
+        return Err(err(
+            ErrorCode::InvalidArgument,
+            format!(
+                "service {service}: --proxy-protocol needs a method where lvc sees both \
+                 directions (nat, fullnat), not {method}"
             ),
         ));
     }

@@ -484,6 +484,7 @@ mod tests {
                 min: 0,
             },
             overloaded: base == 20,
+            proxy_protocol: Default::default(),
         }
     }
 

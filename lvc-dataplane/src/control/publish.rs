@@ -273,6 +273,7 @@ impl Control {
                         service: s.stats.clone(),
                         health: r.health.clone(),
                         limits: r.limits,
+                        proxy: r.proxy,
                     })
                 })
                 .collect();
@@ -287,6 +288,7 @@ impl Control {
                     service: s.stats.clone(),
                     health: so.health.clone(),
                     limits: Default::default(),
+                    proxy: Default::default(),
                 })
             });
             Arc::new(Service {

@@ -55,6 +55,7 @@ impl Control {
                                 check: Some(r.check.clone()).filter(|c| !c.is_empty()),
                                 max_conns: Some(r.limits.max).filter(|&v| v != 0),
                                 min_conns: Some(r.limits.min).filter(|&v| v != 0),
+                                proxy_protocol: r.proxy,
                             })
                             .collect(),
                         check: Some(s.check.clone()).filter(|c| !c.is_empty()),
@@ -144,6 +145,7 @@ impl Control {
                             health: r.health.info(),
                             limits: r.limits,
                             overloaded: r.limits.max != 0 && r.stats.overloaded(),
+                            proxy_protocol: r.proxy,
                         })
                         .collect(),
                     check: s.check.clone(),
@@ -160,6 +162,7 @@ impl Control {
                         health: None,
                         limits: Default::default(),
                         overloaded: false,
+                        proxy_protocol: Default::default(),
                     }),
                     sloppy: s.sloppy,
                     policy: s.policy.clone(),

@@ -42,6 +42,25 @@ pub fn update_words(check: u16, old: &[u8], new: &[u8]) -> u16 {
     !fold(sum)
 }
 
+/// Full Internet checksum over several pieces, as if they were one (all
+/// but the last of an even length: a pseudo-header, then a segment).
+pub fn combine(parts: &[&[u8]]) -> u16 {
+    let mut sum: u64 = 0;
+    for p in parts {
+        let mut chunks = p.chunks_exact(2);
+        for c in &mut chunks {
+            sum += u64::from(u16::from_be_bytes([c[0], c[1]]));
+        }
+        if let [last] = chunks.remainder() {
+            sum += u64::from(u16::from_be_bytes([*last, 0]));
+        }
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
 /// Full Internet checksum of `data` (for tests and header construction).
 pub fn checksum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;

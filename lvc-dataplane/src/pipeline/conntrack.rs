@@ -157,6 +157,9 @@ pub struct Conn {
     /// a connection is filed again only to be looked at earlier, so the
     /// wheel holds about one entry per connection whatever its packets do.
     filed: AtomicU32,
+    /// With [`PROXY`]: the sequence number of the client's first byte
+    /// (where the PROXY protocol header goes).
+    first_byte: u32,
     /// The real server (its address, method, and its and its service's
     /// counters).
     pub server: Arc<Server>,
@@ -184,6 +187,9 @@ const STEERED: u8 = 2;
 const JOURNALED: u8 = 4;
 /// Made from a peer director's sync message.
 const SYNCED: u8 = 8;
+/// Its server gets a PROXY protocol header (the connection was made from
+/// the client's SYN, so its first byte is known).
+const PROXY: u8 = 16;
 
 /// The source address a fullnat connection shows the real server.
 #[derive(Debug)]
@@ -224,10 +230,30 @@ impl Conn {
             seen: AtomicU8::new(0),
             seq: [AtomicU32::new(0), AtomicU32::new(0)],
             filed: AtomicU32::new(u32::MAX),
+            first_byte: 0,
             server,
             template: None,
             snat: None,
         }
+    }
+
+    /// Gives the server a PROXY protocol header in front of the client's
+    /// first byte, `first`.
+    pub fn with_proxy(mut self, first: u32) -> Self {
+        self.first_byte = first;
+        *self.flags.get_mut() |= PROXY;
+        self
+    }
+
+    /// Whether its server gets a PROXY protocol header.
+    #[inline]
+    pub fn proxied(&self) -> bool {
+        self.flags.load(Relaxed) & PROXY != 0
+    }
+
+    /// The sequence number of the client's first byte (PROXY connections).
+    pub fn first_byte(&self) -> u32 {
+        self.first_byte
     }
 
     /// Source-NATs the connection to `local`, taken from `pool` (fullnat).
@@ -375,7 +401,9 @@ impl Conn {
     /// Whether the connection qualifies for offload: [`OFFLOAD_AFTER`]
     /// packets seen and, for TCP, ESTABLISHED.
     pub fn offload_ready(&self) -> bool {
+        // (XDP's rewrite knows nothing of a PROXY header's shift.)
         self.seen.load(Relaxed) >= OFFLOAD_AFTER
+            && !self.proxied()
             && (self.proto != PROTO_TCP || self.state() == State::Established)
     }
 
@@ -1195,6 +1223,7 @@ mod tests {
             service: Arc::default(),
             health: Arc::default(),
             limits: Default::default(),
+            proxy: Default::default(),
         })
     }
 

@@ -299,6 +299,7 @@ mod tests {
             service: Arc::default(),
             health: Arc::default(),
             limits: Default::default(),
+            proxy: Default::default(),
         });
         Conn::new(
             17,
@@ -511,6 +512,7 @@ mod tests {
             service: Arc::default(),
             health: Arc::default(),
             limits: Default::default(),
+            proxy: Default::default(),
         });
         let mut c = Conn::new(
             17,

@@ -18,6 +18,7 @@ pub mod conntrack;
 pub mod filter;
 pub mod icmp;
 pub mod parse;
+pub mod proxy;
 pub mod rewrite;
 pub mod schedule;
 pub mod services;
@@ -143,6 +144,9 @@ pub struct Effects {
     /// The packet's route refuses it (unreachable, prohibit) and the
     /// decision is the ICMP error that answers it: count this reason.
     pub refused: Option<Drop>,
+    /// A PROXY protocol header to insert before the frame goes on (the
+    /// frame must grow first: [`proxy::insert`]).
+    pub proxy_insert: Option<proxy::Insert>,
 }
 
 /// Takes one frame through the pipeline.
@@ -318,12 +322,18 @@ pub fn forward(
                 // fullnat: the real server sees a director address.
                 rewrite::set_src(f, &pkt, conn.local().0, conn.local().1);
             }
+            if conn.proxied() {
+                fx.proxy_insert = proxy::to_server(f, pkt.l4_off, &conn, conn.server.proxy);
+            }
         }
         Dir::Reply => {
             let (vip, vport) = conn.vip();
             rewrite::set_src(f, &pkt, vip, vport);
             if conn.fullnat() {
                 rewrite::set_dst(f, &pkt, conn.client.0, conn.client.1);
+            }
+            if conn.proxied() {
+                proxy::to_client(f, pkt.l4_off, &conn, conn.server.proxy);
             }
         }
     }
@@ -534,6 +544,9 @@ fn new_conn(
     };
     let conn = if mid_flow {
         conn.restored(conntrack::State::Established)
+    } else if server.proxy != lvc_proto::ProxyProtocol::Off && k.proto == wire::PROTO_TCP {
+        // The client's first byte comes after its SYN's sequence number.
+        conn.with_proxy(pkt.seg.seq.wrapping_add(1))
     } else {
         conn
     };
@@ -625,6 +638,7 @@ mod tests {
                     service: Arc::default(),
                     health: Arc::default(),
                     limits: Default::default(),
+                    proxy: Default::default(),
                 })
             })
             .collect();
@@ -817,6 +831,7 @@ mod decisions {
                 service: Arc::default(),
                 health: Arc::default(),
                 limits: Default::default(),
+                proxy: Default::default(),
             });
             let svc = |proto: &str| {
                 let servers = vec![server.clone()];

@@ -30,6 +30,8 @@ pub struct Server {
     pub health: Arc<crate::health::Health>,
     /// Connection thresholds (ipvsadm -x/-y).
     pub limits: ConnLimits,
+    /// The PROXY protocol header its connections start with.
+    pub proxy: lvc_proto::ProxyProtocol,
 }
 
 impl Server {
@@ -355,6 +357,7 @@ mod tests {
             service: Arc::default(),
             health: Arc::default(),
             limits: Default::default(),
+            proxy: Default::default(),
         })
     }
 
