@@ -49,6 +49,8 @@ def serve(c):
 fam = socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET
 s = socket.socket(fam, socket.SOCK_STREAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+if fam == socket.AF_INET6:
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
 s.bind((sys.argv[1], 9000))
 s.listen(64)
 while True:
@@ -118,7 +120,7 @@ fn lab(tag: &str) -> Topo {
     let up = t.lab.wait_until(Duration::from_secs(10), || {
         let listening = t.lab.exec("rs1", &["ss", "-ltn"]);
         let s = String::from_utf8_lossy(&listening.stdout);
-        s.contains(":8080") && s.contains(":9000")
+        s.contains(":8080") && s.contains("0.0.0.0:9000") && s.contains("[::]:9000")
     });
     assert!(up, "nginx and the echo listen: {}", t.lab.log("nginx"));
     t
