@@ -5,7 +5,10 @@ use lvc_proto::shape::{ClassStats, Qdisc, Rate, ShapeListing};
 use lvc_proto::{ConnListing, Counters, Listing, Rates, ServerInfo, ServiceInfo, Status};
 use std::fmt::Write;
 
-/// How `list` (`-L`) shows the table.
+/// How `list` (`-L`) shows the table. A client-class service's line ends
+/// with its class, `from 10.1.0.0/24,…` (after the scheduler and flags, or
+/// after the counters), in every view, ipvsadm's included: it is what
+/// tells apart services of one VIP and ports.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ListOpts {
     /// Traffic counters (`--stats`).
@@ -113,7 +116,13 @@ pub fn listing(l: &Listing, o: ListOpts) -> String {
             } else {
                 rates(&svc.rates)
             };
-            let _ = writeln!(s, "{head:<33}{}", v.map(num).concat());
+            // A client class ends the line, after ipvsadm's columns.
+            let _ = writeln!(
+                s,
+                "{head:<33}{}{}",
+                v.map(num).concat(),
+                svc.service.class_suffix()
+            );
             // What the filter, the service's lists or its rate limit
             // dropped: incoming packets and bytes, in their columns.
             let f = &svc.filtered;
@@ -138,7 +147,13 @@ pub fn listing(l: &Listing, o: ListOpts) -> String {
             if svc.sloppy && !o.ipvsadm {
                 flags.push_str(" sloppy");
             }
-            let _ = writeln!(s, "{head} {}{flags}", svc.scheduler);
+            // A client class ends the line, after ipvsadm's flags.
+            let _ = writeln!(
+                s,
+                "{head} {}{flags}{}",
+                svc.scheduler,
+                svc.service.class_suffix()
+            );
             if !o.ipvsadm && !svc.policy.is_empty() {
                 let _ = writeln!(s, "  -> {}", policy(&svc.policy));
             }
@@ -962,6 +977,119 @@ TCP  10.0.0.10:80 rr
   -> 10.0.1.2:8080                0          0          0          0         
 TCP  [2001:db8::10]:80 rr
   -> [2001:db8:1::1]:80           100        60         2          1         
+"
+        );
+    }
+
+    /// A client-class service's line ends with its class, in every view;
+    /// ipvsadm's sorts the classes of one VIP and port after the service
+    /// without one.
+    #[test]
+    fn golden_listing_with_client_classes() {
+        let mut l = sample();
+        l.services[0].servers.truncate(1);
+        let mut class = l.services[0].clone();
+        class.service = "tcp:10.0.0.10:80 from 10.1.0.0/24,192.0.2.0/24"
+            .parse()
+            .unwrap();
+        class.scheduler = Scheduler::Wrr;
+        class.persistent = Some(360);
+        class.sloppy = true;
+        class.policy = Policy {
+            deny: vec!["10.1.0.128/25".parse().unwrap()],
+            ..Policy::default()
+        };
+        class.servers[0].addr = "10.0.1.9:80".parse().unwrap();
+        let mut v6 = l.services[0].clone();
+        v6.service = "tcp:[2001:db8::10]:80 from 2001:db8:a::/48"
+            .parse()
+            .unwrap();
+        v6.servers.clear();
+        l.services.insert(0, class);
+        l.services.push(v6);
+        assert_eq!(
+            listing(&l, opts()),
+            "Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  10.0.0.10:80 wrr persistent 360 sloppy from 10.1.0.0/24,192.0.2.0/24
+  -> deny 10.1.0.128/25
+  -> 10.0.1.9:80                  Masq    1      2          1         
+TCP  10.0.0.10:80 rr
+  -> 10.0.1.1:80                  Masq    1      2          1         
+TCP  [2001:db8::10]:80 rr from 2001:db8:a::/48
+"
+        );
+        let ipvsadm = ListOpts {
+            ipvsadm: true,
+            ..opts()
+        };
+        assert_eq!(
+            listing(&l, ipvsadm),
+            "IP Virtual Server version 1.2.1 (size=1048576)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  10.0.0.10:80 rr
+  -> 10.0.1.1:80                  Masq    1      2          1         
+TCP  10.0.0.10:80 wrr persistent 360 from 10.1.0.0/24,192.0.2.0/24
+  -> 10.0.1.9:80                  Masq    1      2          1         
+TCP  [2001:db8::10]:80 rr from 2001:db8:a::/48
+"
+        );
+        assert_eq!(
+            listing(
+                &l,
+                ListOpts {
+                    stats: true,
+                    ..ipvsadm
+                }
+            ),
+            "IP Virtual Server version 1.2.1 (size=1048576)
+Prot LocalAddress:Port               Conns   InPkts  OutPkts  InBytes OutBytes
+  -> RemoteAddress:Port
+TCP  10.0.0.10:80                        3       30       20     2000   250000
+  -> 10.0.1.1:80                         0        0        0        0        0
+TCP  10.0.0.10:80                        3       30       20     2000   250000 from 10.1.0.0/24,192.0.2.0/24
+  -> 10.0.1.9:80                         0        0        0        0        0
+TCP  [2001:db8::10]:80                   3       30       20     2000   250000 from 2001:db8:a::/48
+"
+        );
+        let rate = listing(
+            &l,
+            ListOpts {
+                rate: true,
+                ..opts()
+            },
+        );
+        assert!(
+            rate.contains(
+                "\nTCP  10.0.0.10:80                        1       10        7      700   125000 \
+                 from 10.1.0.0/24,192.0.2.0/24\n"
+            ),
+            "{rate}"
+        );
+        let thresholds = listing(
+            &l,
+            ListOpts {
+                thresholds: true,
+                ..opts()
+            },
+        );
+        assert!(
+            thresholds.contains("\nTCP  [2001:db8::10]:80 rr from 2001:db8:a::/48\n"),
+            "{thresholds}"
+        );
+        // Without classes, -L is what it always was.
+        let plain = Listing {
+            services: vec![l.services[1].clone()],
+            conn_capacity: 1 << 20,
+        };
+        assert_eq!(
+            listing(&plain, ipvsadm),
+            "IP Virtual Server version 1.2.1 (size=1048576)
+Prot LocalAddress:Port Scheduler Flags
+  -> RemoteAddress:Port           Forward Weight ActiveConn InActConn
+TCP  10.0.0.10:80 rr
+  -> 10.0.1.1:80                  Masq    1      2          1         
 "
         );
     }

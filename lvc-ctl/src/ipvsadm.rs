@@ -6,7 +6,7 @@
 use crate::{Cli, Show, request};
 use clap::Parser;
 use lvc_proto::config::{ConfigFile, ServiceConfig};
-use lvc_proto::{Method, Netmask, Request, ServiceKey};
+use lvc_proto::{Clients, Method, Netmask, Request, ServiceKey};
 use std::fmt::Write;
 use std::net::IpAddr;
 
@@ -97,20 +97,22 @@ pub fn parse_rules(text: &str) -> Result<Vec<(usize, Request)>, String> {
 }
 
 /// ipvsadm's order of services (`-L`, `-S`): IPv4 before IPv6, TCP
-/// before UDP, then address, port.
-pub fn order(k: &ServiceKey) -> (bool, u8, IpAddr, u16) {
+/// before UDP, then address, port; services of one VIP and port by client
+/// class, the one without `--from` first.
+pub fn order(k: &ServiceKey) -> (bool, u8, IpAddr, u16, Clients) {
     (
         k.vip.is_ipv6(),
         k.proto.number(),
         k.vip,
         k.ports.ranges()[0].0,
+        k.from,
     )
 }
 
 /// The configuration as ipvsadm-save rules, or, if anything in it would be
-/// lost that way, an error listing what (services' client policies,
-/// servers' PROXY protocol headers and the global filter's rules and sets
-/// among them). Timeouts, the fullnat
+/// lost that way, an error listing what (client-class services, services'
+/// client policies, servers' PROXY protocol headers and the global
+/// filter's rules and sets among them). Timeouts, the fullnat
 /// pool and shaping are not part of ipvsadm's rules (`ipvsadm -S` does not
 /// write timeouts either) and are left out.
 pub fn rules(cfg: &ConfigFile) -> Result<String, String> {
@@ -127,6 +129,11 @@ pub fn rules(cfg: &ConfigFile) -> Result<String, String> {
             lvc_proto::Protocol::Udp => "-u",
         };
         let name = format!("{flag} {}", key.endpoint());
+        if !key.from.is_empty() {
+            lost.push(format!(
+                "service {key}: a client class (ipvsadm has no --from)"
+            ));
+        }
         if key.ports.single_port().is_none() {
             lost.push(format!(
                 "service {key}: several ports (an ipvsadm service has one, or 0 for all)"
@@ -343,6 +350,56 @@ method = "nat"
             "-A -t 10.0.0.10:80 -s wlc
 -a -t 10.0.0.10:80 -r 10.0.1.1:80 -m -w 1
 -a -t 10.0.0.10:80 -r 10.0.1.2:80 -m -w 1
+"
+        );
+    }
+
+    /// Client-class services are refused, each by name; the service
+    /// without a class alone is written as before.
+    #[test]
+    fn client_class_services_are_refused() {
+        let text = r#"
+[[service]]
+tcp = "10.0.0.10:80"
+scheduler = "wlc"
+
+[[service.server]]
+real = "10.0.1.1"
+method = "nat"
+
+[[service]]
+tcp = "10.0.0.10:80"
+from = ["10.1.0.0/24", "192.0.2.0/24"]
+scheduler = "rr"
+
+[[service.server]]
+real = "10.0.1.9"
+method = "nat"
+proxy_protocol = "v1"
+
+[[service]]
+udp = "[2001:db8::10]:53"
+from = ["2001:db8:a::/48"]
+scheduler = "rr"
+"#;
+        let e = rules(&ConfigFile::parse(text).unwrap()).unwrap_err();
+        assert_eq!(
+            e,
+            "ipvsadm rules cannot express:
+  service tcp 10.0.0.10:80 from 10.1.0.0/24,192.0.2.0/24: a client class (ipvsadm has no --from)
+  service tcp 10.0.0.10:80 from 10.1.0.0/24,192.0.2.0/24, server 10.0.1.9:80: a PROXY protocol v1 header
+  service udp [2001:db8::10]:53 from 2001:db8:a::/48: a client class (ipvsadm has no --from)
+(`lvc-ctl save` writes the whole configuration)"
+        );
+        let cfg = ConfigFile::parse(text).unwrap();
+        let plain = ConfigFile {
+            services: cfg.services[..1].to_vec(),
+            ..cfg
+        };
+        assert_eq!(
+            rules(&plain).unwrap(),
+            "-A -t 10.0.0.10:80 -s wlc
+-a -t 10.0.0.10:80 -r 10.0.1.1:80 -m -w 1
 "
         );
     }

@@ -11,7 +11,10 @@
 //! are in tc's units, and the `filter` family for the global packet filter
 //! (`filter add`, `del`, `flush`, `list`, `filter set add|del|destroy`).
 //! `add-service`/`edit-service` also set a service's client policy
-//! (`--allow`, `--deny`, `--conn-rate`, `--conn-burst`).
+//! (`--allow`, `--deny`, `--conn-rate`, `--conn-burst`). Every verb that
+//! names a service takes `--from CIDR[,CIDR…]` for its client class: one
+//! VIP and ports may have a service per class, the most specific prefix
+//! holding a client choosing its service.
 
 #![forbid(unsafe_code)]
 
@@ -27,8 +30,9 @@ use lvc_proto::shape::{
     ShapeListing, Size,
 };
 use lvc_proto::{
-    ConnFilter, ConnLimits, ErrorCode, Method, Netmask, Ports, Protocol, ProxyProtocol, RealSpec,
-    Request, RequestEnvelope, Response, ResponseEnvelope, Scheduler, ServiceKey, parse_vip,
+    Clients, ConnFilter, ConnLimits, ConnListing, ErrorCode, Listing, Method, Netmask, Ports,
+    Protocol, ProxyProtocol, RealSpec, Request, RequestEnvelope, Response, ResponseEnvelope,
+    Scheduler, ServiceKey, parse_vip,
 };
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::IpAddr;
@@ -56,11 +60,55 @@ struct Cli {
     cmd: Option<Cmd>,
 }
 
+/// What `--from` means, for its long help on every verb that names a
+/// service (and so the man page).
+macro_rules! from_details {
+    () => {
+        "Several services may share a protocol, VIP and ports with different \
+         --from: a client's packets go to the service whose --from holds the \
+         client's address with the most specific (longest) prefix, and to the \
+         service without --from when none does; the service without --from \
+         takes everyone else. Each class is a service of its own, with its own \
+         real servers, scheduler, persistence, client lists (--allow, --deny) \
+         and connection rate limit. At most 8 prefixes, of the VIP's family, \
+         host bits zero; the option may be repeated.\n\n\
+         Every verb that names the service (edit-service, del-service, \
+         add-server, edit-server, del-server, zero, list -t, conns -t) must \
+         give the same --from as add-service did; without --from a verb names \
+         the service for everyone else. Shaping filters (--match 'service …') \
+         and policers by service do not yet distinguish classes: they apply \
+         to every class of the VIP and ports."
+    };
+}
+
+/// `--tcp VIP:PORTS` or `--udp VIP:PORTS`, required, and its client class.
+#[derive(Args, Debug)]
+#[group(skip)]
+struct ServiceArg {
+    #[command(flatten)]
+    which: ServiceChoice,
+    #[arg(
+        long,
+        value_name = "CIDR[,CIDR…]",
+        value_parser = filter::cidrs,
+        help = "Client class: the service of this VIP and ports for clients in \
+                these prefixes (most specific prefix wins; without --from: the \
+                service for everyone else)",
+        long_help = concat!(
+            "Client class: the service of this VIP and ports that is for the \
+             clients in these prefixes (CIDR[,CIDR…]); add-service creates it. \
+             Without --from: the service for every client no class takes. ",
+            from_details!()
+        )
+    )]
+    from: Vec<filter::CidrList>,
+}
+
 /// `--tcp VIP:PORTS` or `--udp VIP:PORTS`, required (PORTS: 80, 0 = every
 /// port, 21,22 or 1024-65535).
 #[derive(Args, Debug)]
 #[group(required = true, multiple = false)]
-struct ServiceArg {
+struct ServiceChoice {
     /// TCP virtual service.
     #[arg(long, short = 't', visible_alias = "tcp-service", value_name = "VIP:PORTS", value_parser = parse_vip)]
     tcp: Option<VipPorts>,
@@ -82,10 +130,34 @@ fn no_fwmark(_: &str) -> Result<u32, String> {
     )
 }
 
+/// `--tcp VIP:PORTS` or `--udp VIP:PORTS`, optional, and its client class.
+#[derive(Args, Debug)]
+#[group(skip)]
+struct MaybeService {
+    #[command(flatten)]
+    which: MaybeServiceChoice,
+    #[arg(
+        long,
+        value_name = "CIDR[,CIDR…]",
+        value_parser = filter::cidrs,
+        requires = "MaybeServiceChoice",
+        help = "Only the service of this client class (with --tcp or --udp; \
+                see add-service --from)",
+        long_help = concat!(
+            "Only the service of this client class (with --tcp or --udp): the \
+             one for the clients in these prefixes (CIDR[,CIDR…]), as \
+             add-service --from created it. With --tcp or --udp but without \
+             --from: the service for every client no class takes. ",
+            from_details!()
+        )
+    )]
+    from: Vec<filter::CidrList>,
+}
+
 /// `--tcp VIP:PORTS` or `--udp VIP:PORTS`, optional.
 #[derive(Args, Debug)]
 #[group(required = false, multiple = false)]
-struct MaybeService {
+struct MaybeServiceChoice {
     /// TCP virtual service.
     #[arg(long, short = 't', visible_alias = "tcp-service", value_name = "VIP:PORTS", value_parser = parse_vip)]
     tcp: Option<VipPorts>,
@@ -97,18 +169,50 @@ struct MaybeService {
 /// A VIP and the ports of a service on it.
 type VipPorts = (std::net::IpAddr, Ports);
 
-fn key(tcp: Option<VipPorts>, udp: Option<VipPorts>) -> Option<ServiceKey> {
+/// The service `--tcp`/`--udp` names (none if neither is given), for the
+/// client class of the `--from` prefixes; an error for prefixes of the
+/// other family or too many of them.
+fn key(
+    tcp: Option<VipPorts>,
+    udp: Option<VipPorts>,
+    from: &[filter::CidrList],
+) -> Result<Option<ServiceKey>, String> {
     let (proto, (vip, ports)) = match (tcp, udp) {
         (Some(a), _) => (Protocol::Tcp, a),
         (_, Some(a)) => (Protocol::Udp, a),
-        _ => return None,
+        _ => return Ok(None),
     };
-    Some(ServiceKey { proto, vip, ports })
+    let mut from: Vec<lvc_proto::filter::Cidr> =
+        from.iter().flat_map(|l| l.0.iter().copied()).collect();
+    from.sort_unstable();
+    from.dedup();
+    if from.len() > lvc_proto::MAX_CLASS_PREFIXES {
+        return Err(format!(
+            "--from gives {} prefixes; a client class has at most {}",
+            from.len(),
+            lvc_proto::MAX_CLASS_PREFIXES
+        ));
+    }
+    ServiceKey {
+        proto,
+        vip,
+        ports,
+        from: Clients::default(),
+    }
+    .with_from(&from)
+    .map(Some)
 }
 
 impl ServiceArg {
-    fn key(&self) -> ServiceKey {
-        key(self.tcp, self.udp).expect("clap requires one of --tcp/--udp")
+    fn key(&self) -> Result<ServiceKey, String> {
+        key(self.which.tcp, self.which.udp, &self.from)
+            .map(|k| k.expect("clap requires one of --tcp/--udp"))
+    }
+}
+
+impl MaybeService {
+    fn key(&self) -> Result<Option<ServiceKey>, String> {
+        key(self.which.tcp, self.which.udp, &self.from)
     }
 }
 
@@ -444,7 +548,8 @@ enum SaveFormat {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Add a virtual service.
+    /// Add a virtual service (with --from, a client class of its VIP and
+    /// ports: a service of its own for those clients).
     #[command(short_flag = 'A', long_flag = "add-service")]
     AddService {
         #[command(flatten)]
@@ -602,7 +707,8 @@ enum Cmd {
     /// under it: `-> allow CIDRs deny CIDRs conn-rate N/s burst B`; and
     /// after a server, `(PROXY v1)` or `(PROXY v2)` if it gets a PROXY
     /// protocol header, `(at max-conns)` while it is at its upper
-    /// connection threshold.
+    /// connection threshold. Both spellings end a client-class service's
+    /// line with its class, `from CIDR,…` (see add-service --from).
     #[command(short_flag = 'L', long_flag = "list", short_flag_alias = 'l')]
     List {
         /// Only this service.
@@ -641,6 +747,11 @@ enum Cmd {
     },
     /// Print the running configuration: the config file (TOML), or JSON,
     /// or ipvsadm rules (the -S spelling's default).
+    ///
+    /// ipvsadm rules are refused, naming each item, when the configuration
+    /// holds what they cannot express: client-class services (--from),
+    /// several ports, client policies, health checks, PROXY protocol
+    /// headers, the dnat and fullnat methods, the global filter.
     #[command(short_flag = 'S', long_flag = "save")]
     Save {
         #[arg(long, value_enum, conflicts_with = "json")]
@@ -779,8 +890,8 @@ enum ShapeCmd {
         /// A match, quoted: 'ip src CIDR', 'ip dst CIDR', 'ip tos VALUE
         /// MASK', 'ip dscp N', 'ip protocol tcp|udp|icmp|N', 'ip sport
         /// PORT [MASK]', 'ip dport PORT [MASK]', 'real ADDR[:PORT]',
-        /// 'service tcp|udp:VIP:PORT', 'u32 VALUE MASK at OFFSET'. Repeat
-        /// to AND several.
+        /// 'service tcp|udp:VIP:PORT' (every client class of it),
+        /// 'u32 VALUE MASK at OFFSET'. Repeat to AND several.
         #[arg(long = "match", value_name = "EXPR", required = true)]
         matches: Vec<Match>,
         /// The leaf class the packets go to.
@@ -796,6 +907,10 @@ enum ShapeCmd {
     },
     /// Police a class or a service's incoming traffic: drop what exceeds
     /// the rate plus the burst.
+    ///
+    /// A service's policer covers every client class of its VIP and ports
+    /// (policers do not yet distinguish the classes add-service --from
+    /// makes, and take no --from).
     #[command(group(police_target_group()))]
     AddPolice {
         #[command(flatten)]
@@ -1062,6 +1177,18 @@ struct PoliceTargetArgs {
     /// UDP service whose incoming traffic is policed.
     #[arg(long, short = 'u', value_name = "VIP:PORT", value_parser = udp_service)]
     udp: Option<ServiceKey>,
+    /// (A client class: refused, policers do not distinguish them yet.)
+    #[arg(long, hide = true, value_name = "CIDR[,CIDR…]", value_parser = no_police_class)]
+    from: Option<String>,
+}
+
+/// `--from` on a policer: refused with the reason.
+fn no_police_class(_: &str) -> Result<String, String> {
+    Err(
+        "policers by service do not yet distinguish client classes: a policer on \
+         --tcp/--udp VIP:PORT covers every class of it; give it without --from"
+            .into(),
+    )
 }
 
 fn police_target_group() -> clap::ArgGroup {
@@ -1263,11 +1390,49 @@ fn main() -> ExitCode {
             Err((code, msg)) => return fail(code, msg),
         },
     };
-    let resp = match call(&cli.socket, &req) {
+    let mut resp = match call(&cli.socket, &req) {
         Ok(r) => r,
         Err((code, msg)) => return fail(code, msg),
     };
+    if let (Request::Conns { filter }, Response::Conns(c)) = (&req, &mut resp.result) {
+        only_class(filter, c);
+    }
     print_response(resp.result, show)
+}
+
+/// Keeps, of the connections listed for a client-class service, those
+/// from its clients (the daemon may match the VIP and ports only).
+fn only_class(filter: &ConnFilter, l: &mut ConnListing) {
+    if let Some(k) = filter.service.filter(|k| !k.from.is_empty()) {
+        l.conns.retain(|c| k.from.best(c.client.ip()).is_some());
+    }
+}
+
+/// Why `-L -t …` finds no service `k`: it does not exist, and which
+/// client classes its VIP and ports have if any (a `--from` left out or
+/// mistyped).
+fn missing_service(l: &Listing, k: &ServiceKey) -> String {
+    let classes: Vec<String> = l
+        .services
+        .iter()
+        .map(|s| s.service)
+        .filter(|s| s.proto == k.proto && s.vip == k.vip && s.ports == k.ports)
+        .map(|s| {
+            if s.from.is_empty() {
+                "without --from".to_owned()
+            } else {
+                format!("--from {}", s.from)
+            }
+        })
+        .collect();
+    if classes.is_empty() {
+        return format!("service {k} does not exist");
+    }
+    format!(
+        "service {k} does not exist; its VIP and ports have the services {} (name one \
+         with the --from it was added with)",
+        classes.join("; ")
+    )
 }
 
 /// The man page: lvc-ctl's own, then a section per command (and `shape`
@@ -1353,7 +1518,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             sloppy,
             policy,
         } => {
-            let service = service.key();
+            let service = service.key().map_err(usage)?;
             let policy = policy
                 .policy(service.vip.is_ipv4())
                 .map_err(|e| (EXIT_USAGE, e))?;
@@ -1387,7 +1552,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             sloppy,
             policy,
         } => {
-            let service = service.key();
+            let service = service.key().map_err(usage)?;
             let (allow, deny, conn_rate, conn_burst) = policy
                 .edit(service.vip.is_ipv4())
                 .map_err(|e| (EXIT_USAGE, e))?;
@@ -1412,7 +1577,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
         }
         Cmd::DelService { service } => (
             Request::DelService {
-                service: service.key(),
+                service: service.key().map_err(usage)?,
             },
             Show::Nothing,
         ),
@@ -1425,7 +1590,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             check,
             proxy_protocol,
         } => {
-            let service = service.key();
+            let service = service.key().map_err(usage)?;
             let given = method.method();
             let method = given.unwrap_or(if ipvsadm { Method::Dr } else { Method::Nat });
             let proxy_protocol = proxy_protocol.unwrap_or_default();
@@ -1456,7 +1621,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             check,
             proxy_protocol,
         } => {
-            let service = service.key();
+            let service = service.key().map_err(usage)?;
             let method = method.method();
             if let Some(p) = proxy_protocol {
                 proxy_protocol_fits(p, &service, method, false).map_err(|e| (EXIT_USAGE, e))?;
@@ -1481,7 +1646,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
         }
         Cmd::DelServer { service, real } => (
             Request::DelServer {
-                service: service.key(),
+                service: service.key().map_err(usage)?,
                 real,
             },
             Show::Nothing,
@@ -1498,7 +1663,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             nosort,
             json,
         } => {
-            let only = key(service.tcp, service.udp);
+            let only = service.key().map_err(usage)?;
             if connection {
                 (
                     Request::Conns {
@@ -1544,7 +1709,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
         Cmd::SetLocalPool { addrs } => (Request::SetLocalPool { addrs }, Show::Nothing),
         Cmd::Zero { service } => (
             Request::Zero {
-                service: key(service.tcp, service.udp),
+                service: service.key().map_err(usage)?,
             },
             Show::Nothing,
         ),
@@ -1581,7 +1746,7 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
         } => (
             Request::Conns {
                 filter: ConnFilter {
-                    service: key(service.tcp, service.udp),
+                    service: service.key().map_err(usage)?,
                     server,
                     client,
                     limit,
@@ -1599,6 +1764,11 @@ fn request(cmd: Cmd, ipvsadm: bool) -> Result<(Request, Show), (u8, String)> {
             return Err((EXIT_USAGE, "not a request to the daemon".into()));
         }
     })
+}
+
+/// A usage error (exit status 64) with its message.
+fn usage(e: String) -> (u8, String) {
+    (EXIT_USAGE, e)
 }
 
 /// ipvsadm gives a dr or tun server the service's port whatever was
@@ -1626,13 +1796,13 @@ fn print_response(result: Response, show: Show) -> ExitCode {
         (Response::Ok, _) => ExitCode::SUCCESS,
         (Response::Listing(mut l), Show::Listing { opts, only }) => {
             if let Some(k) = only {
-                l.services.retain(|s| s.service == k);
-                if l.services.is_empty() {
+                if !l.services.iter().any(|s| s.service == k) {
                     return fail(
                         ErrorCode::NotFound.exit_code() as u8,
-                        format!("service {k} does not exist"),
+                        missing_service(&l, &k),
                     );
                 }
+                l.services.retain(|s| s.service == k);
             }
             print!("{}", format::listing(&l, opts));
             ExitCode::SUCCESS
@@ -1870,7 +2040,7 @@ mod tests {
                 method,
                 ..
             } => {
-                assert_eq!(service.key().to_string(), "tcp 10.0.0.10:80");
+                assert_eq!(service.key().unwrap().to_string(), "tcp 10.0.0.10:80");
                 assert_eq!(real.to_string(), "10.0.1.1:8080");
                 assert_eq!((weight, method.method()), (3, None));
             }
@@ -3193,6 +3363,338 @@ mod tests {
             ipvsadm::parse_rules("-a -t 10.0.0.10:80 -r 10.0.1.1:80 -w 1 --proxy-protocol v2\n")
                 .unwrap_err();
         assert!(e.starts_with("line 1: ") && e.contains(both_ways), "{e}");
+    }
+
+    /// The service a command line names, whatever its verb.
+    fn service_of(line: &str) -> Result<Option<ServiceKey>, String> {
+        Ok(match parse(line)? {
+            (
+                Request::AddService { service, .. }
+                | Request::EditService { service, .. }
+                | Request::DelService { service }
+                | Request::AddServer { service, .. }
+                | Request::EditServer { service, .. }
+                | Request::DelServer { service, .. },
+                _,
+            ) => Some(service),
+            (Request::Zero { service }, _) => service,
+            (Request::Conns { filter }, _) => filter.service,
+            (Request::List {}, Show::Listing { only, .. }) => only,
+            (other, _) => panic!("{line}: {other:?}"),
+        })
+    }
+
+    #[test]
+    fn from_picks_the_client_class_on_every_verb() {
+        let class: ServiceKey = "tcp:10.0.0.10:80 from 10.1.0.0/24".parse().unwrap();
+        assert_eq!(class.from.prefixes(), cidrs("10.1.0.0/24"));
+        let everyone: ServiceKey = "tcp:10.0.0.10:80".parse().unwrap();
+        let f = "--from 10.1.0.0/24";
+        for verb in [
+            "add-service --tcp 10.0.0.10:80",
+            "-A -t 10.0.0.10:80 -s wrr",
+            "edit-service --tcp 10.0.0.10:80 --scheduler lc",
+            "-E -t 10.0.0.10:80 -p 60",
+            "del-service --tcp 10.0.0.10:80",
+            "-D -t 10.0.0.10:80",
+            "add-server --tcp 10.0.0.10:80 --real 10.0.1.1",
+            "-a -t 10.0.0.10:80 -r 10.0.1.1 -m",
+            "edit-server --tcp 10.0.0.10:80 --real 10.0.1.1 --weight 2",
+            "-e -t 10.0.0.10:80 -r 10.0.1.1 -w 0",
+            "del-server --tcp 10.0.0.10:80 --real 10.0.1.1",
+            "-d -t 10.0.0.10:80 -r 10.0.1.1",
+            "zero --tcp 10.0.0.10:80",
+            "-Z -t 10.0.0.10:80",
+            "list --tcp 10.0.0.10:80",
+            "-L -n -t 10.0.0.10:80",
+            "-L -c -t 10.0.0.10:80",
+            "conns --tcp 10.0.0.10:80",
+        ] {
+            // Anywhere on the line; without it, the service for everyone
+            // else.
+            for line in [format!("{verb} {f}"), {
+                let (v, rest) = verb.split_once(' ').unwrap();
+                format!("{v} {f} {rest}")
+            }] {
+                assert_eq!(service_of(&line), Ok(Some(class)), "{line}");
+            }
+            assert_eq!(service_of(verb), Ok(Some(everyone)), "{verb}");
+        }
+        // The class is a set: order, repetition and duplicates do not
+        // matter; IPv6 and UDP alike.
+        let two: ServiceKey = "tcp:10.0.0.10:80 from 10.1.0.0/24,192.0.2.0/24"
+            .parse()
+            .unwrap();
+        for line in [
+            "-A -t 10.0.0.10:80 --from 192.0.2.0/24,10.1.0.0/24",
+            "-A -t 10.0.0.10:80 --from 10.1.0.0/24 --from 192.0.2.0/24",
+            "-A -t 10.0.0.10:80 --from 10.1.0.0/24,192.0.2.0/24 --from 10.1.0.0/24",
+        ] {
+            assert_eq!(service_of(line), Ok(Some(two)), "{line}");
+        }
+        assert_eq!(
+            service_of("add-server -u [2001:db8::10]:53 -r [2001:db8:1::1] --from 2001:db8:a::/48"),
+            Ok(Some(
+                "udp:[2001:db8::10]:53 from 2001:db8:a::/48"
+                    .parse()
+                    .unwrap()
+            ))
+        );
+        // A bare address is its /32; eight prefixes are allowed.
+        let eight = (1..=8)
+            .map(|i| format!("10.{i}.0.0/16"))
+            .collect::<Vec<_>>();
+        match service_of(&format!(
+            "-A -t 10.0.0.10:80 --from {} --from 192.0.2.7",
+            eight[..7].join(",")
+        )) {
+            Ok(Some(k)) => {
+                assert_eq!(k.from.prefixes().len(), 8);
+                assert!(k.from.prefixes().contains(&cidrs("192.0.2.7/32")[0]));
+            }
+            other => panic!("{other:?}"),
+        }
+        // Other options keep working alongside.
+        match req("-A -t 10.0.0.10:80 --from 10.1.0.0/24 -s sh --deny 10.1.0.128/25") {
+            Request::AddService {
+                service,
+                scheduler,
+                policy,
+                ..
+            } => {
+                assert_eq!(service, class);
+                assert_eq!(scheduler, Scheduler::Sh);
+                assert_eq!(policy.deny, cidrs("10.1.0.128/25"));
+            }
+            other => panic!("{other:?}"),
+        }
+        // ipvsadm rules files take it too (ipvsadm itself has no such
+        // option).
+        let reqs = ipvsadm::parse_rules(
+            "-A -t 10.0.0.10:80 -s rr --from 10.1.0.0/24
+             -a -t 10.0.0.10:80 -r 10.0.1.1:80 -m -w 1 --from 10.1.0.0/24
+",
+        )
+        .unwrap();
+        assert!(matches!(&reqs[0].1, Request::AddService { service, .. } if *service == class));
+        assert!(matches!(&reqs[1].1, Request::AddServer { service, .. } if *service == class));
+    }
+
+    #[test]
+    fn a_bad_from_is_refused_clearly() {
+        let nine = (1..=9)
+            .map(|i| format!("10.{i}.0.0/16"))
+            .collect::<Vec<_>>()
+            .join(",");
+        for (line, why) in [
+            (
+                "-A -t 10.0.0.10:80 --from 10.1.2.3/16".to_owned(),
+                "`10.1.2.3/16` has host bits set: the prefix is 10.1.0.0/16",
+            ),
+            (
+                "add-server -t 10.0.0.10:80 -r 10.0.1.1 --from 10.0.0.0/33".to_owned(),
+                "prefix length must be 0..=32",
+            ),
+            (
+                "-a -t 10.0.0.10:80 -r 10.0.1.1 --from example.net".to_owned(),
+                "`example.net` is not an address or CIDR",
+            ),
+            (
+                "-E -t 10.0.0.10:80 --from 2001:db8::/32".to_owned(),
+                "--from 2001:db8::/32: not the family of VIP 10.0.0.10",
+            ),
+            (
+                "-D -t [2001:db8::10]:80 --from 10.0.0.0/8".to_owned(),
+                "--from 10.0.0.0/8: not the family of VIP 2001:db8::10",
+            ),
+            (
+                format!("-A -t 10.0.0.10:80 --from {nine}"),
+                "--from gives 9 prefixes; a client class has at most 8",
+            ),
+            (
+                "-A -t 10.0.0.10:80 --from 10.1.0.0/16 --from 10.2.0.0/16,10.3.0.0/16,\
+                 10.4.0.0/16,10.5.0.0/16,10.6.0.0/16,10.7.0.0/16,10.8.0.0/16,10.9.0.0/16"
+                    .to_owned(),
+                "at most 8",
+            ),
+            (
+                "-A -t 10.0.0.10:80 --from ,".to_owned(),
+                "give at least one CIDR",
+            ),
+            ("-A -t 10.0.0.10:80 --from".to_owned(), "--from"),
+            // Only with a service.
+            ("list --from 10.0.0.0/8".to_owned(), "--tcp"),
+            ("-Z --from 10.0.0.0/8".to_owned(), "--tcp"),
+            ("conns --from 10.0.0.0/8".to_owned(), "--tcp"),
+            ("-A --from 10.0.0.0/8".to_owned(), "--tcp"),
+            // Policers do not tell classes apart yet.
+            (
+                "shape add-police --tcp 10.0.0.10:80 --from 10.0.0.0/8 --rate 1mbit --burst 1kb"
+                    .to_owned(),
+                "policers by service do not yet distinguish client classes",
+            ),
+        ] {
+            let e = parse(&line)
+                .err()
+                .unwrap_or_else(|| panic!("{line} parsed"));
+            assert!(e.contains(why), "{line}: {e}");
+        }
+        // The family error is a usage error, as ipvsadm rules report it.
+        let cli = Cli::try_parse_from(
+            "lvc-ctl -a -t 10.0.0.10:80 -r 10.0.1.1 --from 2001:db8::/32".split(' '),
+        )
+        .unwrap();
+        assert!(matches!(
+            request(cli.cmd.unwrap(), true),
+            Err((EXIT_USAGE, _))
+        ));
+        let e = ipvsadm::parse_rules(
+            "-A -t 10.0.0.10:80 --from 2001:db8::/32
+",
+        )
+        .unwrap_err();
+        assert!(
+            e.starts_with("line 1: ") && e.contains("not the family"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_missing_class_names_the_classes_there_are() {
+        let svc = |k: &str| lvc_proto::ServiceInfo {
+            service: k.parse().unwrap(),
+            scheduler: Scheduler::Rr,
+            persistent: None,
+            netmask: None,
+            stats: Default::default(),
+            rates: Default::default(),
+            servers: vec![],
+            check: Default::default(),
+            alert: None,
+            sorry: None,
+            sloppy: false,
+            policy: Default::default(),
+            filtered: Default::default(),
+        };
+        let l = Listing {
+            services: vec![
+                svc("tcp:10.0.0.10:80 from 10.1.0.0/24,10.2.0.0/24"),
+                svc("tcp:10.0.0.10:80"),
+                svc("tcp:10.0.0.10:443 from 10.3.0.0/24"),
+                svc("udp:10.0.0.10:80 from 10.4.0.0/24"),
+            ],
+            conn_capacity: 0,
+        };
+        assert_eq!(
+            missing_service(&l, &"tcp:10.0.0.10:80 from 10.1.0.0/24".parse().unwrap()),
+            "service tcp 10.0.0.10:80 from 10.1.0.0/24 does not exist; its VIP and ports \
+             have the services --from 10.1.0.0/24,10.2.0.0/24; without --from (name one \
+             with the --from it was added with)"
+        );
+        assert_eq!(
+            missing_service(&l, &"tcp:10.0.0.10:443".parse().unwrap()),
+            "service tcp 10.0.0.10:443 does not exist; its VIP and ports have the services \
+             --from 10.3.0.0/24 (name one with the --from it was added with)"
+        );
+        assert_eq!(
+            missing_service(&l, &"tcp:10.0.0.11:80".parse().unwrap()),
+            "service tcp 10.0.0.11:80 does not exist"
+        );
+    }
+
+    #[test]
+    fn conns_of_a_class_come_from_its_clients() {
+        let conn = |client: &str| lvc_proto::ConnInfo {
+            proto: Protocol::Tcp,
+            client: client.parse().unwrap(),
+            vip: "10.0.0.10:80".parse().unwrap(),
+            real: "10.0.1.1:80".parse().unwrap(),
+            method: Method::Nat,
+            state: "ESTABLISHED".into(),
+            expires_in: 60,
+            offloaded: false,
+        };
+        let all = ConnListing {
+            conns: vec![
+                conn("10.1.0.7:40000"),
+                conn("10.2.0.7:40000"),
+                conn("192.0.2.1:40000"),
+            ],
+            truncated: false,
+        };
+        let clients = |line: &str| {
+            let Request::Conns { filter } = req(line) else {
+                panic!("{line}")
+            };
+            let mut l = all.clone();
+            only_class(&filter, &mut l);
+            l.conns
+                .iter()
+                .map(|c| c.client.ip().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            clients("conns -t 10.0.0.10:80 --from 10.1.0.0/16,10.2.0.0/24"),
+            ["10.1.0.7", "10.2.0.7"]
+        );
+        assert_eq!(
+            clients("-L -c -t 10.0.0.10:80 --from 192.0.2.0/24"),
+            ["192.0.2.1"]
+        );
+        // Without a class the daemon's answer stands.
+        assert_eq!(clients("conns -t 10.0.0.10:80").len(), 3);
+        assert_eq!(clients("conns").len(), 3);
+    }
+
+    #[test]
+    fn man_page_explains_client_classes() {
+        let mut man = Vec::new();
+        man_page(&mut man).unwrap();
+        let text = String::from_utf8(man)
+            .unwrap()
+            .replace("\\-", "-")
+            .replace("\\*(Aq", "'")
+            .replace("\\fB", "")
+            .replace("\\fI", "")
+            .replace("\\fR", "");
+        for want in [
+            "most specific (longest) prefix",
+            "the service without --from takes everyone else",
+            "its own real servers, scheduler, persistence, client lists (--allow, --deny) and \
+             connection rate limit",
+            "At most 8 prefixes",
+            "must give the same --from as add-service did",
+            "policers by service do not yet distinguish classes",
+            "client-class services (--from)",
+        ] {
+            assert!(text.contains(want), "{want}");
+        }
+        // On every verb that names a service, in its own section.
+        let sections: Vec<&str> = text.split(".SH \"").collect();
+        for verb in [
+            "ADD-SERVICE",
+            "EDIT-SERVICE",
+            "DEL-SERVICE",
+            "ADD-SERVER",
+            "EDIT-SERVER",
+            "DEL-SERVER",
+            "LIST",
+            "ZERO",
+            "CONNS",
+        ] {
+            let head = format!("LVC-CTL {verb}\"");
+            let section = sections
+                .iter()
+                .find(|s| s.starts_with(&head))
+                .unwrap_or_else(|| panic!("{verb}"));
+            assert!(section.contains("--from <CIDR[,CIDR…]>"), "{verb}");
+            assert!(section.contains("most specific (longest) prefix"), "{verb}");
+        }
+        let police = sections
+            .iter()
+            .find(|s| s.starts_with("LVC-CTL SHAPE ADD-POLICE\""))
+            .unwrap();
+        assert!(police.contains("covers every client class"), "{police}");
     }
 
     #[test]

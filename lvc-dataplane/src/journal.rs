@@ -399,7 +399,7 @@ pub(crate) fn take_over(
     now: u32,
     synced: bool,
 ) -> Option<Arc<Conn>> {
-    let svc = services.lookup(r.proto, r.vip.0, r.vip.1)?;
+    let svc = services.lookup_for(r.proto, r.vip.0, r.vip.1, r.client.0)?;
     let server = svc.servers.iter().chain(&svc.sorry).find(|s| {
         s.addr == r.real.0 && (s.port == r.real.1 || s.port == 0) && s.method == r.method
     })?;

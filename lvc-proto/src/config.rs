@@ -118,6 +118,9 @@ pub struct ServiceConfig {
     pub tcp: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub udp: Option<String>,
+    /// A client class: the clients this service is for.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub from: Vec<crate::filter::Cidr>,
     #[serde(default)]
     pub scheduler: Scheduler,
     /// Persistence timeout, seconds.
@@ -226,6 +229,10 @@ impl ConfigFile {
             }
             if let Some(a) = &svc.udp {
                 let _ = writeln!(s, "udp = {}", quote(a));
+            }
+            if !svc.from.is_empty() {
+                let l: Vec<String> = svc.from.iter().map(|c| format!("\"{c}\"")).collect();
+                let _ = writeln!(s, "from = [{}]", l.join(", "));
             }
             let _ = writeln!(s, "scheduler = \"{}\"", svc.scheduler);
             if let Some(p) = svc.persistent {
@@ -602,11 +609,12 @@ fn inline_check(c: &CheckSpec) -> String {
 
 impl ServiceConfig {
     pub fn key(&self) -> Result<ServiceKey, String> {
-        match (&self.tcp, &self.udp) {
+        let key = match (&self.tcp, &self.udp) {
             (Some(a), None) => ServiceKey::parse(Protocol::Tcp, a),
             (None, Some(a)) => ServiceKey::parse(Protocol::Udp, a),
             _ => Err("exactly one of `tcp` or `udp` must be given".into()),
-        }
+        }?;
+        key.with_from(&self.from)
     }
 }
 

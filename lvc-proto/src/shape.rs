@@ -759,6 +759,15 @@ impl ShapeConfig {
             if !targets.insert(&p.target) {
                 return Err(format!("{} has two policers", p.target));
             }
+            if let PoliceTarget::Service(k) = &p.target
+                && !k.from.is_empty()
+            {
+                return Err(format!(
+                    "policer for {}: policers by service do not tell client classes apart yet; \
+                     police the service without --from",
+                    p.target
+                ));
+            }
             if p.burst.0 < 64 {
                 return Err(format!(
                     "policer for {}: burst {} is smaller than a packet",

@@ -202,21 +202,112 @@ impl FromStr for Ports {
     }
 }
 
-/// A virtual service: protocol, VIP and the ports it covers.
+/// Most prefixes in one client class (`--from`).
+pub const MAX_CLASS_PREFIXES: usize = 8;
+
+/// A client class: the clients (prefixes) a service is for. Empty: every
+/// client no other class of its VIP and ports takes. Kept sorted and free
+/// of duplicates, so equal sets compare equal.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Clients {
+    len: u8,
+    prefixes: [crate::filter::Cidr; MAX_CLASS_PREFIXES],
+}
+
+impl Default for Clients {
+    fn default() -> Self {
+        Self {
+            len: 0,
+            prefixes: [crate::filter::Cidr {
+                addr: IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+                len: 0,
+            }; MAX_CLASS_PREFIXES],
+        }
+    }
+}
+
+impl Clients {
+    /// A class of these prefixes (at most [`MAX_CLASS_PREFIXES`]).
+    pub fn new(list: &[crate::filter::Cidr]) -> Result<Self, String> {
+        let mut v = list.to_vec();
+        v.sort();
+        v.dedup();
+        if v.len() > MAX_CLASS_PREFIXES {
+            return Err(format!(
+                "a client class (--from) has at most {MAX_CLASS_PREFIXES} prefixes"
+            ));
+        }
+        let mut c = Self::default();
+        c.prefixes[..v.len()].copy_from_slice(&v);
+        c.len = v.len() as u8;
+        Ok(c)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn prefixes(&self) -> &[crate::filter::Cidr] {
+        &self.prefixes[..usize::from(self.len)]
+    }
+
+    /// The length of the longest of its prefixes holding `a`, if any.
+    pub fn best(&self, a: IpAddr) -> Option<u8> {
+        self.prefixes()
+            .iter()
+            .filter(|c| c.contains(a))
+            .map(|c| c.len)
+            .max()
+    }
+}
+
+impl fmt::Display for Clients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, c) in self.prefixes().iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{c}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Clients {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Clients({self})")
+    }
+}
+
+/// A virtual service: protocol, VIP, the ports it covers and, for a
+/// client class, the clients it is for.
 ///
 /// Text form: `tcp:10.0.0.10:80`, `tcp:10.0.0.10:21,22`,
-/// `tcp:10.0.0.10:1024-65535`, `udp:[2001:db8::1]:53`.
+/// `tcp:10.0.0.10:1024-65535`, `udp:[2001:db8::1]:53`,
+/// `tcp:10.0.0.10:80 from 10.0.0.0/8,192.0.2.0/24`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ServiceKey {
     pub proto: Protocol,
     pub vip: IpAddr,
     pub ports: Ports,
+    /// Its client class (empty: the VIP's other clients).
+    pub from: Clients,
 }
 
 impl ServiceKey {
     /// Whether `other` is on the same VIP and protocol with a port in
-    /// common (a port belongs to one service).
+    /// common and the same clients (a port belongs to one service of each
+    /// client class).
     pub fn overlaps(&self, other: &ServiceKey) -> bool {
+        self.proto == other.proto
+            && self.vip == other.vip
+            && self.from == other.from
+            && self.ports.overlaps(&other.ports)
+    }
+
+    /// Whether `other` shares a port with this service (whatever the
+    /// clients).
+    pub fn shares_ports(&self, other: &ServiceKey) -> bool {
         self.proto == other.proto && self.vip == other.vip && self.ports.overlaps(&other.ports)
     }
 
@@ -226,13 +317,31 @@ impl ServiceKey {
             proto,
             vip: addr.ip(),
             ports: Ports::single(addr.port()),
+            from: Clients::default(),
         }
     }
 
     /// A service from `VIP:PORTS` text.
     pub fn parse(proto: Protocol, s: &str) -> Result<Self, String> {
         let (vip, ports) = parse_vip(s)?;
-        Ok(Self { proto, vip, ports })
+        Ok(Self {
+            proto,
+            vip,
+            ports,
+            from: Clients::default(),
+        })
+    }
+
+    /// The same service for client class `from` (prefixes of its family).
+    pub fn with_from(mut self, from: &[crate::filter::Cidr]) -> Result<Self, String> {
+        if let Some(c) = from.iter().find(|c| c.addr.is_ipv4() != self.vip.is_ipv4()) {
+            return Err(format!(
+                "--from {c}: not the family of VIP {}, it could never match",
+                self.vip
+            ));
+        }
+        self.from = Clients::new(from)?;
+        Ok(self)
     }
 
     /// `VIP:PORTS` with IPv6 addresses in brackets.
@@ -242,12 +351,28 @@ impl ServiceKey {
             IpAddr::V6(a) => format!("[{a}]:{}", self.ports),
         }
     }
+
+    /// ` from CIDR,…` for a client class, else nothing.
+    pub fn class_suffix(&self) -> String {
+        if self.from.is_empty() {
+            String::new()
+        } else {
+            format!(" from {}", self.from)
+        }
+    }
 }
 
 impl fmt::Display for ServiceKey {
-    /// `tcp 10.0.0.10:80`, the form used in messages.
+    /// `tcp 10.0.0.10:80` (`… from 10.0.0.0/8` for a client class), the
+    /// form used in messages.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.proto, self.endpoint())
+        write!(
+            f,
+            "{} {}{}",
+            self.proto,
+            self.endpoint(),
+            self.class_suffix()
+        )
     }
 }
 
@@ -255,6 +380,10 @@ impl FromStr for ServiceKey {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        let (s, from) = match s.split_once(" from ") {
+            Some((a, b)) => (a, Some(b)),
+            None => (s, None),
+        };
         let (proto, addr) = s
             .split_once(':')
             .ok_or_else(|| format!("service `{s}`: expected tcp:VIP:PORT or udp:VIP:PORT"))?;
@@ -263,7 +392,11 @@ impl FromStr for ServiceKey {
             "udp" => Protocol::Udp,
             other => return Err(format!("service `{s}`: unknown protocol `{other}`")),
         };
-        Self::parse(proto, addr)
+        let key = Self::parse(proto, addr)?;
+        match from {
+            Some(f) => key.with_from(&crate::filter::cidr_list(f)?),
+            None => Ok(key),
+        }
     }
 }
 
@@ -287,7 +420,12 @@ pub fn parse_vip(s: &str) -> Result<(IpAddr, Ports), String> {
 
 impl Serialize for ServiceKey {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_args!("{}:{}", self.proto, self.endpoint()))
+        s.collect_str(&format_args!(
+            "{}:{}{}",
+            self.proto,
+            self.endpoint(),
+            self.class_suffix()
+        ))
     }
 }
 

@@ -429,3 +429,129 @@ fn conn_rate_holds_the_rate_of_new_connections() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "ping\n");
 }
+
+#[test]
+fn client_classes_send_each_client_to_its_own_pool() {
+    if !privileged("client_classes_send_each_client_to_its_own_pool") {
+        return;
+    }
+    let t = lab("class", 2);
+    let (rs1, rs2) = (server_ip(0), server_ip(1));
+    let (rs1v6, rs2v6) = ("fd00:2::11", "fd00:2::12");
+    for (vip, class, r_default, r_class) in [
+        (
+            format!("{VIP}:80"),
+            "10.1.0.3/32",
+            rs1.as_str(),
+            rs2.as_str(),
+        ),
+        (format!("[{VIP6}]:80"), "fd00:1::3", rs1v6, rs2v6),
+    ] {
+        t.ctl_ok(&["add-service", "--tcp", &vip, "--scheduler", "wlc"]);
+        t.ctl_ok(&[
+            "add-service",
+            "--tcp",
+            &vip,
+            "--from",
+            class,
+            "--persistent",
+            "60",
+        ]);
+        t.ctl_ok(&[
+            "add-server",
+            "--tcp",
+            &vip,
+            "--real",
+            r_default,
+            "--method",
+            "nat",
+        ]);
+        t.ctl_ok(&[
+            "add-server",
+            "--tcp",
+            &vip,
+            "--from",
+            class,
+            "--real",
+            r_class,
+            "--method",
+            "nat",
+        ]);
+    }
+    let url = format!("http://{VIP}/");
+    let url6 = format!("http://[{VIP6}]/");
+    for _ in 0..4 {
+        assert_eq!(get(&t, "10.1.0.2", &url).as_deref(), Some("rs1\n"));
+        assert_eq!(get(&t, OTHER, &url).as_deref(), Some("rs2\n"));
+        assert_eq!(get(&t, "fd00:1::2", &url6).as_deref(), Some("rs1\n"));
+        assert_eq!(get(&t, OTHER6, &url6).as_deref(), Some("rs2\n"));
+    }
+    // Each class keeps its own counters and settings.
+    let l = listing(&t);
+    let class = service(&l, &format!("tcp:{VIP}:80 from 10.1.0.3/32"));
+    assert_eq!(class["persistent"], 60);
+    assert_eq!(class["stats"]["conns"], 4);
+    assert_eq!(service(&l, &format!("tcp:{VIP}:80"))["scheduler"], "wlc");
+    // A wider class with a deny hole: the longest prefix picks the class,
+    // the class's list refuses .3 (lvc applies a class's lists itself).
+    let vip = format!("{VIP}:80");
+    fails(
+        &t,
+        &["add-service", "--tcp", &vip, "--from", "10.1.0.3/32"],
+        "already exists",
+    );
+    fails(
+        &t,
+        &[
+            "add-service",
+            "--tcp",
+            &format!("{VIP}:80,81"),
+            "--from",
+            "10.1.0.0/24",
+        ],
+        "same ports",
+    );
+    t.ctl_ok(&[
+        "add-service",
+        "--tcp",
+        &vip,
+        "--from",
+        "10.1.0.0/24",
+        "--deny",
+        "10.1.0.2/32",
+    ]);
+    t.ctl_ok(&[
+        "add-server",
+        "--tcp",
+        &vip,
+        "--from",
+        "10.1.0.0/24",
+        "--real",
+        &rs2,
+        "--method",
+        "nat",
+    ]);
+    assert_eq!(get(&t, "10.1.0.2", &url), None, "its class denies .2");
+    assert_eq!(
+        get(&t, OTHER, &url).as_deref(),
+        Some("rs2\n"),
+        "the /32 class wins"
+    );
+    // Saved with the classes; restored the same.
+    let saved = t.ctl_ok(&["save"]);
+    assert!(saved.contains("from = [\"10.1.0.3/32\"]"), "{saved}");
+    let file = t.lab.log_path("classes.toml");
+    std::fs::write(&file, &saved).unwrap();
+    t.ctl_ok(&["clear"]);
+    t.ctl_ok(&["restore", &file.to_string_lossy()]);
+    assert_eq!(t.ctl_ok(&["save"]), saved);
+    // Deleting a class leaves the others.
+    t.ctl_ok(&["del-service", "--tcp", &vip, "--from", "10.1.0.0/24"]);
+    t.ctl_ok(&["del-service", "--tcp", &vip, "--from", "10.1.0.3/32"]);
+    assert_eq!(
+        get(&t, OTHER, &url).as_deref(),
+        Some("rs1\n"),
+        "back to the default"
+    );
+    assert_eq!(get(&t, "10.1.0.2", &url).as_deref(), Some("rs1\n"));
+}

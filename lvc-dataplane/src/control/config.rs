@@ -213,6 +213,30 @@ pub(super) fn edit(cfg: &mut Config, req: &Request, pool: &[IpAddr]) -> Result<(
                     ),
                 ));
             }
+            // Client classes share exactly their ports, and a prefix
+            // belongs to one class of them.
+            for other in cfg.keys().filter(|k| k.shares_ports(service)) {
+                if other.ports != service.ports {
+                    return Err(err(
+                        ErrorCode::Exists,
+                        format!(
+                            "service {service} shares some ports with service {other}: client \
+                             classes of a VIP cover the same ports"
+                        ),
+                    ));
+                }
+                if let Some(c) = service
+                    .from
+                    .prefixes()
+                    .iter()
+                    .find(|c| other.from.prefixes().contains(c))
+                {
+                    return Err(err(
+                        ErrorCode::Exists,
+                        format!("{c} is already a client prefix of service {other}"),
+                    ));
+                }
+            }
             check_persistence(service.vip, *persistent, *netmask).map_err(|e| {
                 err(
                     ErrorCode::InvalidArgument,

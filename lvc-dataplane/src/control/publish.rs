@@ -13,7 +13,8 @@ use lvc_ebpf::{AddrKey, EndpointKey, PortRanges, ServiceValue};
 use lvc_proto::config::{ConfigFile, Timeouts};
 use lvc_proto::shape::ShapeConfig;
 use lvc_proto::{
-    ErrorCode, ErrorReply, Method, Request, RequestKind, ServiceKey, check_local_pool,
+    ErrorCode, ErrorReply, Method, Ports, Protocol, Request, RequestKind, ServiceKey,
+    check_local_pool,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -620,18 +621,40 @@ pub(super) fn vip_steering<'a>(
     ),
     ErrorReply,
 > {
-    let mut vips = HashMap::new();
+    let mut vips: HashMap<EndpointKey, ServiceValue> = HashMap::new();
     let mut ranges: HashMap<AddrKey, Vec<((u16, u16), ServiceValue)>> = HashMap::new();
+    // Client classes share their VIP's ports: the program cannot tell
+    // them apart, so their ports get the service without a class (or any)
+    // and no lists (lvc applies each class's lists to new connections).
+    let mut shared: HashSet<(IpAddr, Protocol, Ports)> = HashSet::new();
+    let mut seen: HashSet<(IpAddr, Protocol, Ports)> = HashSet::new();
+    let keys: Vec<&ServiceKey> = keys.collect();
+    for k in &keys {
+        if !seen.insert((k.vip, k.proto, k.ports)) {
+            shared.insert((k.vip, k.proto, k.ports));
+        }
+    }
     for k in keys {
-        let v = value(k);
+        let mut v = value(k);
+        let classes = shared.contains(&(k.vip, k.proto, k.ports));
+        if classes {
+            v.flags = 0;
+        }
         for &(lo, hi) in k.ports.ranges() {
             if lo == hi {
-                vips.insert(EndpointKey::new(k.vip, k.proto.number(), lo), v);
+                let e = EndpointKey::new(k.vip, k.proto.number(), lo);
+                if k.from.is_empty() || !vips.contains_key(&e) {
+                    vips.insert(e, v);
+                }
             } else {
-                ranges
+                let list = ranges
                     .entry(AddrKey::with_proto(k.vip, k.proto.number()))
-                    .or_default()
-                    .push(((lo, hi), v));
+                    .or_default();
+                match list.iter_mut().find(|(r, _)| *r == (lo, hi)) {
+                    Some(slot) if k.from.is_empty() => slot.1 = v,
+                    Some(_) => {}
+                    None => list.push(((lo, hi), v)),
+                }
             }
         }
     }

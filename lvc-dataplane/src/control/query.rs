@@ -37,6 +37,7 @@ impl Control {
                     ServiceConfig {
                         tcp: addr.clone().filter(|_| key.proto == Protocol::Tcp),
                         udp: addr.filter(|_| key.proto == Protocol::Udp),
+                        from: key.from.prefixes().to_vec(),
                         scheduler: s.scheduler,
                         persistent: s.persistent(),
                         netmask: s.netmask(key),
@@ -78,6 +79,12 @@ impl Control {
         let now = self.epoch.elapsed().as_secs() as u32;
         let sa = |a: crate::addr::Addr, p: u16| SocketAddr::new(a.ip(), p);
         let mut out = ConnListing::default();
+        // A service's connections are its servers' (which tells the client
+        // classes of one VIP and port apart): by its counters' identity.
+        let of_service = f.service.and_then(|k| {
+            let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
+            cfg.get(&k).map(|s| s.stats.clone())
+        });
         self.conntrack.walk(|c| {
             let proto = if c.proto == 6 {
                 Protocol::Tcp
@@ -91,9 +98,12 @@ impl Control {
             );
             if f.service.is_some_and(|s| {
                 s.proto != proto || s.vip != vip.ip() || !s.ports.contains(vip.port())
-            }) || f
-                .server
-                .is_some_and(|r| r.addr != real.ip() || r.port.is_some_and(|p| p != real.port()))
+            }) || of_service
+                .as_ref()
+                .is_some_and(|st| !Arc::ptr_eq(st, &c.server.service))
+                || f.server.is_some_and(|r| {
+                    r.addr != real.ip() || r.port.is_some_and(|p| p != real.port())
+                })
                 || f.client.is_some_and(|a| a != client.ip())
             {
                 return true;

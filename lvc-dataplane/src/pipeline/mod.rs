@@ -460,12 +460,14 @@ fn time_exceeded(v6: bool) -> Decision {
 /// unchanged (dr, tun).
 fn only_routed(services: &ServiceTable, pkt: &Packet) -> bool {
     let k = &pkt.key;
-    services.lookup(k.proto, k.dst, k.dport).is_some_and(|svc| {
-        svc.servers
-            .iter()
-            .chain(&svc.sorry)
-            .all(|s| !matches!(s.method, Method::Dr | Method::Tun))
-    })
+    services
+        .lookup_for(k.proto, k.dst, k.dport, k.src)
+        .is_some_and(|svc| {
+            svc.servers
+                .iter()
+                .chain(&svc.sorry)
+                .all(|s| !matches!(s.method, Method::Dr | Method::Tun))
+        })
 }
 
 /// Schedules a new connection for a packet with no tracked flow.
@@ -480,7 +482,7 @@ fn new_conn(
 ) -> Result<Arc<Conn>, Drop> {
     let k = &pkt.key;
     let svc = services
-        .lookup(k.proto, k.dst, k.dport)
+        .lookup_for(k.proto, k.dst, k.dport, k.src)
         .ok_or(Drop::NoService)?;
     // A TCP packet without SYN belongs to a connection made elsewhere: a
     // sloppy service picks it up mid-flow (another director of an ECMP

@@ -135,6 +135,11 @@ pub struct ServiceTable {
     /// Services that list port ranges, by (protocol, VIP): consulted only
     /// when no single port matches (and only if any exist).
     ranges: HashMap<(u8, Addr), Vec<PortRange>, ahash::RandomState>,
+    /// Client classes (`--from`): services that share their VIP and ports
+    /// with others, by each single port and by (protocol, VIP) for ranges.
+    /// Consulted first, only when there are any.
+    classes: HashMap<VipKey, Vec<Arc<Service>>, ahash::RandomState>,
+    class_ranges: HashMap<(u8, Addr), Vec<PortRange>, ahash::RandomState>,
     /// The fullnat local address pool, if one is configured.
     snat: Option<Arc<SnatPool>>,
     /// The global filter, when a rule names a real server.
@@ -146,14 +151,29 @@ impl ServiceTable {
         let mut t = Self::default();
         for s in services {
             let (proto, vip) = (s.key.proto.number(), Addr::from(s.key.vip));
+            let class = !s.key.from.is_empty();
             for &(lo, hi) in s.key.ports.ranges() {
-                if lo == hi {
-                    t.services.insert((proto, vip, lo), s.clone());
-                } else {
-                    t.ranges
-                        .entry((proto, vip))
+                match (lo == hi, class) {
+                    (true, false) => {
+                        t.services.insert((proto, vip, lo), s.clone());
+                    }
+                    (true, true) => t
+                        .classes
+                        .entry((proto, vip, lo))
                         .or_default()
-                        .push((lo, hi, s.clone()));
+                        .push(s.clone()),
+                    (false, false) => {
+                        t.ranges
+                            .entry((proto, vip))
+                            .or_default()
+                            .push((lo, hi, s.clone()))
+                    }
+                    (false, true) => {
+                        t.class_ranges
+                            .entry((proto, vip))
+                            .or_default()
+                            .push((lo, hi, s.clone()))
+                    }
                 }
             }
         }
@@ -181,8 +201,43 @@ impl ServiceTable {
         self.snat.as_ref()
     }
 
-    /// The service for a packet to `vip:port`: an exact port first, then a
-    /// port range, then the VIP's port-0 ("every port") service.
+    /// The service for a packet from `client` to `vip:port`: the client
+    /// class whose prefixes hold the client most specifically, else the
+    /// service without a class ([`lookup`](Self::lookup)).
+    #[inline]
+    pub fn lookup_for(
+        &self,
+        proto: u8,
+        vip: Addr,
+        port: u16,
+        client: Addr,
+    ) -> Option<&Arc<Service>> {
+        if !self.classes.is_empty() || !self.class_ranges.is_empty() {
+            let ip = client.ip();
+            let singles = [(proto, vip, port), (proto, vip, 0)]
+                .into_iter()
+                .flat_map(|k| self.classes.get(&k).into_iter().flatten());
+            let ranges = self
+                .class_ranges
+                .get(&(proto, vip))
+                .into_iter()
+                .flatten()
+                .filter(|(lo, hi, _)| (*lo..=*hi).contains(&port))
+                .map(|(_, _, s)| s);
+            let best = singles
+                .chain(ranges)
+                .filter_map(|s| s.key.from.best(ip).map(|l| (l, s)))
+                .max_by_key(|(l, _)| *l);
+            if let Some((_, s)) = best {
+                return Some(s);
+            }
+        }
+        self.lookup(proto, vip, port)
+    }
+
+    /// The service without a client class for a packet to `vip:port`: an
+    /// exact port first, then a port range, then the VIP's port-0 ("every
+    /// port") service.
     #[inline]
     pub fn lookup(&self, proto: u8, vip: Addr, port: u16) -> Option<&Arc<Service>> {
         if let Some(s) = self.services.get(&(proto, vip, port)) {
