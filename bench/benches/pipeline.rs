@@ -45,6 +45,7 @@ fn stages(c: &mut Criterion) {
             sloppy: false,
             lists: None,
             conn_rate: None,
+            class: 0,
         };
         let mut client = 0u32;
         c.bench_function(&format!("schedule/{}_8", kind.name()), |b| {

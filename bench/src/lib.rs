@@ -67,6 +67,7 @@ pub fn server(method: Method) -> Arc<Server> {
         health: Arc::default(),
         limits: Default::default(),
         proxy: Default::default(),
+        class: 0,
     })
 }
 

@@ -75,9 +75,10 @@ macro_rules! from_details {
          Every verb that names the service (edit-service, del-service, \
          add-server, edit-server, del-server, zero, list -t, conns -t) must \
          give the same --from as add-service did; without --from a verb names \
-         the service for everyone else. Shaping filters (--match 'service …') \
-         and policers by service do not yet distinguish classes: they apply \
-         to every class of the VIP and ports."
+         the service for everyone else. Shaping filters name a class as \
+         --match 'service tcp:VIP:PORT from CIDR[,…]' and policers as \
+         shape add-police --tcp VIP:PORT --from CIDR[,…]; without `from` they \
+         are the service's without a class."
     };
 }
 
@@ -908,9 +909,8 @@ enum ShapeCmd {
     /// Police a class or a service's incoming traffic: drop what exceeds
     /// the rate plus the burst.
     ///
-    /// A service's policer covers every client class of its VIP and ports
-    /// (policers do not yet distinguish the classes add-service --from
-    /// makes, and take no --from).
+    /// A service's policer is for one client class: give the same --from
+    /// as add-service did (none: the service without a class).
     #[command(group(police_target_group()))]
     AddPolice {
         #[command(flatten)]
@@ -1177,18 +1177,9 @@ struct PoliceTargetArgs {
     /// UDP service whose incoming traffic is policed.
     #[arg(long, short = 'u', value_name = "VIP:PORT", value_parser = udp_service)]
     udp: Option<ServiceKey>,
-    /// (A client class: refused, policers do not distinguish them yet.)
-    #[arg(long, hide = true, value_name = "CIDR[,CIDR…]", value_parser = no_police_class)]
+    /// The service's client class (as add-service --from gave it).
+    #[arg(long, value_name = "CIDR[,CIDR…]")]
     from: Option<String>,
-}
-
-/// `--from` on a policer: refused with the reason.
-fn no_police_class(_: &str) -> Result<String, String> {
-    Err(
-        "policers by service do not yet distinguish client classes: a policer on \
-         --tcp/--udp VIP:PORT covers every class of it; give it without --from"
-            .into(),
-    )
 }
 
 fn police_target_group() -> clap::ArgGroup {
@@ -1207,12 +1198,20 @@ fn udp_service(s: &str) -> Result<ServiceKey, String> {
 }
 
 impl PoliceTargetArgs {
-    fn target(self) -> PoliceTarget {
-        match (self.dev, self.classid, self.tcp.or(self.udp)) {
+    fn target(self) -> Result<PoliceTarget, String> {
+        Ok(match (self.dev, self.classid, self.tcp.or(self.udp)) {
+            (Some(_), Some(_), _) if self.from.is_some() => {
+                return Err("--from names a service's client class: give --tcp or --udp".into());
+            }
             (Some(dev), Some(classid), _) => PoliceTarget::Class { dev, classid },
-            (_, _, Some(service)) => PoliceTarget::Service(service),
+            (_, _, Some(service)) => match &self.from {
+                Some(f) => {
+                    PoliceTarget::Service(service.with_from(&lvc_proto::filter::cidr_list(f)?)?)
+                }
+                None => PoliceTarget::Service(service),
+            },
             _ => unreachable!("clap requires --dev/--classid, --tcp or --udp"),
-        }
+        })
     }
 }
 
@@ -1258,7 +1257,7 @@ fn shape_request(cmd: ShapeCmd) -> Result<(Request, Show), String> {
         } => (
             Request::ShapeAddPolice {
                 police: PoliceSpec {
-                    target: target.target(),
+                    target: target.target()?,
                     rate,
                     burst,
                 },
@@ -1267,7 +1266,7 @@ fn shape_request(cmd: ShapeCmd) -> Result<(Request, Show), String> {
         ),
         ShapeCmd::DelPolice { target } => (
             Request::ShapeDelPolice {
-                target: target.target(),
+                target: target.target()?,
             },
             Show::Nothing,
         ),
@@ -3527,11 +3526,11 @@ mod tests {
             ("-Z --from 10.0.0.0/8".to_owned(), "--tcp"),
             ("conns --from 10.0.0.0/8".to_owned(), "--tcp"),
             ("-A --from 10.0.0.0/8".to_owned(), "--tcp"),
-            // Policers do not tell classes apart yet.
+            // A policer's class is of the service's family.
             (
-                "shape add-police --tcp 10.0.0.10:80 --from 10.0.0.0/8 --rate 1mbit --burst 1kb"
+                "shape add-police --tcp 10.0.0.10:80 --from 2001:db8::/32 --rate 1mbit --burst 1kb"
                     .to_owned(),
-                "policers by service do not yet distinguish client classes",
+                "not the family",
             ),
         ] {
             let e = parse(&line)
@@ -3664,7 +3663,7 @@ mod tests {
              connection rate limit",
             "At most 8 prefixes",
             "must give the same --from as add-service did",
-            "policers by service do not yet distinguish classes",
+            "shape add-police --tcp VIP:PORT --from",
             "client-class services (--from)",
         ] {
             assert!(text.contains(want), "{want}");
@@ -3694,7 +3693,7 @@ mod tests {
             .iter()
             .find(|s| s.starts_with("LVC-CTL SHAPE ADD-POLICE\""))
             .unwrap();
-        assert!(police.contains("covers every client class"), "{police}");
+        assert!(police.contains("is for one client class"), "{police}");
     }
 
     #[test]

@@ -255,7 +255,10 @@ fn may_stay(e: &Entry, routes: &RouteTable, shaping: &ShapeTable) -> bool {
     {
         return false;
     }
-    if shaping.service_policer(c.proto, c.vip()).is_some() {
+    if shaping
+        .service_policer(c.proto, c.vip(), c.server.class)
+        .is_some()
+    {
         return false;
     }
     e.flows.iter().all(|f| {

@@ -609,8 +609,12 @@ impl FromStr for Match {
                 Ok(Match::Real(w[1].parse().map_err(ctx)?))
             }
             ["service", ..] => {
-                want(2, "service tcp|udp:VIP:PORT")?;
-                Ok(Match::Service(w[1].parse().map_err(ctx)?))
+                if w.len() != 2 && !(w.len() == 4 && w[2] == "from") {
+                    return Err(ctx(
+                        "expected `service tcp|udp:VIP:PORT [from CIDR[,CIDR…]]`".into(),
+                    ));
+                }
+                Ok(Match::Service(w[1..].join(" ").parse().map_err(ctx)?))
             }
             ["u32", ..] => {
                 if w.len() != 5 || w[3] != "at" {
@@ -645,7 +649,13 @@ impl fmt::Display for Match {
             Match::Sport { port, mask } => write!(f, "ip sport {port} {mask:#06x}"),
             Match::Dport { port, mask } => write!(f, "ip dport {port} {mask:#06x}"),
             Match::Real(r) => write!(f, "real {r}"),
-            Match::Service(s) => write!(f, "service {}:{}", s.proto, s.endpoint()),
+            Match::Service(s) => write!(
+                f,
+                "service {}:{}{}",
+                s.proto,
+                s.endpoint(),
+                s.class_suffix()
+            ),
             Match::U32 {
                 value,
                 mask,
@@ -759,15 +769,7 @@ impl ShapeConfig {
             if !targets.insert(&p.target) {
                 return Err(format!("{} has two policers", p.target));
             }
-            if let PoliceTarget::Service(k) = &p.target
-                && !k.from.is_empty()
-            {
-                return Err(format!(
-                    "policer for {}: policers by service do not tell client classes apart yet; \
-                     police the service without --from",
-                    p.target
-                ));
-            }
+
             if p.burst.0 < 64 {
                 return Err(format!(
                     "policer for {}: burst {} is smaller than a packet",

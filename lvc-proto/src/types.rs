@@ -251,6 +251,18 @@ impl Clients {
         &self.prefixes[..usize::from(self.len)]
     }
 
+    /// A 64-bit tag of the class (0: no class), for comparing classes on
+    /// the packet path without comparing prefix lists.
+    pub fn tag(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        if self.is_empty() {
+            return 0;
+        }
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.hash(&mut h);
+        h.finish() | 1
+    }
+
     /// The length of the longest of its prefixes holding `a`, if any.
     pub fn best(&self, a: IpAddr) -> Option<u8> {
         self.prefixes()

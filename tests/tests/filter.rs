@@ -486,11 +486,41 @@ fn client_classes_send_each_client_to_its_own_pool() {
         assert_eq!(get(&t, "fd00:1::2", &url6).as_deref(), Some("rs1\n"));
         assert_eq!(get(&t, OTHER6, &url6).as_deref(), Some("rs2\n"));
     }
+    // A policer on a class polices that class only.
+    t.ctl_ok(&[
+        "shape",
+        "add-police",
+        "--tcp",
+        &format!("{VIP}:80"),
+        "--from",
+        "10.1.0.3/32",
+        "--rate",
+        "100mbit",
+        "--burst",
+        "64kb",
+    ]);
+    let policed = || {
+        let v: serde_json::Value =
+            serde_json::from_str(&t.ctl_ok(&["shape", "list", "--json"])).unwrap();
+        v["police"][0]["passed_packets"].as_u64().unwrap()
+    };
+    assert_eq!(get(&t, "10.1.0.2", &url).as_deref(), Some("rs1\n"));
+    assert_eq!(policed(), 0, "the default's packets are not the class's");
+    assert_eq!(get(&t, OTHER, &url).as_deref(), Some("rs2\n"));
+    assert!(policed() > 0, "the class's packets are policed");
+    t.ctl_ok(&[
+        "shape",
+        "del-police",
+        "--tcp",
+        &format!("{VIP}:80"),
+        "--from",
+        "10.1.0.3/32",
+    ]);
     // Each class keeps its own counters and settings.
     let l = listing(&t);
     let class = service(&l, &format!("tcp:{VIP}:80 from 10.1.0.3/32"));
     assert_eq!(class["persistent"], 60);
-    assert_eq!(class["stats"]["conns"], 4);
+    assert_eq!(class["stats"]["conns"], 5);
     assert_eq!(service(&l, &format!("tcp:{VIP}:80"))["scheduler"], "wlc");
     // A wider class with a deny hole: the longest prefix picks the class,
     // the class's list refuses .3 (lvc applies a class's lists itself).

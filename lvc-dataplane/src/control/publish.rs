@@ -275,6 +275,7 @@ impl Control {
                         health: r.health.clone(),
                         limits: r.limits,
                         proxy: r.proxy,
+                        class: key.from.tag(),
                     })
                 })
                 .collect();
@@ -290,6 +291,7 @@ impl Control {
                     health: so.health.clone(),
                     limits: Default::default(),
                     proxy: Default::default(),
+                    class: key.from.tag(),
                 })
             });
             Arc::new(Service {
@@ -305,6 +307,7 @@ impl Control {
                 sloppy: s.sloppy,
                 lists: crate::pipeline::filter::Lists::new(&s.policy),
                 conn_rate: s.conn_rate.clone(),
+                class: key.from.tag(),
             })
         }))
         .with_filter(

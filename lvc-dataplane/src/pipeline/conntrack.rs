@@ -1224,6 +1224,7 @@ mod tests {
             health: Arc::default(),
             limits: Default::default(),
             proxy: Default::default(),
+            class: 0,
         })
     }
 

@@ -300,6 +300,7 @@ mod tests {
             health: Arc::default(),
             limits: Default::default(),
             proxy: Default::default(),
+            class: 0,
         });
         Conn::new(
             17,
@@ -513,6 +514,7 @@ mod tests {
             health: Arc::default(),
             limits: Default::default(),
             proxy: Default::default(),
+            class: 0,
         });
         let mut c = Conn::new(
             17,

@@ -172,12 +172,18 @@ pub fn forward(
     // anything (a connection entry, a fullnat port).
     if !t.shaping.services.is_empty() && pkt.icmp.is_none() {
         let to = match &found {
-            Some((c, Dir::Original)) => Some((c.proto, c.vip())),
+            Some((c, Dir::Original)) => Some((c.proto, c.vip(), c.server.class)),
             Some(_) => None,
-            None => Some((pkt.key.proto, (pkt.key.dst, pkt.key.dport))),
+            None => {
+                let k = &pkt.key;
+                let class = services
+                    .lookup_for(k.proto, k.dst, k.dport, k.src)
+                    .map_or(0, |s| s.class);
+                Some((k.proto, (k.dst, k.dport), class))
+            }
         };
-        if let Some((proto, vip)) = to
-            && let Some(p) = t.shaping.service_policer(proto, vip)
+        if let Some((proto, vip, class)) = to
+            && let Some(p) = t.shaping.service_policer(proto, vip, class)
             && !p.admit(f.len() as u32, t.now_ns)
         {
             return Err(Drop::Policed);
@@ -207,6 +213,7 @@ pub fn forward(
         proto: conn.proto,
         vip: Some(conn.vip()),
         real: Some(conn.real()),
+        class: conn.server.class,
     };
     if conn.needs_reply_steering() {
         fx.steer_replies = Some(conn.clone());
@@ -641,6 +648,7 @@ mod tests {
                     health: Arc::default(),
                     limits: Default::default(),
                     proxy: Default::default(),
+                    class: 0,
                 })
             })
             .collect();
@@ -654,6 +662,7 @@ mod tests {
             sloppy: false,
             lists: None,
             conn_rate: None,
+            class: 0,
         }
     }
 
@@ -834,6 +843,7 @@ mod decisions {
                 health: Arc::default(),
                 limits: Default::default(),
                 proxy: Default::default(),
+                class: 0,
             });
             let svc = |proto: &str| {
                 let servers = vec![server.clone()];
@@ -849,6 +859,7 @@ mod decisions {
                     sloppy: false,
                     lists: None,
                     conn_rate: None,
+                    class: 0,
                 })
             };
             let pool = SnatPool::new(&[fam.dir_server.ip()]);

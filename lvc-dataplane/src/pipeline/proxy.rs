@@ -278,6 +278,7 @@ mod tests {
             health: Arc::default(),
             limits: Default::default(),
             proxy: ProxyProtocol::V1,
+            class: 0,
         });
         Conn::new(6, (a(client), 34720), (a(vip), 9000), server, 9000, 0).with_proxy(1000)
     }

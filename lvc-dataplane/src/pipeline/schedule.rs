@@ -32,6 +32,8 @@ pub struct Server {
     pub limits: ConnLimits,
     /// The PROXY protocol header its connections start with.
     pub proxy: lvc_proto::ProxyProtocol,
+    /// Its service's client class ([`lvc_proto::Clients::tag`], 0: none).
+    pub class: u64,
 }
 
 impl Server {
@@ -358,6 +360,7 @@ mod tests {
             health: Arc::default(),
             limits: Default::default(),
             proxy: Default::default(),
+            class: 0,
         })
     }
 

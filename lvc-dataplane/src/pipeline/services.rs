@@ -41,6 +41,8 @@ pub struct Service {
     pub lists: Option<crate::pipeline::filter::Lists>,
     /// Its new-connection rate limit, if any.
     pub conn_rate: Option<Arc<crate::pipeline::filter::ConnRate>>,
+    /// Its client class's tag (`key.from.tag()`; 0: none).
+    pub class: u64,
 }
 
 impl Service {

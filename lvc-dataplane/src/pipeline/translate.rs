@@ -124,7 +124,10 @@ pub fn translation(conn: &Conn, dir: Dir, l2: &L2, slot: u32) -> FlowValue {
 /// by XDP now: next hops resolved on served interfaces, no shaping on
 /// them, no policer on the service.
 pub fn offer(conn: &Arc<Conn>, t: &Tables) -> Option<Offer> {
-    if t.shaping.service_policer(conn.proto, conn.vip()).is_some() {
+    if t.shaping
+        .service_policer(conn.proto, conn.vip(), conn.server.class)
+        .is_some()
+    {
         return None;
     }
     let dirs: &[Dir] = if conn.two_way() {

@@ -21,6 +21,9 @@ pub struct FlowMeta {
     pub proto: u8,
     pub vip: Option<(Addr, u16)>,
     pub real: Option<(Addr, u16)>,
+    /// The connection's client class ([`lvc_proto::Clients::tag`]; 0:
+    /// the service without one).
+    pub class: u64,
 }
 
 /// The header fields filters look at.
@@ -139,7 +142,7 @@ enum Test {
     Sport(u16, u16),
     Dport(u16, u16),
     Real(Addr, Option<u16>),
-    Service(u8, Addr, Ports),
+    Service(u8, Addr, Ports, u64),
     U32 {
         value: u32,
         mask: u32,
@@ -177,7 +180,9 @@ impl Test {
             Match::Sport { port, mask } => Test::Sport(port & mask, mask),
             Match::Dport { port, mask } => Test::Dport(port & mask, mask),
             Match::Real(r) => Test::Real(r.addr.into(), r.port),
-            Match::Service(s) => Test::Service(s.proto.number(), s.vip.into(), s.ports),
+            Match::Service(s) => {
+                Test::Service(s.proto.number(), s.vip.into(), s.ports, s.from.tag())
+            }
             Match::U32 {
                 value,
                 mask,
@@ -203,8 +208,9 @@ impl Test {
             Test::Real(a, port) => meta
                 .real
                 .is_some_and(|(ra, rp)| ra == a && port.is_none_or(|p| p == rp)),
-            Test::Service(proto, vip, ports) => {
+            Test::Service(proto, vip, ports, class) => {
                 meta.proto == proto
+                    && meta.class == class
                     && meta
                         .vip
                         .is_some_and(|(va, vp)| va == vip && ports.contains(vp))
@@ -317,6 +323,7 @@ mod tests {
             proto: 6,
             vip: Some(vip),
             real: Some(real),
+            class: 0,
         };
         assert_eq!(c.classify(&f, &h, &meta(rs1)), Some((0, 1)));
         assert_eq!(c.classify(&f, &h, &meta(rs2)), Some((1, 2)));

@@ -245,13 +245,17 @@ impl ShapeTable {
         self.devs.iter().find(|d| d.ifindex == ifindex)
     }
 
-    /// The policer of the service a client packet is for, if any.
+    /// The policer of the service (client class `class`, 0: none) a client
+    /// packet is for, if any.
     #[inline]
-    pub fn service_policer(&self, proto: u8, vip: (Addr, u16)) -> Option<&Policer> {
+    pub fn service_policer(&self, proto: u8, vip: (Addr, u16), class: u64) -> Option<&Policer> {
         self.services
             .iter()
             .find(|(k, _)| {
-                k.proto.number() == proto && Addr::from(k.vip) == vip.0 && k.ports.contains(vip.1)
+                k.proto.number() == proto
+                    && Addr::from(k.vip) == vip.0
+                    && k.ports.contains(vip.1)
+                    && k.from.tag() == class
             })
             .map(|(_, p)| &**p)
     }
