@@ -314,7 +314,6 @@ fn install(
     ifindex: impl Fn(&str) -> u32 + Copy,
 ) -> Result<(), String> {
     let e = |e: crate::io::steer::SteerError| e.to_string();
-    let (old, _) = was.compile(ifindex);
     let (new, slots) = next.compile(ifindex);
     let fresh: Vec<u32> = next
         .rules
@@ -328,12 +327,9 @@ fn install(
     for (s, v) in slots {
         steering.set_rule(s, v).map_err(e)?;
     }
-    let mut union = old.acl;
-    for (k, v) in &new.acl {
-        *union.entry(*k).or_default() |= v;
-    }
     let ours = |s: u32| s == ACL_SCOPE_SRC || s == ACL_SCOPE_DST;
-    steering.sync_acl(ours, &union).map_err(e)?;
+    // Old and new rules' bits together until the order flips.
+    steering.merge_acl(&new.acl).map_err(e)?;
     steering.set_order(&new.order).map_err(e)?;
     steering.sync_acl(ours, &new.acl).map_err(e)?;
     Ok(())

@@ -500,6 +500,23 @@ impl Steering {
         Ok(())
     }
 
+    /// Adds `more` to the `acl` trie, or-ing values into entries already
+    /// there (the filter's old and new rules, until the order flips).
+    pub fn merge_acl(&mut self, more: &HashMap<AclEntry, u64>) -> Result<(), SteerError> {
+        let f = &mut self.filter;
+        let name = lvc_ebpf::maps::ACL;
+        for (k, v) in more {
+            let cur = f.current_acl.get(k).copied();
+            let want = cur.unwrap_or(0) | v;
+            if cur != Some(want) {
+                let key = LpmKey::new(k.2, AclData { scope: k.0, addr: k.1 });
+                f.acl.insert(&key, want, 0).map_err(map_err(name))?;
+                f.current_acl.insert(*k, want);
+            }
+        }
+        Ok(())
+    }
+
     /// The `acl` entries of services' scopes.
     pub fn acl_service_entries(&self) -> Vec<(AclEntry, u64)> {
         self.filter
