@@ -408,8 +408,9 @@ fn run(a: RunArgs) -> Result<()> {
                                     ", {}offered {:.3} Mpps, lost {:.1}%",
                                     if s == Scenario::Udp64 {
                                         format!(
-                                            "flat out {:.3} Mpps; at ≤1% loss: ",
-                                            x.overload_pps / 1e6
+                                            "flat out {:.3} Mpps at {:.2} µs/packet; at ≤1% loss: ",
+                                            x.overload_pps / 1e6,
+                                            x.overload_cpu_us
                                         )
                                     } else {
                                         String::new()
