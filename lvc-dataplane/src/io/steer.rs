@@ -509,7 +509,13 @@ impl Steering {
             let cur = f.current_acl.get(k).copied();
             let want = cur.unwrap_or(0) | v;
             if cur != Some(want) {
-                let key = LpmKey::new(k.2, AclData { scope: k.0, addr: k.1 });
+                let key = LpmKey::new(
+                    k.2,
+                    AclData {
+                        scope: k.0,
+                        addr: k.1,
+                    },
+                );
                 f.acl.insert(&key, want, 0).map_err(map_err(name))?;
                 f.current_acl.insert(*k, want);
             }
