@@ -412,7 +412,15 @@ fn escape(v: &str) -> String {
 /// The exposition of one scrape: every row of [`METRICS`], in order.
 pub fn exposition(scrape: &Scrape) -> String {
     let services = &scrape.listing.services;
-    let svc_name = |s: &ServiceInfo| format!("{}:{}", s.service.proto, s.service.endpoint());
+    // (A client class's label names its class: `tcp:VIP:80 from 10.0.0.0/8`.)
+    let svc_name = |s: &ServiceInfo| {
+        format!(
+            "{}:{}{}",
+            s.service.proto,
+            s.service.endpoint(),
+            s.service.class_suffix()
+        )
+    };
     let mut out = String::new();
     for m in METRICS {
         let mut f = Family::new(&mut out, m);
