@@ -3103,7 +3103,7 @@ mod tests {
                 "-A -t 10.0.0.10:80 --conn-burst 10",
                 "--conn-burst needs --conn-rate",
             ),
-            ("-A -t 10.0.0.10:80 --conn-rate 0", "at least 1"),
+            ("-A -t 10.0.0.10:80 --conn-rate 0", "1..="),
             ("-A -t 10.0.0.10:80 --conn-rate lots", "--conn-rate"),
         ] {
             let e = policy(bad).expect_err(bad);

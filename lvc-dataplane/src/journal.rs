@@ -403,6 +403,11 @@ pub(crate) fn take_over(
     let server = svc.servers.iter().chain(&svc.sorry).find(|s| {
         s.addr == r.real.0 && (s.port == r.real.1 || s.port == 0) && s.method == r.method
     })?;
+    // A PROXY protocol connection's shift is not in the record: taken
+    // over without it, its stream would be off by the header's length.
+    if server.proxy != lvc_proto::ProxyProtocol::Off && r.proto == crate::wire::PROTO_TCP {
+        return None;
+    }
     let conn = Conn::new(r.proto, r.client, r.vip, server.clone(), r.real.1, now);
     let conn = if synced {
         conn.from_peer(r.state)

@@ -211,7 +211,7 @@ impl Worker {
             for port in 0..nports {
                 received += self.io.recv(port, BATCH, &mut rx);
                 for frame in rx.drain(..) {
-                    self.handle(frame, &tables, &mut shapers, &mut parked, &mut out);
+                    self.handle(port, frame, &tables, &mut shapers, &mut parked, &mut out);
                 }
             }
             let mut shaped_wait: Option<u64> = None;
@@ -314,6 +314,7 @@ impl Worker {
     /// or drop it with a counted reason.
     fn handle(
         &mut self,
+        port: usize,
         mut frame: Frame,
         t: &Tables,
         shapers: &mut Shapers,
@@ -322,7 +323,10 @@ impl Worker {
     ) {
         bump(&self.stats.rx_packets, 1);
         bump(&self.stats.rx_bytes, frame.len() as u64);
-        let mut meta = FlowMeta::default();
+        let mut meta = FlowMeta {
+            ingress: t.ports.get(port).copied().unwrap_or(0),
+            ..FlowMeta::default()
+        };
         let mut fx = Effects::default();
         let mut decision = pipeline::forward(self.io.bytes_mut(&mut frame), t, &mut meta, &mut fx);
         if let Some(msg) = fx.offload {
@@ -349,7 +353,8 @@ impl Worker {
             // byte: the frame grows by it.
             let len = frame.len();
             if self.io.set_len(&mut frame, len + ins.len) {
-                pipeline::proxy::insert(self.io.bytes_mut(&mut frame), len, &ins);
+                let n = pipeline::proxy::insert(self.io.bytes_mut(&mut frame), &ins);
+                self.io.set_len(&mut frame, n);
             } else {
                 decision = Err(Drop::TooBig);
             }

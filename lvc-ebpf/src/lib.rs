@@ -257,6 +257,9 @@ pub const ACL_SCOPE_SRC: u32 = 0;
 pub const ACL_SCOPE_DST: u32 = 1;
 /// A service's allow/deny prefixes: this + its id.
 pub const ACL_SCOPE_SERVICE: u32 = 2;
+/// The bit of an `acl` scope that holds IPv6 prefixes (IPv4 ones, mapped,
+/// in the scope without it: the families never mix).
+pub const ACL_SCOPE_V6: u32 = 0x8000_0000;
 /// `acl` values in a service's scope.
 pub const ACL_ALLOW: u64 = 1;
 pub const ACL_DENY: u64 = 2;
@@ -279,9 +282,9 @@ impl AclData {
     /// The key data and the trie prefix length of prefix `addr/len` in
     /// `scope`.
     pub fn prefix(scope: u32, addr: IpAddr, len: u8) -> (Self, u32) {
-        let (addr, bits) = match addr {
-            IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), 96 + u32::from(len)),
-            IpAddr::V6(a) => (a.octets(), u32::from(len)),
+        let (addr, bits, scope) = match addr {
+            IpAddr::V4(a) => (a.to_ipv6_mapped().octets(), 96 + u32::from(len), scope),
+            IpAddr::V6(a) => (a.octets(), u32::from(len), scope | ACL_SCOPE_V6),
         };
         (Self { scope, addr }, 32 + bits)
     }

@@ -142,6 +142,9 @@ pub struct Policy {
     pub conn_burst: Option<u32>,
 }
 
+/// The highest `--conn-rate` (new connections per second).
+pub const MAX_CONN_RATE: u32 = 100_000_000;
+
 /// Most prefixes in one service's allow and deny lists together.
 pub const MAX_POLICY_PREFIXES: usize = 65_536;
 
@@ -168,8 +171,10 @@ impl Policy {
         if let Some(c) = self.allow.iter().find(|c| self.deny.contains(c)) {
             return Err(format!("{c} is in both --allow and --deny"));
         }
-        if self.conn_rate == Some(0) {
-            return Err("--conn-rate must be at least 1 connection per second".into());
+        if self.conn_rate == Some(0) || self.conn_rate.is_some_and(|r| r > MAX_CONN_RATE) {
+            return Err(format!(
+                "--conn-rate must be 1..={MAX_CONN_RATE} connections per second"
+            ));
         }
         if self.conn_burst.is_some() && self.conn_rate.is_none() {
             return Err("--conn-burst needs --conn-rate".into());

@@ -6,7 +6,7 @@
 use super::{Control, err};
 use crate::addr::Addr;
 use crate::io::steer::{AclEntry, Steering};
-use crate::pipeline::filter::{Prefixes, Rule, RuleCounter, UserFilter};
+use crate::pipeline::filter::{Candidate, Prefixes, Rule, RuleCounter, UserFilter};
 use lvc_ebpf::{
     ACL_SCOPE_DST, ACL_SCOPE_SRC, AclData, FR_ACCEPT, FR_DPORT, FR_DROP, FR_IFACE, FR_PROTO,
     FR_USERSPACE, FilterOrder, FilterRuleValue, MAX_RULES,
@@ -84,13 +84,6 @@ impl FilterState {
                         ifaces.join(", ")
                     )));
                 }
-                if rule.iface.is_some() && rule.real.is_some() {
-                    return Err(bad(format!(
-                        "rule {}: --iface and --real cannot be combined (the scheduler does not \
-                         know the interface a connection came in on)",
-                        rule.prio
-                    )));
-                }
                 let used: BTreeSet<u32> = self.rules.values().map(|r| r.slot).collect();
                 let slot = (0..MAX_RULES as u32)
                     .find(|s| !used.contains(s))
@@ -116,7 +109,12 @@ impl FilterState {
             Request::SetAdd { name, prefixes } => {
                 check_set_name(name).map_err(bad)?;
                 let total: usize = self.sets.values().map(BTreeSet::len).sum();
-                if total + prefixes.len() > MAX_SET_PREFIXES {
+                let known = self.sets.get(name);
+                let new = prefixes
+                    .iter()
+                    .filter(|p| known.is_none_or(|k| !k.contains(p)))
+                    .count();
+                if total + new > MAX_SET_PREFIXES {
                     return Err(bad(format!(
                         "the sets hold at most {MAX_SET_PREFIXES} prefixes in all"
                     )));
@@ -174,7 +172,7 @@ impl FilterState {
         let mut slots = Vec::new();
         let mut acl = HashMap::new();
         for (scope, field) in [(ACL_SCOPE_SRC, 0), (ACL_SCOPE_DST, 1)] {
-            let mut items: Vec<(u128, u32, u64)> = Vec::new();
+            let mut items: Vec<(bool, u128, u32, u64)> = Vec::new();
             let (mut any4, mut any6) = (0u64, 0u64);
             for r in self.rules.values() {
                 let bit = 1u64 << r.slot;
@@ -190,7 +188,7 @@ impl FilterState {
                         (IpAddr::V6(_), 0) => any6 |= bit,
                         _ => {
                             let (a, bits) = wide(c);
-                            items.push((a, bits, bit));
+                            items.push((c.addr.is_ipv6(), a, bits, bit));
                         }
                     }
                 }
@@ -231,21 +229,30 @@ impl FilterState {
     }
 
     /// The scheduler's view, when a rule names a real server.
-    fn user_filter(&self) -> Option<Arc<UserFilter>> {
+    fn user_filter(&self, ifindex: impl Fn(&str) -> u32) -> Option<Arc<UserFilter>> {
         if !self.rules.values().any(|r| r.rule.real.is_some()) {
             return None;
         }
+        let mut real_before = false;
         let rules = self
             .rules
             .values()
-            .map(|r| Rule {
-                action: r.rule.action,
-                src: r.rule.src.as_ref().map(|m| Prefixes::new(self.prefixes(m))),
-                dst: r.rule.dst.as_ref().map(|m| Prefixes::new(self.prefixes(m))),
-                proto: r.rule.proto,
-                dport: r.rule.dport.map(|d| (d.lo, d.hi)),
-                real: r.rule.real.map(|x| (Addr::from(x.addr), x.port)),
-                counter: r.counter.clone(),
+            .map(|r| {
+                let rule = Rule {
+                    action: r.rule.action,
+                    src: r.rule.src.as_ref().map(|m| Prefixes::new(self.prefixes(m))),
+                    dst: r.rule.dst.as_ref().map(|m| Prefixes::new(self.prefixes(m))),
+                    proto: r.rule.proto,
+                    dport: r.rule.dport.map(|d| (d.lo, d.hi)),
+                    iface: r.rule.iface.as_deref().map(&ifindex),
+                    real: r.rule.real.map(|x| (Addr::from(x.addr), x.port)),
+                    // (XDP counted what it decided: the rules before the
+                    // first `--real` one.)
+                    count: real_before || r.rule.real.is_some(),
+                    counter: r.counter.clone(),
+                };
+                real_before |= r.rule.real.is_some();
+                rule
             })
             .collect();
         Some(Arc::new(UserFilter { rules }))
@@ -276,7 +283,22 @@ fn wide(c: &Cidr) -> (u128, u32) {
 /// prefix that contains it, so the trie's longest match answers for all.
 /// Sorted by address then length, a prefix comes after the prefixes that
 /// contain it: one pass with a stack of the open ones.
-fn push_down(scope: u32, mut items: Vec<(u128, u32, u64)>, out: &mut HashMap<AclEntry, u64>) {
+fn push_down(scope: u32, items: Vec<(bool, u128, u32, u64)>, out: &mut HashMap<AclEntry, u64>) {
+    // Each family apart (items: IPv6?, prefix, length, rule bits): an IPv6
+    // prefix (::/8, ::ffff:0:0/96) never holds an IPv4 one, which the
+    // program looks up in its own scope.
+    let (v6, v4): (Vec<_>, Vec<_>) = items.into_iter().partition(|i| i.0);
+    let strip = |v: Vec<(bool, u128, u32, u64)>| v.into_iter().map(|(_, a, l, b)| (a, l, b));
+    push_down_family(scope, false, strip(v4).collect(), out);
+    push_down_family(scope, true, strip(v6).collect(), out);
+}
+
+fn push_down_family(
+    scope: u32,
+    v6: bool,
+    mut items: Vec<(u128, u32, u64)>,
+    out: &mut HashMap<AclEntry, u64>,
+) {
     items.sort_unstable_by_key(|&(a, l, _)| (a, l));
     let contains = |(a, l): (u128, u32), b: u128| {
         let host = u128::MAX.checked_shr(l).unwrap_or(0);
@@ -299,8 +321,12 @@ fn push_down(scope: u32, mut items: Vec<(u128, u32, u64)>, out: &mut HashMap<Acl
         }
         let v = bits | stack.last().map_or(0, |s| s.2);
         stack.push((a, l, v));
-        let (data, plen) = AclData::prefix(scope, IpAddr::V6(a.into()), l as u8);
-        out.insert((scope, data.addr, plen), v);
+        let ip = std::net::Ipv6Addr::from(a);
+        let (data, plen) = match ip.to_ipv4_mapped().filter(|_| !v6) {
+            Some(v4) => AclData::prefix(scope, IpAddr::V4(v4), (l - 96) as u8),
+            None => AclData::prefix(scope, IpAddr::V6(ip), l as u8),
+        };
+        out.insert((data.scope, data.addr, plen), v);
         i += 1;
     }
 }
@@ -327,7 +353,10 @@ fn install(
     for (s, v) in slots {
         steering.set_rule(s, v).map_err(e)?;
     }
-    let ours = |s: u32| s == ACL_SCOPE_SRC || s == ACL_SCOPE_DST;
+    let ours = |s: u32| {
+        let s = s & !lvc_ebpf::ACL_SCOPE_V6;
+        s == ACL_SCOPE_SRC || s == ACL_SCOPE_DST
+    };
     // Old and new rules' bits together until the order flips.
     steering.merge_acl(&new.acl).map_err(e)?;
     steering.set_order(&new.order).map_err(e)?;
@@ -344,33 +373,40 @@ impl Control {
         let names: Vec<&str> = self.interfaces.iter().map(|i| i.name.as_str()).collect();
         next.edit(req, &names)?;
         self.filter_commit(&mut state, next)?;
-        // A new drop rule naming a real server ends the connections it
-        // matches (iptables would stop their packets; a connection that
-        // can send nothing more is better gone).
-        if let Request::FilterAdd { rule } = req
-            && rule.action == FilterAction::Drop
-            && let Some(real) = rule.real
+        // A change that makes the filter refuse established connections
+        // by their real server (a new --real drop rule, a set it uses
+        // grown) ends them (iptables would stop their packets; a
+        // connection that can send nothing more is better gone), as the
+        // whole filter now decides: an accept rule before it keeps them.
+        // (Interface rules do not match a connection already made.)
+        let now_filter = self
+            .user_filter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Some(uf) = now_filter
+            && matches!(req, Request::FilterAdd { .. } | Request::SetAdd { .. })
         {
-            let r = Rule {
-                action: rule.action,
-                src: rule.src.as_ref().map(|m| Prefixes::new(state.prefixes(m))),
-                dst: rule.dst.as_ref().map(|m| Prefixes::new(state.prefixes(m))),
-                proto: rule.proto,
-                dport: rule.dport.map(|d| (d.lo, d.hi)),
-                real: Some((Addr::from(real.addr), real.port)),
-                counter: Arc::default(),
-            };
             let now = self.epoch.elapsed().as_secs() as u32;
             let ended = self.conntrack.remove_where(now, |c| {
                 let (vip, vport) = c.vip();
                 let (raddr, rport) = c.real();
-                r.matches_header(c.proto, c.client.0, vip, vport) && r.matches_real(raddr, rport)
+                let cand = Candidate {
+                    proto: c.proto,
+                    src: c.client.0,
+                    dst: vip,
+                    dport: vport,
+                    server_addr: raddr,
+                    real_port: rport,
+                    len: 0,
+                    ingress: 0,
+                };
+                uf.decide(&cand)
+                    .is_some_and(|r| r.real.is_some() && r.action == FilterAction::Drop)
             });
-            tracing::info!(
-                prio = rule.prio,
-                ended,
-                "filter rule ended established connections"
-            );
+            if ended > 0 {
+                tracing::info!(ended, "the filter ended established connections");
+            }
         }
         Ok(())
     }
@@ -395,7 +431,7 @@ impl Control {
                 return Err(err(ErrorCode::Internal, e));
             }
         }
-        *self.user_filter.lock().unwrap_or_else(|p| p.into_inner()) = next.user_filter();
+        *self.user_filter.lock().unwrap_or_else(|p| p.into_inner()) = next.user_filter(ifindex);
         *state = next;
         // The scheduler's table carries the `--real` rules.
         let cfg = self.config.lock().unwrap_or_else(|p| p.into_inner());
@@ -423,13 +459,33 @@ impl Control {
         }
         for rule in rules {
             next.edit(&Request::FilterAdd { rule: rule.clone() }, &names)?;
-            // Unchanged rules keep their counters.
-            if let Some(old) = state.rules.get(&rule.prio).filter(|o| o.rule == *rule)
-                && !next_slot_taken(&next, old.slot, rule.prio)
-                && let Some(n) = next.rules.get_mut(&rule.prio)
-            {
-                n.slot = old.slot;
-                n.counter = old.counter.clone();
+        }
+        // Unchanged rules keep their slots and counters; the others take
+        // slots the running filter does not use, where there are any (a
+        // slot in use changes under live traffic only when all are taken).
+        let live: BTreeSet<u32> = state.rules.values().map(|r| r.slot).collect();
+        let mut taken = BTreeSet::new();
+        let mut fresh = Vec::new();
+        for (prio, n) in next.rules.iter_mut() {
+            match state.rules.get(prio).filter(|o| o.rule == n.rule) {
+                Some(old) => {
+                    n.slot = old.slot;
+                    n.counter = old.counter.clone();
+                    taken.insert(old.slot);
+                }
+                None => fresh.push(*prio),
+            }
+        }
+        for prio in fresh {
+            let all = 0..MAX_RULES as u32;
+            let slot = all
+                .clone()
+                .find(|s| !taken.contains(s) && !live.contains(s))
+                .or_else(|| all.clone().find(|s| !taken.contains(s)))
+                .ok_or_else(|| err(ErrorCode::InvalidArgument, "no free filter slot"))?;
+            taken.insert(slot);
+            if let Some(n) = next.rules.get_mut(&prio) {
+                n.slot = slot;
             }
         }
         Ok(next)
@@ -492,11 +548,6 @@ impl Control {
     }
 }
 
-/// Whether another rule of `next` than `prio` holds `slot`.
-fn next_slot_taken(next: &FilterState, slot: u32, prio: u32) -> bool {
-    next.rules.iter().any(|(p, r)| *p != prio && r.slot == slot)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,17 +558,19 @@ mod tests {
         for (c, bit) in items {
             for c in cidr_list(c).unwrap() {
                 let (a, l) = wide(&c);
-                v.push((a, l, *bit));
+                v.push((c.addr.is_ipv6(), a, l, *bit));
             }
         }
         let mut out = HashMap::new();
         push_down(ACL_SCOPE_SRC, v, &mut out);
         out.into_iter()
-            .map(|((_, a, plen), v)| {
+            .map(|((scope, a, plen), v)| {
                 let ip = std::net::Ipv6Addr::from(a);
                 let s = match ip.to_ipv4_mapped() {
-                    Some(v4) => format!("{v4}/{}", plen - 128),
-                    None => format!("{ip}/{}", plen - 32),
+                    Some(v4) if scope & lvc_ebpf::ACL_SCOPE_V6 == 0 => {
+                        format!("{v4}/{}", plen - 128)
+                    }
+                    _ => format!("{ip}/{}", plen - 32),
                 };
                 (s, v)
             })
@@ -532,6 +585,8 @@ mod tests {
             ("10.1.2.0/24", 4),
             ("10.1.0.0/16", 8),
             ("2001:db8::/32", 16),
+            ("::/8", 32),
+            ("::ffff:0:0/96", 64),
         ]);
         let want: BTreeMap<String, u64> = [
             ("10.0.0.0/8", 1),
@@ -539,6 +594,9 @@ mod tests {
             ("10.1.2.0/24", 1 | 2 | 4 | 8),
             ("192.0.2.0/24", 2),
             ("2001:db8::/32", 16),
+            ("::/8", 32),
+            // (An IPv6 prefix over the mapped range holds no IPv4 client.)
+            ("::ffff:0.0.0.0/96", 32 | 64),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
@@ -565,8 +623,6 @@ mod tests {
         assert!(e.message.contains("@bad does not exist"), "{}", e.message);
         let e = add(&mut s, "prio = 2\niface = \"eth9\"").unwrap_err();
         assert!(e.message.contains("lvc serves eth0"), "{}", e.message);
-        let e = add(&mut s, "prio = 2\niface = \"eth0\"\nreal = \"10.2.0.1\"").unwrap_err();
-        assert!(e.message.contains("cannot be combined"), "{}", e.message);
         s.edit(
             &Request::SetAdd {
                 name: "bad".into(),
@@ -621,6 +677,6 @@ mod tests {
         assert_eq!(v(10).flags, FR_PROTO | FR_DPORT);
         assert_eq!((v(10).dport_lo, v(10).dport_hi), (80, 80));
         assert_eq!(v(30).action, FR_USERSPACE);
-        assert!(s.user_filter().is_some());
+        assert!(s.user_filter(|_| 0).is_some());
     }
 }

@@ -355,7 +355,7 @@ impl Control {
             for (list, v) in lists {
                 for c in list {
                     let (d, plen) = lvc_ebpf::AclData::prefix(scope, c.addr, c.len);
-                    acl.insert((scope, d.addr, plen), v);
+                    acl.insert((d.scope, d.addr, plen), v);
                 }
             }
         }
@@ -373,7 +373,7 @@ impl Control {
         self.services.store(Arc::new(table));
         // Prefixes before the flags that make XDP look at them; a removed
         // list's flag goes before its prefixes.
-        let services_scope = |s: u32| s >= lvc_ebpf::ACL_SCOPE_SERVICE;
+        let services_scope = |s: u32| s & !lvc_ebpf::ACL_SCOPE_V6 >= lvc_ebpf::ACL_SCOPE_SERVICE;
         let mut with_old = acl.clone();
         with_old.extend(
             steering
@@ -690,8 +690,10 @@ impl Control {
     ) -> Result<HashMap<ServiceKey, u32>, ErrorReply> {
         let mut ids = self.service_ids.lock().unwrap_or_else(|p| p.into_inner());
         let keys: HashSet<ServiceKey> = keys.copied().collect();
-        ids.retain(|k, _| keys.contains(k));
+        // (Ids freed now are not given out now: their XDP entries and
+        // prefixes go only at the end of this publish.)
         let mut used: HashSet<u32> = ids.values().copied().collect();
+        ids.retain(|k, _| keys.contains(k));
         let mut next = 0u32;
         for k in keys {
             if ids.contains_key(&k) {

@@ -528,7 +528,7 @@ impl Steering {
         self.filter
             .current_acl
             .iter()
-            .filter(|(k, _)| k.0 >= lvc_ebpf::ACL_SCOPE_SERVICE)
+            .filter(|(k, _)| k.0 & !lvc_ebpf::ACL_SCOPE_V6 >= lvc_ebpf::ACL_SCOPE_SERVICE)
             .map(|(k, v)| (*k, *v))
             .collect()
     }

@@ -159,7 +159,7 @@ pub struct Conn {
     filed: AtomicU32,
     /// With [`PROXY`]: the sequence number of the client's first byte
     /// (where the PROXY protocol header goes).
-    first_byte: u32,
+    first_byte: AtomicU32,
     /// The real server (its address, method, and its and its service's
     /// counters).
     pub server: Arc<Server>,
@@ -230,7 +230,7 @@ impl Conn {
             seen: AtomicU8::new(0),
             seq: [AtomicU32::new(0), AtomicU32::new(0)],
             filed: AtomicU32::new(u32::MAX),
-            first_byte: 0,
+            first_byte: AtomicU32::new(0),
             server,
             template: None,
             snat: None,
@@ -240,9 +240,15 @@ impl Conn {
     /// Gives the server a PROXY protocol header in front of the client's
     /// first byte, `first`.
     pub fn with_proxy(mut self, first: u32) -> Self {
-        self.first_byte = first;
+        *self.first_byte.get_mut() = first;
         *self.flags.get_mut() |= PROXY;
         self
+    }
+
+    /// A new handshake on the connection's addresses (a closed one's
+    /// reused): the client's first byte is after this SYN's.
+    pub fn restart_proxy(&self, first: u32) {
+        self.first_byte.store(first, Relaxed);
     }
 
     /// Whether its server gets a PROXY protocol header.
@@ -253,7 +259,7 @@ impl Conn {
 
     /// The sequence number of the client's first byte (PROXY connections).
     pub fn first_byte(&self) -> u32 {
-        self.first_byte
+        self.first_byte.load(Relaxed)
     }
 
     /// Source-NATs the connection to `local`, taken from `pool` (fullnat).

@@ -7,7 +7,6 @@
 //! only when a `--real` rule comes first, so the first match still decides.
 
 use crate::addr::Addr;
-use crate::pipeline::services::Server;
 use lvc_proto::filter::{Cidr, FilterAction, Policy};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -27,41 +26,53 @@ fn key(a: Addr) -> u128 {
     u128::from_be_bytes(a.0)
 }
 
-/// A set of prefixes, merged into sorted disjoint ranges: a lookup is a
-/// binary search, whatever the number of prefixes (a 1M-prefix set too).
+/// A set of prefixes, merged into sorted disjoint ranges per family: a
+/// lookup is a binary search, whatever the number of prefixes (a
+/// 1M-prefix set too). An IPv6 prefix never holds an IPv4 client (mapped
+/// in the same 128-bit form), as in the XDP program.
 #[derive(Clone, Debug, Default)]
 pub struct Prefixes {
-    ranges: Vec<(u128, u128)>,
+    v4: Vec<(u128, u128)>,
+    v6: Vec<(u128, u128)>,
+}
+
+fn merged(mut r: Vec<(u128, u128)>) -> Vec<(u128, u128)> {
+    r.sort_unstable();
+    let mut ranges: Vec<(u128, u128)> = Vec::with_capacity(r.len());
+    for (lo, hi) in r {
+        match ranges.last_mut() {
+            Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
+            _ => ranges.push((lo, hi)),
+        }
+    }
+    ranges
 }
 
 impl Prefixes {
     pub fn new<'a>(cidrs: impl IntoIterator<Item = &'a Cidr>) -> Self {
-        let mut r: Vec<(u128, u128)> = cidrs.into_iter().map(range).collect();
-        r.sort_unstable();
-        let mut ranges: Vec<(u128, u128)> = Vec::with_capacity(r.len());
-        for (lo, hi) in r {
-            match ranges.last_mut() {
-                Some(last) if lo <= last.1.saturating_add(1) => last.1 = last.1.max(hi),
-                _ => ranges.push((lo, hi)),
-            }
+        let (v4, v6): (Vec<&Cidr>, Vec<&Cidr>) = cidrs.into_iter().partition(|c| c.addr.is_ipv4());
+        Self {
+            v4: merged(v4.into_iter().map(range).collect()),
+            v6: merged(v6.into_iter().map(range).collect()),
         }
-        Self { ranges }
     }
 
     pub fn contains(&self, a: Addr) -> bool {
+        let ranges = if a.is_v4() { &self.v4 } else { &self.v6 };
         let k = key(a);
-        let i = self.ranges.partition_point(|&(lo, _)| lo <= k);
-        i > 0 && self.ranges[i - 1].1 >= k
+        let i = ranges.partition_point(|&(lo, _)| lo <= k);
+        i > 0 && ranges[i - 1].1 >= k
     }
 }
 
 /// A service's allow/deny lists, as the XDP program applies them: the
-/// longest matching prefix decides, equal lengths deny; with an allow
-/// list, a client no prefix holds is refused.
+/// longest matching prefix decides (a prefix is in one list only); with
+/// an allow list, a client no prefix holds is refused. One hash lookup per
+/// prefix length present, longest first.
 #[derive(Debug, Default)]
 pub struct Lists {
-    /// (prefix range, length in the 128-bit form, allow?)
-    entries: Vec<(u128, u128, u32, bool)>,
+    /// (IPv6?, length in the 128-bit form, prefix → allow?), longest first.
+    by_len: Vec<(bool, u32, std::collections::HashMap<u128, bool>)>,
     allowlist: bool,
 }
 
@@ -70,32 +81,42 @@ impl Lists {
         if p.allow.is_empty() && p.deny.is_empty() {
             return None;
         }
-        let len = |c: &Cidr| u32::from(c.len) + if c.addr.is_ipv4() { 96 } else { 0 };
-        let entries = (p.allow.iter().map(|c| (c, true)))
-            .chain(p.deny.iter().map(|c| (c, false)))
-            .map(|(c, allow)| {
-                let (lo, hi) = range(c);
-                (lo, hi, len(c), allow)
-            })
-            .collect();
+        let mut by_len: Vec<(bool, u32, std::collections::HashMap<u128, bool>)> = Vec::new();
+        for (c, allow) in
+            (p.allow.iter().map(|c| (c, true))).chain(p.deny.iter().map(|c| (c, false)))
+        {
+            let v6 = c.addr.is_ipv6();
+            let len = u32::from(c.len) + if v6 { 0 } else { 96 };
+            let (lo, _) = range(c);
+            match by_len.iter_mut().find(|e| e.0 == v6 && e.1 == len) {
+                Some(e) => {
+                    // (Equal prefixes in both lists are refused; deny wins.)
+                    let v = e.2.entry(lo).or_insert(allow);
+                    *v &= allow;
+                }
+                None => by_len.push((v6, len, [(lo, allow)].into_iter().collect())),
+            }
+        }
+        by_len.sort_unstable_by_key(|e| std::cmp::Reverse(e.1));
         Some(Self {
-            entries,
+            by_len,
             allowlist: !p.allow.is_empty(),
         })
     }
 
     pub fn admits(&self, a: Addr) -> bool {
+        let v6 = !a.is_v4();
         let k = key(a);
-        // (length, deny wins at equal length)
-        let best = self
-            .entries
-            .iter()
-            .filter(|e| e.0 <= k && k <= e.1)
-            .max_by_key(|e| (e.2, !e.3));
-        match best {
-            Some(e) => e.3,
-            None => !self.allowlist,
+        for (fam, len, m) in &self.by_len {
+            if *fam != v6 {
+                continue;
+            }
+            let masked = k & !u128::MAX.checked_shr(*len).unwrap_or(0);
+            if let Some(&allow) = m.get(&masked) {
+                return allow;
+            }
         }
+        !self.allowlist
     }
 }
 
@@ -163,8 +184,13 @@ pub struct Rule {
     pub dst: Option<Prefixes>,
     pub proto: Option<u8>,
     pub dport: Option<(u16, u16)>,
+    /// The ingress interface's ifindex.
+    pub iface: Option<u32>,
     /// (address, port; None = any port of it)
     pub real: Option<(Addr, Option<u16>)>,
+    /// Its matches are counted here (a rule before every `--real` rule is
+    /// counted by the XDP program, which evaluated it first).
+    pub count: bool,
     pub counter: std::sync::Arc<RuleCounter>,
 }
 
@@ -176,24 +202,30 @@ pub struct UserFilter {
 }
 
 /// A new connection's fields the rules look at.
-pub struct Candidate<'a> {
+pub struct Candidate {
     pub proto: u8,
     pub src: Addr,
     pub dst: Addr,
     pub dport: u16,
-    pub server: &'a Server,
+    pub server_addr: Addr,
     /// The port the connection goes to on the server.
     pub real_port: u16,
     pub len: u32,
+    /// The ifindex the packet came in on (0: unknown, as for a connection
+    /// already made: interface rules then do not match).
+    pub ingress: u32,
 }
 
 impl Rule {
     /// Whether the rule's header fields match (its real server aside).
-    pub fn matches_header(&self, proto: u8, src: Addr, dst: Addr, dport: u16) -> bool {
-        self.src.as_ref().is_none_or(|p| p.contains(src))
-            && self.dst.as_ref().is_none_or(|p| p.contains(dst))
-            && self.proto.is_none_or(|p| p == proto)
-            && self.dport.is_none_or(|(lo, hi)| lo <= dport && dport <= hi)
+    pub fn matches_header(&self, c: &Candidate) -> bool {
+        self.src.as_ref().is_none_or(|p| p.contains(c.src))
+            && self.dst.as_ref().is_none_or(|p| p.contains(c.dst))
+            && self.proto.is_none_or(|p| p == c.proto)
+            && self
+                .dport
+                .is_none_or(|(lo, hi)| lo <= c.dport && c.dport <= hi)
+            && self.iface.is_none_or(|i| i == c.ingress)
     }
 
     pub fn matches_real(&self, addr: Addr, port: u16) -> bool {
@@ -203,19 +235,26 @@ impl Rule {
 }
 
 impl UserFilter {
-    /// Whether the connection may be made; the first matching rule decides
-    /// and counts it.
+    /// The rule that decides for the connection, if any: the first that
+    /// matches.
+    pub fn decide(&self, c: &Candidate) -> Option<&Rule> {
+        self.rules
+            .iter()
+            .find(|r| r.matches_header(c) && r.matches_real(c.server_addr, c.real_port))
+    }
+
+    /// Whether the connection may be made; the deciding rule counts it.
     pub fn admits(&self, c: &Candidate) -> bool {
-        for r in &self.rules {
-            if r.matches_header(c.proto, c.src, c.dst, c.dport)
-                && r.matches_real(c.server.addr, c.real_port)
-            {
-                r.counter.packets.fetch_add(1, Relaxed);
-                r.counter.bytes.fetch_add(u64::from(c.len), Relaxed);
-                return r.action == FilterAction::Accept;
+        match self.decide(c) {
+            Some(r) => {
+                if r.count {
+                    r.counter.packets.fetch_add(1, Relaxed);
+                    r.counter.bytes.fetch_add(u64::from(c.len), Relaxed);
+                }
+                r.action == FilterAction::Accept
             }
+            None => true,
         }
-        true
     }
 }
 
@@ -232,7 +271,7 @@ mod tests {
     fn prefixes_merge_and_find() {
         let c = cidr_list("10.0.0.0/9,10.128.0.0/9,192.0.2.0/24,2001:db8::/32").unwrap();
         let p = Prefixes::new(&c);
-        assert_eq!(p.ranges.len(), 3, "the two /9s merge");
+        assert_eq!(p.v4.len() + p.v6.len(), 3, "the two /9s merge");
         for (x, want) in [
             ("10.200.1.1", true),
             ("11.0.0.0", false),
@@ -247,6 +286,10 @@ mod tests {
         let all4 = Prefixes::new(&cidr_list("0.0.0.0/0").unwrap());
         assert!(all4.contains(a("203.0.113.9")));
         assert!(!all4.contains(a("2001:db8::1")));
+        // An IPv6 prefix over the mapped range holds no IPv4 client.
+        let v6 = Prefixes::new(&cidr_list("::/8,::ffff:0:0/96").unwrap());
+        assert!(!v6.contains(a("10.1.2.3")));
+        assert!(v6.contains(a("::1")));
     }
 
     #[test]
@@ -264,6 +307,7 @@ mod tests {
             ("11.0.0.1", false),
         ] {
             assert_eq!(l.admits(a(x)), want, "{x}");
+            assert!(!l.admits(a("2001:db8::1")), "an allow list of IPv4 only");
             assert_eq!(p.admits(x.parse().unwrap()), want, "proto's rule: {x}");
         }
     }

@@ -205,7 +205,15 @@ pub fn forward(
             return Ok(time_exceeded(pkt.v6));
         }
         None => (
-            new_conn(&pkt, now, t.now_ns, f.len() as u32, services, t.conntrack)?,
+            new_conn(
+                &pkt,
+                now,
+                t.now_ns,
+                f.len() as u32,
+                meta.ingress,
+                services,
+                t.conntrack,
+            )?,
             Dir::Original,
         ),
     };
@@ -214,6 +222,7 @@ pub fn forward(
         vip: Some(conn.vip()),
         real: Some(conn.real()),
         class: conn.server.class,
+        ingress: meta.ingress,
     };
     if conn.needs_reply_steering() {
         fx.steer_replies = Some(conn.clone());
@@ -484,6 +493,7 @@ fn new_conn(
     now: u32,
     now_ns: u64,
     len: u32,
+    ingress: u32,
     services: &ServiceTable,
     ct: &Conntrack,
 ) -> Result<Arc<Conn>, Drop> {
@@ -531,9 +541,10 @@ fn new_conn(
             src: k.src,
             dst: k.dst,
             dport: k.dport,
-            server,
+            server_addr: server.addr,
             real_port,
             len,
+            ingress,
         };
         if !f.admits(&c) {
             return refuse(Drop::Filtered);
@@ -754,7 +765,7 @@ mod tests {
             frag: None,
             v6: false,
         };
-        let c = new_conn(&pkt, 0, 0, 60, &table, &ct).unwrap();
+        let c = new_conn(&pkt, 0, 0, 60, 0, &table, &ct).unwrap();
         assert_eq!(c.template.as_ref().unwrap().conns.load(Relaxed), 1);
         // Past the persistence timeout, but the handshake lives (60 s).
         assert_eq!(p.sweep(50), 1);

@@ -19,7 +19,7 @@
 
 use crate::addr::Addr;
 use crate::pipeline::checksum;
-use crate::pipeline::conntrack::Conn;
+use crate::pipeline::conntrack::{Conn, Dir};
 use crate::wire::{self, ETH_HLEN, TCP_ACK, TCP_SYN};
 use lvc_proto::ProxyProtocol;
 
@@ -87,6 +87,14 @@ fn after(x: u32, first: u32) -> bool {
     (x.wrapping_sub(first) as i32) > 0
 }
 
+/// Whether the client's stream is far past its first byte (a GiB on):
+/// sequence numbers then no longer compare with the first byte (they wrap
+/// at 4 GiB), and every segment and acknowledgement is past the header.
+fn long(c: &Conn, first: u32) -> bool {
+    let end = c.seq_next(Dir::Original);
+    end != 0 && end.wrapping_sub(first) >= 1 << 30
+}
+
 /// The TCP header's offset, its length, and the payload's length.
 fn tcp_at(f: &[u8], l4: usize) -> Option<(usize, usize)> {
     let ip = wire::Ip::of(f, ETH_HLEN);
@@ -145,18 +153,23 @@ fn options(f: &[u8], l4: usize, thl: usize) -> impl Iterator<Item = (u8, usize, 
 pub fn to_server(f: &mut [u8], l4: usize, c: &Conn, v: ProxyProtocol) -> Option<Insert> {
     let (thl, payload) = tcp_at(f, l4)?;
     let flags = f[l4 + 13];
+    let seq = wire::be32(f, l4 + 4);
+    if flags & TCP_SYN != 0 {
+        if flags & TCP_ACK == 0 {
+            // (A new handshake on a reused connection starts over.)
+            c.restart_proxy(seq.wrapping_add(1));
+        }
+        return None;
+    }
     let first = c.first_byte();
     let mut hdr = header(c, v);
     let d = hdr.len as u32;
-    if flags & TCP_SYN != 0 {
-        return None;
-    }
-    let seq = wire::be32(f, l4 + 4);
-    if seq == first && (payload > 0 || flags & wire::TCP_FIN != 0) {
+    let long = long(c, first);
+    if !long && seq == first && (payload > 0 || flags & wire::TCP_FIN != 0) {
         hdr.at = l4 + thl;
         return Some(hdr);
     }
-    if after(seq, first) {
+    if long || after(seq, first) {
         set32(f, l4, 4, seq.wrapping_add(d));
     }
     None
@@ -171,6 +184,7 @@ pub fn to_client(f: &mut [u8], l4: usize, c: &Conn, v: ProxyProtocol) {
     };
     let first = c.first_byte();
     let d = shift(c, v);
+    let long = long(c, first);
     if f[l4 + 13] & TCP_SYN != 0 {
         // The client sends at most the MSS the server offers: less by the
         // header, so the first segment still fits once it carries it.
@@ -181,7 +195,9 @@ pub fn to_client(f: &mut [u8], l4: usize, c: &Conn, v: ProxyProtocol) {
         }
     }
     let back = |x: u32| {
-        if !after(x, first) {
+        if long {
+            x.wrapping_sub(d)
+        } else if !after(x, first) {
             x
         } else if x.wrapping_sub(first) >= d {
             x.wrapping_sub(d)
@@ -210,11 +226,14 @@ pub fn to_client(f: &mut [u8], l4: usize, c: &Conn, v: ProxyProtocol) {
     }
 }
 
-/// Inserts `ins` into the frame (`len` bytes of packet, the frame already
-/// `len + ins.len` long): the payload moves on, the IP length grows, and
-/// the IP and TCP checksums are computed again.
-pub fn insert(f: &mut [u8], len: usize, ins: &Insert) {
+/// Inserts `ins` into the frame (the frame already grown by `ins.len`):
+/// the payload moves on, the IP length grows, and the IP and TCP checksums
+/// are computed again. Returns the frame's new length (without the
+/// Ethernet padding a short frame came with).
+pub fn insert(f: &mut [u8], ins: &Insert) -> usize {
     let n = ins.len;
+    // The packet ends where its IP header says (padding is no payload).
+    let len = ETH_HLEN + wire::Ip::of(&*f, ETH_HLEN).len();
     f.copy_within(ins.at..len, ins.at + n);
     f[ins.at..ins.at + n].copy_from_slice(&ins.bytes[..n]);
     let v6 = wire::is_v6(f);
@@ -254,6 +273,7 @@ pub fn insert(f: &mut [u8], len: usize, ins: &Insert) {
     };
     let c = checksum::combine(&[p, &f[l4..end]]);
     wire::put16(f, l4 + 16, c);
+    end
 }
 
 #[cfg(test)]
@@ -371,7 +391,7 @@ mod tests {
             let ins = to_server(&mut f, 34, &c, ProxyProtocol::V1).expect("an insert");
             let len = f.len();
             f.resize(len + ins.len, 0);
-            insert(&mut f, len, &ins);
+            assert_eq!(insert(&mut f, &ins), len + ins.len);
             assert!(tcp_ok(&f), "checksums after the insert");
             assert_eq!(
                 &f[54..],
@@ -407,5 +427,38 @@ mod tests {
         assert_eq!(wire::be16(&f, 54 + 2), 1460 - d as u16);
         assert_eq!(wire::be32(&f, 42), 1000);
         assert!(tcp_ok(&f));
+    }
+
+    #[test]
+    fn long_streams_short_frames_and_reused_connections() {
+        let c = conn("10.1.0.2", "10.9.0.10");
+        let d = shift(&c, ProxyProtocol::V1);
+        // A FIN-only first segment in a frame padded to 60 bytes: the
+        // header goes in, the padding stays out.
+        let mut f = segment(TCP_ACK | wire::TCP_FIN, 1000, 77, &[], &[]);
+        f.resize(60, 0);
+        let ins = to_server(&mut f, 34, &c, ProxyProtocol::V1).expect("an insert");
+        f.resize(60 + ins.len, 0);
+        let n = insert(&mut f, &ins);
+        assert_eq!(n, 54 + ins.len);
+        f.truncate(n);
+        assert!(tcp_ok(&f));
+        // 3 GiB on, sequence numbers no longer compare with the first
+        // byte; every segment is past the header all the same.
+        let far = 1000u32.wrapping_add(3 << 30);
+        c.saw_seq(Dir::Original, far);
+        let mut f = segment(TCP_ACK, far, 77, &[], b"x");
+        assert!(to_server(&mut f, 34, &c, ProxyProtocol::V1).is_none());
+        assert_eq!(wire::be32(&f, 38), far.wrapping_add(d));
+        let mut f = segment(TCP_ACK, 77, far.wrapping_add(d), &[], &[]);
+        to_client(&mut f, 34, &c, ProxyProtocol::V1);
+        assert_eq!(wire::be32(&f, 42), far);
+        // A new handshake on the same addresses: its first byte counts.
+        let c = conn("10.1.0.2", "10.9.0.10");
+        let mut f = segment(TCP_SYN, 5000, 0, &[], &[]);
+        assert!(to_server(&mut f, 34, &c, ProxyProtocol::V1).is_none());
+        assert_eq!(c.first_byte(), 5001);
+        let mut f = segment(TCP_ACK, 5001, 77, &[], b"hi");
+        assert!(to_server(&mut f, 34, &c, ProxyProtocol::V1).is_some());
     }
 }

@@ -24,6 +24,9 @@ pub struct FlowMeta {
     /// The connection's client class ([`lvc_proto::Clients::tag`]; 0:
     /// the service without one).
     pub class: u64,
+    /// The ifindex the frame came in on (set by the worker before the
+    /// pipeline runs; 0: unknown).
+    pub ingress: u32,
 }
 
 /// The header fields filters look at.
@@ -324,6 +327,7 @@ mod tests {
             vip: Some(vip),
             real: Some(real),
             class: 0,
+            ingress: 0,
         };
         assert_eq!(c.classify(&f, &h, &meta(rs1)), Some((0, 1)));
         assert_eq!(c.classify(&f, &h, &meta(rs2)), Some((1, 2)));

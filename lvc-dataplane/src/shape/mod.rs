@@ -255,7 +255,8 @@ impl ShapeTable {
                 k.proto.number() == proto
                     && Addr::from(k.vip) == vip.0
                     && k.ports.contains(vip.1)
-                    && k.from.tag() == class
+                    && (class == 0) == k.from.is_empty()
+                    && (class == 0 || k.from.tag() == class)
             })
             .map(|(_, p)| &**p)
     }

@@ -61,6 +61,7 @@ struct l4_ports {
 #define UDP_HLEN 8
 
 #define IP_MF 0x2000
+#define IPPROTO_ICMPV6_HDR 58
 #define IP_OFFSET 0x1fff
 
 // Keep in sync with `Stat` in lib.rs.
@@ -507,12 +508,16 @@ static __always_inline struct filter_conf *filtering(void)
 	return NULL;
 }
 
+// IPv6 prefixes live in the scope with this bit set: an IPv6 prefix such
+// as ::/8 must never hold an IPv4 (mapped) address, nor the reverse.
+#define ACL_SCOPE_V6 0x80000000u
+
 // The longest `acl` prefix of `scope` holding addr (as in keys), or NULL.
 static __always_inline __u64 *acl_match(__u32 scope, __u8 family, const __u32 *addr)
 {
 	struct acl_key k = {};
 	k.prefixlen = 32 + 128;
-	k.scope = scope;
+	k.scope = family == LVC_AF_INET6 ? scope | ACL_SCOPE_V6 : scope;
 	if (family == LVC_AF_INET) {
 		k.addr[2] = bpf_htonl(0xffff);
 		k.addr[3] = addr[0];
@@ -523,15 +528,20 @@ static __always_inline __u64 *acl_match(__u32 scope, __u8 family, const __u32 *a
 }
 
 // The filter's verdict on a packet to a VIP address: 1 to drop it. `dport`
-// in host order (has_port 0: none, as in a later fragment); `svc`: its
-// service, NULL if none is known (ICMP, a later fragment). The global
-// rules go first, in order, the first that matches deciding (a `--real`
-// rule ends the walk here: lvc decides when it schedules the connection);
-// then the service's allow/deny lists. Drops are counted per rule and per
-// service.
+// in host order (has_port 0: none, as in a later fragment, which a port
+// rule is taken to match: its datagram's first fragment decided, and lvc
+// forwards a later fragment only after a first one it forwarded); `svc`:
+// its service, NULL if none is known (ICMP, a later fragment); `icmp`: an
+// ICMP/ICMPv6 packet, which only rules naming its protocol look at (a
+// plain source rule must not break neighbour discovery or path MTU
+// errors). The global rules go first, in order, the first that matches
+// deciding (a `--real` rule ends the walk here: lvc decides when it
+// schedules the connection); then the service's allow/deny lists. Drops
+// are counted per rule and per service.
 static __always_inline int filter_drop(struct xdp_md *ctx, struct filter_conf *fc, __u8 family,
 				       __u8 proto, const __u32 *saddr, const __u32 *daddr,
-				       __u16 dport, int has_port, const struct service_value *svc)
+				       __u16 dport, int has_port, int icmp,
+				       const struct service_value *svc)
 {
 	__u64 len = (__u64)(ctx->data_end - ctx->data);
 	int drop = 0;
@@ -558,10 +568,10 @@ static __always_inline int filter_drop(struct xdp_md *ctx, struct filter_conf *f
 			struct filter_rule *r = bpf_map_lookup_elem(&frules, &slot);
 			if (!r)
 				continue;
-			if ((r->flags & FR_PROTO) && r->proto != proto)
+			if ((r->flags & FR_PROTO) ? r->proto != proto : icmp)
 				continue;
-			if ((r->flags & FR_DPORT) &&
-			    (!has_port || dport < r->dport_lo || dport > r->dport_hi))
+			if ((r->flags & FR_DPORT) && has_port &&
+			    (dport < r->dport_lo || dport > r->dport_hi))
 				continue;
 			if ((r->flags & FR_IFACE) && r->ifindex != ctx->ingress_ifindex)
 				continue;
@@ -608,7 +618,7 @@ static __always_inline int filter_l4(struct xdp_md *ctx, __u8 family, __u8 proto
 	struct service_value sv;
 	if (!find_service(family, proto, daddr, dport, &sv))
 		return 0;
-	return filter_drop(ctx, fc, family, proto, saddr, daddr, bpf_ntohs(dport), 1, &sv);
+	return filter_drop(ctx, fc, family, proto, saddr, daddr, bpf_ntohs(dport), 1, 0, &sv);
 }
 
 // The filter for a packet to a VIP address without a service or ports
@@ -628,7 +638,8 @@ static __always_inline int filter_addr(struct xdp_md *ctx, __u8 family, __u8 pro
 		if (!bpf_map_lookup_elem(&fragvips, &vip))
 			return 0;
 	}
-	return filter_drop(ctx, fc, family, proto, saddr, daddr, 0, 0, NULL);
+	int icmp = proto == IPPROTO_ICMP || proto == IPPROTO_ICMPV6_HDR;
+	return filter_drop(ctx, fc, family, proto, saddr, daddr, 0, 0, icmp, NULL);
 }
 
 // The 64-bit hash of a flow key, over its ten 32-bit words as they lie in
@@ -745,7 +756,6 @@ static __always_inline int icmp_error(struct xdp_md *ctx, struct iphdr *ip, __u3
 }
 
 #define IPPROTO_FRAGMENT_HDR 44
-#define IPPROTO_ICMPV6_HDR 58
 #define ICMPV6_DEST_UNREACH 1
 #define ICMPV6_PKT_TOOBIG 2
 #define ICMPV6_TIME_EXCEED 3
