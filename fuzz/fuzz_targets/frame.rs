@@ -10,16 +10,18 @@ use libfuzzer_sys::fuzz_target;
 use lvc_dataplane::addr::Addr;
 use lvc_dataplane::net::route::{Link, Route, RouteTable};
 use lvc_dataplane::pipeline::conntrack::Conntrack;
+use lvc_dataplane::pipeline::filter::{ConnRate, Lists};
 use lvc_dataplane::pipeline::parse::parse;
 use lvc_dataplane::pipeline::schedule::{SchedState, Server};
 use lvc_dataplane::pipeline::services::{Persistence, Service, ServiceTable};
 use lvc_dataplane::pipeline::snat::SnatPool;
 use lvc_dataplane::pipeline::{
-    Decision, Effects, Tables, forward, icmp, icmp_reply, rewrite, tunnel,
+    Decision, Effects, Tables, forward, icmp, icmp_reply, proxy, rewrite, tunnel,
 };
 use lvc_dataplane::shape::ShapeTable;
 use lvc_dataplane::shape::classify::FlowMeta;
-use lvc_proto::{Method, Scheduler};
+use lvc_proto::filter::{Policy, cidr_list};
+use lvc_proto::{Method, ProxyProtocol, Scheduler};
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -56,6 +58,22 @@ impl Lab {
         };
         let scheduler = Scheduler::ALL[usize::from(pick >> 4) % Scheduler::ALL.len()];
         let persistent = pick & 0x40 != 0;
+        // A PROXY protocol header for nat/fullnat servers, a rate limit and
+        // allow/deny lists, by the configuration byte.
+        let proxy = if pick & 0x80 != 0 && matches!(method, Method::Nat | Method::Fullnat) {
+            if pick & 0x01 != 0 {
+                ProxyProtocol::V1
+            } else {
+                ProxyProtocol::V2
+            }
+        } else {
+            ProxyProtocol::Off
+        };
+        let policy = Policy {
+            allow: cidr_list(if v6 { "fd00:1::/64" } else { "10.1.0.0/24" }).expect("prefixes"),
+            deny: cidr_list(if v6 { "fd00:1::9/128" } else { "10.1.0.9/32" }).expect("prefixes"),
+            ..Policy::default()
+        };
         let every_port = pick & 0x80 != 0;
         let (vip, rips, pool) = if v6 {
             ("fd00:9::10", ["fd00:2::11", "fd00:2::12"], "fd00:2::1")
@@ -80,6 +98,8 @@ impl Lab {
                     service: Arc::default(),
                     health: Arc::default(),
                     limits: Default::default(),
+                    proxy,
+                    class: 0,
                 })
             })
             .collect();
@@ -96,6 +116,9 @@ impl Lab {
                 persistence: persistent.then(|| Persistence::new(60, if v6 { 64 } else { 24 })),
                 sorry: None,
                 sloppy: pick & 0x20 != 0,
+                lists: (pick & 0x02 != 0).then(|| Lists::new(&policy)).flatten(),
+                conn_rate: (pick & 0x04 != 0).then(|| Arc::new(ConnRate::new(50, 5))),
+                class: 0,
             })
         };
         let services = ServiceTable::new([svc("tcp"), svc("udp")])
@@ -189,12 +212,15 @@ fuzz_target!(|data: &[u8]| {
         }
         let t = lab.tables(&ports, now);
         let mut f = bytes.to_vec();
-        let d = forward(
-            &mut f,
-            &t,
-            &mut FlowMeta::default(),
-            &mut Effects::default(),
-        );
+        let mut fx = Effects::default();
+        let d = forward(&mut f, &t, &mut FlowMeta::default(), &mut fx);
+        // A PROXY protocol header goes in as the worker puts it.
+        if let (Some(ins), Ok(Decision::Send(_) | Decision::Fragment(..))) = (fx.proxy_insert, &d) {
+            let len = f.len();
+            f.resize(len + ins.len, 0);
+            let n = proxy::insert(&mut f, &ins);
+            f.truncate(n);
+        }
         match d {
             Ok(Decision::Send(_)) => sent(&f, "forward"),
             Ok(Decision::Icmp(what)) => {

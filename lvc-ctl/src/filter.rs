@@ -60,6 +60,10 @@ pub enum FilterCmd {
     /// drop costs. A rule with --real is evaluated when a connection is
     /// scheduled (the real server chosen is what it matches), and adding a
     /// drop rule with --real ends the established connections it matches.
+    /// ICMP and ICMPv6 packets to a VIP meet only the rules that name their
+    /// protocol (--proto icmp|icmpv6), so a source rule never breaks
+    /// neighbour discovery or path MTU errors; a later fragment, which
+    /// carries no port, meets port rules as its first fragment did.
     Add {
         /// The rule's place: lower prios are looked at first; also its name
         /// for `filter del`.
