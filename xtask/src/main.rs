@@ -142,6 +142,7 @@ fn test(extra: &[String]) -> Result {
         "-D",
         "warnings",
     ]))?;
+    deny()?;
     sh(cargo().args(["build", "--workspace", "--bins"]))?;
     // Two test threads: the privileged tests each build a namespace lab and
     // run a dataplane; more at once only contend for this machine's 2 cores.
@@ -171,6 +172,34 @@ fn test(extra: &[String]) -> Result {
     }
     // A smoke run of every fuzz target (`cargo xtask fuzz` for longer).
     fuzz::fuzz(&["--seconds".into(), "15".into()])
+}
+
+/// The cargo-deny release `deny` installs when it is missing.
+const CARGO_DENY: &str = "0.20.2";
+
+/// `cargo deny` (deny.toml): licences, bans and sources always; advisories
+/// against RustSec's database when it can be fetched (it lives on GitHub:
+/// a machine that cannot reach it says so, loudly, and goes on).
+fn deny() -> Result {
+    let have = cargo()
+        .args(["deny", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        sh(cargo().args(["install", "cargo-deny", "--locked", "--version", CARGO_DENY]))?;
+    }
+    sh(cargo().args(["deny", "check", "licenses", "bans", "sources"]))?;
+    if sh(cargo().args(["deny", "fetch"])).is_ok() {
+        sh(cargo().args(["deny", "check", "--disable-fetch", "advisories"]))
+    } else {
+        eprintln!(
+            "xtask: WARNING: cargo deny could not fetch the RustSec advisory database \
+             (github.com/rustsec/advisory-db): advisories NOT checked on this machine"
+        );
+        Ok(())
+    }
 }
 
 /// Test counts summed over test binaries.
