@@ -6,7 +6,7 @@
 use super::{Control, err};
 use crate::addr::Addr;
 use crate::io::steer::{AclEntry, Steering};
-use crate::pipeline::filter::{Candidate, Prefixes, Rule, RuleCounter, UserFilter};
+use crate::pipeline::filter::{Candidate, Prefixes, Rule, RuleCounter, UserFilter, wide};
 use lvc_ebpf::{
     ACL_SCOPE_DST, ACL_SCOPE_SRC, AclData, FR_ACCEPT, FR_DPORT, FR_DROP, FR_IFACE, FR_PROTO,
     FR_USERSPACE, FilterOrder, FilterRuleValue, MAX_RULES,
@@ -268,14 +268,6 @@ fn uses(r: &FilterRule, set: &str) -> bool {
 
 fn no_set(name: &str) -> ErrorReply {
     err(ErrorCode::NotFound, format!("set @{name} does not exist"))
-}
-
-/// A prefix in the 128-bit form (IPv4 mapped): first address, length.
-fn wide(c: &Cidr) -> (u128, u32) {
-    match c.addr {
-        IpAddr::V4(a) => (u128::from(a.to_ipv6_mapped()), 96 + u32::from(c.len)),
-        IpAddr::V6(a) => (u128::from(a), u32::from(c.len)),
-    }
 }
 
 /// The `acl` entries of `scope` for (prefix, length, rule bit) items: each

@@ -8,16 +8,18 @@
 
 use crate::addr::Addr;
 use lvc_proto::filter::{Cidr, FilterAction, Policy};
-use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// An address prefix as an inclusive range of [`Addr`]'s 128-bit form
-/// (IPv4 mapped).
+/// A prefix in [`Addr`]'s 128-bit form (IPv4 mapped): its first address
+/// and its length in that form.
+pub fn wide(c: &Cidr) -> (u128, u32) {
+    let bits = u32::from(c.len) + if c.addr.is_ipv4() { 96 } else { 0 };
+    (key(Addr::from(c.addr)), bits)
+}
+
+/// An address prefix as an inclusive range of the 128-bit form.
 fn range(c: &Cidr) -> (u128, u128) {
-    let (a, bits) = match c.addr {
-        IpAddr::V4(a) => (u128::from(a.to_ipv6_mapped()), 96 + u32::from(c.len)),
-        IpAddr::V6(a) => (u128::from(a), u32::from(c.len)),
-    };
+    let (a, bits) = wide(c);
     let host = u128::MAX.checked_shr(bits).unwrap_or(0);
     (a & !host, a | host)
 }
@@ -86,8 +88,7 @@ impl Lists {
             (p.allow.iter().map(|c| (c, true))).chain(p.deny.iter().map(|c| (c, false)))
         {
             let v6 = c.addr.is_ipv6();
-            let len = u32::from(c.len) + if v6 { 0 } else { 96 };
-            let (lo, _) = range(c);
+            let (lo, len) = wide(c);
             match by_len.iter_mut().find(|e| e.0 == v6 && e.1 == len) {
                 Some(e) => {
                     // (Equal prefixes in both lists are refused; deny wins.)
@@ -262,6 +263,7 @@ impl UserFilter {
 mod tests {
     use super::*;
     use lvc_proto::filter::cidr_list;
+    use std::net::IpAddr;
 
     fn a(s: &str) -> Addr {
         s.parse::<IpAddr>().unwrap().into()

@@ -608,15 +608,19 @@ static __always_inline int filter_drop(struct xdp_md *ctx, struct filter_conf *f
 }
 
 // The filter for a TCP/UDP packet (first fragment or whole) to a VIP
-// service: 1 to drop. Addresses as in keys, port in network order.
+// service: 1 to drop. Addresses as in keys, port in network order. `*vip`
+// learns whether the destination is a service (1 or 0) when the filter
+// had to find out; it stays -1 (unknown) when nothing is filtered.
 static __always_inline int filter_l4(struct xdp_md *ctx, __u8 family, __u8 proto,
-				     const __u32 *saddr, const __u32 *daddr, __be16 dport)
+				     const __u32 *saddr, const __u32 *daddr, __be16 dport,
+				     int *vip)
 {
 	struct filter_conf *fc = filtering();
 	if (!fc)
 		return 0;
 	struct service_value sv;
-	if (!find_service(family, proto, daddr, dport, &sv))
+	*vip = find_service(family, proto, daddr, dport, &sv);
+	if (!*vip)
 		return 0;
 	return filter_drop(ctx, fc, family, proto, saddr, daddr, bpf_ntohs(dport), 1, 0, &sv);
 }
@@ -813,7 +817,8 @@ static __always_inline int steer_fragment(struct xdp_md *ctx, __u8 family, __u8 
 	vip.pad[0] = proto;
 	__builtin_memcpy(vip.addr, daddr, sizeof(vip.addr));
 	if (bpf_map_lookup_elem(&fragvips, &vip)) {
-		if (ports ? filter_l4(ctx, family, proto, saddr, daddr, ports->dest)
+		int vip = -1;
+		if (ports ? filter_l4(ctx, family, proto, saddr, daddr, ports->dest, &vip)
 			  : filter_addr(ctx, family, proto, saddr, daddr))
 			return XDP_DROP;
 		return to_socket(ctx, STAT_REDIRECT_VIP);
@@ -1145,12 +1150,15 @@ static __always_inline int flow_v6(struct xdp_md *ctx, struct ethhdr *eth, struc
 
 // The decision for a TCP/UDP packet of either family (addresses as in
 // keys): a VIP, a fullnat pool address, or the reply of a tracked nat
-// connection goes to lvc.
+// connection goes to lvc. `vip`: whether the destination is a service,
+// if the filter found out already (-1: not known yet).
 static __always_inline int steer_l4(struct xdp_md *ctx, __u8 family, __u8 proto,
 				    const __u32 *saddr, const __u32 *daddr,
-				    const struct l4_ports *ports)
+				    const struct l4_ports *ports, int vip)
 {
-	if (is_vip(family, proto, daddr, ports->dest))
+	if (vip < 0)
+		vip = is_vip(family, proto, daddr, ports->dest);
+	if (vip)
 		return to_socket(ctx, STAT_REDIRECT_VIP);
 
 	struct addr_key dst = {};
@@ -1208,12 +1216,13 @@ static __always_inline int try_ipv6(struct xdp_md *ctx, struct ethhdr *eth, stru
 	if (bpf_ntohs(ip6->payload_len) < l4_min)
 		return pass(STAT_PASS_MALFORMED);
 
-	if (filter_l4(ctx, LVC_AF_INET6, ip6->nexthdr, saddr, daddr, ports->dest))
+	int vip = -1;
+	if (filter_l4(ctx, LVC_AF_INET6, ip6->nexthdr, saddr, daddr, ports->dest, &vip))
 		return XDP_DROP;
 	int act;
 	if (flow_v6(ctx, eth, ip6, ports, data_end, &act))
 		return act;
-	return steer_l4(ctx, LVC_AF_INET6, ip6->nexthdr, saddr, daddr, ports);
+	return steer_l4(ctx, LVC_AF_INET6, ip6->nexthdr, saddr, daddr, ports, vip);
 }
 
 static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
@@ -1269,12 +1278,13 @@ static __always_inline int try_lvc_xdp(struct xdp_md *ctx)
 	if (bpf_ntohs(ip->tot_len) < ihl + l4_min)
 		return pass(STAT_PASS_MALFORMED);
 
-	if (filter_l4(ctx, LVC_AF_INET, ip->protocol, saddr, daddr, ports->dest))
+	int vip = -1;
+	if (filter_l4(ctx, LVC_AF_INET, ip->protocol, saddr, daddr, ports->dest, &vip))
 		return XDP_DROP;
 	int act;
 	if (flow_v4(ctx, eth, ip, ports, data_end, &act))
 		return act;
-	return steer_l4(ctx, LVC_AF_INET, ip->protocol, saddr, daddr, ports);
+	return steer_l4(ctx, LVC_AF_INET, ip->protocol, saddr, daddr, ports, vip);
 }
 
 SEC("xdp")
