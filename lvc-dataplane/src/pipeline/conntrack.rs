@@ -490,6 +490,16 @@ impl Conn {
             {
                 Ok(_) => {
                     let old = State::from_u8(cur);
+                    if matches!(old, State::TimeWait | State::Close)
+                        && matches!(next, State::SynSent | State::SynRecv)
+                    {
+                        // The addresses reused by a new handshake: a new
+                        // stream, which must show again that it is worth
+                        // an offload (a short connection reusing a busy
+                        // one's ports would otherwise be put into the XDP
+                        // map, and taken out again, for nothing).
+                        self.seen.store(1, Relaxed);
+                    }
                     if old.is_active() != next.is_active() {
                         let st = &self.server.stats;
                         if next.is_active() {
@@ -1737,6 +1747,34 @@ mod tests {
             names.join(" "),
             "SYN_SENT SYN_RECV ESTABLISHED FIN_WAIT CLOSE_WAIT TIME_WAIT CLOSE"
         );
+    }
+
+    /// A short connection that reuses the ports of one that carried many
+    /// packets must earn its offload itself.
+    #[test]
+    fn a_reused_tuple_starts_its_offload_count_over() {
+        let ct = Conntrack::new(10);
+        let s = server(Method::Nat);
+        let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+        ct.touch(&c, 1, Dir::Original, TCP_SYN, Seg::default());
+        ct.touch(&c, 1, Dir::Reply, TCP_SYN | TCP_ACK, Seg::default());
+        for _ in 0..OFFLOAD_AFTER {
+            ct.touch(&c, 1, Dir::Original, TCP_ACK, Seg::default());
+        }
+        assert!(c.offload_ready());
+        ct.touch(&c, 1, Dir::Original, TCP_FIN | TCP_ACK, Seg::default());
+        ct.touch(&c, 1, Dir::Reply, TCP_FIN | TCP_ACK, Seg::default());
+        ct.touch(&c, 1, Dir::Original, TCP_ACK, Seg::default());
+        assert_eq!(c.state(), State::TimeWait);
+        ct.touch(&c, 2, Dir::Original, TCP_SYN, Seg::default());
+        ct.touch(&c, 2, Dir::Reply, TCP_SYN | TCP_ACK, Seg::default());
+        ct.touch(&c, 2, Dir::Original, TCP_ACK, Seg::default());
+        assert_eq!(c.state(), State::Established);
+        assert!(!c.offload_ready(), "3 packets of a new stream");
+        for _ in 3..OFFLOAD_AFTER {
+            ct.touch(&c, 2, Dir::Original, TCP_ACK, Seg::default());
+        }
+        assert!(c.offload_ready());
     }
 
     /// The expiry wheel against a naive model: random connections, random
