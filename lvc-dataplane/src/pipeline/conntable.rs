@@ -35,17 +35,40 @@ fn key_of(conn: &Conn, dir: Dir) -> FlowKey {
 struct Half {
     dir: Dir,
     shards: Box<[RwLock<HashTable<Arc<Conn>>>]>,
+    /// The connections a shard is sized for (its share of the capacity).
+    per_shard: usize,
+    /// What a shard sized so holds before it must grow or rehash.
+    fresh_capacity: usize,
 }
 
 impl Half {
     fn new(dir: Dir, capacity: usize) -> Self {
         let per_shard = capacity.div_ceil(SHARDS);
+        let shards: Box<[_]> = (0..SHARDS)
+            .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
+            .collect();
+        let fresh_capacity = shards[0].read().map_or(per_shard, |t| t.capacity());
         Self {
             dir,
-            shards: (0..SHARDS)
-                .map(|_| RwLock::new(HashTable::with_capacity(per_shard)))
-                .collect(),
+            shards,
+            per_shard,
+            fresh_capacity,
         }
+    }
+
+    /// Whether `shard`, out of room for one more key, is so only because
+    /// removed keys left tombstones: it then holds no more than a fresh
+    /// shard takes with a good margin.
+    ///
+    /// hashbrown clears tombstones in place only in a table at most half
+    /// full and otherwise doubles it; a shard sized for its share is more
+    /// than half full at capacity, so the churn of a full table (a flood of
+    /// new flows, every UDP flow expiring) would double every shard, one
+    /// after the other, and the index's memory with them (+37 MiB at 1M
+    /// connections, in steps, for nothing). [`ConnTable::file`] rebuilds
+    /// such a shard at its size instead.
+    fn worn(&self, shard: &HashTable<Arc<Conn>>) -> bool {
+        shard.len() == shard.capacity() && shard.len() < self.fresh_capacity * 7 / 8
     }
 
     /// The shard of a hash: bits the tables' bucket index (low bits) and
@@ -132,8 +155,17 @@ impl ConnTable {
             Some(old) => return Inserted::Exists(old.clone()),
             None => {
                 // (Sized for the table's capacity, a shard grows only when
-                // fuller than its share, and rehashes in place now and then
-                // to clear removed slots: both read its connections.)
+                // much fuller than its share, and is rebuilt at its size
+                // now and then to clear removed slots: both read its
+                // connections.)
+                if half.worn(&shard) {
+                    let mut fresh = HashTable::with_capacity(half.per_shard.max(shard.len() + 1));
+                    for c in shard.drain() {
+                        let ch = self.hash(&key_of(&c, dir));
+                        fresh.insert_unique(ch, c, |x| self.hash(&key_of(x, dir)));
+                    }
+                    *shard = fresh;
+                }
                 shard.insert_unique(h, conn.clone(), |c| self.hash(&key_of(c, dir)));
             }
         }
@@ -154,6 +186,16 @@ impl ConnTable {
             }
             _ => false,
         }
+    }
+
+    /// Keys both halves hold before any shard must grow or rehash.
+    #[cfg(test)]
+    pub fn capacity(&self) -> usize {
+        [&self.client, &self.server]
+            .iter()
+            .flat_map(|h| h.shards.iter())
+            .map(|s| s.read().map_or(0, |t| t.capacity()))
+            .sum()
     }
 
     /// Every connection once.

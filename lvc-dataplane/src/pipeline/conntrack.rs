@@ -1639,6 +1639,33 @@ mod tests {
         assert_eq!(counted, entries);
     }
 
+    /// The churn of a full table (a flood of new flows evicting) leaves
+    /// the index its size: hashbrown would double each more-than-half-full
+    /// shard to clear the tombstones removals leave (the soak's RSS grew by
+    /// a third after its first expiry wave).
+    #[test]
+    fn churn_leaves_the_index_its_size() {
+        let ct = Conntrack::new(1 << 16);
+        let s = server(Method::Nat);
+        let before = ct.map.capacity();
+        // New flows at 4 times what the table holds per UDP timeout (300
+        // s): it fills, evicts, and from the fifth minute on flows expire
+        // as fast as they come.
+        let mut i = 0u32;
+        for now in 0..700 {
+            for _ in 0..1000 {
+                let mut c = conn(PROTO_UDP_FOR_TEST, &s, now);
+                c.client = (Addr::v4(0x0b00_0000 | i), 40000);
+                i += 1;
+                let _ = ct.insert(c);
+            }
+            ct.sweep(now);
+        }
+        assert!(ct.evicted() > 200_000);
+        let after = ct.map.capacity();
+        assert!(after <= before + before / 20, "{before} -> {after}");
+    }
+
     /// However many times a connection changes state, the expiry wheel
     /// holds about one entry for it (it grew by one per change before).
     #[test]
