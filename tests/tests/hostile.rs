@@ -217,25 +217,33 @@ fn syn_flood_with_streams(tag: &str, persistent: bool) {
     syn_flood(&t, 7, 0, 100_000);
     round(&mut streams, 1);
     let full = rss_kib(&t);
-    syn_flood(&t, 7, 100_000, 200_000);
-    round(&mut streams, 2);
-    // (The housekeeping thread compacts within a second.)
-    std::thread::sleep(Duration::from_secs(2));
-    let after = rss_kib(&t);
+    // Then 800 000 more, in four waves, the streams checked after each.
+    let mut after = Vec::new();
+    for wave in 0..4u32 {
+        syn_flood(&t, 7, 100_000 + wave * 200_000, 200_000);
+        round(&mut streams, 2 + wave as usize);
+        // (The housekeeping thread compacts within a second.)
+        std::thread::sleep(Duration::from_secs(2));
+        after.push(rss_kib(&t));
+    }
+    let peak = after.iter().copied().max().unwrap_or(0);
     let evicted = t.counter("conntrack_evicted");
     eprintln!(
-        "{tag}: RSS {full} KiB with a full table, {after} KiB after 200 000 more SYNs; {evicted} evicted"
+        "{tag}: RSS {full} KiB with a full table, {after:?} KiB after each 200 000 more SYNs; {evicted} evicted"
     );
     // (Some SYNs are lost on the way when the director is busy.)
     assert!(
-        evicted > 100_000,
+        evicted > 300_000,
         "{tag}: the flood reached lvc: {evicted} evicted"
     );
+    // Memory in proportion to the SYNs (what this test was written
+    // against: +38 MiB per 300 000) would be 100 MiB here; the allocator
+    // takes and gives back memory a few MiB at a time (mimalloc's pages
+    // and segments: ±5 MiB from one reading to the next).
     assert!(
-        after <= full + 4 * 1024,
-        "{tag}: RSS grew from {full} to {after} KiB while the tables were full"
+        peak <= full + 12 * 1024,
+        "{tag}: RSS grew from {full} to {peak} KiB while the tables were full ({after:?})"
     );
-    round(&mut streams, 3);
 }
 
 #[test]

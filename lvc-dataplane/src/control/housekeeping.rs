@@ -14,10 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// A sweep that lets this many connections go at once hands the freed
-/// memory back to the kernel (a UDP expiry wave after a flood frees ~1M).
-const TRIM_AFTER: usize = 16_384;
-
 /// Runs until `shutdown`, looking at it more often than once a second.
 pub fn run(
     ct: &Conntrack,
@@ -51,9 +47,7 @@ pub fn run(
             continue;
         }
         last = now;
-        if ct.sweep(now) >= TRIM_AFTER {
-            crate::io::sys::trim_heap();
-        }
+        ct.sweep(now);
         for k in ct.take_released_replies() {
             replies.remove(&translate::bpf_key(&k));
         }

@@ -138,15 +138,3 @@ pub fn force_rcvbuf(sock: &impl AsRawFd, bytes: usize) -> std::io::Result<()> {
     }
     Ok(())
 }
-
-/// Gives the allocator's free memory back to the kernel (glibc's
-/// `malloc_trim`). The housekeeping thread calls it after a sweep that let
-/// many connections go at once: glibc keeps what a mass free returns
-/// spread over its arenas, and RSS then climbed wave after wave.
-pub fn trim_heap() {
-    // SAFETY: malloc_trim takes no pointers; it only walks glibc's own
-    // arenas under their locks.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
