@@ -1,40 +1,13 @@
-//! The PNG chart: 64-byte UDP throughput (median, min–max whiskers) and
-//! one-way latency (p50 and p99) per director kind.
+//! The chart, an SVG: 64-byte UDP throughput (median, min–max whiskers)
+//! and one-way latency (p50 and p99) per director kind. (SVG, not PNG: its
+//! text is text, so no font file is read or parsed.)
 
 use crate::kinds::Kind;
 use crate::report::{Cell, Report};
 use crate::scenario::Scenario;
-use anyhow::{Result, anyhow, bail};
+use anyhow::{Result, anyhow};
 use plotters::prelude::*;
 use std::path::Path;
-
-const FONTS: [&str; 3] = [
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/TTF/DejaVuSans.ttf",
-    "/usr/share/fonts/dejavu/DejaVuSans.ttf",
-];
-
-/// Makes a TTF font available to plotters as "sans-serif" (once).
-fn font() -> Result<()> {
-    static DONE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    let ok = *DONE.get_or_init(|| {
-        FONTS
-            .iter()
-            .find_map(|p| std::fs::read(p).ok())
-            .is_some_and(|bytes| {
-                plotters::style::register_font(
-                    "sans-serif",
-                    FontStyle::Normal,
-                    Box::leak(bytes.into_boxed_slice()),
-                )
-                .is_ok()
-            })
-    });
-    if !ok {
-        bail!("no TrueType font for the chart (install fonts-dejavu-core)");
-    }
-    Ok(())
-}
 
 /// One bar group: label, values drawn over each other, optional whisker.
 type Row<const N: usize> = (String, [f64; N], Option<(f64, f64)>);
@@ -45,8 +18,7 @@ fn err<E: std::fmt::Display>(e: E) -> anyhow::Error {
 
 /// Draws the chart to `path`.
 pub fn draw(report: &Report, path: &Path) -> Result<()> {
-    font()?;
-    let root = BitMapBackend::new(path, (1400, 560)).into_drawing_area();
+    let root = SVGBackend::new(path, (1400, 560)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let (left, right) = root.split_horizontally(700);
 
@@ -89,7 +61,7 @@ pub fn draw(report: &Report, path: &Path) -> Result<()> {
 /// A bar chart: per label, bars drawn over each other (tallest first), and
 /// optional whiskers.
 fn bars<const N: usize>(
-    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    area: &DrawingArea<SVGBackend<'_>, plotters::coord::Shift>,
     title: &str,
     rows: &[Row<N>],
 ) -> Result<()> {

@@ -4,7 +4,7 @@
 //! `lvc-bench run [--quick]` (or `cargo xtask bench`) measures every
 //! selected director kind in every selected scenario, in rounds (each round
 //! runs every kind once, so slow drifts of a noisy machine hit all kinds
-//! alike), and writes `results.md`, `results.json` and `results.png`.
+//! alike), and writes `results.md`, `results.json` and `results.svg`.
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -134,7 +134,7 @@ struct RunArgs {
     /// CPU for the director.
     #[arg(long, default_value_t = 1)]
     director_cpu: u32,
-    /// Where to write results.md, results.json and results.png.
+    /// Where to write results.md, results.json and results.svg.
     #[arg(long, default_value = "target/lvc-bench")]
     out: PathBuf,
 }
@@ -476,7 +476,7 @@ fn run(a: RunArgs) -> Result<()> {
         a.out.join("results.json"),
         serde_json::to_string_pretty(&report)?,
     )?;
-    if let Err(e) = chart::draw(&report, &a.out.join("results.png")) {
+    if let Err(e) = chart::draw(&report, &a.out.join("results.svg")) {
         eprintln!("lvc-bench: no chart: {e:#}");
     }
     println!("{md}");

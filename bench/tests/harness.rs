@@ -70,7 +70,10 @@ fn quick_run_measures_and_reports() {
     assert!(ct["bytes_per_flow"].as_f64().unwrap() > 50.0, "{ct}");
     let md = std::fs::read_to_string(out.join("results.md")).expect("results.md");
     assert!(md.contains("| lvc-nat ÷ afxdp-raw |"), "{md}");
-    let png = std::fs::read(out.join("results.png")).expect("results.png");
-    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    let svg = std::fs::read_to_string(out.join("results.svg")).expect("results.svg");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("64-byte UDP delivered"),
+        "{svg}"
+    );
     let _ = std::fs::remove_dir_all(&out);
 }

@@ -51,7 +51,6 @@ const PACKAGES: &[&str] = &[
     "iperf3",
     "wrk",
     "nginx-light",
-    "fonts-dejavu-core",
     // cargo xtask fuzz: libFuzzer is C++.
     "g++",
 ];
@@ -192,7 +191,8 @@ fn deny() -> Result {
     }
     sh(cargo().args(["deny", "check", "licenses", "bans", "sources"]))?;
     if sh(cargo().args(["deny", "fetch"])).is_ok() {
-        sh(cargo().args(["deny", "check", "--disable-fetch", "advisories"]))
+        // (Fetched just now: checked without going to the network again.)
+        sh(cargo().args(["deny", "--offline", "check", "advisories"]))
     } else {
         eprintln!(
             "xtask: WARNING: cargo deny could not fetch the RustSec advisory database \
