@@ -163,6 +163,11 @@ enum AgentCmd {
     },
 }
 
+/// lvc-dataplane's allocator (see its main.rs), for `conntrack-scale`,
+/// which measures the connection table in this process.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match cli.cmd {

@@ -238,10 +238,10 @@ fn syn_flood_with_streams(tag: &str, persistent: bool) {
     );
     // Memory in proportion to the SYNs (what this test was written
     // against: +38 MiB per 300 000) would be 100 MiB here; the allocator
-    // takes and gives back memory a few MiB at a time (mimalloc's pages
-    // and segments: ±5 MiB from one reading to the next).
+    // takes and gives back memory several MiB at a time (mimalloc's pages
+    // and segments: readings 8 MiB apart were seen).
     assert!(
-        peak <= full + 12 * 1024,
+        peak <= full + 16 * 1024,
         "{tag}: RSS grew from {full} to {peak} KiB while the tables were full ({after:?})"
     );
 }
