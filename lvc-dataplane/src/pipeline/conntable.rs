@@ -57,18 +57,21 @@ impl Half {
     }
 
     /// Whether `shard`, out of room for one more key, is so only because
-    /// removed keys left tombstones: it then holds no more than a fresh
-    /// shard takes with a good margin.
+    /// removed keys left tombstones: it then holds no more than 3/4 of what
+    /// a fresh shard takes.
     ///
     /// hashbrown clears tombstones in place only in a table at most half
     /// full and otherwise doubles it; a shard sized for its share is more
     /// than half full at capacity, so the churn of a full table (a flood of
     /// new flows, every UDP flow expiring) would double every shard, one
-    /// after the other, and the index's memory with them (+37 MiB at 1M
-    /// connections, in steps, for nothing). [`ConnTable::file`] rebuilds
-    /// such a shard at its size instead.
+    /// after the other, and the index's memory with them (+35 MiB in use
+    /// at 1M connections, in steps, for nothing). [`ConnTable::file`]
+    /// rebuilds such a shard at its size instead. A rebuild reads every
+    /// connection of the shard (as hashbrown's own rehash does) and comes
+    /// at most every quarter of a fresh shard's capacity in new keys; a
+    /// shard fuller than 3/4 is over its share and grows as before.
     fn worn(&self, shard: &HashTable<Arc<Conn>>) -> bool {
-        shard.len() == shard.capacity() && shard.len() < self.fresh_capacity * 7 / 8
+        shard.len() == shard.capacity() && shard.len() < self.fresh_capacity * 3 / 4
     }
 
     /// The shard of a hash: bits the tables' bucket index (low bits) and
@@ -158,15 +161,15 @@ impl ConnTable {
                 // much fuller than its share, and is rebuilt at its size
                 // now and then to clear removed slots: both read its
                 // connections.)
+                let rehash = |c: &Arc<Conn>| self.hash(&key_of(c, dir));
                 if half.worn(&shard) {
-                    let mut fresh = HashTable::with_capacity(half.per_shard.max(shard.len() + 1));
+                    let mut fresh = HashTable::with_capacity(half.per_shard);
                     for c in shard.drain() {
-                        let ch = self.hash(&key_of(&c, dir));
-                        fresh.insert_unique(ch, c, |x| self.hash(&key_of(x, dir)));
+                        fresh.insert_unique(rehash(&c), c, rehash);
                     }
                     *shard = fresh;
                 }
-                shard.insert_unique(h, conn.clone(), |c| self.hash(&key_of(c, dir)));
+                shard.insert_unique(h, conn.clone(), rehash);
             }
         }
         Inserted::New
