@@ -12,8 +12,8 @@ use std::process::ExitCode;
 /// expiry wave freed apart from what the workers allocated next, and the
 /// daemon's memory climbed wave after wave (`lvc-bench soak`, 10 minutes:
 /// 287 → 301 MiB after the first wave, even with `malloc_trim` after every
-/// big sweep); mimalloc's size-class pages take it back: 258–283 MiB
-/// throughout.
+/// big sweep); with mimalloc it is flat after the first wave (two runs:
+/// 258–283 and 287–303 MiB).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

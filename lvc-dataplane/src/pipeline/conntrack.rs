@@ -491,16 +491,6 @@ impl Conn {
             {
                 Ok(_) => {
                     let old = State::from_u8(cur);
-                    if matches!(old, State::TimeWait | State::Close)
-                        && matches!(next, State::SynSent | State::SynRecv)
-                    {
-                        // The addresses reused by a new handshake: a new
-                        // stream, which must show again that it is worth
-                        // an offload (a short connection reusing a busy
-                        // one's ports would otherwise be put into the XDP
-                        // map, and taken out again, for nothing).
-                        self.seen.store(1, Relaxed);
-                    }
                     if old.is_active() != next.is_active() {
                         let st = &self.server.stats;
                         if next.is_active() {
@@ -531,12 +521,21 @@ impl Conn {
     fn track(&self, dir: Dir, tcp_flags: u8, seg: Seg) -> Result<(), ()> {
         let side = &self.seq[dir as usize];
         let next = side.load(Relaxed);
+        let state = self.state();
         if tcp_flags & TCP_SYN != 0
             && matches!(
-                self.state(),
+                state,
                 State::SynRecv | State::SynSent | State::TimeWait | State::Close
             )
         {
+            if matches!(state, State::TimeWait | State::Close) {
+                // A closed connection's addresses reused: a new stream,
+                // which must show again that it is worth an offload (a
+                // short connection reusing a busy one's ports would
+                // otherwise be put into the XDP map, and taken out again,
+                // for nothing).
+                self.seen.store(1, Relaxed);
+            }
             side.store(seg.end, Relaxed);
             return Ok(());
         }
