@@ -282,6 +282,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     let (offload_tx, offload_rx) = crossbeam_channel::bounded(65536);
     let shared = Shared {
         offload: opts.offload.then_some(offload_tx),
+        flow_slots: opts.offload.then(|| steering.flow_slots()),
         services: services.clone(),
         shaping: shaping.clone(),
         routes: routes.table.clone(),
@@ -305,6 +306,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
     if !offload {
         for w in &mut workers {
             w.shared.offload = None;
+            w.shared.flow_slots = None;
         }
     }
     let offloader = if offload {
@@ -316,6 +318,8 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             .context("the XDP program's flow map is gone")?;
         Some(Offloader {
             map,
+            slots: steering.flow_slots(),
+            clean_at: 0,
             rx: offload_rx,
             routes: routes.table.clone(),
             shaping: shaping.clone(),

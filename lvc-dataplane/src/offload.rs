@@ -1,12 +1,14 @@
-//! The offload thread: puts established flows into the XDP program's flow
-//! map, folds what XDP forwarded back into the connections (counters, idle
-//! timers), and takes flows out again when lvc must see their packets.
+//! The offload thread: watches the flows XDP forwards, folds what XDP
+//! forwarded back into the connections (counters, idle timers), and takes
+//! flows out again when lvc must see their packets.
 //!
-//! Workers offer a connection once it qualifies (`pipeline::translate`)
-//! and never wait: the offers come over a bounded queue, and every map
-//! write is a syscall made here, off the packet path. Once a second the
-//! thread reads every offloaded flow's counters and checks that the flow
-//! may stay in XDP:
+//! A worker offloads a connection once it qualifies (`pipeline::translate`)
+//! by writing its flows into the flow table it shares with XDP
+//! (`io::flowslots`: no syscall, no waiting) and telling this thread over
+//! a bounded queue. Flows that found no free slot come here to be put in
+//! the `flows` hash map: every map write is a syscall made here, off the
+//! packet path. Once a second the thread reads every offloaded flow's
+//! counters and checks that the flow may stay in XDP:
 //!
 //! - the connection is still tracked (not swept) and, for TCP, still
 //!   ESTABLISHED (XDP sends SYN/FIN/RST to lvc, which retires the flow at
@@ -19,6 +21,7 @@
 //! A flow that leaves the map is forwarded by lvc again: nothing is lost
 //! between the two paths, since both translate the same way.
 
+use crate::io::flowslots::FlowSlots;
 use crate::io::steer::FlowMap;
 use crate::net::route::{NextHop, RouteTable};
 use crate::pipeline::conntrack::{Conn, Conntrack, State};
@@ -61,6 +64,9 @@ pub struct OffloadStats {
     pub retired: AtomicU64,
     /// Offers the map refused (full).
     pub failed: AtomicU64,
+    /// Connections installed by the workers in the shared flow table (the
+    /// rest of `installed` went through the hash map).
+    pub in_slots: AtomicU64,
 }
 
 /// One offloaded flow and what was last read of its counters.
@@ -80,6 +86,12 @@ struct Entry {
 
 pub struct Offloader {
     pub map: FlowMap,
+    /// The flow table the workers install into.
+    pub slots: Arc<FlowSlots>,
+    /// Where the sweep that makes old deleted slots empty again
+    /// (`FlowSlots::clean`) goes on: it moves down the table a piece per
+    /// drain.
+    pub clean_at: usize,
     pub rx: Receiver<OffloadMsg>,
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub shaping: Arc<ArcSwap<ShapeTable>>,
@@ -120,20 +132,36 @@ impl Offloader {
                 next_sync = Instant::now() + SYNC_EVERY;
                 self.sync(&mut entries);
             }
+            // (Every slot about every 2.5 s.)
+            let n = self.slots.slots();
+            let piece = (n / 256).max(1);
+            self.clean_at = (self.clean_at + n - piece) % n;
+            self.slots.clean(self.clean_at, piece, self.now());
         }
     }
 
     fn install(&mut self, entries: &mut HashMap<usize, Entry>, o: Offer) {
         let k = key_of(&o.conn);
         if entries.contains_key(&k) {
+            // (Cannot happen: a connection is offered once until retired.)
+            for f in &o.flows {
+                if let Some(at) = f.slot {
+                    self.slots.remove(at, &f.key, self.now());
+                }
+            }
             return;
         }
         let mut flows = Vec::with_capacity(o.flows.len());
+        if o.flows.iter().all(|f| f.slot.is_some()) {
+            self.stats.in_slots.fetch_add(1, Relaxed);
+        }
         for flow in o.flows {
             // BPF_NOEXIST: a key still held by another (closing)
             // connection is not taken over; this one is offered again a
             // second later, once the other is retired.
-            if let Err(e) = self.map.insert(flow.key, flow.value, BPF_NOEXIST) {
+            if flow.slot.is_none()
+                && let Err(e) = self.map.insert(flow.key, flow.value, BPF_NOEXIST)
+            {
                 tracing::debug!(error = %e, "flow map refused an offload");
                 self.stats.failed.fetch_add(1, Relaxed);
                 for f in &flows {
@@ -188,7 +216,12 @@ impl Offloader {
     }
 
     fn remove(&mut self, f: &Installed) {
-        let _ = self.map.remove(&f.flow.key);
+        match f.flow.slot {
+            Some(at) => self.slots.remove(at, &f.flow.key, self.now()),
+            None => {
+                let _ = self.map.remove(&f.flow.key);
+            }
+        }
     }
 
     fn now(&self) -> u32 {
@@ -199,8 +232,12 @@ impl Offloader {
     /// counters and refreshes its idle timer if anything went through.
     fn fold(&self, e: &mut Entry, now: u32) {
         for f in &mut e.flows {
-            let Ok(v) = self.map.get(&f.flow.key, 0) else {
-                continue;
+            let v = match f.flow.slot {
+                Some(at) => self.slots.read(at),
+                None => match self.map.get(&f.flow.key, 0) {
+                    Ok(v) => v,
+                    Err(_) => continue,
+                },
             };
             let (dp, db) = (
                 v.packets.saturating_sub(f.packets),
@@ -232,7 +269,9 @@ impl Offloader {
         self.syncs = self.syncs.wrapping_add(1);
         let mut leaving = Vec::new();
         for (k, e) in entries.iter_mut() {
-            if e.phase.wrapping_add(self.syncs).is_multiple_of(period) {
+            // (Reading a shared slot costs no syscall: every second.)
+            let in_slots = e.flows.iter().all(|f| f.flow.slot.is_some());
+            if in_slots || e.phase.wrapping_add(self.syncs).is_multiple_of(period) {
                 self.fold(e, now);
             }
             if !may_stay(e, &routes, &shaping) {

@@ -9,13 +9,14 @@
 //! finally kick TX, reap completions and refill the fill rings.
 
 use crate::addr::Addr;
+use crate::io::flowslots::FlowSlots;
 use crate::io::steer::Replies;
 use crate::io::xsk::{Frame, WorkerIo};
 use crate::net::route::{NeighRequest, NextHop, RouteTable};
 use crate::pipeline::conntrack::Conntrack;
 use crate::pipeline::conntrack::Dir;
 use crate::pipeline::services::ServiceTable;
-use crate::pipeline::translate::OffloadMsg;
+use crate::pipeline::translate::{Flow, OffloadMsg};
 use crate::pipeline::{self, Decision, Effects, Tables, icmp, rewrite, translate};
 use crate::shape::classify::{self, FlowMeta};
 use crate::shape::{Enqueued, MAX_HELD, PortShaper, ShapeTable};
@@ -54,6 +55,9 @@ pub struct Shared {
     pub shaping: Arc<ArcSwap<ShapeTable>>,
     /// The offload thread's queue, with `--offload on`.
     pub offload: Option<Sender<OffloadMsg>>,
+    /// The flow table shared with XDP, with `--offload on`: a worker
+    /// installs the connections it offloads there itself.
+    pub flow_slots: Option<Arc<FlowSlots>>,
     pub shutdown: Arc<AtomicBool>,
     /// The daemon's start: `now` is whole seconds since then.
     pub epoch: Instant,
@@ -410,15 +414,36 @@ impl Worker {
         }
     }
 
-    /// Hands a flow to the offload thread (never waits: if its queue is
-    /// full the connection stays with lvc and is offered again later).
-    fn offload(&self, msg: OffloadMsg, now: u32) {
+    /// Offloads a connection (or retires it): its flows go into the flow
+    /// table shared with XDP at once, and the offload thread is told (it
+    /// reads their counters and takes them out again). Flows that find no
+    /// free slot are left to the offload thread's map syscalls if the
+    /// connection has shown it is worth them. Never waits: if the queue is
+    /// full the connection stays with lvc and is offered again later.
+    fn offload(&self, mut msg: OffloadMsg, now: u32) {
         let Some(tx) = &self.shared.offload else {
             return;
         };
+        if let (OffloadMsg::Install(o), Some(slots)) = (&mut msg, &self.shared.flow_slots) {
+            let placed = o.flows.iter_mut().all(|f| {
+                f.slot = slots.insert(&f.key, &f.value, now);
+                f.slot.is_some()
+            });
+            if !placed {
+                unplace(slots, &mut o.flows, now);
+                if !o.conn.offload_worth_syscalls() {
+                    o.conn.release_offload();
+                    o.conn.decline_offload(now);
+                    return;
+                }
+            }
+        }
         if let Err(e) = tx.try_send(msg)
-            && let OffloadMsg::Install(o) = e.into_inner()
+            && let OffloadMsg::Install(mut o) = e.into_inner()
         {
+            if let Some(slots) = &self.shared.flow_slots {
+                unplace(slots, &mut o.flows, now);
+            }
             o.conn.release_offload();
             o.conn.decline_offload(now);
         }
@@ -545,6 +570,16 @@ impl Worker {
                 }
                 None => i += 1,
             }
+        }
+    }
+}
+
+/// Takes flows a worker placed in the shared table out again (their
+/// connection is not offloaded after all).
+fn unplace(slots: &FlowSlots, flows: &mut [Flow], now: u32) {
+    for f in flows {
+        if let Some(at) = f.slot.take() {
+            slots.remove(at, &f.key, now);
         }
     }
 }

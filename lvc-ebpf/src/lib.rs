@@ -43,6 +43,12 @@ pub mod maps {
     pub const STATS: &str = "stats";
     /// Offloaded flows: [`FlowKey`](super::FlowKey) → [`FlowValue`](super::FlowValue).
     pub const FLOWS: &str = "flows";
+    /// Offloaded flows the workers write themselves: an mmapped array of
+    /// [`FLOW_SLOT_WORDS`](super::FLOW_SLOT_WORDS)-word slots (tag, key,
+    /// value).
+    pub const FLOWSLOTS: &str = "flowslots";
+    /// The program's global holding `flowslots`' size - 1.
+    pub const FLOW_MASK: &str = "flow_mask";
     /// Interface slot → ifindex, for redirects between served interfaces.
     pub const EGRESS: &str = "egress";
     /// Replies of tracked `nat` connections: fingerprints of their
@@ -142,7 +148,18 @@ impl AddrKey {
 /// (`struct flow_key`; ports in network order, addresses as in
 /// [`EndpointKey`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    zerocopy::IntoBytes,
+    zerocopy::FromBytes,
+    zerocopy::Immutable,
+)]
 pub struct FlowKey {
     pub family: u8,
     pub proto: u8,
@@ -181,7 +198,17 @@ pub const FLOW_TUN: u8 = 8;
 /// and the counters it keeps: `packets`, `bytes`, `last_seen`
 /// (`bpf_ktime_get_ns`, CLOCK_MONOTONIC).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    zerocopy::IntoBytes,
+    zerocopy::FromBytes,
+    zerocopy::Immutable,
+)]
 pub struct FlowValue {
     pub saddr: [u32; 4],
     pub daddr: [u32; 4],
@@ -203,6 +230,13 @@ pub struct FlowValue {
     pub bytes: u64,
     pub last_seen: u64,
 }
+
+/// 64-bit words of a `flowslots` slot (`struct flow_slot`): the tag, then
+/// the [`FlowKey`], then the [`FlowValue`].
+pub const FLOW_SLOT_WORDS: usize = 1 + (size_of::<FlowKey>() + size_of::<FlowValue>()) / 8;
+const _: () =
+    assert!(size_of::<FlowKey>().is_multiple_of(8) && size_of::<FlowValue>().is_multiple_of(8));
+const _: () = assert!(FLOW_SLOT_WORDS == 17);
 
 /// An address as the maps hold it: (family, four words in wire order).
 pub fn addr_key_words(addr: IpAddr) -> (u8, [u32; 4]) {

@@ -95,6 +95,81 @@ fn offload_dr() {
     stream_moves_to_xdp("offdr", "dr");
 }
 
+/// Opens `n` short connections to VIP:7 one after another, each sending
+/// 6000 random bytes, closing its side and reading the echo to the end;
+/// returns how many came back changed.
+const SHORT: &str = r#"
+import os, socket, sys
+bad = 0
+for i in range(int(sys.argv[2])):
+    data = os.urandom(6000)
+    s = socket.create_connection((sys.argv[1], 7), timeout=10)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    back = b""
+    while True:
+        c = s.recv(65536)
+        if not c:
+            break
+        back += c
+    s.close()
+    bad += back != data
+print(bad)
+"#;
+
+/// Short connections (a request, its answer, the close) go through XDP
+/// from the packet after their handshake: the worker that sees the
+/// handshake end installs the connection's flows in the table it shares
+/// with XDP, with no syscall and no wait for the offload thread (which
+/// would come too late for them). Every byte arrives, and every connection
+/// leaves XDP again when it closes.
+fn short_connections_move_to_xdp(tag: &str, method: &str) {
+    if !privileged(tag) {
+        return;
+    }
+    let t = lab(tag, method);
+    let n = 30;
+    let out = t.lab.exec_ok(
+        "client",
+        &["/usr/bin/python3", "-c", SHORT, VIP, &n.to_string()],
+    );
+    assert_eq!(out.trim(), "0", "{method}: every echo comes back intact");
+    let (in_slots, installed) = (
+        t.counter("offload_in_slots"),
+        t.counter("offload_installed"),
+    );
+    let forwarded = t.counter("xdp_flow_forwarded");
+    eprintln!("{method}: {n} connections\n{}", t.ctl_ok(&["status"]));
+    assert!(
+        in_slots >= n && installed == in_slots,
+        "{method}: each connection is installed by its worker ({in_slots} of {installed} installed, {n} made)"
+    );
+    // 6000 bytes are five segments or more, each way (nat).
+    assert!(
+        forwarded >= 4 * n,
+        "{method}: {forwarded} packets forwarded by XDP for {n} connections"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while t.counter("offload_connections") > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{method}: closed connections leave XDP:\n{}",
+            t.ctl_ok(&["status"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn short_connections_nat() {
+    short_connections_move_to_xdp("offshort", "nat");
+}
+
+#[test]
+fn short_connections_dr() {
+    short_connections_move_to_xdp("offshortdr", "dr");
+}
+
 /// Draining the stream's server (weight 0) and reloading the saved
 /// configuration keep an offloaded connection going, byte for byte.
 #[test]

@@ -245,6 +245,7 @@ impl Control {
         counters.push(("offload_installed".into(), o.installed.load(Relaxed)));
         counters.push(("offload_retired".into(), o.retired.load(Relaxed)));
         counters.push(("offload_failed".into(), o.failed.load(Relaxed)));
+        counters.push(("offload_in_slots".into(), o.in_slots.load(Relaxed)));
         if let Some(y) = &self.sync {
             counters.push(("sync_sent".into(), y.sent.load(Relaxed)));
             counters.push(("sync_received".into(), y.received.load(Relaxed)));

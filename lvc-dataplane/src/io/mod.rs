@@ -1,9 +1,11 @@
 //! Frames in and out: the AF_XDP sockets and their UMEM (`xsk`), the XDP
-//! program that steers frames to them (`steer`), the reply table shared
-//! with it (`replymap`), and shared memory (`sys`: the reply table's and
-//! the connection journal's mapping). `xsk` and `sys` are the only modules
+//! program that steers frames to them (`steer`), the reply table and the
+//! offloaded-flow table shared with it (`replymap`, `flowslots`), and
+//! shared memory (`sys`: those tables' and the connection journal's
+//! mapping). `xsk` and `sys` are the only modules
 //! with `unsafe` code. Nothing here decides what happens to a packet.
 
+pub mod flowslots;
 pub mod replymap;
 pub mod steer;
 #[allow(unsafe_code)]

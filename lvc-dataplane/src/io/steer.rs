@@ -13,6 +13,7 @@
 //! program is detached and never black-holes VIP traffic. Without a bpffs
 //! the link lives exactly as long as the process.
 
+use super::flowslots::FlowSlots;
 use super::replymap::ReplyMap;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
 use aya::maps::{Array, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, XskMap};
@@ -155,6 +156,8 @@ pub struct Steering {
     egress: DevMap<MapData>,
     /// The offloaded flows, until the dataplane's offload thread takes them.
     flows: Option<FlowMap>,
+    /// The offloaded flows workers install themselves (mapped).
+    flow_slots: Arc<FlowSlots>,
     current_vips: HashMap<EndpointKey, ServiceValue>,
     /// The filter's maps.
     filter: FilterMaps,
@@ -178,6 +181,15 @@ impl Drop for Steering {
     }
 }
 
+/// Slots of the shared flow table for a connection table of `conns`:
+/// a quarter as many (a two-way connection takes two), at least 1024, at
+/// most 2^18 (136 bytes each: 34 MiB, which the kernel allocates whole).
+/// Flows that find no slot go to the `flows` hash map, which grows with
+/// what it holds.
+pub fn flow_slots_for(conns: u32) -> u32 {
+    (conns / 4).clamp(1024, 1 << 18).next_power_of_two()
+}
+
 impl Steering {
     /// Loads (but does not attach) the program, with room for 1M
     /// connections.
@@ -187,7 +199,8 @@ impl Steering {
 
     /// Loads the program with room for the flows of `conns` connections:
     /// a `nat` reply key each (in a table of twice as many slots), and
-    /// both directions offloaded.
+    /// both directions offloaded (see [`flow_slots_for`] for the share
+    /// workers install without a syscall).
     pub fn load_for(conns: u32) -> Result<Self, SteerError> {
         let slots = conns
             .max(1024)
@@ -195,11 +208,15 @@ impl Steering {
             .checked_next_power_of_two()
             .unwrap_or(1 << 31);
         let mask = slots - 1;
+        let flow_slots = flow_slots_for(conns);
+        let flow_mask = flow_slots - 1;
         let mut ebpf = aya::EbpfLoader::new()
             .map_max_entries(lvc_ebpf::maps::FLOWS, conns.saturating_mul(2))
             .map_max_entries(lvc_ebpf::maps::REPLYSLOTS, slots)
             .map_max_entries(lvc_ebpf::maps::REPLIES, (conns / 4).max(4096))
+            .map_max_entries(lvc_ebpf::maps::FLOWSLOTS, flow_slots)
             .override_global(lvc_ebpf::maps::REPLY_MASK, &mask, true)
+            .override_global(lvc_ebpf::maps::FLOW_MASK, &flow_mask, true)
             .load(lvc_ebpf::XDP_OBJECT)
             .map_err(|e| SteerError::Load(e.to_string()))?;
         let prog: &mut Xdp = ebpf
@@ -250,6 +267,19 @@ impl Steering {
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
         let egress = DevMap::try_from(take(maps::EGRESS)?).map_err(map_err(maps::EGRESS))?;
         let flows = BpfHashMap::try_from(take(maps::FLOWS)?).map_err(map_err(maps::FLOWS))?;
+        let flow_slots = match take(maps::FLOWSLOTS)? {
+            aya::maps::Map::Array(data) => FlowSlots::map(data.fd().as_fd(), flow_slots as usize)
+                .map_err(|e| SteerError::Map {
+                map: maps::FLOWSLOTS,
+                reason: format!("mmap: {e}"),
+            })?,
+            _ => {
+                return Err(SteerError::Map {
+                    map: maps::FLOWSLOTS,
+                    reason: "not an array".into(),
+                });
+            }
+        };
         let filter = FilterMaps {
             acl: LpmTrie::try_from(take(maps::ACL)?).map_err(map_err(maps::ACL))?,
             frules: Array::try_from(take(maps::FRULES)?).map_err(map_err(maps::FRULES))?,
@@ -274,6 +304,7 @@ impl Steering {
             stats,
             egress,
             flows: Some(flows),
+            flow_slots: Arc::new(flow_slots),
             current_vips: HashMap::new(),
             filter,
             current_snat: HashSet::new(),
@@ -418,6 +449,12 @@ impl Steering {
     /// The offloaded-flow map, handed over once (to the offload thread).
     pub fn take_flows(&mut self) -> Option<FlowMap> {
         self.flows.take()
+    }
+
+    /// The shared offloaded-flow table (for the workers and the offload
+    /// thread).
+    pub fn flow_slots(&self) -> Arc<FlowSlots> {
+        self.flow_slots.clone()
     }
 
     /// Puts the AF_XDP socket of (interface slot, rx queue) into the

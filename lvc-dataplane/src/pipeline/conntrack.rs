@@ -145,10 +145,11 @@ pub struct Conn {
     /// (shaped egress, policed service, unresolved next hop): tried again a
     /// second later, not on every packet.
     declined: AtomicU16,
-    /// Packets lvc saw, counted up to [`OFFLOAD_AFTER`]: only a flow
-    /// that carries more than a handful of packets is worth the map writes
-    /// of an offload. Starts over when a new handshake reuses a closed
-    /// connection's addresses.
+    /// Packets lvc saw, counted up to [`OFFLOAD_AFTER`]: a UDP flow
+    /// qualifies for offload with that many, and only a flow that carries
+    /// more than a handful of packets is worth the map syscalls of an
+    /// offload that finds no free shared slot. Starts over when a new
+    /// handshake reuses a closed connection's addresses.
     seen: AtomicU8,
     /// TCP, per direction ([`Dir`] as index): the sequence number after
     /// the last byte its sender sent that lvc (or, offloaded, XDP) saw; 0
@@ -405,13 +406,25 @@ impl Conn {
         self.declined.load(Relaxed) != now as u16
     }
 
-    /// Whether the connection qualifies for offload: [`OFFLOAD_AFTER`]
-    /// packets seen and, for TCP, ESTABLISHED.
+    /// Whether the connection qualifies for offload: TCP once
+    /// ESTABLISHED (a worker installs it in the shared flow slots without a
+    /// syscall, so the packets after the handshake go through XDP), UDP
+    /// after [`OFFLOAD_AFTER`] packets (a query and its answer are over
+    /// before an offload pays).
     pub fn offload_ready(&self) -> bool {
         // (XDP's rewrite knows nothing of a PROXY header's shift.)
+        !self.proxied()
+            && if self.proto == PROTO_TCP {
+                self.state() == State::Established
+            } else {
+                self.seen.load(Relaxed) >= OFFLOAD_AFTER
+            }
+    }
+
+    /// Whether the connection has carried enough to be worth the map
+    /// syscalls of an offload (its flows found no free shared slot).
+    pub fn offload_worth_syscalls(&self) -> bool {
         self.seen.load(Relaxed) >= OFFLOAD_AFTER
-            && !self.proxied()
-            && (self.proto != PROTO_TCP || self.state() == State::Established)
     }
 
     /// Marks the connection as controlled by a persistence template.
@@ -710,11 +723,11 @@ pub fn in_window(next: u32, seq: u32) -> bool {
     d <= WINDOW_AHEAD || d.wrapping_neg() <= WINDOW_BEHIND
 }
 
-/// Packets lvc sees of a connection before it is offloaded to XDP. An
-/// offload costs the offload thread about five map syscalls (two inserts,
-/// and at the end two reads and two deletes); a short request/response
-/// connection (HTTP with `Connection: close`, a DNS query) is over before
-/// they pay off, so it stays with the workers.
+/// Packets lvc sees of a UDP flow before it is offloaded to XDP, and of
+/// any connection before it is offloaded through the `flows` hash map
+/// (when its flows find no free shared slot). That costs the offload
+/// thread about five map syscalls (two inserts, and at the end two reads
+/// and two deletes); a short connection is over before they pay off.
 pub const OFFLOAD_AFTER: u8 = 12;
 
 /// True if a packet with these flags may open a new connection.
@@ -1799,7 +1812,7 @@ mod tests {
         for _ in 0..OFFLOAD_AFTER {
             ct.touch(&c, 1, Dir::Original, TCP_ACK, Seg::default());
         }
-        assert!(c.offload_ready());
+        assert!(c.offload_ready() && c.offload_worth_syscalls());
         ct.touch(&c, 1, Dir::Original, TCP_FIN | TCP_ACK, Seg::default());
         ct.touch(&c, 1, Dir::Reply, TCP_FIN | TCP_ACK, Seg::default());
         ct.touch(&c, 1, Dir::Original, TCP_ACK, Seg::default());
@@ -1808,11 +1821,12 @@ mod tests {
         ct.touch(&c, 2, Dir::Reply, TCP_SYN | TCP_ACK, Seg::default());
         ct.touch(&c, 2, Dir::Original, TCP_ACK, Seg::default());
         assert_eq!(c.state(), State::Established);
-        assert!(!c.offload_ready(), "3 packets of a new stream");
+        assert!(c.offload_ready(), "established: into a shared slot");
+        assert!(!c.offload_worth_syscalls(), "3 packets of a new stream");
         for _ in 3..OFFLOAD_AFTER {
             ct.touch(&c, 2, Dir::Original, TCP_ACK, Seg::default());
         }
-        assert!(c.offload_ready());
+        assert!(c.offload_worth_syscalls());
     }
 
     /// The expiry wheel against a naive model: random connections, random

@@ -1360,7 +1360,9 @@ mod decisions {
 
     /// The XDP program's fast path and this pipeline turn an offloaded
     /// flow's packets into the same bytes, for every method and family,
-    /// both directions lvc sees — the Translation is one value for both.
+    /// both directions lvc sees — the Translation is one value for both —
+    /// with the flows in the shared slots (as workers install them) and in
+    /// the `flows` hash map (the offload thread's).
     /// Privileged (loads the program; BPF_PROG_TEST_RUN, no traffic).
     #[test]
     fn xdp_forwards_offloaded_flows_as_the_pipeline_does() {
@@ -1379,6 +1381,7 @@ mod decisions {
         st.set_egress(0, 1).unwrap();
         st.set_egress(1, 1).unwrap();
         let mut flows = st.take_flows().unwrap();
+        let slots = st.flow_slots();
         let xdp = |st: &mut crate::io::steer::Steering, f: &[u8]| {
             let mut out = vec![0u8; f.len() + 64];
             let (action, n) = st.test_run_out(f, 0, 0, Some(&mut out)).unwrap();
@@ -1388,8 +1391,8 @@ mod decisions {
         const XDP_PASS: u32 = 2;
         const PSH_ACK: u8 = 0x18;
         each(|m, v6| {
-            for proto in [17u8, 6] {
-                let case = format!("{m:?} v6={v6} proto={proto}");
+            for (proto, in_slots) in [(17u8, false), (6, false), (17, true), (6, true)] {
+                let case = format!("{m:?} v6={v6} proto={proto} in slots: {in_slots}");
                 let lab = Lab::new(m, v6, 1500, rip);
                 if proto == 17 {
                     // A UDP flow qualifies after a few packets.
@@ -1423,8 +1426,13 @@ mod decisions {
                 let offer = translate::offer(&conn, &lab.tables()).expect("offloadable");
                 let dirs = if conn.two_way() { 2 } else { 1 };
                 assert_eq!(offer.flows.len(), dirs, "{case}");
+                let mut at = Vec::new();
                 for f in &offer.flows {
-                    flows.insert(f.key, f.value, 0).unwrap();
+                    if in_slots {
+                        at.push(slots.insert(&f.key, &f.value, 0).expect("a free slot"));
+                    } else {
+                        flows.insert(f.key, f.value, 0).unwrap();
+                    }
                 }
                 let mut packets =
                     vec![lab.request(proto, flags, 100), lab.request(proto, flags, 1)];
@@ -1446,11 +1454,15 @@ mod decisions {
                     assert_eq!(action, XDP_REDIRECT, "{case}");
                     assert_eq!(fast, user, "{case}: XDP and the pipeline differ");
                 }
-                let forwarded: u64 = offer
-                    .flows
-                    .iter()
-                    .map(|f| flows.get(&f.key, 0).unwrap().packets)
-                    .sum();
+                let forwarded: u64 = if in_slots {
+                    at.iter().map(|&i| slots.read(i).packets).sum()
+                } else {
+                    offer
+                        .flows
+                        .iter()
+                        .map(|f| flows.get(&f.key, 0).unwrap().packets)
+                        .sum()
+                };
                 assert_eq!(forwarded, packets.len() as u64, "{case}: XDP counts each");
                 // What lvc must see still goes the usual way (here: to
                 // the kernel, as no socket is bound).
@@ -1492,9 +1504,16 @@ mod decisions {
                     let (action, _) = xdp(&mut st, p);
                     assert_eq!(action, XDP_PASS, "{case}");
                 }
-                for f in &offer.flows {
-                    flows.remove(&f.key).unwrap();
+                for (i, f) in offer.flows.iter().enumerate() {
+                    if in_slots {
+                        slots.remove(at[i], &f.key, 0);
+                    } else {
+                        flows.remove(&f.key).unwrap();
+                    }
                 }
+                // Gone from XDP: lvc's again.
+                let (action, _) = xdp(&mut st, &packets[0]);
+                assert_eq!(action, XDP_PASS, "{case}: removed");
             }
         });
     }

@@ -27,12 +27,17 @@ pub struct Flow {
     pub dir: Dir,
     pub key: FlowKey,
     pub value: FlowValue,
+    /// Its slot in the shared flow table, if the worker installed it
+    /// there (`io::flowslots`); else the offload thread puts it in the
+    /// `flows` hash map.
+    pub slot: Option<u32>,
 }
 
 /// What the offload thread is asked.
 #[derive(Debug)]
 pub enum OffloadMsg {
-    /// Put these flows in the XDP map.
+    /// Put these flows in the XDP map (or watch them: those a worker put
+    /// in the shared slots already).
     Install(Offer),
     /// Take the connection's flows out (it is closing: lvc tracks the rest).
     Retire(Arc<Conn>),
@@ -153,6 +158,7 @@ pub fn offer(conn: &Arc<Conn>, t: &Tables) -> Option<Offer> {
             dir,
             key: flow_key(conn, dir),
             value: translation(conn, dir, &l2, slot as u32),
+            slot: None,
         });
     }
     Some(Offer {

@@ -311,6 +311,36 @@ struct {
 	__type(value, struct flow_value);
 } flows SEC(".maps");
 
+// Offloaded flows the workers installed themselves, without a syscall:
+// an open-addressing table in memory the daemon maps (`io::flowslots`),
+// each slot a tag, the key and the value, probed linearly for at most
+// FLOW_PROBES slots from the key's flow_hash. A tag is 0 (empty: a lookup
+// stops), a fingerprint with bit 1 set (the key's flow_hash | 2: a live
+// flow), or anything else with bit 1 clear (deleted, or being written: a
+// lookup goes on). A worker claims a free slot with a compare-and-swap,
+// writes key and value, then the fingerprint; a deleted slot is reused only
+// seconds later, long after any packet that read it is gone. Flows that
+// find no slot go to `flows` by syscall (the offload thread), looked up
+// after a miss here.
+#define FLOW_PROBES 8
+
+struct flow_slot {
+	__u64 tag;
+	struct flow_key key;
+	struct flow_value value;
+};
+
+// Slots in `flowslots` - 1 (a power of two - 1), set by the loader.
+const volatile __u32 flow_mask = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1 << 18);
+	__uint(map_flags, BPF_F_MMAPABLE);
+	__type(key, __u32);
+	__type(value, struct flow_slot);
+} flowslots SEC(".maps");
+
 // Replies of the `nat` connections lvc tracks, by their 5-tuple as they
 // arrive from the real server. Workers write new connections' reply keys
 // straight into `replyslots`, memory they share with this program (no
@@ -664,6 +694,36 @@ static __always_inline __u64 flow_hash(const struct flow_key *k)
 	return h;
 }
 
+// The offloaded flow of key `k`: in `flowslots`, else in `flows`; NULL if
+// neither holds it.
+static __always_inline struct flow_value *flow_find(const struct flow_key *k)
+{
+	__u64 h = flow_hash(k);
+	__u64 fp = h | 2;
+	const __u32 *kw = (const __u32 *)k;
+	for (__u32 i = 0; i < FLOW_PROBES; i++) {
+		__u32 idx = ((__u32)h + i) & flow_mask;
+		struct flow_slot *s = bpf_map_lookup_elem(&flowslots, &idx);
+		if (!s)
+			break;
+		__u64 tag = *(volatile __u64 *)&s->tag;
+		if (tag == fp) {
+			// (Key and value were written before the tag: read after it.)
+			asm volatile("" ::: "memory");
+			const __u32 *sw = (const __u32 *)&s->key;
+			__u32 diff = 0;
+#pragma unroll
+			for (int j = 0; j < (int)(sizeof(*k) / 4); j++)
+				diff |= sw[j] ^ kw[j];
+			if (!diff)
+				return &s->value;
+		}
+		if (tag == 0)
+			break;
+	}
+	return bpf_map_lookup_elem(&flows, k);
+}
+
 // Whether (saddr, sport) -> (daddr, dport) is the reply of a tracked `nat`
 // connection. Addresses as in keys, ports in network order.
 static __always_inline int is_reply(__u8 family, __u8 proto, const __u32 *saddr, __be16 sport,
@@ -1013,7 +1073,7 @@ static __always_inline int flow_v4(struct xdp_md *ctx, struct ethhdr *eth, struc
 	k.dport = ports->dest;
 	k.saddr[0] = ip->saddr;
 	k.daddr[0] = ip->daddr;
-	struct flow_value *v = bpf_map_lookup_elem(&flows, &k);
+	struct flow_value *v = flow_find(&k);
 	if (!v)
 		return 0;
 	__u64 len = (__u64)(data_end - (void *)eth);
@@ -1116,7 +1176,7 @@ static __always_inline int flow_v6(struct xdp_md *ctx, struct ethhdr *eth, struc
 	k.dport = ports->dest;
 	__builtin_memcpy(k.saddr, &ip6->saddr, sizeof(k.saddr));
 	__builtin_memcpy(k.daddr, &ip6->daddr, sizeof(k.daddr));
-	struct flow_value *v = bpf_map_lookup_elem(&flows, &k);
+	struct flow_value *v = flow_find(&k);
 	if (!v)
 		return 0;
 	__u64 len = (__u64)(data_end - (void *)eth);
