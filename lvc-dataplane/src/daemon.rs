@@ -320,6 +320,7 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             map,
             slots: steering.flow_slots(),
             clean_at: 0,
+            clean_until: 0,
             rx: offload_rx,
             routes: routes.table.clone(),
             shaping: shaping.clone(),

@@ -21,7 +21,7 @@
 //! A flow that leaves the map is forwarded by lvc again: nothing is lost
 //! between the two paths, since both translate the same way.
 
-use crate::io::flowslots::FlowSlots;
+use crate::io::flowslots::{self, FlowSlots};
 use crate::io::steer::FlowMap;
 use crate::net::route::{NextHop, RouteTable};
 use crate::pipeline::conntrack::{Conn, Conntrack, State};
@@ -90,8 +90,10 @@ pub struct Offloader {
     pub slots: Arc<FlowSlots>,
     /// Where the sweep that makes old deleted slots empty again
     /// (`FlowSlots::clean`) goes on: it moves down the table a piece per
-    /// drain.
+    /// drain, until the second in `clean_until` (set by each deletion: a
+    /// table nothing is deleted from is left alone).
     pub clean_at: usize,
+    pub clean_until: u32,
     pub rx: Receiver<OffloadMsg>,
     pub routes: Arc<ArcSwap<RouteTable>>,
     pub shaping: Arc<ArcSwap<ShapeTable>>,
@@ -132,11 +134,13 @@ impl Offloader {
                 next_sync = Instant::now() + SYNC_EVERY;
                 self.sync(&mut entries);
             }
-            // (Every slot about every 2.5 s.)
-            let n = self.slots.slots();
-            let piece = (n / 256).max(1);
-            self.clean_at = (self.clean_at + n - piece) % n;
-            self.slots.clean(self.clean_at, piece, self.now());
+            if self.now() <= self.clean_until {
+                // (Every slot about every 5 s.)
+                let n = self.slots.slots();
+                let piece = (n / 512).max(1);
+                self.clean_at = (self.clean_at + n - piece) % n;
+                self.slots.clean(self.clean_at, piece, self.now());
+            }
         }
     }
 
@@ -217,7 +221,12 @@ impl Offloader {
 
     fn remove(&mut self, f: &Installed) {
         match f.flow.slot {
-            Some(at) => self.slots.remove(at, &f.flow.key, self.now()),
+            Some(at) => {
+                let now = self.now();
+                self.slots.remove(at, &f.flow.key, now);
+                // (Cleanable CLEAN_AFTER seconds on; a pass takes 5.)
+                self.clean_until = now + flowslots::CLEAN_AFTER + 6;
+            }
             None => {
                 let _ = self.map.remove(&f.flow.key);
             }

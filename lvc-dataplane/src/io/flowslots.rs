@@ -46,7 +46,7 @@ pub const BUSY: u64 = 4;
 pub const QUARANTINE: u32 = 2;
 /// Seconds more before a deleted slot may be made empty again (by then
 /// no worker can have passed it over as not yet reusable).
-const CLEAN_AFTER: u32 = QUARANTINE + 2;
+pub const CLEAN_AFTER: u32 = QUARANTINE + 2;
 
 const KEY_WORDS: usize = size_of::<FlowKey>() / 8;
 
