@@ -44,6 +44,8 @@ pub struct Options {
     pub metrics: Option<std::net::SocketAddr>,
     /// Forward established flows in the XDP program (`--offload on`).
     pub offload: bool,
+    /// Nice value of the worker threads (`--worker-nice`).
+    pub worker_nice: i32,
     /// AF_XDP zero-copy binding (`--zero-copy`).
     pub zero_copy: ZeroCopy,
     /// The connection journal (`--state-file`; none: connections are not
@@ -391,15 +393,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     let socket = ControlSocket::bind(&opts.socket, plan.socket_gid)?;
+    // The workers run at `--worker-nice`. Lowering a nice value takes
+    // CAP_SYS_NICE, which goes with the drop below: so the main thread
+    // takes the value now, the workers inherit it, and the main thread
+    // goes back before it starts any other thread.
+    let base_nice = crate::io::sys::thread_nice();
+    let reniced = opts.worker_nice != base_nice
+        && crate::io::sys::set_thread_nice(opts.worker_nice)
+            .inspect_err(|e| {
+                tracing::warn!(nice = opts.worker_nice, error = %e,
+                    "cannot set the workers' priority: they run at the default one");
+            })
+            .is_ok();
     let dropped = crate::privs::drop_to_runtime().context("cannot drop capabilities")?;
     tracing::info!(
         kept = ?crate::privs::KEPT,
         dropped = dropped.len(),
         "capabilities dropped after setup"
     );
-    control
-        .start_health_checks()
-        .context("cannot start the health-check thread")?;
     let mut threads = Vec::new();
     // A worker that panics stops the whole daemon (and so detaches XDP):
     // half a dataplane silently passing a queue's VIP traffic to the kernel
@@ -414,6 +425,13 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
             }
         })?;
     }
+    if reniced {
+        crate::io::sys::set_thread_nice(base_nice)
+            .context("cannot set the main thread's priority back")?;
+    }
+    control
+        .start_health_checks()
+        .context("cannot start the health-check thread")?;
     if let Some(o) = offloader {
         let shutdown = shutdown.clone();
         spawn(&mut threads, "lvc-offload", move || o.run(&shutdown))?;

@@ -44,6 +44,15 @@ struct Args {
     /// packet through lvc's workers (off).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     offload: bool,
+    /// Nice value of the worker threads (-20 to 19). The kernel's NAPI
+    /// threads, which put frames into the workers' AF_XDP sockets, run at
+    /// 0; where they share a CPU with a worker, a busy worker at 0 gets
+    /// half of it while NAPI fills its full ring with frames that are then
+    /// dropped. At -10 it empties the ring first (the excess is dropped
+    /// earlier, for less). 0 leaves the workers at the default.
+    #[arg(long, value_name = "N", default_value_t = -10, allow_negative_numbers = true,
+          value_parser = clap::value_parser!(i32).range(-20..=19))]
+    worker_nice: i32,
     /// Most connections tracked at once.
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     conntrack_size: usize,
@@ -113,6 +122,7 @@ fn main() -> ExitCode {
         socket: a.socket,
         config: a.config,
         conntrack_size: a.conntrack_size,
+        worker_nice: a.worker_nice,
         socket_group: a.socket_group,
         metrics: a.metrics,
         offload: a.offload,

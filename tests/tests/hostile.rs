@@ -266,7 +266,9 @@ fn a_syn_flood_on_a_persistent_service_is_bounded_too() {
 
 /// After setup the daemon keeps only CAP_NET_ADMIN and CAP_NET_RAW, in
 /// every thread and in the bounding set (what a health check's program
-/// could get), and still forwards, resolves neighbours and reloads.
+/// could get), and still forwards, resolves neighbours and reloads. Its
+/// workers run at nice -10 (`--worker-nice`'s default), every other
+/// thread at 0.
 #[test]
 fn capabilities_are_dropped_after_setup() {
     if !privileged("capabilities_are_dropped_after_setup") {
@@ -282,7 +284,15 @@ fn capabilities_are_dropped_after_setup() {
     }
     let pid = t.dataplane_pid();
     let kept: u64 = (1 << 12) | (1 << 13); // CAP_NET_ADMIN, CAP_NET_RAW
-    let mut threads = 0;
+    // (A daemon started without CAP_SYS_NICE says so and leaves its
+    // workers at 0.)
+    let own = std::fs::read_to_string("/proc/self/status").expect("status");
+    let can_nice = own
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .is_some_and(|c| c & (1 << 23) != 0);
+    let (mut threads, mut workers) = (0, 0);
     for task in std::fs::read_dir(format!("/proc/{pid}/task")).expect("tasks") {
         let path = task.unwrap().path();
         let status = std::fs::read_to_string(path.join("status")).expect("status");
@@ -294,13 +304,27 @@ fn capabilities_are_dropped_after_setup() {
             u64::from_str_radix(v.trim(), 16).expect("hex")
         };
         let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        // (stat's 19th field; the 2nd, the name, is in parentheses.)
+        let stat = std::fs::read_to_string(path.join("stat")).expect("stat");
+        let nice: i32 = stat[stat.rfind(')').expect("comm") + 2..]
+            .split_whitespace()
+            .nth(16)
+            .and_then(|n| n.parse().ok())
+            .expect("nice");
+        let worker = name.starts_with("lvc-worker");
+        workers += usize::from(worker);
+        let expected = if worker && can_nice { -10 } else { 0 };
+        assert_eq!(nice, expected, "thread {}", name.trim());
         for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
             assert_eq!(field(set), kept, "thread {} {set}", name.trim());
         }
         assert_eq!(field("CapInh:"), 0, "thread {}", name.trim());
         threads += 1;
     }
-    assert!(threads >= 5, "{threads} threads");
+    assert!(
+        threads >= 5 && workers >= 1,
+        "{threads} threads, {workers} workers"
+    );
     // Still does what it must at run time: a reload, a new server (its
     // MAC resolved now), the connection table.
     t.ctl_ok(&["add-service", "--tcp", &format!("{VIP}:7")]);

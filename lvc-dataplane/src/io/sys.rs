@@ -6,7 +6,8 @@
 //!   built on it; this is the only place that maps or unmaps;
 //! - a TUN device that lives as long as its file descriptor (VIP
 //!   announcement: its routes vanish with the process, however it ends);
-//! - a socket receive buffer past `net.core.rmem_max` (`SO_RCVBUFFORCE`).
+//! - a socket receive buffer past `net.core.rmem_max` (`SO_RCVBUFFORCE`);
+//! - a thread's nice value (the workers' priority).
 
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
@@ -133,6 +134,31 @@ pub fn force_rcvbuf(sock: &impl AsRawFd, bytes: usize) -> std::io::Result<()> {
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         )
     };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The calling thread's nice value (on Linux each thread has its own).
+pub fn thread_nice() -> i32 {
+    // SAFETY: getpriority on the calling thread's id; -1 is a valid nice
+    // value, so errno (this thread's) is cleared first and read after.
+    unsafe {
+        *libc::__errno_location() = 0;
+        let n = libc::getpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t);
+        if n == -1 && *libc::__errno_location() != 0 {
+            return 0;
+        }
+        n
+    }
+}
+
+/// Sets the calling thread's nice value (lowering it takes CAP_SYS_NICE).
+pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
+    // SAFETY: a plain syscall on the calling thread's id; nothing is
+    // borrowed.
+    let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
     if r < 0 {
         return Err(std::io::Error::last_os_error());
     }
