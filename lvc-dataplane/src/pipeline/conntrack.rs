@@ -535,13 +535,14 @@ impl Conn {
         let side = &self.seq[dir as usize];
         let next = side.load(Relaxed);
         let state = self.state();
-        if tcp_flags & TCP_SYN != 0
-            && matches!(
-                state,
-                State::SynRecv | State::SynSent | State::TimeWait | State::Close
-            )
+        // (A connection whose replies bypass lvc ends in FIN_WAIT: the
+        // client's FIN is all lvc sees of the close. A new handshake on its
+        // addresses is a new stream there too, as IPVS takes it.)
+        let closed = matches!(state, State::TimeWait | State::Close)
+            || (state == State::FinWait && !self.two_way());
+        if tcp_flags & TCP_SYN != 0 && (closed || matches!(state, State::SynRecv | State::SynSent))
         {
-            if matches!(state, State::TimeWait | State::Close) {
+            if closed {
                 // A closed connection's addresses reused: a new stream,
                 // which must show again that it is worth an offload (a
                 // short connection reusing a busy one's ports would
@@ -1798,6 +1799,38 @@ mod tests {
             names.join(" "),
             "SYN_SENT SYN_RECV ESTABLISHED FIN_WAIT CLOSE_WAIT TIME_WAIT CLOSE"
         );
+    }
+
+    /// A client that closed a connection through a method whose replies
+    /// bypass lvc (dr, tun, dnat: lvc sees its FIN, never the server's, so
+    /// the connection stays FIN_WAIT) and opens a new one from the same
+    /// port minutes later, its initial sequence number far from the old
+    /// stream, is let through: the new handshake starts a new stream, as
+    /// IPVS reuses the entry. (Before, the window check refused the SYN
+    /// until the FIN_WAIT entry expired.) For nat, which sees both FINs,
+    /// the same close ends in TIME_WAIT, which always took a new SYN.
+    #[test]
+    fn a_new_handshake_reuses_a_closed_one_way_connection() {
+        for method in [Method::Dr, Method::Dnat, Method::Tun] {
+            let ct = Conntrack::new(16);
+            let s = server(method);
+            let c = ct.insert(conn(PROTO_TCP, &s, 0)).unwrap();
+            let touch = |flags, sg| ct.touch(&c, 1, Dir::Original, flags, sg);
+            touch(TCP_SYN, seg(1_000, 0, TCP_SYN));
+            touch(TCP_ACK, seg(1_001, 0, 0));
+            touch(TCP_ACK, seg(1_001, 300, 0));
+            touch(TCP_FIN | TCP_ACK, seg(1_301, 0, TCP_FIN));
+            touch(TCP_ACK, seg(1_302, 0, 0));
+            assert_eq!(c.state(), State::FinWait, "{method}");
+            let isn = 1_000u32.wrapping_add(3 * WINDOW_AHEAD);
+            touch(TCP_SYN, seg(isn, 0, TCP_SYN));
+            assert_eq!(c.state(), State::SynRecv, "{method}: the SYN is taken");
+            touch(TCP_ACK, seg(isn + 1, 0, 0));
+            touch(TCP_ACK, seg(isn + 1, 100, 0));
+            assert_eq!(c.state(), State::Established, "{method}");
+            assert_eq!(c.seq_next(Dir::Original), isn + 101);
+            assert_eq!(ct.out_of_window(), 0, "{method}");
+        }
     }
 
     /// A short connection that reuses the ports of one that carried many
