@@ -357,6 +357,26 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         for ns in self.namespaces.iter().rev() {
+            // What the children left behind goes too (nginx's workers
+            // outlive their killed master): a process would keep the
+            // namespace, and its interfaces, alive after `netns del`.
+            if let Ok(out) = Command::new("ip")
+                .args(["netns", "pids", ns])
+                .stderr(Stdio::null())
+                .output()
+            {
+                let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_owned)
+                    .collect();
+                if !pids.is_empty() {
+                    let _ = Command::new("kill")
+                        .arg("-9")
+                        .args(&pids)
+                        .stderr(Stdio::null())
+                        .status();
+                }
+            }
             let _ = Command::new("ip")
                 .args(["netns", "del", ns])
                 .stderr(Stdio::null())
