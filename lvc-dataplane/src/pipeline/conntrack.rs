@@ -544,10 +544,11 @@ impl Conn {
         {
             if closed {
                 // A closed connection's addresses reused: a new stream,
-                // which must show again that it is worth an offload (a
-                // short connection reusing a busy one's ports would
-                // otherwise be put into the XDP map, and taken out again,
-                // for nothing).
+                // which must show again that it is worth the map syscalls
+                // of an offload that finds no free shared slot (a short
+                // connection reusing a busy one's ports would otherwise be
+                // put into the `flows` map, and taken out again, for
+                // nothing).
                 self.seen.store(1, Relaxed);
             }
             side.store(seg.end, Relaxed);
