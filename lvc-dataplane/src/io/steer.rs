@@ -75,6 +75,25 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> SteerError {
     }
 }
 
+/// Maps a `BPF_F_MMAPABLE` array (`map`, named `name`) into the daemon's
+/// memory with `mmap` (the reply and flow tables).
+fn mapped<T>(
+    map: aya::maps::Map,
+    name: &'static str,
+    mmap: impl FnOnce(std::os::fd::BorrowedFd<'_>) -> std::io::Result<T>,
+) -> Result<T, SteerError> {
+    let aya::maps::Map::Array(data) = map else {
+        return Err(SteerError::Map {
+            map: name,
+            reason: "not an array".into(),
+        });
+    };
+    mmap(data.fd().as_fd()).map_err(|e| SteerError::Map {
+        map: name,
+        reason: format!("mmap: {e}"),
+    })
+}
+
 /// The XDP program's offloaded flows (`flows`).
 pub type FlowMap = BpfHashMap<MapData, FlowKey, FlowValue>;
 
@@ -234,19 +253,9 @@ impl Steering {
             })
         };
         let vips = BpfHashMap::try_from(take(maps::VIPS)?).map_err(map_err(maps::VIPS))?;
-        let reply_table = match take(maps::REPLYSLOTS)? {
-            aya::maps::Map::Array(data) => ReplyMap::map(data.fd().as_fd(), slots as usize)
-                .map_err(|e| SteerError::Map {
-                    map: maps::REPLYSLOTS,
-                    reason: format!("mmap: {e}"),
-                })?,
-            _ => {
-                return Err(SteerError::Map {
-                    map: maps::REPLYSLOTS,
-                    reason: "not an array".into(),
-                });
-            }
-        };
+        let reply_table = mapped(take(maps::REPLYSLOTS)?, maps::REPLYSLOTS, |fd| {
+            ReplyMap::map(fd, slots as usize)
+        })?;
         let replies = Replies {
             table: Arc::new(reply_table),
             overflow: Arc::new(Overflow {
@@ -267,19 +276,9 @@ impl Steering {
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
         let egress = DevMap::try_from(take(maps::EGRESS)?).map_err(map_err(maps::EGRESS))?;
         let flows = BpfHashMap::try_from(take(maps::FLOWS)?).map_err(map_err(maps::FLOWS))?;
-        let flow_slots = match take(maps::FLOWSLOTS)? {
-            aya::maps::Map::Array(data) => FlowSlots::map(data.fd().as_fd(), flow_slots as usize)
-                .map_err(|e| SteerError::Map {
-                map: maps::FLOWSLOTS,
-                reason: format!("mmap: {e}"),
-            })?,
-            _ => {
-                return Err(SteerError::Map {
-                    map: maps::FLOWSLOTS,
-                    reason: "not an array".into(),
-                });
-            }
-        };
+        let flow_slots = mapped(take(maps::FLOWSLOTS)?, maps::FLOWSLOTS, |fd| {
+            FlowSlots::map(fd, flow_slots as usize)
+        })?;
         let filter = FilterMaps {
             acl: LpmTrie::try_from(take(maps::ACL)?).map_err(map_err(maps::ACL))?,
             frules: Array::try_from(take(maps::FRULES)?).map_err(map_err(maps::FRULES))?,
