@@ -64,7 +64,7 @@ fn fingerprint(key: &FlowKey) -> (usize, u64) {
     (h as u32 as usize, h | 2)
 }
 
-fn words<T: IntoBytes + zerocopy::Immutable>(v: &T) -> impl Iterator<Item = u64> + '_ {
+fn as_words<T: IntoBytes + zerocopy::Immutable>(v: &T) -> impl Iterator<Item = u64> + '_ {
     v.as_bytes()
         .chunks_exact(8)
         .map(|c| u64::from_ne_bytes(c.try_into().expect("8 bytes")))
@@ -125,7 +125,7 @@ fn slot(words: &[AtomicU64], i: usize) -> &[AtomicU64] {
 }
 
 fn holds(s: &[AtomicU64], key: &FlowKey) -> bool {
-    words(key)
+    as_words(key)
         .zip(&s[1..=KEY_WORDS])
         .all(|(k, w)| w.load(Ordering::Relaxed) == k)
 }
@@ -153,7 +153,7 @@ fn insert(words: &[AtomicU64], key: &FlowKey, value: &FlowValue, now: u32) -> Op
             }
             match s[0].compare_exchange(tag, BUSY, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => {
-                    for (w, v) in s[1..].iter().zip(words_of(key, value)) {
+                    for (w, v) in s[1..].iter().zip(as_words(key).chain(as_words(value))) {
                         w.store(v, Ordering::Relaxed);
                     }
                     s[0].store(fp, Ordering::Release);
@@ -166,10 +166,6 @@ fn insert(words: &[AtomicU64], key: &FlowKey, value: &FlowValue, now: u32) -> Op
         }
     }
     None
-}
-
-fn words_of<'a>(key: &'a FlowKey, value: &'a FlowValue) -> impl Iterator<Item = u64> + 'a {
-    words(key).chain(words(value))
 }
 
 fn read(words: &[AtomicU64], at: u32) -> FlowValue {
@@ -193,16 +189,16 @@ fn clean(words: &[AtomicU64], from: usize, count: usize, now: u32) -> usize {
     for i in (from..from + count).rev() {
         let s = slot(words, i);
         let tag = s[0].load(Ordering::Acquire);
-        next_empty = tag == EMPTY
-            || (next_empty
-                && deleted_at(tag).is_some_and(|t| now >= t + CLEAN_AFTER)
-                && s[0]
-                    .compare_exchange(tag, EMPTY, Ordering::AcqRel, Ordering::Acquire)
-                    .is_ok()
-                && {
-                    cleaned += 1;
-                    true
-                });
+        if tag == EMPTY {
+            next_empty = true;
+            continue;
+        }
+        next_empty = next_empty
+            && deleted_at(tag).is_some_and(|t| now >= t + CLEAN_AFTER)
+            && s[0]
+                .compare_exchange(tag, EMPTY, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok();
+        cleaned += usize::from(next_empty);
     }
     cleaned
 }
