@@ -134,6 +134,12 @@ fn short_connections_move_to_xdp(tag: &str, method: &str) {
         &["/usr/bin/python3", "-c", SHORT, VIP, &n.to_string()],
     );
     assert_eq!(out.trim(), "0", "{method}: every echo comes back intact");
+    // The offload thread takes the workers' word every 10 ms: the last
+    // connections' may still be queued (the two counters would be read
+    // either side of it).
+    t.lab.wait_until(Duration::from_secs(5), || {
+        t.counter("offload_installed") >= n
+    });
     let (in_slots, installed) = (
         t.counter("offload_in_slots"),
         t.counter("offload_installed"),
