@@ -96,8 +96,43 @@ fn sh(cmd: &mut Command) -> Result {
 fn cargo() -> Command {
     let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     c.env("CLANG", "clang-19").env("LLC", "llc-19");
+    // A CI build starts from a clean clone and is never rebuilt in place:
+    // incremental caches would only double the disk it needs.
+    if std::env::var_os("CI").is_some() {
+        c.env("CARGO_INCREMENTAL", "0");
+    }
     c
 }
+
+/// Says how much disk the build has before it starts: a full disk fails a
+/// build with an error far from its cause.
+fn report_disk() {
+    let free = Command::new("df")
+        .args(["--output=avail", "-B1G", "."])
+        .output()
+        .ok()
+        .and_then(|o| {
+            let out = String::from_utf8_lossy(&o.stdout).into_owned();
+            out.lines()
+                .nth(1)?
+                .trim()
+                .trim_end_matches('G')
+                .parse::<u64>()
+                .ok()
+        });
+    match free {
+        Some(g) if g < DISK_NEEDED_GIB => eprintln!(
+            "xtask: WARNING: {g} GiB free here; a full test run builds about \
+             {DISK_NEEDED_GIB} GiB of artefacts and may fail with ENOSPC"
+        ),
+        Some(g) => eprintln!("xtask: {g} GiB free"),
+        None => eprintln!("xtask: cannot tell the free disk space (df failed)"),
+    }
+}
+
+/// What `cargo xtask test` writes under target/ and fuzz/target/ from a clean
+/// clone, with CARGO_INCREMENTAL=0, rounded up.
+const DISK_NEEDED_GIB: u64 = 12;
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
@@ -127,6 +162,7 @@ fn deps() -> Result {
 }
 
 fn test(extra: &[String]) -> Result {
+    report_disk();
     deps()?;
     lvc_tests::remove_stale_namespaces();
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
