@@ -34,9 +34,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-/// `bpf_map_update_elem` flag: only if the key is not there yet.
-const BPF_NOEXIST: u64 = 1;
-
 /// How often offloaded flows are read and checked.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
@@ -160,11 +157,11 @@ impl Offloader {
             self.stats.in_slots.fetch_add(1, Relaxed);
         }
         for flow in o.flows {
-            // BPF_NOEXIST: a key still held by another (closing)
-            // connection is not taken over; this one is offered again a
-            // second later, once the other is retired.
+            // A key still held by another (closing) connection is not
+            // taken over; this one is offered again a second later, once
+            // the other is retired.
             if flow.slot.is_none()
-                && let Err(e) = self.map.insert(flow.key, flow.value, BPF_NOEXIST)
+                && let Err(e) = self.map.insert(flow.key, flow.value)
             {
                 tracing::debug!(error = %e, "flow map refused an offload");
                 self.stats.failed.fetch_add(1, Relaxed);
@@ -243,7 +240,7 @@ impl Offloader {
         for f in &mut e.flows {
             let v = match f.flow.slot {
                 Some(at) => self.slots.read(at),
-                None => match self.map.get(&f.flow.key, 0) {
+                None => match self.map.get(&f.flow.key) {
                     Ok(v) => v,
                     Err(_) => continue,
                 },

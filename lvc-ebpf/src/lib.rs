@@ -49,6 +49,13 @@ pub mod maps {
     pub const FLOWSLOTS: &str = "flowslots";
     /// The program's global holding `flowslots`' size - 1.
     pub const FLOW_MASK: &str = "flow_mask";
+    /// One byte per `flowslots` slot saying whether it is worth reading,
+    /// in lines of [`FLOW_HINT_LINE`](super::FLOW_HINT_LINE) bytes: an
+    /// mmapped array the workers and the offload thread write.
+    pub const FLOWHINTS: &str = "flowhints";
+    /// Whether `flows` holds any flow (`u64`, 0 or not): XDP skips the
+    /// hash map while it is empty.
+    pub const FLOWSUSED: &str = "flowsused";
     /// Interface slot → ifindex, for redirects between served interfaces.
     pub const EGRESS: &str = "egress";
     /// Replies of tracked `nat` connections: fingerprints of their
@@ -237,6 +244,10 @@ pub const FLOW_SLOT_WORDS: usize = 1 + (size_of::<FlowKey>() + size_of::<FlowVal
 const _: () =
     assert!(size_of::<FlowKey>().is_multiple_of(8) && size_of::<FlowValue>().is_multiple_of(8));
 const _: () = assert!(FLOW_SLOT_WORDS == 17);
+
+/// Bytes per element of `flowhints` (`FLOW_HINT_LINE`): a cache line of
+/// slot hints.
+pub const FLOW_HINT_LINE: usize = 64;
 
 /// An address as the maps hold it: (family, four words in wire order).
 pub fn addr_key_words(addr: IpAddr) -> (u8, [u32; 4]) {

@@ -698,9 +698,9 @@ fn offloaded_flows_keep_blind_resets_from_lvc() {
             seq_next,
             ..Default::default()
         };
-        flows.insert(v4, value(1000), 0).unwrap();
-        flows.insert(v6, value(1000), 0).unwrap();
-        flows.insert(unknown, value(0), 0).unwrap();
+        flows.insert(v4, value(1000)).unwrap();
+        flows.insert(v6, value(1000)).unwrap();
+        flows.insert(unknown, value(0)).unwrap();
         // (seq at `at`, flags at `at + 9`; 4 bytes of payload.)
         let seg = |f: Vec<u8>, at: usize, seq: u32, flags: u8| {
             let mut f = with(f, at, &seq.to_be_bytes());
@@ -772,7 +772,7 @@ fn offloaded_flows_keep_blind_resets_from_lvc() {
                 delta(Stat::FlowOutOfWindow)
             ));
         }
-        let learned = flows.get(&v4, 0).unwrap().seq_next;
+        let learned = flows.get(&v4).unwrap().seq_next;
         if learned != 1004 {
             wrong.push(format!("IPv4 stream at {learned}, expected 1004"));
         }
@@ -1060,7 +1060,6 @@ fn xdp_filter_drops_what_its_rules_match() {
                     mtu: 1500,
                     ..Default::default()
                 },
-                0,
             )
             .unwrap();
 

@@ -15,8 +15,11 @@
 
 use super::flowslots::FlowSlots;
 use super::replymap::ReplyMap;
+use super::sys::SharedWords;
 use aya::maps::lpm_trie::{Key as LpmKey, LpmTrie};
-use aya::maps::{Array, DevMap, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuValues, XskMap};
+use aya::maps::{
+    Array, DevMap, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuValues, XskMap,
+};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::xdp::XdpLink;
 use aya::programs::{ProgramError, Xdp, XdpMode};
@@ -94,8 +97,54 @@ fn mapped<T>(
     })
 }
 
-/// The XDP program's offloaded flows (`flows`).
-pub type FlowMap = BpfHashMap<MapData, FlowKey, FlowValue>;
+/// The XDP program's offloaded flows that found no slot in `flowslots`
+/// (`flows`), with the word (`flowsused`) that tells XDP whether to look
+/// there at all: while the map is empty (as it is unless the slots
+/// overflow) a packet of a flow XDP does not forward skips the lookup.
+pub struct FlowMap {
+    map: BpfHashMap<MapData, FlowKey, FlowValue>,
+    used: Array<MapData, u64>,
+    /// Flows in `map`.
+    len: usize,
+}
+
+/// `bpf_map_update_elem` flag: only if the key is not there yet.
+const BPF_NOEXIST: u64 = 1;
+
+impl FlowMap {
+    /// Puts `key`'s flow in the map, unless a flow holds the key already
+    /// (BPF_NOEXIST) or the map is full.
+    pub fn insert(&mut self, key: FlowKey, value: FlowValue) -> Result<(), MapError> {
+        if self.len == 0 {
+            // (Before the flow: XDP must look once it is there.)
+            self.used.set(0, 1, 0)?;
+        }
+        let r = self.map.insert(key, value, BPF_NOEXIST);
+        match r {
+            Ok(()) => self.len += 1,
+            Err(_) if self.len == 0 => {
+                let _ = self.used.set(0, 0, 0);
+            }
+            Err(_) => {}
+        }
+        r
+    }
+
+    /// Takes `key`'s flow out of the map.
+    pub fn remove(&mut self, key: &FlowKey) -> Result<(), MapError> {
+        self.map.remove(key)?;
+        self.len -= 1;
+        if self.len == 0 {
+            self.used.set(0, 0, 0)?;
+        }
+        Ok(())
+    }
+
+    /// `key`'s flow as XDP keeps it (its counters, its stream position).
+    pub fn get(&self, key: &FlowKey) -> Result<FlowValue, MapError> {
+        self.map.get(key, 0)
+    }
+}
 
 type RepliesMap = BpfHashMap<MapData, FlowKey, u32>;
 
@@ -234,6 +283,10 @@ impl Steering {
             .map_max_entries(lvc_ebpf::maps::REPLYSLOTS, slots)
             .map_max_entries(lvc_ebpf::maps::REPLIES, (conns / 4).max(4096))
             .map_max_entries(lvc_ebpf::maps::FLOWSLOTS, flow_slots)
+            .map_max_entries(
+                lvc_ebpf::maps::FLOWHINTS,
+                flow_slots / lvc_ebpf::FLOW_HINT_LINE as u32,
+            )
             .override_global(lvc_ebpf::maps::REPLY_MASK, &mask, true)
             .override_global(lvc_ebpf::maps::FLOW_MASK, &flow_mask, true)
             .load(lvc_ebpf::XDP_OBJECT)
@@ -275,9 +328,16 @@ impl Steering {
         let held = Array::try_from(take(maps::HELD)?).map_err(map_err(maps::HELD))?;
         let stats = PerCpuArray::try_from(take(maps::STATS)?).map_err(map_err(maps::STATS))?;
         let egress = DevMap::try_from(take(maps::EGRESS)?).map_err(map_err(maps::EGRESS))?;
-        let flows = BpfHashMap::try_from(take(maps::FLOWS)?).map_err(map_err(maps::FLOWS))?;
+        let flows = FlowMap {
+            map: BpfHashMap::try_from(take(maps::FLOWS)?).map_err(map_err(maps::FLOWS))?,
+            used: Array::try_from(take(maps::FLOWSUSED)?).map_err(map_err(maps::FLOWSUSED))?,
+            len: 0,
+        };
+        let hints = mapped(take(maps::FLOWHINTS)?, maps::FLOWHINTS, |fd| {
+            SharedWords::map(fd, flow_slots as usize / 8)
+        })?;
         let flow_slots = mapped(take(maps::FLOWSLOTS)?, maps::FLOWSLOTS, |fd| {
-            FlowSlots::map(fd, flow_slots as usize)
+            FlowSlots::map(fd, hints, flow_slots as usize)
         })?;
         let filter = FilterMaps {
             acl: LpmTrie::try_from(take(maps::ACL)?).map_err(map_err(maps::ACL))?,

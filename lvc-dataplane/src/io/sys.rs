@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU8, AtomicU64};
 
 /// `len` 64-bit words of `MAP_SHARED` memory, unmapped on drop.
 pub struct SharedWords {
@@ -56,6 +56,13 @@ impl SharedWords {
         // SAFETY: `ptr` is a live, page-aligned mapping of `len` u64s until
         // `drop`, and AtomicU64 has the layout of u64.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
+    }
+
+    /// The same memory as bytes (for a mapping only ever used so).
+    pub fn bytes(&self) -> &[AtomicU8] {
+        // SAFETY: as in `words`: `len * 8` bytes live until `drop`, and
+        // AtomicU8 has the layout of u8 (alignment 1).
+        unsafe { std::slice::from_raw_parts(self.ptr.as_ptr().cast::<AtomicU8>(), self.len * 8) }
     }
 }
 

@@ -1431,7 +1431,7 @@ mod decisions {
                     if in_slots {
                         at.push(slots.insert(&f.key, &f.value, 0).expect("a free slot"));
                     } else {
-                        flows.insert(f.key, f.value, 0).unwrap();
+                        flows.insert(f.key, f.value).unwrap();
                     }
                 }
                 let mut packets =
@@ -1460,7 +1460,7 @@ mod decisions {
                     offer
                         .flows
                         .iter()
-                        .map(|f| flows.get(&f.key, 0).unwrap().packets)
+                        .map(|f| flows.get(&f.key).unwrap().packets)
                         .sum()
                 };
                 assert_eq!(forwarded, packets.len() as u64, "{case}: XDP counts each");
