@@ -159,6 +159,15 @@ pub struct WorkerStats {
     /// (DF clear), counting every piece.
     pub fragments_made: AtomicU64,
     pub drops: [AtomicU64; Drop::COUNT],
+    /// The kernel's counts for the worker's AF_XDP sockets (all its
+    /// interfaces; read once a second). Frames XDP steered to lvc that
+    /// never reached it are `xsk_rx_dropped` (no free frame on the fill
+    /// ring) plus `xsk_rx_ring_full` (the RX ring full): under overload
+    /// this is where the excess goes. `xsk_fill_ring_empty` counts the
+    /// times the kernel found the fill ring empty.
+    pub xsk_rx_dropped: AtomicU64,
+    pub xsk_rx_ring_full: AtomicU64,
+    pub xsk_fill_ring_empty: AtomicU64,
 }
 
 impl WorkerStats {

@@ -163,6 +163,22 @@ impl IcmpLimit {
 }
 
 impl Worker {
+    /// Copies the kernel's drop counts of this worker's sockets into its
+    /// stats (one `getsockopt` per socket).
+    fn read_socket_stats(&self) {
+        let (mut dropped, mut ring_full, mut fill_empty) = (0, 0, 0);
+        for port in 0..self.io.ports() {
+            if let Some((d, r, f, _)) = self.io.kernel_stats(port) {
+                dropped += d;
+                ring_full += r;
+                fill_empty += f;
+            }
+        }
+        self.stats.xsk_rx_dropped.store(dropped, Relaxed);
+        self.stats.xsk_rx_ring_full.store(ring_full, Relaxed);
+        self.stats.xsk_fill_ring_empty.store(fill_empty, Relaxed);
+    }
+
     pub fn run(mut self) {
         let nports = self.io.ports();
         let mut rx: Vec<Frame> = Vec::with_capacity(BATCH);
@@ -180,8 +196,13 @@ impl Worker {
         // (Owned here, so that the tables an iteration reads do not borrow
         // the worker the frames are handled by.)
         let (conntrack, ports) = (self.shared.conntrack.clone(), self.port_ifindex.clone());
+        let mut socket_stats_read = u64::MAX;
         while !self.shared.shutdown.load(Relaxed) {
             let elapsed = self.shared.epoch.elapsed();
+            if elapsed.as_secs() != socket_stats_read {
+                socket_stats_read = elapsed.as_secs();
+                self.read_socket_stats();
+            }
             let now_ns = elapsed.as_nanos() as u64;
             let services = self.shared.services.load();
             let routes = self.shared.routes.load();

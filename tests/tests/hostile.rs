@@ -238,6 +238,21 @@ fn syn_flood_with_streams(tag: &str, persistent: bool) {
         evicted > 200_000,
         "{tag}: the flood reached lvc: {evicted} evicted"
     );
+    // Those losses are counted: every frame XDP handed to lvc's sockets
+    // reached a worker or is in the sockets' drop counts (read by the
+    // workers once a second).
+    std::thread::sleep(Duration::from_millis(1500));
+    let steered = t.counter("xdp_redirect_vip") + t.counter("xdp_redirect_real");
+    let received = t.counter("rx_packets");
+    let lost = t.counter("xsk_rx_dropped") + t.counter("xsk_rx_ring_full");
+    eprintln!(
+        "{tag}: {steered} frames steered to lvc, {received} received, {lost} dropped by the sockets"
+    );
+    assert_eq!(
+        steered,
+        received + lost,
+        "{tag}: frames steered to lvc = received + dropped by its sockets"
+    );
     // Memory in proportion to the SYNs (what this test was written
     // against: +38 MiB per 300 000) would be 100 MiB here; the allocator
     // takes and gives back memory several MiB at a time (mimalloc's pages

@@ -333,6 +333,21 @@ const METRICS: &[Metric] = &[
         Worker(|w| one(w.tx_kicks.load(Relaxed))),
     ),
     counter(
+        "lvc_worker_xsk_rx_dropped_total",
+        "Frames XDP steered to the worker's AF_XDP sockets that the kernel dropped for want of a fill-ring frame.",
+        Worker(|w| one(w.xsk_rx_dropped.load(Relaxed))),
+    ),
+    counter(
+        "lvc_worker_xsk_rx_ring_full_total",
+        "Frames the kernel dropped because a worker socket's RX ring was full.",
+        Worker(|w| one(w.xsk_rx_ring_full.load(Relaxed))),
+    ),
+    counter(
+        "lvc_worker_xsk_fill_ring_empty_total",
+        "Times the kernel found a worker socket's fill ring empty.",
+        Worker(|w| one(w.xsk_fill_ring_empty.load(Relaxed))),
+    ),
+    counter(
         "lvc_worker_drops_total",
         "Frames a worker dropped, by reason.",
         Worker(|w| by("reason", Drop::ALL.map(|d| (d.name(), w.drops(d))))),
@@ -527,6 +542,9 @@ mod tests {
                 w.tx_kicks.store(base + 5, Relaxed);
                 w.icmp_sent.store(base + 6, Relaxed);
                 w.fragments_made.store(base + 7, Relaxed);
+                w.xsk_rx_dropped.store(base + 8, Relaxed);
+                w.xsk_rx_ring_full.store(base + 9, Relaxed);
+                w.xsk_fill_ring_empty.store(base + 10, Relaxed);
                 for (i, d) in w.drops.iter().enumerate() {
                     d.store(base + 100 + i as u64, Relaxed);
                 }
@@ -675,6 +693,18 @@ lvc_worker_tx_bytes_total{worker="1"} 2004
 # TYPE lvc_worker_tx_kicks_total counter
 lvc_worker_tx_kicks_total{worker="0"} 1005
 lvc_worker_tx_kicks_total{worker="1"} 2005
+# HELP lvc_worker_xsk_rx_dropped_total Frames XDP steered to the worker's AF_XDP sockets that the kernel dropped for want of a fill-ring frame.
+# TYPE lvc_worker_xsk_rx_dropped_total counter
+lvc_worker_xsk_rx_dropped_total{worker="0"} 1008
+lvc_worker_xsk_rx_dropped_total{worker="1"} 2008
+# HELP lvc_worker_xsk_rx_ring_full_total Frames the kernel dropped because a worker socket's RX ring was full.
+# TYPE lvc_worker_xsk_rx_ring_full_total counter
+lvc_worker_xsk_rx_ring_full_total{worker="0"} 1009
+lvc_worker_xsk_rx_ring_full_total{worker="1"} 2009
+# HELP lvc_worker_xsk_fill_ring_empty_total Times the kernel found a worker socket's fill ring empty.
+# TYPE lvc_worker_xsk_fill_ring_empty_total counter
+lvc_worker_xsk_fill_ring_empty_total{worker="0"} 1010
+lvc_worker_xsk_fill_ring_empty_total{worker="1"} 2010
 # HELP lvc_worker_drops_total Frames a worker dropped, by reason.
 # TYPE lvc_worker_drops_total counter
 lvc_worker_drops_total{worker="0",reason="malformed"} 1100
@@ -785,7 +815,7 @@ lvc_conntrack_capacity 1048576
         });
         let helps = got.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = got.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (27, 27));
+        assert_eq!((helps, types), (30, 30));
         let samples: Vec<&str> = got.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,

@@ -220,6 +220,18 @@ impl Control {
         counters.push(("tx_packets".into(), sum(&|w| w.tx_packets.load(Relaxed))));
         counters.push(("tx_bytes".into(), sum(&|w| w.tx_bytes.load(Relaxed))));
         counters.push(("tx_kicks".into(), sum(&|w| w.tx_kicks.load(Relaxed))));
+        counters.push((
+            "xsk_rx_dropped".into(),
+            sum(&|w| w.xsk_rx_dropped.load(Relaxed)),
+        ));
+        counters.push((
+            "xsk_rx_ring_full".into(),
+            sum(&|w| w.xsk_rx_ring_full.load(Relaxed)),
+        ));
+        counters.push((
+            "xsk_fill_ring_empty".into(),
+            sum(&|w| w.xsk_fill_ring_empty.load(Relaxed)),
+        ));
         counters.push(("icmp_sent".into(), sum(&|w| w.icmp_sent.load(Relaxed))));
         counters.push((
             "fragments_made".into(),
