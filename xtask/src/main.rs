@@ -131,8 +131,9 @@ fn report_disk() {
 }
 
 /// What `cargo xtask test` writes under target/ and fuzz/target/ from a clean
-/// clone, with CARGO_INCREMENTAL=0, rounded up.
-const DISK_NEEDED_GIB: u64 = 12;
+/// clone, with CARGO_INCREMENTAL=0 (4.4 GiB measured: 3.3 + 1.1), with room
+/// to spare.
+const DISK_NEEDED_GIB: u64 = 8;
 
 fn installed(pkg: &str) -> bool {
     Command::new("dpkg-query")
