@@ -46,6 +46,9 @@ pub struct Options {
     pub offload: bool,
     /// Nice value of the worker threads (`--worker-nice`).
     pub worker_nice: i32,
+    /// Real-time priority of the worker threads, 0 for none
+    /// (`--worker-rt-priority`).
+    pub worker_rt_priority: i32,
     /// AF_XDP zero-copy binding (`--zero-copy`).
     pub zero_copy: ZeroCopy,
     /// The connection journal (`--state-file`; none: connections are not
@@ -393,16 +396,24 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
         None => None,
     };
     let socket = ControlSocket::bind(&opts.socket, plan.socket_gid)?;
-    // The workers run at `--worker-nice`. Lowering a nice value takes
-    // CAP_SYS_NICE, which goes with the drop below: so the main thread
-    // takes the value now, the workers inherit it, and the main thread
-    // goes back before it starts any other thread.
+    // The workers run at `--worker-nice`, and real-time at
+    // `--worker-rt-priority`. Both take CAP_SYS_NICE, which goes with the
+    // drop below: so the main thread takes them now, the workers inherit
+    // them, and the main thread goes back before it starts any other
+    // thread.
     let base_nice = crate::io::sys::thread_nice();
     let reniced = opts.worker_nice != base_nice
         && crate::io::sys::set_thread_nice(opts.worker_nice)
             .inspect_err(|e| {
                 tracing::warn!(nice = opts.worker_nice, error = %e,
                     "cannot set the workers' priority: they run at the default one");
+            })
+            .is_ok();
+    let realtime = opts.worker_rt_priority > 0
+        && crate::io::sys::set_thread_realtime(opts.worker_rt_priority)
+            .inspect_err(|e| {
+                tracing::warn!(priority = opts.worker_rt_priority, error = %e,
+                    "cannot make the workers real-time: they run at their nice value");
             })
             .is_ok();
     let dropped = crate::privs::drop_to_runtime().context("cannot drop capabilities")?;
@@ -424,6 +435,10 @@ pub fn run(opts: Options) -> anyhow::Result<()> {
                 shutdown.store(true, Relaxed);
             }
         })?;
+    }
+    if realtime {
+        crate::io::sys::set_thread_realtime(0)
+            .context("cannot set the main thread's scheduling class back")?;
     }
     if reniced {
         crate::io::sys::set_thread_nice(base_nice)

@@ -53,6 +53,17 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = -10, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(-20..=19))]
     worker_nice: i32,
+    /// Real-time priority of the worker threads (`SCHED_RR`, 1 to 99), or
+    /// 0 to leave them at `--worker-nice`. A worker sleeps whenever its
+    /// sockets are empty, so this only decides who runs when both it and a
+    /// NAPI thread have work. A real-time worker woken by its first frame
+    /// preempts the NAPI thread at once; at any nice value the NAPI thread
+    /// runs on, up to a millisecond or more, filling the full ring with
+    /// frames that are then dropped. Linux's real-time throttling keeps 5 %
+    /// of each CPU for other threads.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(i32).range(0..=99))]
+    worker_rt_priority: i32,
     /// Most connections tracked at once.
     #[arg(long, value_name = "N", default_value_t = 1 << 20)]
     conntrack_size: usize,
@@ -123,6 +134,7 @@ fn main() -> ExitCode {
         config: a.config,
         conntrack_size: a.conntrack_size,
         worker_nice: a.worker_nice,
+        worker_rt_priority: a.worker_rt_priority,
         socket_group: a.socket_group,
         metrics: a.metrics,
         offload: a.offload,

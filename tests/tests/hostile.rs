@@ -282,8 +282,9 @@ fn a_syn_flood_on_a_persistent_service_is_bounded_too() {
 /// After setup the daemon keeps only CAP_NET_ADMIN and CAP_NET_RAW, in
 /// every thread and in the bounding set (what a health check's program
 /// could get), and still forwards, resolves neighbours and reloads. Its
-/// workers run at nice -10 (`--worker-nice`'s default), every other
-/// thread at 0.
+/// workers run real-time (`SCHED_RR` 1, `--worker-rt-priority`'s default)
+/// and at nice -10 (`--worker-nice`'s), every other thread in
+/// `SCHED_OTHER` at 0.
 #[test]
 fn capabilities_are_dropped_after_setup() {
     if !privileged("capabilities_are_dropped_after_setup") {
@@ -319,17 +320,21 @@ fn capabilities_are_dropped_after_setup() {
             u64::from_str_radix(v.trim(), 16).expect("hex")
         };
         let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        // (stat's 19th field; the 2nd, the name, is in parentheses.)
+        // (stat's 19th, 40th and 41st fields; the 2nd, the name, is in
+        // parentheses.)
         let stat = std::fs::read_to_string(path.join("stat")).expect("stat");
-        let nice: i32 = stat[stat.rfind(')').expect("comm") + 2..]
+        let fields: Vec<&str> = stat[stat.rfind(')').expect("comm") + 2..]
             .split_whitespace()
-            .nth(16)
-            .and_then(|n| n.parse().ok())
-            .expect("nice");
+            .collect();
+        let stat_field = |n: usize| -> i64 { fields[n - 3].parse().expect("a number") };
+        let (nice, rt_priority, policy) = (stat_field(19), stat_field(40), stat_field(41));
         let worker = name.starts_with("lvc-worker");
         workers += usize::from(worker);
         let expected = if worker && can_nice { -10 } else { 0 };
         assert_eq!(nice, expected, "thread {}", name.trim());
+        // SCHED_RR is 2, SCHED_OTHER 0.
+        let expected = if worker && can_nice { (1, 2) } else { (0, 0) };
+        assert_eq!((rt_priority, policy), expected, "thread {}", name.trim());
         for set in ["CapEff:", "CapPrm:", "CapBnd:"] {
             assert_eq!(field(set), kept, "thread {} {set}", name.trim());
         }

@@ -161,6 +161,27 @@ pub fn thread_nice() -> i32 {
     }
 }
 
+/// Puts the calling thread in the real-time class `SCHED_RR` at
+/// `priority` (1 to 99: takes CAP_SYS_NICE), or back in `SCHED_OTHER` at
+/// its nice value with 0 (no privilege needed).
+pub fn set_thread_realtime(priority: i32) -> std::io::Result<()> {
+    let policy = if priority > 0 {
+        libc::SCHED_RR
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param {
+        sched_priority: priority,
+    };
+    // SAFETY: sched_setscheduler(2) on the calling thread (pid 0) reads
+    // one `sched_param`, which lives across the call.
+    let r = unsafe { libc::sched_setscheduler(0, policy, &param) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Sets the calling thread's nice value (lowering it takes CAP_SYS_NICE).
 pub fn set_thread_nice(nice: i32) -> std::io::Result<()> {
     // SAFETY: a plain syscall on the calling thread's id; nothing is
