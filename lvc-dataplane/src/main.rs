@@ -44,12 +44,12 @@ struct Args {
     /// packet through lvc's workers (off).
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = on_off, action = clap::ArgAction::Set)]
     offload: bool,
-    /// Nice value of the worker threads (-20 to 19). The kernel's NAPI
-    /// threads, which put frames into the workers' AF_XDP sockets, run at
-    /// 0; where they share a CPU with a worker, a busy worker at 0 gets
-    /// half of it while NAPI fills its full ring with frames that are then
-    /// dropped. At -10 it empties the ring first (the excess is dropped
-    /// earlier, for less). 0 leaves the workers at the default.
+    /// Nice value of the worker threads (-20 to 19): what places them
+    /// above the kernel's NAPI threads (at 0) when they are not real-time
+    /// (`--worker-rt-priority 0`, or refused). Where a NAPI thread shares
+    /// a CPU with a worker, a busy worker at 0 gets half of it while NAPI
+    /// fills its full ring with frames that are then dropped; at -10 it
+    /// gets more. 0 leaves the workers at the default.
     #[arg(long, value_name = "N", default_value_t = -10, allow_negative_numbers = true,
           value_parser = clap::value_parser!(i32).range(-20..=19))]
     worker_nice: i32,
