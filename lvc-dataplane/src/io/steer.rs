@@ -133,7 +133,7 @@ impl FlowMap {
     /// Takes `key`'s flow out of the map.
     pub fn remove(&mut self, key: &FlowKey) -> Result<(), MapError> {
         self.map.remove(key)?;
-        self.len -= 1;
+        self.len = self.len.saturating_sub(1);
         if self.len == 0 {
             self.used.set(0, 0, 0)?;
         }
