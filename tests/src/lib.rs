@@ -357,30 +357,7 @@ impl Drop for Lab {
             let _ = c.wait();
         }
         for ns in self.namespaces.iter().rev() {
-            // What the children left behind goes too (nginx's workers
-            // outlive their killed master): a process would keep the
-            // namespace, and its interfaces, alive after `netns del`.
-            if let Ok(out) = Command::new("ip")
-                .args(["netns", "pids", ns])
-                .stderr(Stdio::null())
-                .output()
-            {
-                let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(str::to_owned)
-                    .collect();
-                if !pids.is_empty() {
-                    let _ = Command::new("kill")
-                        .arg("-9")
-                        .args(&pids)
-                        .stderr(Stdio::null())
-                        .status();
-                }
-            }
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
+            delete_namespace(ns);
         }
         for entry in std::fs::read_dir(std::env::temp_dir())
             .into_iter()
@@ -417,7 +394,34 @@ pub fn remove_stale_namespaces() {
     for line in String::from_utf8_lossy(&out.stdout).lines() {
         let name = line.split_whitespace().next().unwrap_or("");
         if name.starts_with(NS_PREFIX) {
-            let _ = Command::new("ip").args(["netns", "del", name]).status();
+            delete_namespace(name);
         }
     }
+}
+
+/// Kills whatever still runs in namespace `ns`, then deletes it. A process
+/// left there (nginx's workers outlive their killed master) would keep the
+/// namespace, and its interfaces, alive after `netns del`.
+fn delete_namespace(ns: &str) {
+    if let Ok(out) = Command::new("ip")
+        .args(["netns", "pids", ns])
+        .stderr(Stdio::null())
+        .output()
+    {
+        let pids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        if !pids.is_empty() {
+            let _ = Command::new("kill")
+                .arg("-9")
+                .args(&pids)
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
 }
