@@ -264,7 +264,7 @@ impl Worker {
             let (kicks, completed) = self.io.service();
             bump(&self.stats.tx_kicks, kicks);
             if received == 0 && completed == 0 && shaped_wait != Some(0) {
-                // No progress: sleep in poll() until a frame arrives. The
+                // No progress: sleep in epoll until a frame arrives. The
                 // timeout bounds how long a shutdown request, a parked frame,
                 // a shaped queue waiting for tokens or a stuck TX ring (link
                 // down) waits — never a busy spin.

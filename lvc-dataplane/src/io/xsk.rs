@@ -14,7 +14,7 @@
 
 use std::io;
 use std::num::NonZeroU32;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig, XdpFlags,
@@ -121,8 +121,12 @@ pub struct WorkerIo {
     completions: Vec<FrameDesc>,
     ring_size: u32,
     mtu: usize,
-    /// One pollfd per port, for `wait` (built once).
-    pollfds: Vec<libc::pollfd>,
+    /// The epoll instance `wait` sleeps in, with every port's socket
+    /// registered once (a `poll()` sets up and tears down a wait on each
+    /// socket, and drives each one's TX, on every call).
+    epoll: OwnedFd,
+    /// Where `wait` reads ready sockets into (one per port, sized once).
+    events: Vec<libc::epoll_event>,
 }
 
 /// Why a socket could not be set up, worded for the operator.
@@ -132,6 +136,8 @@ pub enum XskError {
         "cannot allocate the UMEM ({0}); AF_XDP needs CAP_NET_RAW and CAP_IPC_LOCK (run as root)"
     )]
     Umem(String),
+    #[error("cannot create the worker's epoll instance: {0}")]
+    Epoll(String),
     #[error("cannot bind an AF_XDP socket to {iface} queue {queue}: {reason}")]
     Bind {
         iface: String,
@@ -242,14 +248,9 @@ impl WorkerIo {
             });
         }
         let mtu = umem_cfg.mtu() as usize;
-        let pollfds = ports
-            .iter()
-            .map(|p| libc::pollfd {
-                fd: p.rx.fd().as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
+        let epoll = epoll_of(ports.iter().map(|p| p.rx.fd().as_raw_fd()))
+            .map_err(|e| XskError::Epoll(e.to_string()))?;
+        let events = vec![libc::epoll_event { events: 0, u64: 0 }; ports.len()];
         let mut io = Self {
             umem,
             ports,
@@ -258,7 +259,8 @@ impl WorkerIo {
             completions: vec![FrameDesc::default(); cfg.ring_size as usize],
             ring_size: cfg.ring_size,
             mtu,
-            pollfds,
+            epoll,
+            events,
         };
         for p in 0..io.ports.len() {
             io.refill(p);
@@ -475,24 +477,39 @@ impl WorkerIo {
     }
 
     /// Waits until a port has received frames or `timeout` passes
-    /// (microsecond resolution: shaping wakes up for its next tokens).
+    /// (nanosecond resolution: shaping wakes up for its next tokens).
     pub fn wait(&mut self, timeout: Duration) {
-        let fds = &mut self.pollfds;
         let ts = libc::timespec {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
         };
-        // SAFETY: `fds` is a valid, initialised array of `fds.len()` pollfds
-        // and `ts` a valid timespec, both outliving the call; a null
-        // sigmask leaves the signal mask alone.
-        unsafe {
-            libc::ppoll(
-                fds.as_mut_ptr(),
-                fds.len() as libc::nfds_t,
-                &ts,
-                std::ptr::null(),
+        // SAFETY: `events` is a valid array of `events.len()` epoll_events
+        // the kernel may write and `ts` a valid timespec, both outliving the
+        // call; a null sigmask leaves the signal mask alone.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_epoll_pwait2,
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                &ts as *const libc::timespec,
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
             )
         };
+        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
+            // Before Linux 5.11: millisecond resolution, rounded up.
+            let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
+            // SAFETY: as above.
+            unsafe {
+                libc::epoll_wait(
+                    self.epoll.as_raw_fd(),
+                    self.events.as_mut_ptr(),
+                    self.events.len() as libc::c_int,
+                    ms,
+                )
+            };
+        }
     }
 
     /// Kernel-side socket statistics per port: (rx_dropped, rx_ring_full,
@@ -517,4 +534,26 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// An epoll instance watching `fds` for input (level-triggered).
+fn epoll_of(fds: impl Iterator<Item = RawFd>) -> io::Result<OwnedFd> {
+    // SAFETY: no pointer arguments; the result is checked.
+    let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if ep < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `ep` is a new descriptor that nothing else owns.
+    let ep = unsafe { OwnedFd::from_raw_fd(ep) };
+    for fd in fds {
+        let mut ev = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: `ev` is a valid epoll_event outliving the call.
+        if unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(ep)
 }
