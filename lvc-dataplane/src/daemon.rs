@@ -49,6 +49,9 @@ pub struct Options {
     /// Real-time priority of the worker threads, 0 for none
     /// (`--worker-rt-priority`).
     pub worker_rt_priority: i32,
+    /// How long a worker naps while frames come often (`--coalesce-usecs`;
+    /// zero: never).
+    pub coalesce: std::time::Duration,
     /// AF_XDP zero-copy binding (`--zero-copy`).
     pub zero_copy: ZeroCopy,
     /// The connection journal (`--state-file`; none: connections are not
@@ -188,6 +191,7 @@ fn open_workers(
             shared: shared.clone(),
             stats: Arc::new(WorkerStats::default()),
             icmp_limit: Default::default(),
+            coalesce: crate::worker::Coalesce::new(opts.coalesce),
         });
     }
     let mut served = Vec::new();

@@ -153,6 +153,11 @@ pub struct WorkerStats {
     pub tx_bytes: AtomicU64,
     /// `sendto` calls made to kick copy-mode TX.
     pub tx_kicks: AtomicU64,
+    /// Times the worker, out of frames, slept until the next one came.
+    pub waits: AtomicU64,
+    /// Times the worker, out of frames that came often, napped for
+    /// `--coalesce-usecs` instead (see `worker::Coalesce`).
+    pub naps: AtomicU64,
     /// ICMP errors lvc originated (time exceeded, fragmentation needed).
     pub icmp_sent: AtomicU64,
     /// IPv4 fragments lvc made of packets too big for their next link

@@ -123,6 +123,57 @@ pub struct Worker {
     pub stats: Arc<WorkerStats>,
     /// The ICMP errors this worker may still send now (see [`IcmpLimit`]).
     pub icmp_limit: IcmpLimit,
+    /// When the worker naps instead of waiting for frames (see
+    /// [`Coalesce`]).
+    pub coalesce: Coalesce,
+}
+
+/// Interrupt moderation for a worker, as a NIC's adaptive `rx-usecs`:
+/// while frames reach the worker's sockets at least every `period` (its
+/// last wait for one lasted less than that), the worker handles what came,
+/// then sleeps `period` before looking again, instead of being woken by
+/// the next frame. Each wakeup (a context switch away from the NAPI
+/// thread and back, two with the sleep) then serves every frame that came
+/// in the period, not one or two. A frame waits at most `period` longer;
+/// at lower rates nothing changes. Under overload, a worker sharing its
+/// CPU with the NAPI thread that fills its sockets runs out of frames now
+/// and then (NAPI cannot run while it does): it naps then too, and NAPI
+/// fills the sockets meanwhile.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Coalesce {
+    period: Duration,
+    /// The last wait for frames ended within `period`.
+    busy: bool,
+    /// Frames were handled since the worker last waited or napped.
+    worked: bool,
+}
+
+impl Coalesce {
+    /// Naps of `period` (zero: never nap).
+    pub fn new(period: Duration) -> Self {
+        Self {
+            period,
+            ..Self::default()
+        }
+    }
+
+    /// Notes that `n` frames were handled.
+    pub fn handled(&mut self, n: usize) {
+        self.worked |= n > 0;
+    }
+
+    /// With nothing left to do: how long to nap before looking at the
+    /// sockets again, or `None` to wait for the next frame.
+    pub fn nap(&mut self) -> Option<Duration> {
+        let worked = std::mem::take(&mut self.worked);
+        (worked && self.busy && !self.period.is_zero()).then_some(self.period)
+    }
+
+    /// Notes that a wait for frames lasted `waited`.
+    pub fn waited(&mut self, waited: Duration) {
+        self.busy = waited < self.period;
+        self.worked = false;
+    }
 }
 
 /// A token bucket for the ICMP errors lvc originates, as the kernel's
@@ -263,7 +314,18 @@ impl Worker {
             }
             let (kicks, completed) = self.io.service();
             bump(&self.stats.tx_kicks, kicks);
+            self.coalesce.handled(received);
             if received == 0 && completed == 0 && shaped_wait != Some(0) {
+                if let Some(nap) = self.coalesce.nap() {
+                    // Frames come often: let them gather (see `Coalesce`).
+                    let nap = match shaped_wait {
+                        Some(ns) => nap.min(Duration::from_nanos(ns)),
+                        None => nap,
+                    };
+                    bump(&self.stats.naps, 1);
+                    std::thread::sleep(nap);
+                    continue;
+                }
                 // No progress: sleep in epoll until a frame arrives. The
                 // timeout bounds how long a shutdown request, a parked frame,
                 // a shaped queue waiting for tokens or a stuck TX ring (link
@@ -279,7 +341,10 @@ impl Worker {
                     Some(ns) => nap.min(Duration::from_nanos(ns.max(2_000))),
                     None => nap,
                 };
+                let before = Instant::now();
                 self.io.wait(nap);
+                self.coalesce.waited(before.elapsed());
+                bump(&self.stats.waits, 1);
             }
         }
         for p in parked {
@@ -607,7 +672,42 @@ fn unplace(slots: &FlowSlots, flows: &mut [Flow], now: u32) {
 
 #[cfg(test)]
 mod tests {
-    use super::IcmpLimit;
+    use super::{Coalesce, IcmpLimit};
+    use std::time::Duration;
+
+    const US: Duration = Duration::from_micros(1);
+
+    #[test]
+    fn a_worker_naps_only_while_frames_come_often() {
+        let mut c = Coalesce::new(100 * US);
+        // Idle so far: the first frame is handled at once and the worker
+        // waits for the next one.
+        c.handled(1);
+        assert_eq!(c.nap(), None);
+        // The next frame came 30 µs later: frames come often, so after
+        // handling it the worker naps instead of waiting.
+        c.waited(30 * US);
+        c.handled(2);
+        assert_eq!(c.nap(), Some(100 * US));
+        // Frames came during the nap: another nap.
+        c.handled(5);
+        assert_eq!(c.nap(), Some(100 * US));
+        // A nap found nothing: the worker waits for the next frame.
+        c.handled(0);
+        assert_eq!(c.nap(), None);
+        // It came after 2 ms: a low rate, no nap after it.
+        c.waited(2000 * US);
+        c.handled(1);
+        assert_eq!(c.nap(), None);
+    }
+
+    #[test]
+    fn a_zero_period_never_naps() {
+        let mut c = Coalesce::new(Duration::ZERO);
+        c.waited(Duration::ZERO);
+        c.handled(64);
+        assert_eq!(c.nap(), None);
+    }
 
     #[test]
     fn icmp_errors_are_rate_limited_with_a_burst() {

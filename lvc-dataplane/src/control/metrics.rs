@@ -333,6 +333,16 @@ const METRICS: &[Metric] = &[
         Worker(|w| one(w.tx_kicks.load(Relaxed))),
     ),
     counter(
+        "lvc_worker_waits_total",
+        "Times the worker, out of frames, slept until the next one came.",
+        Worker(|w| one(w.waits.load(Relaxed))),
+    ),
+    counter(
+        "lvc_worker_naps_total",
+        "Times the worker, out of frames that came often, napped for --coalesce-usecs instead of waiting for the next one.",
+        Worker(|w| one(w.naps.load(Relaxed))),
+    ),
+    counter(
         "lvc_worker_xsk_rx_dropped_total",
         "Frames XDP steered to the worker's AF_XDP sockets that the kernel dropped for want of a fill-ring frame.",
         Worker(|w| one(w.xsk_rx_dropped.load(Relaxed))),
@@ -545,6 +555,8 @@ mod tests {
                 w.xsk_rx_dropped.store(base + 8, Relaxed);
                 w.xsk_rx_ring_full.store(base + 9, Relaxed);
                 w.xsk_fill_ring_empty.store(base + 10, Relaxed);
+                w.waits.store(base + 11, Relaxed);
+                w.naps.store(base + 12, Relaxed);
                 for (i, d) in w.drops.iter().enumerate() {
                     d.store(base + 100 + i as u64, Relaxed);
                 }
@@ -693,6 +705,14 @@ lvc_worker_tx_bytes_total{worker="1"} 2004
 # TYPE lvc_worker_tx_kicks_total counter
 lvc_worker_tx_kicks_total{worker="0"} 1005
 lvc_worker_tx_kicks_total{worker="1"} 2005
+# HELP lvc_worker_waits_total Times the worker, out of frames, slept until the next one came.
+# TYPE lvc_worker_waits_total counter
+lvc_worker_waits_total{worker="0"} 1011
+lvc_worker_waits_total{worker="1"} 2011
+# HELP lvc_worker_naps_total Times the worker, out of frames that came often, napped for --coalesce-usecs instead of waiting for the next one.
+# TYPE lvc_worker_naps_total counter
+lvc_worker_naps_total{worker="0"} 1012
+lvc_worker_naps_total{worker="1"} 2012
 # HELP lvc_worker_xsk_rx_dropped_total Frames XDP steered to the worker's AF_XDP sockets that the kernel dropped for want of a fill-ring frame.
 # TYPE lvc_worker_xsk_rx_dropped_total counter
 lvc_worker_xsk_rx_dropped_total{worker="0"} 1008
@@ -815,7 +835,7 @@ lvc_conntrack_capacity 1048576
         });
         let helps = got.lines().filter(|l| l.starts_with("# HELP ")).count();
         let types = got.lines().filter(|l| l.starts_with("# TYPE ")).count();
-        assert_eq!((helps, types), (30, 30));
+        assert_eq!((helps, types), (32, 32));
         let samples: Vec<&str> = got.lines().filter(|l| !l.starts_with('#')).collect();
         assert_eq!(
             samples,

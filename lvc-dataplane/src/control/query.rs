@@ -220,6 +220,8 @@ impl Control {
         counters.push(("tx_packets".into(), sum(&|w| w.tx_packets.load(Relaxed))));
         counters.push(("tx_bytes".into(), sum(&|w| w.tx_bytes.load(Relaxed))));
         counters.push(("tx_kicks".into(), sum(&|w| w.tx_kicks.load(Relaxed))));
+        counters.push(("worker_waits".into(), sum(&|w| w.waits.load(Relaxed))));
+        counters.push(("worker_naps".into(), sum(&|w| w.naps.load(Relaxed))));
         counters.push((
             "xsk_rx_dropped".into(),
             sum(&|w| w.xsk_rx_dropped.load(Relaxed)),
