@@ -69,8 +69,8 @@ struct Args {
     /// sleeps N µs before looking again instead of being woken by each
     /// frame (a wakeup is two context switches, the costliest part of a
     /// frame that lvc, not XDP, forwards). A frame then waits at most N µs
-    /// longer; at lower rates nothing changes. 0
-    /// wakes the worker for every frame.
+    /// longer; at lower rates nothing changes. 0 wakes the worker for
+    /// every frame.
     #[arg(long, value_name = "N", default_value_t = 100,
           value_parser = clap::value_parser!(u32).range(0..=10_000))]
     coalesce_usecs: u32,
