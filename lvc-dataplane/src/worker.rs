@@ -316,31 +316,29 @@ impl Worker {
             bump(&self.stats.tx_kicks, kicks);
             self.coalesce.handled(received);
             if received == 0 && completed == 0 && shaped_wait != Some(0) {
+                // However the worker sleeps, a shaped queue waiting for
+                // tokens wakes it in time.
+                let cap = |d: Duration| match shaped_wait {
+                    Some(ns) => d.min(Duration::from_nanos(ns.max(2_000))),
+                    None => d,
+                };
                 if let Some(nap) = self.coalesce.nap() {
                     // Frames come often: let them gather (see `Coalesce`).
-                    let nap = match shaped_wait {
-                        Some(ns) => nap.min(Duration::from_nanos(ns)),
-                        None => nap,
-                    };
                     bump(&self.stats.naps, 1);
-                    std::thread::sleep(nap);
+                    std::thread::sleep(cap(nap));
                     continue;
                 }
                 // No progress: sleep in epoll until a frame arrives. The
                 // timeout bounds how long a shutdown request, a parked frame,
                 // a shaped queue waiting for tokens or a stuck TX ring (link
                 // down) waits — never a busy spin.
-                let nap = if self.io.tx_pending() {
+                let nap = cap(if self.io.tx_pending() {
                     Duration::from_millis(1)
                 } else if parked.is_empty() {
                     Duration::from_millis(100)
                 } else {
                     Duration::from_millis(5)
-                };
-                let nap = match shaped_wait {
-                    Some(ns) => nap.min(Duration::from_nanos(ns.max(2_000))),
-                    None => nap,
-                };
+                });
                 let before = Instant::now();
                 self.io.wait(nap);
                 self.coalesce.waited(before.elapsed());

@@ -32,18 +32,21 @@ while True:
         break
 s.setblocking(False)
 seen = set()
+def datagram(i):
+    return b"%d " % i + b"x" * (i % 300)
+def note(d):
+    i = int(d.split(b" ")[0])
+    if d == datagram(i):
+        seen.add(i)
 def drain():
     while True:
         try:
-            d = s.recv(2048)
+            note(s.recv(2048))
         except BlockingIOError:
             return
-        i = int(d.split(b" ")[0])
-        if d == b"%d " % i + b"x" * (i % 300):
-            seen.add(i)
 t = time.perf_counter()
 for i in range(n):
-    s.send(b"%d " % i + b"x" * (i % 300))
+    s.send(datagram(i))
     t += 50e-6
     while time.perf_counter() < t:
         pass
@@ -53,10 +56,7 @@ s.setblocking(True)
 s.settimeout(1.0)
 try:
     while len(seen) < n:
-        d = s.recv(2048)
-        i = int(d.split(b" ")[0])
-        if d == b"%d " % i + b"x" * (i % 300):
-            seen.add(i)
+        note(s.recv(2048))
 except socket.timeout:
     pass
 print(len(seen))

@@ -127,6 +127,9 @@ pub struct WorkerIo {
     epoll: OwnedFd,
     /// Where `wait` reads ready sockets into (one per port, sized once).
     events: Vec<libc::epoll_event>,
+    /// The kernel has `epoll_pwait2` (Linux 5.11+); cleared the first time
+    /// it says ENOSYS, so an older kernel costs one syscall per wait too.
+    pwait2: bool,
 }
 
 /// Why a socket could not be set up, worded for the operator.
@@ -261,6 +264,7 @@ impl WorkerIo {
             mtu,
             epoll,
             events,
+            pwait2: true,
         };
         for p in 0..io.ports.len() {
             io.refill(p);
@@ -483,33 +487,39 @@ impl WorkerIo {
             tv_sec: timeout.as_secs() as libc::time_t,
             tv_nsec: libc::c_long::from(timeout.subsec_nanos() as i32),
         };
-        // SAFETY: `events` is a valid array of `events.len()` epoll_events
-        // the kernel may write and `ts` a valid timespec, both outliving the
-        // call; a null sigmask leaves the signal mask alone.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_epoll_pwait2,
-                self.epoll.as_raw_fd(),
-                self.events.as_mut_ptr(),
-                self.events.len() as libc::c_int,
-                &ts as *const libc::timespec,
-                std::ptr::null::<libc::sigset_t>(),
-                0usize,
-            )
-        };
-        if n < 0 && io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS) {
-            // Before Linux 5.11: millisecond resolution, rounded up.
-            let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
-            // SAFETY: as above.
-            unsafe {
-                libc::epoll_wait(
+        if self.pwait2 {
+            // SAFETY: `events` is a valid array of `events.len()`
+            // epoll_events the kernel may write and `ts` a valid timespec,
+            // both outliving the call; a null sigmask leaves the signal mask
+            // alone.
+            let n = unsafe {
+                libc::syscall(
+                    libc::SYS_epoll_pwait2,
                     self.epoll.as_raw_fd(),
                     self.events.as_mut_ptr(),
                     self.events.len() as libc::c_int,
-                    ms,
+                    &ts as *const libc::timespec,
+                    std::ptr::null::<libc::sigset_t>(),
+                    0usize,
                 )
             };
+            if n >= 0 || io::Error::last_os_error().raw_os_error() != Some(libc::ENOSYS) {
+                return;
+            }
+            self.pwait2 = false;
         }
+        // Before Linux 5.11: millisecond resolution, rounded up.
+        let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
+        // SAFETY: `events` is a valid array of `events.len()` epoll_events
+        // the kernel may write, outliving the call.
+        unsafe {
+            libc::epoll_wait(
+                self.epoll.as_raw_fd(),
+                self.events.as_mut_ptr(),
+                self.events.len() as libc::c_int,
+                ms,
+            )
+        };
     }
 
     /// Kernel-side socket statistics per port: (rx_dropped, rx_ring_full,
